@@ -1,0 +1,1 @@
+//! Handlers built on the oomkit SDK.

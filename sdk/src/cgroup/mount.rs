@@ -1,0 +1,257 @@
+//! Finding the cgroup2 hierarchy and resolving paths in it.
+//!
+//! A process may live in a cgroup namespace (every container does), so the
+//! paths in `/proc/self/cgroup` are relative to the namespace root, and the
+//! `root` field of the cgroup2 entry in `/proc/self/mountinfo` says which
+//! part of the hierarchy a mount shows. We resolve a hierarchy path against
+//! the mount whose root contains it, and refuse paths the mount cannot show
+//! (they print as `/../…` in a namespace) rather than guessing.
+
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::{Error, Op, Result};
+
+use super::Cgroup;
+
+/// One cgroup2 entry of `/proc/self/mountinfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// Where it is mounted.
+    pub mount_point: PathBuf,
+    /// Which cgroup of the hierarchy (relative to our namespace root) the
+    /// mount point shows; `/` for the whole (namespaced) hierarchy.
+    pub root: PathBuf,
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, …).
+fn unescape(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            let oct = &b[i + 1..i + 4];
+            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
+                let v = (oct[0] - b'0') * 64 + (oct[1] - b'0') * 8 + (oct[2] - b'0');
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses the cgroup2 entries of a mountinfo file; other lines are ignored.
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let fstype = post.split(' ').next()?;
+            if fstype != "cgroup2" {
+                return None;
+            }
+            let mut f = pre.split(' ');
+            let root = f.nth(3)?;
+            let mount_point = f.next()?;
+            Some(MountEntry {
+                mount_point: PathBuf::from(unescape(mount_point)),
+                root: PathBuf::from(unescape(root)),
+            })
+        })
+        .collect()
+}
+
+/// The `0::PATH` entry of a `/proc/PID/cgroup` file: the process's cgroup in
+/// the unified hierarchy, relative to the reader's cgroup namespace.
+pub fn parse_proc_cgroup(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| l.strip_prefix("0::"))
+}
+
+/// Rejects relative paths and `..`/`.` components.
+pub(crate) fn check_clean_absolute(path: &Path) -> Result<()> {
+    if !path.is_absolute() {
+        return Err(Error::InvalidPath {
+            path: path.to_owned(),
+            reason: "cgroup path must be absolute",
+        });
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(Error::InvalidPath {
+            path: path.to_owned(),
+            reason: "cgroup path must not contain `.` or `..`",
+        });
+    }
+    Ok(())
+}
+
+/// A cgroup2 hierarchy as this process sees it: a mount point and the part
+/// of the hierarchy it shows.
+#[derive(Debug, Clone)]
+pub struct CgroupFs {
+    mount_point: PathBuf,
+    root: PathBuf,
+    verify: bool,
+}
+
+impl CgroupFs {
+    /// Finds the cgroup2 mount in `/proc/self/mountinfo`, preferring one
+    /// that shows the whole (namespaced) hierarchy, then `/sys/fs/cgroup`.
+    pub fn discover() -> Result<Self> {
+        let path = Path::new("/proc/self/mountinfo");
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, Op::Read, e))?;
+        let mounts = parse_mountinfo(&text);
+        let best = mounts
+            .iter()
+            .max_by_key(|m| {
+                (
+                    m.root == Path::new("/"),
+                    m.mount_point == Path::new("/sys/fs/cgroup"),
+                )
+            })
+            .ok_or(Error::InvalidPath {
+                path: path.to_owned(),
+                reason: "no cgroup2 filesystem is mounted (is the memory controller on cgroup v1?)",
+            })?;
+        Ok(CgroupFs {
+            mount_point: best.mount_point.clone(),
+            root: best.root.clone(),
+            verify: true,
+        })
+    }
+
+    /// Treats `dir` as the root of a cgroup2 hierarchy without checking that
+    /// it is one. For tests and benchmarks on synthetic trees in a temporary
+    /// folder; writes go to plain files there.
+    pub fn from_dir_unchecked(dir: impl Into<PathBuf>) -> Self {
+        CgroupFs {
+            mount_point: dir.into(),
+            root: PathBuf::from("/"),
+            verify: false,
+        }
+    }
+
+    /// The mount point.
+    pub fn mount_point(&self) -> &Path {
+        &self.mount_point
+    }
+
+    /// Maps a hierarchy path (as in `/proc/PID/cgroup`) to a filesystem path.
+    pub fn fs_path(&self, hierarchy_path: &str) -> Result<PathBuf> {
+        let hp = Path::new(hierarchy_path);
+        check_clean_absolute(hp)?;
+        let rel = hp
+            .strip_prefix(&self.root)
+            .map_err(|_| Error::InvalidPath {
+                path: hp.to_owned(),
+                reason: "cgroup is outside the part of the hierarchy this mount shows",
+            })?;
+        Ok(self.mount_point.join(rel))
+    }
+
+    /// Maps a filesystem path under the mount to its hierarchy path.
+    pub fn hierarchy_path(&self, fs_path: &Path) -> Result<PathBuf> {
+        check_clean_absolute(fs_path)?;
+        let rel = fs_path
+            .strip_prefix(&self.mount_point)
+            .map_err(|_| Error::InvalidPath {
+                path: fs_path.to_owned(),
+                reason: "path is not under the cgroup2 mount",
+            })?;
+        Ok(self.root.join(rel))
+    }
+
+    /// Opens the cgroup at a filesystem path under the mount.
+    pub fn open(&self, fs_path: impl AsRef<Path>) -> Result<Cgroup> {
+        let fs_path = fs_path.as_ref();
+        let hp = self.hierarchy_path(fs_path)?;
+        Cgroup::open_dir(fs_path, hp, self.verify)
+    }
+
+    /// Opens the cgroup at a hierarchy path such as `/system.slice/foo.service`.
+    pub fn open_hierarchy(&self, hierarchy_path: &str) -> Result<Cgroup> {
+        let fs = self.fs_path(hierarchy_path)?;
+        Cgroup::open_dir(&fs, PathBuf::from(hierarchy_path), self.verify)
+    }
+
+    /// The root of the mount.
+    pub fn root(&self) -> Result<Cgroup> {
+        Cgroup::open_dir(&self.mount_point, self.root.clone(), self.verify)
+    }
+
+    /// The cgroup process `pid` is in (`None` for ourselves).
+    pub fn of_process(&self, pid: Option<i32>) -> Result<Cgroup> {
+        let path = match pid {
+            Some(p) => PathBuf::from(format!("/proc/{p}/cgroup")),
+            None => PathBuf::from("/proc/self/cgroup"),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| match (e.kind(), pid) {
+            (std::io::ErrorKind::NotFound, Some(p)) => Error::ProcessGone { pid: p },
+            _ => Error::io(&path, Op::Read, e),
+        })?;
+        let hp = parse_proc_cgroup(&text).ok_or(Error::InvalidPath {
+            path: path.clone(),
+            reason: "no cgroup-v2 (`0::`) entry",
+        })?;
+        self.open_hierarchy(hp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST: &str = "\
+24 29 0:22 / /sys rw,nosuid shared:7 - sysfs sysfs rw
+30 24 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+40 24 0:27 / /sys/fs/cgroup/memory rw shared:10 - cgroup cgroup rw,memory
+";
+
+    #[test]
+    fn finds_cgroup2_and_ignores_v1() {
+        let m = parse_mountinfo(HOST);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].mount_point, Path::new("/sys/fs/cgroup"));
+        assert_eq!(m[0].root, Path::new("/"));
+    }
+
+    #[test]
+    fn unescapes_mount_points() {
+        let m = parse_mountinfo("1 2 0:1 /a\\040b /mnt/my\\040cg rw - cgroup2 none rw\n");
+        assert_eq!(m[0].mount_point, Path::new("/mnt/my cg"));
+        assert_eq!(m[0].root, Path::new("/a b"));
+    }
+
+    #[test]
+    fn namespace_root_mapping() {
+        let fs = CgroupFs {
+            mount_point: "/sys/fs/cgroup".into(),
+            root: "/kubepods/pod1".into(),
+            verify: false,
+        };
+        assert_eq!(
+            fs.fs_path("/kubepods/pod1/ctr").unwrap(),
+            Path::new("/sys/fs/cgroup/ctr")
+        );
+        assert!(fs.fs_path("/system.slice").is_err());
+        assert!(fs.fs_path("/kubepods/pod1/../x").is_err());
+        assert!(fs.fs_path("relative").is_err());
+        assert_eq!(
+            fs.hierarchy_path(Path::new("/sys/fs/cgroup/ctr")).unwrap(),
+            Path::new("/kubepods/pod1/ctr")
+        );
+        assert!(fs.hierarchy_path(Path::new("/etc/passwd")).is_err());
+    }
+
+    #[test]
+    fn proc_cgroup_line() {
+        assert_eq!(parse_proc_cgroup("0::/user.slice\n"), Some("/user.slice"));
+        assert_eq!(parse_proc_cgroup("4:memory:/x\n0::/a/b\n"), Some("/a/b"));
+        assert_eq!(parse_proc_cgroup("4:memory:/x\n"), None);
+    }
+}

@@ -1,0 +1,45 @@
+//! The only module with `unsafe` code: raw system calls that neither std nor
+//! rustix wrap. Everything else in the crate calls through here or through
+//! rustix's safe API.
+//!
+//! Each function names its syscall and links the man page.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+
+/// [`process_mrelease(2)`](https://man7.org/linux/man-pages/man2/process_mrelease.2.html)
+/// (5.15+): reap the address space of a process that is dying from SIGKILL,
+/// as the kernel's oom_reaper does, so its memory returns without waiting for
+/// the process to finish exiting.
+pub(crate) fn process_mrelease(pidfd: impl AsFd) -> io::Result<()> {
+    let fd = pidfd.as_fd().as_raw_fd();
+    // SAFETY: the syscall takes an fd number and a flags word, reads no
+    // memory of ours, and `fd` is a live fd borrowed for the call.
+    let r = unsafe { libc::syscall(libc::SYS_process_mrelease, fd, 0u32) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// [`sched_setscheduler(2)`](https://man7.org/linux/man-pages/man2/sched_setscheduler.2.html)
+/// for the calling thread with `SCHED_FIFO` at `priority`, or back to
+/// `SCHED_OTHER` when `priority` is `None`.
+pub(crate) fn set_fifo(priority: Option<i32>) -> io::Result<()> {
+    let (policy, prio) = match priority {
+        Some(p) => (libc::SCHED_FIFO, p),
+        None => (libc::SCHED_OTHER, 0),
+    };
+    let param = libc::sched_param {
+        sched_priority: prio,
+    };
+    // SAFETY: `param` is a valid, initialised sched_param that lives across
+    // the call; pid 0 means the calling thread.
+    let r = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

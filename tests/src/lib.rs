@@ -1,0 +1,1 @@
+//! Test support: builders for synthetic cgroup trees.
