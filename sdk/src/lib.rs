@@ -32,6 +32,7 @@
 
 pub mod cgroup;
 pub mod error;
+pub mod engine;
 pub mod events;
 pub mod kill;
 pub mod probe;

@@ -1,0 +1,285 @@
+//! What the loop reads before a decision, in storage allocated up front.
+//!
+//! Reading every file of every cgroup on each event would not scale to
+//! 10,000 cgroups, so the snapshot is two-level: a cheap [`CgroupStats`]
+//! (`memory.current`, `memory.swap.current`) for every cgroup in scope, and
+//! the detail (limits, `memory.events.local`, `memory.stat`, PSI, processes)
+//! only where a decision needs it — read lazily through [`View`].
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::cgroup::{Limit, MemoryEvents, Pressure};
+use crate::error::Result;
+
+use super::host::Host;
+use super::tree::{CgroupId, Class, Tree};
+use super::Trigger;
+
+/// Numbers read from one cgroup's files. `None`: not read, or not provided.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct CgroupStats {
+    /// `memory.current`.
+    pub current: Option<u64>,
+    /// `memory.swap.current`.
+    pub swap_current: Option<u64>,
+    /// `memory.high`.
+    pub high: Option<Limit>,
+    /// `memory.max`.
+    pub max: Option<Limit>,
+    /// `memory.oom.group`.
+    pub oom_group: Option<bool>,
+    /// `memory.events.local`.
+    pub events_local: Option<MemoryEvents>,
+    /// `populated` of `cgroup.events`.
+    pub populated: Option<bool>,
+    /// `pgsteal` of `memory.stat` (reclaim progress).
+    pub pgsteal: Option<u64>,
+    /// `memory.pressure`.
+    pub pressure: Option<Pressure>,
+}
+
+impl CgroupStats {
+    /// What killing everything in the cgroup would free, by the numbers
+    /// available: `memory.current` plus swap.
+    pub fn footprint(&self) -> u64 {
+        self.current.unwrap_or(0) + self.swap_current.unwrap_or(0)
+    }
+
+    /// The lower of `memory.high` and `memory.max`, if either is set.
+    pub fn effective_limit(&self) -> Option<u64> {
+        let h = self.high.and_then(Limit::bytes);
+        let m = self.max.and_then(Limit::bytes);
+        match (h, m) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// One process as the loop saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct ProcSample {
+    /// PID.
+    pub pid: i32,
+    /// Resident memory, bytes.
+    pub rss: u64,
+    /// Swapped-out memory, bytes.
+    pub swap: u64,
+    /// `oom_score_adj`.
+    pub oom_score_adj: i16,
+    /// Effective uid.
+    pub uid: u32,
+    /// A kernel thread (never killed).
+    pub kernel_thread: bool,
+    /// `comm`, NUL-padded.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "ser_comm"))]
+    pub comm: [u8; 16],
+}
+
+#[cfg(feature = "serde")]
+fn ser_comm<S: serde::Serializer>(c: &[u8; 16], s: S) -> std::result::Result<S::Ok, S::Error> {
+    let end = c.iter().position(|b| *b == 0).unwrap_or(16);
+    s.serialize_str(&String::from_utf8_lossy(&c[..end]))
+}
+
+impl ProcSample {
+    /// What killing it frees: RSS plus swap (not virtual size).
+    pub fn footprint(&self) -> u64 {
+        self.rss + self.swap
+    }
+
+    /// `comm` as text.
+    pub fn comm(&self) -> &str {
+        let end = self.comm.iter().position(|b| *b == 0).unwrap_or(16);
+        std::str::from_utf8(&self.comm[..end]).unwrap_or("?")
+    }
+}
+
+/// System-wide numbers (`/proc/meminfo`, `/proc/pressure/memory`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct SystemStats {
+    /// MemTotal, bytes.
+    pub mem_total: Option<u64>,
+    /// MemAvailable, bytes.
+    pub mem_available: Option<u64>,
+    /// SwapTotal, bytes.
+    pub swap_total: Option<u64>,
+    /// SwapFree, bytes.
+    pub swap_free: Option<u64>,
+    /// System memory PSI.
+    pub pressure: Option<Pressure>,
+}
+
+/// Things the handler must not pick again in this episode (victims that did
+/// not die in time, refused targets).
+#[derive(Debug, Clone, Default)]
+pub struct Excluded {
+    pub(crate) cgroups: [Option<CgroupId>; 8],
+    pub(crate) pids: [Option<i32>; 8],
+}
+
+impl Excluded {
+    pub(crate) fn clear(&mut self) {
+        *self = Excluded::default();
+    }
+
+    pub(crate) fn add_cgroup(&mut self, id: CgroupId) {
+        if let Some(s) = self.cgroups.iter_mut().find(|s| s.is_none()) {
+            *s = Some(id);
+        }
+    }
+
+    pub(crate) fn add_pid(&mut self, pid: i32) {
+        if let Some(s) = self.pids.iter_mut().find(|s| s.is_none()) {
+            *s = Some(pid);
+        }
+    }
+
+    /// True when the cgroup must not be picked.
+    pub fn has_cgroup(&self, id: CgroupId) -> bool {
+        self.cgroups.contains(&Some(id))
+    }
+
+    /// True when the process must not be picked.
+    pub fn has_pid(&self, pid: i32) -> bool {
+        self.pids.contains(&Some(pid))
+    }
+}
+
+/// Pre-allocated storage behind a [`View`].
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    pub(crate) scope: Option<CgroupId>,
+    pub(crate) in_scope: Vec<CgroupId>,
+    pub(crate) procs: Vec<ProcSample>,
+    /// (cgroup, start, len) into `procs`.
+    pub(crate) proc_index: Vec<(CgroupId, u32, u32)>,
+    pub(crate) system: SystemStats,
+}
+
+impl Snapshot {
+    pub(crate) fn with_capacity(cgroups: usize, procs: usize) -> Self {
+        Snapshot {
+            scope: None,
+            in_scope: Vec::with_capacity(cgroups),
+            procs: Vec::with_capacity(procs),
+            proc_index: Vec::with_capacity(cgroups),
+            system: SystemStats::default(),
+        }
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.scope = None;
+        self.in_scope.clear();
+        self.procs.clear();
+        self.proc_index.clear();
+        self.system = SystemStats::default();
+    }
+}
+
+/// What a handler sees when deciding: the trigger, the cgroups in scope
+/// with their stats, and processes on request. The loop does all I/O.
+pub struct View<'a> {
+    pub(crate) trigger: &'a Trigger,
+    pub(crate) tree: &'a mut Tree,
+    pub(crate) snap: &'a mut Snapshot,
+    pub(crate) host: &'a mut dyn Host,
+    pub(crate) excluded: &'a Excluded,
+    pub(crate) now: Instant,
+}
+
+impl View<'_> {
+    /// Why the loop is asking.
+    pub fn trigger(&self) -> &Trigger {
+        self.trigger
+    }
+
+    /// When the snapshot was taken.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// The cgroup whose subtree is in scope.
+    pub fn scope(&self) -> Option<CgroupId> {
+        self.snap.scope
+    }
+
+    /// The cgroups in scope (the scope and its descendants), parents before children.
+    pub fn cgroups(&self) -> &[CgroupId] {
+        &self.snap.in_scope
+    }
+
+    /// Stats of a cgroup (`current` and `swap_current` for all in scope;
+    /// more after [`View::detail`]).
+    pub fn stats(&self, id: CgroupId) -> Option<&CgroupStats> {
+        self.tree.stats(id)
+    }
+
+    /// Reads the detail (limits, events, oom.group, pgsteal, PSI) of a cgroup.
+    pub fn detail(&mut self, id: CgroupId) -> Option<&CgroupStats> {
+        let node = self.tree.node_mut(id)?;
+        if self.host.read_detail(id, &mut node.stats).is_err() {
+            return None;
+        }
+        Some(&node.stats)
+    }
+
+    /// The class (priority, protection) of a cgroup.
+    pub fn class(&self, id: CgroupId) -> Option<Class> {
+        self.tree.class(id)
+    }
+
+    /// The hierarchy path of a cgroup.
+    pub fn path(&self, id: CgroupId) -> Option<&Path> {
+        self.tree.path(id)
+    }
+
+    /// The parent of a cgroup.
+    pub fn parent(&self, id: CgroupId) -> Option<CgroupId> {
+        self.tree.parent(id)
+    }
+
+    /// True when `a` is `b` or below it.
+    pub fn is_within(&self, a: CgroupId, b: CgroupId) -> bool {
+        self.tree.is_within(a, b)
+    }
+
+    /// True when the cgroup has no children in the tree.
+    pub fn is_leaf(&self, id: CgroupId) -> bool {
+        !self.snap.in_scope.iter().any(|c| self.tree.parent(*c) == Some(id))
+    }
+
+    /// System-wide numbers.
+    pub fn system(&self) -> &SystemStats {
+        &self.snap.system
+    }
+
+    /// What must not be picked again in this episode.
+    pub fn excluded(&self) -> &Excluded {
+        self.excluded
+    }
+
+    /// The processes directly in a cgroup, read on first request. A cgroup
+    /// that vanished, or whose processes all exited, gives an empty slice.
+    pub fn processes(&mut self, id: CgroupId) -> Result<&[ProcSample]> {
+        if let Some(&(_, start, len)) = self.snap.proc_index.iter().find(|(c, _, _)| *c == id) {
+            return Ok(&self.snap.procs[start as usize..(start + len) as usize]);
+        }
+        let start = self.snap.procs.len();
+        match self.host.read_processes(id, &mut self.snap.procs) {
+            Ok(()) => {}
+            Err(e) if e.is_gone() => self.snap.procs.truncate(start),
+            Err(e) => {
+                self.snap.procs.truncate(start);
+                return Err(e);
+            }
+        }
+        let len = self.snap.procs.len() - start;
+        self.snap.proc_index.push((id, start as u32, len as u32));
+        Ok(&self.snap.procs[start..])
+    }
+}
