@@ -31,12 +31,14 @@ mod plan;
 mod snapshot;
 mod tree;
 
+#[cfg(any(test, feature = "testing"))]
+pub mod fake;
 #[cfg(test)]
 mod tests;
 
 pub use handler::Handler;
 pub use host::{Host, Victim, XattrInfo};
-pub use plan::{Action, Plan, PlanFull, ReasonWriter, Step, MAX_STEPS, REASON_MAX};
+pub use plan::{Action, MAX_STEPS, Plan, PlanFull, REASON_MAX, ReasonWriter, Step};
 pub use snapshot::{CgroupStats, Excluded, ProcSample, SystemStats, View};
 pub use tree::{CgroupId, CgroupMeta, Class, Tree, XattrTrust};
 
@@ -167,7 +169,8 @@ impl EngineConfig {
         if !(0.0..=1.0).contains(&self.memory_back_ratio) {
             return bad("memory_back_ratio", "must be between 0 and 1");
         }
-        if self.sample_interval.is_zero() || self.acting_tick.is_zero() || self.quiet_tick.is_zero() {
+        if self.sample_interval.is_zero() || self.acting_tick.is_zero() || self.quiet_tick.is_zero()
+        {
             return bad("tick intervals", "must be greater than zero");
         }
         if self.kill_deadline.is_zero() {
@@ -434,7 +437,12 @@ pub struct Engine<H: Host> {
 
 impl<H: Host> Engine<H> {
     /// A loop managing the subtree at hierarchy path `root`.
-    pub fn new(cfg: EngineConfig, mut host: H, handler: Box<dyn Handler>, root: &Path) -> Result<Self> {
+    pub fn new(
+        cfg: EngineConfig,
+        mut host: H,
+        handler: Box<dyn Handler>,
+        root: &Path,
+    ) -> Result<Self> {
         cfg.validate()?;
         let mut tree = Tree::with_capacity(cfg.max_cgroups);
         let mut handler = handler;
@@ -538,7 +546,9 @@ impl<H: Host> Engine<H> {
             Some(p) => p,
             None => self.add_cgroup(parent_path)?,
         };
-        let id = self.tree.insert(path.to_path_buf(), Some(parent), Class::default());
+        let id = self
+            .tree
+            .insert(path.to_path_buf(), Some(parent), Class::default());
         let x = match self.host.attach(id, path) {
             Ok(x) => x,
             Err(e) => {
@@ -582,7 +592,8 @@ impl<H: Host> Engine<H> {
             Phase::Acting { wait, .. } => {
                 let now = self.host.now();
                 match wait {
-                    Some(Wait::Victim { deadline, .. }) | Some(Wait::Diagnostics { deadline, .. }) => {
+                    Some(Wait::Victim { deadline, .. })
+                    | Some(Wait::Diagnostics { deadline, .. }) => {
                         Some((now + self.cfg.acting_tick).min(deadline))
                     }
                     None => Some(now),
@@ -601,7 +612,9 @@ impl<H: Host> Engine<H> {
 
     fn scope_of(&self, trigger: &Trigger) -> Option<CgroupId> {
         match *trigger {
-            Trigger::MemoryEvents { cgroup, .. } | Trigger::Escalation { cgroup, .. } => Some(cgroup),
+            Trigger::MemoryEvents { cgroup, .. } | Trigger::Escalation { cgroup, .. } => {
+                Some(cgroup)
+            }
             Trigger::Pressure { cgroup } => cgroup.or(self.root),
             Trigger::Tick => self.root,
         }
@@ -707,7 +720,10 @@ impl<H: Host> Engine<H> {
         let plan = self.plan.clone();
         for step in plan.steps() {
             if step.action.is_kill() {
-                tracing::warn!(handler = self.handler.name(), "kill planned on a quiet tick ignored");
+                tracing::warn!(
+                    handler = self.handler.name(),
+                    "kill planned on a quiet tick ignored"
+                );
                 continue;
             }
             if self.cfg.dry_run {
@@ -728,7 +744,10 @@ impl<H: Host> Engine<H> {
             Some(p) => p.full.map(|f| f.total_us),
             None => {
                 let _ = self.host.read_system(&mut self.snap.system);
-                self.snap.system.pressure.and_then(|p| p.full.map(|f| f.total_us))
+                self.snap
+                    .system
+                    .pressure
+                    .and_then(|p| p.full.map(|f| f.total_us))
             }
         };
         Some(Sample {
@@ -740,7 +759,9 @@ impl<H: Host> Engine<H> {
     }
 
     fn start_episode(&mut self, trigger: Trigger, at: Instant) {
-        let Some(scope) = self.scope_of(&trigger) else { return };
+        let Some(scope) = self.scope_of(&trigger) else {
+            return;
+        };
         self.stats.episodes += 1;
         self.episode.start(self.next_episode, trigger, at);
         self.next_episode += 1;
@@ -792,7 +813,11 @@ impl<H: Host> Engine<H> {
         };
         let stall = Self::stall_fraction(&last, &now).unwrap_or(0.0);
         let stalled = stall >= self.cfg.full_stall_threshold;
-        let stalled_since = if stalled { stalled_since.or(Some(last.at)) } else { None };
+        let stalled_since = if stalled {
+            stalled_since.or(Some(last.at))
+        } else {
+            None
+        };
         let falling = now.current < last.current;
         let reclaiming = match (last.pgsteal, now.pgsteal) {
             (Some(a), Some(b)) => b > a && now.current <= last.current,
@@ -803,14 +828,22 @@ impl<H: Host> Engine<H> {
         let over_limit = stats
             .effective_limit()
             .is_some_and(|l| now.current as f64 >= l as f64 * self.cfg.resolved_usage_ratio);
-        let pressured = over_limit || events_since_sample > 0 || stall >= self.cfg.full_stall_threshold / 2.0;
-        tracing::debug!(stall, progress, pressured, current = now.current, "assessing");
+        let pressured =
+            over_limit || events_since_sample > 0 || stall >= self.cfg.full_stall_threshold / 2.0;
+        tracing::debug!(
+            stall,
+            progress,
+            pressured,
+            current = now.current,
+            "assessing"
+        );
         if !pressured {
             self.stats.averted += 1;
             self.finish(Outcome::Resolved, at);
             return;
         }
-        let sustained = stalled_since.is_some_and(|s| at.saturating_duration_since(s) >= self.cfg.stall_sustain);
+        let sustained = stalled_since
+            .is_some_and(|s| at.saturating_duration_since(s) >= self.cfg.stall_sustain);
         if !progress || sustained {
             self.decide_and_act(at);
             return;
@@ -834,7 +867,9 @@ impl<H: Host> Engine<H> {
         self.snap.reset();
         self.snap.scope = Some(scope);
         for id in self.tree.ids() {
-            if self.tree.is_within(id, scope) && self.snap.in_scope.len() < self.snap.in_scope.capacity() {
+            if self.tree.is_within(id, scope)
+                && self.snap.in_scope.len() < self.snap.in_scope.capacity()
+            {
                 self.snap.in_scope.push(id);
             }
         }
@@ -857,7 +892,9 @@ impl<H: Host> Engine<H> {
     }
 
     fn decide_and_act(&mut self, at: Instant) {
-        let Some(scope) = self.episode.scope else { return };
+        let Some(scope) = self.episode.scope else {
+            return;
+        };
         self.snapshot(scope);
         if let Some(n) = self.tree.node_mut(scope) {
             let _ = self.host.read_detail(scope, &mut n.stats);
@@ -910,7 +947,8 @@ impl<H: Host> Engine<H> {
             }
             return;
         }
-        if self.cfg.recheck && self.episode.escalations == 0 && self.resolved_on_recheck(scope, at) {
+        if self.cfg.recheck && self.episode.escalations == 0 && self.resolved_on_recheck(scope, at)
+        {
             self.stats.averted += 1;
             self.finish(Outcome::AvertedOnRecheck, self.host.now());
             return;
@@ -997,13 +1035,20 @@ impl<H: Host> Engine<H> {
         let contains_self = own.is_some_and(|o| o.starts_with(path));
         let touches = matches!(
             action,
-            Action::KillCgroup { .. } | Action::KillTree { .. } | Action::Freeze { frozen: true, .. } | Action::SetHigh { .. }
+            Action::KillCgroup { .. }
+                | Action::KillTree { .. }
+                | Action::Freeze { frozen: true, .. }
+                | Action::SetHigh { .. }
         );
         if touches && contains_self {
             return Some("target contains oomkit's own cgroup");
         }
-        if matches!(action, Action::KillCgroup { .. } | Action::KillTree { .. } | Action::Freeze { frozen: true, .. })
-            && self.tree.subtree_protected(cg)
+        if matches!(
+            action,
+            Action::KillCgroup { .. }
+                | Action::KillTree { .. }
+                | Action::Freeze { frozen: true, .. }
+        ) && self.tree.subtree_protected(cg)
         {
             return Some("target is or contains a protected cgroup");
         }
@@ -1105,18 +1150,33 @@ impl<H: Host> Engine<H> {
     /// Runs plan steps from the current one until one must be waited for.
     fn run_steps(&mut self, at: Instant) {
         loop {
-            let Phase::Acting { scope, step, wait: None } = self.phase else {
+            let Phase::Acting {
+                scope,
+                step,
+                wait: None,
+            } = self.phase
+            else {
                 return;
             };
             let Some(s) = self.plan.step(step).copied() else {
                 self.finish(Outcome::Acted, at);
                 return;
             };
-            let deadline = at + if s.deadline.is_zero() { self.cfg.kill_deadline } else { s.deadline };
+            let deadline = at
+                + if s.deadline.is_zero() {
+                    self.cfg.kill_deadline
+                } else {
+                    s.deadline
+                };
             let mut wait = None;
             let result = match s.action {
                 Action::KillProcess { cgroup, pid } => {
-                    let footprint = self.snap.procs.iter().find(|p| p.pid == pid).map_or(0, ProcSample::footprint);
+                    let footprint = self
+                        .snap
+                        .procs
+                        .iter()
+                        .find(|p| p.pid == pid)
+                        .map_or(0, ProcSample::footprint);
                     let r = self.host.kill_process(cgroup, pid);
                     self.start_kill(r, footprint, scope, deadline, &mut wait)
                 }
@@ -1131,10 +1191,17 @@ impl<H: Host> Engine<H> {
                     let r = self.host.kill_cgroup(target);
                     self.start_kill(r, footprint, scope, deadline, &mut wait)
                 }
-                Action::CaptureDiagnostics { cgroup, pid, signal } => {
+                Action::CaptureDiagnostics {
+                    cgroup,
+                    pid,
+                    signal,
+                } => {
                     let r = self.host.signal(cgroup, pid, signal);
                     if r.is_ok() {
-                        wait = Some(Wait::Diagnostics { since: at, deadline });
+                        wait = Some(Wait::Diagnostics {
+                            since: at,
+                            deadline,
+                        });
                     }
                     r
                 }
@@ -1205,7 +1272,12 @@ impl<H: Host> Engine<H> {
             if self.host.read_detail(c, &mut st).is_err() || st.oom_group != Some(true) {
                 break;
             }
-            if !self.tree.subtree_protected(c) && !self.host.own_cgroup().is_some_and(|o| self.tree.path(c).is_some_and(|p| o.starts_with(p))) {
+            if !self.tree.subtree_protected(c)
+                && !self
+                    .host
+                    .own_cgroup()
+                    .is_some_and(|o| self.tree.path(c).is_some_and(|p| o.starts_with(p)))
+            {
                 target = c;
             }
             cur = self.tree.parent(c);
@@ -1284,7 +1356,11 @@ impl<H: Host> Engine<H> {
                     return;
                 }
                 if at >= deadline {
-                    tracing::warn!(episode = self.episode.id, ?victim, "victim did not exit in time; escalating");
+                    tracing::warn!(
+                        episode = self.episode.id,
+                        ?victim,
+                        "victim did not exit in time; escalating"
+                    );
                     if let Some(v) = self
                         .episode
                         .victims
@@ -1328,7 +1404,10 @@ impl<H: Host> Engine<H> {
                 }
             }
         }
-        let acted = !matches!(outcome, Outcome::Resolved | Outcome::AvertedOnRecheck | Outcome::NoAction);
+        let acted = !matches!(
+            outcome,
+            Outcome::Resolved | Outcome::AvertedOnRecheck | Outcome::NoAction
+        );
         self.phase = if acted {
             Phase::Cooldown {
                 until: at + self.cfg.cooldown,
@@ -1337,7 +1416,11 @@ impl<H: Host> Engine<H> {
             Phase::Idle
         };
         // Off the hot path from here: the kill (if any) has been sent.
-        self.episode.scope_path = self.episode.scope.and_then(|s| self.tree.path(s)).map(Path::to_path_buf);
+        self.episode.scope_path = self
+            .episode
+            .scope
+            .and_then(|s| self.tree.path(s))
+            .map(Path::to_path_buf);
         tracing::info!(
             episode = self.episode.id,
             outcome = ?outcome,

@@ -12,9 +12,9 @@ use std::time::Instant;
 use crate::cgroup::{Limit, MemoryEvents, Pressure};
 use crate::error::Result;
 
+use super::Trigger;
 use super::host::Host;
 use super::tree::{CgroupId, Class, Tree};
-use super::Trigger;
 
 /// Numbers read from one cgroup's files. `None`: not read, or not provided.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -250,7 +250,11 @@ impl View<'_> {
 
     /// True when the cgroup has no children in the tree.
     pub fn is_leaf(&self, id: CgroupId) -> bool {
-        !self.snap.in_scope.iter().any(|c| self.tree.parent(*c) == Some(id))
+        !self
+            .snap
+            .in_scope
+            .iter()
+            .any(|c| self.tree.parent(*c) == Some(id))
     }
 
     /// System-wide numbers.

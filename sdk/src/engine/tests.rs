@@ -1,216 +1,11 @@
 //! Policy tests of the loop against a fake host: no kernel needed.
 
-use std::cell::Cell;
-use std::collections::HashMap;
-use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::fake::{FakeHost, proc};
 use super::*;
-use crate::cgroup::{Limit, MemoryEvents, MemoryStat, Pressure, PressureLine};
-
-#[derive(Debug, Clone, Default)]
-struct FakeCg {
-    current: u64,
-    high: Option<Limit>,
-    max: Option<Limit>,
-    oom_group: bool,
-    pgsteal: u64,
-    full_us: u64,
-    procs: Vec<ProcSample>,
-    xattr: XattrInfo,
-}
-
-struct FakeHost {
-    now: Cell<Instant>,
-    cgs: HashMap<PathBuf, FakeCg>,
-    ids: HashMap<CgroupId, PathBuf>,
-    /// Processes that ignore SIGKILL (stuck in D state).
-    stuck: Vec<i32>,
-    /// (action, pid or 0, path)
-    log: Vec<(&'static str, i32, PathBuf)>,
-    pending_exit: Vec<Victim>,
-    own_cgroup: PathBuf,
-}
-
-fn proc(pid: i32, rss_mib: u64) -> ProcSample {
-    let mut comm = [0u8; 16];
-    comm[..4].copy_from_slice(b"work");
-    ProcSample {
-        pid,
-        rss: rss_mib << 20,
-        swap: 0,
-        oom_score_adj: 0,
-        uid: 1000,
-        kernel_thread: false,
-        comm,
-    }
-}
-
-impl FakeHost {
-    fn new() -> Self {
-        let mut cgs = HashMap::new();
-        cgs.insert(PathBuf::from("/"), FakeCg::default());
-        FakeHost {
-            now: Cell::new(Instant::now()),
-            cgs,
-            ids: HashMap::new(),
-            stuck: Vec::new(),
-            log: Vec::new(),
-            pending_exit: Vec::new(),
-            own_cgroup: PathBuf::from("/system/oomkit"),
-        }
-    }
-    fn cg(&mut self, path: &str) -> &mut FakeCg {
-        self.cgs.entry(PathBuf::from(path)).or_default()
-    }
-    fn path(&self, id: CgroupId) -> &Path {
-        self.ids.get(&id).map(PathBuf::as_path).unwrap_or(Path::new("/gone"))
-    }
-    fn advance(&self, d: Duration) {
-        self.now.set(self.now.get() + d);
-    }
-    fn kills(&self) -> Vec<(&'static str, i32, PathBuf)> {
-        self.log.iter().filter(|l| l.0.starts_with("kill")).cloned().collect()
-    }
-    /// Recomputes every cgroup's usage from its processes and children.
-    fn usage_of(&self, path: &Path) -> u64 {
-        self.cgs
-            .iter()
-            .filter(|(p, _)| p.starts_with(path))
-            .map(|(_, c)| c.procs.iter().map(|p| p.rss).sum::<u64>() + c.current)
-            .sum()
-    }
-}
-
-impl Host for FakeHost {
-    fn now(&self) -> Instant {
-        self.now.get()
-    }
-    fn attach(&mut self, id: CgroupId, path: &Path) -> crate::Result<XattrInfo> {
-        self.ids.insert(id, path.to_owned());
-        Ok(self.cgs.entry(path.to_owned()).or_default().xattr)
-    }
-    fn detach(&mut self, id: CgroupId) {
-        self.ids.remove(&id);
-    }
-    fn read_usage(&mut self, id: CgroupId, out: &mut CgroupStats) -> crate::Result<()> {
-        let p = self.path(id).to_owned();
-        if !self.cgs.contains_key(&p) {
-            return Err(crate::Error::CgroupGone { path: p });
-        }
-        out.current = Some(self.usage_of(&p));
-        out.swap_current = Some(0);
-        Ok(())
-    }
-    fn read_detail(&mut self, id: CgroupId, out: &mut CgroupStats) -> crate::Result<()> {
-        let p = self.path(id).to_owned();
-        let c = self.cgs.get(&p).cloned().ok_or(crate::Error::CgroupGone { path: p })?;
-        out.high = c.high;
-        out.max = c.max;
-        out.oom_group = Some(c.oom_group);
-        out.pgsteal = Some(c.pgsteal);
-        out.pressure = Some(Pressure {
-            some: PressureLine::default(),
-            full: Some(PressureLine {
-                total_us: c.full_us,
-                ..PressureLine::default()
-            }),
-        });
-        Ok(())
-    }
-    fn read_memory_stat(&mut self, _id: CgroupId, out: &mut MemoryStat) -> crate::Result<()> {
-        out.anon = Some(1);
-        Ok(())
-    }
-    fn read_processes(&mut self, id: CgroupId, out: &mut Vec<ProcSample>) -> crate::Result<()> {
-        let p = self.path(id).to_owned();
-        out.extend(self.cgs.get(&p).map(|c| c.procs.clone()).unwrap_or_default());
-        Ok(())
-    }
-    fn read_system(&mut self, out: &mut SystemStats) -> crate::Result<()> {
-        out.mem_total = Some(1 << 30);
-        Ok(())
-    }
-    fn kill_process(&mut self, id: CgroupId, pid: i32) -> crate::Result<Victim> {
-        let p = self.path(id).to_owned();
-        self.log.push(("kill_process", pid, p.clone()));
-        let c = self.cgs.get(&p).ok_or(crate::Error::CgroupGone { path: p.clone() })?;
-        if !c.procs.iter().any(|x| x.pid == pid) {
-            return Err(crate::Error::ProcessGone { pid });
-        }
-        let v = Victim::Process { pid, slot: 0, cgroup: id };
-        self.pending_exit.push(v);
-        Ok(v)
-    }
-    fn kill_cgroup(&mut self, id: CgroupId) -> crate::Result<Victim> {
-        let p = self.path(id).to_owned();
-        self.log.push(("kill_cgroup", 0, p));
-        let v = Victim::Cgroup { cgroup: id };
-        self.pending_exit.push(v);
-        Ok(v)
-    }
-    fn victim_exited(&mut self, victim: &Victim) -> crate::Result<bool> {
-        // Victims die when the test lets time pass, unless stuck.
-        match *victim {
-            Victim::Process { pid, cgroup, .. } => {
-                if self.stuck.contains(&pid) {
-                    return Ok(false);
-                }
-                let p = self.path(cgroup).to_owned();
-                if let Some(c) = self.cgs.get_mut(&p) {
-                    c.procs.retain(|x| x.pid != pid);
-                }
-                Ok(true)
-            }
-            Victim::Cgroup { cgroup } => {
-                let p = self.path(cgroup).to_owned();
-                for (path, c) in self.cgs.iter_mut() {
-                    if path.starts_with(&p) {
-                        c.procs.clear();
-                        c.current = 0;
-                    }
-                }
-                Ok(true)
-            }
-        }
-    }
-    fn victim_fd(&self, _victim: &Victim) -> Option<BorrowedFd<'_>> {
-        None
-    }
-    fn release_victim(&mut self, _victim: &Victim) {}
-    fn set_high(&mut self, id: CgroupId, limit: Limit) -> crate::Result<()> {
-        let p = self.path(id).to_owned();
-        self.log.push(("set_high", 0, p.clone()));
-        self.cg(p.to_str().unwrap_or("/")).high = Some(limit);
-        Ok(())
-    }
-    fn set_max(&mut self, id: CgroupId, limit: Limit) -> crate::Result<()> {
-        let p = self.path(id).to_owned();
-        self.log.push(("set_max", limit.bytes().map_or(-1, |b| (b >> 20) as i32), p.clone()));
-        self.cg(p.to_str().unwrap_or("/")).max = Some(limit);
-        Ok(())
-    }
-    fn set_frozen(&mut self, id: CgroupId, frozen: bool) -> crate::Result<()> {
-        let p = self.path(id).to_owned();
-        self.log.push((if frozen { "freeze" } else { "thaw" }, 0, p));
-        Ok(())
-    }
-    fn signal(&mut self, id: CgroupId, pid: i32, _signal: i32) -> crate::Result<()> {
-        let p = self.path(id).to_owned();
-        self.log.push(("signal", pid, p));
-        Ok(())
-    }
-    fn diagnostics_ready(&mut self, _since: Instant) -> bool {
-        true
-    }
-    fn own_pid(&self) -> i32 {
-        4242
-    }
-    fn own_cgroup(&self) -> Option<&Path> {
-        Some(&self.own_cgroup)
-    }
-}
+use crate::cgroup::{Limit, MemoryEvents};
 
 /// Kills the largest process of the lowest priority in scope.
 struct Largest {
@@ -238,7 +33,9 @@ impl Handler for Largest {
                 }
                 let better = match best {
                     None => true,
-                    Some((bp, bf, _, _)) => (prio, std::cmp::Reverse(p.footprint())) < (bp, std::cmp::Reverse(bf)),
+                    Some((bp, bf, _, _)) => {
+                        (prio, std::cmp::Reverse(p.footprint())) < (bp, std::cmp::Reverse(bf))
+                    }
                 };
                 if better {
                     best = Some((prio, p.footprint(), id, p.pid));
@@ -265,7 +62,8 @@ impl Rig {
             v.sort();
             v
         };
-        let mut engine = Engine::new(cfg, host, Box::new(Largest { force }), Path::new("/")).unwrap();
+        let mut engine =
+            Engine::new(cfg, host, Box::new(Largest { force }), Path::new("/")).unwrap();
         for p in paths.iter().filter(|p| p.as_path() != Path::new("/")) {
             engine.add_cgroup(p).unwrap();
         }
@@ -280,7 +78,8 @@ impl Rig {
     fn event(&mut self, path: &str, delta: MemoryEvents) {
         let id = self.id(path);
         let at = self.engine.host().now();
-        self.engine.on_event(Trigger::MemoryEvents { cgroup: id, delta }, at);
+        self.engine
+            .on_event(Trigger::MemoryEvents { cgroup: id, delta }, at);
     }
     /// Runs ticks until idle or `limit` passes, advancing the fake clock.
     fn run(&mut self, limit: Duration) -> Vec<Episode> {
@@ -328,7 +127,10 @@ fn urgent_event_kills_at_once_and_waits_for_memory() {
     r.event("/batch", ev(0, 1, 1));
     let kills = r.host().kills();
     assert_eq!(kills.len(), 1, "killed exactly once: {kills:?}");
-    assert_eq!(kills[0].1, 100, "the largest process of the signalled scope");
+    assert_eq!(
+        kills[0].1, 100,
+        "the largest process of the signalled scope"
+    );
     assert!(r.engine.in_episode());
     let eps = r.run(Duration::from_secs(10));
     assert_eq!(eps.len(), 1);
@@ -338,7 +140,11 @@ fn urgent_event_kills_at_once_and_waits_for_memory() {
     assert!(t.event_seen <= t.decided && t.decided <= t.signal_sent);
     assert!(t.signal_sent <= t.victim_exited && t.victim_exited <= t.memory_back);
     assert_eq!(r.engine.stats().kills, 1);
-    assert_eq!(r.engine.next_wake(), None, "idle after cooldown: no timer wakeups");
+    assert_eq!(
+        r.engine.next_wake(),
+        None,
+        "idle after cooldown: no timer wakeups"
+    );
 }
 
 #[test]
@@ -354,7 +160,10 @@ fn progress_holds_off_and_resolution_averts() {
         None,
     );
     r.event("/batch", ev(1, 0, 0));
-    assert!(r.host().kills().is_empty(), "a high event alone must not kill at once");
+    assert!(
+        r.host().kills().is_empty(),
+        "a high event alone must not kill at once"
+    );
     // Reclaim makes progress: usage falls below the limit.
     r.host().cg("/batch").procs[0].rss = 200 << 20;
     r.host().cg("/batch").pgsteal += 1000;
@@ -406,7 +215,10 @@ fn sustained_full_stall_kills_despite_progress() {
         h.advance(Duration::from_millis(100));
         let at = h.now();
         r.engine.on_tick(at);
-        assert!(r.host().kills().is_empty(), "not before the stall is sustained");
+        assert!(
+            r.host().kills().is_empty(),
+            "not before the stall is sustained"
+        );
     }
     for _ in 0..3 {
         let h = r.host();
@@ -438,19 +250,40 @@ fn recheck_averts_when_pressure_resolved_meanwhile() {
         }
         fn decide(&mut self, view: &mut View<'_>, plan: &mut Plan) {
             let cg = view.scope().unwrap();
-            let _ = plan.push(Action::KillProcess { cgroup: cg, pid: 100 }, Duration::ZERO);
+            let _ = plan.push(
+                Action::KillProcess {
+                    cgroup: cg,
+                    pid: 100,
+                },
+                Duration::ZERO,
+            );
         }
     }
     let mut host = FakeHost::new();
     two_jobs(&mut host);
     host.cg("/batch").max = Some(Limit::Bytes(400 << 20));
-    let mut e = Engine::new(EngineConfig::default(), host, Box::new(Resolving), Path::new("/")).unwrap();
+    let mut e = Engine::new(
+        EngineConfig::default(),
+        host,
+        Box::new(Resolving),
+        Path::new("/"),
+    )
+    .unwrap();
     let batch = e.add_cgroup(Path::new("/batch")).unwrap();
     // The limit was raised by someone else after the event: usage is now far below.
     e.host_mut().cg("/batch").max = Some(Limit::Bytes(4 << 30));
     let at = e.host().now();
-    e.on_event(Trigger::MemoryEvents { cgroup: batch, delta: ev(0, 1, 1) }, at);
-    assert!(e.host().kills().is_empty(), "resolved before acting: nothing killed");
+    e.on_event(
+        Trigger::MemoryEvents {
+            cgroup: batch,
+            delta: ev(0, 1, 1),
+        },
+        at,
+    );
+    assert!(
+        e.host().kills().is_empty(),
+        "resolved before acting: nothing killed"
+    );
     let ep = e.take_finished().unwrap();
     assert_eq!(ep.outcome, Some(Outcome::AvertedOnRecheck));
     assert_eq!(e.stats().averted, 1);
@@ -481,7 +314,10 @@ fn stuck_victim_escalates_to_next_candidate() {
     r.event("/batch", ev(0, 1, 1));
     let eps = r.run(Duration::from_secs(30));
     let kills = r.host().kills();
-    assert_eq!(kills.iter().map(|k| k.1).collect::<Vec<_>>(), vec![100, 101]);
+    assert_eq!(
+        kills.iter().map(|k| k.1).collect::<Vec<_>>(),
+        vec![100, 101]
+    );
     let e = &eps[0];
     assert_eq!(e.escalations, 1);
     assert!(e.victims[0].unwrap().escalated);
@@ -492,13 +328,51 @@ fn stuck_victim_escalates_to_next_candidate() {
 #[test]
 fn protection_rules_refuse_forbidden_targets() {
     let cases: Vec<(&str, Box<dyn Fn(&Rig) -> Action>)> = vec![
-        ("pid 1", Box::new(|r: &Rig| Action::KillProcess { cgroup: r.id("/batch"), pid: 1 })),
-        ("itself", Box::new(|r: &Rig| Action::KillProcess { cgroup: r.id("/batch"), pid: 4242 })),
-        ("own cgroup", Box::new(|r: &Rig| Action::KillProcess { cgroup: r.id("/system/oomkit"), pid: 77 })),
-        ("ancestor of own cgroup", Box::new(|r: &Rig| Action::KillCgroup { cgroup: r.id("/system") })),
-        ("root", Box::new(|r: &Rig| Action::KillTree { cgroup: r.id("/") })),
-        ("protected", Box::new(|r: &Rig| Action::KillCgroup { cgroup: r.id("/svc") })),
-        ("unlimited max", Box::new(|r: &Rig| Action::RaiseMax { cgroup: r.id("/batch"), limit: u64::MAX, duration: Duration::from_secs(1) })),
+        (
+            "pid 1",
+            Box::new(|r: &Rig| Action::KillProcess {
+                cgroup: r.id("/batch"),
+                pid: 1,
+            }),
+        ),
+        (
+            "itself",
+            Box::new(|r: &Rig| Action::KillProcess {
+                cgroup: r.id("/batch"),
+                pid: 4242,
+            }),
+        ),
+        (
+            "own cgroup",
+            Box::new(|r: &Rig| Action::KillProcess {
+                cgroup: r.id("/system/oomkit"),
+                pid: 77,
+            }),
+        ),
+        (
+            "ancestor of own cgroup",
+            Box::new(|r: &Rig| Action::KillCgroup {
+                cgroup: r.id("/system"),
+            }),
+        ),
+        (
+            "root",
+            Box::new(|r: &Rig| Action::KillTree { cgroup: r.id("/") }),
+        ),
+        (
+            "protected",
+            Box::new(|r: &Rig| Action::KillCgroup {
+                cgroup: r.id("/svc"),
+            }),
+        ),
+        (
+            "unlimited max",
+            Box::new(|r: &Rig| Action::RaiseMax {
+                cgroup: r.id("/batch"),
+                limit: u64::MAX,
+                duration: Duration::from_secs(1),
+            }),
+        ),
     ];
     for (name, make) in cases {
         let mut r = Rig::new(
@@ -510,7 +384,9 @@ fn protection_rules_refuse_forbidden_targets() {
             None,
         );
         let action = make(&r);
-        let handler = Largest { force: Some(action) };
+        let handler = Largest {
+            force: Some(action),
+        };
         // Swap the handler in by rebuilding with the forced action.
         let mut r2 = Rig::new(
             EngineConfig::default(),
@@ -523,7 +399,10 @@ fn protection_rules_refuse_forbidden_targets() {
         r.host().log.clear();
         r2.event("/batch", ev(0, 1, 1));
         let ep = r2.engine.take_finished();
-        assert!(r2.host().kills().is_empty(), "{name}: nothing may be killed");
+        assert!(
+            r2.host().kills().is_empty(),
+            "{name}: nothing may be killed"
+        );
         assert_eq!(ep.and_then(|e| e.outcome), Some(Outcome::Refused), "{name}");
         assert_eq!(r2.engine.stats().refused, 1, "{name}");
     }
@@ -534,14 +413,28 @@ fn kernel_threads_and_unkillable_processes_are_refused() {
     let mut r = Rig::new(
         EngineConfig::default(),
         |h| {
-            h.cg("/batch").procs = vec![ProcSample { kernel_thread: true, ..proc(300, 900) }, ProcSample { oom_score_adj: -1000, ..proc(301, 800) }, proc(302, 10)];
+            h.cg("/batch").procs = vec![
+                ProcSample {
+                    kernel_thread: true,
+                    ..proc(300, 900)
+                },
+                ProcSample {
+                    oom_score_adj: -1000,
+                    ..proc(301, 800)
+                },
+                proc(302, 10),
+            ];
         },
         None,
     );
     r.event("/batch", ev(0, 1, 1));
     let _ = r.run(Duration::from_secs(10));
     let kills: Vec<i32> = r.host().kills().iter().map(|k| k.1).collect();
-    assert_eq!(kills, vec![302], "refused targets are excluded and the handler asked again");
+    assert_eq!(
+        kills,
+        vec![302],
+        "refused targets are excluded and the handler asked again"
+    );
 }
 
 #[test]
@@ -583,7 +476,11 @@ fn kill_tree_honours_oom_group_ancestors() {
     r.event("/pod/ctr", ev(0, 1, 1));
     let kills = r.host().kills();
     assert_eq!(kills.len(), 1);
-    assert_eq!(kills[0].2, PathBuf::from("/pod"), "the whole oom.group tree");
+    assert_eq!(
+        kills[0].2,
+        PathBuf::from("/pod"),
+        "the whole oom.group tree"
+    );
 }
 
 #[test]
@@ -595,9 +492,29 @@ fn raised_limit_is_restored_when_the_episode_ends() {
         }
         fn decide(&mut self, view: &mut View<'_>, plan: &mut Plan) {
             let cg = view.scope().unwrap();
-            let _ = plan.push(Action::RaiseMax { cgroup: cg, limit: 600 << 20, duration: Duration::from_secs(10) }, Duration::ZERO);
-            let _ = plan.push(Action::CaptureDiagnostics { cgroup: cg, pid: 100, signal: 12 }, Duration::from_secs(2));
-            let _ = plan.push(Action::KillProcess { cgroup: cg, pid: 100 }, Duration::ZERO);
+            let _ = plan.push(
+                Action::RaiseMax {
+                    cgroup: cg,
+                    limit: 600 << 20,
+                    duration: Duration::from_secs(10),
+                },
+                Duration::ZERO,
+            );
+            let _ = plan.push(
+                Action::CaptureDiagnostics {
+                    cgroup: cg,
+                    pid: 100,
+                    signal: 12,
+                },
+                Duration::from_secs(2),
+            );
+            let _ = plan.push(
+                Action::KillProcess {
+                    cgroup: cg,
+                    pid: 100,
+                },
+                Duration::ZERO,
+            );
         }
     }
     let mut host = FakeHost::new();
@@ -608,14 +525,28 @@ fn raised_limit_is_restored_when_the_episode_ends() {
     let mut e = Engine::new(cfg, host, Box::new(Profile), Path::new("/")).unwrap();
     let batch = e.add_cgroup(Path::new("/batch")).unwrap();
     let at = e.host().now();
-    e.on_event(Trigger::MemoryEvents { cgroup: batch, delta: ev(0, 1, 1) }, at);
+    e.on_event(
+        Trigger::MemoryEvents {
+            cgroup: batch,
+            delta: ev(0, 1, 1),
+        },
+        at,
+    );
     for _ in 0..50 {
         e.host().advance(Duration::from_millis(20));
         let at = e.host().now();
         e.on_tick(at);
     }
     let log: Vec<(&str, i32)> = e.host().log.iter().map(|l| (l.0, l.1)).collect();
-    assert_eq!(log, vec![("set_max", 600), ("signal", 100), ("kill_process", 100), ("set_max", 360)]);
+    assert_eq!(
+        log,
+        vec![
+            ("set_max", 600),
+            ("signal", 100),
+            ("kill_process", 100),
+            ("set_max", 360)
+        ]
+    );
     assert_eq!(e.take_finished().unwrap().outcome, Some(Outcome::Acted));
 }
 
@@ -624,8 +555,17 @@ fn oom_kill_deltas_are_counted_not_acted_on() {
     let mut r = Rig::new(EngineConfig::default(), two_jobs, None);
     let root = r.id("/");
     let at = r.engine.host().now();
-    let d = MemoryEvents { oom_kill: Some(2), ..ev(0, 0, 0) };
-    r.engine.on_event(Trigger::MemoryEvents { cgroup: root, delta: d }, at);
+    let d = MemoryEvents {
+        oom_kill: Some(2),
+        ..ev(0, 0, 0)
+    };
+    r.engine.on_event(
+        Trigger::MemoryEvents {
+            cgroup: root,
+            delta: d,
+        },
+        at,
+    );
     assert_eq!(r.engine.stats().kernel_oom_kills, 2);
     assert!(!r.engine.in_episode());
     assert!(r.host().kills().is_empty());

@@ -100,7 +100,12 @@ impl Tree {
     }
 
     /// Adds a cgroup (its parent, if any, must be in the tree already).
-    pub(crate) fn insert(&mut self, path: PathBuf, parent: Option<CgroupId>, class: Class) -> CgroupId {
+    pub(crate) fn insert(
+        &mut self,
+        path: PathBuf,
+        parent: Option<CgroupId>,
+        class: Class,
+    ) -> CgroupId {
         if let Some(id) = self.by_path.get(&path) {
             return *id;
         }
@@ -170,10 +175,14 @@ impl Tree {
 
     /// All live ids, in slot order.
     pub fn ids(&self) -> impl Iterator<Item = CgroupId> + '_ {
-        self.nodes.iter().enumerate().filter(|(_, n)| n.live).map(|(i, n)| CgroupId {
-            idx: i as u32,
-            generation: n.generation,
-        })
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.live)
+            .map(|(i, n)| CgroupId {
+                idx: i as u32,
+                generation: n.generation,
+            })
     }
 
     /// Number of live cgroups.
@@ -241,10 +250,16 @@ mod tests {
         assert_eq!(gone.len(), 2);
         assert!(t.path(a1).is_none());
         let b = t.insert("/b".into(), Some(root), Class::default());
-        assert!(b.index() == a.index() || b.index() == a1.index(), "slot reused");
+        assert!(
+            b.index() == a.index() || b.index() == a1.index(),
+            "slot reused"
+        );
         assert_ne!(b, a);
         assert_ne!(b, a1);
-        assert!(t.path(a).is_none() && t.path(a1).is_none(), "stale ids name nothing");
+        assert!(
+            t.path(a).is_none() && t.path(a1).is_none(),
+            "stale ids name nothing"
+        );
         assert_eq!(t.path(b), Some(Path::new("/b")));
         assert_eq!(t.len(), 2);
     }

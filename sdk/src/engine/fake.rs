@@ -1,0 +1,275 @@
+//! A fake [`Host`] for testing handlers and the loop without a kernel.
+//!
+//! Available with the `testing` feature (and in this crate's own tests).
+//! Cgroups are keyed by hierarchy path; `memory.current` of a cgroup is the
+//! sum of its processes' RSS, its own extra `current`, and its
+//! descendants'. Killed processes exit when the loop next asks (unless
+//! listed in [`FakeHost::stuck`]); every effect is appended to
+//! [`FakeHost::log`].
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::{CgroupId, CgroupStats, Host, ProcSample, SystemStats, Victim, XattrInfo};
+use crate::cgroup::{Limit, MemoryStat, Pressure, PressureLine};
+
+/// One fake cgroup.
+#[derive(Debug, Clone, Default)]
+pub struct FakeCg {
+    /// Memory charged beyond its processes' RSS (page cache and the like).
+    pub current: u64,
+    /// `memory.high`.
+    pub high: Option<Limit>,
+    /// `memory.max`.
+    pub max: Option<Limit>,
+    /// `memory.oom.group`.
+    pub oom_group: bool,
+    /// `pgsteal` of `memory.stat`.
+    pub pgsteal: u64,
+    /// `full` total of `memory.pressure`, µs.
+    pub full_us: u64,
+    /// Processes directly in it.
+    pub procs: Vec<ProcSample>,
+    /// Its trusted xattrs.
+    pub xattr: XattrInfo,
+}
+
+/// See the module docs.
+pub struct FakeHost {
+    /// The fake clock.
+    pub now: Cell<Instant>,
+    /// Cgroups by hierarchy path.
+    pub cgs: HashMap<PathBuf, FakeCg>,
+    /// Attached ids.
+    pub ids: HashMap<CgroupId, PathBuf>,
+    /// Processes that ignore SIGKILL (stuck in D state).
+    pub stuck: Vec<i32>,
+    /// (action, pid or 0, path)
+    pub log: Vec<(&'static str, i32, PathBuf)>,
+    /// Victims signalled so far.
+    pub pending_exit: Vec<Victim>,
+    /// The hierarchy path reported as oomkit's own cgroup.
+    pub own_cgroup: PathBuf,
+}
+
+/// A process sample with `rss_mib` MiB resident.
+pub fn proc(pid: i32, rss_mib: u64) -> ProcSample {
+    let mut comm = [0u8; 16];
+    comm[..4].copy_from_slice(b"work");
+    ProcSample {
+        pid,
+        rss: rss_mib << 20,
+        swap: 0,
+        oom_score_adj: 0,
+        uid: 1000,
+        kernel_thread: false,
+        comm,
+    }
+}
+
+impl Default for FakeHost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeHost {
+    /// A host with only the root cgroup `/`, own PID 4242, own cgroup `/system/oomkit`.
+    pub fn new() -> Self {
+        let mut cgs = HashMap::new();
+        cgs.insert(PathBuf::from("/"), FakeCg::default());
+        FakeHost {
+            now: Cell::new(Instant::now()),
+            cgs,
+            ids: HashMap::new(),
+            stuck: Vec::new(),
+            log: Vec::new(),
+            pending_exit: Vec::new(),
+            own_cgroup: PathBuf::from("/system/oomkit"),
+        }
+    }
+    /// The cgroup at `path`, created if new.
+    pub fn cg(&mut self, path: &str) -> &mut FakeCg {
+        self.cgs.entry(PathBuf::from(path)).or_default()
+    }
+    /// The path of an attached id.
+    pub fn path(&self, id: CgroupId) -> &Path {
+        self.ids
+            .get(&id)
+            .map(PathBuf::as_path)
+            .unwrap_or(Path::new("/gone"))
+    }
+    /// Moves the clock forward.
+    pub fn advance(&self, d: Duration) {
+        self.now.set(self.now.get() + d);
+    }
+    /// The kill entries of the log.
+    pub fn kills(&self) -> Vec<(&'static str, i32, PathBuf)> {
+        self.log
+            .iter()
+            .filter(|l| l.0.starts_with("kill"))
+            .cloned()
+            .collect()
+    }
+    /// Usage of a cgroup: its processes, its own `current`, and descendants.
+    pub fn usage_of(&self, path: &Path) -> u64 {
+        self.cgs
+            .iter()
+            .filter(|(p, _)| p.starts_with(path))
+            .map(|(_, c)| c.procs.iter().map(|p| p.rss).sum::<u64>() + c.current)
+            .sum()
+    }
+}
+
+impl Host for FakeHost {
+    fn now(&self) -> Instant {
+        self.now.get()
+    }
+    fn attach(&mut self, id: CgroupId, path: &Path) -> crate::Result<XattrInfo> {
+        self.ids.insert(id, path.to_owned());
+        Ok(self.cgs.entry(path.to_owned()).or_default().xattr)
+    }
+    fn detach(&mut self, id: CgroupId) {
+        self.ids.remove(&id);
+    }
+    fn read_usage(&mut self, id: CgroupId, out: &mut CgroupStats) -> crate::Result<()> {
+        let p = self.path(id).to_owned();
+        if !self.cgs.contains_key(&p) {
+            return Err(crate::Error::CgroupGone { path: p });
+        }
+        out.current = Some(self.usage_of(&p));
+        out.swap_current = Some(0);
+        Ok(())
+    }
+    fn read_detail(&mut self, id: CgroupId, out: &mut CgroupStats) -> crate::Result<()> {
+        let p = self.path(id).to_owned();
+        let c = self
+            .cgs
+            .get(&p)
+            .cloned()
+            .ok_or(crate::Error::CgroupGone { path: p })?;
+        out.high = c.high;
+        out.max = c.max;
+        out.oom_group = Some(c.oom_group);
+        out.pgsteal = Some(c.pgsteal);
+        out.pressure = Some(Pressure {
+            some: PressureLine::default(),
+            full: Some(PressureLine {
+                total_us: c.full_us,
+                ..PressureLine::default()
+            }),
+        });
+        Ok(())
+    }
+    fn read_memory_stat(&mut self, _id: CgroupId, out: &mut MemoryStat) -> crate::Result<()> {
+        out.anon = Some(1);
+        Ok(())
+    }
+    fn read_processes(&mut self, id: CgroupId, out: &mut Vec<ProcSample>) -> crate::Result<()> {
+        let p = self.path(id).to_owned();
+        out.extend(
+            self.cgs
+                .get(&p)
+                .map(|c| c.procs.clone())
+                .unwrap_or_default(),
+        );
+        Ok(())
+    }
+    fn read_system(&mut self, out: &mut SystemStats) -> crate::Result<()> {
+        out.mem_total = Some(1 << 30);
+        Ok(())
+    }
+    fn kill_process(&mut self, id: CgroupId, pid: i32) -> crate::Result<Victim> {
+        let p = self.path(id).to_owned();
+        self.log.push(("kill_process", pid, p.clone()));
+        let c = self
+            .cgs
+            .get(&p)
+            .ok_or(crate::Error::CgroupGone { path: p.clone() })?;
+        if !c.procs.iter().any(|x| x.pid == pid) {
+            return Err(crate::Error::ProcessGone { pid });
+        }
+        let v = Victim::Process {
+            pid,
+            slot: 0,
+            cgroup: id,
+        };
+        self.pending_exit.push(v);
+        Ok(v)
+    }
+    fn kill_cgroup(&mut self, id: CgroupId) -> crate::Result<Victim> {
+        let p = self.path(id).to_owned();
+        self.log.push(("kill_cgroup", 0, p));
+        let v = Victim::Cgroup { cgroup: id };
+        self.pending_exit.push(v);
+        Ok(v)
+    }
+    fn victim_exited(&mut self, victim: &Victim) -> crate::Result<bool> {
+        // Victims die when the test lets time pass, unless stuck.
+        match *victim {
+            Victim::Process { pid, cgroup, .. } => {
+                if self.stuck.contains(&pid) {
+                    return Ok(false);
+                }
+                let p = self.path(cgroup).to_owned();
+                if let Some(c) = self.cgs.get_mut(&p) {
+                    c.procs.retain(|x| x.pid != pid);
+                }
+                Ok(true)
+            }
+            Victim::Cgroup { cgroup } => {
+                let p = self.path(cgroup).to_owned();
+                for (path, c) in self.cgs.iter_mut() {
+                    if path.starts_with(&p) {
+                        c.procs.clear();
+                        c.current = 0;
+                    }
+                }
+                Ok(true)
+            }
+        }
+    }
+    fn victim_fd(&self, _victim: &Victim) -> Option<BorrowedFd<'_>> {
+        None
+    }
+    fn release_victim(&mut self, _victim: &Victim) {}
+    fn set_high(&mut self, id: CgroupId, limit: Limit) -> crate::Result<()> {
+        let p = self.path(id).to_owned();
+        self.log.push(("set_high", 0, p.clone()));
+        self.cg(p.to_str().unwrap_or("/")).high = Some(limit);
+        Ok(())
+    }
+    fn set_max(&mut self, id: CgroupId, limit: Limit) -> crate::Result<()> {
+        let p = self.path(id).to_owned();
+        self.log.push((
+            "set_max",
+            limit.bytes().map_or(-1, |b| (b >> 20) as i32),
+            p.clone(),
+        ));
+        self.cg(p.to_str().unwrap_or("/")).max = Some(limit);
+        Ok(())
+    }
+    fn set_frozen(&mut self, id: CgroupId, frozen: bool) -> crate::Result<()> {
+        let p = self.path(id).to_owned();
+        self.log
+            .push((if frozen { "freeze" } else { "thaw" }, 0, p));
+        Ok(())
+    }
+    fn signal(&mut self, id: CgroupId, pid: i32, _signal: i32) -> crate::Result<()> {
+        let p = self.path(id).to_owned();
+        self.log.push(("signal", pid, p));
+        Ok(())
+    }
+    fn diagnostics_ready(&mut self, _since: Instant) -> bool {
+        true
+    }
+    fn own_pid(&self) -> i32 {
+        4242
+    }
+    fn own_cgroup(&self) -> Option<&Path> {
+        Some(&self.own_cgroup)
+    }
+}
