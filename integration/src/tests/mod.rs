@@ -1,0 +1,47 @@
+//! The registry of guest tests. Each module holds the tests of one area; [`all`] lists them in
+//! the order the runner executes them (smoke tests first: if they fail, the rest is noise).
+
+use std::time::Duration;
+
+use crate::harness::TestCase;
+
+pub mod smoke;
+
+const fn case(
+    name: &'static str,
+    secs: u64,
+    run: fn(&mut crate::harness::Ctx) -> crate::harness::TestResult,
+) -> TestCase {
+    TestCase {
+        name,
+        timeout: Duration::from_secs(secs),
+        run,
+    }
+}
+
+/// Every test, in execution order.
+pub fn all() -> Vec<TestCase> {
+    vec![
+        case("smoke_cgroup2_mounted", 30, smoke::cgroup2_mounted),
+        case("smoke_memory_controller", 30, smoke::memory_controller),
+        case("smoke_child_memory_max", 60, smoke::child_memory_max),
+        case("smoke_psi_files", 30, smoke::psi_files),
+        case("smoke_hog_oom_killed", 90, smoke::hog_oom_killed),
+    ]
+}
+
+#[cfg(test)]
+mod registry_tests {
+    #[test]
+    fn names_are_unique_and_filterable() {
+        let all = super::all();
+        for (i, t) in all.iter().enumerate() {
+            assert!(!t.name.contains(char::is_whitespace), "{}", t.name);
+            assert!(
+                all[i + 1..].iter().all(|u| u.name != t.name),
+                "duplicate {}",
+                t.name
+            );
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The guest side as seen from the host: build the static test binary, pack the initramfs, and
+//! turn files the guest sent back (fixture capture) into files under `sdk/fixtures/`.
+//!
+//! The initramfs holds only a static busybox, the static `oomkit-guest` binary and a tiny `/init`
+//! script. The binary is built for the explicit target `x86_64-unknown-linux-gnu` with
+//! `+crt-static`: with `--target`, cargo keeps these artifacts under `target/x86_64-unknown-linux-gnu`
+//! and the host build in `target/debug` is not invalidated by the different RUSTFLAGS.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::report::KernelRun;
+use crate::util::{self, Context, Error, Result};
+use crate::{cache_dir, host, repo_root};
+
+pub const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
+const GUEST_PACKAGE: &str = "oomkit-integration";
+const GUEST_BIN: &str = "oomkit-guest";
+
+/// PID 1 of the test VM: mount the kernel filesystems and cgroup2, enable the memory and pids
+/// controllers for children of the root cgroup, run the guest binary (which reads its mode from
+/// /proc/cmdline and reports on /dev/ttyS1), then power off. If anything here fails the guest
+/// binary still runs and reports the broken precondition as a test failure.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sys /sys
+/bin/busybox mount -t devtmpfs dev /dev
+exec </dev/console >/dev/console 2>&1
+/bin/busybox --install -s /bin
+mount -t tmpfs tmp /tmp
+mount -t cgroup2 none /sys/fs/cgroup
+echo "+memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
+echo -1000 > /proc/self/oom_score_adj
+/bin/oomkit-guest
+echo "oomkit-init: oomkit-guest exited with status $?"
+sync
+poweroff -f
+"#;
+
+/// Build the guest binary and pack the initramfs; returns the cpio path.
+pub fn build_initramfs() -> Result<PathBuf> {
+    let guest = build_guest_binary()?;
+    let dir = cache_dir().join("initramfs");
+    let root = dir.join("root");
+    util::remove_dir_all_if_exists(&root)?;
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        util::create_dir_all(&root.join(d))?;
+    }
+    copy_exec(Path::new(host::BUSYBOX), &root.join("bin/busybox"))?;
+    copy_exec(&guest, &root.join("bin").join(GUEST_BIN))?;
+    util::write(&root.join("init"), INIT)?;
+    set_mode(&root.join("init"), 0o755)?;
+
+    let mut entries = Vec::new();
+    collect(&root, Path::new("."), &mut entries)?;
+    let cpio_path = dir.join("initramfs.cpio");
+    let out = std::fs::File::create(&cpio_path)
+        .context(|| format!("cannot create {}", cpio_path.display()))?;
+    let mut child = Command::new("cpio")
+        .args(["--create", "--format=newc", "--owner=0:0", "--quiet"])
+        .current_dir(&root)
+        .stdin(Stdio::piped())
+        .stdout(out)
+        .spawn()
+        .context(|| "cannot run cpio".to_string())?;
+    {
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| Error::msg("cpio has no stdin"))?;
+        for e in &entries {
+            writeln!(stdin, "{}", e.display())
+                .context(|| "writing the cpio file list".to_string())?;
+        }
+    }
+    let status = child.wait().context(|| "waiting for cpio".to_string())?;
+    if !status.success() {
+        return Err(Error::msg(format!(
+            "cpio failed ({status}) packing {}",
+            root.display()
+        )));
+    }
+    Ok(cpio_path)
+}
+
+/// Directories before their contents, sorted so the archive is reproducible.
+fn collect(base: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let dir = base.join(rel);
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .collect();
+    names.sort_by_key(|e| e.file_name());
+    for e in names {
+        let p = rel.join(e.file_name());
+        out.push(p.clone());
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            collect(base, &p, out)?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_exec(from: &Path, to: &Path) -> Result<()> {
+    std::fs::copy(from, to)
+        .context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    set_mode(to, 0o755)
+}
+
+fn set_mode(p: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .context(|| format!("cannot chmod {}", p.display()))
+}
+
+/// `cargo build` the static guest binary; returns its path (from cargo's JSON messages, so
+/// `CARGO_TARGET_DIR` and friends are honoured).
+fn build_guest_binary() -> Result<PathBuf> {
+    println!("xtask: building {GUEST_BIN} (static, --target {GUEST_TARGET})");
+    let out = Command::new(util::cargo())
+        .args([
+            "build",
+            "--release",
+            "--package",
+            GUEST_PACKAGE,
+            "--bin",
+            GUEST_BIN,
+            "--target",
+            GUEST_TARGET,
+            "--message-format=json-render-diagnostics",
+        ])
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env(
+            "RUSTFLAGS",
+            "-C target-feature=+crt-static -C strip=debuginfo",
+        )
+        .current_dir(repo_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context(|| "cannot run cargo build".to_string())?;
+    if !out.status.success() {
+        return Err(Error::msg(format!(
+            "building the guest binary {GUEST_BIN} failed"
+        )));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let exe = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == GUEST_BIN)
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .ok_or_else(|| {
+            Error::msg(format!(
+                "cargo build reported no executable for {GUEST_BIN}"
+            ))
+        })?;
+    if !util::elf_is_static(&exe)? {
+        return Err(Error::msg(format!(
+            "{} is not statically linked",
+            exe.display()
+        )));
+    }
+    Ok(exe)
+}
+
+/// Write the files a fixture-capture run sent into `sdk/fixtures/<release>/`; returns how many.
+pub fn write_fixtures(run: &KernelRun) -> Result<usize> {
+    if !run.completed {
+        return Err(Error::msg(
+            "the fixture capture did not complete; nothing written".to_string(),
+        ));
+    }
+    if run.files.is_empty() {
+        return Err(Error::msg("the guest sent no fixture files".to_string()));
+    }
+    let release = run
+        .guest_release
+        .as_deref()
+        .ok_or_else(|| Error::msg("the guest did not report its kernel release"))?;
+    if release.contains('/') || release.starts_with('.') {
+        return Err(Error::msg(format!("bad kernel release {release:?}")));
+    }
+    let base = repo_root().join("sdk").join("fixtures").join(release);
+    util::remove_dir_all_if_exists(&base)?;
+    for (rel, data) in &run.files {
+        let relp = Path::new(rel);
+        if relp.is_absolute()
+            || relp
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(Error::msg(format!("guest sent a bad fixture path {rel:?}")));
+        }
+        let path = base.join(relp);
+        if let Some(parent) = path.parent() {
+            util::create_dir_all(parent)?;
+        }
+        util::write(&path, data)?;
+    }
+    Ok(run.files.len())
+}

@@ -1,0 +1,279 @@
+//! `cargo xtask`: the project's task runner.
+//!
+//! * `cargo xtask test` is the one test command (CI runs exactly this): format check, clippy,
+//!   the host unit tests, then the cgroup-v2 tests in qemu on every pinned kernel.
+//! * `cargo xtask vmtest` boots pinned Debian kernels in qemu and runs the privileged tests of the
+//!   `oomkit-integration` crate inside them. The host's memory controller is on cgroup v1, so
+//!   cgroup-v2 memory behaviour (memory.events, PSI triggers, OOM kills, cgroup.kill) can only be
+//!   exercised in a VM with its own kernel.
+//! * `cargo xtask fixtures` boots each kernel and copies real `memory.*`, `cgroup.*` and `/proc`
+//!   files into `sdk/fixtures/<kernel-release>/` for the SDK's parser tests.
+//!
+//! Everything external (apt, dpkg, cpio, qemu) is driven from here, not from shell scripts, so
+//! the whole flow is one program with one set of error messages.
+
+mod apt;
+mod guest;
+mod host;
+mod kernels;
+mod qemu;
+mod report;
+mod util;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::util::{Error, Result};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "oomkit project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The project's test command: fmt check, clippy, host tests, VM tests on all kernels.
+    Test(TestArgs),
+    /// Boot pinned Debian kernels in qemu and run the privileged cgroup-v2 tests inside.
+    Vmtest(VmArgs),
+    /// Capture real cgroup and /proc files from each kernel into sdk/fixtures/.
+    Fixtures(FixtureArgs),
+    /// Install the host tools the VM tests need (qemu, busybox-static, cpio) via apt-get.
+    InstallDeps,
+}
+
+#[derive(Args, Clone)]
+struct TestArgs {
+    /// Skip the VM tests (fmt, clippy and host tests only).
+    #[arg(long)]
+    no_vm: bool,
+    #[command(flatten)]
+    vm: VmOptions,
+}
+
+#[derive(Args, Clone)]
+struct VmArgs {
+    /// Kernels to boot, by name (`5.10`, `6.1`, …), suite (`sid`) or `latest`; default all.
+    #[arg(long = "kernel", short = 'k', value_name = "KERNEL")]
+    kernels: Vec<String>,
+    /// Run every selected kernel even after one has failures (default: stop at the first).
+    #[arg(long)]
+    keep_going: bool,
+    /// Only run guest tests whose name contains this string.
+    #[arg(long, short = 'f')]
+    filter: Option<String>,
+    /// Resolve the newest kernel of each suite, rewrite integration/kernels.toml, and exit.
+    #[arg(long)]
+    update_pins: bool,
+    #[command(flatten)]
+    vm: VmOptions,
+}
+
+#[derive(Args, Clone)]
+struct FixtureArgs {
+    /// Kernels to capture, as for `vmtest --kernel`; default all.
+    #[arg(long = "kernel", short = 'k', value_name = "KERNEL")]
+    kernels: Vec<String>,
+    #[command(flatten)]
+    vm: VmOptions,
+}
+
+/// Options shared by every command that boots VMs.
+#[derive(Args, Clone)]
+pub struct VmOptions {
+    /// Stream each guest's serial console to the terminal.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+    /// How many VMs run at once (each gets `--smp` CPUs).
+    #[arg(long, default_value_t = 2)]
+    pub jobs: usize,
+    /// Virtual CPUs per VM.
+    #[arg(long, default_value_t = 1)]
+    pub smp: u32,
+    /// Guest memory in MiB. Small, so memory-exhaustion tests finish quickly under TCG.
+    #[arg(long, default_value_t = 512)]
+    pub memory_mib: u32,
+    /// Accelerator: `tcg`, `kvm`, or `auto` (probe KVM once, fall back to TCG).
+    #[arg(long, default_value = "auto")]
+    pub accel: qemu::AccelChoice,
+    /// Do not install missing host tools with apt-get; fail instead.
+    #[arg(long)]
+    pub no_install: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Test(args) => cmd_test(&args),
+        Cmd::Vmtest(args) => cmd_vmtest(&args),
+        Cmd::Fixtures(args) => cmd_fixtures(&args),
+        Cmd::InstallDeps => host::ensure_tools(false).map(|()| true),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The repository root (the workspace directory holding this crate).
+pub fn repo_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// The private cache for downloads, apt state, initramfs images and run logs (gitignored).
+pub fn cache_dir() -> PathBuf {
+    repo_root().join(".cache").join("oomkit-vm")
+}
+
+fn cmd_test(args: &TestArgs) -> Result<bool> {
+    let started = Instant::now();
+    let cargo = util::cargo();
+    let steps: [(&str, Vec<&str>); 3] = [
+        ("fmt", vec!["fmt", "--all", "--", "--check"]),
+        (
+            "clippy",
+            vec![
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+        ("host tests", vec!["test", "--workspace"]),
+    ];
+    let mut failed_steps = Vec::new();
+    let mut lines = Vec::new();
+    for (name, argv) in steps {
+        println!("==> cargo {}", argv.join(" "));
+        let t = Instant::now();
+        let ok = util::run_status(
+            std::process::Command::new(&cargo)
+                .args(&argv)
+                .current_dir(repo_root()),
+        )?;
+        lines.push(format!(
+            "{name:<12} {} ({:.0}s)",
+            if ok { "ok" } else { "FAILED" },
+            t.elapsed().as_secs_f64()
+        ));
+        if !ok {
+            failed_steps.push(name);
+        }
+    }
+    let mut totals = report::Totals::default();
+    if !args.no_vm {
+        println!("==> vmtest (all kernels)");
+        let t = Instant::now();
+        let vm_args = VmArgs {
+            kernels: Vec::new(),
+            keep_going: true,
+            filter: None,
+            update_pins: false,
+            vm: args.vm.clone(),
+        };
+        match run_vmtests(&vm_args) {
+            Ok(runs) => {
+                totals = report::totals(&runs);
+                let ok = report::all_ok(&runs);
+                lines.push(format!(
+                    "{:<12} {} ({:.0}s)",
+                    "vmtest",
+                    if ok { "ok" } else { "FAILED" },
+                    t.elapsed().as_secs_f64()
+                ));
+                if !ok {
+                    failed_steps.push("vmtest");
+                }
+            }
+            Err(e) => {
+                eprintln!("xtask: vmtest: {e}");
+                lines.push(format!("{:<12} ERROR: {e}", "vmtest"));
+                failed_steps.push("vmtest");
+            }
+        }
+    }
+    println!();
+    println!("==> summary ({:.0}s)", started.elapsed().as_secs_f64());
+    for l in &lines {
+        println!("  {l}");
+    }
+    if !failed_steps.is_empty() {
+        println!("  failed steps: {}", failed_steps.join(", "));
+    }
+    println!(
+        "{} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.skipped
+    );
+    Ok(failed_steps.is_empty())
+}
+
+fn cmd_vmtest(args: &VmArgs) -> Result<bool> {
+    if args.update_pins {
+        host::ensure_tools(args.vm.no_install)?;
+        kernels::update_pins()?;
+        return Ok(true);
+    }
+    let runs = run_vmtests(args)?;
+    Ok(report::all_ok(&runs))
+}
+
+fn run_vmtests(args: &VmArgs) -> Result<Vec<report::KernelRun>> {
+    host::ensure_tools(args.vm.no_install)?;
+    let pins = kernels::load_pins()?;
+    let selected = kernels::select(&pins, &args.kernels)?;
+    let images = kernels::fetch_all(&pins, &selected)?;
+    let initrd = guest::build_initramfs()?;
+    let accel = qemu::resolve_accel(args.vm.accel, &images[0], &initrd, args.vm.verbose);
+    let mut cmdline = vec!["oomkit.mode=run".to_string()];
+    if let Some(f) = &args.filter {
+        if f.chars().any(char::is_whitespace) {
+            return Err(Error::msg("--filter must not contain whitespace"));
+        }
+        cmdline.push(format!("oomkit.filter={f}"));
+    }
+    let runs = qemu::run_matrix(
+        &images,
+        &initrd,
+        &cmdline,
+        &args.vm,
+        accel,
+        !args.keep_going,
+    )?;
+    report::print(&runs);
+    Ok(runs)
+}
+
+fn cmd_fixtures(args: &FixtureArgs) -> Result<bool> {
+    host::ensure_tools(args.vm.no_install)?;
+    let pins = kernels::load_pins()?;
+    let selected = kernels::select(&pins, &args.kernels)?;
+    let images = kernels::fetch_all(&pins, &selected)?;
+    let initrd = guest::build_initramfs()?;
+    let accel = qemu::resolve_accel(args.vm.accel, &images[0], &initrd, args.vm.verbose);
+    let cmdline = vec!["oomkit.mode=fixtures".to_string()];
+    let runs = qemu::run_matrix(&images, &initrd, &cmdline, &args.vm, accel, false)?;
+    let mut ok = true;
+    for run in &runs {
+        match guest::write_fixtures(run) {
+            Ok(n) => println!("{}: wrote {n} fixture files", run.kernel.name),
+            Err(e) => {
+                eprintln!("{}: {e}", run.kernel.name);
+                ok = false;
+            }
+        }
+    }
+    report::print(&runs);
+    Ok(ok && report::all_ok(&runs))
+}
