@@ -207,6 +207,9 @@ fn run(args: &[String]) -> Result<(), Fail> {
             "usage: workload <cgroup dir> <hog|forkstorm|sleep> …".into(),
         ));
     };
+    // Killable by the OOM killer whatever the parent's setting (the runner has -1000).
+    std::fs::write("/proc/self/oom_score_adj", "0")
+        .map_err(|e| Fail(format!("reset oom_score_adj: {e}")))?;
     std::fs::write(Path::new(cg).join("cgroup.procs"), "0")
         .map_err(|e| Fail(format!("join cgroup {cg}: {e}")))?;
     say(&format!("ready {}", std::process::id()));
