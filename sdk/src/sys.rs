@@ -43,3 +43,18 @@ pub(crate) fn set_fifo(priority: Option<i32>) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// [`process_mrelease(2)`](https://man7.org/linux/man-pages/man2/process_mrelease.2.html)
+/// on fd −1, to probe for the syscall without a target: `EBADF` means the
+/// kernel has it, `ENOSYS` that it does not (or a seccomp filter hides it).
+pub(crate) fn process_mrelease_probe() -> io::Error {
+    // SAFETY: the syscall takes an fd number and a flags word and reads no
+    // memory of ours; −1 is never a valid fd, so nothing is acted upon.
+    let r = unsafe { libc::syscall(libc::SYS_process_mrelease, -1i32, 0u32) };
+    if r == 0 {
+        // Cannot happen with fd −1; report it as "present".
+        io::Error::from_raw_os_error(libc::EBADF)
+    } else {
+        io::Error::last_os_error()
+    }
+}

@@ -1,0 +1,417 @@
+//! Killing a whole cgroup.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::io::Errno;
+
+use super::{Membership, Mrelease, Pidfd, Signal, timespec};
+use crate::cgroup::files::CGROUP_EVENTS;
+use crate::cgroup::{Cgroup, CgroupEvents, parse};
+use crate::error::{Error, Result};
+use crate::proc::ProcDir;
+
+/// How long one wait on `cgroup.events` sleeps before re-reading the file
+/// anyway (kernfs wakes us at once on a change; plain files never do).
+const POLL_SLICE: Duration = Duration::from_millis(10);
+/// Between fallback rounds: how long to wait for the group to empty before
+/// looking for processes that escaped (forked before the freeze took).
+const ROUND_WAIT: Duration = Duration::from_millis(50);
+
+/// How [`kill_cgroup`] kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupKillOptions {
+    /// Use `cgroup.kill` when the kernel has it (5.14+). `false` forces
+    /// the freeze-and-signal fallback.
+    pub use_cgroup_kill: bool,
+    /// `process_mrelease` every victim after SIGKILL.
+    pub mrelease: bool,
+    /// Total time budget: signalling rounds and the wait for the group to
+    /// empty (`populated 0`).
+    pub deadline: Duration,
+    /// Fallback: how long each round waits for `frozen 1` before signalling
+    /// anyway.
+    pub freeze_timeout: Duration,
+}
+
+impl Default for GroupKillOptions {
+    /// `cgroup.kill` if present, mrelease, 5 s deadline, 100 ms freeze wait.
+    fn default() -> Self {
+        GroupKillOptions {
+            use_cgroup_kill: true,
+            mrelease: true,
+            deadline: Duration::from_secs(5),
+            freeze_timeout: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Which mechanism [`kill_cgroup`] used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub enum GroupKillPath {
+    /// `cgroup.kill` (5.14+): the kernel SIGKILLs every process of the
+    /// subtree, atomically with respect to forks.
+    CgroupKill,
+    /// Freeze (`cgroup.freeze`, 5.2+, if present), SIGKILL every member
+    /// through a pidfd, thaw, repeat until empty.
+    FreezeAndSignal,
+}
+
+/// What [`kill_cgroup`] did.
+#[derive(Debug)]
+pub struct GroupKillOutcome {
+    /// The mechanism.
+    pub path: GroupKillPath,
+    /// When the kill began.
+    pub started_at: Instant,
+    /// Processes signalled. Exact for [`GroupKillPath::FreezeAndSignal`];
+    /// for [`GroupKillPath::CgroupKill`] the processes still listed right
+    /// after the write (the kernel signals them itself; a lower bound).
+    pub signalled: usize,
+    /// Fallback rounds (0 for `cgroup.kill`).
+    pub rounds: u32,
+    /// Fallback: whether `frozen 1` was seen in the first round (`None`
+    /// when there is no `cgroup.freeze` or `cgroup.kill` was used).
+    pub froze: Option<bool>,
+    /// PIDs listed in `cgroup.procs` whose process turned out to be in
+    /// another cgroup when checked (stale PIDs; not signalled).
+    pub not_members: usize,
+    /// Victims whose memory `process_mrelease` reaped.
+    pub mreleased: usize,
+    /// The group emptied (`populated 0`, or no process listed when the
+    /// cgroup has no `cgroup.events`) before the deadline.
+    pub emptied: bool,
+    /// From the start to the last signal (or the `cgroup.kill` write).
+    pub signalled_after: Option<Duration>,
+    /// From the start to the group being seen empty.
+    pub emptied_after: Option<Duration>,
+    /// The first unexpected per-process error (signalling or checking a
+    /// member failed other than by the process being gone).
+    pub first_error: Option<Error>,
+}
+
+/// Waits until `cgroup.events` satisfies `want` or `deadline` passes;
+/// returns whether it did.
+///
+/// Polls the open file for `POLLPRI` (kernfs notifies each change) and
+/// re-reads it at least every 10 ms, so it also works on plain files
+/// (synthetic trees) and survives a missed notification.
+pub fn wait_for_cgroup_events(
+    cg: &Cgroup,
+    deadline: Instant,
+    mut want: impl FnMut(&CgroupEvents) -> bool,
+) -> Result<bool> {
+    let f = cg.open_file(CGROUP_EVENTS)?;
+    let mut buf = [0u8; 512];
+    loop {
+        let data = f.read_into(&mut buf)?;
+        let ev = parse::cgroup_events(data).map_err(|source| Error::Parse {
+            path: f.path().to_owned(),
+            source,
+        })?;
+        if want(&ev) {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        let slice = (deadline - now).min(POLL_SLICE);
+        let mut fds = [PollFd::new(&f, PollFlags::PRI)];
+        match rustix::event::poll(&mut fds, Some(&timespec(slice))) {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(e) => return Err(Error::sys("poll", e)),
+        }
+    }
+}
+
+/// True if the hierarchy path `inner` is `outer` or below it.
+fn contains(outer: &Path, inner: &[u8]) -> bool {
+    Path::new(std::ffi::OsStr::from_bytes(inner)).starts_with(outer)
+}
+
+/// Refuses a cgroup that contains this process or PID 1.
+fn guard(cg: &Cgroup) -> Result<()> {
+    for (who, dir) in [
+        ("this process", ProcDir::open_self()),
+        ("PID 1", ProcDir::open(1)),
+    ] {
+        let Ok(dir) = dir else { continue };
+        let mut buf = [0u8; 4096];
+        let Ok(data) = dir.read_into(c"cgroup", &mut buf) else {
+            continue;
+        };
+        if let Some(p) = crate::proc::parse::cgroup_v2_path(data) {
+            if contains(cg.hierarchy_path(), p) {
+                return Err(Error::InvalidArgument {
+                    what: "cgroup to kill",
+                    reason: format!(
+                        "{} contains {who} ({})",
+                        cg.hierarchy_path().display(),
+                        String::from_utf8_lossy(p)
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Calls `f` for every cgroup of the subtree (pre-order) with its PIDs.
+/// Cgroups that vanish meanwhile are skipped; the root vanishing is an error.
+fn walk(
+    cg: &Cgroup,
+    pids: &mut Vec<i32>,
+    f: &mut dyn FnMut(&Cgroup, &[i32]),
+    is_root: bool,
+) -> Result<()> {
+    match cg.procs_into(pids) {
+        Ok(()) => f(cg, pids),
+        Err(e) if e.is_gone() && !is_root => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let names = match cg.children() {
+        Ok(n) => n,
+        Err(e) if e.is_gone() && !is_root => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for name in names {
+        match cg.child(&name) {
+            Ok(c) => walk(&c, pids, f, false)?,
+            Err(e) if e.is_gone() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Whether the group is empty: `populated 0` if it has `cgroup.events`,
+/// otherwise no PID listed in the subtree.
+fn wait_empty(cg: &Cgroup, deadline: Instant) -> Result<bool> {
+    match wait_for_cgroup_events(cg, deadline, |e| e.populated == Some(false)) {
+        Ok(b) => Ok(b),
+        Err(e) if e.is_unsupported() => {
+            let mut n = 0;
+            walk(cg, &mut Vec::new(), &mut |_, p| n += p.len(), true)?;
+            Ok(n == 0)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// SIGKILLs every process of `cg` and its descendants and waits for the
+/// group to empty.
+///
+/// With `cgroup.kill` (5.14+, unless disabled) the kernel does it
+/// atomically. Otherwise, in rounds until nothing is left or the deadline:
+/// freeze the subtree (`cgroup.freeze`, if present) and wait for
+/// `frozen 1` so nobody forks meanwhile; open a pidfd for every listed PID,
+/// check it is a member of the cgroup that listed it, SIGKILL it; thaw (a
+/// frozen process dies only once thawed or, from 5.x, on a fatal signal).
+/// Optionally `process_mrelease` each victim. Then wait for `populated 0`.
+///
+/// Refuses ([`Error::InvalidArgument`]) a cgroup containing this process
+/// or PID 1. A cgroup that vanishes meanwhile counts as emptied.
+pub fn kill_cgroup(cg: &Cgroup, opts: &GroupKillOptions) -> Result<GroupKillOutcome> {
+    guard(cg)?;
+    let start = Instant::now();
+    let deadline = start + opts.deadline;
+    let mut out = GroupKillOutcome {
+        path: GroupKillPath::CgroupKill,
+        started_at: start,
+        signalled: 0,
+        rounds: 0,
+        froze: None,
+        not_members: 0,
+        mreleased: 0,
+        emptied: false,
+        signalled_after: None,
+        emptied_after: None,
+        first_error: None,
+    };
+    let mut used_kill = false;
+    if opts.use_cgroup_kill {
+        match cg.write_kill() {
+            Ok(()) => used_kill = true,
+            Err(e) if e.is_unsupported() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut pids = Vec::new();
+    if used_kill {
+        out.signalled_after = Some(start.elapsed());
+        let mut seen = 0;
+        let mut mreleased = 0;
+        let r = walk(
+            cg,
+            &mut pids,
+            &mut |_, list| {
+                seen += list.len();
+                if opts.mrelease {
+                    for &pid in list {
+                        if let Ok(p) = Pidfd::open(pid) {
+                            if p.try_mrelease() == Mrelease::Done {
+                                mreleased += 1;
+                            }
+                        }
+                    }
+                }
+            },
+            true,
+        );
+        out.signalled = seen;
+        out.mreleased = mreleased;
+        match r {
+            Ok(()) => {}
+            Err(e) if e.is_gone() => {
+                out.emptied = true;
+                out.emptied_after = Some(start.elapsed());
+                return Ok(out);
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        out.path = GroupKillPath::FreezeAndSignal;
+        match fallback(cg, opts, deadline, &mut out, &mut pids) {
+            Ok(()) => {}
+            Err(e) if e.is_gone() => {
+                out.emptied = true;
+                out.emptied_after = Some(start.elapsed());
+                return Ok(out);
+            }
+            Err(e) => return Err(e),
+        }
+        if out.emptied {
+            return Ok(out);
+        }
+    }
+    match wait_empty(cg, deadline) {
+        Ok(true) => {
+            out.emptied = true;
+            out.emptied_after = Some(start.elapsed());
+        }
+        Ok(false) => {}
+        Err(e) if e.is_gone() => {
+            out.emptied = true;
+            out.emptied_after = Some(start.elapsed());
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(out)
+}
+
+fn fallback(
+    cg: &Cgroup,
+    opts: &GroupKillOptions,
+    deadline: Instant,
+    out: &mut GroupKillOutcome,
+    pids: &mut Vec<i32>,
+) -> Result<()> {
+    let start = out.started_at;
+    // Victims signalled so far, kept open: a PID listed again is skipped
+    // while its pinned process is still dying, and treated as a newcomer
+    // once that process has exited (PID reuse).
+    let mut victims: Vec<Pidfd> = Vec::new();
+    loop {
+        out.rounds += 1;
+        let frozen = match cg.set_frozen(true) {
+            Ok(()) => true,
+            Err(e) if e.is_unsupported() => false,
+            Err(e) => return Err(e),
+        };
+        if frozen {
+            let until = (Instant::now() + opts.freeze_timeout).min(deadline);
+            let ok = match wait_for_cgroup_events(cg, until, |e| e.frozen == Some(true)) {
+                Ok(b) => b,
+                Err(e) if e.is_unsupported() => false,
+                Err(e) => return Err(e),
+            };
+            if out.rounds == 1 {
+                out.froze = Some(ok);
+            }
+        }
+        let mut pending = 0usize;
+        let mut fresh: Vec<Pidfd> = Vec::new();
+        let r = walk(
+            cg,
+            pids,
+            &mut |member_of, list| {
+                for &pid in list {
+                    if let Some(v) = victims.iter().find(|v| v.pid() == pid) {
+                        if v.is_alive().unwrap_or(false) {
+                            pending += 1;
+                            continue;
+                        }
+                    }
+                    let p = match Pidfd::open(pid) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            note(out, e);
+                            continue;
+                        }
+                    };
+                    match p.membership(member_of) {
+                        Ok(Membership::Member) => {}
+                        Ok(Membership::Elsewhere) => {
+                            out.not_members += 1;
+                            continue;
+                        }
+                        Err(e) => {
+                            note(out, e);
+                            continue;
+                        }
+                    }
+                    match p.send_signal(Signal::KILL) {
+                        Ok(()) => {
+                            out.signalled += 1;
+                            out.signalled_after = Some(start.elapsed());
+                            pending += 1;
+                            fresh.push(p);
+                        }
+                        Err(e) => note(out, e),
+                    }
+                }
+            },
+            true,
+        );
+        if frozen {
+            // Thaw even if the walk failed; a gone cgroup needs no thaw.
+            match cg.set_frozen(false) {
+                Ok(()) => {}
+                Err(e) if e.is_gone() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        r?;
+        if opts.mrelease {
+            for v in &fresh {
+                if v.try_mrelease() == Mrelease::Done {
+                    out.mreleased += 1;
+                }
+            }
+        }
+        victims.retain(|v| v.is_alive().unwrap_or(false));
+        victims.append(&mut fresh);
+        if pending == 0 {
+            return Ok(());
+        }
+        let until = (Instant::now() + ROUND_WAIT).min(deadline);
+        if wait_empty(cg, until)? {
+            out.emptied = true;
+            out.emptied_after = Some(start.elapsed());
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Ok(());
+        }
+    }
+}
+
+fn note(out: &mut GroupKillOutcome, e: Error) {
+    if !e.is_gone() && out.first_error.is_none() {
+        out.first_error = Some(e);
+    }
+}
