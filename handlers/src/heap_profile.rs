@@ -1,0 +1,270 @@
+//! The heap-profile handler: ask the victim where its memory went, then kill it.
+//!
+//! A kill fixes the node but destroys the evidence: the heap that grew is
+//! gone with the process, and the owner learns only "OOMKilled". Programs
+//! that can dump a heap profile on a signal (jemalloc's `prof.dump`, Go's
+//! pprof behind a handler, tcmalloc) can leave that evidence behind if they
+//! get a moment — and, at their limit, a little memory — to write it.
+//!
+//! This handler wraps [`PriorityKill`] for the victim choice, and when the
+//! victim matches a configured cgroup glob or `comm` it prepends:
+//!
+//! 1. [`Action::RaiseMax`] on the victim's cgroup and its limited ancestors
+//!    up to the episode's scope: `memory.max` + `headroom`, for `raise_for`.
+//!    The headroom comes out of a budget shared by overlapping incidents, so
+//!    a burst of them cannot hand out unbounded memory; the loop restores
+//!    the old limits when the time is up or the episode ends.
+//! 2. [`Action::CaptureDiagnostics`]: the configured signal (SIGUSR2 by
+//!    default); the loop waits up to `dump_deadline` for a new file in the
+//!    incident's diagnostics folder.
+//! 3. The kill [`PriorityKill`] planned.
+//!
+//! A victim that does not match, and every escalation (the victim already
+//! had its chance), is simply killed. Glob matching uses a set compiled at
+//! construction (and warmed once there, so steady-state matching does not
+//! allocate); `decide` itself allocates nothing.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use globset::{GlobSet, GlobSetBuilder};
+use oomkit::engine::{Action, CgroupMeta, Class, Handler, Plan, Trigger, View};
+
+use crate::classify::path_glob;
+use crate::priority::{Choice, PriorityKill};
+
+/// Settings of [`HeapProfile`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeapProfileConfig {
+    /// The signal asking for a profile (`libc::SIGUSR2` by default).
+    pub signal: i32,
+    /// Globs on the victim's cgroup hierarchy path.
+    pub cgroups: Vec<String>,
+    /// `comm` values (the kernel's 15-byte process name) of the victim.
+    pub comms: Vec<String>,
+    /// Extra `memory.max` given while it writes the profile, bytes (0: none).
+    pub headroom_bytes: u64,
+    /// Most headroom outstanding at once across incidents, bytes.
+    pub budget_bytes: u64,
+    /// How long the raised limit stays.
+    pub raise_for: Duration,
+    /// How long to wait for the profile before killing.
+    pub dump_deadline: Duration,
+}
+
+impl Default for HeapProfileConfig {
+    fn default() -> Self {
+        HeapProfileConfig {
+            signal: libc::SIGUSR2,
+            cgroups: Vec::new(),
+            comms: Vec::new(),
+            headroom_bytes: 64 << 20,
+            budget_bytes: 256 << 20,
+            raise_for: Duration::from_secs(5),
+            dump_deadline: Duration::from_secs(3),
+        }
+    }
+}
+
+/// A bad glob in [`HeapProfileConfig::cgroups`].
+#[derive(Debug, thiserror::Error)]
+#[error("cgroups[{index}]: bad glob `{glob}`: {source}")]
+pub struct HeapGlobError {
+    /// Index in the list.
+    pub index: usize,
+    /// The glob.
+    pub glob: String,
+    /// What is wrong with it.
+    #[source]
+    pub source: globset::Error,
+}
+
+/// How many raises may be outstanding at once (the loop restores at most 4 limits per episode).
+const MAX_RAISES: usize = 3;
+const GRANTS: usize = 8;
+
+/// The heap-profile handler. See the module docs.
+#[derive(Debug, Clone)]
+pub struct HeapProfile {
+    cfg: HeapProfileConfig,
+    inner: PriorityKill,
+    set: GlobSet,
+    /// Headroom granted: (bytes, until).
+    grants: [Option<(u64, Instant)>; GRANTS],
+}
+
+impl HeapProfile {
+    /// Wraps `inner` (which picks the victim).
+    pub fn new(cfg: HeapProfileConfig, inner: PriorityKill) -> Result<Self, HeapGlobError> {
+        let mut b = GlobSetBuilder::new();
+        for (index, g) in cfg.cgroups.iter().enumerate() {
+            b.add(path_glob(g).map_err(|source| HeapGlobError {
+                index,
+                glob: g.clone(),
+                source,
+            })?);
+        }
+        let set = b.build().map_err(|source| HeapGlobError {
+            index: 0,
+            glob: String::new(),
+            source,
+        })?;
+        // Warm the matcher's lazily built caches off the hot path.
+        let _ = set.is_match("/warm/up");
+        Ok(HeapProfile {
+            cfg,
+            inner,
+            set,
+            grants: [None; GRANTS],
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &HeapProfileConfig {
+        &self.cfg
+    }
+
+    fn matches(&self, view: &View<'_>, choice: &Choice, comm: &str) -> bool {
+        if self.cfg.cgroups.is_empty() && self.cfg.comms.is_empty() {
+            return true;
+        }
+        if self.cfg.comms.iter().any(|c| c == comm) {
+            return true;
+        }
+        view.path(choice.cgroup)
+            .is_some_and(|p| self.set.is_match(p))
+    }
+
+    /// Headroom that can be granted now, and records the grant.
+    fn grant(&mut self, now: Instant) -> u64 {
+        let outstanding: u64 = self
+            .grants
+            .iter()
+            .flatten()
+            .filter(|(_, until)| *until > now)
+            .map(|(b, _)| *b)
+            .sum();
+        let give = self
+            .cfg
+            .headroom_bytes
+            .min(self.cfg.budget_bytes.saturating_sub(outstanding));
+        if give == 0 {
+            return 0;
+        }
+        let slot = self
+            .grants
+            .iter()
+            .position(|g| g.is_none_or(|(_, until)| until <= now));
+        match slot {
+            Some(i) => {
+                self.grants[i] = Some((give, now + self.cfg.raise_for));
+                give
+            }
+            None => 0,
+        }
+    }
+
+    /// The process to ask for a profile: the victim, or for a cgroup victim
+    /// its largest process. Returns (pid, comm).
+    fn profiled_process(view: &mut View<'_>, choice: &Choice) -> Option<(i32, [u8; 16])> {
+        if let Some(pid) = choice.pid {
+            return Some((pid, choice.comm));
+        }
+        let procs = view.processes(choice.cgroup).ok()?;
+        procs
+            .iter()
+            .filter(|p| !p.kernel_thread && p.pid > 1)
+            .max_by_key(|p| p.footprint())
+            .map(|p| (p.pid, p.comm))
+    }
+}
+
+fn comm_str(c: &[u8; 16]) -> &str {
+    let end = c.iter().position(|b| *b == 0).unwrap_or(16);
+    std::str::from_utf8(&c[..end]).unwrap_or("?")
+}
+
+impl Handler for HeapProfile {
+    fn name(&self) -> &'static str {
+        "heap-profile"
+    }
+
+    fn classify(&mut self, meta: &CgroupMeta<'_>) -> Class {
+        self.inner.classify(meta)
+    }
+
+    fn decide(&mut self, view: &mut View<'_>, plan: &mut Plan) {
+        let Some(choice) = self.inner.choose(view) else {
+            return;
+        };
+        let escalation = matches!(view.trigger(), Trigger::Escalation { .. });
+        let target = if escalation {
+            None
+        } else {
+            Self::profiled_process(view, &choice)
+        };
+        let Some((pid, comm)) = target.filter(|(_, comm)| self.matches(view, &choice, comm_str(comm)))
+        else {
+            self.inner.plan_kill(view, &choice, plan);
+            return;
+        };
+
+        // 1. Headroom on each limited cgroup from the victim up to the scope.
+        let headroom = if self.cfg.headroom_bytes > 0 {
+            self.grant(view.now())
+        } else {
+            0
+        };
+        let mut raised = 0;
+        if headroom > 0 {
+            let scope = view.scope();
+            let mut cur = Some(choice.cgroup);
+            while let Some(c) = cur {
+                if raised == MAX_RAISES {
+                    break;
+                }
+                let max = view.detail(c).and_then(|s| s.max).and_then(|m| m.bytes());
+                if let Some(m) = max {
+                    let _ = plan.push(
+                        Action::RaiseMax {
+                            cgroup: c,
+                            limit: m.saturating_add(headroom),
+                            duration: self.cfg.raise_for,
+                        },
+                        Duration::ZERO,
+                    );
+                    raised += 1;
+                }
+                if Some(c) == scope {
+                    break;
+                }
+                cur = view.parent(c);
+            }
+        }
+        // 2. Ask for the profile, wait for the file.
+        let _ = plan.push(
+            Action::CaptureDiagnostics {
+                cgroup: choice.cgroup,
+                pid,
+                signal: self.cfg.signal,
+            },
+            self.cfg.dump_deadline,
+        );
+        // 3. The kill.
+        let _ = write!(
+            plan.reason_writer(),
+            "heap profile of {} ({}) first (+{} MiB on {} limits); ",
+            pid,
+            comm_str(&comm),
+            headroom >> 20,
+            raised
+        );
+        let before = plan.len();
+        self.inner.plan_kill(view, &choice, plan);
+        if plan.len() == before {
+            // No room for the kill: never leave a plan that only profiles.
+            plan.clear();
+            self.inner.plan_kill(view, &choice, plan);
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The priority-kill handler: the lowest tier goes first, the largest within it.
+//!
+//! The kernel's OOM killer picks by size (`oom_badness`), tempered only by
+//! `oom_score_adj`; it cannot know that a batch job is cheaper to lose than
+//! the database. This handler orders victims by the class each cgroup got
+//! when it appeared (see [`crate::classify`] for where tiers come from and
+//! their precedence), and within the lowest tier kills the largest: RSS +
+//! swap for a process, `memory.current` + swap for a cgroup — what a kill
+//! actually gives back, not virtual size.
+//!
+//! How much to kill is a deployment choice ([`Granularity`]): one process
+//! (least collateral), a leaf cgroup (a whole container, so no half-dead
+//! workload lingers), or the tree the kernel itself would kill honouring
+//! `memory.oom.group` ([`Action::KillTree`]).
+//!
+//! [`PriorityKill::decide`](oomkit::engine::Handler::decide) runs on the hot
+//! path, when memory is short: it walks `view.cgroups()` by index, keeps its
+//! scratch (a per-slot "has children" table) pre-sized at construction, and
+//! formats its reason into the plan's inline buffer — it does not allocate.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use oomkit::engine::{Action, CgroupId, CgroupMeta, Class, Handler, Plan, View};
+
+use crate::classify::Classifier;
+
+/// How much one kill takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Granularity {
+    /// The largest process of the lowest tier ([`Action::KillProcess`]).
+    #[default]
+    Process,
+    /// The largest leaf cgroup of the lowest tier ([`Action::KillCgroup`]).
+    Cgroup,
+    /// The largest leaf cgroup of the lowest tier, widened to the highest
+    /// ancestor with `memory.oom.group=1` like the kernel does ([`Action::KillTree`]).
+    Tree,
+}
+
+/// Settings of [`PriorityKill`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriorityKillConfig {
+    /// What one kill takes.
+    pub granularity: Granularity,
+    /// Candidates smaller than this are passed over while any candidate at
+    /// least this large exists (so a 1 MiB sidecar in the lowest tier does
+    /// not die for a 10 GiB hog one tier up). 0 disables.
+    pub min_victim_bytes: u64,
+    /// Time for the victim to die and its memory to come back;
+    /// [`Duration::ZERO`] uses the engine's `kill_deadline`.
+    pub kill_deadline: Duration,
+    /// Size of the per-cgroup scratch table; set it to the engine's
+    /// `max_cgroups`. Cgroups past it are still handled, more slowly.
+    pub max_cgroups: usize,
+}
+
+impl Default for PriorityKillConfig {
+    fn default() -> Self {
+        PriorityKillConfig {
+            granularity: Granularity::Process,
+            min_victim_bytes: 0,
+            kill_deadline: Duration::ZERO,
+            max_cgroups: 1024,
+        }
+    }
+}
+
+/// A chosen victim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    /// The victim's cgroup (a leaf for cgroup and tree granularity).
+    pub cgroup: CgroupId,
+    /// The process, for process granularity.
+    pub pid: Option<i32>,
+    /// Its tier.
+    pub priority: i32,
+    /// What killing it frees, bytes.
+    pub footprint: u64,
+    /// `comm` of the process (NUL-padded; zeros for cgroup victims).
+    pub comm: [u8; 16],
+}
+
+impl Choice {
+    /// `comm` as text (empty for cgroup victims).
+    pub fn comm(&self) -> &str {
+        let end = self.comm.iter().position(|b| *b == 0).unwrap_or(16);
+        std::str::from_utf8(&self.comm[..end]).unwrap_or("?")
+    }
+}
+
+/// Orders candidates: big-enough first, then lowest tier, then largest.
+fn better(min: u64, a: &Choice, b: &Choice) -> bool {
+    let big_a = a.footprint >= min;
+    let big_b = b.footprint >= min;
+    if big_a != big_b {
+        return big_a;
+    }
+    if a.priority != b.priority {
+        return a.priority < b.priority;
+    }
+    a.footprint > b.footprint
+}
+
+/// The priority-kill handler. See the module docs.
+#[derive(Debug, Clone)]
+pub struct PriorityKill {
+    cfg: PriorityKillConfig,
+    classifier: Classifier,
+    /// Per slot index: true when some in-scope cgroup has it as parent.
+    has_child: Vec<bool>,
+}
+
+impl PriorityKill {
+    /// A handler classifying with `classifier`.
+    pub fn new(cfg: PriorityKillConfig, classifier: Classifier) -> Self {
+        PriorityKill {
+            has_child: vec![false; cfg.max_cgroups],
+            cfg,
+            classifier,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &PriorityKillConfig {
+        &self.cfg
+    }
+
+    /// The classifier.
+    pub fn classifier_mut(&mut self) -> &mut Classifier {
+        &mut self.classifier
+    }
+
+    /// Picks a victim in scope with this handler's granularity. No allocation.
+    pub fn choose(&mut self, view: &mut View<'_>) -> Option<Choice> {
+        self.choose_where(view, self.cfg.granularity, |_, _| true)
+    }
+
+    /// Picks a victim among the cgroups in scope for which `keep` is true.
+    /// Protected cgroups, excluded ones (and anything below an excluded
+    /// cgroup) and excluded processes are always skipped. No allocation.
+    pub fn choose_where(
+        &mut self,
+        view: &mut View<'_>,
+        granularity: Granularity,
+        keep: impl Fn(&View<'_>, CgroupId) -> bool,
+    ) -> Option<Choice> {
+        let n = view.cgroups().len();
+        if granularity != Granularity::Process {
+            self.mark_parents(view);
+        }
+        let min = self.cfg.min_victim_bytes;
+        // Two fixed arrays: copying them does not allocate, and frees the
+        // view for `processes()` below.
+        let excluded = view.excluded().clone();
+        let mut best: Option<Choice> = None;
+        for i in 0..n {
+            let id = view.cgroups()[i];
+            let Some(class) = view.class(id) else {
+                continue;
+            };
+            if class.protected || below_excluded(view, id) || !keep(view, id) {
+                continue;
+            }
+            match granularity {
+                Granularity::Process => {
+                    let Ok(procs) = view.processes(id) else {
+                        continue;
+                    };
+                    for p in procs {
+                        if p.kernel_thread
+                            || p.oom_score_adj == -1000
+                            || p.pid <= 1
+                            || excluded.has_pid(p.pid)
+                        {
+                            continue;
+                        }
+                        let c = Choice {
+                            cgroup: id,
+                            pid: Some(p.pid),
+                            priority: class.priority,
+                            footprint: p.footprint(),
+                            comm: p.comm,
+                        };
+                        if best.is_none_or(|b| better(min, &c, &b)) {
+                            best = Some(c);
+                        }
+                    }
+                }
+                Granularity::Cgroup | Granularity::Tree => {
+                    if !self.is_leaf(view, id) {
+                        continue;
+                    }
+                    let Some(st) = view.stats(id) else { continue };
+                    if st.current.is_none() {
+                        continue; // gone, or unreadable
+                    }
+                    let c = Choice {
+                        cgroup: id,
+                        pid: None,
+                        priority: class.priority,
+                        footprint: st.footprint(),
+                        comm: [0; 16],
+                    };
+                    if best.is_none_or(|b| better(min, &c, &b)) {
+                        best = Some(c);
+                    }
+                }
+            }
+        }
+        best
+    }
+
+    fn mark_parents(&mut self, view: &View<'_>) {
+        let ids = view.cgroups();
+        for id in ids {
+            if let Some(slot) = self.has_child.get_mut(id.index()) {
+                *slot = false;
+            }
+        }
+        for id in ids {
+            if let Some(p) = view.parent(*id) {
+                if let Some(slot) = self.has_child.get_mut(p.index()) {
+                    *slot = true;
+                }
+            }
+        }
+    }
+
+    fn is_leaf(&self, view: &View<'_>, id: CgroupId) -> bool {
+        match self.has_child.get(id.index()) {
+            Some(has) => !has,
+            None => view.is_leaf(id),
+        }
+    }
+
+    /// Appends the kill of `choice` to `plan` with this handler's
+    /// granularity, and writes the reason. No allocation.
+    pub fn plan_kill(&self, view: &View<'_>, choice: &Choice, plan: &mut Plan) {
+        self.plan_kill_as(view, choice, self.cfg.granularity, plan);
+    }
+
+    /// Like [`PriorityKill::plan_kill`] with an explicit granularity.
+    pub fn plan_kill_as(
+        &self,
+        view: &View<'_>,
+        choice: &Choice,
+        granularity: Granularity,
+        plan: &mut Plan,
+    ) {
+        let action = match (granularity, choice.pid) {
+            (Granularity::Process, Some(pid)) => Action::KillProcess {
+                cgroup: choice.cgroup,
+                pid,
+            },
+            (Granularity::Tree, _) => Action::KillTree {
+                cgroup: choice.cgroup,
+            },
+            _ => Action::KillCgroup {
+                cgroup: choice.cgroup,
+            },
+        };
+        if plan.push(action, self.cfg.kill_deadline).is_err() {
+            return;
+        }
+        write_reason(view, choice, plan);
+    }
+}
+
+/// Appends "tier P, largest (N MiB) process PID (comm) in PATH" to the reason.
+pub(crate) fn write_reason(view: &View<'_>, choice: &Choice, plan: &mut Plan) {
+    let mut w = plan.reason_writer();
+    let mib = choice.footprint >> 20;
+    let _ = match choice.pid {
+        Some(pid) => write!(
+            w,
+            "tier {}, largest ({} MiB) process {} ({}) in ",
+            choice.priority,
+            mib,
+            pid,
+            choice.comm()
+        ),
+        None => write!(w, "tier {}, largest ({} MiB) cgroup ", choice.priority, mib),
+    };
+    if let Some(p) = view.path(choice.cgroup) {
+        let _ = write!(w, "{}", p.display());
+    }
+}
+
+/// True when `id` or one of its ancestors is excluded for this episode.
+pub(crate) fn below_excluded(view: &View<'_>, id: CgroupId) -> bool {
+    let mut cur = Some(id);
+    while let Some(c) = cur {
+        if view.excluded().has_cgroup(c) {
+            return true;
+        }
+        cur = view.parent(c);
+    }
+    false
+}
+
+impl Handler for PriorityKill {
+    fn name(&self) -> &'static str {
+        "priority-kill"
+    }
+
+    fn classify(&mut self, meta: &CgroupMeta<'_>) -> Class {
+        self.classifier.classify(meta)
+    }
+
+    fn decide(&mut self, view: &mut View<'_>, plan: &mut Plan) {
+        if let Some(c) = self.choose(view) {
+            self.plan_kill(view, &c, plan);
+        }
+    }
+}
