@@ -179,7 +179,10 @@ impl Host for FakeHost {
         Ok(())
     }
     fn read_system(&mut self, out: &mut SystemStats) -> crate::Result<()> {
-        out.mem_total = Some(1 << 30);
+        out.meminfo = Some(crate::proc::MemInfo {
+            mem_total: Some(1 << 30),
+            ..Default::default()
+        });
         Ok(())
     }
     fn kill_process(&mut self, id: CgroupId, pid: i32) -> crate::Result<Victim> {

@@ -27,9 +27,14 @@
 
 mod handler;
 mod host;
+#[cfg(feature = "serde")]
+pub mod incident;
+mod kernel;
 mod plan;
+mod runner;
 mod snapshot;
 mod tree;
+mod watchdog;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
@@ -38,9 +43,12 @@ mod tests;
 
 pub use handler::Handler;
 pub use host::{Host, Victim, XattrInfo};
+pub use kernel::KernelHost;
 pub use plan::{Action, MAX_STEPS, Plan, PlanFull, REASON_MAX, ReasonWriter, Step};
+pub use runner::{PsiConfig, Runner, RunnerConfig, Turn};
 pub use snapshot::{CgroupStats, Excluded, ProcSample, SystemStats, View};
 pub use tree::{CgroupId, CgroupMeta, Class, Tree, XattrTrust};
+pub use watchdog::WatchdogConfig;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -457,6 +465,7 @@ impl<H: Host> Engine<H> {
         });
         if let Some(n) = tree.node_mut(root_id) {
             n.class = class;
+            n.xattr = x;
         }
         Ok(Engine {
             snap: Snapshot::with_capacity(cfg.max_cgroups, cfg.max_processes),
@@ -567,9 +576,37 @@ impl<H: Host> Engine<H> {
         });
         if let Some(n) = self.tree.node_mut(id) {
             n.class = class;
+            n.xattr = x;
         }
         tracing::debug!(cgroup = %path.display(), priority = class.priority, protected = class.protected, "cgroup added");
         Ok(id)
+    }
+
+    /// Replaces the handler and tuning (configuration reload) and classifies
+    /// every cgroup again with the new handler. An episode in progress
+    /// finishes under the old plan.
+    pub fn replace_handler(&mut self, handler: Box<dyn Handler>, cfg: EngineConfig) {
+        self.handler = handler;
+        self.cfg = cfg;
+        let mut ids: Vec<CgroupId> = self.tree.ids().collect();
+        ids.sort_by_key(|id| self.tree.node(*id).map_or(0, |n| n.depth));
+        for id in ids {
+            let Some(n) = self.tree.node(id) else {
+                continue;
+            };
+            let (path, depth, x, parent) = (n.path.clone(), n.depth, n.xattr, n.parent);
+            let parent_class = parent.and_then(|p| self.tree.class(p));
+            let class = self.handler.classify(&CgroupMeta {
+                path: &path,
+                depth,
+                xattr_priority: x.priority,
+                xattr_protected: x.protected,
+                parent_class,
+            });
+            if let Some(n) = self.tree.node_mut(id) {
+                n.class = class;
+            }
+        }
     }
 
     /// Removes a cgroup (and descendants) that disappeared.

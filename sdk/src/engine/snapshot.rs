@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use crate::cgroup::{Limit, MemoryEvents, Pressure};
 use crate::error::Result;
+use crate::proc::{MemInfo, VmStat};
 
 use super::Trigger;
 use super::host::Host;
@@ -98,18 +99,14 @@ impl ProcSample {
     }
 }
 
-/// System-wide numbers (`/proc/meminfo`, `/proc/pressure/memory`).
+/// System-wide numbers (`/proc/meminfo`, `/proc/vmstat`, `/proc/pressure/memory`).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct SystemStats {
-    /// MemTotal, bytes.
-    pub mem_total: Option<u64>,
-    /// MemAvailable, bytes.
-    pub mem_available: Option<u64>,
-    /// SwapTotal, bytes.
-    pub swap_total: Option<u64>,
-    /// SwapFree, bytes.
-    pub swap_free: Option<u64>,
+    /// `/proc/meminfo`.
+    pub meminfo: Option<MemInfo>,
+    /// An excerpt of `/proc/vmstat` (reclaim, swap, `oom_kill`).
+    pub vmstat: Option<VmStat>,
     /// System memory PSI.
     pub pressure: Option<Pressure>,
 }

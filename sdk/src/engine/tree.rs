@@ -77,6 +77,7 @@ pub(crate) struct Node {
     pub(crate) depth: u16,
     pub(crate) class: Class,
     pub(crate) stats: CgroupStats,
+    pub(crate) xattr: super::host::XattrInfo,
     generation: u32,
     live: bool,
 }
@@ -116,6 +117,7 @@ impl Tree {
             depth,
             class,
             stats: CgroupStats::default(),
+            xattr: Default::default(),
             generation,
             live: true,
         };

@@ -1,0 +1,389 @@
+//! [`KernelHost`]: the [`Host`] of a real system, mapping the loop's effects
+//! onto the SDK's primitives.
+//!
+//! Everything it needs on the hot path is opened or allocated when a cgroup
+//! is attached: a directory fd per cgroup, a pidfd slot table, a process
+//! scan buffer, a `memory.stat` value with room for unknown keys, the system
+//! PSI file. Reads go through stack buffers.
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::cgroup::{Cgroup, CgroupFile, CgroupFs, Limit, MemoryStat, files};
+use crate::error::{Error, Result};
+use crate::kill::{self, GroupKillOptions, Pidfd, Signal};
+use crate::proc::{self, ProcessInfo};
+
+use super::host::{Host, Victim, XattrInfo};
+use super::snapshot::{CgroupStats, ProcSample, SystemStats};
+use super::tree::{CgroupId, XattrTrust};
+
+const VICTIM_SLOTS: usize = 8;
+
+/// The real host. See the module docs.
+#[derive(Debug)]
+pub struct KernelHost {
+    fs: CgroupFs,
+    cgroups: Vec<Option<Cgroup>>,
+    victims: [Option<Pidfd>; VICTIM_SLOTS],
+    scan: Vec<ProcessInfo>,
+    stat: MemoryStat,
+    system_psi: Option<CgroupFile>,
+    own_pid: i32,
+    own_cgroup: Option<PathBuf>,
+    trust: XattrTrust,
+    root_owner: Option<u32>,
+    has_cgroup_kill: Option<bool>,
+    diagnostics: Option<PathBuf>,
+    diag_seen: Option<(PathBuf, u64)>,
+    diag_candidate: Option<(PathBuf, u64)>,
+    mrelease: bool,
+}
+
+/// Reads one xattr under both namespaces with the trust rule of [`XattrTrust`].
+fn trusted_xattr(
+    cg: &Cgroup,
+    key: &str,
+    trust: XattrTrust,
+    root_owner: Option<u32>,
+) -> Option<Vec<u8>> {
+    if let Ok(Some(v)) = cg.xattr(&format!("trusted.{key}")) {
+        return Some(v);
+    }
+    if trust == XattrTrust::TrustedAndOwnedUser {
+        let owner = cg.owner_uid().ok()?;
+        if owner == 0 || Some(owner) == root_owner {
+            if let Ok(Some(v)) = cg.xattr(&format!("user.{key}")) {
+                return Some(v);
+            }
+        }
+    }
+    None
+}
+
+impl KernelHost {
+    /// A host for cgroups under `fs`.
+    pub fn new(fs: CgroupFs, trust: XattrTrust, max_cgroups: usize, max_processes: usize) -> Self {
+        let own_cgroup = fs
+            .of_process(None)
+            .ok()
+            .map(|c| c.hierarchy_path().to_path_buf());
+        let system_psi = CgroupFile::open_path("/proc/pressure/memory", false).ok();
+        KernelHost {
+            fs,
+            cgroups: Vec::with_capacity(max_cgroups),
+            victims: Default::default(),
+            scan: Vec::with_capacity(max_processes),
+            stat: MemoryStat {
+                other: Vec::with_capacity(128),
+                ..MemoryStat::default()
+            },
+            system_psi,
+            own_pid: std::process::id() as i32,
+            own_cgroup,
+            trust,
+            root_owner: None,
+            has_cgroup_kill: None,
+            diagnostics: None,
+            diag_seen: None,
+            diag_candidate: None,
+            mrelease: true,
+        }
+    }
+
+    /// Sets the folder where diagnostics (heap profiles) are expected.
+    pub fn set_diagnostics_dir(&mut self, dir: Option<PathBuf>) {
+        self.diagnostics = dir;
+    }
+
+    /// Whether to `process_mrelease` victims (default on).
+    pub fn set_mrelease(&mut self, on: bool) {
+        self.mrelease = on;
+    }
+
+    /// The cgroup handle of an attached id.
+    pub fn cgroup(&self, id: CgroupId) -> Option<&Cgroup> {
+        self.cgroups.get(id.index()).and_then(Option::as_ref)
+    }
+
+    /// The cgroup filesystem.
+    pub fn fs(&self) -> &CgroupFs {
+        &self.fs
+    }
+
+    fn cg(&self, id: CgroupId) -> Result<&Cgroup> {
+        self.cgroup(id).ok_or(Error::CgroupGone {
+            path: PathBuf::from("(detached cgroup)"),
+        })
+    }
+
+    fn free_slot(&self) -> Option<usize> {
+        self.victims.iter().position(Option::is_none)
+    }
+
+    fn read_opt<T>(r: Result<T>) -> Result<Option<T>> {
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_unsupported() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The newest regular file in the diagnostics folder and its size.
+    fn newest_diagnostic(&self) -> Option<(PathBuf, u64, SystemTime)> {
+        let dir = self.diagnostics.as_ref()?;
+        std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                let md = e.metadata().ok()?;
+                if !md.is_file() {
+                    return None;
+                }
+                Some((e.path(), md.len(), md.modified().ok()?))
+            })
+            .max_by_key(|(_, _, m)| *m)
+    }
+}
+
+impl Host for KernelHost {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn attach(&mut self, id: CgroupId, path: &Path) -> Result<XattrInfo> {
+        let cg = self.fs.open_hierarchy(&path.to_string_lossy())?;
+        if self.root_owner.is_none() {
+            self.root_owner = cg.owner_uid().ok();
+        }
+        if self.has_cgroup_kill.is_none() {
+            self.has_cgroup_kill = cg.has_file(files::CGROUP_KILL).ok();
+        }
+        let priority = trusted_xattr(&cg, "oomkit.priority", self.trust, self.root_owner)
+            .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<i32>().ok());
+        let protected = trusted_xattr(&cg, "oomkit.protected", self.trust, self.root_owner)
+            .is_some_and(|v| v.trim_ascii() == b"1");
+        let i = id.index();
+        if self.cgroups.len() <= i {
+            self.cgroups.resize_with(i + 1, || None);
+        }
+        self.cgroups[i] = Some(cg);
+        Ok(XattrInfo {
+            priority,
+            protected,
+        })
+    }
+
+    fn detach(&mut self, id: CgroupId) {
+        if let Some(slot) = self.cgroups.get_mut(id.index()) {
+            *slot = None;
+        }
+    }
+
+    fn read_usage(&mut self, id: CgroupId, out: &mut CgroupStats) -> Result<()> {
+        let cg = self.cg(id)?;
+        out.current = Self::read_opt(cg.memory_current())?;
+        out.swap_current = Self::read_opt(cg.swap_current())?;
+        Ok(())
+    }
+
+    fn read_detail(&mut self, id: CgroupId, out: &mut CgroupStats) -> Result<()> {
+        let cg = self
+            .cgroups
+            .get(id.index())
+            .and_then(Option::as_ref)
+            .ok_or(Error::CgroupGone {
+                path: PathBuf::from("(detached cgroup)"),
+            })?;
+        out.high = Self::read_opt(cg.memory_high())?;
+        out.max = Self::read_opt(cg.memory_max())?;
+        out.oom_group = Self::read_opt(cg.oom_group())?;
+        out.events_local = Self::read_opt(cg.memory_events_local())?;
+        out.populated = Self::read_opt(cg.cgroup_events())?.and_then(|e| e.populated);
+        out.pressure = Self::read_opt(cg.memory_pressure())?;
+        let stat = &mut self.stat;
+        out.pgsteal = match cg.memory_stat_into(stat) {
+            Ok(()) => stat.pgsteal,
+            Err(e) if e.is_unsupported() => None,
+            Err(e) => return Err(e),
+        };
+        Ok(())
+    }
+
+    fn read_memory_stat(&mut self, id: CgroupId, out: &mut MemoryStat) -> Result<()> {
+        self.cg(id)?.memory_stat_into(out)
+    }
+
+    fn read_processes(&mut self, id: CgroupId, out: &mut Vec<ProcSample>) -> Result<()> {
+        let cg = self
+            .cgroups
+            .get(id.index())
+            .and_then(Option::as_ref)
+            .ok_or(Error::CgroupGone {
+                path: PathBuf::from("(detached cgroup)"),
+            })?;
+        proc::scan_into(cg, &mut self.scan)?;
+        for p in &self.scan {
+            let mut comm = [0u8; 16];
+            let b = p.comm.as_bytes();
+            let n = b.len().min(16);
+            comm[..n].copy_from_slice(&b[..n]);
+            out.push(ProcSample {
+                pid: p.pid,
+                rss: p.rss,
+                swap: p.swap,
+                oom_score_adj: p.oom_score_adj,
+                uid: p.euid,
+                kernel_thread: p.kernel_thread,
+                comm,
+            });
+        }
+        Ok(())
+    }
+
+    fn read_system(&mut self, out: &mut SystemStats) -> Result<()> {
+        out.meminfo = proc::meminfo().ok();
+        out.vmstat = proc::vmstat().ok();
+        out.pressure = match &self.system_psi {
+            Some(f) => {
+                let mut buf = [0u8; 512];
+                f.read_into(&mut buf)
+                    .ok()
+                    .and_then(|d| crate::cgroup::parse::pressure(d).ok())
+            }
+            None => None,
+        };
+        Ok(())
+    }
+
+    fn kill_process(&mut self, id: CgroupId, pid: i32) -> Result<Victim> {
+        let slot = self.free_slot().ok_or(Error::InvalidArgument {
+            what: "victim",
+            reason: "too many victims in flight".to_owned(),
+        })?;
+        let cg = self.cg(id)?;
+        let fd = Pidfd::open_in(cg, pid)?;
+        fd.kill()?;
+        if self.mrelease {
+            // Reaps the address space now, as the kernel's oom_reaper does;
+            // an unsupported kernel or a victim not yet dying is fine.
+            let _ = fd.try_mrelease();
+        }
+        self.victims[slot] = Some(fd);
+        Ok(Victim::Process {
+            pid,
+            slot: slot as u32,
+            cgroup: id,
+        })
+    }
+
+    fn kill_cgroup(&mut self, id: CgroupId) -> Result<Victim> {
+        let cg = self.cg(id)?;
+        if self.has_cgroup_kill == Some(true) {
+            // Non-blocking: the loop waits for `populated 0` itself.
+            cg.write_kill()?;
+        } else {
+            // Before 5.14: freeze, pidfd-kill every member, thaw, repeat.
+            let out = kill::kill_cgroup(
+                cg,
+                &GroupKillOptions {
+                    use_cgroup_kill: false,
+                    mrelease: self.mrelease,
+                    deadline: Duration::from_secs(1),
+                    freeze_timeout: Duration::from_millis(100),
+                },
+            )?;
+            if let Some(e) = out.first_error {
+                tracing::warn!(error = %e, "group kill fallback met an error");
+            }
+        }
+        Ok(Victim::Cgroup { cgroup: id })
+    }
+
+    fn victim_exited(&mut self, victim: &Victim) -> Result<bool> {
+        match *victim {
+            Victim::Process { slot, .. } => {
+                match self.victims.get(slot as usize).and_then(Option::as_ref) {
+                    Some(fd) => fd.is_alive().map(|a| !a),
+                    None => Ok(true),
+                }
+            }
+            Victim::Cgroup { cgroup } => match self.cgroup(cgroup) {
+                Some(cg) => match cg.cgroup_events() {
+                    Ok(e) => Ok(e.populated == Some(false)),
+                    Err(e) if e.is_gone() => Ok(true),
+                    Err(e) => Err(e),
+                },
+                None => Ok(true),
+            },
+        }
+    }
+
+    fn victim_fd(&self, victim: &Victim) -> Option<BorrowedFd<'_>> {
+        match *victim {
+            Victim::Process { slot, .. } => self
+                .victims
+                .get(slot as usize)
+                .and_then(Option::as_ref)
+                .map(AsFd::as_fd),
+            Victim::Cgroup { .. } => None,
+        }
+    }
+
+    fn release_victim(&mut self, victim: &Victim) {
+        if let Victim::Process { slot, .. } = *victim {
+            if let Some(s) = self.victims.get_mut(slot as usize) {
+                *s = None;
+            }
+        }
+    }
+
+    fn set_high(&mut self, id: CgroupId, limit: Limit) -> Result<()> {
+        self.cg(id)?.set_memory_high(limit)
+    }
+
+    fn set_max(&mut self, id: CgroupId, limit: Limit) -> Result<()> {
+        self.cg(id)?.set_memory_max(limit)
+    }
+
+    fn set_frozen(&mut self, id: CgroupId, frozen: bool) -> Result<()> {
+        self.cg(id)?.set_frozen(frozen)
+    }
+
+    fn signal(&mut self, id: CgroupId, pid: i32, signal: i32) -> Result<()> {
+        let sig = Signal::from_named_raw(signal).ok_or(Error::InvalidArgument {
+            what: "signal",
+            reason: format!("{signal} is not a signal number"),
+        })?;
+        self.diag_seen = self.newest_diagnostic().map(|(p, l, _)| (p, l));
+        self.diag_candidate = None;
+        let cg = self.cg(id)?;
+        Pidfd::open_in(cg, pid)?.send_signal(sig)
+    }
+
+    fn diagnostics_ready(&mut self, _since: Instant) -> bool {
+        // A file that is new (or grew) since the signal, and has stopped
+        // growing between two looks.
+        let Some((path, len, _)) = self.newest_diagnostic() else {
+            return false;
+        };
+        let now = Some((path, len));
+        if len == 0 || now == self.diag_seen {
+            return false;
+        }
+        if now == self.diag_candidate {
+            return true;
+        }
+        self.diag_candidate = now;
+        false
+    }
+
+    fn own_pid(&self) -> i32 {
+        self.own_pid
+    }
+
+    fn own_cgroup(&self) -> Option<&Path> {
+        self.own_cgroup.as_deref()
+    }
+}

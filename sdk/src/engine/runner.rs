@@ -1,0 +1,547 @@
+//! [`Runner`]: the engine on a real kernel, driven by one epoll.
+//!
+//! On start it enters reserve mode (before allocating, so `mlockall(FUTURE)`
+//! covers everything that follows), opens the managed subtree, registers
+//! one `memory.events.local` watch per cgroup (so a `high` crossing is
+//! reported at the cgroup whose limit was crossed, not at every ancestor),
+//! an optional PSI trigger, and a recursive directory watch that follows
+//! containers as they come and go. Then it waits: with nothing happening
+//! there is no timeout and no wakeup at all.
+//!
+//! The runner exposes its epoll fd ([`Runner::as_fd`]) and a non-blocking
+//! [`Runner::run_once`], so a container runtime can drive it from its own
+//! reactor; callers' fds (a signal pipe, an eventfd) join the same epoll
+//! through [`Runner::add_fd`]. The library installs no signal handlers.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::cgroup::{Cgroup, CgroupFs};
+use crate::error::{Error, Result};
+use crate::events::{
+    DirChange, DirWatchOptions, EventKind, Interest, PsiThreshold, Scope, Source, Token, Watcher,
+};
+use crate::reserve::{self, ReserveConfig, ReserveReport};
+
+use super::kernel::KernelHost;
+use super::watchdog::{Target, Watchdog, WatchdogConfig};
+use super::{
+    CgroupId, Engine, EngineConfig, EngineStats, Episode, Handler, Host, Trigger, Victim,
+    XattrTrust,
+};
+
+/// A PSI trigger for the runner.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PsiConfig {
+    /// The threshold (`some`/`full`, stall, window).
+    pub threshold: PsiThreshold,
+    /// `true`: system-wide `/proc/pressure/memory`; `false`: the managed
+    /// root's `memory.pressure`.
+    pub system: bool,
+}
+
+/// Everything the runner needs.
+#[derive(Debug)]
+pub struct RunnerConfig {
+    /// Filesystem path of the managed cgroup (for example `/sys/fs/cgroup`
+    /// or `/sys/fs/cgroup/kubepods.slice`).
+    pub root: PathBuf,
+    /// Loop tuning.
+    pub engine: EngineConfig,
+    /// Reserve mode; `None` to skip (tests, or a runtime that did it itself).
+    pub reserve: Option<ReserveConfig>,
+    /// Watch `memory.events.local` of every managed cgroup.
+    pub memory_events: bool,
+    /// A PSI trigger.
+    pub psi: Option<PsiConfig>,
+    /// Incident records.
+    #[cfg(feature = "serde")]
+    pub incidents: Option<super::incident::IncidentConfig>,
+    /// Where diagnostics (heap profiles) are expected to appear.
+    pub diagnostics_dir: Option<PathBuf>,
+    /// The watchdog thread.
+    pub watchdog: Option<WatchdogConfig>,
+    /// Which cgroup xattrs to believe.
+    pub xattr_trust: XattrTrust,
+    /// How deep below the root to follow cgroups (1–16).
+    pub depth: u32,
+}
+
+impl RunnerConfig {
+    /// Defaults for managing `root`: memory events on, no PSI, watchdog on,
+    /// reserve mode with its defaults.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        RunnerConfig {
+            root: root.into(),
+            engine: EngineConfig::default(),
+            reserve: Some(ReserveConfig::default()),
+            memory_events: true,
+            psi: None,
+            #[cfg(feature = "serde")]
+            incidents: None,
+            diagnostics_dir: None,
+            watchdog: Some(WatchdogConfig::default()),
+            xattr_trust: XattrTrust::TrustedOnly,
+            depth: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Binding {
+    MemoryEvents(CgroupId),
+    Psi(Option<CgroupId>),
+    Dir,
+    Victim,
+    User,
+}
+
+/// What one [`Runner::run_once`] saw.
+#[derive(Debug, Default)]
+pub struct Turn {
+    /// Caller fds ([`Runner::add_fd`]) that are ready.
+    pub ready: Vec<Token>,
+    /// Episodes that ended during this turn.
+    pub finished: Vec<Episode>,
+}
+
+const USER_TOKEN_BASE: u64 = 1 << 62;
+
+/// The loop on a real kernel. See the module docs.
+pub struct Runner {
+    engine: Engine<KernelHost>,
+    watcher: Watcher,
+    bindings: HashMap<Token, Binding>,
+    events_token: HashMap<CgroupId, Token>,
+    dir_token: Option<Token>,
+    victim: Option<(Token, Victim)>,
+    watchdog: Option<Watchdog>,
+    #[cfg(feature = "serde")]
+    incidents: Option<super::incident::IncidentSink>,
+    reserve: Option<ReserveReport>,
+    root_hier: PathBuf,
+    memory_events: bool,
+    next_user: u64,
+    dir_changes: Vec<(DirChange, PathBuf)>,
+    triggers: Vec<(Trigger, Instant)>,
+    batch: Vec<crate::events::Event>,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("root", &self.root_hier)
+            .field("cgroups", &self.engine.tree().len())
+            .field("stats", &self.engine.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+fn find_fs(root: &Path) -> Result<CgroupFs> {
+    let fs = CgroupFs::discover()?;
+    fs.hierarchy_path(root)?;
+    Ok(fs)
+}
+
+impl Runner {
+    /// Enters reserve mode, opens the managed tree and its event sources.
+    pub fn new(cfg: RunnerConfig, handler: Box<dyn Handler>) -> Result<Self> {
+        let fs = find_fs(&cfg.root)?;
+        Self::with_fs(cfg, handler, fs)
+    }
+
+    /// Like [`Runner::new`] on an explicit cgroup filesystem.
+    pub fn with_fs(mut cfg: RunnerConfig, handler: Box<dyn Handler>, fs: CgroupFs) -> Result<Self> {
+        cfg.engine.validate()?;
+        if !(1..=16).contains(&cfg.depth) {
+            return Err(Error::InvalidArgument {
+                what: "depth",
+                reason: format!("{} is not between 1 and 16", cfg.depth),
+            });
+        }
+        // Reserve first: mlockall(FUTURE) then covers every allocation below.
+        let reserve = cfg.reserve.take().map(|r| {
+            let rep = reserve::enter(&r);
+            tracing::info!(report = %rep, "reserve mode");
+            rep
+        });
+        let root_hier = fs.hierarchy_path(&cfg.root)?;
+        let mut host = KernelHost::new(
+            fs,
+            cfg.xattr_trust,
+            cfg.engine.max_cgroups,
+            cfg.engine.max_processes,
+        );
+        host.set_diagnostics_dir(cfg.diagnostics_dir.clone());
+        let engine = Engine::new(cfg.engine.clone(), host, handler, &root_hier)?;
+        let watcher = Watcher::with_capacity(cfg.engine.max_cgroups + 8)?;
+        let watchdog = match cfg.watchdog {
+            Some(w) => Some(Watchdog::spawn(
+                w,
+                engine.host().own_cgroup().map(Path::to_path_buf),
+                None,
+            )?),
+            None => None,
+        };
+        #[cfg(feature = "serde")]
+        let incidents = match cfg.incidents.take() {
+            Some(c) => Some(super::incident::IncidentSink::new(c)?),
+            None => None,
+        };
+        let mut r = Runner {
+            engine,
+            watcher,
+            bindings: HashMap::with_capacity(cfg.engine.max_cgroups + 8),
+            events_token: HashMap::with_capacity(cfg.engine.max_cgroups),
+            dir_token: None,
+            victim: None,
+            watchdog,
+            #[cfg(feature = "serde")]
+            incidents,
+            reserve,
+            root_hier,
+            memory_events: cfg.memory_events,
+            next_user: USER_TOKEN_BASE,
+            dir_changes: Vec::with_capacity(64),
+            triggers: Vec::with_capacity(64),
+            batch: Vec::with_capacity(cfg.engine.max_cgroups + 8),
+        };
+        let root_cg = r.root_cgroup()?;
+        if let Some(root) = r.engine.root() {
+            r.watch_cgroup(root, &root_cg)?;
+            r.publish_target(root, &root_cg);
+        }
+        // Follow the tree: existing children are reported as created.
+        let tok = r.watcher.add_dir_watch(
+            &root_cg,
+            DirWatchOptions {
+                depth: cfg.depth,
+                report_existing: true,
+                queue: 4096,
+                max_dirs: cfg.engine.max_cgroups,
+            },
+        )?;
+        r.bindings.insert(tok, Binding::Dir);
+        r.dir_token = Some(tok);
+        if let Some(psi) = cfg.psi {
+            let tok = if psi.system {
+                r.watcher
+                    .add(Source::Psi(crate::events::PsiTrigger::system_memory(
+                        psi.threshold,
+                    )?))?
+            } else {
+                r.watcher.add_psi(&root_cg, psi.threshold)?
+            };
+            r.bindings.insert(
+                tok,
+                Binding::Psi(if psi.system { None } else { r.engine.root() }),
+            );
+        }
+        // Pick up the existing children right away.
+        r.turn(Some(Duration::ZERO), &mut Turn::default())?;
+        Ok(r)
+    }
+
+    fn root_cgroup(&self) -> Result<Cgroup> {
+        self.engine
+            .host()
+            .fs()
+            .open_hierarchy(&self.root_hier.to_string_lossy())
+    }
+
+    fn watch_cgroup(&mut self, id: CgroupId, cg: &Cgroup) -> Result<()> {
+        if !self.memory_events {
+            return Ok(());
+        }
+        match self.watcher.add_memory_events(cg, Scope::Local) {
+            Ok(tok) => {
+                self.bindings.insert(tok, Binding::MemoryEvents(id));
+                self.events_token.insert(id, tok);
+                Ok(())
+            }
+            // The mount root has no memory.events: nothing to watch there.
+            Err(e) if e.is_unsupported() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn publish_target(&self, id: CgroupId, cg: &Cgroup) {
+        let Some(wd) = &self.watchdog else { return };
+        let (Some(class), Some(path), Ok(dup)) = (
+            self.engine.tree().class(id),
+            self.engine.tree().path(id),
+            cg.try_clone(),
+        ) else {
+            return;
+        };
+        if let Ok(mut t) = wd.shared().targets.lock() {
+            t.push(Target {
+                cg: dup,
+                path: path.to_path_buf(),
+                priority: class.priority,
+                protected: class.protected,
+            });
+        }
+    }
+
+    fn add_child(&mut self, hier: &Path) {
+        match self.engine.add_cgroup(hier) {
+            Ok(id) => {
+                if self.events_token.contains_key(&id) {
+                    return;
+                }
+                let cg = match self.engine.host().cgroup(id).map(Cgroup::try_clone) {
+                    Some(Ok(cg)) => cg,
+                    _ => return,
+                };
+                if let Err(e) = self.watch_cgroup(id, &cg) {
+                    if !e.is_gone() {
+                        tracing::warn!(error = %e, "watching a new cgroup failed");
+                    }
+                }
+                self.publish_target(id, &cg);
+            }
+            Err(e) if e.is_gone() => {}
+            Err(e) => {
+                tracing::warn!(cgroup = %hier.display(), error = %e, "adding a cgroup failed")
+            }
+        }
+    }
+
+    fn remove_child(&mut self, hier: &Path) {
+        let ids: Vec<CgroupId> = self
+            .engine
+            .tree()
+            .ids()
+            .filter(|id| {
+                self.engine
+                    .tree()
+                    .path(*id)
+                    .is_some_and(|p| p.starts_with(hier))
+            })
+            .collect();
+        for id in ids {
+            if let Some(tok) = self.events_token.remove(&id) {
+                self.bindings.remove(&tok);
+                let _ = self.watcher.remove(tok);
+            }
+        }
+        if let Some(wd) = &self.watchdog {
+            if let Ok(mut t) = wd.shared().targets.lock() {
+                t.retain(|t| !t.path.starts_with(hier));
+            }
+        }
+        self.engine.remove_cgroup(hier);
+    }
+
+    /// Adds a caller's fd (signal pipe, eventfd …) to the epoll; its token is
+    /// reported in [`Turn::ready`] when it is readable.
+    pub fn add_fd(&mut self, fd: impl Into<OwnedFd>) -> Result<Token> {
+        let tok = Token(self.next_user);
+        self.next_user += 1;
+        self.watcher.add_fd(fd, Interest::READABLE, tok)?;
+        self.bindings.insert(tok, Binding::User);
+        Ok(tok)
+    }
+
+    /// Waits for events (up to `timeout`, `None`: until something happens
+    /// or a tick is due) and handles them.
+    pub fn run_once(&mut self, timeout: Option<Duration>) -> Result<Turn> {
+        let mut turn = Turn::default();
+        self.turn(timeout, &mut turn)?;
+        Ok(turn)
+    }
+
+    fn turn(&mut self, timeout: Option<Duration>, turn: &mut Turn) -> Result<()> {
+        let now = Instant::now();
+        let tick = self
+            .engine
+            .next_wake()
+            .map(|w| w.saturating_duration_since(now));
+        let wait = match (timeout, tick) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(wd) = &self.watchdog {
+            wd.idle();
+        }
+        let events = self.watcher.wait(wait)?;
+        self.batch.clear();
+        self.batch.extend_from_slice(events.as_slice());
+        if let Some(wd) = &self.watchdog {
+            wd.busy();
+        }
+        let seen = Instant::now();
+        self.triggers.clear();
+        let mut victim_ready = false;
+        for i in 0..self.batch.len() {
+            let ev = self.batch[i];
+            let Some(binding) = self.bindings.get(&ev.token).copied() else {
+                continue;
+            };
+            match (binding, ev.kind) {
+                (Binding::MemoryEvents(cgroup), EventKind::MemoryEvents(change)) => {
+                    self.triggers.push((
+                        Trigger::MemoryEvents {
+                            cgroup,
+                            delta: change.delta,
+                        },
+                        seen,
+                    ));
+                }
+                (Binding::Psi(cgroup), EventKind::Pressure(_)) => {
+                    self.triggers.push((Trigger::Pressure { cgroup }, seen));
+                }
+                (Binding::Dir, EventKind::Dir(d)) => {
+                    if let Some(Source::Dir(dw)) = self.watcher.source(ev.token) {
+                        if let (Some(rel), Some(name)) = (dw.rel_path(d.parent), d.name.as_str()) {
+                            self.dir_changes
+                                .push((d.change, self.root_hier.join(rel).join(name)));
+                        }
+                    }
+                }
+                (Binding::Dir, EventKind::DirOverflow) => {
+                    tracing::warn!("directory watch overflowed; rescanning");
+                    self.rescan_pending();
+                }
+                (Binding::Victim, _) => victim_ready = true,
+                (Binding::User, EventKind::Fd(_)) => turn.ready.push(ev.token),
+                (_, EventKind::Gone) => {
+                    if let Binding::MemoryEvents(_) = binding {
+                        // The cgroup was removed; the dir watch removes it from the tree.
+                    }
+                }
+                (_, EventKind::Failed(f)) => tracing::debug!(failure = %f, "event source failed"),
+                _ => {}
+            }
+        }
+        for i in 0..self.triggers.len() {
+            let (trigger, at) = self.triggers[i];
+            self.engine.on_event(trigger, at);
+        }
+        let _ = victim_ready;
+        let now = Instant::now();
+        if self.engine.next_wake().is_some_and(|w| w <= now) || victim_ready {
+            self.engine.on_tick(now);
+        }
+        self.sync_victim_fd();
+        // Off the hot path from here.
+        let changes = std::mem::take(&mut self.dir_changes);
+        for (change, path) in &changes {
+            match change {
+                DirChange::Created => self.add_child(path),
+                DirChange::Removed => self.remove_child(path),
+            }
+        }
+        self.dir_changes = changes;
+        self.dir_changes.clear();
+        while let Some(ep) = self.engine.take_finished() {
+            self.record(&ep);
+            turn.finished.push(ep);
+        }
+        Ok(())
+    }
+
+    fn rescan_pending(&mut self) {
+        // Walk the tree below the root and add what is missing.
+        let Ok(root) = self.root_cgroup() else { return };
+        let mut stack = vec![(root, self.root_hier.clone(), 0u32)];
+        while let Some((cg, path, depth)) = stack.pop() {
+            if depth >= 16 {
+                continue;
+            }
+            for name in cg.children().unwrap_or_default() {
+                let child_path = path.join(&name);
+                self.dir_changes
+                    .push((DirChange::Created, child_path.clone()));
+                if let Ok(c) = cg.child(&name) {
+                    stack.push((c, child_path, depth + 1));
+                }
+            }
+        }
+    }
+
+    /// Puts the pending victim's pidfd into the epoll, so its exit wakes us.
+    fn sync_victim_fd(&mut self) {
+        let pending = self.engine.pending_victim();
+        if self.victim.map(|v| v.1) == pending {
+            return;
+        }
+        if let Some((tok, _)) = self.victim.take() {
+            self.bindings.remove(&tok);
+            let _ = self.watcher.remove(tok);
+        }
+        let Some(v) = pending else { return };
+        let Some(fd) = self
+            .engine
+            .host()
+            .victim_fd(&v)
+            .and_then(|f| f.try_clone_to_owned().ok())
+        else {
+            return;
+        };
+        let tok = Token(self.next_user);
+        self.next_user += 1;
+        if self.watcher.add_fd(fd, Interest::READABLE, tok).is_ok() {
+            self.bindings.insert(tok, Binding::Victim);
+            self.victim = Some((tok, v));
+        }
+    }
+
+    #[allow(unused_variables)]
+    fn record(&mut self, ep: &Episode) {
+        #[cfg(feature = "serde")]
+        if let Some(sink) = &self.incidents {
+            if ep.is_action() {
+                let rec = super::incident::to_json(
+                    ep,
+                    self.engine.tree(),
+                    self.engine.handler_name(),
+                    self.engine.config().dry_run,
+                );
+                match sink.write(rec, ep.id) {
+                    Ok(p) => {
+                        tracing::info!(episode = ep.id, file = %p.display(), "incident recorded")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "writing the incident record failed"),
+                }
+            }
+        }
+    }
+
+    /// Replaces the handler and the loop tuning (configuration reload).
+    /// Cgroups are classified again by the new handler.
+    pub fn reload(&mut self, handler: Box<dyn Handler>, engine: EngineConfig) -> Result<()> {
+        engine.validate()?;
+        self.engine.replace_handler(handler, engine);
+        Ok(())
+    }
+
+    /// What reserve mode got.
+    pub fn reserve_report(&self) -> Option<&ReserveReport> {
+        self.reserve.as_ref()
+    }
+
+    /// Lifetime counters.
+    pub fn stats(&self) -> EngineStats {
+        self.engine.stats()
+    }
+
+    /// Times the watchdog acted.
+    pub fn watchdog_fired(&self) -> u64 {
+        self.watchdog.as_ref().map_or(0, Watchdog::fired)
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine<KernelHost> {
+        &self.engine
+    }
+}
+
+impl AsFd for Runner {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.watcher.as_fd()
+    }
+}
