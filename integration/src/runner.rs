@@ -42,6 +42,9 @@ pub fn run_all(proto: &mut Proto, filter: Option<&str>) -> (usize, usize, usize)
         .collect();
     proto.line("BEGIN", &format!("run {} {}", selected.len(), release()));
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+    // Orphans of test workloads (a fork storm's children) are re-parented here and reaped after
+    // each test, instead of piling up as zombies under PID 1.
+    let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
     let setup = prepare_test_root();
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for t in &selected {
@@ -52,6 +55,7 @@ pub fn run_all(proto: &mut Proto, filter: Option<&str>) -> (usize, usize, usize)
             Err(e) => Err(Fail(format!("cannot prepare {TEST_ROOT}: {}", e.0))),
         };
         let cleanup = cleanup_test(t.name);
+        reap_orphans();
         let ms = started.elapsed().as_millis();
         let (status, text) = match (result, cleanup) {
             (Ok(Outcome::Pass(s)), Ok(())) => ("PASS", s),
@@ -68,6 +72,11 @@ pub fn run_all(proto: &mut Proto, filter: Option<&str>) -> (usize, usize, usize)
     }
     proto.line("END", &format!("{passed} {failed} {skipped}"));
     (passed, failed, skipped)
+}
+
+/// Reap every exited child (orphans re-parented to us); never blocks.
+fn reap_orphans() {
+    while let Ok(Some(_)) = rustix::process::wait(rustix::process::WaitOptions::NOHANG) {}
 }
 
 fn prepare_test_root() -> Result<(), Fail> {

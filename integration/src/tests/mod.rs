@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use crate::harness::TestCase;
 
+pub mod common;
+pub mod kill;
+pub mod probe;
 pub mod smoke;
 
 const fn case(
@@ -27,6 +30,15 @@ pub fn all() -> Vec<TestCase> {
         case("smoke_child_memory_max", 60, smoke::child_memory_max),
         case("smoke_psi_files", 30, smoke::psi_files),
         case("smoke_hog_oom_killed", 90, smoke::hog_oom_killed),
+        case("probe_features", 30, probe::features_match_kernel),
+        case("kill_pidfd_mrelease", 90, kill::pidfd_kill_mrelease),
+        case(
+            "kill_pidfd_stale_pid_reuse",
+            60,
+            kill::pidfd_stale_pid_reuse,
+        ),
+        case("kill_group_forkstorm", 90, kill::group_kill_forkstorm),
+        case("kill_group_fallback", 90, kill::group_kill_fallback),
     ]
 }
 
