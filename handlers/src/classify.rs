@@ -264,8 +264,7 @@ pub fn kube_qos(path: &Path) -> Option<(QosClass, bool)> {
         QosClass::BestEffort
     } else if *next == "burstable" || next.ends_with("-burstable.slice") {
         QosClass::Burstable
-    } else if next.starts_with("pod")
-        || (next.ends_with(".slice") && next.contains("kubepods-pod"))
+    } else if next.starts_with("pod") || (next.ends_with(".slice") && next.contains("kubepods-pod"))
     {
         QosClass::Guaranteed
     } else {
@@ -296,7 +295,10 @@ mod tests {
                 "/kubepods/besteffort/pod1/ctr",
                 Some((QosClass::BestEffort, false)),
             ),
-            ("/kubepods/burstable/podx", Some((QosClass::Burstable, false))),
+            (
+                "/kubepods/burstable/podx",
+                Some((QosClass::Burstable, false)),
+            ),
             ("/kubepods/pod123", Some((QosClass::Guaranteed, true))),
             ("/kubepods/pod123/c1", Some((QosClass::Guaranteed, false))),
             (

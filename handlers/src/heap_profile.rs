@@ -203,7 +203,8 @@ impl Handler for HeapProfile {
         } else {
             Self::profiled_process(view, &choice)
         };
-        let Some((pid, comm)) = target.filter(|(_, comm)| self.matches(view, &choice, comm_str(comm)))
+        let Some((pid, comm)) =
+            target.filter(|(_, comm)| self.matches(view, &choice, comm_str(comm)))
         else {
             self.inner.plan_kill(view, &choice, plan);
             return;

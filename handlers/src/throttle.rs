@@ -176,8 +176,7 @@ impl Throttle {
         let Some(choice) = choice else {
             return false;
         };
-        self.chooser
-            .plan_kill_as(view, &choice, granularity, plan);
+        self.chooser.plan_kill_as(view, &choice, granularity, plan);
         if plan.is_empty() {
             return false;
         }
@@ -358,7 +357,11 @@ impl Handler for Throttle {
 
     fn on_quiet_tick(&mut self, view: &mut View<'_>, plan: &mut Plan) {
         let now = view.now();
-        let root_calm = match view.scope().and_then(|s| view.detail(s)).and_then(|s| s.pressure) {
+        let root_calm = match view
+            .scope()
+            .and_then(|s| view.detail(s))
+            .and_then(|s| s.pressure)
+        {
             Some(p) => p.some.avg10 < self.cfg.thaw_below_avg10,
             None => true,
         };
