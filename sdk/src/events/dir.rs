@@ -1,0 +1,793 @@
+//! Child cgroups created and removed, through inotify.
+
+use std::collections::VecDeque;
+use std::ffi::CStr;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
+use rustix::io::Errno;
+
+use crate::cgroup::Cgroup;
+use crate::error::{Error, Op, Result};
+use crate::util::{fmt_u64, io_err};
+
+use super::{EventKind, SourceFailure};
+
+/// The longest name of a directory entry (`NAME_MAX`).
+pub const NAME_MAX: usize = 255;
+/// `PATH_MAX`, for building paths of nested directories on the stack.
+const PATH_MAX: usize = 4096;
+/// The deepest recursion a [`DirWatch`] accepts.
+const MAX_DEPTH: u32 = 16;
+/// Size of `struct inotify_event` without the name.
+const EVENT_HEADER: usize = 16;
+/// Read buffer for the inotify fd: room for at least 15 events with names of
+/// `NAME_MAX` bytes (the kernel refuses a buffer too small for one).
+const INOTIFY_BUF: usize = 4096;
+
+/// A directory entry name held inline (no heap), NUL-terminated so it can be
+/// passed to `openat` as it is.
+#[derive(Clone, Copy)]
+pub struct ChildName {
+    len: u8,
+    bytes: [u8; NAME_MAX + 1],
+}
+
+impl ChildName {
+    /// A name of at most [`NAME_MAX`] bytes with no `/` or NUL.
+    pub fn new(name: &[u8]) -> Option<Self> {
+        if name.is_empty() || name.len() > NAME_MAX || name.iter().any(|b| *b == 0 || *b == b'/') {
+            return None;
+        }
+        let mut bytes = [0u8; NAME_MAX + 1];
+        bytes.get_mut(..name.len())?.copy_from_slice(name);
+        Some(ChildName {
+            len: u8::try_from(name.len()).ok()?,
+            bytes,
+        })
+    }
+
+    /// The name's bytes (no terminator).
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..usize::from(self.len)).unwrap_or(&[])
+    }
+
+    /// The name as UTF-8, if it is (cgroup names nearly always are).
+    pub fn as_str(&self) -> Option<&str> {
+        std::str::from_utf8(self.as_bytes()).ok()
+    }
+
+    /// The name as a C string, for `openat`.
+    pub fn as_c_str(&self) -> &CStr {
+        self.bytes
+            .get(..=usize::from(self.len))
+            .and_then(|b| CStr::from_bytes_with_nul(b).ok())
+            .unwrap_or(c"")
+    }
+}
+
+impl PartialEq for ChildName {
+    fn eq(&self, o: &Self) -> bool {
+        self.as_bytes() == o.as_bytes()
+    }
+}
+
+impl Eq for ChildName {}
+
+impl std::hash::Hash for ChildName {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_bytes().hash(h);
+    }
+}
+
+impl PartialEq<str> for ChildName {
+    fn eq(&self, o: &str) -> bool {
+        self.as_bytes() == o.as_bytes()
+    }
+}
+
+impl PartialEq<&str> for ChildName {
+    fn eq(&self, o: &&str) -> bool {
+        self.as_bytes() == o.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for ChildName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&String::from_utf8_lossy(self.as_bytes()), f)
+    }
+}
+
+impl std::fmt::Display for ChildName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&String::from_utf8_lossy(self.as_bytes()), f)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl serde::Serialize for ChildName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+/// A directory watched by a [`DirWatch`]: [`DirId::ROOT`] for the directory
+/// the watch was created on, others for nested directories of a recursive
+/// watch. Ids of removed directories are reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct DirId(u32);
+
+impl DirId {
+    /// The directory the watch was created on.
+    pub const ROOT: DirId = DirId(0);
+
+    /// The raw index.
+    pub fn index(self) -> u32 {
+        self.0
+    }
+}
+
+/// Whether a child appeared or disappeared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum DirChange {
+    /// `mkdir` (or renamed into the directory).
+    Created,
+    /// `rmdir` (or renamed away).
+    Removed,
+}
+
+/// A child directory created or removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct DirEvent {
+    /// Created or removed.
+    pub change: DirChange,
+    /// The directory it is in ([`DirWatch::rel_path`] gives its path).
+    pub parent: DirId,
+    /// How deep the child is below the watched directory: 1 for its own
+    /// children.
+    pub depth: u32,
+    /// The child's name.
+    pub name: ChildName,
+}
+
+/// Options of a [`DirWatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirWatchOptions {
+    /// How many levels of children to report: 1 reports the children of the
+    /// directory, 2 also their children, and so on (at most 16).
+    pub depth: u32,
+    /// Report the children that exist when the watch is created as
+    /// [`DirChange::Created`]; otherwise only later changes are reported.
+    pub report_existing: bool,
+    /// How many events may wait in the watch's own queue (created for
+    /// children found by scanning a new directory, see below). Beyond it,
+    /// events are dropped and [`EventKind::DirOverflow`] reported.
+    pub queue: usize,
+    /// Directories to pre-allocate watch slots for (recursive watches);
+    /// more are possible but allocate.
+    pub max_dirs: usize,
+}
+
+impl Default for DirWatchOptions {
+    fn default() -> Self {
+        DirWatchOptions {
+            depth: 1,
+            report_existing: false,
+            queue: 64,
+            max_dirs: 64,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Node {
+    wd: i32,
+    parent: u32,
+    depth: u32,
+    name: ChildName,
+}
+
+// Transient, on the stack only: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Record {
+    Event {
+        wd: i32,
+        mask: ReadFlags,
+        name: Option<ChildName>,
+    },
+    /// The buffer held something that is not an inotify event: resync.
+    Malformed,
+    /// Nothing more to read now.
+    Empty,
+    Failed(SourceFailure),
+}
+
+/// Watches a cgroup directory for child cgroups created and removed
+/// (inotify `IN_CREATE`/`IN_DELETE` of directories, renames as
+/// `IN_MOVED_TO`/`IN_MOVED_FROM`), optionally recursively to a depth, so a
+/// daemon can follow new containers.
+///
+/// `mkdir`/`rmdir` queue their inotify events during the syscall, so a
+/// change is readable as soon as the syscall returned. When the kernel's
+/// queue overflows (`IN_Q_OVERFLOW`), [`EventKind::DirOverflow`] tells the
+/// caller to list the directory again. When the watched directory itself is
+/// removed (`IN_DELETE_SELF`/`IN_IGNORED`), [`EventKind::Gone`] is reported —
+/// note that the kernel sends those only once the last reference to the
+/// directory is dropped, so while anyone (including a [`Cgroup`] handle of
+/// yours) holds the directory open they are delayed. The watch itself holds
+/// no fd of any watched directory for that reason.
+///
+/// Names are carried inline ([`ChildName`]) and all buffers are allocated
+/// when the watch is created.
+///
+/// When a new directory appears in a recursive watch, it is watched and
+/// then listed, so children created before the watch was in place are
+/// reported too; a child created in that instant may be reported twice.
+/// Treat `Created` for a name already known as a no-op.
+///
+/// ```
+/// use oomkit::events::{DirChange, DirWatch, DirWatchOptions, EventKind};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let tmp = tempfile::tempdir()?;
+/// let mut w = DirWatch::open_path(tmp.path(), DirWatchOptions::default())?;
+/// std::fs::create_dir(tmp.path().join("job-1"))?;
+/// match w.next_event() {
+///     Some(EventKind::Dir(ev)) => {
+///         assert_eq!(ev.change, DirChange::Created);
+///         assert_eq!(ev.name, "job-1");
+///     }
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// assert_eq!(w.next_event(), None);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct DirWatch {
+    inotify: OwnedFd,
+    path: PathBuf,
+    opts: DirWatchOptions,
+    nodes: Vec<Option<Node>>,
+    free: Vec<u32>,
+    buf: Box<[u8]>,
+    pos: usize,
+    filled: usize,
+    queue: VecDeque<EventKind>,
+    overflowed: bool,
+    gone: bool,
+}
+
+fn watch_mask() -> WatchFlags {
+    WatchFlags::CREATE
+        | WatchFlags::DELETE
+        | WatchFlags::MOVED_FROM
+        | WatchFlags::MOVED_TO
+        | WatchFlags::DELETE_SELF
+        | WatchFlags::ONLYDIR
+}
+
+impl DirWatch {
+    /// Watches the directory of `cg`.
+    pub fn new(cg: &Cgroup, opts: DirWatchOptions) -> Result<Self> {
+        // Watch the very directory the handle refers to, through its fd, so
+        // a cgroup recreated under the same path is not picked up instead.
+        let mut b = [0u8; 32];
+        let proc_path = proc_fd_path(&mut b, cg.dir_fd());
+        Self::create(cg.path(), proc_path, opts)
+    }
+
+    /// Watches the directory at `path` (any filesystem; tests use a
+    /// temporary directory).
+    pub fn open_path(path: impl AsRef<Path>, opts: DirWatchOptions) -> Result<Self> {
+        Self::create(path.as_ref(), None, opts)
+    }
+
+    fn create(path: &Path, via: Option<&CStr>, opts: DirWatchOptions) -> Result<Self> {
+        if opts.depth == 0 || opts.depth > MAX_DEPTH {
+            return Err(Error::InvalidArgument {
+                what: "DirWatch depth",
+                reason: format!("{} is not between 1 and {MAX_DEPTH}", opts.depth),
+            });
+        }
+        let inotify = inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC)
+            .map_err(|e| Error::sys("inotify_init1", io_err(e)))?;
+        let add = |p: &CStr| inotify::add_watch(&inotify, p, watch_mask());
+        let wd = match via.map(add) {
+            Some(Ok(wd)) => wd,
+            // No /proc: fall back to the path.
+            _ => inotify::add_watch(&inotify, path, watch_mask()).map_err(|e| match e {
+                Errno::NOENT => Error::CgroupGone {
+                    path: path.to_owned(),
+                },
+                Errno::NOTDIR => Error::InvalidPath {
+                    path: path.to_owned(),
+                    reason: "not a directory",
+                },
+                e => Error::io(path, Op::Watch, io_err(e)),
+            })?,
+        };
+        let mut nodes = Vec::with_capacity(opts.max_dirs.max(1));
+        nodes.push(Some(Node {
+            wd,
+            parent: 0,
+            depth: 0,
+            name: ChildName {
+                len: 0,
+                bytes: [0; NAME_MAX + 1],
+            },
+        }));
+        let mut w = DirWatch {
+            inotify,
+            path: path.to_owned(),
+            opts,
+            nodes,
+            free: Vec::with_capacity(opts.max_dirs.max(1)),
+            buf: vec![0u8; INOTIFY_BUF].into_boxed_slice(),
+            pos: 0,
+            filled: 0,
+            queue: VecDeque::with_capacity(opts.queue.max(1)),
+            overflowed: false,
+            gone: false,
+        };
+        if opts.depth > 1 || opts.report_existing {
+            w.scan(0, opts.report_existing)
+                .map_err(|e| Error::io(path, Op::ReadDir, io_err(e)))?;
+        }
+        Ok(w)
+    }
+
+    /// The watched directory's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The path of a watched directory relative to [`path`](Self::path)
+    /// (empty for [`DirId::ROOT`]); `None` for an id no longer watched.
+    /// Allocates.
+    pub fn rel_path(&self, id: DirId) -> Option<PathBuf> {
+        let mut chain = Vec::new();
+        let mut i = id.0;
+        while i != 0 {
+            let n = self.node(i)?;
+            chain.push(n.name);
+            i = n.parent;
+        }
+        let mut p = PathBuf::new();
+        for name in chain.iter().rev() {
+            p.push(std::ffi::OsStr::new(&*String::from_utf8_lossy(
+                name.as_bytes(),
+            )));
+        }
+        Some(p)
+    }
+
+    /// How many directories are watched (1 for a non-recursive watch).
+    pub fn watched_dirs(&self) -> usize {
+        self.nodes.iter().filter(|n| n.is_some()).count()
+    }
+
+    /// True when events are buffered here (already read from the kernel
+    /// but not yet returned), so the fd may not be readable although
+    /// [`next_event`](Self::next_event) has more.
+    pub fn has_pending(&self) -> bool {
+        !self.queue.is_empty() || self.overflowed || self.pos < self.filled
+    }
+
+    fn node(&self, i: u32) -> Option<&Node> {
+        self.nodes.get(usize::try_from(i).ok()?)?.as_ref()
+    }
+
+    /// The next change, or `None` when nothing more is available now (the
+    /// fd is non-blocking). Returns [`EventKind::Dir`],
+    /// [`EventKind::DirOverflow`], [`EventKind::Gone`] or
+    /// [`EventKind::Failed`]. Allocation-free.
+    pub fn next_event(&mut self) -> Option<EventKind> {
+        loop {
+            if let Some(ev) = self.queue.pop_front() {
+                return Some(ev);
+            }
+            if self.overflowed {
+                self.overflowed = false;
+                return Some(EventKind::DirOverflow);
+            }
+            match self.next_record() {
+                Record::Event { wd, mask, name } => self.handle(wd, mask, name),
+                Record::Malformed => self.push(EventKind::DirOverflow),
+                Record::Empty => return None,
+                Record::Failed(f) => return Some(EventKind::Failed(f)),
+            }
+        }
+    }
+
+    fn next_record(&mut self) -> Record {
+        if self.pos >= self.filled {
+            if self.gone {
+                return Record::Empty;
+            }
+            loop {
+                match rustix::io::read(&self.inotify, &mut self.buf[..]) {
+                    Ok(0) => return Record::Empty,
+                    Ok(n) => {
+                        self.filled = n;
+                        self.pos = 0;
+                        break;
+                    }
+                    Err(Errno::INTR) => continue,
+                    Err(Errno::AGAIN) => return Record::Empty,
+                    Err(e) => return Record::Failed(SourceFailure::io(Op::Read, e)),
+                }
+            }
+        }
+        let pos = self.pos;
+        let Some(h) = self.buf.get(pos..pos + EVENT_HEADER) else {
+            self.pos = self.filled;
+            return Record::Malformed;
+        };
+        let word = |i: usize| -> [u8; 4] {
+            let mut w = [0u8; 4];
+            if let Some(s) = h.get(i..i + 4) {
+                w.copy_from_slice(s);
+            }
+            w
+        };
+        let wd = i32::from_ne_bytes(word(0));
+        let mask = ReadFlags::from_bits_retain(u32::from_ne_bytes(word(4)));
+        let len = u32::from_ne_bytes(word(12)) as usize;
+        let Some(raw) = self.buf.get(pos + EVENT_HEADER..pos + EVENT_HEADER + len) else {
+            self.pos = self.filled;
+            return Record::Malformed;
+        };
+        let name_len = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+        let name = raw.get(..name_len).and_then(ChildName::new);
+        self.pos = pos + EVENT_HEADER + len;
+        Record::Event { wd, mask, name }
+    }
+
+    fn push(&mut self, ev: EventKind) {
+        // Compare with our own bound, not `capacity()`, which may be larger
+        // and which a push beyond would grow.
+        if self.queue.len() >= self.opts.queue.max(1) {
+            self.overflowed = true;
+        } else {
+            self.queue.push_back(ev);
+        }
+    }
+
+    fn find_wd(&self, wd: i32) -> Option<u32> {
+        self.nodes
+            .iter()
+            .position(|n| n.as_ref().is_some_and(|n| n.wd == wd))
+            .and_then(|i| u32::try_from(i).ok())
+    }
+
+    fn find_child(&self, parent: u32, name: &ChildName) -> Option<u32> {
+        self.nodes
+            .iter()
+            .position(|n| {
+                n.as_ref()
+                    .is_some_and(|n| n.parent == parent && n.depth > 0 && n.name == *name)
+            })
+            .and_then(|i| u32::try_from(i).ok())
+    }
+
+    fn root_gone(&mut self) {
+        if !self.gone {
+            self.gone = true;
+            self.push(EventKind::Gone);
+        }
+    }
+
+    fn handle(&mut self, wd: i32, mask: ReadFlags, name: Option<ChildName>) {
+        if mask.contains(ReadFlags::QUEUE_OVERFLOW) {
+            self.push(EventKind::DirOverflow);
+            return;
+        }
+        // Events of a watch we already dropped (rm_watch queues IN_IGNORED).
+        let Some(idx) = self.find_wd(wd) else {
+            return;
+        };
+        if mask.intersects(ReadFlags::IGNORED | ReadFlags::DELETE_SELF) {
+            if idx == 0 {
+                self.root_gone();
+            } else if mask.contains(ReadFlags::IGNORED) {
+                self.drop_node(idx);
+            }
+            return;
+        }
+        let (Some(name), true) = (name, mask.contains(ReadFlags::ISDIR)) else {
+            return;
+        };
+        let depth = self.node(idx).map_or(0, |n| n.depth) + 1;
+        let ev = |change| {
+            EventKind::Dir(DirEvent {
+                change,
+                parent: DirId(idx),
+                depth,
+                name,
+            })
+        };
+        if mask.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO) {
+            self.push(ev(DirChange::Created));
+            if depth < self.opts.depth {
+                self.watch_child(idx, name, true);
+            }
+        } else if mask.intersects(ReadFlags::DELETE | ReadFlags::MOVED_FROM) {
+            self.push(ev(DirChange::Removed));
+            if let Some(c) = self.find_child(idx, &name) {
+                self.forget_subtree(c);
+            }
+        }
+    }
+
+    fn drop_node(&mut self, idx: u32) {
+        if let Some(slot) = usize::try_from(idx)
+            .ok()
+            .and_then(|i| self.nodes.get_mut(i))
+        {
+            if slot.take().is_some() {
+                self.free.push(idx);
+            }
+        }
+    }
+
+    /// Stops watching `idx` and everything below it.
+    fn forget_subtree(&mut self, idx: u32) {
+        let mut i = 0;
+        while i < self.nodes.len() {
+            let child = self.nodes[i]
+                .as_ref()
+                .is_some_and(|n| n.parent == idx && n.depth > 0)
+                && i != idx as usize;
+            if child {
+                if let Ok(c) = u32::try_from(i) {
+                    self.forget_subtree(c);
+                }
+            }
+            i += 1;
+        }
+        if let Some(n) = self.node(idx) {
+            // Fails with EINVAL when the kernel already dropped the watch.
+            let _ = inotify::remove_watch(&self.inotify, n.wd);
+        }
+        self.drop_node(idx);
+    }
+
+    /// Writes the absolute path of node `idx` (plus `/name`) into `buf` as a
+    /// C string, without allocating.
+    fn node_path<'b>(
+        &self,
+        buf: &'b mut [u8; PATH_MAX],
+        idx: u32,
+        name: Option<&ChildName>,
+    ) -> Option<&'b CStr> {
+        let mut chain = [0u32; MAX_DEPTH as usize + 1];
+        let mut n = 0;
+        let mut i = idx;
+        while i != 0 {
+            *chain.get_mut(n)? = i;
+            n += 1;
+            i = self.node(i)?.parent;
+        }
+        let mut len = 0usize;
+        let mut put = |s: &[u8]| -> Option<()> {
+            buf.get_mut(len..len + s.len())?.copy_from_slice(s);
+            len += s.len();
+            Some(())
+        };
+        put(self.path.as_os_str().as_encoded_bytes())?;
+        for &c in chain.get(..n)?.iter().rev() {
+            put(b"/")?;
+            put(self.node(c)?.name.as_bytes())?;
+        }
+        if let Some(name) = name {
+            put(b"/")?;
+            put(name.as_bytes())?;
+        }
+        put(b"\0")?;
+        CStr::from_bytes_with_nul(buf.get(..len)?).ok()
+    }
+
+    /// Starts watching child `name` of node `parent`, then lists it for
+    /// children that appeared before the watch was in place (reporting them
+    /// if `report`).
+    fn watch_child(&mut self, parent: u32, name: ChildName, report: bool) {
+        if self.find_child(parent, &name).is_some() {
+            return;
+        }
+        let mut pb = [0u8; PATH_MAX];
+        let Some(path) = self.node_path(&mut pb, parent, Some(&name)) else {
+            self.push(EventKind::Failed(SourceFailure::io(
+                Op::Watch,
+                Errno::NAMETOOLONG,
+            )));
+            return;
+        };
+        let wd =
+            match inotify::add_watch(&self.inotify, path, watch_mask() | WatchFlags::DONT_FOLLOW) {
+                Ok(wd) => wd,
+                // Removed (or replaced by a non-directory) already: its
+                // removal event follows.
+                Err(Errno::NOENT) | Err(Errno::NOTDIR) => return,
+                Err(e) => {
+                    self.push(EventKind::Failed(SourceFailure::io(Op::Watch, e)));
+                    return;
+                }
+            };
+        let depth = self.node(parent).map_or(0, |n| n.depth) + 1;
+        let node = Node {
+            wd,
+            parent,
+            depth,
+            name,
+        };
+        let idx = match self.free.pop() {
+            Some(i) => {
+                if let Some(slot) = self.nodes.get_mut(i as usize) {
+                    *slot = Some(node);
+                }
+                i
+            }
+            None => {
+                self.nodes.push(Some(node));
+                u32::try_from(self.nodes.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        if let Err(e) = self.scan(idx, report) {
+            if e != Errno::NOENT {
+                self.push(EventKind::Failed(SourceFailure::io(Op::ReadDir, e)));
+            }
+        }
+    }
+
+    /// Lists directory `idx`: reports its subdirectories (if `report`) and
+    /// watches those within the depth.
+    fn scan(&mut self, idx: u32, report: bool) -> rustix::io::Result<()> {
+        let mut pb = [0u8; PATH_MAX];
+        let path = self
+            .node_path(&mut pb, idx, None)
+            .ok_or(Errno::NAMETOOLONG)?;
+        let fd = rustix::fs::openat(
+            rustix::fs::CWD,
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )?;
+        let depth = self.node(idx).map_or(0, |n| n.depth) + 1;
+        let mut dbuf = [MaybeUninit::<u8>::uninit(); 2048];
+        let mut dir = RawDir::new(&fd, &mut dbuf);
+        while let Some(entry) = dir.next() {
+            let entry = entry?;
+            let cname = entry.file_name();
+            let bytes = cname.to_bytes();
+            if bytes == b"." || bytes == b".." {
+                continue;
+            }
+            let is_dir = match entry.file_type() {
+                FileType::Directory => true,
+                FileType::Unknown => rustix::fs::statat(&fd, cname, AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory),
+                _ => false,
+            };
+            let Some(name) = ChildName::new(bytes).filter(|_| is_dir) else {
+                continue;
+            };
+            if report {
+                self.push(EventKind::Dir(DirEvent {
+                    change: DirChange::Created,
+                    parent: DirId(idx),
+                    depth,
+                    name,
+                }));
+            }
+            if depth < self.opts.depth {
+                self.watch_child(idx, name, report);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `/proc/self/fd/N` for `fd`, in `buf`.
+fn proc_fd_path<'b>(buf: &'b mut [u8; 32], fd: BorrowedFd<'_>) -> Option<&'b CStr> {
+    use std::os::fd::AsRawFd;
+    let raw = u64::try_from(fd.as_raw_fd()).ok()?;
+    let mut n = [0u8; 20];
+    let digits = fmt_u64(&mut n, raw);
+    let prefix = b"/proc/self/fd/";
+    let end = prefix.len() + digits.len();
+    buf.get_mut(..prefix.len())?.copy_from_slice(prefix);
+    buf.get_mut(prefix.len()..end)?.copy_from_slice(digits);
+    *buf.get_mut(end)? = 0;
+    CStr::from_bytes_with_nul(buf.get(..=end)?).ok()
+}
+
+impl AsFd for DirWatch {
+    /// The inotify fd (readable when changes are queued).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inotify.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn child_names() {
+        assert!(ChildName::new(b"").is_none());
+        assert!(ChildName::new(b"a/b").is_none());
+        assert!(ChildName::new(b"a\0b").is_none());
+        assert!(ChildName::new(&[b'x'; NAME_MAX + 1]).is_none());
+        let long = ChildName::new(&[b'x'; NAME_MAX]).unwrap();
+        assert_eq!(long.as_bytes().len(), NAME_MAX);
+        assert_eq!(long.as_c_str().to_bytes().len(), NAME_MAX);
+        let n = ChildName::new(b"docker-abc.scope").unwrap();
+        assert_eq!(n, "docker-abc.scope");
+        assert_eq!(n.as_str(), Some("docker-abc.scope"));
+        assert_eq!(n.as_c_str(), c"docker-abc.scope");
+        assert_eq!(format!("{n:?}"), "\"docker-abc.scope\"");
+    }
+
+    #[test]
+    fn proc_fd_paths() {
+        let f = std::fs::File::open("/").unwrap();
+        let mut b = [0u8; 32];
+        let p = proc_fd_path(&mut b, f.as_fd()).unwrap();
+        use std::os::fd::AsRawFd;
+        assert_eq!(
+            p.to_str().unwrap(),
+            format!("/proc/self/fd/{}", f.as_raw_fd())
+        );
+    }
+
+    #[test]
+    fn depth_is_validated() {
+        let tmp = tempfile::tempdir().unwrap();
+        for depth in [0, MAX_DEPTH + 1] {
+            let e = DirWatch::open_path(
+                tmp.path(),
+                DirWatchOptions {
+                    depth,
+                    ..Default::default()
+                },
+            )
+            .unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+        }
+    }
+
+    #[test]
+    fn node_paths_are_built_on_the_stack() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("a/b")).unwrap();
+        let w = DirWatch::open_path(
+            tmp.path(),
+            DirWatchOptions {
+                depth: 3,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(w.watched_dirs(), 3);
+        let b = w
+            .nodes
+            .iter()
+            .position(|n| n.as_ref().is_some_and(|n| n.depth == 2))
+            .unwrap() as u32;
+        let mut pb = [0u8; PATH_MAX];
+        let p = w.node_path(&mut pb, b, None).unwrap();
+        assert_eq!(
+            p.to_str().unwrap(),
+            tmp.path().join("a/b").to_str().unwrap()
+        );
+        assert_eq!(w.rel_path(DirId(b)).unwrap(), PathBuf::from("a/b"));
+        assert_eq!(w.rel_path(DirId::ROOT).unwrap(), PathBuf::new());
+    }
+}
