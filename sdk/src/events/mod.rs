@@ -102,6 +102,9 @@ mod memory;
 mod psi;
 mod watcher;
 
+#[cfg(feature = "tokio")]
+mod async_watcher;
+
 use std::os::fd::AsFd;
 
 use rustix::io::Errno;
@@ -109,6 +112,9 @@ use rustix::io::Errno;
 pub use crate::cgroup::{CgroupEvents, MemoryEventKind, MemoryEvents, Pressure};
 use crate::error::{Op, ParseError, ParseErrorKind};
 
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use async_watcher::AsyncWatcher;
 pub use cgroup_events::{CgroupEventsChange, CgroupEventsWatch};
 pub use dir::{ChildName, DirChange, DirEvent, DirId, DirWatch, DirWatchOptions, NAME_MAX};
 pub use memory::{MemoryEventsChange, MemoryEventsWatch, Scope};
