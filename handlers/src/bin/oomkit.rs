@@ -1,1 +1,129 @@
-fn main() {}
+//! `oomkit`: the userspace OOM handler daemon.
+//!
+//! ```text
+//! oomkit run --config /etc/oomkit/oomkit.toml [--dry-run]
+//! oomkit check-config FILE
+//! oomkit probe [--root /sys/fs/cgroup] [--config FILE]
+//! ```
+//!
+//! Everything but process-wide signal setup lives in the library
+//! (`oomkit_handlers::daemon`). Here, SIGTERM/SIGINT and SIGHUP are turned
+//! into bytes on two socket pairs (`signal_hook::low_level::pipe`: the
+//! handler only does an async-signal-safe `write`); the read ends join the
+//! runner's epoll, so the loop sees a signal like any other event.
+
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use oomkit_handlers::config::Config;
+use oomkit_handlers::daemon::{self, Control};
+
+/// Userspace out-of-memory handling on cgroup v2.
+#[derive(Debug, Parser)]
+#[command(name = "oomkit", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        /// The config file.
+        #[arg(long, short, default_value_os_t = daemon::default_config_path())]
+        config: PathBuf,
+        /// Decide and log, but kill and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Validate a config file and print what it configures.
+    CheckConfig {
+        /// The config file.
+        file: PathBuf,
+    },
+    /// Print the kernel features and what reserve mode would get.
+    Probe {
+        /// The cgroup to probe (filesystem path).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Use this config's `[reserve]` and `[daemon] root`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match daemon::check_config(&file) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Probe { root, config } => {
+            let cfg = match config.as_deref().map(Config::load).transpose() {
+                Ok(c) => c.map(|l| l.config),
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let root = root
+                .or_else(|| cfg.as_ref().map(|c| c.daemon.root.clone()))
+                .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
+            print!("{}", daemon::probe(&root, cfg.as_ref()));
+            ExitCode::SUCCESS
+        }
+        Command::Run { config, dry_run } => run(config, dry_run),
+    }
+}
+
+fn run(file: PathBuf, dry_run: bool) -> ExitCode {
+    let loaded = match Config::load(&file) {
+        Ok(l) => l,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let d = &loaded.config.daemon;
+    if let Err(e) = daemon::init_logging(d.log_format, &d.log_level) {
+        eprintln!("oomkit: {e}");
+        return ExitCode::FAILURE;
+    }
+    let control = match signals() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "installing signal handlers failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    match daemon::run(&file, loaded, dry_run, control) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "oomkit stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM/SIGINT → shutdown pipe, SIGHUP → reload pipe.
+fn signals() -> std::io::Result<Control> {
+    let (shutdown, shutdown_w) = UnixStream::pair()?;
+    let (reload, reload_w) = UnixStream::pair()?;
+    shutdown_w.set_nonblocking(true)?;
+    reload_w.set_nonblocking(true)?;
+    let shutdown_w2 = shutdown_w.try_clone()?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, shutdown_w)?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, shutdown_w2)?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, reload_w)?;
+    Ok(Control { shutdown, reload })
+}

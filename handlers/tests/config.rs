@@ -1,0 +1,306 @@
+//! Config parsing, validation and error positions; the shipped example
+//! configs go through the same `check-config` path as the binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use oomkit_handlers::config::{Config, ConfigErrors, HandlerKind, locate, parse_size};
+use oomkit_handlers::daemon::{self, Privileges};
+use oomkit_handlers::priority::Granularity;
+
+fn configs() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_shipped_config_passes_check_config() {
+    let files = configs();
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["heap-profile.toml", "priority-kill.toml", "throttle.toml"],
+        "one example per handler"
+    );
+    for f in &files {
+        let summary = daemon::check_config(f).unwrap_or_else(|e| panic!("{e}"));
+        assert!(summary.contains(": OK"), "{summary}");
+        let loaded = Config::load(f).unwrap();
+        assert!(
+            loaded.warnings.is_empty(),
+            "{}: {:?}",
+            f.display(),
+            loaded.warnings
+        );
+        // The runner's config builds too (no reserve cgroup in the examples,
+        // so nothing is opened).
+        let rc = daemon::runner_config(&loaded.config, false).unwrap();
+        assert_eq!(rc.root, loaded.config.daemon.root);
+    }
+}
+
+#[test]
+fn the_priority_kill_example_maps_onto_the_runner() {
+    let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/priority-kill.toml");
+    let c = Config::load(&f).unwrap().config;
+    assert_eq!(c.handler.kind, HandlerKind::PriorityKill);
+    assert_eq!(
+        c.handler.priority_kill.as_ref().unwrap().granularity,
+        Granularity::Tree
+    );
+    assert_eq!(
+        c.handler.priority_kill.as_ref().unwrap().min_victim_bytes.0,
+        64 << 20
+    );
+    let rc = daemon::runner_config(&c, true).unwrap();
+    assert!(rc.engine.dry_run, "--dry-run forces a dry run");
+    assert_eq!(rc.engine.max_cgroups, 4096);
+    let psi = rc.psi.unwrap();
+    assert!(psi.system);
+    assert_eq!(psi.threshold.window, Duration::from_secs(2));
+    assert_eq!(rc.watchdog.unwrap().timeout, Duration::from_secs(2));
+    let inc = rc.incidents.unwrap();
+    assert_eq!((inc.max_count, inc.max_bytes), (200, 256 << 10));
+    let reserve = rc.reserve.unwrap();
+    assert_eq!(reserve.oom_score_adj, Some(-1000));
+    assert!(reserve.cgroup.is_none());
+}
+
+fn errors(text: &str) -> ConfigErrors {
+    Config::parse(Path::new("/etc/oomkit.toml"), text).unwrap_err()
+}
+
+const MINIMAL: &str = "[handler]\nkind = \"priority-kill\"\n";
+
+#[test]
+fn minimal_config_uses_defaults() {
+    let l = Config::parse(Path::new("x.toml"), MINIMAL).unwrap();
+    assert_eq!(l.config.daemon.root, PathBuf::from("/sys/fs/cgroup"));
+    assert!(l.config.signals.memory_events);
+    assert!(l.config.watchdog.enabled);
+    assert_eq!(l.config.watchdog.timeout_ms, 2000);
+    let e = l.config.engine_config();
+    let d = oomkit::engine::EngineConfig::default();
+    assert_eq!(e.kill_deadline, d.kill_deadline);
+    assert_eq!(e.sample_interval, d.sample_interval);
+    assert!(l.config.build_handler().is_ok());
+}
+
+#[test]
+fn unknown_key_names_file_line_column_and_key() {
+    let text = "[daemon]\nlog_format = \"json\"\n\n[engine]\nkill_deadlin_ms = 100\n\n[handler]\nkind = \"throttle\"\n";
+    let e = errors(text);
+    assert_eq!(e.0.len(), 1);
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with(
+            "/etc/oomkit.toml:5:1: key `engine.kill_deadlin_ms`: unknown field `kill_deadlin_ms`"
+        ),
+        "{msg}"
+    );
+}
+
+#[test]
+fn wrong_type_points_at_the_value() {
+    let text = "[engine]\ncooldown_ms = \"soon\"\n[handler]\nkind = \"throttle\"\n";
+    let msg = errors(text).to_string();
+    assert!(msg.starts_with("/etc/oomkit.toml:2:"), "{msg}");
+    assert!(msg.contains("key `engine.cooldown_ms`"), "{msg}");
+}
+
+#[test]
+fn bad_enum_value_lists_the_choices() {
+    let text = "[handler]\nkind = \"kill-everything\"\n";
+    let msg = errors(text).to_string();
+    assert!(
+        msg.starts_with("/etc/oomkit.toml:2:8: key `handler.kind`"),
+        "{msg}"
+    );
+    assert!(msg.contains("priority-kill"), "{msg}");
+}
+
+#[test]
+fn missing_handler_is_an_error() {
+    let msg = errors("[daemon]\nroot = \"/sys/fs/cgroup\"\n").to_string();
+    assert!(msg.contains("missing field `handler`"), "{msg}");
+}
+
+#[test]
+fn psi_window_is_validated_with_its_position() {
+    let text = "[signals.psi]\nkind = \"some\"\nstall_ms = 100\nwindow_ms = 20000\n\n[handler]\nkind = \"priority-kill\"\n";
+    let e = errors(text);
+    assert_eq!(
+        e.0[0].to_string(),
+        "/etc/oomkit.toml:4:1: key `signals.psi.window_ms`: must be between 500 ms and 10 s (got 20000 ms)"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = r#"
+[engine]
+full_stall_threshold = 1.5
+
+[reserve]
+nice = 40
+
+[handler]
+kind = "throttle"
+
+[[handler.rules]]
+glob = "/a/**"
+priority = 1
+
+[[handler.rules]]
+glob = "/b/[x"
+priority = 2
+
+[handler.throttle]
+step_fraction = 1.0
+"#;
+    let e = errors(text);
+    let got: Vec<String> = e.0.iter().map(ToString::to_string).collect();
+    assert_eq!(got.len(), 4, "{got:#?}");
+    assert!(
+        got[0].starts_with(
+            "/etc/oomkit.toml:3:1: key `engine.full_stall_threshold`: must be between 0 and 1"
+        ),
+        "{}",
+        got[0]
+    );
+    assert!(
+        got[1].starts_with("/etc/oomkit.toml:6:1: key `reserve.nice`"),
+        "{}",
+        got[1]
+    );
+    assert!(
+        got[2].starts_with("/etc/oomkit.toml:16:1: key `handler.rules[1].glob`: bad glob"),
+        "the second [[handler.rules]] item: {}",
+        got[2]
+    );
+    assert!(
+        got[3].starts_with("/etc/oomkit.toml:20:1: key `handler.throttle.step_fraction`"),
+        "{}",
+        got[3]
+    );
+}
+
+#[test]
+fn heap_profile_needs_a_diagnostics_dir_and_sane_times() {
+    let text = "[handler]\nkind = \"heap-profile\"\n[handler.heap_profile]\nsignal = 9\nraise_for_ms = 100\ndump_deadline_ms = 3000\ncomms = [\"a-very-long-process-name\"]\n";
+    let e = errors(text);
+    let keys: Vec<&str> = e.0.iter().filter_map(|e| e.key.as_deref()).collect();
+    assert_eq!(
+        keys,
+        [
+            "handler.heap_profile.signal",
+            "handler.heap_profile.comms",
+            "handler.heap_profile.raise_for_ms",
+            "daemon.diagnostics_dir",
+        ]
+    );
+    // A key absent from the file is located at its table, or not at all.
+    let diag =
+        e.0.iter()
+            .find(|e| e.key.as_deref() == Some("daemon.diagnostics_dir"))
+            .unwrap();
+    assert_eq!(diag.at, None);
+}
+
+#[test]
+fn signal_names_and_sizes_parse() {
+    let text = "[daemon]\ndiagnostics_dir = \"/d\"\n[handler]\nkind = \"heap-profile\"\n[handler.heap_profile]\nsignal = \"usr1\"\nheadroom = \"1GiB\"\nbudget = 2147483648\n";
+    let c = Config::parse(Path::new("x"), text).unwrap().config;
+    let h = c.handler.heap_profile.unwrap();
+    assert_eq!(h.signal.0, libc::SIGUSR1);
+    assert_eq!(h.headroom.0, 1 << 30);
+    assert_eq!(h.budget.0, 2 << 30);
+    assert_eq!(parse_size("64k"), Ok(64 << 10));
+    assert!(parse_size("12 parsecs").is_err());
+    let msg = errors("[handler]\nkind = \"throttle\"\n[handler.throttle]\nfloor = \"lots\"\n")
+        .to_string();
+    assert!(msg.contains(":4:") && msg.contains("not a size"), "{msg}");
+}
+
+#[test]
+fn unused_handler_tables_are_warned_about() {
+    let text = "[handler]\nkind = \"priority-kill\"\n[handler.throttle]\nfloor = \"1GiB\"\n";
+    let l = Config::parse(Path::new("x"), text).unwrap();
+    assert_eq!(
+        l.warnings,
+        ["[handler.throttle] is ignored: handler kind is `priority-kill`"]
+    );
+}
+
+#[test]
+fn locate_finds_keys_tables_and_array_items() {
+    let text = "a = 1\n[x]\n  b = 2\n[[r]]\ng = 1\n[[r]]\n g = 2\n[x.y]\n";
+    assert_eq!(locate(text, "a"), Some((1, 1)));
+    assert_eq!(locate(text, "x.b"), Some((3, 3)));
+    assert_eq!(locate(text, "r[1].g"), Some((7, 2)));
+    assert_eq!(locate(text, "r[0].g"), Some((5, 1)));
+    assert_eq!(locate(text, "r[1]"), Some((6, 1)));
+    assert_eq!(
+        locate(text, "x.y.z"),
+        Some((8, 1)),
+        "falls back to the table"
+    );
+    assert_eq!(locate(text, "nope"), None);
+}
+
+#[test]
+fn reload_reports_sections_that_need_a_restart() {
+    let a = Config::parse(Path::new("x"), MINIMAL).unwrap().config;
+    let b = Config::parse(
+        Path::new("x"),
+        "[watchdog]\ntimeout_ms = 500\n[engine]\ncooldown_ms = 1\n[handler]\nkind = \"throttle\"\n",
+    )
+    .unwrap()
+    .config;
+    let changed: Vec<&str> = daemon::restart_needed(&a, &b)
+        .iter()
+        .filter(|(_, c)| *c)
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(changed, ["watchdog"], "engine and handler reload in place");
+}
+
+#[test]
+fn privileges_decide_the_reserve_outlook() {
+    let status = "Name:\toomkit\nCapEff:\t0000000000000000\n";
+    let limits = "Limit                     Soft Limit           Hard Limit           Units\nMax locked memory         8388608              8388608              bytes\nMax realtime priority     0                    0\n";
+    let p = Privileges::parse(status, limits);
+    assert_eq!(p.memlock_soft, Some(8 << 20));
+    let cfg = Config::parse(
+        Path::new("x"),
+        "[reserve]\nfifo = 10\n[handler]\nkind = \"throttle\"\n",
+    )
+    .unwrap()
+    .config;
+    let rows = p.reserve_outlook(&cfg);
+    let get = |k: &str| rows.iter().find(|r| r.0 == k).unwrap().1.clone();
+    assert!(
+        get("mlockall").starts_with("partial"),
+        "{}",
+        get("mlockall")
+    );
+    assert!(
+        get("oom_score_adj").starts_with("no"),
+        "{}",
+        get("oom_score_adj")
+    );
+    assert!(get("sched_fifo").starts_with("no"), "{}", get("sched_fifo"));
+    let root = Privileges::parse("CapEff:\t000001ffffffffff\n", limits);
+    let rows = root.reserve_outlook(&cfg);
+    assert!(rows.iter().all(|r| !r.1.starts_with("no")), "{rows:?}");
+}
