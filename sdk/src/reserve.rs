@@ -1,1 +1,516 @@
-//! Placeholder; being written.
+//! Keeping the handler alive when the machine has no memory left.
+//!
+//! An OOM handler runs exactly when allocations fail and page cache —
+//! including its own code — is being evicted. If it has to fault in a page
+//! of its binary or grow its heap, it stalls with everyone else and acts too
+//! late. [`enter`] applies the usual defences, each reported as
+//! [`Granted`](StepStatus::Granted), [`Denied`](StepStatus::Denied) or
+//! [`Skipped`](StepStatus::Skipped) so an unprivileged container still runs,
+//! degraded, and says so in its log:
+//!
+//! 1. move into a dedicated cgroup with `memory.min` (and `memory.low`) set —
+//!    the userspace form of the proposed `memory.oom_reserve_in_bytes` —
+//!    *first*, so the pages touched below are charged to the protected group;
+//! 2. [`mlockall(2)`](https://man7.org/linux/man-pages/man2/mlockall.2.html)
+//!    (`MCL_CURRENT|MCL_FUTURE`, optionally `MCL_ONFAULT`), checked against
+//!    `RLIMIT_MEMLOCK` first, raising the soft limit when allowed;
+//! 3. pre-fault a region of the calling thread's stack;
+//! 4. `oom_score_adj` −1000 (the kernel OOM killer never picks us);
+//! 5. nice and optional `SCHED_FIFO` for the calling thread;
+//! 6. `PR_SET_IO_FLUSHER` for the calling thread (its allocations do not
+//!    recurse into I/O, and it is not throttled as a writer).
+//!
+//! Steps 3, 5 and 6 are per-thread: call [`enter`] on the handler thread.
+//! [`verify`] reads the state back for tests and logs.
+
+use std::fmt;
+
+use rustix::io::Errno;
+use rustix::mm::MlockAllFlags;
+use rustix::process::{Resource, Rlimit};
+
+use crate::cgroup::{Cgroup, Limit};
+use crate::error::{Error, Result};
+use crate::proc::ProcDir;
+
+/// `CAP_IPC_LOCK` (capability.h).
+const CAP_IPC_LOCK: u32 = 14;
+/// `CAP_SYS_RESOURCE`.
+const CAP_SYS_RESOURCE: u32 = 24;
+/// Largest stack region [`prefault_stack`] touches.
+pub const MAX_STACK_PREFAULT: usize = 8 << 20;
+const FRAME: usize = 4096;
+
+/// Which `mlockall` to apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlockMode {
+    /// Do not lock memory.
+    Off,
+    /// `MCL_CURRENT | MCL_FUTURE`: everything mapped now and later is
+    /// resident and locked.
+    All,
+    /// `MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT` (4.4+): lock pages as they
+    /// are touched instead of populating every mapping at once.
+    AllOnFault,
+}
+
+/// The dedicated cgroup to move into.
+#[derive(Debug)]
+pub struct ReserveCgroup {
+    /// The parent (must have `+memory` in `cgroup.subtree_control`).
+    pub parent: Cgroup,
+    /// The child's name (created if missing).
+    pub name: String,
+    /// `memory.min`: memory the kernel never reclaims from the handler.
+    pub memory_min: u64,
+    /// `memory.low`, if wanted.
+    pub memory_low: Option<u64>,
+}
+
+/// What [`enter`] does.
+#[derive(Debug)]
+pub struct ReserveConfig {
+    /// `mlockall` mode.
+    pub mlock: MlockMode,
+    /// Raise `RLIMIT_MEMLOCK`'s soft limit (to infinity with
+    /// `CAP_SYS_RESOURCE`, else to the hard limit) before locking.
+    pub raise_memlock_limit: bool,
+    /// Bytes of the calling thread's stack to pre-fault (0 to skip; capped
+    /// by [`prefault_stack`] at what the thread's stack has room for).
+    pub stack_prefault: usize,
+    /// `oom_score_adj` to set (−1000: never chosen by the kernel).
+    pub oom_score_adj: Option<i16>,
+    /// Nice value for the calling thread.
+    pub nice: Option<i32>,
+    /// `SCHED_FIFO` priority (1…99) for the calling thread.
+    pub sched_fifo: Option<i32>,
+    /// `PR_SET_IO_FLUSHER` for the calling thread (5.6+, `CAP_SYS_RESOURCE`).
+    pub io_flusher: bool,
+    /// A dedicated cgroup with `memory.min`.
+    pub cgroup: Option<ReserveCgroup>,
+}
+
+impl Default for ReserveConfig {
+    /// mlockall(CURRENT|FUTURE) raising the limit, 256 KiB of stack,
+    /// oom_score_adj −1000, nice −10, no FIFO, IO_FLUSHER, no cgroup.
+    fn default() -> Self {
+        ReserveConfig {
+            mlock: MlockMode::All,
+            raise_memlock_limit: true,
+            stack_prefault: 256 << 10,
+            oom_score_adj: Some(-1000),
+            nice: Some(-10),
+            sched_fifo: None,
+            io_flusher: true,
+            cgroup: None,
+        }
+    }
+}
+
+/// The result of one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepStatus {
+    /// Applied; the text says what.
+    Granted(String),
+    /// Refused (usually a missing capability); the text says why.
+    Denied(String),
+    /// Not asked for, or not applicable.
+    Skipped(String),
+}
+
+/// One step of [`enter`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Short name: `cgroup`, `mlockall`, `stack`, `oom_score_adj`, `nice`,
+    /// `sched_fifo`, `io_flusher`.
+    pub name: &'static str,
+    /// What happened.
+    pub status: StepStatus,
+}
+
+/// What [`enter`] achieved, step by step. `Display` prints a table for logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReserveReport {
+    /// The steps in the order applied.
+    pub steps: Vec<Step>,
+}
+
+impl ReserveReport {
+    /// The step called `name`.
+    pub fn step(&self, name: &str) -> Option<&StepStatus> {
+        self.steps
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| &s.status)
+    }
+
+    /// Whether step `name` was granted.
+    pub fn granted(&self, name: &str) -> bool {
+        matches!(self.step(name), Some(StepStatus::Granted(_)))
+    }
+
+    /// True when any step was denied: the handler runs without part of its
+    /// protection.
+    pub fn degraded(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s.status, StepStatus::Denied(_)))
+    }
+
+    fn push(&mut self, name: &'static str, status: StepStatus) {
+        self.steps.push(Step { name, status });
+    }
+}
+
+impl fmt::Display for ReserveReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "reserve: {}",
+            if self.degraded() { "DEGRADED" } else { "ok" }
+        )?;
+        for s in &self.steps {
+            let (word, text) = match &s.status {
+                StepStatus::Granted(t) => ("granted", t),
+                StepStatus::Denied(t) => ("DENIED", t),
+                StepStatus::Skipped(t) => ("skipped", t),
+            };
+            writeln!(f, "  {:<14} {:<8} {}", s.name, word, text)?;
+        }
+        Ok(())
+    }
+}
+
+fn fmt_limit(v: Option<u64>) -> String {
+    v.map_or_else(|| "unlimited".to_owned(), |b| format!("{b} bytes"))
+}
+
+fn why(e: Errno, need: &str) -> String {
+    match e {
+        Errno::PERM | Errno::ACCESS => format!("{e}: needs {need}"),
+        e => format!("{e}"),
+    }
+}
+
+/// Applies `cfg` to this process (and, for per-thread steps, the calling
+/// thread). Never fails: every step reports its own outcome.
+pub fn enter(cfg: &ReserveConfig) -> ReserveReport {
+    let mut r = ReserveReport::default();
+    r.push("cgroup", step_cgroup(cfg.cgroup.as_ref()));
+    r.push("mlockall", step_mlock(cfg));
+    r.push(
+        "stack",
+        if cfg.stack_prefault == 0 {
+            StepStatus::Skipped("not requested".into())
+        } else {
+            let n = prefault_stack(cfg.stack_prefault);
+            StepStatus::Granted(format!("touched {} KiB of this thread's stack", n >> 10))
+        },
+    );
+    r.push(
+        "oom_score_adj",
+        match cfg.oom_score_adj {
+            None => StepStatus::Skipped("not requested".into()),
+            Some(v) => match ProcDir::open_self().and_then(|d| d.set_oom_score_adj(v)) {
+                Ok(()) => StepStatus::Granted(format!("{v}")),
+                Err(Error::Write { source, .. }) => StepStatus::Denied(format!(
+                    "{source}: lowering oom_score_adj needs CAP_SYS_RESOURCE"
+                )),
+                Err(e) => StepStatus::Denied(e.to_string()),
+            },
+        },
+    );
+    r.push(
+        "nice",
+        match cfg.nice {
+            None => StepStatus::Skipped("not requested".into()),
+            Some(n) => match rustix::process::setpriority_process(None, n) {
+                Ok(()) => StepStatus::Granted(format!("{n} (this thread)")),
+                Err(e) => StepStatus::Denied(why(e, "CAP_SYS_NICE or RLIMIT_NICE")),
+            },
+        },
+    );
+    r.push(
+        "sched_fifo",
+        match cfg.sched_fifo {
+            None => StepStatus::Skipped("not requested".into()),
+            Some(p) => match crate::sys::set_fifo(Some(p)) {
+                Ok(()) => StepStatus::Granted(format!("priority {p} (this thread)")),
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EPERM) => {
+                        StepStatus::Denied(format!("{e}: needs CAP_SYS_NICE or RLIMIT_RTPRIO"))
+                    }
+                    _ => StepStatus::Denied(e.to_string()),
+                },
+            },
+        },
+    );
+    r.push(
+        "io_flusher",
+        if !cfg.io_flusher {
+            StepStatus::Skipped("not requested".into())
+        } else {
+            match rustix::process::configure_io_flusher_behavior(true) {
+                Ok(()) => StepStatus::Granted("PR_SET_IO_FLUSHER (this thread)".into()),
+                Err(Errno::INVAL) => {
+                    StepStatus::Denied("EINVAL: kernel before 5.6 lacks PR_SET_IO_FLUSHER".into())
+                }
+                Err(e) => StepStatus::Denied(why(e, "CAP_SYS_RESOURCE")),
+            }
+        },
+    );
+    r
+}
+
+fn step_cgroup(c: Option<&ReserveCgroup>) -> StepStatus {
+    let Some(c) = c else {
+        return StepStatus::Skipped("not requested".into());
+    };
+    let run = || -> Result<String> {
+        let child = c.parent.create_child(&c.name)?;
+        child.set_memory_min(Limit::Bytes(c.memory_min))?;
+        if let Some(low) = c.memory_low {
+            child.set_memory_low(Limit::Bytes(low))?;
+        }
+        child.add_process(rustix::process::getpid().as_raw_nonzero().get())?;
+        Ok(format!(
+            "moved into {} with memory.min {}{}",
+            child.path().display(),
+            c.memory_min,
+            c.memory_low
+                .map(|l| format!(", memory.low {l}"))
+                .unwrap_or_default()
+        ))
+    };
+    match run() {
+        Ok(t) => StepStatus::Granted(t),
+        Err(e @ Error::Unsupported { .. }) => StepStatus::Denied(format!(
+            "{e} (is +memory enabled in the parent's cgroup.subtree_control?)"
+        )),
+        Err(e) => StepStatus::Denied(e.to_string()),
+    }
+}
+
+fn step_mlock(cfg: &ReserveConfig) -> StepStatus {
+    let flags = match cfg.mlock {
+        MlockMode::Off => return StepStatus::Skipped("not requested".into()),
+        MlockMode::All => MlockAllFlags::CURRENT | MlockAllFlags::FUTURE,
+        MlockMode::AllOnFault => {
+            MlockAllFlags::CURRENT | MlockAllFlags::FUTURE | MlockAllFlags::ONFAULT
+        }
+    };
+    let status = ProcDir::open_self().and_then(|d| d.status()).ok();
+    let ipc_lock = status
+        .and_then(|s| s.has_capability(CAP_IPC_LOCK))
+        .unwrap_or(false);
+    let sys_resource = status
+        .and_then(|s| s.has_capability(CAP_SYS_RESOURCE))
+        .unwrap_or(false);
+    let vm_size = status.and_then(|s| s.vm_size).unwrap_or(0);
+    let mut lim = rustix::process::getrlimit(Resource::Memlock);
+    let mut note = String::new();
+    if cfg.raise_memlock_limit && lim.current.is_some() {
+        let target = if sys_resource {
+            Rlimit {
+                current: None,
+                maximum: None,
+            }
+        } else {
+            Rlimit {
+                current: lim.maximum,
+                maximum: lim.maximum,
+            }
+        };
+        if target.current != lim.current {
+            match rustix::process::setrlimit(Resource::Memlock, target) {
+                Ok(()) => {
+                    note = format!(
+                        "; RLIMIT_MEMLOCK raised from {} to {}",
+                        fmt_limit(lim.current),
+                        fmt_limit(target.current)
+                    );
+                    lim = target;
+                }
+                Err(e) => note = format!("; raising RLIMIT_MEMLOCK failed: {e}"),
+            }
+        }
+    }
+    if !ipc_lock {
+        if let Some(soft) = lim.current {
+            if vm_size > soft {
+                return StepStatus::Denied(format!(
+                    "RLIMIT_MEMLOCK is {soft} bytes but the address space is {vm_size} bytes; \
+                     needs CAP_IPC_LOCK or a memlock limit of at least that{note}"
+                ));
+            }
+        }
+    }
+    let mode = match cfg.mlock {
+        MlockMode::AllOnFault => "MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT",
+        _ => "MCL_CURRENT|MCL_FUTURE",
+    };
+    match rustix::mm::mlockall(flags) {
+        Ok(()) => {
+            let warn = match (ipc_lock, lim.current) {
+                (false, Some(soft)) => {
+                    format!("; mappings beyond RLIMIT_MEMLOCK ({soft} bytes) will now fail")
+                }
+                _ => String::new(),
+            };
+            StepStatus::Granted(format!(
+                "{mode}{}{note}{warn}",
+                if ipc_lock { " (CAP_IPC_LOCK)" } else { "" }
+            ))
+        }
+        Err(e) => StepStatus::Denied(format!(
+            "mlockall({mode}): {e}; RLIMIT_MEMLOCK {}, address space {vm_size} bytes, \
+             CAP_IPC_LOCK {}{note}",
+            fmt_limit(lim.current),
+            if ipc_lock { "held" } else { "missing" }
+        )),
+    }
+}
+
+#[inline(never)]
+fn touch_frames(frames: usize) -> u8 {
+    let mut frame = [0u8; FRAME];
+    std::hint::black_box(&mut frame);
+    let below = if frames > 1 {
+        touch_frames(frames - 1)
+    } else {
+        0
+    };
+    frame[usize::from(below)] = below.wrapping_add(1);
+    std::hint::black_box(&frame)[usize::from(below)]
+}
+
+/// Bytes of stack left below the current frame of the calling thread,
+/// from the mapping that holds it in `/proc/thread-self/maps` (the main
+/// thread's `[stack]` may grow to `RLIMIT_STACK`). `None` if not found.
+fn stack_room() -> Option<usize> {
+    let here = 0u8;
+    let sp = std::ptr::addr_of!(here) as usize;
+    let maps = std::fs::read("/proc/thread-self/maps").ok()?;
+    for line in maps.split(|b| *b == b'\n') {
+        let mut f = line.split(|b| *b == b' ').filter(|x| !x.is_empty());
+        let range = f.next()?;
+        let dash = range.iter().position(|b| *b == b'-')?;
+        let hex = |s: &[u8]| usize::from_str_radix(std::str::from_utf8(s).ok()?, 16).ok();
+        let (start, end) = (hex(&range[..dash])?, hex(&range[dash + 1..])?);
+        if (start..end).contains(&sp) {
+            let is_main_stack = line.ends_with(b"[stack]");
+            return Some(if is_main_stack {
+                let limit = rustix::process::getrlimit(Resource::Stack)
+                    .current
+                    .map_or(MAX_STACK_PREFAULT, |v| {
+                        usize::try_from(v).unwrap_or(usize::MAX)
+                    });
+                limit.saturating_sub(end - sp)
+            } else {
+                sp - start
+            });
+        }
+    }
+    None
+}
+
+/// Touches about `bytes` of the calling thread's stack below the current
+/// frame, so those pages are resident (and, after `mlockall`, locked)
+/// before memory runs out. Safe code: a recursion of 4 KiB frames.
+///
+/// Capped at [`MAX_STACK_PREFAULT`] and at the room the calling thread's
+/// stack has left (found in `/proc/thread-self/maps`) minus a 64 KiB
+/// margin; if that cannot be found, at 64 KiB. Returns the bytes touched.
+pub fn prefault_stack(bytes: usize) -> usize {
+    let room = stack_room().map_or(64 << 10, |r| r.saturating_sub(64 << 10));
+    let n = bytes.min(MAX_STACK_PREFAULT).min(room) / FRAME;
+    if n > 0 {
+        std::hint::black_box(touch_frames(n));
+    }
+    n * FRAME
+}
+
+/// A heap buffer allocated and touched up front, so using it later needs
+/// no allocation and no page fault (resident; locked after `mlockall`).
+#[derive(Debug)]
+pub struct ReservedBuffer {
+    buf: Box<[u8]>,
+}
+
+impl ReservedBuffer {
+    /// Allocates `size` bytes and writes to every page.
+    pub fn new(size: usize) -> Self {
+        let mut buf = vec![0u8; size].into_boxed_slice();
+        let page = rustix::param::page_size();
+        let b = std::hint::black_box(&mut buf[..]);
+        let mut i = 0;
+        while i < b.len() {
+            b[i] = 0x5a;
+            i += page;
+        }
+        std::hint::black_box(&buf);
+        ReservedBuffer { buf }
+    }
+
+    /// The buffer.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
+    /// Its length.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// True for a zero-length buffer.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
+/// The reserve-related state of this process and the calling thread, read
+/// back from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReserveState {
+    /// `VmLck` of `/proc/self/status`: locked bytes.
+    pub vm_lck: u64,
+    /// `VmRSS`.
+    pub vm_rss: u64,
+    /// `/proc/self/oom_score_adj`.
+    pub oom_score_adj: i16,
+    /// `PR_GET_IO_FLUSHER` of the calling thread (`None` when unreadable:
+    /// before 5.6, or without `CAP_SYS_RESOURCE`, which even the read needs).
+    pub io_flusher: Option<bool>,
+    /// Nice value of the calling thread.
+    pub nice: i32,
+    /// Scheduling policy of the calling thread (0 other, 1 FIFO, 2 RR …).
+    pub sched_policy: Option<u32>,
+    /// Real-time priority of the calling thread.
+    pub rt_priority: Option<u32>,
+    /// Our cgroup (the `0::` path of `/proc/self/cgroup`).
+    pub cgroup: Option<String>,
+    /// `RLIMIT_MEMLOCK` soft limit (`None` = unlimited).
+    pub memlock_limit: Option<u64>,
+}
+
+/// Reads back what [`enter`] is meant to have set.
+pub fn verify() -> Result<ReserveState> {
+    let me = ProcDir::open_self()?;
+    let st = me.status()?;
+    let adj = me.oom_score_adj()?;
+    let mut buf = [0u8; 4096];
+    let cgroup = crate::proc::parse::cgroup_v2_path(me.read_into(c"cgroup", &mut buf)?)
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    let thread = ProcDir::open_thread_self()?.stat()?;
+    Ok(ReserveState {
+        vm_lck: st.vm_lck.unwrap_or(0),
+        vm_rss: st.vm_rss.unwrap_or(0),
+        oom_score_adj: adj,
+        io_flusher: rustix::process::is_io_flusher().ok(),
+        nice: thread.nice,
+        sched_policy: thread.policy,
+        rt_priority: thread.rt_priority,
+        cgroup,
+        memlock_limit: rustix::process::getrlimit(Resource::Memlock).current,
+    })
+}

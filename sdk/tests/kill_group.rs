@@ -331,13 +331,12 @@ fn real_scan_and_member_kill() {
     let mut procs = Vec::with_capacity(8);
     let sum = oomkit::proc::scan_into(&r.cg, &mut procs).unwrap();
     assert_eq!((sum.listed, sum.added, sum.gone), (3, 3, 0), "{sum:?}");
-    let sleepers: Vec<_> = procs.iter().filter(|p| p.name() == "sleep").collect();
-    assert_eq!(sleepers.len(), 2);
-    assert!(
-        sleepers
-            .iter()
-            .all(|p| p.ppid == sh.id() as i32 && p.rss_anon > 0)
-    );
+    // The shell's children (forked before "ready"; they may not have
+    // exec'd `sleep` yet, so select by parent, not by name).
+    let kids: Vec<_> = procs.iter().filter(|p| p.ppid == sh.id() as i32).collect();
+    assert_eq!(kids.len(), 2, "{procs:?}");
+    assert!(kids.iter().all(|p| p.rss_anon > 0 && !p.kernel_thread));
+    let sleepers = kids;
     let out = kill::kill_member(&r.cg, sleepers[0].pid, &Default::default()).unwrap();
     assert!(out.exited);
     // A member of the parent cgroup is not a member of this one.
