@@ -169,7 +169,11 @@ fn statm_smaps_cmdline_oom_score() {
 
     assert_eq!(parse::cmdline(&fixture("sleep.cmdline")), ["sleep", "30"]);
     let args = parse::cmdline(&fixture("args.cmdline"));
-    assert_eq!(args, ["worker", "31", "two words", "", "x"], "empty argument kept");
+    assert_eq!(
+        args,
+        ["worker", "31", "two words", "", "x"],
+        "empty argument kept"
+    );
     assert!(parse::cmdline(b"").is_empty());
     assert_eq!(parse::cmdline(b"a\0\0b\0"), ["a", "", "b"]);
     assert_eq!(
