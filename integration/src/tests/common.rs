@@ -63,6 +63,29 @@ pub fn wait_memory_current(
     })
 }
 
+/// MemAvailable in KiB from /proc/meminfo.
+pub fn mem_available_kib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Wait until /proc/meminfo's MemAvailable is at least `kib`; returns how long it took.
+pub fn wait_for_mem_available(kib: u64, timeout: Duration) -> Result<Duration, Fail> {
+    let start = std::time::Instant::now();
+    wait_for(
+        "MemAvailable to recover",
+        timeout,
+        Duration::from_millis(5),
+        || {
+            let avail = mem_available_kib().unwrap_or(0);
+            Ok((avail >= kib).then(|| start.elapsed()))
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -6,8 +6,10 @@ use std::time::Duration;
 use crate::harness::TestCase;
 
 pub mod common;
+pub mod events;
 pub mod kill;
 pub mod probe;
+pub mod reserve;
 pub mod smoke;
 
 const fn case(
@@ -31,6 +33,10 @@ pub fn all() -> Vec<TestCase> {
         case("smoke_psi_files", 30, smoke::psi_files),
         case("smoke_hog_oom_killed", 90, smoke::hog_oom_killed),
         case("probe_features", 30, probe::features_match_kernel),
+        case("events_memory_high", 60, events::memory_high),
+        case("events_memory_max_oom", 60, events::memory_max_oom),
+        case("events_oom_group_kill", 60, events::oom_group_kill),
+        case("events_psi_trigger", 60, events::psi_trigger),
         case("kill_pidfd_mrelease", 90, kill::pidfd_kill_mrelease),
         case(
             "kill_pidfd_stale_pid_reuse",
@@ -39,6 +45,11 @@ pub fn all() -> Vec<TestCase> {
         ),
         case("kill_group_forkstorm", 90, kill::group_kill_forkstorm),
         case("kill_group_fallback", 90, kill::group_kill_fallback),
+        case(
+            "reserve_under_exhaustion",
+            120,
+            reserve::reserve_under_exhaustion,
+        ),
     ]
 }
 
