@@ -40,14 +40,19 @@ pub fn run_all(proto: &mut Proto, filter: Option<&str>) -> (usize, usize, usize)
         .into_iter()
         .filter(|t| filter.is_none_or(|f| t.name.contains(f)))
         .collect();
-    proto.line("BEGIN", &format!("run {} {}", selected.len(), release()));
+    run_list(proto, "run", &selected)
+}
+
+/// Run `selected` (announced as `mode`); returns (passed, failed, skipped).
+pub fn run_list(proto: &mut Proto, mode: &str, selected: &[TestCase]) -> (usize, usize, usize) {
+    proto.line("BEGIN", &format!("{mode} {} {}", selected.len(), release()));
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
     // Orphans of test workloads (a fork storm's children) are re-parented here and reaped after
     // each test, instead of piling up as zombies under PID 1.
     let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
     let setup = prepare_test_root();
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
-    for t in &selected {
+    for t in selected {
         proto.line("START", &format!("{} {}", t.name, t.timeout.as_secs()));
         let started = Instant::now();
         let result = match &setup {
@@ -248,7 +253,11 @@ fn empty_cgroup(dir: &Path) -> Result<(), Fail> {
 /// Entry point of `oomkit-guest test <name>`: run one test in this process and print its result.
 pub fn run_one(name: &str) -> i32 {
     let _ = std::fs::write("/proc/self/oom_score_adj", "0");
-    let Some(t) = tests::all().into_iter().find(|t| t.name == name) else {
+    let Some(t) = tests::all()
+        .into_iter()
+        .chain(tests::selftests())
+        .find(|t| t.name == name)
+    else {
         println!("@@RESULT FAIL no test named {name}");
         return 2;
     };

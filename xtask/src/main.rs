@@ -70,6 +70,10 @@ struct VmArgs {
     /// Resolve the newest kernel of each suite, rewrite integration/kernels.toml, and exit.
     #[arg(long)]
     update_pins: bool,
+    /// Guest mode (`run`; `selftest-hang` and `selftest-panic` check the harness's own
+    /// hang and panic detection, and must fail).
+    #[arg(long, default_value = "run", hide = true)]
+    guest_mode: String,
     #[command(flatten)]
     vm: VmOptions,
 }
@@ -181,6 +185,7 @@ fn cmd_test(args: &TestArgs) -> Result<bool> {
             keep_going: true,
             filter: None,
             update_pins: false,
+            guest_mode: "run".to_string(),
             vm: args.vm.clone(),
         };
         match run_vmtests(&vm_args) {
@@ -236,7 +241,10 @@ fn run_vmtests(args: &VmArgs) -> Result<Vec<report::KernelRun>> {
     let images = kernels::fetch_all(&pins, &selected)?;
     let initrd = guest::build_initramfs()?;
     let accel = qemu::resolve_accel(args.vm.accel, &images[0], &initrd, args.vm.verbose);
-    let mut cmdline = vec!["oomkit.mode=run".to_string()];
+    if args.guest_mode.chars().any(|c| c.is_whitespace()) {
+        return Err(Error::msg("--guest-mode must not contain whitespace"));
+    }
+    let mut cmdline = vec![format!("oomkit.mode={}", args.guest_mode)];
     if let Some(f) = &args.filter {
         if f.chars().any(char::is_whitespace) {
             return Err(Error::msg("--filter must not contain whitespace"));

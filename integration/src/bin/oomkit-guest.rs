@@ -49,6 +49,31 @@ fn guest_main() -> i32 {
                 }
             }
         }
+        "selftest" => {
+            let (_, failed, _) = runner::run_list(
+                &mut proto,
+                "selftest",
+                &oomkit_integration::tests::selftests(),
+            );
+            i32::from(failed > 0)
+        }
+        // Harness self-tests (`cargo xtask vmtest --guest-mode …`): the host must report these as
+        // a hung and a panicked guest.
+        "selftest-hang" => {
+            proto.line("BEGIN", &format!("selftest-hang 1 {}", runner::release()));
+            proto.line("START", "hang 1");
+            loop {
+                std::thread::park();
+            }
+        }
+        "selftest-panic" => {
+            proto.line("BEGIN", &format!("selftest-panic 1 {}", runner::release()));
+            proto.line("START", "panic 5");
+            proto.drain();
+            let _ = std::fs::write("/proc/sys/kernel/sysrq", "1");
+            let _ = std::fs::write("/proc/sysrq-trigger", "c");
+            1
+        }
         "probe" => {
             proto.line("BEGIN", &format!("probe 0 {}", runner::release()));
             proto.line("END", "0 0 0");

@@ -53,6 +53,24 @@ pub fn all() -> Vec<TestCase> {
     ]
 }
 
+/// Tests of the harness itself, run only with `oomkit.mode=selftest` (`cargo xtask vmtest
+/// --guest-mode selftest`): every one of them must be reported as failed, with the right reason.
+pub fn selftests() -> Vec<TestCase> {
+    vec![
+        case("selftest_fails", 10, |_| {
+            Err(crate::harness::Fail("failing on purpose".into()))
+        }),
+        case("selftest_times_out", 2, |_| {
+            loop {
+                std::thread::park();
+            }
+        }),
+        case("selftest_crashes", 10, |_| {
+            std::process::abort();
+        }),
+    ]
+}
+
 #[cfg(test)]
 mod registry_tests {
     #[test]
