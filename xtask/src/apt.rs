@@ -115,7 +115,9 @@ impl Apt {
             .collect();
         if !out.status.success() || !errors.is_empty() {
             return Err(Error::msg(format!(
-                "apt-get update of the private lists ({}) failed:\n{}",
+                "apt-get update of the private lists ({}) failed:\n{}\n(the archive URI comes from \
+                 this machine's apt sources; if they do not point at a Debian archive, set \
+                 OOMKIT_DEBIAN_URI)",
                 self.sources_path().display(),
                 stderr.trim()
             )));

@@ -132,11 +132,19 @@ pub fn run_matrix(
     stop_on_failure: bool,
 ) -> Result<Vec<KernelRun>> {
     let started = Instant::now();
+    let jobs = opts
+        .jobs
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .max(1);
     println!(
         "xtask: booting {} kernel(s) under {:?}, {} at a time, {} CPU(s) and {} MiB each",
         kernels.len(),
         accel,
-        opts.jobs.max(1),
+        jobs,
         opts.smp,
         opts.memory_mib
     );
@@ -145,7 +153,7 @@ pub fn run_matrix(
     let failed = Mutex::new(false);
     let errors: Mutex<Vec<Error>> = Mutex::new(Vec::new());
     std::thread::scope(|s| {
-        for _ in 0..opts.jobs.max(1).min(kernels.len()) {
+        for _ in 0..jobs.min(kernels.len()) {
             s.spawn(|| {
                 loop {
                     if stop_on_failure && failed.lock().map(|f| *f).unwrap_or(true) {
@@ -355,7 +363,7 @@ fn run_vm(spec: &VmSpec<'_>, progress: &dyn Fn(&str)) -> Result<KernelRun> {
                 )
             } else {
                 format!(
-                    "guest hung: no progress for {}s{running}",
+                    "guest hung: no protocol output for {}s past any test timeout{running}",
                     PROGRESS_SLACK.as_secs()
                 )
             });
