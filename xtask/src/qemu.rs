@@ -176,7 +176,7 @@ pub fn run_matrix(
                     };
                     let name = k.name.clone();
                     let progress = move |line: &str| println!("[{name}] {line}");
-                    match run_vm(&spec, &progress) {
+                    match run_with_known_bug_retry(&spec, &progress) {
                         Ok(run) => {
                             println!(
                                 "[{}] done in {:.0}s: {}",
@@ -221,6 +221,40 @@ pub fn run_matrix(
         started.elapsed().as_secs_f64()
     );
     Ok(runs)
+}
+
+/// Run a VM; if it dies with a known kernel bug's signature on its console, keep that attempt's
+/// logs (`*.attempt1.log`) and boot it once more, recording the hit.
+fn run_with_known_bug_retry(spec: &VmSpec<'_>, progress: &dyn Fn(&str)) -> Result<KernelRun> {
+    let first = run_vm(spec, progress)?;
+    if first.ok() || first.problem.is_none() {
+        return Ok(first);
+    }
+    let console = std::fs::read_to_string(spec.log_dir.join("console.log")).unwrap_or_default();
+    let Some((sig, note)) = spec
+        .kernel
+        .known_bugs
+        .iter()
+        .find(|(sig, _)| console.contains(sig.as_str()))
+    else {
+        return Ok(first);
+    };
+    let running = first
+        .results
+        .last()
+        .map(|t| t.name.clone())
+        .unwrap_or_default();
+    let hit = format!("`{sig}` during {running}: {note}");
+    progress(&format!("KNOWN KERNEL BUG {hit}; booting again"));
+    for f in ["console", "proto"] {
+        let _ = std::fs::rename(
+            spec.log_dir.join(format!("{f}.log")),
+            spec.log_dir.join(format!("{f}.attempt1.log")),
+        );
+    }
+    let mut second = run_vm(spec, progress)?;
+    second.known_bug_hits.push(hit);
+    Ok(second)
 }
 
 enum Event {

@@ -62,6 +62,8 @@ pub struct KernelRun {
     /// Hang, panic, truncation: why the run is broken, with the console tail.
     pub problem: Option<String>,
     pub duration: Duration,
+    /// Known kernel bugs hit by an earlier attempt of this run (which was then repeated).
+    pub known_bug_hits: Vec<String>,
 }
 
 impl KernelRun {
@@ -77,6 +79,7 @@ impl KernelRun {
             completed: false,
             problem: None,
             duration: Duration::ZERO,
+            known_bug_hits: Vec::new(),
         }
     }
 
@@ -318,6 +321,14 @@ pub fn print(runs: &[KernelRun]) {
         }
     }
     for r in runs {
+        for hit in &r.known_bug_hits {
+            println!(
+                "\nKNOWN KERNEL BUG hit on {} ({}), VM booted again: {hit}",
+                r.kernel.name, r.kernel.release
+            );
+        }
+    }
+    for r in runs {
         if let Some(p) = &r.problem {
             println!(
                 "\nVM PROBLEM on {} ({}): {p}",
@@ -347,6 +358,7 @@ mod tests {
             release: "6.1.0-50-cloud-amd64".into(),
             version: "6.1.176-1".into(),
             vmlinuz: PathBuf::new(),
+            known_bugs: Vec::new(),
         })
     }
 
