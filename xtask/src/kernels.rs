@@ -417,8 +417,8 @@ fn render_pins(p: &Pins) -> String {
     }
     if !p.known_bugs.is_empty() {
         s.push_str(
-            "\n# Kernel bugs (not oomkit's) our tests hit now and then: a guest that dies with this\n\
-             # signature on its console is booted once more and the hit is reported.\n",
+            "\n# Guest crashes that are not oomkit's, seen now and then: a guest that dies with this signature on\n\
+             # its console is booted once more and the hit is reported (a second crash fails the run).\n",
         );
     }
     for b in &p.known_bugs {
