@@ -2,6 +2,7 @@
 //! synthetic trees; and, where a writable cgroup2 hierarchy exists (even
 //! one without the memory controller), real `cgroup.kill` and real
 //! freeze-and-signal with forking victims.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;

@@ -1,6 +1,7 @@
 //! A pidfd never signals a process that reused its PID. Own test binary:
 //! it steers PID allocation with `/proc/sys/kernel/ns_last_pid` (root) and
 //! must not race other tests of the same binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};

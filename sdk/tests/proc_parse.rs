@@ -1,5 +1,6 @@
 //! `/proc` parsers on files captured from this host's kernel (6.18) plus
 //! malformed, truncated and empty input.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use oomkit::ParseErrorKind;
 use oomkit::proc::parse;

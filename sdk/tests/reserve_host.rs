@@ -2,6 +2,7 @@
 //! test (mlockall and oom_score_adj affect the whole test binary), plus an
 //! unprivileged re-run of this binary (`setpriv` to nobody) that must still
 //! run and report itself degraded.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
 
