@@ -31,8 +31,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod cgroup;
-pub mod error;
 pub mod engine;
+pub mod error;
 pub mod events;
 pub mod kill;
 pub mod probe;

@@ -263,8 +263,15 @@ impl Cgroup {
     /// Reads a whole control file into `buf`, returning the filled part. No
     /// allocation; a file larger than `buf` is a [`ParseErrorKind::TooLarge`] error.
     pub fn read_into<'b>(&self, name: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8]> {
-        let f = self.open_file(name)?;
-        f.read_into(buf)
+        let fd = self.open_flags(name, OFlags::RDONLY)?;
+        match pread_all(&fd, buf) {
+            Ok(n) => Ok(&buf[..n]),
+            Err(None) => Err(Error::Parse {
+                path: self.file_path(name),
+                source: ParseError::new(1, ParseErrorKind::TooLarge),
+            }),
+            Err(Some(e)) => Err(self.map_err(name, Op::Read, e)),
+        }
     }
 
     /// Reads a whole control file of any size.
@@ -680,6 +687,23 @@ impl Cgroup {
     }
 }
 
+/// Reads a whole file from offset 0 with `pread(2)`: the length read, or
+/// `Err(None)` when it does not fit `buf`. Allocation-free.
+fn pread_all(fd: &OwnedFd, buf: &mut [u8]) -> std::result::Result<usize, Option<Errno>> {
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            return Err(None);
+        }
+        match rustix::io::pread(fd, &mut buf[filled..], filled as u64) {
+            Ok(0) => return Ok(filled),
+            Ok(n) => filled += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(Some(e)),
+        }
+    }
+}
+
 impl AsFd for Cgroup {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.dir.as_fd()
@@ -694,20 +718,13 @@ impl CgroupFile {
 
     /// Re-reads the file from offset 0 into `buf` (no allocation).
     pub fn read_into<'b>(&self, buf: &'b mut [u8]) -> Result<&'b [u8]> {
-        let mut filled = 0;
-        loop {
-            if filled == buf.len() {
-                return Err(Error::Parse {
-                    path: self.path.clone(),
-                    source: ParseError::new(1, ParseErrorKind::TooLarge),
-                });
-            }
-            let n = rustix::io::pread(&self.fd, &mut buf[filled..], filled as u64)
-                .map_err(|e| self.err(Op::Read, e))?;
-            if n == 0 {
-                return Ok(&buf[..filled]);
-            }
-            filled += n;
+        match pread_all(&self.fd, buf) {
+            Ok(n) => Ok(&buf[..n]),
+            Err(None) => Err(Error::Parse {
+                path: self.path.clone(),
+                source: ParseError::new(1, ParseErrorKind::TooLarge),
+            }),
+            Err(Some(e)) => Err(self.err(Op::Read, e)),
         }
     }
 

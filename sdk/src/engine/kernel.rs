@@ -21,11 +21,49 @@ use super::tree::{CgroupId, XattrTrust};
 
 const VICTIM_SLOTS: usize = 8;
 
+/// Which optional files a cgroup has, learnt once at attach: the mount root
+/// lacks `memory.current` and the limits, old kernels lack others. Skipping
+/// them keeps the hot path free of the (allocating) `Unsupported` errors.
+#[derive(Debug, Clone, Copy, Default)]
+struct Present {
+    current: bool,
+    swap: bool,
+    high: bool,
+    max: bool,
+    oom_group: bool,
+    events_local: bool,
+    cgroup_events: bool,
+    pressure: bool,
+    stat: bool,
+}
+
+impl Present {
+    fn probe(cg: &Cgroup) -> Self {
+        let has = |f| cg.has_file(f).unwrap_or(false);
+        Present {
+            current: has(files::MEMORY_CURRENT),
+            swap: has(files::MEMORY_SWAP_CURRENT),
+            high: has(files::MEMORY_HIGH),
+            max: has(files::MEMORY_MAX),
+            oom_group: has(files::MEMORY_OOM_GROUP),
+            events_local: has(files::MEMORY_EVENTS_LOCAL),
+            cgroup_events: has(files::CGROUP_EVENTS),
+            pressure: has(files::MEMORY_PRESSURE),
+            stat: has(files::MEMORY_STAT),
+        }
+    }
+}
+
+fn when<T>(present: bool, read: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
+    if present { read().map(Some) } else { Ok(None) }
+}
+
 /// The real host. See the module docs.
 #[derive(Debug)]
 pub struct KernelHost {
     fs: CgroupFs,
     cgroups: Vec<Option<Cgroup>>,
+    present: Vec<Present>,
     victims: [Option<Pidfd>; VICTIM_SLOTS],
     scan: Vec<ProcessInfo>,
     stat: MemoryStat,
@@ -73,6 +111,7 @@ impl KernelHost {
         KernelHost {
             fs,
             cgroups: Vec::with_capacity(max_cgroups),
+            present: Vec::with_capacity(max_cgroups),
             victims: Default::default(),
             scan: Vec::with_capacity(max_processes),
             stat: MemoryStat {
@@ -97,6 +136,13 @@ impl KernelHost {
         self.diagnostics = dir;
     }
 
+    /// Overrides which cgroup counts as oomkit's own (hierarchy path). The
+    /// loop never acts on it or its ancestors. Read from `/proc/self/cgroup`
+    /// at construction; set it again if the process moves.
+    pub fn set_own_cgroup(&mut self, path: Option<PathBuf>) {
+        self.own_cgroup = path;
+    }
+
     /// Whether to `process_mrelease` victims (default on).
     pub fn set_mrelease(&mut self, on: bool) {
         self.mrelease = on;
@@ -113,21 +159,13 @@ impl KernelHost {
     }
 
     fn cg(&self, id: CgroupId) -> Result<&Cgroup> {
-        self.cgroup(id).ok_or(Error::CgroupGone {
+        self.cgroup(id).ok_or_else(|| Error::CgroupGone {
             path: PathBuf::from("(detached cgroup)"),
         })
     }
 
     fn free_slot(&self) -> Option<usize> {
         self.victims.iter().position(Option::is_none)
-    }
-
-    fn read_opt<T>(r: Result<T>) -> Result<Option<T>> {
-        match r {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if e.is_unsupported() => Ok(None),
-            Err(e) => Err(e),
-        }
     }
 
     /// The newest regular file in the diagnostics folder and its size.
@@ -167,7 +205,9 @@ impl Host for KernelHost {
         let i = id.index();
         if self.cgroups.len() <= i {
             self.cgroups.resize_with(i + 1, || None);
+            self.present.resize_with(i + 1, Present::default);
         }
+        self.present[i] = Present::probe(&cg);
         self.cgroups[i] = Some(cg);
         Ok(XattrInfo {
             priority,
@@ -183,8 +223,9 @@ impl Host for KernelHost {
 
     fn read_usage(&mut self, id: CgroupId, out: &mut CgroupStats) -> Result<()> {
         let cg = self.cg(id)?;
-        out.current = Self::read_opt(cg.memory_current())?;
-        out.swap_current = Self::read_opt(cg.swap_current())?;
+        let has = self.present.get(id.index()).copied().unwrap_or_default();
+        out.current = when(has.current, || cg.memory_current())?;
+        out.swap_current = when(has.swap, || cg.swap_current())?;
         Ok(())
     }
 
@@ -193,20 +234,20 @@ impl Host for KernelHost {
             .cgroups
             .get(id.index())
             .and_then(Option::as_ref)
-            .ok_or(Error::CgroupGone {
+            .ok_or_else(|| Error::CgroupGone {
                 path: PathBuf::from("(detached cgroup)"),
             })?;
-        out.high = Self::read_opt(cg.memory_high())?;
-        out.max = Self::read_opt(cg.memory_max())?;
-        out.oom_group = Self::read_opt(cg.oom_group())?;
-        out.events_local = Self::read_opt(cg.memory_events_local())?;
-        out.populated = Self::read_opt(cg.cgroup_events())?.and_then(|e| e.populated);
-        out.pressure = Self::read_opt(cg.memory_pressure())?;
+        let has = self.present.get(id.index()).copied().unwrap_or_default();
+        out.high = when(has.high, || cg.memory_high())?;
+        out.max = when(has.max, || cg.memory_max())?;
+        out.oom_group = when(has.oom_group, || cg.oom_group())?;
+        out.events_local = when(has.events_local, || cg.memory_events_local())?;
+        out.populated = when(has.cgroup_events, || cg.cgroup_events())?.and_then(|e| e.populated);
+        out.pressure = when(has.pressure, || cg.memory_pressure())?;
         let stat = &mut self.stat;
-        out.pgsteal = match cg.memory_stat_into(stat) {
-            Ok(()) => stat.pgsteal,
-            Err(e) if e.is_unsupported() => None,
-            Err(e) => return Err(e),
+        out.pgsteal = match when(has.stat, || cg.memory_stat_into(stat))? {
+            Some(()) => stat.pgsteal,
+            None => None,
         };
         Ok(())
     }
@@ -220,7 +261,7 @@ impl Host for KernelHost {
             .cgroups
             .get(id.index())
             .and_then(Option::as_ref)
-            .ok_or(Error::CgroupGone {
+            .ok_or_else(|| Error::CgroupGone {
                 path: PathBuf::from("(detached cgroup)"),
             })?;
         proc::scan_into(cg, &mut self.scan)?;
@@ -258,7 +299,7 @@ impl Host for KernelHost {
     }
 
     fn kill_process(&mut self, id: CgroupId, pid: i32) -> Result<Victim> {
-        let slot = self.free_slot().ok_or(Error::InvalidArgument {
+        let slot = self.free_slot().ok_or_else(|| Error::InvalidArgument {
             what: "victim",
             reason: "too many victims in flight".to_owned(),
         })?;
@@ -352,7 +393,7 @@ impl Host for KernelHost {
     }
 
     fn signal(&mut self, id: CgroupId, pid: i32, signal: i32) -> Result<()> {
-        let sig = Signal::from_named_raw(signal).ok_or(Error::InvalidArgument {
+        let sig = Signal::from_named_raw(signal).ok_or_else(|| Error::InvalidArgument {
             what: "signal",
             reason: format!("{signal} is not a signal number"),
         })?;

@@ -547,7 +547,7 @@ impl<H: Host> Engine<H> {
         if let Some(id) = self.tree.lookup(path) {
             return Ok(id);
         }
-        let parent_path = path.parent().ok_or(Error::InvalidPath {
+        let parent_path = path.parent().ok_or_else(|| Error::InvalidPath {
             path: path.to_owned(),
             reason: "has no parent in the managed tree",
         })?;
@@ -1053,10 +1053,13 @@ impl<H: Host> Engine<H> {
                             reason,
                         });
                     }
-                    if let Action::KillProcess { pid, .. } = step.action {
-                        self.excluded.add_pid(pid);
+                    // A refused process excludes that process only; a
+                    // refused group action excludes the group.
+                    match step.action {
+                        Action::KillProcess { pid, .. }
+                        | Action::CaptureDiagnostics { pid, .. } => self.excluded.add_pid(pid),
+                        a => self.excluded.add_cgroup(a.cgroup()),
                     }
-                    self.excluded.add_cgroup(step.action.cgroup());
                 }
             }
         }

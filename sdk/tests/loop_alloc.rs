@@ -1,0 +1,211 @@
+//! The hot path of the loop — event ready → re-read `memory.events` →
+//! decision → pidfd kill — makes no heap allocation after warm-up.
+//!
+//! Runs the real [`KernelHost`] on a synthetic cgroup tree in a temporary
+//! folder (plain files stand in for cgroupfs), with a real child process as
+//! the victim: the root of the synthetic tree has hierarchy path `/`, which
+//! is the host's own cgroup-v2 path, so the pidfd membership check passes
+//! for real.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use oomkit::cgroup::CgroupFs;
+use oomkit::engine::{
+    Action, Engine, EngineConfig, Handler, KernelHost, Plan, Trigger, View, XattrTrust,
+};
+use oomkit::events::{MemoryEventsWatch, Scope};
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+/// Set `OOMKIT_ALLOC_TRAP=1` to panic at the first counted allocation and
+/// see where it comes from in the backtrace.
+static TRAP: AtomicBool = AtomicBool::new(false);
+
+// SAFETY: forwards every call to the system allocator unchanged; the
+// counter is a relaxed atomic and does not allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+            if TRAP.load(Ordering::Relaxed) {
+                COUNTING.store(false, Ordering::Relaxed);
+                panic!("allocation of {} bytes on the hot path", layout.size());
+            }
+        }
+        // SAFETY: same contract as ours, passed through.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Kills the largest process in scope, without allocating.
+struct Largest;
+
+impl Handler for Largest {
+    fn name(&self) -> &'static str {
+        "largest"
+    }
+    fn decide(&mut self, view: &mut View<'_>, plan: &mut Plan) {
+        let mut best = None;
+        for i in 0..view.cgroups().len() {
+            let id = view.cgroups()[i];
+            let Ok(procs) = view.processes(id) else {
+                continue;
+            };
+            for p in procs {
+                if best.is_none_or(|(_, _, f)| p.footprint() > f) {
+                    best = Some((id, p.pid, p.footprint()));
+                }
+            }
+        }
+        if let Some((cgroup, pid, _)) = best {
+            let _ = plan.push(Action::KillProcess { cgroup, pid }, Duration::from_secs(5));
+            plan.set_reason("largest process");
+        }
+    }
+}
+
+/// Kills and reaps the child if the test fails before the loop does.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+fn events(oom: u64) -> String {
+    format!("low 0\nhigh 0\nmax {oom}\noom {oom}\noom_kill 0\noom_group_kill 0\n")
+}
+
+#[test]
+fn event_to_kill_makes_no_heap_allocation() {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    if !own.lines().any(|l| l == "0::/") {
+        eprintln!(
+            "skipped: this process is not in the cgroup-v2 root, the membership check cannot match a synthetic tree"
+        );
+        return;
+    }
+    TRAP.store(
+        std::env::var_os("OOMKIT_ALLOC_TRAP").is_some(),
+        Ordering::Relaxed,
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    write(root, "cgroup.procs", "");
+    write(root, "memory.current", "207618048\n");
+    write(root, "memory.swap.current", "0\n");
+    write(root, "memory.high", "max\n");
+    write(root, "memory.max", "209715200\n");
+    write(root, "memory.oom.group", "0\n");
+    write(root, "cgroup.events", "populated 1\nfrozen 0\n");
+    write(
+        root,
+        "memory.pressure",
+        "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
+    );
+    write(
+        root,
+        "memory.stat",
+        "anon 100\nfile 5\npgscan 1\npgsteal 1\nnew_key 3\n",
+    );
+    write(root, "memory.events.local", &events(0));
+
+    let fs = CgroupFs::from_dir_unchecked(root);
+    let cfg = EngineConfig {
+        progress_aware: false,
+        recheck: true,
+        max_cgroups: 16,
+        max_processes: 64,
+        ..EngineConfig::default()
+    };
+    let mut host = KernelHost::new(fs.clone(), XattrTrust::TrustedOnly, 16, 64);
+    // This test process is in "/" too; pretend oomkit lives elsewhere, or the
+    // loop (rightly) refuses to kill anything in its own cgroup.
+    host.set_own_cgroup(Some("/oomkit.service".into()));
+    let mut engine = Engine::new(cfg, host, Box::new(Largest), Path::new("/")).unwrap();
+    let rootid = engine.root().unwrap();
+    let cg = fs.root().unwrap();
+    let mut watch = MemoryEventsWatch::open(&cg, Scope::Local).unwrap();
+
+    // Two rounds: the first warms every buffer, the second is counted.
+    for round in 0..2 {
+        let mut child = Reap(
+            std::process::Command::new("sleep")
+                .arg("1000")
+                .spawn()
+                .unwrap(),
+        );
+        write(root, "cgroup.procs", &format!("{}\n", child.0.id()));
+        write(root, "memory.events.local", &events(round + 1));
+        let at = std::time::Instant::now();
+
+        ALLOCS.store(0, Ordering::SeqCst);
+        COUNTING.store(round == 1, Ordering::SeqCst);
+        let change = watch.refresh().unwrap().expect("counters rose");
+        engine.on_event(
+            Trigger::MemoryEvents {
+                cgroup: rootid,
+                delta: change.delta,
+            },
+            at,
+        );
+        COUNTING.store(false, Ordering::SeqCst);
+        let n = ALLOCS.load(Ordering::SeqCst);
+
+        if engine.stats().kills != round + 1 {
+            panic!(
+                "round {round}: no kill; stats {:?}, finished {:?}",
+                engine.stats(),
+                engine.take_finished()
+            );
+        }
+        let status = child.0.wait().unwrap();
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "round {round}: the victim died by SIGKILL"
+        );
+        if round == 1 {
+            assert_eq!(n, 0, "heap allocations between the event and the kill");
+        }
+        // Let the episode end (victim reaped) before the next round.
+        write(root, "cgroup.procs", "");
+        write(root, "memory.current", "1048576\n");
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while let Some(wake) = engine.next_wake() {
+            assert!(std::time::Instant::now() < end, "episode did not end");
+            // Ticks may be given for any time; the engine only compares instants.
+            engine.on_tick(wake.max(std::time::Instant::now()));
+        }
+        while engine.take_finished().is_some() {}
+        write(root, "memory.current", "207618048\n");
+    }
+}
