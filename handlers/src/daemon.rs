@@ -253,6 +253,8 @@ pub fn run(
             reload(file, dry_run, &mut current, &mut runner);
         }
     }
+    // Release throttles and raised limits before going away.
+    runner.shutdown();
     let s = runner.stats();
     tracing::info!(
         episodes = s.episodes,

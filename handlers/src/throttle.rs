@@ -419,6 +419,15 @@ impl Handler for Throttle {
                 continue;
             }
             if !self.contained(view, &t) {
+                // Throttled too long without containing it: the loop runs a
+                // kill planned here as an episode of its own (a reclaiming
+                // cgroup looks like progress, so `decide` may never be asked).
+                if now.saturating_duration_since(t.started) >= self.cfg.kill_after
+                    && plan.is_empty()
+                    && self.kill(view, i, plan)
+                {
+                    return;
+                }
                 i += 1;
                 continue;
             }
@@ -448,6 +457,37 @@ impl Handler for Throttle {
         }
         if !plan.is_empty() {
             plan.set_reason("throttle release");
+        }
+    }
+
+    fn on_shutdown(&mut self, _view: &mut View<'_>, plan: &mut Plan) {
+        // Give every throttled cgroup its original limit back (and thaw),
+        // as many as fit in one plan; the loop asks again until none is left.
+        while let Some(t) = self.active.last().copied() {
+            let need = if t.frozen { 2 } else { 1 };
+            if plan.len() + need > oomkit::engine::MAX_STEPS {
+                break;
+            }
+            if t.frozen {
+                let _ = plan.push(
+                    Action::Freeze {
+                        cgroup: t.cgroup,
+                        frozen: false,
+                    },
+                    Duration::ZERO,
+                );
+            }
+            let _ = plan.push(
+                Action::SetHigh {
+                    cgroup: t.cgroup,
+                    limit: t.original,
+                },
+                Duration::ZERO,
+            );
+            self.active.pop();
+        }
+        if !plan.is_empty() {
+            plan.set_reason("throttle released on shutdown");
         }
     }
 

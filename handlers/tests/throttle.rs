@@ -202,3 +202,27 @@ fn refused_throttle_is_forgotten() {
     assert_eq!(high(&mut r, "/batch/oomkit"), None);
     assert_eq!(high(&mut r, "/batch/leaky"), Some(Limit::Max));
 }
+
+#[test]
+fn kills_on_quiet_ticks_when_no_event_asks_again() {
+    let mut r = Rig::new(engine_cfg(), node, throttle(cfg()));
+    pressure(&mut r);
+    assert_eq!(high(&mut r, "/batch/leaky"), Some(Limit::Bytes(800 * MIB)));
+    // No further events: a reclaiming cgroup may never trigger `decide`
+    // again, so the deadline must be noticed on quiet ticks alone.
+    r.advance(Duration::from_secs(9), Duration::from_millis(500));
+    assert!(r.kills().is_empty(), "not before the deadline");
+    r.advance(Duration::from_secs(3), Duration::from_millis(500));
+    assert_eq!(r.kills(), vec![(0, "/batch/leaky".to_string())]);
+}
+
+#[test]
+fn shutdown_releases_every_throttle() {
+    let mut r = Rig::new(engine_cfg(), node, throttle(cfg()));
+    pressure(&mut r);
+    assert_eq!(high(&mut r, "/batch/leaky"), Some(Limit::Bytes(800 * MIB)));
+    r.engine.shutdown();
+    assert_eq!(high(&mut r, "/batch/leaky"), Some(Limit::Max));
+    assert!(r.kills().is_empty(), "shutdown never kills");
+    assert_eq!(r.engine.next_wake(), None, "nothing left throttled");
+}

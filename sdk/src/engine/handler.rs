@@ -33,6 +33,14 @@ pub trait Handler: Send {
         let _ = (view, plan);
     }
 
+    /// Called before the loop stops or this handler is replaced (reload),
+    /// repeatedly until it plans nothing:
+    /// plan the steps that undo what the handler changed (raise throttled
+    /// `memory.high` back, thaw). Kill steps are ignored here.
+    fn on_shutdown(&mut self, view: &mut View<'_>, plan: &mut Plan) {
+        let _ = (view, plan);
+    }
+
     /// Whether [`Handler::on_quiet_tick`] should be called.
     fn wants_ticks(&self) -> bool {
         false
@@ -51,6 +59,9 @@ impl<H: Handler + ?Sized> Handler for Box<H> {
     }
     fn on_quiet_tick(&mut self, view: &mut View<'_>, plan: &mut Plan) {
         (**self).on_quiet_tick(view, plan)
+    }
+    fn on_shutdown(&mut self, view: &mut View<'_>, plan: &mut Plan) {
+        (**self).on_shutdown(view, plan)
     }
     fn wants_ticks(&self) -> bool {
         (**self).wants_ticks()

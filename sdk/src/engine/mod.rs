@@ -586,6 +586,8 @@ impl<H: Host> Engine<H> {
     /// every cgroup again with the new handler. An episode in progress
     /// finishes under the old plan.
     pub fn replace_handler(&mut self, handler: Box<dyn Handler>, cfg: EngineConfig) {
+        // The old handler releases what it holds (throttles, freezes) first.
+        self.shutdown();
         self.handler = handler;
         self.cfg = cfg;
         let mut ids: Vec<CgroupId> = self.tree.ids().collect();
@@ -753,22 +755,86 @@ impl<H: Host> Engine<H> {
             };
             self.handler.on_quiet_tick(&mut view, &mut self.plan);
         }
-        // Quiet-tick plans may only throttle or release; kills need an episode.
+        if self.plan.is_empty() {
+            return;
+        }
+        if self.plan.kills() {
+            // A kill planned on a quiet tick (a throttle that failed to
+            // contain its cgroup in time) runs as an episode of its own,
+            // with the same protection rules, waiting and records.
+            self.stats.episodes += 1;
+            self.episode.start(self.next_episode, Trigger::Tick, at);
+            self.next_episode += 1;
+            self.episode.scope = Some(root);
+            self.excluded.clear();
+            self.record_before(root);
+            self.episode.plan.clone_from(&self.plan);
+            self.filter_plan();
+            let decided = self.host.now();
+            self.episode.timings.decided = Some(decided);
+            self.act_on_plan(root, at, decided, false);
+            return;
+        }
+        self.apply_outside_episode(at, "quiet tick");
+    }
+
+    /// Applies the non-kill steps of `self.plan` outside an episode (quiet
+    /// ticks, shutdown), under the same protection rules.
+    fn apply_outside_episode(&mut self, at: Instant, when: &'static str) {
+        let own_pid = self.host.own_pid();
         let plan = self.plan.clone();
         for step in plan.steps() {
             if step.action.is_kill() {
-                tracing::warn!(
-                    handler = self.handler.name(),
-                    "kill planned on a quiet tick ignored"
-                );
+                continue;
+            }
+            if let Some(reason) = self.refusal(&step.action, own_pid) {
+                tracing::warn!(action = step.action.name(), reason, when, "step refused");
+                self.stats.refused += 1;
                 continue;
             }
             if self.cfg.dry_run {
+                tracing::info!(action = step.action.name(), when, "dry run: would apply");
                 continue;
             }
             if let Err(e) = self.apply_simple(&step.action, at) {
-                tracing::warn!(error = %e, action = step.action.name(), "quiet-tick action failed");
+                tracing::warn!(error = %e, action = step.action.name(), when, "action failed");
             }
+        }
+    }
+
+    /// Lets the handler undo what it changed (release throttles, thaw) and
+    /// restores temporarily raised limits. Called before the loop stops and
+    /// before a handler is replaced on reload. Kills are never run here.
+    pub fn shutdown(&mut self) {
+        let at = self.host.now();
+        for slot in 0..self.restores.len() {
+            if let Some(r) = self.restores[slot].take() {
+                if let Err(e) = self.host.set_max(r.cgroup, r.limit) {
+                    tracing::warn!(error = %e, "restoring memory.max failed");
+                }
+            }
+        }
+        let Some(root) = self.root else { return };
+        self.snapshot(root);
+        let trigger = Trigger::Tick;
+        // A plan holds a few steps; ask until the handler has nothing left.
+        for _ in 0..256 {
+            self.plan.clear();
+            {
+                let mut view = View {
+                    trigger: &trigger,
+                    tree: &mut self.tree,
+                    snap: &mut self.snap,
+                    host: &mut self.host,
+                    excluded: &self.excluded,
+                    now: at,
+                };
+                self.handler.on_shutdown(&mut view, &mut self.plan);
+            }
+            if self.plan.is_empty() {
+                break;
+            }
+            self.apply_outside_episode(at, "shutdown");
         }
     }
 
@@ -975,6 +1041,13 @@ impl<H: Host> Engine<H> {
             }
         }
         self.episode.timings.decided = Some(decided);
+        let recheck = self.cfg.recheck && self.episode.escalations == 0;
+        self.act_on_plan(scope, at, decided, recheck);
+    }
+
+    /// Runs the decided (and already filtered) plan in `self.plan`:
+    /// re-check, dry run, or the steps.
+    fn act_on_plan(&mut self, scope: CgroupId, at: Instant, decided: Instant, recheck: bool) {
         if self.plan.is_empty() {
             if self.episode.refusals.iter().any(Option::is_some) {
                 self.stats.refused += 1;
@@ -984,8 +1057,7 @@ impl<H: Host> Engine<H> {
             }
             return;
         }
-        if self.cfg.recheck && self.episode.escalations == 0 && self.resolved_on_recheck(scope, at)
-        {
+        if recheck && self.resolved_on_recheck(scope, at) {
             self.stats.averted += 1;
             self.finish(Outcome::AvertedOnRecheck, self.host.now());
             return;

@@ -519,6 +519,12 @@ impl Runner {
         Ok(())
     }
 
+    /// Lets the handler undo its throttles and restores raised limits; call
+    /// before stopping.
+    pub fn shutdown(&mut self) {
+        self.engine.shutdown();
+    }
+
     /// What reserve mode got.
     pub fn reserve_report(&self) -> Option<&ReserveReport> {
         self.reserve.as_ref()

@@ -570,3 +570,126 @@ fn config_validation_names_the_field() {
     let err = cfg.validate().unwrap_err().to_string();
     assert!(err.contains("full_stall_threshold"), "{err}");
 }
+
+/// Throttles on quiet ticks, kills on the third, and releases on shutdown.
+struct Ticker {
+    ticks: u32,
+    target: Option<CgroupId>,
+}
+
+impl Handler for Ticker {
+    fn name(&self) -> &'static str {
+        "ticker"
+    }
+    fn decide(&mut self, _view: &mut View<'_>, _plan: &mut Plan) {}
+    fn wants_ticks(&self) -> bool {
+        true
+    }
+    fn on_quiet_tick(&mut self, view: &mut View<'_>, plan: &mut Plan) {
+        self.ticks += 1;
+        let Some(cg) = self.target else { return };
+        let _ = view;
+        if self.ticks < 3 {
+            let _ = plan.push(
+                Action::SetHigh {
+                    cgroup: cg,
+                    limit: Limit::Bytes(100 << 20),
+                },
+                Duration::ZERO,
+            );
+        } else if self.ticks == 3 {
+            let _ = plan.push(Action::KillCgroup { cgroup: cg }, Duration::ZERO);
+        }
+    }
+    fn on_shutdown(&mut self, _view: &mut View<'_>, plan: &mut Plan) {
+        // Asked until it plans nothing: release once.
+        if let Some(cg) = self.target.take() {
+            let _ = plan.push(
+                Action::SetHigh {
+                    cgroup: cg,
+                    limit: Limit::Max,
+                },
+                Duration::ZERO,
+            );
+            let _ = plan.push(Action::KillCgroup { cgroup: cg }, Duration::ZERO);
+        }
+    }
+}
+
+#[test]
+fn quiet_tick_kills_run_as_episodes_and_shutdown_releases() {
+    let mut host = FakeHost::new();
+    two_jobs(&mut host);
+    let mut e = Engine::new(
+        EngineConfig::default(),
+        host,
+        Box::new(Ticker {
+            ticks: 0,
+            target: None,
+        }),
+        Path::new("/"),
+    )
+    .unwrap();
+    let batch = e.add_cgroup(Path::new("/batch")).unwrap();
+    e.replace_handler(
+        Box::new(Ticker {
+            ticks: 0,
+            target: Some(batch),
+        }),
+        EngineConfig::default(),
+    );
+    let mut episodes = Vec::new();
+    for _ in 0..6 {
+        let wake = e.next_wake().expect("a handler that wants ticks gets them");
+        let now = e.host().now();
+        e.host()
+            .advance(wake.saturating_duration_since(now) + Duration::from_millis(1));
+        let at = e.host().now();
+        e.on_tick(at);
+        episodes.extend(e.take_finished());
+    }
+    let log: Vec<&str> = e.host().log.iter().map(|l| l.0).collect();
+    assert_eq!(log, vec!["set_high", "set_high", "kill_cgroup"], "{log:?}");
+    assert_eq!(episodes.len(), 1);
+    assert_eq!(episodes[0].outcome, Some(Outcome::Acted));
+    assert_eq!(episodes[0].trigger, Trigger::Tick);
+    e.host_mut().log.clear();
+    e.shutdown();
+    let log: Vec<&str> = e.host().log.iter().map(|l| l.0).collect();
+    assert_eq!(log, vec!["set_high"], "shutdown releases but never kills");
+}
+
+#[test]
+fn quiet_tick_steps_obey_protection_rules() {
+    let mut host = FakeHost::new();
+    two_jobs(&mut host);
+    let mut e = Engine::new(
+        EngineConfig::default(),
+        host,
+        Box::new(Ticker {
+            ticks: 0,
+            target: None,
+        }),
+        Path::new("/"),
+    )
+    .unwrap();
+    let own = e.add_cgroup(Path::new("/system")).unwrap();
+    e.replace_handler(
+        Box::new(Ticker {
+            ticks: 0,
+            target: Some(own),
+        }),
+        EngineConfig::default(),
+    );
+    let wake = e.next_wake().unwrap();
+    let now = e.host().now();
+    e.host()
+        .advance(wake.saturating_duration_since(now) + Duration::from_millis(1));
+    let at = e.host().now();
+    e.on_tick(at);
+    assert!(
+        e.host().log.is_empty(),
+        "throttling oomkit's own ancestor is refused"
+    );
+    assert_eq!(e.stats().refused, 1);
+}
