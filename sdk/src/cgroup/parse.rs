@@ -357,6 +357,19 @@ mod tests {
     }
 
     #[test]
+    fn deltas_accumulate() {
+        let mut sum = MemoryEvents::default();
+        let d1 = memory_events(b"high 2\nmax 0\n").unwrap();
+        let d2 = memory_events(b"high 3\nmax 1\noom 1\n").unwrap();
+        sum.accumulate(&d1);
+        sum.accumulate(&d2);
+        assert_eq!(sum.high, Some(5));
+        assert_eq!(sum.max, Some(1));
+        assert_eq!(sum.oom, Some(1));
+        assert_eq!(sum.oom_kill, None);
+    }
+
+    #[test]
     fn event_deltas_treat_absent_and_reset() {
         let a = memory_events(b"high 1\nmax 5\noom 0\n").unwrap();
         let b = memory_events(b"high 4\nmax 3\noom 2\noom_kill 1\n").unwrap();

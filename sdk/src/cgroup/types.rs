@@ -8,6 +8,14 @@
 use serde::Serialize;
 
 /// A memory limit as written in `memory.min/low/high/max` and `memory.swap.max`.
+///
+/// ```
+/// use oomkit::cgroup::{parse, Limit};
+/// assert_eq!(parse::limit(b"max\n").unwrap(), Limit::Max);
+/// let l = parse::limit(b"268435456\n").unwrap();
+/// assert!(l.is_reached_by(300 << 20));
+/// assert_eq!(l.to_string(), "268435456");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "serde", derive(Serialize))]
 pub enum Limit {
@@ -138,6 +146,16 @@ impl MemoryEvents {
 
     /// How much each counter rose since `earlier`.
     ///
+    /// ```
+    /// use oomkit::cgroup::parse;
+    /// let before = parse::memory_events(b"low 0\nhigh 3\nmax 0\noom 0\noom_kill 0\n").unwrap();
+    /// let after = parse::memory_events(b"low 0\nhigh 7\nmax 1\noom 1\noom_kill 1\n").unwrap();
+    /// let d = after.delta_since(&before);
+    /// assert_eq!(d.high, Some(4));
+    /// assert_eq!(d.oom_kill, Some(1));
+    /// assert_eq!(d.oom_group_kill, None); // not in this (5.10-style) file: None, never 0
+    /// ```
+    ///
     /// A counter absent in either reading gives `None`. A counter that went
     /// *down* (which only happens if the cgroup was removed and recreated, or
     /// in a fake tree) is reported as the new value, treating it as a reset.
@@ -151,6 +169,17 @@ impl MemoryEvents {
             };
         }
         out
+    }
+
+    /// Adds `delta` to these counters (summing the deltas of several
+    /// wakeups). A counter absent in `delta` is left as it is.
+    pub fn accumulate(&mut self, delta: &MemoryEvents) {
+        for k in MemoryEventKind::ALL {
+            if let Some(d) = delta.get(k) {
+                let slot = self.slot(k);
+                *slot = Some(slot.unwrap_or(0).saturating_add(d));
+            }
+        }
     }
 
     /// True when any counter is non-zero (useful on a delta).

@@ -124,6 +124,20 @@ pub struct Step {
 }
 
 /// The handler's answer: nothing, or up to [`MAX_STEPS`] steps run in order.
+///
+/// Fixed capacity, no heap: building a plan on the hot path allocates nothing.
+///
+/// ```
+/// use std::fmt::Write;
+/// use std::time::Duration;
+/// use oomkit::engine::{Action, Plan};
+/// # fn demo(batch: oomkit::engine::CgroupId) {
+/// let mut plan = Plan::new();
+/// plan.push(Action::KillCgroup { cgroup: batch }, Duration::from_secs(5)).unwrap();
+/// write!(plan.reason_writer(), "lowest tier, largest: {} MiB", 812).unwrap();
+/// assert!(plan.kills());
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Plan {
     steps: [Option<Step>; MAX_STEPS],

@@ -209,6 +209,7 @@ impl Runner {
             batch: Vec::with_capacity(cfg.engine.max_cgroups + 8),
         };
         let root_cg = r.root_cgroup()?;
+        crate::probe::Features::probe(&root_cg).log();
         if let Some(root) = r.engine.root() {
             r.watch_cgroup(root, &root_cg)?;
             r.publish_target(root, &root_cg);
