@@ -146,7 +146,7 @@ pub fn cache_dir() -> PathBuf {
 fn cmd_test(args: &TestArgs) -> Result<bool> {
     let started = Instant::now();
     let cargo = util::cargo();
-    let steps: [(&str, Vec<&str>); 3] = [
+    let steps: [(&str, Vec<&str>); 5] = [
         ("fmt", vec!["fmt", "--all", "--", "--check"]),
         (
             "clippy",
@@ -160,6 +160,25 @@ fn cmd_test(args: &TestArgs) -> Result<bool> {
             ],
         ),
         ("host tests", vec!["test", "--workspace"]),
+        // Optional SDK features (tokio adapter, cgroups-rs interop) are
+        // checked and tested too.
+        (
+            "clippy sdk+features",
+            vec![
+                "clippy",
+                "-p",
+                "oomkit",
+                "--all-targets",
+                "--all-features",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+        (
+            "sdk tests+features",
+            vec!["test", "-p", "oomkit", "--all-features"],
+        ),
     ];
     let mut failed_steps = Vec::new();
     let mut lines = Vec::new();

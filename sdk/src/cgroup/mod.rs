@@ -14,6 +14,8 @@
 //! The parsers themselves are pure functions in [`parse`], tested on files
 //! captured from real kernels.
 
+#[cfg(feature = "cgroups-rs")]
+mod interop;
 pub mod mount;
 pub mod parse;
 mod types;
