@@ -431,17 +431,27 @@ impl Cgroup {
         Ok(v)
     }
 
-    /// `cgroup.procs` appended to `out` (cleared first). Reads in chunks
-    /// through a stack buffer; with enough capacity in `out`, no allocation.
+    /// `cgroup.procs` into `out` (cleared first). With enough capacity in
+    /// `out`, no allocation.
     pub fn procs_into(&self, out: &mut Vec<i32>) -> Result<()> {
         out.clear();
+        self.for_each_pid(|pid| out.push(pid)).map(|_| ())
+    }
+
+    /// Calls `f` for every PID in `cgroup.procs`, streaming the file through
+    /// a stack buffer: any number of PIDs, no allocation. Returns the count.
+    pub fn for_each_pid(&self, mut f: impl FnMut(i32)) -> Result<usize> {
         let fd = self.open_flags(CGROUP_PROCS, OFlags::RDONLY)?;
         let mut buf = [0u8; 4096];
         let mut carry = 0usize;
         let mut line_base = 0u32;
+        let mut count = 0usize;
         loop {
-            let n = rustix::io::read(&fd, &mut buf[carry..])
-                .map_err(|e| self.map_err(CGROUP_PROCS, Op::Read, e))?;
+            let n = match rustix::io::read(&fd, &mut buf[carry..]) {
+                Ok(n) => n,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(self.map_err(CGROUP_PROCS, Op::Read, e)),
+            };
             let filled = carry + n;
             // Parse complete lines; keep a partial last line for the next read.
             let end = if n == 0 {
@@ -458,7 +468,11 @@ impl Cgroup {
                     None => 0,
                 }
             };
-            parse::pids_into(&buf[..end], out).map_err(|mut source| {
+            parse::for_each_pid(&buf[..end], |pid| {
+                count += 1;
+                f(pid);
+            })
+            .map_err(|mut source| {
                 source.line += line_base;
                 Error::Parse {
                     path: self.file_path(CGROUP_PROCS),
@@ -469,7 +483,7 @@ impl Cgroup {
             buf.copy_within(end..filled, 0);
             carry = filled - end;
             if n == 0 {
-                return Ok(());
+                return Ok(count);
             }
         }
     }

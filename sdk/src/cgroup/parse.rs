@@ -23,14 +23,14 @@ fn err(line: u32, kind: ParseErrorKind) -> ParseError {
 }
 
 /// Iterates non-empty lines with their 1-based numbers.
-fn lines(data: &[u8]) -> impl Iterator<Item = (u32, &[u8])> {
+pub(crate) fn lines(data: &[u8]) -> impl Iterator<Item = (u32, &[u8])> {
     data.split(|b| *b == b'\n')
         .enumerate()
         .map(|(i, l)| (i as u32 + 1, l))
         .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
 }
 
-fn trim(mut s: &[u8]) -> &[u8] {
+pub(crate) fn trim(mut s: &[u8]) -> &[u8] {
     while let [first, rest @ ..] = s {
         if first.is_ascii_whitespace() {
             s = rest;
@@ -270,13 +270,18 @@ pub fn pressure(data: &[u8]) -> R<Pressure> {
 /// `cgroup.procs` or `cgroup.threads`: one PID per line, appended to `out`
 /// (which is not cleared). With enough capacity this does not allocate.
 pub fn pids_into(data: &[u8], out: &mut Vec<i32>) -> R<()> {
+    for_each_pid(data, |pid| out.push(pid))
+}
+
+/// Calls `f` for each PID of a `cgroup.procs` excerpt (whole lines).
+pub fn for_each_pid(data: &[u8], mut f: impl FnMut(i32)) -> R<()> {
     for (n, line) in lines(data) {
         let v = u64_digits(trim(line)).ok_or(err(n, ParseErrorKind::InvalidNumber))?;
         let pid = i32::try_from(v).map_err(|_| err(n, ParseErrorKind::InvalidNumber))?;
         if pid <= 0 {
             return Err(err(n, ParseErrorKind::InvalidNumber));
         }
-        out.push(pid);
+        f(pid);
     }
     Ok(())
 }

@@ -100,6 +100,17 @@ fn trusted_xattr(
     None
 }
 
+/// The handle of an attached cgroup (a field-level borrow, so callers can
+/// borrow the host's other buffers mutably at the same time).
+fn attached(cgroups: &[Option<Cgroup>], id: CgroupId) -> Result<&Cgroup> {
+    cgroups
+        .get(id.index())
+        .and_then(Option::as_ref)
+        .ok_or_else(|| Error::CgroupGone {
+            path: PathBuf::from("(detached cgroup)"),
+        })
+}
+
 impl KernelHost {
     /// A host for cgroups under `fs`.
     pub fn new(fs: CgroupFs, trust: XattrTrust, max_cgroups: usize, max_processes: usize) -> Self {
@@ -159,9 +170,7 @@ impl KernelHost {
     }
 
     fn cg(&self, id: CgroupId) -> Result<&Cgroup> {
-        self.cgroup(id).ok_or_else(|| Error::CgroupGone {
-            path: PathBuf::from("(detached cgroup)"),
-        })
+        attached(&self.cgroups, id)
     }
 
     fn free_slot(&self) -> Option<usize> {
@@ -230,13 +239,7 @@ impl Host for KernelHost {
     }
 
     fn read_detail(&mut self, id: CgroupId, out: &mut CgroupStats) -> Result<()> {
-        let cg = self
-            .cgroups
-            .get(id.index())
-            .and_then(Option::as_ref)
-            .ok_or_else(|| Error::CgroupGone {
-                path: PathBuf::from("(detached cgroup)"),
-            })?;
+        let cg = attached(&self.cgroups, id)?;
         let has = self.present.get(id.index()).copied().unwrap_or_default();
         out.high = when(has.high, || cg.memory_high())?;
         out.max = when(has.max, || cg.memory_max())?;
@@ -257,13 +260,7 @@ impl Host for KernelHost {
     }
 
     fn read_processes(&mut self, id: CgroupId, out: &mut Vec<ProcSample>) -> Result<()> {
-        let cg = self
-            .cgroups
-            .get(id.index())
-            .and_then(Option::as_ref)
-            .ok_or_else(|| Error::CgroupGone {
-                path: PathBuf::from("(detached cgroup)"),
-            })?;
+        let cg = attached(&self.cgroups, id)?;
         proc::scan_into(cg, &mut self.scan)?;
         for p in &self.scan {
             let mut comm = [0u8; 16];

@@ -744,17 +744,7 @@ impl<H: Host> Engine<H> {
         self.snapshot(root);
         self.plan.clear();
         let trigger = Trigger::Tick;
-        {
-            let mut view = View {
-                trigger: &trigger,
-                tree: &mut self.tree,
-                snap: &mut self.snap,
-                host: &mut self.host,
-                excluded: &self.excluded,
-                now: at,
-            };
-            self.handler.on_quiet_tick(&mut view, &mut self.plan);
-        }
+        self.ask_handler(&trigger, at, |h, view, plan| h.on_quiet_tick(view, plan));
         if self.plan.is_empty() {
             return;
         }
@@ -820,22 +810,30 @@ impl<H: Host> Engine<H> {
         // A plan holds a few steps; ask until the handler has nothing left.
         for _ in 0..256 {
             self.plan.clear();
-            {
-                let mut view = View {
-                    trigger: &trigger,
-                    tree: &mut self.tree,
-                    snap: &mut self.snap,
-                    host: &mut self.host,
-                    excluded: &self.excluded,
-                    now: at,
-                };
-                self.handler.on_shutdown(&mut view, &mut self.plan);
-            }
+            self.ask_handler(&trigger, at, |h, view, plan| h.on_shutdown(view, plan));
             if self.plan.is_empty() {
                 break;
             }
             self.apply_outside_episode(at, "shutdown");
         }
+    }
+
+    /// Lends the handler a [`View`] of the current snapshot and the plan.
+    fn ask_handler(
+        &mut self,
+        trigger: &Trigger,
+        at: Instant,
+        f: impl FnOnce(&mut dyn Handler, &mut View<'_>, &mut Plan),
+    ) {
+        let mut view = View {
+            trigger,
+            tree: &mut self.tree,
+            snap: &mut self.snap,
+            host: &mut self.host,
+            excluded: &self.excluded,
+            now: at,
+        };
+        f(&mut *self.handler, &mut view, &mut self.plan);
     }
 
     fn sample(&mut self, scope: CgroupId, at: Instant) -> Option<Sample> {
@@ -1016,17 +1014,7 @@ impl<H: Host> Engine<H> {
         let mut decided = self.host.now();
         for round in 0..4 {
             self.plan.clear();
-            {
-                let mut view = View {
-                    trigger: &trigger,
-                    tree: &mut self.tree,
-                    snap: &mut self.snap,
-                    host: &mut self.host,
-                    excluded: &self.excluded,
-                    now: at,
-                };
-                self.handler.decide(&mut view, &mut self.plan);
-            }
+            self.ask_handler(&trigger, at, |h, view, plan| h.decide(view, plan));
             decided = self.host.now();
             if round == 0 {
                 self.record_before(scope);

@@ -38,7 +38,6 @@ use rustix::io::Errno;
 pub use types::*;
 
 use crate::cgroup::Cgroup;
-use crate::cgroup::files::CGROUP_PROCS;
 use crate::error::{Error, Op, ParseError, ParseErrorKind, Result};
 use crate::util::{fmt_u64, io_err};
 
@@ -408,66 +407,8 @@ pub fn process_info(pid: i32) -> Result<ProcessInfo> {
 
 /// Calls `f` for every PID in `cg`'s `cgroup.procs`, streaming the file
 /// through a stack buffer (no allocation, any number of PIDs).
-pub fn for_each_pid(cg: &Cgroup, mut f: impl FnMut(i32)) -> Result<usize> {
-    let gone_or = |e: Errno, op: Op| match e {
-        Errno::NOENT | Errno::NODEV => Error::CgroupGone {
-            path: cg.path().to_owned(),
-        },
-        e => Error::io(cg.file_path(CGROUP_PROCS), op, io_err(e)),
-    };
-    let fd = rustix::fs::openat(
-        cg.dir_fd(),
-        CGROUP_PROCS,
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::empty(),
-    )
-    .map_err(|e| gone_or(e, Op::Open))?;
-    let mut buf = [0u8; SMALL_BUF];
-    let mut carry = 0usize;
-    let mut line = 0u32;
-    let mut count = 0usize;
-    loop {
-        let n = match rustix::io::read(&fd, &mut buf[carry..]) {
-            Ok(n) => n,
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(gone_or(e, Op::Read)),
-        };
-        let filled = carry + n;
-        let end = if n == 0 {
-            filled
-        } else {
-            match buf[..filled].iter().rposition(|b| *b == b'\n') {
-                Some(p) => p + 1,
-                None if filled == buf.len() => {
-                    return Err(Error::Parse {
-                        path: cg.file_path(CGROUP_PROCS),
-                        source: ParseError::new(line + 1, ParseErrorKind::MalformedLine),
-                    });
-                }
-                None => 0,
-            }
-        };
-        for (i, l) in buf[..end].split(|b| *b == b'\n').enumerate() {
-            let t = l.trim_ascii();
-            if t.is_empty() {
-                continue;
-            }
-            let pid = crate::cgroup::parse::u64_digits(t)
-                .and_then(|v| i32::try_from(v).ok())
-                .ok_or_else(|| Error::Parse {
-                    path: cg.file_path(CGROUP_PROCS),
-                    source: ParseError::new(line + i as u32 + 1, ParseErrorKind::InvalidNumber),
-                })?;
-            count += 1;
-            f(pid);
-        }
-        line += buf[..end].iter().filter(|b| **b == b'\n').count() as u32;
-        buf.copy_within(end..filled, 0);
-        carry = filled - end;
-        if n == 0 {
-            return Ok(count);
-        }
-    }
+pub fn for_each_pid(cg: &Cgroup, f: impl FnMut(i32)) -> Result<usize> {
+    cg.for_each_pid(f)
 }
 
 /// Reads every process directly in `cg` into `out` (cleared first) with

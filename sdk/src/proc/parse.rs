@@ -24,31 +24,7 @@ fn err(line: u32, kind: ParseErrorKind) -> ParseError {
 /// `PF_KTHREAD` in the `flags` field of `/proc/PID/stat` (`include/linux/sched.h`).
 pub const PF_KTHREAD: u32 = 0x0020_0000;
 
-/// Iterates non-blank lines with their 1-based numbers.
-fn lines(data: &[u8]) -> impl Iterator<Item = (u32, &[u8])> {
-    data.split(|b| *b == b'\n')
-        .enumerate()
-        .map(|(i, l)| (i as u32 + 1, l))
-        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
-}
-
-fn trim(mut s: &[u8]) -> &[u8] {
-    while let [first, rest @ ..] = s {
-        if first.is_ascii_whitespace() {
-            s = rest;
-        } else {
-            break;
-        }
-    }
-    while let [rest @ .., last] = s {
-        if last.is_ascii_whitespace() {
-            s = rest;
-        } else {
-            break;
-        }
-    }
-    s
-}
+use crate::cgroup::parse::{lines, trim};
 
 /// The part of `data` up to and including its last newline: what is left
 /// of a file read into a buffer too small for it, without the cut line.
