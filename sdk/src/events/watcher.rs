@@ -162,6 +162,11 @@ pub struct Watcher {
     ep_buf: Vec<epoll::Event>,
     out: Vec<Event>,
     next_token: u64,
+    /// Token → slot, so lookups do not scan 10,000 sources.
+    index: std::collections::HashMap<Token, usize>,
+    /// Slots holding directory watches: the only sources that can have
+    /// buffered events, checked on every `wait` without scanning the rest.
+    dirs: Vec<usize>,
 }
 
 const DEFAULT_CAPACITY: usize = 32;
@@ -196,6 +201,8 @@ impl Watcher {
             ep_buf: vec![blank; n],
             out: Vec::with_capacity((2 * n).max(8)),
             next_token: ASSIGNED_TOKENS_FROM,
+            index: std::collections::HashMap::with_capacity(n),
+            dirs: Vec::new(),
         })
     }
 
@@ -211,13 +218,11 @@ impl Watcher {
     }
 
     fn in_use(&self, token: Token) -> bool {
-        self.slots.iter().flatten().any(|s| s.token == token)
+        self.index.contains_key(&token)
     }
 
     fn find(&self, token: Token) -> Option<usize> {
-        self.slots
-            .iter()
-            .position(|s| s.as_ref().is_some_and(|s| s.token == token))
+        self.index.get(&token).copied()
     }
 
     /// Adds a source; the watcher assigns its token (from 2^63 upwards,
@@ -257,6 +262,9 @@ impl Watcher {
             self.free.push(idx);
             return Err(Error::io(source_path(&source), Op::Watch, io_err(e)));
         }
+        if matches!(source, Source::Dir(_)) {
+            self.dirs.push(idx);
+        }
         if let Some(slot) = self.slots.get_mut(idx) {
             *slot = Some(Slot {
                 token,
@@ -264,6 +272,7 @@ impl Watcher {
                 registered: true,
             });
         }
+        self.index.insert(token, idx);
         Ok(token)
     }
 
@@ -329,6 +338,8 @@ impl Watcher {
                 reason: format!("{token:?} is not in this watcher"),
             })?;
         self.free.push(idx);
+        self.index.remove(&token);
+        self.dirs.retain(|d| *d != idx);
         if slot.registered {
             // ENOENT/EBADF cannot happen for a registered fd we own; ignore
             // anyway, the source is ours to return.
@@ -385,11 +396,9 @@ impl Watcher {
     /// buffers, which are pre-sized anyway).
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<Events<'_>> {
         self.out.clear();
-        let pending = self
-            .slots
-            .iter()
-            .flatten()
-            .any(|s| s.registered && matches!(&s.source, Source::Dir(d) if d.has_pending()));
+        let pending = self.dirs.iter().any(|&i| {
+            matches!(self.slots.get(i), Some(Some(s)) if s.registered && matches!(&s.source, Source::Dir(d) if d.has_pending()))
+        });
         let timeout = if pending {
             Some(Duration::ZERO)
         } else {
@@ -493,7 +502,10 @@ impl Watcher {
     }
 
     fn drain_dirs(&mut self) {
-        for idx in 0..self.slots.len() {
+        for di in 0..self.dirs.len() {
+            let Some(&idx) = self.dirs.get(di) else {
+                break;
+            };
             loop {
                 if self.out.len() >= self.out.capacity() {
                     return;
