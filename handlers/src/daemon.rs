@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use oomkit::Cgroup;
 use oomkit::engine::incident::IncidentConfig;
-use oomkit::engine::{PsiConfig, Runner, RunnerConfig, WatchdogConfig};
+use oomkit::engine::{Handler, PsiConfig, Runner, RunnerConfig, WatchdogConfig};
 use oomkit::events::PsiThreshold;
 use oomkit::reserve::{MlockMode, ReserveCgroup, ReserveConfig};
 
@@ -215,13 +215,28 @@ pub fn run(
     file: &Path,
     loaded: Loaded,
     dry_run: bool,
+    control: Control,
+) -> Result<(), DaemonError> {
+    run_wrapped(file, loaded, dry_run, control, &|h| h)
+}
+
+/// Wraps every handler the daemon builds (at start and on reload).
+pub type HandlerWrap<'a> = &'a dyn Fn(Box<dyn Handler>) -> Box<dyn Handler>;
+
+/// [`run`], with each handler built from the file passed through `wrap` first (the binary's
+/// hidden debug flags use this; see `--debug-stall-after-event-ms`).
+pub fn run_wrapped(
+    file: &Path,
+    loaded: Loaded,
+    dry_run: bool,
     mut control: Control,
+    wrap: HandlerWrap<'_>,
 ) -> Result<(), DaemonError> {
     for w in &loaded.warnings {
         tracing::warn!(file = %file.display(), "{w}");
     }
     let mut current = loaded.config;
-    let handler = current.build_handler().map_err(DaemonError::Other)?;
+    let handler = wrap(current.build_handler().map_err(DaemonError::Other)?);
     let rc = runner_config(&current, dry_run)?;
     tracing::info!(
         root = %rc.root.display(),
@@ -250,7 +265,7 @@ pub fn run(
         }
         if turn.ready.contains(&t_reload) {
             drain(&mut control.reload);
-            reload(file, dry_run, &mut current, &mut runner);
+            reload(file, dry_run, &mut current, &mut runner, wrap);
         }
     }
     // Release throttles and raised limits before going away.
@@ -268,7 +283,13 @@ pub fn run(
 }
 
 /// Re-reads the file; on success swaps handler and engine settings in.
-fn reload(file: &Path, dry_run: bool, current: &mut Config, runner: &mut Runner) {
+fn reload(
+    file: &Path,
+    dry_run: bool,
+    current: &mut Config,
+    runner: &mut Runner,
+    wrap: HandlerWrap<'_>,
+) {
     let loaded = match Config::load(file) {
         Ok(l) => l,
         Err(errors) => {
@@ -281,7 +302,7 @@ fn reload(file: &Path, dry_run: bool, current: &mut Config, runner: &mut Runner)
     };
     let new = loaded.config;
     let handler = match new.build_handler() {
-        Ok(h) => h,
+        Ok(h) => wrap(h),
         Err(e) => {
             tracing::error!(error = %e, "reload failed; keeping the running configuration");
             return;

@@ -13,8 +13,11 @@
 //!
 //! * `oomkit-guest test <name>`: one test, in its own process and process group so a crash, a
 //!   hang or an OOM kill of the test is contained and reported as that test's failure;
-//! * `oomkit-guest workload <hog|forkstorm|sleep> …`: helper processes tests start inside their
-//!   cgroups ([`workload`]), so no other binaries are needed in the guest.
+//! * `oomkit-guest workload <hog|forkstorm|sleep|…> …`: helper processes tests start inside their
+//!   cgroups ([`workload`]), so no other binaries are needed in the guest — except the two that
+//!   the end-to-end scenarios ([`scenario`]) run for real: the `oomkit` daemon and the
+//!   `heap_victim` example, packed static into the initramfs as `/bin/oomkit` and
+//!   `/bin/heap_victim`.
 //!
 //! Nothing here runs on the host except the unit tests of pure helpers.
 
@@ -23,5 +26,6 @@ pub mod fixtures;
 pub mod harness;
 pub mod proto;
 pub mod runner;
+pub mod scenario;
 pub mod tests;
 pub mod workload;

@@ -256,6 +256,7 @@ pub fn run_one(name: &str) -> i32 {
     let Some(t) = tests::all()
         .into_iter()
         .chain(tests::selftests())
+        .chain(tests::demos())
         .find(|t| t.name == name)
     else {
         println!("@@RESULT FAIL no test named {name}");

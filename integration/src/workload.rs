@@ -8,7 +8,14 @@
 //!   until killed;
 //! * `forkstorm`: every process keeps forking (bounded by the cgroup's `pids.max`), so the group
 //!   always has new members while someone tries to kill it;
-//! * `sleep`: do nothing until killed.
+//! * `sleep`: do nothing until killed;
+//! * `forkalloc <children> <MiB each>`: fork that many children, each allocating and touching its
+//!   share and then holding it (`forked <n>` once all are started), like a parallel build;
+//! * `latency <period ms> <KiB> <duration ms>`: every period, map, touch and unmap a fresh
+//!   region and time it (the charge path a neighbour's allocations take under pressure); at the
+//!   end print `latency n=… p50_us=… p99_us=… max_us=…`, then hold;
+//! * `exec <program> <args…>`: print `ready`, then exec the program (which so starts in the
+//!   cgroup: the `oomkit` daemon, the `heap_victim` demo).
 //!
 //! The test side ([`Workload`]) waits on those lines with deadlines instead of sleeping.
 
@@ -33,6 +40,14 @@ pub enum WorkloadKind {
     ForkStorm,
     /// Sleep until killed.
     Sleep,
+    /// Fork `children` processes, each allocating `mib` MiB and holding it.
+    ForkAlloc { children: u32, mib: u64 },
+    /// Time a map/touch/unmap of `kib` KiB every `period_ms` for `duration_ms`, then report.
+    Latency {
+        period_ms: u64,
+        kib: u64,
+        duration_ms: u64,
+    },
 }
 
 impl WorkloadKind {
@@ -64,6 +79,19 @@ impl WorkloadKind {
             }
             WorkloadKind::ForkStorm => vec!["forkstorm".into()],
             WorkloadKind::Sleep => vec!["sleep".into()],
+            WorkloadKind::ForkAlloc { children, mib } => {
+                vec!["forkalloc".into(), children.to_string(), mib.to_string()]
+            }
+            WorkloadKind::Latency {
+                period_ms,
+                kib,
+                duration_ms,
+            } => vec![
+                "latency".into(),
+                period_ms.to_string(),
+                kib.to_string(),
+                duration_ms.to_string(),
+            ],
         }
     }
 }
@@ -82,15 +110,34 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 impl Workload {
     /// Start `kind` in cgroup directory `cg`; returns once it reported `ready` from inside it.
     pub fn spawn(cg: &Path, kind: WorkloadKind) -> Result<Self, Fail> {
+        Self::start(cg, &kind.args(), Stdio::inherit(), &format!("{kind:?}"))
+    }
+
+    /// Start `program args…` in cgroup directory `cg` (it joins the cgroup before it execs, so
+    /// it is charged there from its first allocation); its stderr goes to `stderr` (a log file)
+    /// or is inherited. Returns once the helper reported `ready` from inside the cgroup.
+    pub fn spawn_exec(
+        cg: &Path,
+        program: &Path,
+        args: &[String],
+        stderr: Option<std::fs::File>,
+    ) -> Result<Self, Fail> {
+        let mut argv = vec!["exec".to_string(), program.display().to_string()];
+        argv.extend(args.iter().cloned());
+        let err = stderr.map_or_else(Stdio::inherit, Stdio::from);
+        Self::start(cg, &argv, err, &program.display().to_string())
+    }
+
+    fn start(cg: &Path, args: &[String], stderr: Stdio, what: &str) -> Result<Self, Fail> {
         let mut child = Command::new("/proc/self/exe")
             .arg("workload")
             .arg(cg)
-            .args(kind.args())
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
-            .map_err(|e| Fail(format!("spawn workload {kind:?}: {e}")))?;
+            .map_err(|e| Fail(format!("spawn workload {what}: {e}")))?;
         let pid = i32::try_from(child.id()).map_err(|e| Fail(e.to_string()))?;
         let (tx, rx) = mpsc::channel();
         if let Some(out) = child.stdout.take() {
@@ -204,7 +251,7 @@ fn say(line: &str) {
 fn run(args: &[String]) -> Result<(), Fail> {
     let [cg, kind, rest @ ..] = args else {
         return Err(Fail(
-            "usage: workload <cgroup dir> <hog|forkstorm|sleep> …".into(),
+            "usage: workload <cgroup dir> <hog|forkstorm|sleep|forkalloc|latency|exec> …".into(),
         ));
     };
     // Killable by the OOM killer whatever the parent's setting (the runner has -1000).
@@ -221,6 +268,16 @@ fn run(args: &[String]) -> Result<(), Fail> {
         }
         ("forkstorm", []) => forkstorm(),
         ("sleep", []) => sleep_forever(),
+        ("forkalloc", [n, mib]) => forkalloc(n.parse()?, mib.parse()?),
+        ("latency", [period, kib, duration]) => {
+            latency(period.parse()?, kib.parse()?, duration.parse()?)
+        }
+        ("exec", [program, args @ ..]) => {
+            use std::os::unix::process::CommandExt;
+            // Only returns on failure.
+            let e = Command::new(program).args(args).exec();
+            Err(Fail(format!("exec {program}: {e}")))
+        }
         _ => Err(Fail(format!("unknown workload {kind} {rest:?}"))),
     }
 }
@@ -274,6 +331,94 @@ fn forkstorm() -> Result<(), Fail> {
         // Both parent and child continue the loop.
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+fn forkalloc(children: u32, mib: u64) -> Result<(), Fail> {
+    for _ in 0..children {
+        // SAFETY: this process is single-threaded (the workload never spawns threads), so the
+        // child may run arbitrary code; it only allocates and then sleeps.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(Fail(format!("fork: {}", std::io::Error::last_os_error())));
+        }
+        if pid == 0 {
+            // The child: allocate its share in 1 MiB steps, then hold it. Its output would
+            // interleave with its siblings', so it stays quiet.
+            let r = touch_and_hold(mib);
+            std::process::exit(i32::from(r.is_err()));
+        }
+    }
+    say(&format!("forked {children}"));
+    // The parent holds nothing and waits for its children (killed with the cgroup).
+    // SAFETY: wait with a null status pointer is always sound.
+    while unsafe { libc::wait(std::ptr::null_mut()) } > 0 {}
+    sleep_forever()
+}
+
+fn touch_and_hold(mib: u64) -> Result<(), Fail> {
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..mib {
+        let mut chunk: Vec<u8> = vec![0; 1 << 20];
+        for i in (0..chunk.len()).step_by(4096) {
+            chunk[i] = 1;
+        }
+        held.push(chunk);
+    }
+    std::hint::black_box(&held);
+    sleep_forever()
+}
+
+fn latency(period_ms: u64, kib: u64, duration_ms: u64) -> Result<(), Fail> {
+    let len = usize::try_from(kib)? << 10;
+    let period = Duration::from_millis(period_ms);
+    let end = Instant::now() + Duration::from_millis(duration_ms);
+    let mut samples: Vec<u64> =
+        Vec::with_capacity(usize::try_from(duration_ms / period_ms.max(1))? + 1);
+    while Instant::now() < end {
+        let t = Instant::now();
+        // A fresh anonymous mapping each time, so every page is a new fault and a new charge
+        // (a malloc'd buffer would be reused and charged only once).
+        // SAFETY: an anonymous private mapping with no address hint has no preconditions.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Fail(format!("mmap: {}", std::io::Error::last_os_error())));
+        }
+        {
+            // SAFETY: `p` is a fresh, writable, private mapping of `len` bytes that nothing
+            // else references; the slice ends before it is unmapped.
+            let buf = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) };
+            for off in (0..len).step_by(4096) {
+                buf[off] = 1;
+            }
+            std::hint::black_box(&mut *buf);
+        }
+        // SAFETY: `p` and `len` are exactly the mapping created above, unmapped once.
+        unsafe { libc::munmap(p, len) };
+        samples.push(u64::try_from(t.elapsed().as_micros())?);
+        std::thread::sleep(period.saturating_sub(t.elapsed()));
+    }
+    samples.sort_unstable();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples.get(i).copied().unwrap_or(0)
+    };
+    say(&format!(
+        "latency n={} p50_us={} p99_us={} max_us={}",
+        samples.len(),
+        at(0.5),
+        at(0.99),
+        samples.last().copied().unwrap_or(0)
+    ));
+    sleep_forever()
 }
 
 fn sleep_forever() -> Result<(), Fail> {

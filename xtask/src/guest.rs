@@ -1,7 +1,8 @@
 //! The guest side as seen from the host: build the static test binary, pack the initramfs, and
 //! turn files the guest sent back (fixture capture) into files under `sdk/fixtures/`.
 //!
-//! The initramfs holds only a static busybox, the static `oomkit-guest` binary and a tiny `/init`
+//! The initramfs holds a static busybox, the static `oomkit-guest` binary, the static `oomkit`
+//! daemon and `heap_victim` demo (which the end-to-end scenarios run for real) and a tiny `/init`
 //! script. The binary is built for the explicit target `x86_64-unknown-linux-gnu` with
 //! `+crt-static`: with `--target`, cargo keeps these artifacts under `target/x86_64-unknown-linux-gnu`
 //! and the host build in `target/debug` is not invalidated by the different RUSTFLAGS.
@@ -17,6 +18,13 @@ use crate::{cache_dir, host, repo_root};
 pub const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 const GUEST_PACKAGE: &str = "oomkit-integration";
 const GUEST_BIN: &str = "oomkit-guest";
+/// Every binary packed into `/bin` of the initramfs: (package, binary). All are built in one
+/// cargo invocation, static, like the guest binary.
+const GUEST_BINARIES: [(&str, &str); 3] = [
+    (GUEST_PACKAGE, GUEST_BIN),
+    ("oomkit-handlers", "oomkit"),
+    ("oomkit-examples", "heap_victim"),
+];
 
 /// PID 1 of the test VM: mount the kernel filesystems and cgroup2, enable the memory and pids
 /// controllers for children of the root cgroup, run the guest binary (which reads its mode from
@@ -40,7 +48,7 @@ poweroff -f
 
 /// Build the guest binary and pack the initramfs; returns the cpio path.
 pub fn build_initramfs() -> Result<PathBuf> {
-    let guest = build_guest_binary()?;
+    let binaries = build_guest_binaries()?;
     let dir = cache_dir().join("initramfs");
     let root = dir.join("root");
     util::remove_dir_all_if_exists(&root)?;
@@ -48,7 +56,9 @@ pub fn build_initramfs() -> Result<PathBuf> {
         util::create_dir_all(&root.join(d))?;
     }
     copy_exec(Path::new(host::BUSYBOX), &root.join("bin/busybox"))?;
-    copy_exec(&guest, &root.join("bin").join(GUEST_BIN))?;
+    for (name, exe) in &binaries {
+        copy_exec(exe, &root.join("bin").join(name))?;
+    }
     util::write(&root.join("init"), INIT)?;
     set_mode(&root.join("init"), 0o755)?;
 
@@ -114,22 +124,25 @@ fn set_mode(p: &Path, mode: u32) -> Result<()> {
         .context(|| format!("cannot chmod {}", p.display()))
 }
 
-/// `cargo build` the static guest binary; returns its path (from cargo's JSON messages, so
-/// `CARGO_TARGET_DIR` and friends are honoured).
-fn build_guest_binary() -> Result<PathBuf> {
-    println!("xtask: building {GUEST_BIN} (static, --target {GUEST_TARGET})");
+/// `cargo build` the static guest binaries; returns (name, path) of each (from cargo's JSON
+/// messages, so `CARGO_TARGET_DIR` and friends are honoured).
+fn build_guest_binaries() -> Result<Vec<(&'static str, PathBuf)>> {
+    let names: Vec<&str> = GUEST_BINARIES.iter().map(|(_, b)| *b).collect();
+    println!(
+        "xtask: building {} (static, --target {GUEST_TARGET})",
+        names.join(", ")
+    );
+    let mut args = vec!["build", "--release"];
+    for (package, bin) in GUEST_BINARIES {
+        args.extend(["--package", package, "--bin", bin]);
+    }
+    args.extend([
+        "--target",
+        GUEST_TARGET,
+        "--message-format=json-render-diagnostics",
+    ]);
     let out = Command::new(util::cargo())
-        .args([
-            "build",
-            "--release",
-            "--package",
-            GUEST_PACKAGE,
-            "--bin",
-            GUEST_BIN,
-            "--target",
-            GUEST_TARGET,
-            "--message-format=json-render-diagnostics",
-        ])
+        .args(&args)
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env(
             "RUSTFLAGS",
@@ -141,27 +154,32 @@ fn build_guest_binary() -> Result<PathBuf> {
         .context(|| "cannot run cargo build".to_string())?;
     if !out.status.success() {
         return Err(Error::msg(format!(
-            "building the guest binary {GUEST_BIN} failed"
+            "building the guest binaries ({}) failed",
+            names.join(", ")
         )));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let exe = stdout
+    let artifacts: Vec<serde_json::Value> = stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == GUEST_BIN)
-        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .ok_or_else(|| {
-            Error::msg(format!(
-                "cargo build reported no executable for {GUEST_BIN}"
-            ))
-        })?;
-    if !util::elf_is_static(&exe)? {
-        return Err(Error::msg(format!(
-            "{} is not statically linked",
-            exe.display()
-        )));
+        .filter(|v| v["reason"] == "compiler-artifact")
+        .collect();
+    let mut found = Vec::new();
+    for (_, bin) in GUEST_BINARIES {
+        let exe = artifacts
+            .iter()
+            .filter(|v| v["target"]["name"] == bin)
+            .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+            .ok_or_else(|| Error::msg(format!("cargo build reported no executable for {bin}")))?;
+        if !util::elf_is_static(&exe)? {
+            return Err(Error::msg(format!(
+                "{} is not statically linked",
+                exe.display()
+            )));
+        }
+        found.push((bin, exe));
     }
-    Ok(exe)
+    Ok(found)
 }
 
 /// Write the files a fixture-capture run sent into `sdk/fixtures/<release>/`; returns how many.

@@ -15,8 +15,10 @@
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use oomkit::engine::{CgroupMeta, Class, Handler, Plan, View};
 use oomkit_handlers::config::Config;
 use oomkit_handlers::daemon::{self, Control};
 
@@ -38,6 +40,10 @@ enum Command {
         /// Decide and log, but kill and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Debugging and tests only: the handler sleeps this long in every `decide`, stalling
+        /// the main loop during pressure so the watchdog can be seen acting.
+        #[arg(long, hide = true, value_name = "MS")]
+        debug_stall_after_event_ms: Option<u64>,
     },
     /// Validate a config file and print what it configures.
     CheckConfig {
@@ -82,11 +88,19 @@ fn main() -> ExitCode {
             print!("{}", daemon::probe(&root, cfg.as_ref()));
             ExitCode::SUCCESS
         }
-        Command::Run { config, dry_run } => run(config, dry_run),
+        Command::Run {
+            config,
+            dry_run,
+            debug_stall_after_event_ms,
+        } => run(
+            config,
+            dry_run,
+            debug_stall_after_event_ms.map(Duration::from_millis),
+        ),
     }
 }
 
-fn run(file: PathBuf, dry_run: bool) -> ExitCode {
+fn run(file: PathBuf, dry_run: bool, stall: Option<Duration>) -> ExitCode {
     let loaded = match Config::load(&file) {
         Ok(l) => l,
         Err(errors) => {
@@ -106,7 +120,13 @@ fn run(file: PathBuf, dry_run: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match daemon::run(&file, loaded, dry_run, control) {
+    let wrap = |h: Box<dyn Handler>| -> Box<dyn Handler> {
+        match stall {
+            Some(stall) => Box::new(Stall { inner: h, stall }),
+            None => h,
+        }
+    };
+    match daemon::run_wrapped(&file, loaded, dry_run, control, &wrap) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "oomkit stopped");
@@ -126,4 +146,35 @@ fn signals() -> std::io::Result<Control> {
     signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, shutdown_w2)?;
     signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, reload_w)?;
     Ok(Control { shutdown, reload })
+}
+
+/// `--debug-stall-after-event-ms`: the configured handler, then a sleep in `decide` (after the
+/// handler has decided, so the plan is the real one), which keeps the main loop busy for that
+/// long while memory is short, the situation the watchdog exists for.
+struct Stall {
+    inner: Box<dyn Handler>,
+    stall: Duration,
+}
+
+impl Handler for Stall {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn classify(&mut self, meta: &CgroupMeta<'_>) -> Class {
+        self.inner.classify(meta)
+    }
+    fn decide(&mut self, view: &mut View<'_>, plan: &mut Plan) {
+        self.inner.decide(view, plan);
+        tracing::warn!(
+            stall_ms = self.stall.as_millis() as u64,
+            "debug: stalling the handler"
+        );
+        std::thread::sleep(self.stall);
+    }
+    fn on_quiet_tick(&mut self, view: &mut View<'_>, plan: &mut Plan) {
+        self.inner.on_quiet_tick(view, plan)
+    }
+    fn wants_ticks(&self) -> bool {
+        self.inner.wants_ticks()
+    }
 }

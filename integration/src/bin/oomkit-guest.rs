@@ -49,6 +49,11 @@ fn guest_main() -> i32 {
                 }
             }
         }
+        "demo" => {
+            let (_, failed, _) =
+                runner::run_list(&mut proto, "demo", &oomkit_integration::tests::demos());
+            i32::from(failed > 0)
+        }
         "selftest" => {
             let (_, failed, _) = runner::run_list(
                 &mut proto,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::harness::TestCase;
 
 pub mod common;
+pub mod e2e;
 pub mod events;
 pub mod kill;
 pub mod probe;
@@ -50,6 +51,23 @@ pub fn all() -> Vec<TestCase> {
             120,
             reserve::reserve_under_exhaustion,
         ),
+        // End to end: the `oomkit` daemon binary against workloads (see `crate::scenario`).
+        case("e2e_priority", 90, e2e::priority),
+        case("e2e_fork_storm", 90, e2e::fork_storm),
+        case("e2e_limit", 90, e2e::limit),
+        case("e2e_throttle", 90, e2e::throttle),
+        case("e2e_heap_profile", 90, e2e::heap_profile),
+        case("e2e_watchdog", 90, e2e::watchdog),
+        case("e2e_dry_run", 90, e2e::dry_run),
+    ]
+}
+
+/// The priority scenario without and with oomkit, run only with `oomkit.mode=demo` (`cargo
+/// xtask demo`); each reports a `DEMO <json>` note the host turns into a table.
+pub fn demos() -> Vec<TestCase> {
+    vec![
+        case("demo_without_oomkit", 120, e2e::demo_without),
+        case("demo_with_oomkit", 120, e2e::demo_with),
     ]
 }
 
