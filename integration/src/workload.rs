@@ -259,6 +259,17 @@ fn run(args: &[String]) -> Result<(), Fail> {
         .map_err(|e| Fail(format!("reset oom_score_adj: {e}")))?;
     std::fs::write(Path::new(cg).join("cgroup.procs"), "0")
         .map_err(|e| Fail(format!("join cgroup {cg}: {e}")))?;
+    if kind != "exec" {
+        // Named after its cgroup (`service`, `batch`, …) rather than `exe`, so the daemon's
+        // reasons and the kernel's OOM reports say which workload it is.
+        let name = Path::new(cg)
+            .file_name()
+            .map(|n| n.to_string_lossy().chars().take(15).collect::<String>())
+            .unwrap_or_default();
+        if let Ok(c) = std::ffi::CString::new(name) {
+            let _ = rustix::thread::set_name(&c);
+        }
+    }
     say(&format!("ready {}", std::process::id()));
     match (kind.as_str(), rest) {
         ("hog", [mib, step, mode]) => {

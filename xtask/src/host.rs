@@ -15,6 +15,8 @@ const TOOLS: &[(&str, &str, &str)] = &[
     ("cpio", "cpio", "cpio"),
     ("dpkg-deb", "dpkg-deb", "dpkg"),
     ("apt-get", "apt-get", "apt"),
+    // The guest's heap_victim links jemalloc, which tikv-jemalloc-sys builds with make.
+    ("make", "make", "make"),
 ];
 
 /// The static busybox copied into every initramfs.

@@ -6,6 +6,8 @@
 //!   `oomkit-integration` crate inside them. The host's memory controller is on cgroup v1, so
 //!   cgroup-v2 memory behaviour (memory.events, PSI triggers, OOM kills, cgroup.kill) can only be
 //!   exercised in a VM with its own kernel.
+//! * `cargo xtask demo` boots the newest kernel and runs the priority scenario without and with
+//!   the `oomkit` daemon, printing what happened side by side (the README's main command).
 //! * `cargo xtask fixtures` boots each kernel and copies real `memory.*`, `cgroup.*` and `/proc`
 //!   files into `sdk/fixtures/<kernel-release>/` for the SDK's parser tests.
 //!
@@ -13,6 +15,7 @@
 //! the whole flow is one program with one set of error messages.
 
 mod apt;
+mod demo;
 mod guest;
 mod host;
 mod kernels;
@@ -45,6 +48,9 @@ enum Cmd {
     Fixtures(FixtureArgs),
     /// Install the host tools the VM tests need (qemu, busybox-static, cpio) via apt-get.
     InstallDeps,
+    /// Show what oomkit changes: the priority scenario in a VM without and with oomkit, side by
+    /// side (who died, who lived, the kernel OOM killer, time to the kill, the incident).
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Args, Clone)]
@@ -121,6 +127,7 @@ fn main() -> ExitCode {
         Cmd::Vmtest(args) => cmd_vmtest(&args),
         Cmd::Fixtures(args) => cmd_fixtures(&args),
         Cmd::InstallDeps => host::ensure_tools(false).map(|()| true),
+        Cmd::Demo(args) => demo::run(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
