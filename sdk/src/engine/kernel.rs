@@ -177,7 +177,7 @@ impl KernelHost {
         self.victims.iter().position(Option::is_none)
     }
 
-    /// The newest regular file in the diagnostics folder and its size.
+    /// The newest regular, non-hidden file in the diagnostics folder and its size.
     fn newest_diagnostic(&self) -> Option<(PathBuf, u64, SystemTime)> {
         let dir = self.diagnostics.as_ref()?;
         std::fs::read_dir(dir)
@@ -185,7 +185,9 @@ impl KernelHost {
             .flatten()
             .filter_map(|e| {
                 let md = e.metadata().ok()?;
-                if !md.is_file() {
+                // Hidden names are files still being written (heap_victim dumps to
+                // `.name.tmp` and renames): never take one for a finished dump.
+                if !md.is_file() || e.file_name().as_encoded_bytes().starts_with(b".") {
                     return None;
                 }
                 Some((e.path(), md.len(), md.modified().ok()?))
