@@ -21,6 +21,7 @@
 //!
 //! Nothing here runs on the host except the unit tests of pure helpers.
 
+pub mod bench;
 pub mod cmdline;
 pub mod fixtures;
 pub mod harness;

@@ -257,6 +257,7 @@ pub fn run_one(name: &str) -> i32 {
         .into_iter()
         .chain(tests::selftests())
         .chain(tests::demos())
+        .chain(crate::bench::cases())
         .find(|t| t.name == name)
     else {
         println!("@@RESULT FAIL no test named {name}");

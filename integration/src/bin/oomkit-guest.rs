@@ -54,6 +54,11 @@ fn guest_main() -> i32 {
                 runner::run_list(&mut proto, "demo", &oomkit_integration::tests::demos());
             i32::from(failed > 0)
         }
+        "bench" => {
+            let (_, failed, _) =
+                runner::run_list(&mut proto, "bench", &oomkit_integration::bench::cases());
+            i32::from(failed > 0)
+        }
         "selftest" => {
             let (_, failed, _) = runner::run_list(
                 &mut proto,

@@ -1,0 +1,751 @@
+//! `oomkit.mode=bench`: what `cargo xtask bench` measures inside the guest, against the peers a
+//! user would pick instead — the kernel alone, earlyoom and oomd (Debian's packages, unpacked
+//! into the initramfs by the xtask with their shared libraries).
+//!
+//! Every measurement is sent as one JSON `NOTE` line (`@@NOTE {"kind":…}`); the xtask collects
+//! them from all cases and writes `docs/benchmarks.md`.
+//!
+//! * `bench_footprint`: 10,000 cgroups under one parent; each handler watches them (oomkit: the
+//!   whole tree; oomd: a ruleset on the parent's children; earlyoom: watches no cgroups at all),
+//!   then RSS, locked memory and context switches over an idle period from `/proc/PID/status`
+//!   (all threads).
+//! * `bench_e2e_<scenario>_<handler>`: N runs of a scenario (`oomkit.runs=N` on the kernel
+//!   command line, default 5). Each run measures, from the onset of pressure (the first `high`
+//!   or `max` event on the scenario's limited cgroup, seen by this process through epoll), the
+//!   time to the first kill signal (the handler's own log line, or the kernel's `oom_kill`
+//!   event), to the victim's exit, and to its memory being back; which process died; and
+//!   whether the kernel OOM killer fired.
+//!
+//! Scenarios (sizes in MiB; "limited" is the cgroup with `memory.max`; with oomkit and oomd it
+//! also gets `memory.high` below `memory.max` as their early warning, the way a deployment sets
+//! `MemoryHigh=` below `MemoryMax=`; with the kernel alone and earlyoom it has `memory.max`
+//! only, as a `memory.high` without a handler only stalls the job):
+//!
+//! * `limit`: `machine/app` (max 96, high 48) holds `main` (16, should survive) and `leak`
+//!   (grows by 2 until killed: the right victim).
+//! * `priority`: `machine` (max 112, high 80) holds `service` (64, priority 100, should survive)
+//!   and `batch` (grows by 2 towards 72, priority −100: the right victim). The kernel's OOM
+//!   killer picks the largest, the service.
+//!
+//! Processes get distinct names (`comm`) by being exec'd through symlinks to the guest binary,
+//! so earlyoom's `--prefer`/`--avoid` regexes can tell them apart.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use oomkit::Cgroup;
+use oomkit::cgroup::{Limit, MemoryEventKind};
+use oomkit::events::{EventKind, Scope, Watcher};
+use serde_json::{Value, json};
+
+use crate::harness::{Ctx, Fail, Outcome, TestCase, TestResult, write_file};
+use crate::scenario::{OOMKIT_BIN, hier, parent_cgroup, set_trusted_xattr};
+use crate::workload::Workload;
+
+const MIB: u64 = 1 << 20;
+/// Cgroups the footprint case creates.
+pub const FLEET: usize = 10_000;
+/// Idle period over which context switches are counted.
+const IDLE: Duration = Duration::from_secs(10);
+/// The peers, as the xtask packs them.
+pub const EARLYOOM_BIN: &str = "/usr/bin/earlyoom";
+/// oomd, as the xtask packs it.
+pub const OOMD_BIN: &str = "/usr/bin/oomd";
+
+/// The bench cases, in execution order.
+pub fn cases() -> Vec<TestCase> {
+    let c = |name, secs, run| TestCase {
+        name,
+        timeout: Duration::from_secs(secs),
+        run,
+    };
+    vec![
+        c("bench_e2e_limit_kernel", 600, |x| {
+            e2e(x, Sc::Limit, H::Kernel)
+        }),
+        c("bench_e2e_limit_oomkit", 600, |x| {
+            e2e(x, Sc::Limit, H::Oomkit)
+        }),
+        c("bench_e2e_limit_earlyoom", 600, |x| {
+            e2e(x, Sc::Limit, H::Earlyoom)
+        }),
+        c("bench_e2e_limit_oomd", 600, |x| e2e(x, Sc::Limit, H::Oomd)),
+        c("bench_e2e_priority_kernel", 600, |x| {
+            e2e(x, Sc::Priority, H::Kernel)
+        }),
+        c("bench_e2e_priority_oomkit", 600, |x| {
+            e2e(x, Sc::Priority, H::Oomkit)
+        }),
+        c("bench_e2e_priority_earlyoom", 600, |x| {
+            e2e(x, Sc::Priority, H::Earlyoom)
+        }),
+        c("bench_e2e_priority_oomd", 600, |x| {
+            e2e(x, Sc::Priority, H::Oomd)
+        }),
+        c("bench_footprint", 900, footprint),
+    ]
+}
+
+/// `oomkit.runs=N` from the kernel command line (default 5).
+fn runs() -> usize {
+    std::fs::read_to_string("/proc/cmdline")
+        .unwrap_or_default()
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("oomkit.runs=")?.parse().ok())
+        .unwrap_or(5)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sc {
+    Limit,
+    Priority,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum H {
+    Kernel,
+    Oomkit,
+    Earlyoom,
+    Oomd,
+}
+
+impl Sc {
+    fn name(self) -> &'static str {
+        match self {
+            Sc::Limit => "limit",
+            Sc::Priority => "priority",
+        }
+    }
+}
+
+impl H {
+    fn name(self) -> &'static str {
+        match self {
+            H::Kernel => "kernel",
+            H::Oomkit => "oomkit",
+            H::Earlyoom => "earlyoom",
+            H::Oomd => "oomd",
+        }
+    }
+    /// Uses `memory.high` as its early warning.
+    fn wants_high(self) -> bool {
+        matches!(self, H::Oomkit | H::Oomd)
+    }
+    fn binary(self) -> Option<&'static str> {
+        match self {
+            H::Kernel => None,
+            H::Oomkit => Some(OOMKIT_BIN),
+            H::Earlyoom => Some(EARLYOOM_BIN),
+            H::Oomd => Some(OOMD_BIN),
+        }
+    }
+}
+
+fn note(ctx: &Ctx, v: Value) {
+    ctx.note(v.to_string());
+}
+
+/// The program at `/tmp/bench-bin/<name>`: a symlink to the guest binary, so a process exec'd
+/// through it is called `<name>`.
+fn named(name: &str) -> Result<PathBuf, Fail> {
+    let dir = Path::new("/tmp/bench-bin");
+    std::fs::create_dir_all(dir).map_err(|e| Fail(format!("mkdir {}: {e}", dir.display())))?;
+    let link = dir.join(name);
+    if !link.exists() {
+        let exe = std::fs::read_link("/proc/self/exe")?;
+        std::os::unix::fs::symlink(&exe, &link)
+            .map_err(|e| Fail(format!("symlink {}: {e}", link.display())))?;
+    }
+    Ok(link)
+}
+
+/// A hog called `name` in `cg`: holds `mib` (`grow`: grows until killed) in `step` MiB steps.
+fn hog(cg: &Path, name: &str, mib: u64, step: u64, grow: bool) -> Result<Workload, Fail> {
+    let prog = named(name)?;
+    let args: Vec<String> = vec![
+        "workload".into(),
+        cg.display().to_string(),
+        "hog".into(),
+        if grow { "0".into() } else { mib.to_string() },
+        step.to_string(),
+        if grow { "grow".into() } else { "hold".into() },
+    ];
+    let mut w = Workload::spawn_exec(cg, &prog, &args, None)?;
+    // The exec'd program prints `ready` again from inside the cgroup.
+    w.wait_line("ready", Duration::from_secs(20))?;
+    Ok(w)
+}
+
+/// Raise `RLIMIT_NOFILE` (inherited by the handlers started from here): watching 10,000 cgroups
+/// takes two fds each in oomkit (directory + `memory.events.local`), far over the default 1024.
+fn raise_nofile() {
+    let lim = rustix::process::Rlimit {
+        current: Some(1 << 16),
+        maximum: Some(1 << 16),
+    };
+    let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, lim);
+}
+
+/// A process name and its cgroup.
+type Named<'a> = (&'a str, &'a Path);
+
+/// A running handler: its process and its log (stderr, stdout discarded after `ready`).
+struct Running {
+    proc: Workload,
+    log: PathBuf,
+    offset: u64,
+    pending: String,
+    /// Lines seen so far with the time they were first seen.
+    lines: Vec<(Instant, String)>,
+}
+
+impl Running {
+    fn start(ctx: &Ctx, prog: &Path, args: &[String], tag: &str) -> Result<Self, Fail> {
+        let (cg, _) = ctx.cgroup(&format!("handler-{tag}"))?;
+        let log = PathBuf::from(format!("/tmp/bench-{}-{tag}.log", ctx.name()));
+        let f = std::fs::File::create(&log)?;
+        raise_nofile();
+        let proc = Workload::spawn_exec(&cg, prog, args, Some(f))?;
+        Ok(Running {
+            proc,
+            log,
+            offset: 0,
+            pending: String::new(),
+            lines: Vec::new(),
+        })
+    }
+
+    /// Reads what the handler logged since the last call; new lines are stamped now.
+    fn poll(&mut self) {
+        let Ok(mut f) = std::fs::File::open(&self.log) else {
+            return;
+        };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return;
+        }
+        let mut buf = String::new();
+        if let Ok(n) = f.read_to_string(&mut buf) {
+            self.offset += n as u64;
+        }
+        if buf.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        self.pending.push_str(&buf);
+        while let Some(p) = self.pending.find('\n') {
+            let line: String = self.pending.drain(..=p).collect();
+            self.lines.push((now, line.trim_end().to_string()));
+        }
+    }
+
+    fn wait_for(&mut self, what: &str, timeout: Duration, pat: &str) -> Result<(), Fail> {
+        let end = Instant::now() + timeout;
+        loop {
+            self.poll();
+            if self.lines.iter().any(|(_, l)| l.contains(pat)) {
+                return Ok(());
+            }
+            if let Some(st) = self.proc.try_exited() {
+                return Err(Fail(format!(
+                    "the handler exited ({st}) before {what}: {}",
+                    self.tail(8)
+                )));
+            }
+            if Instant::now() > end {
+                return Err(Fail(format!(
+                    "no {what} within {timeout:?}: {}",
+                    self.tail(8)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn tail(&self, n: usize) -> String {
+        let k = self.lines.len().saturating_sub(n);
+        self.lines[k..]
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+
+    fn pid(&self) -> i32 {
+        self.proc.pid()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+/// Starts handler `h` managing `managed` (filesystem path). `prefer`/`avoid`: process names and
+/// cgroups (below `managed`) the handler should kill first / spare.
+fn start_handler(
+    ctx: &Ctx,
+    h: H,
+    managed: &Path,
+    limited: &Path,
+    high_mib: u64,
+    prefer: &[Named<'_>],
+    avoid: &[Named<'_>],
+    max_cgroups: usize,
+) -> Result<Option<Running>, Fail> {
+    let dir = PathBuf::from(format!("/tmp/bench-{}", ctx.name()));
+    std::fs::create_dir_all(&dir)?;
+    match h {
+        H::Kernel => Ok(None),
+        H::Oomkit => {
+            let mut rules = String::new();
+            for (_, cg) in prefer {
+                rules.push_str(&format!(
+                    "[[handler.rules]]\nglob = \"{}\"\npriority = -100\n\n",
+                    hier(cg)
+                ));
+            }
+            for (_, cg) in avoid {
+                set_trusted_xattr(cg, "oomkit.priority", "100")?;
+            }
+            let cfg = format!(
+                "[daemon]\nroot = \"{}\"\ndepth = 4\nlog_format = \"json\"\nlog_level = \"info\"\n\n\
+                 [engine]\nsample_interval_ms = 100\nkill_deadline_ms = 5000\ncooldown_ms = 250\n\
+                 max_cgroups = {max_cgroups}\n\n[signals]\nmemory_events = true\n\n\
+                 [handler]\nkind = \"priority-kill\"\ndefault_priority = 0\n\n{rules}\
+                 [handler.priority_kill]\ngranularity = \"process\"\n",
+                managed.display()
+            );
+            let path = dir.join("oomkit.toml");
+            write_file(&path, &cfg)?;
+            let args = vec!["run".into(), "--config".into(), path.display().to_string()];
+            let mut r = Running::start(ctx, Path::new(OOMKIT_BIN), &args, "oomkit")?;
+            r.wait_for("its `running` line", Duration::from_secs(60), "\"running\"")?;
+            Ok(Some(r))
+        }
+        H::Earlyoom => {
+            if !Path::new(EARLYOOM_BIN).exists() {
+                return Err(Fail(format!("{EARLYOOM_BIN} is not in the initramfs")));
+            }
+            // As its documentation recommends for protecting a service: a prefer and an avoid
+            // regex on process names; Debian's default report interval.
+            let names = |v: &[Named<'_>]| v.iter().map(|(n, _)| *n).collect::<Vec<_>>().join("|");
+            let mut args = vec!["-r".to_string(), "3600".to_string()];
+            if !prefer.is_empty() {
+                args.extend(["--prefer".into(), format!("^({})$", names(prefer))]);
+            }
+            args.extend([
+                "--avoid".into(),
+                format!("^({}|oomkit-guest|oomkit)$", names(avoid)),
+            ]);
+            let mut r = Running::start(ctx, Path::new(EARLYOOM_BIN), &args, "earlyoom")?;
+            r.wait_for("its startup report", Duration::from_secs(30), "mem total")?;
+            Ok(Some(r))
+        }
+        H::Oomd => {
+            if !Path::new(OOMD_BIN).exists() {
+                return Err(Fail(format!("{OOMD_BIN} is not in the initramfs")));
+            }
+            // oomd's own prefer/avoid: xattrs on the candidate cgroups.
+            for (_, cg) in prefer {
+                set_trusted_xattr(cg, "oomd_prefer", "1")?;
+            }
+            for (_, cg) in avoid {
+                set_trusted_xattr(cg, "oomd_avoid", "1")?;
+            }
+            let rel = |p: &Path| hier(p).trim_start_matches('/').to_string();
+            let cfg = json!({
+                "rulesets": [{
+                    "name": "bench protection",
+                    "detectors": [
+                        ["above memory.high", {"name": "memory_above", "args": {
+                            "cgroup": rel(limited), "threshold": format!("{high_mib}M"), "duration": "0"}}],
+                        ["memory pressure", {"name": "pressure_above", "args": {
+                            "cgroup": rel(limited), "resource": "memory", "threshold": "10", "duration": "0"}}]
+                    ],
+                    "actions": [{"name": "kill_by_memory_size_or_growth", "args": {
+                        "cgroup": format!("{}/*", rel(managed)), "post_action_delay": "1"}}]
+                }]
+            });
+            let path = dir.join("oomd.json");
+            write_file(&path, &cfg.to_string())?;
+            let run = dir.join("oomd-run");
+            std::fs::create_dir_all(&run)?;
+            let args = vec![
+                "--config".into(),
+                path.display().to_string(),
+                "--interval".into(),
+                "1".into(),
+                "--cgroup-fs".into(),
+                "/sys/fs/cgroup".into(),
+                "--runtime-dir".into(),
+                run.display().to_string(),
+                "--kmsg-override".into(),
+                dir.join("oomd-kmsg").display().to_string(),
+            ];
+            let mut r = Running::start(ctx, Path::new(OOMD_BIN), &args, "oomd")?;
+            r.wait_for("its startup", Duration::from_secs(30), "Running oomd")?;
+            Ok(Some(r))
+        }
+    }
+}
+
+fn stop(r: Option<Running>) {
+    if let Some(r) = r {
+        if let Some(pid) = rustix::process::Pid::from_raw(r.pid()) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let mut p = r.proc;
+        let _ = p.wait_exit(Duration::from_secs(5));
+    }
+}
+
+/// Does this handler log line say a kill signal was sent?
+fn is_kill_line(h: H, l: &str) -> bool {
+    match h {
+        H::Oomkit => l.contains("\"message\":\"action\"") && l.contains("kill"),
+        H::Earlyoom => l.contains("sending SIG"),
+        H::Oomd => {
+            let l = l.to_ascii_lowercase();
+            l.contains("killed") || l.contains("killing")
+        }
+        H::Kernel => false,
+    }
+}
+
+fn ms(d: Option<Duration>) -> Value {
+    match d {
+        Some(d) => json!((d.as_secs_f64() * 10_000.0).round() / 10.0),
+        None => Value::Null,
+    }
+}
+
+/// N runs of one scenario with one handler.
+fn e2e(ctx: &mut Ctx, sc: Sc, h: H) -> TestResult {
+    if let Some(b) = h.binary() {
+        if !Path::new(b).exists() {
+            note(
+                ctx,
+                json!({"kind": "unavailable", "scenario": sc.name(), "handler": h.name(),
+                       "why": format!("{b} is not in the initramfs")}),
+            );
+            return Ok(Outcome::Skip(format!("{b} missing")));
+        }
+    }
+    let n = runs();
+    let mut summary = Vec::new();
+    for i in 0..n {
+        let r = one_run(ctx, sc, h, i)?;
+        summary.push(format!(
+            "{}:{}",
+            r["victim"].as_str().unwrap_or("none"),
+            r["signal_ms"]
+        ));
+        note(ctx, r);
+    }
+    Ok(Outcome::Pass(format!(
+        "{} × {} {}: {}",
+        n,
+        sc.name(),
+        h.name(),
+        summary.join(" ")
+    )))
+}
+
+fn one_run(ctx: &Ctx, sc: Sc, h: H, i: usize) -> Result<Value, Fail> {
+    // A fresh subtree per run: <base>/r<i>/machine[/app].
+    let (run_path, _) = parent_cgroup(ctx, &format!("r{i}"))?;
+    let machine_path = run_path.join("machine");
+    std::fs::create_dir_all(&machine_path)?;
+    write_file(
+        &machine_path.join("cgroup.subtree_control"),
+        "+memory +pids",
+    )?;
+    let (limited_path, max_mib, high_mib) = match sc {
+        Sc::Limit => {
+            let app = machine_path.join("app");
+            std::fs::create_dir_all(&app)?;
+            (app, 96, 48)
+        }
+        Sc::Priority => (machine_path.clone(), 112, 80),
+    };
+    let limited = Cgroup::open(&limited_path)?;
+    limited.set_memory_max(Limit::Bytes(max_mib * MIB))?;
+    if h.wants_high() {
+        limited.set_memory_high(Limit::Bytes(high_mib * MIB))?;
+    }
+    // The survivor holds a fixed size; the victim-to-be grows.
+    let (keep, grow, keep_cg, grow_cg, keep_mib) = match sc {
+        Sc::Limit => (
+            "main",
+            "leak",
+            limited_path.clone(),
+            limited_path.clone(),
+            16,
+        ),
+        Sc::Priority => {
+            let s = machine_path.join("service");
+            let b = machine_path.join("batch");
+            std::fs::create_dir_all(&s)?;
+            std::fs::create_dir_all(&b)?;
+            ("service", "batch", s, b, 64)
+        }
+    };
+    let prefer: Vec<Named<'_>> = vec![(grow, grow_cg.as_path())];
+    let avoid: Vec<Named<'_>> = vec![(keep, keep_cg.as_path())];
+    // In the limit scenario both processes share a cgroup: only names can tell them apart, and
+    // a cgroup-level prefer/avoid would apply to both, so the cgroup lists are dropped.
+    let (prefer_cg, avoid_cg) = match sc {
+        Sc::Limit => (Vec::new(), Vec::new()),
+        Sc::Priority => (prefer.clone(), avoid.clone()),
+    };
+    let mut handler = match h {
+        H::Earlyoom => start_handler(
+            ctx,
+            h,
+            &machine_path,
+            &limited_path,
+            high_mib,
+            &prefer,
+            &avoid,
+            64,
+        )?,
+        _ => start_handler(
+            ctx,
+            h,
+            &machine_path,
+            &limited_path,
+            high_mib,
+            &prefer_cg,
+            &avoid_cg,
+            64,
+        )?,
+    };
+    let mut w = Watcher::new()?;
+    let tok = w.add_memory_events(&limited, Scope::Hierarchical)?;
+    let kills_before = limited.memory_events()?.oom_kill.unwrap_or(0);
+
+    let mut keeper = hog(&keep_cg, keep, keep_mib, 8, false)?;
+    keeper.wait_line("done", Duration::from_secs(30))?;
+    let mut grower = hog(&grow_cg, grow, 0, 2, true)?;
+
+    let start = Instant::now();
+    let timeout = Duration::from_secs(60);
+    let mut onset: Option<Instant> = None;
+    let mut kernel_kill: Option<Instant> = None;
+    let mut signal: Option<(Instant, String)> = None;
+    let mut first_death: Option<(Instant, &'static str)> = None;
+    let mut back: Option<Instant> = None;
+    let mut peak: u64 = 0;
+    let mut kernel_kills = 0u64;
+    let mut note_text = String::new();
+    loop {
+        for ev in w.wait(Some(Duration::from_millis(2)))?.iter() {
+            if ev.token != tok {
+                continue;
+            }
+            if let EventKind::MemoryEvents(ch) = &ev.kind {
+                let now = Instant::now();
+                if onset.is_none()
+                    && ch.rose_by(MemoryEventKind::High) + ch.rose_by(MemoryEventKind::Max) > 0
+                {
+                    onset = Some(now);
+                }
+                if ch.rose_by(MemoryEventKind::OomKill) > 0 && kernel_kill.is_none() {
+                    kernel_kill = Some(now);
+                }
+            }
+        }
+        if let Some(r) = handler.as_mut() {
+            r.poll();
+            if signal.is_none() {
+                if let Some((t, l)) = r.lines.iter().find(|(_, l)| is_kill_line(h, l)) {
+                    signal = Some((*t, l.clone()));
+                }
+            }
+        }
+        let cur = limited.memory_current().unwrap_or(0);
+        if first_death.is_none() {
+            peak = peak.max(cur);
+            let now = Instant::now();
+            if grower.try_exited().is_some() {
+                first_death = Some((now, grow));
+            } else if keeper.try_exited().is_some() {
+                first_death = Some((now, keep));
+            }
+        }
+        if let Some((_, who)) = first_death {
+            let victim_size = if who == keep {
+                keep_mib * MIB
+            } else {
+                peak.saturating_sub(keep_mib * MIB)
+            };
+            if back.is_none() && cur <= peak.saturating_sub(victim_size / 2) {
+                back = Some(Instant::now());
+            }
+        }
+        let settled = first_death.is_some_and(|(t, _)| {
+            back.is_some()
+                && (signal.is_some()
+                    || kernel_kill.is_some()
+                    || t.elapsed() > Duration::from_secs(2))
+        });
+        if settled || first_death.is_some_and(|(t, _)| t.elapsed() > Duration::from_secs(5)) {
+            break;
+        }
+        if start.elapsed() > timeout {
+            note_text = format!("nobody died within {timeout:?} (current {} MiB)", cur >> 20);
+            break;
+        }
+    }
+    kernel_kills += limited
+        .memory_events()?
+        .oom_kill
+        .unwrap_or(0)
+        .saturating_sub(kills_before);
+    let keep_alive = keeper.try_exited().is_none();
+    let grow_alive = grower.try_exited().is_none();
+    let handler_signal = signal.as_ref().map(|(t, _)| *t);
+    // The kill signal: the handler's, or the kernel's if it fired first (or alone).
+    let sig = match (handler_signal, kernel_kill) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let kernel_first = kernel_kill.is_some_and(|k| handler_signal.is_none_or(|s| k <= s));
+    let since = |t: Option<Instant>| -> Option<Duration> {
+        Some(t?.checked_duration_since(onset?).unwrap_or(Duration::ZERO))
+    };
+    let victim = first_death.map(|(_, w)| w);
+    let right = victim == Some(grow) && keep_alive;
+    let log_tail = handler.as_ref().map(|r| r.tail(6)).unwrap_or_default();
+    stop(handler);
+    drop(keeper);
+    drop(grower);
+    Ok(json!({
+        "kind": "e2e",
+        "scenario": sc.name(),
+        "handler": h.name(),
+        "run": i,
+        "onset_seen": onset.is_some(),
+        "signal_ms": ms(since(sig)),
+        "handler_signal_ms": ms(since(handler_signal)),
+        "kernel_kill_ms": ms(since(kernel_kill)),
+        "exit_ms": ms(since(first_death.map(|(t, _)| t))),
+        "back_ms": ms(since(back)),
+        "victim": victim,
+        "survivor_alive": keep_alive,
+        "grower_alive": grow_alive,
+        "right_victim": right,
+        "kernel_oom_kills": kernel_kills,
+        "kernel_first": kernel_first,
+        "signal_line": signal.map(|(_, l)| l.chars().take(200).collect::<String>()),
+        "note": note_text,
+        "log_tail": if first_death.is_none() { log_tail } else { String::new() },
+    }))
+}
+
+/// `(VmRSS, VmHWM, VmLck)` in KiB and the context switches of all threads.
+fn proc_numbers(pid: i32) -> Result<(u64, u64, u64, u64, usize), Fail> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |k: &str| {
+        st.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (rss, hwm, lck) = (kib("VmRSS:"), kib("VmHWM:"), kib("VmLck:"));
+    let mut sw = 0;
+    let mut threads = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        let s = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        threads += 1;
+        for l in s.lines() {
+            if let Some(v) = l
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                sw += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    Ok((rss, hwm, lck, sw, threads))
+}
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// 10,000 cgroups; each handler's footprint and idle wakeups.
+fn footprint(ctx: &mut Ctx) -> TestResult {
+    let (fleet, _) = parent_cgroup(ctx, "fleet")?;
+    let t = Instant::now();
+    for i in 0..FLEET {
+        std::fs::create_dir(fleet.join(format!("c{i}")))?;
+    }
+    let created = t.elapsed();
+    let mut done = Vec::new();
+    for h in [H::Oomkit, H::Earlyoom, H::Oomd] {
+        if let Some(b) = h.binary() {
+            if !Path::new(b).exists() {
+                note(
+                    ctx,
+                    json!({"kind": "unavailable", "scenario": "footprint", "handler": h.name(),
+                           "why": format!("{b} is not in the initramfs")}),
+                );
+                continue;
+            }
+        }
+        let t = Instant::now();
+        let r = match start_handler(ctx, h, &fleet, &fleet, 1 << 20, &[], &[], FLEET + 64) {
+            Ok(r) => r,
+            Err(e) => {
+                note(
+                    ctx,
+                    json!({"kind": "unavailable", "scenario": "footprint", "handler": h.name(),
+                           "why": e.0}),
+                );
+                continue;
+            }
+        };
+        let Some(mut r) = r else { continue };
+        let pid = r.pid();
+        // Settled: the fd count (oomkit: two per cgroup) and RSS stop changing for 2 s.
+        let mut last = (0usize, 0u64);
+        let mut stable_since = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = (fd_count(pid), proc_numbers(pid)?.0);
+            if now != last {
+                last = now;
+                stable_since = Instant::now();
+            } else if stable_since.elapsed() >= Duration::from_secs(2) {
+                break;
+            }
+        }
+        let ready = t.elapsed().saturating_sub(Duration::from_secs(2));
+        r.poll();
+        let (rss, hwm, lck, sw0, threads) = proc_numbers(pid)?;
+        let t0 = Instant::now();
+        std::thread::sleep(IDLE);
+        let (_, _, _, sw1, _) = proc_numbers(pid)?;
+        let per_s = (sw1 - sw0) as f64 / t0.elapsed().as_secs_f64();
+        let fds = fd_count(pid);
+        note(
+            ctx,
+            json!({"kind": "footprint", "handler": h.name(), "cgroups": FLEET,
+                   "rss_kib": rss, "hwm_kib": hwm, "lck_kib": lck, "fds": fds,
+                   "threads": threads, "wakeups_per_s": (per_s * 100.0).round() / 100.0,
+                   "idle_s": IDLE.as_secs(), "settle_s": (ready.as_secs_f64() * 10.0).round() / 10.0,
+                   "log_tail": r.tail(3)}),
+        );
+        done.push(format!(
+            "{} rss {rss} KiB lck {lck} KiB {per_s:.2}/s",
+            h.name()
+        ));
+        stop(Some(r));
+    }
+    Ok(Outcome::Pass(format!(
+        "{FLEET} cgroups created in {:.1}s; {}",
+        created.as_secs_f64(),
+        done.join("; ")
+    )))
+}
