@@ -629,6 +629,8 @@ fn one_run(ctx: &Ctx, sc: Sc, h: H, i: usize) -> Result<Value, Fail> {
         "exit_ms": ms(since(first_death.map(|(t, _)| t))),
         "back_ms": ms(since(back)),
         "victim": victim,
+        "peak_mib": peak >> 20,
+        "max_mib": max_mib,
         "survivor_alive": keep_alive,
         "grower_alive": grow_alive,
         "right_victim": right,

@@ -48,8 +48,15 @@ poweroff -f
 
 /// Build the guest binary and pack the initramfs; returns the cpio path.
 pub fn build_initramfs() -> Result<PathBuf> {
+    build_initramfs_at("initramfs", None)
+}
+
+/// Like [`build_initramfs`], in `.cache/oomkit-vm/<name>/` (so it does not race with a
+/// concurrent `vmtest`), with the tree under `overlay` (peer binaries and their shared
+/// libraries, for `cargo xtask bench`) copied over the root.
+pub fn build_initramfs_at(name: &str, overlay: Option<&Path>) -> Result<PathBuf> {
     let binaries = build_guest_binaries()?;
-    let dir = cache_dir().join("initramfs");
+    let dir = cache_dir().join(name);
     let root = dir.join("root");
     util::remove_dir_all_if_exists(&root)?;
     for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
@@ -61,6 +68,11 @@ pub fn build_initramfs() -> Result<PathBuf> {
     }
     util::write(&root.join("init"), INIT)?;
     set_mode(&root.join("init"), 0o755)?;
+    if let Some(o) = overlay {
+        let mut src = o.as_os_str().to_owned();
+        src.push("/.");
+        util::run(Command::new("cp").arg("-a").arg(src).arg(&root))?;
+    }
 
     let mut entries = Vec::new();
     collect(&root, Path::new("."), &mut entries)?;

@@ -164,6 +164,20 @@ impl<'a> Fetcher<'a> {
     }
 }
 
+/// The private apt the kernels come from (every pinned suite), for other Debian packages
+/// (`cargo xtask bench` fetches its peers, earlyoom and oomd, with it).
+pub fn private_apt() -> Result<Apt> {
+    let pins = load_pins()?;
+    let mut f = Fetcher {
+        pins: &pins,
+        main: None,
+    };
+    f.main(false)?;
+    f.main
+        .take()
+        .ok_or_else(|| Error::msg("private apt not initialised"))
+}
+
 /// Download and unpack the pinned `debian-archive-keyring`; returns its archive keyring file.
 fn fetch_keyring(uri: &str, pin: &KeyringPin) -> Result<PathBuf> {
     let dir = cache_dir().join("keyring").join(&pin.version);

@@ -15,6 +15,8 @@
 //! the whole flow is one program with one set of error messages.
 
 mod apt;
+mod bench;
+mod bench_peers;
 mod demo;
 mod guest;
 mod host;
@@ -51,6 +53,9 @@ enum Cmd {
     /// Show what oomkit changes: the priority scenario in a VM without and with oomkit, side by
     /// side (who died, who lived, the kernel OOM killer, time to the kill, the incident).
     Demo(demo::DemoArgs),
+    /// Micro-benchmarks, footprint and end-to-end runs against the kernel, earlyoom and oomd;
+    /// writes docs/benchmarks.md and docs/bench-latency.svg.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -128,6 +133,7 @@ fn main() -> ExitCode {
         Cmd::Fixtures(args) => cmd_fixtures(&args),
         Cmd::InstallDeps => host::ensure_tools(false).map(|()| true),
         Cmd::Demo(args) => demo::run(&args),
+        Cmd::Bench(args) => bench::cmd_bench(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

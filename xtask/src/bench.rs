@@ -1,0 +1,719 @@
+//! `cargo xtask bench`: everything issue 5 measures, in one run, written to
+//! `docs/benchmarks.md` with a latency plot (`docs/bench-latency.svg`, drawn here).
+//!
+//! 1. Micro-benchmarks (criterion, short runs: this machine has 2 cores shared with others):
+//!    parsers on real fixtures, a one-cgroup snapshot, the watcher's cost per event against the
+//!    number of sources, priority-kill selection over 100 … 10,000 cgroups.
+//! 2. One VM (`oomkit.mode=bench`, one kernel, default 6.1) with the peers packed in: the
+//!    footprint of each handler over 10,000 cgroups, and N runs of the limit and priority
+//!    scenarios with the kernel alone, earlyoom, oomd and oomkit (see
+//!    `integration/src/bench.rs` for what is measured and how).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap::Args;
+use serde_json::Value;
+
+use crate::util::{self, Error, Result};
+use crate::{VmOptions, bench_peers, guest, host, kernels, qemu, repo_root};
+
+#[derive(Args, Clone)]
+pub struct BenchArgs {
+    /// The kernel to boot (as for `vmtest --kernel`).
+    #[arg(long, short = 'k', default_value = "6.1")]
+    kernel: String,
+    /// Runs per scenario and handler.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Skip the criterion micro-benchmarks (reuse the last results in target/criterion).
+    #[arg(long)]
+    no_micro: bool,
+    /// Skip the VM (footprint and end-to-end); the report keeps only the micro-benchmarks.
+    #[arg(long)]
+    no_vm: bool,
+    /// Guest memory in MiB (10,000 memory cgroups need room of their own).
+    #[arg(long, default_value_t = 1024)]
+    memory_mib: u32,
+    /// Stream the guest's console.
+    #[arg(long, short = 'v')]
+    verbose: bool,
+    /// Accelerator.
+    #[arg(long, default_value = "auto")]
+    accel: qemu::AccelChoice,
+    /// Do not install missing host tools.
+    #[arg(long)]
+    no_install: bool,
+}
+
+const MICRO_ARGS: [&str; 4] = ["--warm-up-time", "1", "--measurement-time", "2"];
+
+pub fn cmd_bench(args: &BenchArgs) -> Result<bool> {
+    let mut micro = Vec::new();
+    if !args.no_micro {
+        run_micro()?;
+    }
+    collect_micro(&criterion_dir(), &mut micro)?;
+    let mut vm = None;
+    if !args.no_vm {
+        vm = Some(run_vm(args)?);
+    }
+    let report = render(args, &micro, vm.as_ref());
+    let docs = repo_root().join("docs");
+    util::create_dir_all(&docs)?;
+    util::write(&docs.join("benchmarks.md"), report)?;
+    if let Some(vm) = &vm {
+        util::write(&docs.join("bench-latency.svg"), svg(&vm.e2e))?;
+    }
+    println!("xtask: wrote docs/benchmarks.md");
+    Ok(true)
+}
+
+fn criterion_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    target.join("criterion")
+}
+
+fn run_micro() -> Result<()> {
+    for (pkg, benches) in [
+        ("oomkit", vec!["parse", "snapshot", "watcher"]),
+        ("oomkit-handlers", vec!["select"]),
+    ] {
+        let mut cmd = Command::new(util::cargo());
+        cmd.args(["bench", "-p", pkg]);
+        for b in &benches {
+            cmd.args(["--bench", b]);
+        }
+        cmd.arg("--").args(MICRO_ARGS).current_dir(repo_root());
+        println!("==> cargo bench -p {pkg} ({})", benches.join(", "));
+        if !util::run_status(&mut cmd)? {
+            return Err(Error::msg(format!("cargo bench -p {pkg} failed")));
+        }
+    }
+    Ok(())
+}
+
+/// One criterion result: id, median and its 95 % interval, in nanoseconds.
+struct Micro {
+    id: String,
+    median: f64,
+    lo: f64,
+    hi: f64,
+}
+
+fn collect_micro(dir: &Path, out: &mut Vec<Micro>) -> Result<()> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.file_name().is_some_and(|n| n == "new") {
+            let (Ok(b), Ok(est)) = (
+                util::read_to_string(&p.join("benchmark.json")),
+                util::read_to_string(&p.join("estimates.json")),
+            ) else {
+                continue;
+            };
+            let (Ok(b), Ok(est)) = (
+                serde_json::from_str::<Value>(&b),
+                serde_json::from_str::<Value>(&est),
+            ) else {
+                continue;
+            };
+            let m = &est["median"];
+            if let (Some(id), Some(med)) = (b["full_id"].as_str(), m["point_estimate"].as_f64()) {
+                out.push(Micro {
+                    id: id.to_string(),
+                    median: med,
+                    lo: m["confidence_interval"]["lower_bound"]
+                        .as_f64()
+                        .unwrap_or(med),
+                    hi: m["confidence_interval"]["upper_bound"]
+                        .as_f64()
+                        .unwrap_or(med),
+                });
+            }
+        } else if p.is_dir() && p.file_name().is_some_and(|n| n != "report") {
+            collect_micro(&p, out)?;
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(())
+}
+
+struct VmResult {
+    release: String,
+    kernel: String,
+    e2e: Vec<Value>,
+    footprint: Vec<Value>,
+    unavailable: Vec<Value>,
+    results: Vec<(String, String, String)>,
+    peers: Vec<(String, String)>,
+    peer_problems: Vec<String>,
+    memory_mib: u32,
+}
+
+fn run_vm(args: &BenchArgs) -> Result<VmResult> {
+    host::ensure_tools(args.no_install)?;
+    let pins = kernels::load_pins()?;
+    let selected = kernels::select(&pins, std::slice::from_ref(&args.kernel))?;
+    let Some(&first) = selected.first() else {
+        return Err(Error::msg("no kernel selected"));
+    };
+    let images = kernels::fetch_all(&pins, &[first])?;
+    let peers = bench_peers::prepare()?;
+    for p in &peers.problems {
+        println!("xtask: peer problem: {p}");
+    }
+    let initrd = guest::build_initramfs_at("initramfs-bench", Some(&peers.overlay))?;
+    let accel = qemu::resolve_accel(args.accel, &images[0], &initrd, args.verbose);
+    let opts = VmOptions {
+        verbose: args.verbose,
+        jobs: Some(1),
+        smp: 1,
+        memory_mib: args.memory_mib,
+        accel: args.accel,
+        no_install: args.no_install,
+    };
+    let cmdline = vec![
+        "oomkit.mode=bench".to_string(),
+        format!("oomkit.runs={}", args.runs),
+    ];
+    let runs = qemu::run_matrix(&images, &initrd, &cmdline, &opts, accel, false)?;
+    let Some(run) = runs.into_iter().next() else {
+        return Err(Error::msg("the bench VM reported nothing"));
+    };
+    let mut v = VmResult {
+        release: run.guest_release.clone().unwrap_or_default(),
+        kernel: format!("{} ({})", run.kernel.name, run.kernel.version),
+        e2e: Vec::new(),
+        footprint: Vec::new(),
+        unavailable: Vec::new(),
+        results: run
+            .results
+            .iter()
+            .map(|r| (r.name.clone(), format!("{:?}", r.status), r.detail.clone()))
+            .collect(),
+        peers: peers.versions,
+        peer_problems: peers.problems,
+        memory_mib: args.memory_mib,
+    };
+    for (_, text) in &run.notes {
+        let Ok(j) = serde_json::from_str::<Value>(text) else {
+            continue;
+        };
+        match j["kind"].as_str() {
+            Some("e2e") => v.e2e.push(j),
+            Some("footprint") => v.footprint.push(j),
+            Some("unavailable") => v.unavailable.push(j),
+            _ => {}
+        }
+    }
+    util::write(
+        &crate::cache_dir().join("bench-notes.json"),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "e2e": v.e2e, "footprint": v.footprint, "unavailable": v.unavailable,
+        }))
+        .unwrap_or_default(),
+    )?;
+    if let Some(p) = &run.problem {
+        println!("xtask: the bench VM had a problem: {p}");
+    }
+    Ok(v)
+}
+
+const HANDLERS: [&str; 4] = ["kernel", "earlyoom", "oomd", "oomkit"];
+const SCENARIOS: [&str; 2] = ["limit", "priority"];
+
+fn fmt_ns(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
+fn median(v: &mut [f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// Median, min, max of a metric over the runs that have it, and how many do.
+struct Stat {
+    med: Option<f64>,
+    min: f64,
+    max: f64,
+    n: usize,
+}
+
+fn stat(runs: &[&Value], key: &str) -> Stat {
+    let mut v: Vec<f64> = runs.iter().filter_map(|r| r[key].as_f64()).collect();
+    let n = v.len();
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    Stat {
+        med: median(&mut v),
+        min,
+        max,
+        n,
+    }
+}
+
+fn fmt_ms(s: &Stat, total: usize) -> String {
+    match s.med {
+        None => "–".to_string(),
+        Some(m) => {
+            let part = if s.n < total {
+                format!(" ({}/{total} runs)", s.n)
+            } else {
+                String::new()
+            };
+            format!("{m:.0} [{:.0}–{:.0}]{part}", s.min, s.max)
+        }
+    }
+}
+
+fn runs_of<'a>(e2e: &'a [Value], sc: &str, h: &str) -> Vec<&'a Value> {
+    e2e.iter()
+        .filter(|r| r["scenario"] == sc && r["handler"] == h)
+        .collect()
+}
+
+fn host_cpu() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn today() -> String {
+    util::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn micro_get<'a>(m: &'a [Micro], id: &str) -> Option<&'a Micro> {
+    m.iter().find(|x| x.id == id)
+}
+
+fn render(args: &BenchArgs, micro: &[Micro], vm: Option<&VmResult>) -> String {
+    let mut s = String::new();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let _ = writeln!(s, "# oomkit benchmarks\n");
+    let _ = writeln!(
+        s,
+        "Generated by `cargo xtask bench` on {} — host: {} ({} cores); VM: qemu TCG (no KVM on this \
+         host), 1 vCPU, {} MiB, kernel {}. Every number below comes from that one run; rerun the \
+         command to reproduce (`--kernel 6.12`, `--runs 10`, `--no-vm` for the micro-benchmarks \
+         only).\n",
+        today(),
+        host_cpu(),
+        cores,
+        vm.map_or(args.memory_mib, |v| v.memory_mib),
+        vm.map_or_else(
+            || "(no VM run)".to_string(),
+            |v| format!("{} (`{}`)", v.kernel, v.release)
+        )
+    );
+    let _ = writeln!(
+        s,
+        "TCG emulates the guest CPU in software, several times slower than hardware, so absolute \
+         guest latencies are pessimistic; the comparison between handlers is what counts (same \
+         kernel, same VM, same workload, one after the other).\n"
+    );
+
+    // --- end to end
+    if let Some(vm) = vm {
+        let _ = writeln!(s, "## End to end: reaction to memory pressure\n");
+        let _ = writeln!(
+            s,
+            "Two scenarios (`integration/src/bench.rs`), {} runs per handler. Times in ms from the \
+             **onset of pressure** — the first `high` event on the limited cgroup for handlers \
+             that use `memory.high` as their early warning (oomkit, oomd), the first `max` event \
+             otherwise (the kernel alone and earlyoom get `memory.max` only: a `memory.high` \
+             without a handler just stalls the job) — to the first kill signal (the handler's log \
+             line, or the kernel's `oom_kill` event), to the victim's exit, and to its memory \
+             being back. Median [min–max].\n",
+            args.runs
+        );
+        let _ = writeln!(
+            s,
+            "* **limit**: `machine/app` (memory.max 96 MiB; memory.high 48 MiB with oomkit/oomd) \
+             holds `main` (16 MiB, must survive) and `leak` (grows 2 MiB at a time: the right \
+             victim).\n\
+             * **priority**: `machine` (memory.max 112 MiB; memory.high 80 MiB with oomkit/oomd) \
+             holds `service` (64 MiB, priority 100 / `--avoid` / `oomd_avoid`, must survive) and \
+             `batch` (grows towards 72 MiB, priority −100 / `--prefer` / `oomd_prefer`: the \
+             right victim). The kernel's OOM killer takes the largest: the service.\n"
+        );
+        let _ = writeln!(
+            s,
+            "Peers: {} — earlyoom `-r 3600 --prefer '^(batch|leak)$' --avoid \
+             '^(service|main|oomkit-guest|oomkit)$'` (its documented way to protect a service); \
+             oomd `--interval 1` (Debian's default) with one ruleset: `memory_above` \
+             (memory.high) or `pressure_above` (memory, 10 %) on the limited cgroup → \
+             `kill_by_memory_size_or_growth` on the machine's children, with \
+             `trusted.oomd_prefer`/`oomd_avoid` xattrs; oomkit `priority-kill`, process \
+             granularity, batch at −100 by glob, service at 100 by xattr.\n",
+            vm.peers
+                .iter()
+                .map(|(p, v)| format!("{p} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for sc in SCENARIOS {
+            let _ = writeln!(s, "### {sc}\n");
+            let _ = writeln!(
+                s,
+                "| handler | runs | → signal | → victim exit | → memory back | right victim | kernel OOM killer fired (first) | usage at kill / max (MiB) |"
+            );
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+            for h in HANDLERS {
+                let rs = runs_of(&vm.e2e, sc, h);
+                if rs.is_empty() {
+                    let why = vm
+                        .unavailable
+                        .iter()
+                        .find(|u| u["handler"] == h && u["scenario"] == sc)
+                        .and_then(|u| u["why"].as_str())
+                        .map(str::to_string)
+                        .or_else(|| {
+                            vm.results
+                                .iter()
+                                .find(|(n, _, _)| n == &format!("bench_e2e_{sc}_{h}"))
+                                .map(|(_, st, d)| format!("{st}: {d}"))
+                        })
+                        .unwrap_or_else(|| "no result".into());
+                    let _ = writeln!(s, "| {h} | 0 | could not run: {why} | | | | | |");
+                    continue;
+                }
+                let n = rs.len();
+                let right = rs.iter().filter(|r| r["right_victim"] == true).count();
+                let kfired = rs
+                    .iter()
+                    .filter(|r| r["kernel_oom_kills"].as_u64().unwrap_or(0) > 0)
+                    .count();
+                let kfirst = rs.iter().filter(|r| r["kernel_first"] == true).count();
+                let victims: BTreeMap<String, usize> =
+                    rs.iter().fold(BTreeMap::new(), |mut m, r| {
+                        *m.entry(r["victim"].as_str().unwrap_or("nobody").to_string())
+                            .or_default() += 1;
+                        m
+                    });
+                let vtext = victims
+                    .iter()
+                    .map(|(k, c)| format!("{k} ×{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let peak = stat(&rs, "peak_mib");
+                let max = rs.first().and_then(|r| r["max_mib"].as_u64()).unwrap_or(0);
+                let _ = writeln!(
+                    s,
+                    "| {h} | {n} | {} | {} | {} | {right}/{n} ({vtext}) | {kfired}/{n} ({kfirst}) | {} / {max} |",
+                    fmt_ms(&stat(&rs, "signal_ms"), n),
+                    fmt_ms(&stat(&rs, "exit_ms"), n),
+                    fmt_ms(&stat(&rs, "back_ms"), n),
+                    peak.med.map_or("–".into(), |m| format!("{m:.0}")),
+                );
+            }
+            // Ratios against the best peer that picked the right victim every time.
+            let metric = |h: &str, k: &str| stat(&runs_of(&vm.e2e, sc, h), k).med;
+            let mut lines = Vec::new();
+            for key in ["signal_ms", "exit_ms", "back_ms"] {
+                let best = HANDLERS
+                    .iter()
+                    .filter(|h| **h != "oomkit")
+                    .filter_map(|h| metric(h, key).map(|m| (*h, m)))
+                    .min_by(|a, b| a.1.total_cmp(&b.1));
+                if let (Some((bh, bm)), Some(om)) = (best, metric("oomkit", key)) {
+                    lines.push(format!(
+                        "{key}: oomkit {om:.0} ms vs best peer {bh} {bm:.0} ms → ×{:.2}",
+                        if bm > 0.0 { om / bm } else { f64::INFINITY }
+                    ));
+                }
+            }
+            if !lines.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "\nRatio oomkit / best peer (by median; lower is better; the kernel's onset is \
+                     the wall itself, see below): {}.\n",
+                    lines.join("; ")
+                );
+            }
+        }
+        let _ = writeln!(s, "![reaction latency](bench-latency.svg)\n");
+
+        let _ = writeln!(s, "## Footprint with 10,000 cgroups\n");
+        let _ = writeln!(
+            s,
+            "10,000 child cgroups (memory controller on) under one parent; each handler is \
+             started on it alone, left to settle (fd count and RSS unchanged for 2 s), then \
+             `/proc/PID/status` (VmRSS, VmHWM, VmLck) and the voluntary + involuntary context \
+             switches of all its threads over 10 s of idleness.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| handler | watches | VmRSS (MiB) | VmHWM (MiB) | VmLck (MiB) | fds | threads | wakeups/s idle | settle (s) |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+        for h in ["oomkit", "earlyoom", "oomd"] {
+            if let Some(f) = vm.footprint.iter().find(|f| f["handler"] == h) {
+                let mib = |k: &str| f[k].as_f64().unwrap_or(0.0) / 1024.0;
+                let watches = match h {
+                    "oomkit" => "every cgroup's memory.events.local (epoll) + inotify tree",
+                    "earlyoom" => "/proc/meminfo only (no cgroups)",
+                    _ => "a ruleset on the 10,000 children, polled every interval",
+                };
+                let _ = writeln!(
+                    s,
+                    "| {h} | {watches} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
+                    mib("rss_kib"),
+                    mib("hwm_kib"),
+                    mib("lck_kib"),
+                    f["fds"],
+                    f["threads"],
+                    f["wakeups_per_s"],
+                    f["settle_s"]
+                );
+            } else {
+                let why = vm
+                    .unavailable
+                    .iter()
+                    .find(|u| u["handler"] == h && u["scenario"] == "footprint")
+                    .and_then(|u| u["why"].as_str())
+                    .unwrap_or("no result");
+                let _ = writeln!(s, "| {h} | could not run: {why} | | | | | | | |");
+            }
+        }
+        let _ = writeln!(s);
+        if !vm.peer_problems.is_empty() {
+            let _ = writeln!(
+                s,
+                "Peer packaging problems: {}\n",
+                vm.peer_problems.join("; ")
+            );
+        }
+        let _ = writeln!(s, "Guest cases:\n");
+        for (n, st, d) in &vm.results {
+            let _ = writeln!(s, "* `{n}` {st}: {d}");
+        }
+        let _ = writeln!(s);
+    }
+
+    // --- micro
+    let _ = writeln!(s, "## Micro-benchmarks (host, criterion)\n");
+    let _ = writeln!(
+        s,
+        "`cargo bench -p oomkit --bench parse --bench snapshot --bench watcher` and `cargo bench \
+         -p oomkit-handlers --bench select`, run with `--warm-up-time 1 --measurement-time 2` \
+         (and 10 samples for selection): short runs on a shared 2-core machine, so read the \
+         interval, not the last digit. The host's memory controller is cgroup v1, so cgroup \
+         files are plain files in a temporary folder (`CgroupFs::from_dir_unchecked`): the SDK's \
+         open/read/parse path is measured, not kernfs.\n"
+    );
+    let _ = writeln!(s, "| benchmark | median | 95 % interval |");
+    let _ = writeln!(s, "|---|---|---|");
+    for m in micro {
+        let _ = writeln!(
+            s,
+            "| `{}` | {} | {} – {} |",
+            m.id,
+            fmt_ns(m.median),
+            fmt_ns(m.lo),
+            fmt_ns(m.hi)
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "### Goals\n");
+    let sel = |id: &str| micro_get(micro, id).map(|m| m.median);
+    if let Some(kc) = sel("select_kernel_host/cgroup/10000") {
+        let verdict = if kc < 10e6 { "met" } else { "**not met**" };
+        let _ = writeln!(
+            s,
+            "* Selection over 10,000 cgroups under 10 ms: {verdict} for the real host — {} at \
+             cgroup granularity, {} at process granularity (10 processes per cgroup, 100,000 \
+             process reads); the policy alone (in-memory host) takes {} / {}.",
+            fmt_ns(kc),
+            sel("select_kernel_host/process/10000").map_or("–".into(), fmt_ns),
+            sel("select_mem_host/cgroup/10000").map_or("–".into(), fmt_ns),
+            sel("select_mem_host/process/10000").map_or("–".into(), fmt_ns),
+        );
+    }
+    if let (Some(a), Some(b)) = (
+        sel("watcher_event/dispatch_and_reread/10"),
+        sel("watcher_event/dispatch_and_reread/10000"),
+    ) {
+        let verdict = if b < a * 1.5 { "met" } else { "**not met**" };
+        let _ = writeln!(
+            s,
+            "* Cost per event independent of the number of cgroups watched: {verdict} — {} with \
+             10 sources, {} with 10,000 (×{:.1}).",
+            fmt_ns(a),
+            fmt_ns(b),
+            b / a
+        );
+    }
+    let _ = writeln!(s);
+    s.push_str(ANALYSIS);
+    s
+}
+
+/// The part of the report that explains rather than measures. It states what the numbers above
+/// mean structurally; it is kept in code so the command rewrites the whole document.
+const ANALYSIS: &str = r#"## Where oomkit is not at least as good as every peer, and why
+
+* **Selection cost grows with the tree, and misses 10 ms at 10,000 cgroups on a real host.**
+  Every decision snapshots *every* cgroup in scope (`Engine::snapshot` →
+  `KernelHost::read_usage`: `openat` + `read` + `close` of `memory.current` and
+  `memory.swap.current` each, about 9 µs per cgroup here), then process granularity reads
+  `/proc` for every process of every candidate cgroup. The policy itself is cheap at cgroup
+  granularity; at process granularity it is quadratic: `View::processes` finds a cgroup's slice
+  with a linear search of `Snapshot::proc_index` (sdk/src/engine/snapshot.rs), so 10,000 cgroups
+  cost 5·10⁷ comparisons. Fixes (SDK, not done here): index `proc_index` by `CgroupId` slot; keep
+  `memory.current` fds open and `pread` them (one syscall instead of three); prune by tier (read
+  the tiers' parents, descend only into the lowest non-empty tier) instead of reading all
+  leaves. The kernel's OOM killer and earlyoom walk every process too (`oom_badness` /
+  `/proc/*/oom_score`), but in-kernel or without per-cgroup files.
+* **Footprint.** oomkit holds two fds per watched cgroup (its directory and
+  `memory.events.local`) plus an inotify watch, and with the default `mlock = "all"` locks all of
+  it: see VmLck above. earlyoom watches nothing but `/proc/meminfo` and is far smaller. oomkit
+  does not raise `RLIMIT_NOFILE` itself: with the common soft limit of 1024 it cannot watch more
+  than about 500 cgroups (the bench raises the limit to 65,536 before starting each handler).
+* **Idle wakeups.** oomkit has no timer when nothing happens; earlyoom polls `/proc/meminfo`
+  (adaptively, at least every second) and oomd runs its ruleset every interval (1 s), reading
+  its cgroups each time — see the wakeups column.
+* **The kernel alone reacts fastest after its own onset**: its onset *is* the wall
+  (`memory.max`), where it kills within the same allocation. oomkit and oomd start earlier, at
+  `memory.high`, spend time deciding (oomkit samples reclaim progress before acting on a `high`
+  event; oomd only looks once per interval) while the kernel throttles the job, and act with
+  headroom left (usage at kill vs max). Compare "usage at kill" as well as the times.
+* **earlyoom cannot see cgroup limits**: it acts on system-wide available memory and swap only,
+  so in both scenarios the cgroup's `memory.max` is reached while the machine has plenty free,
+  and the kernel's OOM killer acts first (and, in the priority scenario, takes the service).
+* **oomd kills whole cgroups**: in the limit scenario `main` and `leak` share a cgroup, so its
+  kill takes both.
+"#;
+
+/// Horizontal bars: median onset → victim exit per scenario and handler, min–max whiskers, log
+/// scale. Plain SVG text, no dependencies.
+pub fn svg(e2e: &[Value]) -> String {
+    let row_h = 26.0;
+    let left = 170.0;
+    let width = 900.0;
+    let plot_w = width - left - 60.0;
+    let rows: Vec<(String, Option<Stat>, usize, usize)> = SCENARIOS
+        .iter()
+        .flat_map(|sc| {
+            HANDLERS.iter().map(move |h| {
+                let rs = runs_of(e2e, sc, h);
+                let st = stat(&rs, "exit_ms");
+                let right = rs.iter().filter(|r| r["right_victim"] == true).count();
+                (format!("{sc} / {h}"), st.med.map(|_| st), right, rs.len())
+            })
+        })
+        .collect();
+    let height = 70.0 + row_h * rows.len() as f64 + 40.0;
+    // Log axis from 1 ms to 100 s.
+    let (lo, hi) = (0.0_f64, 5.0_f64);
+    let x = |ms: f64| left + (ms.max(1.0).log10() - lo) / (hi - lo) * plot_w;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="{left}" y="20" font-size="14" font-weight="bold">Pressure onset → victim exit (ms, log scale; median, min–max)</text>"#
+    );
+    for d in 0..=5 {
+        let ms = 10f64.powi(d);
+        let xx = x(ms);
+        let label = if ms >= 1000.0 {
+            format!("{} s", ms / 1000.0)
+        } else {
+            format!("{ms} ms")
+        };
+        let _ = writeln!(
+            s,
+            r##"<line x1="{xx:.1}" y1="40" x2="{xx:.1}" y2="{:.1}" stroke="#ddd"/><text x="{xx:.1}" y="{:.1}" text-anchor="middle" fill="#555">{label}</text>"##,
+            height - 35.0,
+            height - 20.0
+        );
+    }
+    for (i, (label, st, right, n)) in rows.iter().enumerate() {
+        let y = 50.0 + row_h * i as f64;
+        let color = match label.rsplit(" / ").next() {
+            Some("oomkit") => "#2b7bb9",
+            Some("oomd") => "#e08a2c",
+            Some("earlyoom") => "#5aa55a",
+            _ => "#888888",
+        };
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{label}</text>"#,
+            left - 8.0,
+            y + 15.0
+        );
+        match st {
+            Some(st) => {
+                let m = st.med.unwrap_or(1.0);
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{left}" y="{:.1}" width="{:.1}" height="16" fill="{color}"/>"#,
+                    y + 3.0,
+                    (x(m) - left).max(1.0)
+                );
+                let _ = writeln!(
+                    s,
+                    r#"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="black"/><line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="black"/><line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="black"/>"#,
+                    x(st.min),
+                    y + 11.0,
+                    x(st.max),
+                    y + 11.0,
+                    x(st.min),
+                    y + 6.0,
+                    x(st.min),
+                    y + 16.0,
+                    x(st.max),
+                    y + 6.0,
+                    x(st.max),
+                    y + 16.0
+                );
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{:.1}" y="{:.1}">{m:.0} ms, right victim {right}/{n}</text>"#,
+                    x(st.max) + 6.0,
+                    y + 15.0
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    r##"<text x="{:.1}" y="{:.1}" fill="#a00">no data</text>"##,
+                    left + 4.0,
+                    y + 15.0
+                );
+            }
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
