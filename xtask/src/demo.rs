@@ -223,3 +223,42 @@ fn print_run(run: &KernelRun, accel: &str) -> bool {
     }
     service_saved && clean
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_from_the_guest_notes() {
+        let without: Value = serde_json::from_str(
+            r#"{"batch":"alive","first_dead":"service","incident":null,"label":"without oomkit",
+                "machine_oom_kill":1,"pressure_to_kill_ms":85.6,"service":"SIGKILL","vmstat_oom_kill":1}"#,
+        )
+        .unwrap();
+        let a = column(&without);
+        assert_eq!(a[0], "service (SIGKILL)");
+        assert_eq!(a[1], "batch job");
+        assert_eq!(a[3], "the kernel OOM killer");
+        assert_eq!(a[4], "YES (oom_kill +1)");
+        assert_eq!(a[5], "86 ms");
+        let with: Value = serde_json::from_str(
+            r#"{"batch":"SIGKILL","first_dead":"batch","label":"with oomkit","machine_oom_kill":0,
+                "pressure_to_kill_ms":71.3,"service":"alive","vmstat_oom_kill":0,
+                "incident":{"outcome":"acted","reason":"tier -100, largest","plan":["kill_process"],
+                "timings_ms":{"decided":39.2,"signal_sent":50.9,"victim_exited":55.7,"memory_back":56.1}}}"#,
+        )
+        .unwrap();
+        let b = column(&with);
+        assert_eq!(b[0], "batch job (SIGKILL)");
+        assert_eq!(b[1], "service");
+        assert_eq!(b[3], "oomkit");
+        assert_eq!(b[4], "no (oom_kill +0)");
+        assert_eq!(b[6], "acted: tier -100, largest");
+        assert_eq!(
+            b[7],
+            "decided 39 ms, SIGKILL 51 ms, exited 56 ms, memory back 56 ms"
+        );
+        assert_eq!(a.len(), LABELS.len());
+        assert_eq!(b.len(), LABELS.len());
+    }
+}
