@@ -360,7 +360,7 @@ fn start_handler(
                             "cgroup": rel(limited), "resource": "memory", "threshold": "10", "duration": "0"}}]
                     ],
                     "actions": [{"name": "kill_by_memory_size_or_growth", "args": {
-                        "cgroup": format!("{}/*", rel(managed)), "post_action_delay": "1"}}]
+                        "cgroup": format!("{}/*", rel(limited)), "post_action_delay": "1"}}]
                 }]
             });
             let path = dir.join("oomd.json");
@@ -400,7 +400,7 @@ fn stop(r: Option<Running>) {
 fn is_kill_line(h: H, l: &str) -> bool {
     match h {
         H::Oomkit => l.contains("\"message\":\"action\"") && l.contains("kill"),
-        H::Earlyoom => l.contains("sending SIG"),
+        H::Earlyoom => l.contains("sending SIG") && l.contains(" to process "),
         H::Oomd => {
             let l = l.to_ascii_lowercase();
             l.contains("killed") || l.contains("killing")
@@ -461,6 +461,7 @@ fn one_run(ctx: &Ctx, sc: Sc, h: H, i: usize) -> Result<Value, Fail> {
         Sc::Limit => {
             let app = machine_path.join("app");
             std::fs::create_dir_all(&app)?;
+            write_file(&app.join("cgroup.subtree_control"), "+memory +pids")?;
             (app, 96, 48)
         }
         Sc::Priority => (machine_path.clone(), 112, 80),
@@ -471,52 +472,28 @@ fn one_run(ctx: &Ctx, sc: Sc, h: H, i: usize) -> Result<Value, Fail> {
         limited.set_memory_high(Limit::Bytes(high_mib * MIB))?;
     }
     // The survivor holds a fixed size; the victim-to-be grows.
-    let (keep, grow, keep_cg, grow_cg, keep_mib) = match sc {
-        Sc::Limit => (
-            "main",
-            "leak",
-            limited_path.clone(),
-            limited_path.clone(),
-            16,
-        ),
-        Sc::Priority => {
-            let s = machine_path.join("service");
-            let b = machine_path.join("batch");
-            std::fs::create_dir_all(&s)?;
-            std::fs::create_dir_all(&b)?;
-            ("service", "batch", s, b, 64)
-        }
+    // Each process in its own leaf below the limited cgroup (workloads name themselves after
+    // their cgroup, which is what earlyoom's regexes see).
+    let (keep, grow, keep_mib) = match sc {
+        Sc::Limit => ("main", "leak", 16),
+        Sc::Priority => ("service", "batch", 64),
     };
+    let keep_cg = limited_path.join(keep);
+    let grow_cg = limited_path.join(grow);
+    std::fs::create_dir_all(&keep_cg)?;
+    std::fs::create_dir_all(&grow_cg)?;
     let prefer: Vec<Named<'_>> = vec![(grow, grow_cg.as_path())];
     let avoid: Vec<Named<'_>> = vec![(keep, keep_cg.as_path())];
-    // In the limit scenario both processes share a cgroup: only names can tell them apart, and
-    // a cgroup-level prefer/avoid would apply to both, so the cgroup lists are dropped.
-    let (prefer_cg, avoid_cg) = match sc {
-        Sc::Limit => (Vec::new(), Vec::new()),
-        Sc::Priority => (prefer.clone(), avoid.clone()),
-    };
-    let mut handler = match h {
-        H::Earlyoom => start_handler(
-            ctx,
-            h,
-            &machine_path,
-            &limited_path,
-            high_mib,
-            &prefer,
-            &avoid,
-            64,
-        )?,
-        _ => start_handler(
-            ctx,
-            h,
-            &machine_path,
-            &limited_path,
-            high_mib,
-            &prefer_cg,
-            &avoid_cg,
-            64,
-        )?,
-    };
+    let mut handler = start_handler(
+        ctx,
+        h,
+        &machine_path,
+        &limited_path,
+        high_mib,
+        &prefer,
+        &avoid,
+        64,
+    )?;
     let mut w = Watcher::new()?;
     let tok = w.add_memory_events(&limited, Scope::Hierarchical)?;
     let kills_before = limited.memory_events()?.oom_kill.unwrap_or(0);
@@ -555,7 +532,11 @@ fn one_run(ctx: &Ctx, sc: Sc, h: H, i: usize) -> Result<Value, Fail> {
         if let Some(r) = handler.as_mut() {
             r.poll();
             if signal.is_none() {
-                if let Some((t, l)) = r.lines.iter().find(|(_, l)| is_kill_line(h, l)) {
+                if let Some((t, l)) = r
+                    .lines
+                    .iter()
+                    .find(|(t, l)| *t >= start && is_kill_line(h, l))
+                {
                     signal = Some((*t, l.clone()));
                 }
             }

@@ -357,8 +357,8 @@ fn render(args: &BenchArgs, micro: &[Micro], vm: Option<&VmResult>) -> String {
         let _ = writeln!(
             s,
             "* **limit**: `machine/app` (memory.max 96 MiB; memory.high 48 MiB with oomkit/oomd) \
-             holds `main` (16 MiB, must survive) and `leak` (grows 2 MiB at a time: the right \
-             victim).\n\
+             holds `app/main` (16 MiB, must survive) and `app/leak` (grows 2 MiB at a time: the \
+             right victim).\n\
              * **priority**: `machine` (memory.max 112 MiB; memory.high 80 MiB with oomkit/oomd) \
              holds `service` (64 MiB, priority 100 / `--avoid` / `oomd_avoid`, must survive) and \
              `batch` (grows towards 72 MiB, priority −100 / `--prefer` / `oomd_prefer`: the \
@@ -608,8 +608,9 @@ const ANALYSIS: &str = r#"## Where oomkit is not at least as good as every peer,
 * **earlyoom cannot see cgroup limits**: it acts on system-wide available memory and swap only,
   so in both scenarios the cgroup's `memory.max` is reached while the machine has plenty free,
   and the kernel's OOM killer acts first (and, in the priority scenario, takes the service).
-* **oomd kills whole cgroups**: in the limit scenario `main` and `leak` share a cgroup, so its
-  kill takes both.
+* **oomd kills whole cgroups**: here every process has a leaf cgroup of its own, so that costs
+  nothing; with processes sharing a cgroup its kill takes them all (an earlier version of this
+  bench, with `main` and `leak` in one cgroup, saw oomd kill both).
 "#;
 
 /// Horizontal bars: median onset → victim exit per scenario and handler, min–max whiskers, log
