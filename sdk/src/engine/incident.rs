@@ -87,6 +87,19 @@ pub fn to_json(ep: &Episode, tree: &Tree, handler: &str, dry_run: bool) -> Value
         .flatten()
         .map(|r| json!({"action": r.action.name(), "cgroup": path(r.action.cgroup()), "reason": r.reason}))
         .collect();
+    // What a dry run would have killed, readable without parsing `detail`.
+    let would_kill: Vec<Value> = ep
+        .plan
+        .steps()
+        .filter(|s| dry_run && s.action.is_kill())
+        .map(|s| {
+            let pid = match s.action {
+                super::Action::KillProcess { pid, .. } => Some(pid),
+                _ => None,
+            };
+            json!({"action": s.action.name(), "cgroup": path(s.action.cgroup()), "pid": pid})
+        })
+        .collect();
     let mut stat = serde_json::Map::new();
     if let Ok(Value::Object(known)) = serde_json::to_value(&ep.scope_stat_before) {
         for (k, v) in known {
@@ -114,6 +127,7 @@ pub fn to_json(ep: &Episode, tree: &Tree, handler: &str, dry_run: bool) -> Value
         "plan": steps,
         "refused": refusals,
         "victims": victims,
+        "would_kill": would_kill,
         "escalations": ep.escalations,
         "error": ep.last_error,
         "timings_ms": {

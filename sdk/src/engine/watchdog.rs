@@ -183,13 +183,11 @@ fn contains(own: Option<&Path>, p: &Path) -> bool {
     own.is_some_and(|o| o.starts_with(p))
 }
 
-/// Kill the largest process of the lowest-priority unprotected cgroup.
-fn default_action(s: &Shared) {
-    tracing::error!("watchdog: the main loop is stalled; acting on its own");
-    let Ok(targets) = s.targets.try_lock() else {
-        tracing::error!("watchdog: target table busy; leaving it to the kernel OOM killer");
-        return;
-    };
+/// The target to act on: the lowest-priority, then largest, unprotected
+/// cgroup that has processes of its own. In cgroup v2 only leaves hold
+/// processes while a parent's `memory.current` includes its children, so a
+/// parent must not win the choice and leave nothing to kill.
+fn pick(s: &Shared, targets: &[Target]) -> Option<usize> {
     let mut best: Option<(i32, u64, usize)> = None;
     for (i, t) in targets.iter().enumerate() {
         if t.protected || contains(s.own_cgroup.as_deref(), &t.path) {
@@ -198,6 +196,9 @@ fn default_action(s: &Shared) {
         let Ok(cur) = t.cg.memory_current() else {
             continue;
         };
+        if !matches!(t.cg.for_each_pid(|_| {}), Ok(n) if n > 0) {
+            continue;
+        }
         let better = best.is_none_or(|(p, c, _)| {
             (t.priority, std::cmp::Reverse(cur)) < (p, std::cmp::Reverse(c))
         });
@@ -205,13 +206,26 @@ fn default_action(s: &Shared) {
             best = Some((t.priority, cur, i));
         }
     }
-    let Some((_, _, i)) = best else {
-        tracing::error!("watchdog: no candidate cgroup");
+    best.map(|(_, _, i)| i)
+}
+
+/// Kill the largest process of the lowest-priority unprotected cgroup.
+fn default_action(s: &Shared) {
+    tracing::error!("watchdog: the main loop is stalled; acting on its own");
+    let Ok(targets) = s.targets.try_lock() else {
+        tracing::error!("watchdog: target table busy; leaving it to the kernel OOM killer");
+        return;
+    };
+    let Some(i) = pick(s, &targets) else {
+        tracing::error!(
+            "watchdog: no unprotected cgroup with processes; leaving it to the kernel OOM killer"
+        );
         return;
     };
     let t = &targets[i];
     let mut procs: Vec<ProcessInfo> = Vec::with_capacity(256);
-    if proc::scan_into(&t.cg, &mut procs).is_err() {
+    if let Err(e) = proc::scan_into(&t.cg, &mut procs) {
+        tracing::error!(error = %e, cgroup = %t.path.display(), "watchdog: scanning the target failed");
         return;
     }
     let own = std::process::id() as i32;
@@ -219,17 +233,22 @@ fn default_action(s: &Shared) {
         .iter()
         .filter(|p| p.pid > 1 && p.pid != own && !p.kernel_thread && p.oom_score_adj > -1000)
         .max_by_key(|p| p.rss + p.swap);
-    if let Some(v) = victim {
-        match Pidfd::open_in(&t.cg, v.pid).and_then(|fd| {
-            fd.kill()?;
-            let _ = fd.try_mrelease();
-            Ok(())
-        }) {
-            Ok(()) => {
-                tracing::error!(pid = v.pid, comm = v.comm.as_str(), cgroup = %t.path.display(), "watchdog killed a process")
-            }
-            Err(e) => tracing::error!(error = %e, "watchdog kill failed"),
-        }
+    let Some(v) = victim else {
+        tracing::error!(cgroup = %t.path.display(), "watchdog: no killable process in the target");
+        return;
+    };
+    match Pidfd::open_in(&t.cg, v.pid).and_then(|fd| {
+        fd.kill()?;
+        let _ = fd.try_mrelease();
+        Ok(())
+    }) {
+        Ok(()) => tracing::error!(
+            pid = v.pid,
+            comm = v.comm.as_str(),
+            cgroup = %t.path.display(),
+            "watchdog killed a process"
+        ),
+        Err(e) => tracing::error!(error = %e, "watchdog kill failed"),
     }
 }
 
@@ -237,6 +256,52 @@ fn default_action(s: &Shared) {
 mod tests {
     use super::*;
     use std::sync::mpsc;
+
+    #[test]
+    fn picks_a_cgroup_with_processes_not_a_larger_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let mk = |rel: &str, current: u64, procs: &str| {
+            let d = dir.path().join(rel);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("memory.current"), format!("{current}\n")).unwrap();
+            std::fs::write(d.join("cgroup.procs"), procs).unwrap();
+        };
+        // A parent slice (larger: it includes its children), its leaf, a
+        // protected big leaf, and a higher-priority leaf.
+        mk("slice", 900, "");
+        mk("slice/leaf", 300, "4242\n");
+        mk("vip", 5000, "77\n");
+        mk("svc", 2000, "88\n");
+        let fs = crate::cgroup::CgroupFs::from_dir_unchecked(dir.path());
+        let t = |rel: &str, priority: i32, protected: bool| Target {
+            cg: fs.open(dir.path().join(rel)).unwrap(),
+            path: PathBuf::from("/").join(rel),
+            priority,
+            protected,
+        };
+        let targets = vec![
+            t("slice", 0, false),
+            t("slice/leaf", 0, false),
+            t("vip", 0, true),
+            t("svc", 10, false),
+        ];
+        let shared = Shared {
+            epoch: Instant::now(),
+            busy_since_us: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            fired: AtomicU64::new(0),
+            targets: Mutex::new(Vec::new()),
+            own_cgroup: Some(PathBuf::from("/oomkit")),
+        };
+        assert_eq!(
+            pick(&shared, &targets),
+            Some(1),
+            "the leaf, not its larger parent"
+        );
+        // With the leaf gone, the higher-priority cgroup is all that is left.
+        assert_eq!(pick(&shared, &targets[..1]), None);
+        assert_eq!(pick(&shared, &[t("svc", 10, false)]), Some(0));
+    }
 
     #[test]
     fn acts_once_when_the_loop_stays_busy_and_never_when_idle() {
