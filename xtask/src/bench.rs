@@ -370,7 +370,7 @@ fn render(args: &BenchArgs, micro: &[Micro], vm: Option<&VmResult>) -> String {
              '^(service|main|oomkit-guest|oomkit)$'` (its documented way to protect a service); \
              oomd `--interval 1` (Debian's default) with one ruleset: `memory_above` \
              (memory.high) or `pressure_above` (memory, 10 %) on the limited cgroup → \
-             `kill_by_memory_size_or_growth` on the machine's children, with \
+             `kill_by_memory_size_or_growth` on the limited cgroup's children, with \
              `trusted.oomd_prefer`/`oomd_avoid` xattrs; oomkit `priority-kill`, process \
              granularity, batch at −100 by glob, service at 100 by xattr.\n",
             vm.peers
@@ -654,7 +654,7 @@ const ANALYSIS: &str = r#"## Where oomkit is not at least as good as every peer,
 * **Selection cost grows with the tree, and misses 10 ms at 10,000 cgroups on a real host.**
   Every decision snapshots *every* cgroup in scope (`Engine::snapshot` →
   `KernelHost::read_usage`: `openat` + `read` + `close` of `memory.current` and
-  `memory.swap.current` each, about 9 µs per cgroup here), then process granularity reads
+  `memory.swap.current` each: `snapshot/read_usage` above), then process granularity reads
   `/proc` for every process of every candidate cgroup. The policy itself is cheap at cgroup
   granularity; at process granularity it is quadratic: `View::processes` finds a cgroup's slice
   with a linear search of `Snapshot::proc_index` (sdk/src/engine/snapshot.rs), so 10,000 cgroups
@@ -675,9 +675,9 @@ const ANALYSIS: &str = r#"## Where oomkit is not at least as good as every peer,
   (here it found none, the 10,000 cgroups being empty; on a node with running workloads it
   would kill at daemon start). VmLck exceeding VmRSS means mappings are locked without being
   resident. Both are reported to the SDK owners.
-* **Idle wakeups.** oomkit has no timer when nothing happens; earlyoom polls `/proc/meminfo`
-  (adaptively, at least every second) and oomd runs its ruleset every interval (1 s), reading
-  its cgroups each time — see the wakeups column.
+* **Idle wakeups** (oomkit is best here). oomkit has no timer when nothing happens; earlyoom
+  polls `/proc/meminfo` on a timer (its interval adapts to free memory) and oomd runs its
+  ruleset every interval (1 s), reading its cgroups each time — see the wakeups column.
 * **The kernel alone reacts fastest after its own onset**: its onset *is* the wall
   (`memory.max`), where it kills within the same allocation. oomkit and oomd start earlier, at
   `memory.high`, spend time deciding (oomkit samples reclaim progress before acting on a `high`
