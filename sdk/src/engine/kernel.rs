@@ -8,6 +8,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cgroup::{Cgroup, CgroupFile, CgroupFs, Limit, MemoryStat, files};
@@ -62,7 +63,13 @@ fn when<T>(present: bool, read: impl FnOnce() -> Result<T>) -> Result<Option<T>>
 #[derive(Debug)]
 pub struct KernelHost {
     fs: CgroupFs,
-    cgroups: Vec<Option<Cgroup>>,
+    cgroups: Vec<Option<Arc<Cgroup>>>,
+    /// `memory.current` kept open per cgroup: one `pread` per read instead
+    /// of open + read + close (the snapshot reads it for every cgroup).
+    current: Vec<Option<CgroupFile>>,
+    /// Whether the system has swap (`SwapTotal` > 0); without it,
+    /// `memory.swap.current` is not read at all.
+    swap_on: bool,
     present: Vec<Present>,
     victims: [Option<Pidfd>; VICTIM_SLOTS],
     scan: Vec<ProcessInfo>,
@@ -102,10 +109,10 @@ fn trusted_xattr(
 
 /// The handle of an attached cgroup (a field-level borrow, so callers can
 /// borrow the host's other buffers mutably at the same time).
-fn attached(cgroups: &[Option<Cgroup>], id: CgroupId) -> Result<&Cgroup> {
+fn attached(cgroups: &[Option<Arc<Cgroup>>], id: CgroupId) -> Result<&Cgroup> {
     cgroups
         .get(id.index())
-        .and_then(Option::as_ref)
+        .and_then(Option::as_deref)
         .ok_or_else(|| Error::CgroupGone {
             path: PathBuf::from("(detached cgroup)"),
         })
@@ -123,6 +130,11 @@ impl KernelHost {
             fs,
             cgroups: Vec::with_capacity(max_cgroups),
             present: Vec::with_capacity(max_cgroups),
+            current: Vec::with_capacity(max_cgroups),
+            swap_on: proc::meminfo()
+                .ok()
+                .and_then(|m| m.swap_total)
+                .is_none_or(|t| t > 0),
             victims: Default::default(),
             scan: Vec::with_capacity(max_processes),
             stat: MemoryStat {
@@ -161,7 +173,12 @@ impl KernelHost {
 
     /// The cgroup handle of an attached id.
     pub fn cgroup(&self, id: CgroupId) -> Option<&Cgroup> {
-        self.cgroups.get(id.index()).and_then(Option::as_ref)
+        self.cgroups.get(id.index()).and_then(Option::as_deref)
+    }
+
+    /// A shared handle of an attached cgroup (no new fd).
+    pub fn cgroup_shared(&self, id: CgroupId) -> Option<Arc<Cgroup>> {
+        self.cgroups.get(id.index()).and_then(Clone::clone)
     }
 
     /// The cgroup filesystem.
@@ -217,9 +234,15 @@ impl Host for KernelHost {
         if self.cgroups.len() <= i {
             self.cgroups.resize_with(i + 1, || None);
             self.present.resize_with(i + 1, Present::default);
+            self.current.resize_with(i + 1, || None);
         }
         self.present[i] = Present::probe(&cg);
-        self.cgroups[i] = Some(cg);
+        self.current[i] = if self.present[i].current {
+            cg.open_file(files::MEMORY_CURRENT).ok()
+        } else {
+            None
+        };
+        self.cgroups[i] = Some(Arc::new(cg));
         Ok(XattrInfo {
             priority,
             protected,
@@ -230,13 +253,32 @@ impl Host for KernelHost {
         if let Some(slot) = self.cgroups.get_mut(id.index()) {
             *slot = None;
         }
+        if let Some(slot) = self.current.get_mut(id.index()) {
+            *slot = None;
+        }
     }
 
     fn read_usage(&mut self, id: CgroupId, out: &mut CgroupStats) -> Result<()> {
         let cg = self.cg(id)?;
         let has = self.present.get(id.index()).copied().unwrap_or_default();
-        out.current = when(has.current, || cg.memory_current())?;
-        out.swap_current = when(has.swap, || cg.swap_current())?;
+        out.current = match self.current.get(id.index()).and_then(Option::as_ref) {
+            Some(f) => {
+                let mut buf = [0u8; 32];
+                let data = f.read_into(&mut buf)?;
+                Some(
+                    crate::cgroup::parse::single_u64(data).map_err(|source| Error::Parse {
+                        path: f.path().to_owned(),
+                        source,
+                    })?,
+                )
+            }
+            None => when(has.current, || cg.memory_current())?,
+        };
+        out.swap_current = if self.swap_on {
+            when(has.swap, || cg.swap_current())?
+        } else {
+            has.swap.then_some(0)
+        };
         Ok(())
     }
 

@@ -139,6 +139,29 @@ impl std::fmt::Debug for Runner {
     }
 }
 
+/// Raises the soft open-file limit to the hard limit: the runner holds
+/// three fds per cgroup (directory, `memory.current`, `memory.events.local`),
+/// and the usual soft limit of 1024 would cap it near 340 cgroups.
+fn raise_nofile_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current == lim.maximum {
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: lim.maximum,
+        maximum: lim.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => {
+            tracing::info!(from = ?lim.current, to = ?lim.maximum, "raised the open-file limit")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, limit = ?lim.current, "could not raise the open-file limit")
+        }
+    }
+}
+
 fn find_fs(root: &Path) -> Result<CgroupFs> {
     let fs = CgroupFs::discover()?;
     fs.hierarchy_path(root)?;
@@ -177,14 +200,7 @@ impl Runner {
         host.set_diagnostics_dir(cfg.diagnostics_dir.clone());
         let engine = Engine::new(cfg.engine.clone(), host, handler, &root_hier)?;
         let watcher = Watcher::with_capacity(cfg.engine.max_cgroups + 8)?;
-        let watchdog = match cfg.watchdog {
-            Some(w) => Some(Watchdog::spawn(
-                w,
-                engine.host().own_cgroup().map(Path::to_path_buf),
-                None,
-            )?),
-            None => None,
-        };
+        raise_nofile_limit();
         #[cfg(feature = "serde")]
         let incidents = match cfg.incidents.take() {
             Some(c) => Some(super::incident::IncidentSink::new(c)?),
@@ -197,7 +213,7 @@ impl Runner {
             events_token: HashMap::with_capacity(cfg.engine.max_cgroups),
             dir_token: None,
             victim: None,
-            watchdog,
+            watchdog: None,
             #[cfg(feature = "serde")]
             incidents,
             reserve,
@@ -212,14 +228,14 @@ impl Runner {
         crate::probe::Features::probe(&root_cg).log();
         if let Some(root) = r.engine.root() {
             r.watch_cgroup(root, &root_cg)?;
-            r.publish_target(root, &root_cg);
         }
-        // Follow the tree: existing children are reported as created.
+        // Follow the tree: first the watch (so nothing created from now on
+        // is missed), then a walk of what exists (duplicates are ignored).
         let tok = r.watcher.add_dir_watch(
             &root_cg,
             DirWatchOptions {
                 depth: cfg.depth,
-                report_existing: true,
+                report_existing: false,
                 queue: 4096,
                 max_dirs: cfg.engine.max_cgroups,
             },
@@ -240,8 +256,18 @@ impl Runner {
                 Binding::Psi(if psi.system { None } else { r.engine.root() }),
             );
         }
-        // Pick up the existing children right away.
-        r.turn(Some(Duration::ZERO), &mut Turn::default())?;
+        r.rescan_pending();
+        r.apply_dir_changes();
+        // The watchdog starts once the tree is known: attaching 10,000
+        // cgroups is not a stall, and its target table is filled here.
+        if let Some(w) = cfg.watchdog {
+            let own = r.engine.host().own_cgroup().map(Path::to_path_buf);
+            r.watchdog = Some(Watchdog::spawn(w, own, None)?);
+            let ids: Vec<CgroupId> = r.engine.tree().ids().collect();
+            for id in ids {
+                r.publish_target(id);
+            }
+        }
         Ok(r)
     }
 
@@ -268,12 +294,12 @@ impl Runner {
         }
     }
 
-    fn publish_target(&self, id: CgroupId, cg: &Cgroup) {
+    fn publish_target(&self, id: CgroupId) {
         let Some(wd) = &self.watchdog else { return };
-        let (Some(class), Some(path), Ok(dup)) = (
+        let (Some(class), Some(path), Some(dup)) = (
             self.engine.tree().class(id),
             self.engine.tree().path(id),
-            cg.try_clone(),
+            self.engine.host().cgroup_shared(id),
         ) else {
             return;
         };
@@ -293,16 +319,15 @@ impl Runner {
                 if self.events_token.contains_key(&id) {
                     return;
                 }
-                let cg = match self.engine.host().cgroup(id).map(Cgroup::try_clone) {
-                    Some(Ok(cg)) => cg,
-                    _ => return,
+                let Some(cg) = self.engine.host().cgroup_shared(id) else {
+                    return;
                 };
                 if let Err(e) = self.watch_cgroup(id, &cg) {
                     if !e.is_gone() {
                         tracing::warn!(error = %e, "watching a new cgroup failed");
                     }
                 }
-                self.publish_target(id, &cg);
+                self.publish_target(id);
             }
             Err(e) if e.is_gone() => {}
             Err(e) => {
@@ -432,6 +457,15 @@ impl Runner {
         }
         self.sync_victim_fd();
         // Off the hot path from here.
+        self.apply_dir_changes();
+        while let Some(ep) = self.engine.take_finished() {
+            self.record(&ep);
+            turn.finished.push(ep);
+        }
+        Ok(())
+    }
+
+    fn apply_dir_changes(&mut self) {
         let changes = std::mem::take(&mut self.dir_changes);
         for (change, path) in &changes {
             match change {
@@ -441,11 +475,6 @@ impl Runner {
         }
         self.dir_changes = changes;
         self.dir_changes.clear();
-        while let Some(ep) = self.engine.take_finished() {
-            self.record(&ep);
-            turn.finished.push(ep);
-        }
-        Ok(())
     }
 
     fn rescan_pending(&mut self) {

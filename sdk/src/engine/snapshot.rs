@@ -154,7 +154,10 @@ pub(crate) struct Snapshot {
     pub(crate) in_scope: Vec<CgroupId>,
     pub(crate) procs: Vec<ProcSample>,
     /// (cgroup, start, len) into `procs`.
+    /// (cgroup, start, len) into `procs`, in the order read.
     pub(crate) proc_index: Vec<(CgroupId, u32, u32)>,
+    /// Position in `proc_index` by cgroup slot, so lookups are O(1).
+    pub(crate) proc_slot: Vec<Option<u32>>,
     pub(crate) system: SystemStats,
 }
 
@@ -165,6 +168,7 @@ impl Snapshot {
             in_scope: Vec::with_capacity(cgroups),
             procs: Vec::with_capacity(procs),
             proc_index: Vec::with_capacity(cgroups),
+            proc_slot: vec![None; cgroups],
             system: SystemStats::default(),
         }
     }
@@ -173,6 +177,11 @@ impl Snapshot {
         self.scope = None;
         self.in_scope.clear();
         self.procs.clear();
+        for (id, _, _) in &self.proc_index {
+            if let Some(s) = self.proc_slot.get_mut(id.index()) {
+                *s = None;
+            }
+        }
         self.proc_index.clear();
         self.system = SystemStats::default();
     }
@@ -267,7 +276,15 @@ impl View<'_> {
     /// The processes directly in a cgroup, read on first request. A cgroup
     /// that vanished, or whose processes all exited, gives an empty slice.
     pub fn processes(&mut self, id: CgroupId) -> Result<&[ProcSample]> {
-        if let Some(&(_, start, len)) = self.snap.proc_index.iter().find(|(c, _, _)| *c == id) {
+        let cached = self
+            .snap
+            .proc_slot
+            .get(id.index())
+            .copied()
+            .flatten()
+            .and_then(|i| self.snap.proc_index.get(i as usize))
+            .filter(|(c, _, _)| *c == id);
+        if let Some(&(_, start, len)) = cached {
             return Ok(&self.snap.procs[start as usize..(start + len) as usize]);
         }
         let start = self.snap.procs.len();
@@ -280,7 +297,14 @@ impl View<'_> {
             }
         }
         let len = self.snap.procs.len() - start;
+        let at = self.snap.proc_index.len() as u32;
         self.snap.proc_index.push((id, start as u32, len as u32));
+        if self.snap.proc_slot.len() <= id.index() {
+            self.snap.proc_slot.resize(id.index() + 1, None);
+        }
+        if let Some(s) = self.snap.proc_slot.get_mut(id.index()) {
+            *s = Some(at);
+        }
         Ok(&self.snap.procs[start..])
     }
 }

@@ -41,7 +41,7 @@ impl Default for WatchdogConfig {
 /// A cgroup the watchdog may choose from.
 #[derive(Debug)]
 pub(crate) struct Target {
-    pub(crate) cg: Cgroup,
+    pub(crate) cg: Arc<Cgroup>,
     pub(crate) path: PathBuf,
     pub(crate) priority: i32,
     pub(crate) protected: bool,
@@ -274,7 +274,7 @@ mod tests {
         mk("svc", 2000, "88\n");
         let fs = crate::cgroup::CgroupFs::from_dir_unchecked(dir.path());
         let t = |rel: &str, priority: i32, protected: bool| Target {
-            cg: fs.open(dir.path().join(rel)).unwrap(),
+            cg: Arc::new(fs.open(dir.path().join(rel)).unwrap()),
             path: PathBuf::from("/").join(rel),
             priority,
             protected,
