@@ -110,6 +110,8 @@ pub struct PriorityKill {
     classifier: Classifier,
     /// Per slot index: true when some in-scope cgroup has it as parent.
     has_child: Vec<bool>,
+    /// Process granularity: the candidate cgroups, best first (pre-sized).
+    order: Vec<(CgroupId, i32, u64)>,
 }
 
 impl PriorityKill {
@@ -117,6 +119,7 @@ impl PriorityKill {
     pub fn new(cfg: PriorityKillConfig, classifier: Classifier) -> Self {
         PriorityKill {
             has_child: vec![false; cfg.max_cgroups],
+            order: Vec::with_capacity(cfg.max_cgroups),
             cfg,
             classifier,
         }
@@ -147,9 +150,10 @@ impl PriorityKill {
         keep: impl Fn(&View<'_>, CgroupId) -> bool,
     ) -> Option<Choice> {
         let n = view.cgroups().len();
-        if granularity != Granularity::Process {
-            self.mark_parents(view);
+        if granularity == Granularity::Process {
+            return self.choose_process(view, keep);
         }
+        self.mark_parents(view);
         let min = self.cfg.min_victim_bytes;
         // Two fixed arrays: copying them does not allocate, and frees the
         // view for `processes()` below.
@@ -164,30 +168,7 @@ impl PriorityKill {
                 continue;
             }
             match granularity {
-                Granularity::Process => {
-                    let Ok(procs) = view.processes(id) else {
-                        continue;
-                    };
-                    for p in procs {
-                        if p.kernel_thread
-                            || p.oom_score_adj == -1000
-                            || p.pid <= 1
-                            || excluded.has_pid(p.pid)
-                        {
-                            continue;
-                        }
-                        let c = Choice {
-                            cgroup: id,
-                            pid: Some(p.pid),
-                            priority: class.priority,
-                            footprint: p.footprint(),
-                            comm: p.comm,
-                        };
-                        if best.is_none_or(|b| better(min, &c, &b)) {
-                            best = Some(c);
-                        }
-                    }
-                }
+                Granularity::Process => {}
                 Granularity::Cgroup | Granularity::Tree => {
                     if !self.is_leaf(view, id) {
                         continue;
@@ -206,6 +187,89 @@ impl PriorityKill {
                     if best.is_none_or(|b| better(min, &c, &b)) {
                         best = Some(c);
                     }
+                }
+            }
+        }
+        best
+    }
+
+    /// Process granularity without reading every process of the scope:
+    /// visit cgroups best-first by what they could hold (a process's RSS +
+    /// swap is bounded by its cgroup's `memory.current` + swap), and stop at
+    /// the first cgroup that cannot beat the best process found so far. On
+    /// 1,000 cgroups of 10 processes this reads a handful of `/proc` entries
+    /// instead of 10,000.
+    fn choose_process(
+        &mut self,
+        view: &mut View<'_>,
+        keep: impl Fn(&View<'_>, CgroupId) -> bool,
+    ) -> Option<Choice> {
+        let min = self.cfg.min_victim_bytes;
+        let excluded = view.excluded().clone();
+        self.order.clear();
+        for i in 0..view.cgroups().len() {
+            let id = view.cgroups()[i];
+            let Some(class) = view.class(id) else {
+                continue;
+            };
+            if class.protected || below_excluded(view, id) || !keep(view, id) {
+                continue;
+            }
+            // Unknown usage (the mount root has no memory.current): no bound.
+            let bound = view.stats(id).map_or(u64::MAX, |st| {
+                st.current.map_or(u64::MAX, |_| st.footprint())
+            });
+            if bound == 0 {
+                continue;
+            }
+            self.order.push((id, class.priority, bound));
+        }
+        let as_choice = |&(cgroup, priority, footprint): &(CgroupId, i32, u64)| Choice {
+            cgroup,
+            pid: None,
+            priority,
+            footprint,
+            comm: [0; 16],
+        };
+        self.order.sort_unstable_by(|a, b| {
+            let (a, b) = (as_choice(a), as_choice(b));
+            if better(min, &a, &b) {
+                std::cmp::Ordering::Less
+            } else if better(min, &b, &a) {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        });
+        let mut best: Option<Choice> = None;
+        for k in 0..self.order.len() {
+            let entry = self.order[k];
+            if let Some(b) = best {
+                if !better(min, &as_choice(&entry), &b) {
+                    break; // no process here (nor in any later cgroup) can win
+                }
+            }
+            let (id, priority, _) = entry;
+            let Ok(procs) = view.processes(id) else {
+                continue;
+            };
+            for p in procs {
+                if p.kernel_thread
+                    || p.oom_score_adj == -1000
+                    || p.pid <= 1
+                    || excluded.has_pid(p.pid)
+                {
+                    continue;
+                }
+                let c = Choice {
+                    cgroup: id,
+                    pid: Some(p.pid),
+                    priority,
+                    footprint: p.footprint(),
+                    comm: p.comm,
+                };
+                if best.is_none_or(|b| better(min, &c, &b)) {
+                    best = Some(c);
                 }
             }
         }

@@ -284,3 +284,23 @@ fn the_reason_names_tier_size_and_path() {
         "tier -200, largest (100 MiB) process 100 (work) in /kubepods/besteffort/podbe/ctr"
     );
 }
+
+#[test]
+fn best_first_search_still_finds_the_largest_process_of_the_tier() {
+    // `many` uses more memory in all, but its processes are small; `one`
+    // holds the single largest process. Both in the same (default) tier.
+    let mut r = Rig::new(
+        eager(),
+        |h| {
+            h.cg("/jobs/many").procs = (0..10).map(|i| proc(500 + i, 50)).collect();
+            h.cg("/jobs/one").procs = vec![proc(600, 300)];
+            h.cg("/jobs/tiny").procs = vec![proc(700, 1)];
+        },
+        handler(vec![], Granularity::Process),
+    );
+    assert_eq!(episode(&mut r), vec![600]);
+    // Then the processes of `many` (all equal): one of them, not `tiny`.
+    let next = episode(&mut r);
+    assert_eq!(next.len(), 1);
+    assert!((500..510).contains(&next[0]), "{next:?}");
+}
