@@ -155,9 +155,6 @@ impl PriorityKill {
         }
         self.mark_parents(view);
         let min = self.cfg.min_victim_bytes;
-        // Two fixed arrays: copying them does not allocate, and frees the
-        // view for `processes()` below.
-        let excluded = view.excluded().clone();
         let mut best: Option<Choice> = None;
         for i in 0..n {
             let id = view.cgroups()[i];
@@ -205,6 +202,8 @@ impl PriorityKill {
         keep: impl Fn(&View<'_>, CgroupId) -> bool,
     ) -> Option<Choice> {
         let min = self.cfg.min_victim_bytes;
+        // Two fixed arrays: copying them does not allocate, and frees the
+        // view for `processes()` below.
         let excluded = view.excluded().clone();
         self.order.clear();
         for i in 0..view.cgroups().len() {
