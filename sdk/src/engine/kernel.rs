@@ -67,6 +67,9 @@ pub struct KernelHost {
     /// `memory.current` kept open per cgroup: one `pread` per read instead
     /// of open + read + close (the snapshot reads it for every cgroup).
     current: Vec<Option<CgroupFile>>,
+    /// How many more `memory.current` fds may be kept open: what the
+    /// open-file limit leaves after the fds every cgroup needs anyway.
+    current_budget: usize,
     /// Whether the system has swap (`SwapTotal` > 0); without it,
     /// `memory.swap.current` is not read at all.
     swap_on: bool,
@@ -131,6 +134,13 @@ impl KernelHost {
             cgroups: Vec::with_capacity(max_cgroups),
             present: Vec::with_capacity(max_cgroups),
             current: Vec::with_capacity(max_cgroups),
+            current_budget: {
+                let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+                    .current
+                    .map_or(usize::MAX, |v| usize::try_from(v).unwrap_or(usize::MAX));
+                // A directory fd and a memory.events watch per cgroup, plus slack.
+                soft.saturating_sub(max_cgroups.saturating_mul(2).saturating_add(512))
+            },
             swap_on: proc::meminfo()
                 .ok()
                 .and_then(|m| m.swap_total)
@@ -237,8 +247,12 @@ impl Host for KernelHost {
             self.current.resize_with(i + 1, || None);
         }
         self.present[i] = Present::probe(&cg);
-        self.current[i] = if self.present[i].current {
-            cg.open_file(files::MEMORY_CURRENT).ok()
+        self.current[i] = if self.present[i].current && self.current_budget > 0 {
+            let f = cg.open_file(files::MEMORY_CURRENT).ok();
+            if f.is_some() {
+                self.current_budget -= 1;
+            }
+            f
         } else {
             None
         };
@@ -254,7 +268,9 @@ impl Host for KernelHost {
             *slot = None;
         }
         if let Some(slot) = self.current.get_mut(id.index()) {
-            *slot = None;
+            if slot.take().is_some() {
+                self.current_budget += 1;
+            }
         }
     }
 

@@ -191,6 +191,7 @@ impl Runner {
             rep
         });
         let root_hier = fs.hierarchy_path(&cfg.root)?;
+        raise_nofile_limit();
         let mut host = KernelHost::new(
             fs,
             cfg.xattr_trust,
@@ -200,7 +201,6 @@ impl Runner {
         host.set_diagnostics_dir(cfg.diagnostics_dir.clone());
         let engine = Engine::new(cfg.engine.clone(), host, handler, &root_hier)?;
         let watcher = Watcher::with_capacity(cfg.engine.max_cgroups + 8)?;
-        raise_nofile_limit();
         #[cfg(feature = "serde")]
         let incidents = match cfg.incidents.take() {
             Some(c) => Some(super::incident::IncidentSink::new(c)?),
