@@ -113,6 +113,26 @@ impl Throttled {
     }
 }
 
+/// Plans what undoes a throttle: thaw (if frozen), then the original `memory.high`.
+fn push_restore(plan: &mut Plan, t: &Throttled) {
+    if t.frozen {
+        let _ = plan.push(
+            Action::Freeze {
+                cgroup: t.cgroup,
+                frozen: false,
+            },
+            Duration::ZERO,
+        );
+    }
+    let _ = plan.push(
+        Action::SetHigh {
+            cgroup: t.cgroup,
+            limit: t.original,
+        },
+        Duration::ZERO,
+    );
+}
+
 /// The throttle handler. See the module docs.
 #[derive(Debug, Clone)]
 pub struct Throttle {
@@ -181,22 +201,7 @@ impl Throttle {
             return false;
         }
         // Restore after the victim is gone, so a restart is not born squeezed.
-        if t.frozen {
-            let _ = plan.push(
-                Action::Freeze {
-                    cgroup: target,
-                    frozen: false,
-                },
-                Duration::ZERO,
-            );
-        }
-        let _ = plan.push(
-            Action::SetHigh {
-                cgroup: target,
-                limit: t.original,
-            },
-            Duration::ZERO,
-        );
+        push_restore(plan, &t);
         let _ = write!(
             plan.reason_writer(),
             "; throttled {} s without containing it",
@@ -376,22 +381,7 @@ impl Handler for Throttle {
                 continue;
             }
             if t.killed {
-                if t.frozen {
-                    let _ = plan.push(
-                        Action::Freeze {
-                            cgroup: t.cgroup,
-                            frozen: false,
-                        },
-                        Duration::ZERO,
-                    );
-                }
-                let _ = plan.push(
-                    Action::SetHigh {
-                        cgroup: t.cgroup,
-                        limit: t.original,
-                    },
-                    Duration::ZERO,
-                );
+                push_restore(plan, &t);
                 self.active.swap_remove(i);
                 continue;
             }
@@ -468,22 +458,7 @@ impl Handler for Throttle {
             if plan.len() + need > oomkit::engine::MAX_STEPS {
                 break;
             }
-            if t.frozen {
-                let _ = plan.push(
-                    Action::Freeze {
-                        cgroup: t.cgroup,
-                        frozen: false,
-                    },
-                    Duration::ZERO,
-                );
-            }
-            let _ = plan.push(
-                Action::SetHigh {
-                    cgroup: t.cgroup,
-                    limit: t.original,
-                },
-                Duration::ZERO,
-            );
+            push_restore(plan, &t);
             self.active.pop();
         }
         if !plan.is_empty() {
