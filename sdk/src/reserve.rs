@@ -197,6 +197,18 @@ fn why(e: Errno, need: &str) -> String {
 pub fn enter(cfg: &ReserveConfig) -> ReserveReport {
     let mut r = ReserveReport::default();
     r.push("cgroup", step_cgroup(cfg.cgroup.as_ref()));
+    r.push(
+        "malloc_arenas",
+        if cfg.mlock == MlockMode::Off {
+            StepStatus::Skipped("no mlockall".into())
+        } else if crate::sys::limit_malloc_arenas(1) {
+            // Before anything is locked: a thread's own arena would reserve
+            // 64 MiB of locked (never resident) address space.
+            StepStatus::Granted("one malloc arena for all threads".into())
+        } else {
+            StepStatus::Skipped("not glibc".into())
+        },
+    );
     r.push("mlockall", step_mlock(cfg));
     r.push(
         "stack",

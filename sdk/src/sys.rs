@@ -23,6 +23,26 @@ pub(crate) fn process_mrelease(pidfd: impl AsFd) -> io::Result<()> {
     }
 }
 
+/// [`mallopt(3)`](https://man7.org/linux/man-pages/man3/mallopt.3.html)
+/// `M_ARENA_MAX`: caps glibc's malloc arenas at `n`. Every thread that
+/// allocates otherwise gets an arena that reserves 64 MiB of address space;
+/// under `mlockall(MCL_FUTURE)` that reservation counts as locked memory
+/// although it is never resident. Returns whether glibc accepted it (other
+/// C libraries: `false`).
+pub(crate) fn limit_malloc_arenas(n: i32) -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt takes two integers, touches no memory of ours,
+        // and M_ARENA_MAX is a valid parameter for glibc.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, n) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = n;
+        false
+    }
+}
+
 /// [`sched_setscheduler(2)`](https://man7.org/linux/man-pages/man2/sched_setscheduler.2.html)
 /// for the calling thread with `SCHED_FIFO` at `priority`, or back to
 /// `SCHED_OTHER` when `priority` is `None`.
