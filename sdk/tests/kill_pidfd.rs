@@ -166,7 +166,9 @@ fn mrelease_needs_a_dying_process() {
 #[test]
 fn mrelease_reaps_a_killed_process() {
     // Right after SIGKILL the victim is dying but usually still holds its
-    // mm; it may also win the race and exit first. At least one of several
+    // mm; it may also win the race and exit first, or (seen on a loaded
+    // 2-core host) not yet be marked as exiting when the call lands, which
+    // the kernel answers with EINVAL (`NotDying`). At least one of several
     // tries must reap.
     let mut done = 0;
     for _ in 0..10 {
@@ -175,7 +177,7 @@ fn mrelease_reaps_a_killed_process() {
         p.kill().unwrap();
         match p.try_mrelease() {
             Mrelease::Done => done += 1,
-            Mrelease::AlreadyExited => {}
+            Mrelease::AlreadyExited | Mrelease::NotDying => {}
             other => panic!("unexpected {other:?}"),
         }
         assert!(

@@ -364,9 +364,16 @@ impl Host for KernelHost {
         let fd = Pidfd::open_in(cg, pid)?;
         fd.kill()?;
         if self.mrelease {
-            // Reaps the address space now, as the kernel's oom_reaper does;
-            // an unsupported kernel or a victim not yet dying is fine.
-            let _ = fd.try_mrelease();
+            // Reaps the address space now, as the kernel's oom_reaper does.
+            // Right after SIGKILL the victim may not be marked as exiting
+            // yet (EINVAL): let it run and try again a few times. An
+            // unsupported kernel or an already exited victim is fine.
+            for _ in 0..4 {
+                if fd.try_mrelease() != crate::kill::Mrelease::NotDying {
+                    break;
+                }
+                std::thread::yield_now();
+            }
         }
         self.victims[slot] = Some(fd);
         Ok(Victim::Process {
