@@ -83,6 +83,14 @@ fn scan_skips_gone_and_reuses_capacity() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    // `spawn` returns after fork, maybe before the child's exec: wait until
+    // the kernel shows it as `sleep` (with a deadline) so the name is stable.
+    let comm = format!("/proc/{}/comm", live.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_to_string(&comm).unwrap().trim() != "sleep" {
+        assert!(std::time::Instant::now() < deadline, "sleep never exec'd");
+        std::thread::yield_now();
+    }
     let mut dead = Command::new("true").spawn().unwrap();
     let dead_id = dead.id();
     dead.wait().unwrap();
