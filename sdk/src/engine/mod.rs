@@ -441,6 +441,9 @@ pub struct Engine<H: Host> {
     restores: [Option<Restore>; 4],
     next_episode: u64,
     last_quiet_tick: Option<Instant>,
+    /// When the acting phase was last advanced: the next acting tick is
+    /// due `acting_tick` after it (an absolute time, stable across calls).
+    acting_seen: Instant,
 }
 
 impl<H: Host> Engine<H> {
@@ -483,6 +486,7 @@ impl<H: Host> Engine<H> {
             restores: [None; 4],
             next_episode: 1,
             last_quiet_tick: None,
+            acting_seen: Instant::now(),
         })
     }
 
@@ -628,21 +632,21 @@ impl<H: Host> Engine<H> {
         let phase = match self.phase {
             Phase::Idle => None,
             Phase::Assessing { last, .. } => Some(last.at + self.cfg.sample_interval),
-            Phase::Acting { wait, .. } => {
-                let now = self.host.now();
-                match wait {
-                    Some(Wait::Victim { deadline, .. })
-                    | Some(Wait::Diagnostics { deadline, .. }) => {
-                        Some((now + self.cfg.acting_tick).min(deadline))
-                    }
-                    None => Some(now),
+            Phase::Acting { wait, .. } => match wait {
+                Some(Wait::Victim { deadline, .. }) | Some(Wait::Diagnostics { deadline, .. }) => {
+                    Some((self.acting_seen + self.cfg.acting_tick).min(deadline))
                 }
-            }
+                None => Some(self.acting_seen),
+            },
             Phase::Cooldown { until } => Some(until),
         };
         let restore = self.restores.iter().flatten().map(|r| r.at).min();
         let quiet = if self.handler.wants_ticks() && matches!(self.phase, Phase::Idle) {
-            Some(self.last_quiet_tick.unwrap_or_else(|| self.host.now()) + self.cfg.quiet_tick)
+            // The first quiet tick is due at once; then one per interval.
+            Some(
+                self.last_quiet_tick
+                    .map_or_else(|| self.host.now(), |t| t + self.cfg.quiet_tick),
+            )
         } else {
             None
         };
@@ -1249,6 +1253,7 @@ impl<H: Host> Engine<H> {
 
     /// Runs plan steps from the current one until one must be waited for.
     fn run_steps(&mut self, at: Instant) {
+        self.acting_seen = at;
         loop {
             let Phase::Acting {
                 scope,
@@ -1386,6 +1391,7 @@ impl<H: Host> Engine<H> {
     }
 
     fn poll_acting(&mut self, at: Instant) {
+        self.acting_seen = at;
         let Phase::Acting { scope, step, wait } = self.phase else {
             return;
         };

@@ -382,10 +382,10 @@ impl Runner {
 
     fn turn(&mut self, timeout: Option<Duration>, turn: &mut Turn) -> Result<()> {
         let now = Instant::now();
-        // Absolute, so the tick is recognised as due after the wait: while acting, the engine's
-        // `next_wake` is "now + acting_tick", which never compares as due when asked again.
-        let due = self.engine.next_wake();
-        let tick = due.map(|w| w.saturating_duration_since(now));
+        let tick = self
+            .engine
+            .next_wake()
+            .map(|w| w.saturating_duration_since(now));
         let wait = match (timeout, tick) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -447,12 +447,10 @@ impl Runner {
             let (trigger, at) = self.triggers[i];
             self.engine.on_event(trigger, at);
         }
-        let _ = victim_ready;
+        // `next_wake` is absolute, so a tick that came due during the wait
+        // compares as due now.
         let now = Instant::now();
-        if due.is_some_and(|w| w <= now)
-            || self.engine.next_wake().is_some_and(|w| w <= now)
-            || victim_ready
-        {
+        if self.engine.next_wake().is_some_and(|w| w <= now) || victim_ready {
             self.engine.on_tick(now);
         }
         self.sync_victim_fd();
