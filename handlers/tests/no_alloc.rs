@@ -11,8 +11,6 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
 use std::path::Path;
@@ -30,51 +28,11 @@ use oomkit::engine::{
 use oomkit_handlers::classify::{Classifier, QosPriorities, Rule};
 use oomkit_handlers::priority::{Granularity, PriorityKill, PriorityKillConfig};
 
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn note() {
-    // `try_with`: the thread-locals may be gone during thread teardown.
-    if COUNTING.try_with(Cell::get).unwrap_or(false) {
-        let _ = ALLOCS.try_with(|a| a.set(a.get() + 1));
-    }
-}
-
-fn allocs() -> u64 {
-    ALLOCS.with(Cell::get)
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments
-// unchanged, so `System`'s guarantees hold; counting touches only
-// const-initialised thread-local `Cell`s (no allocation, no reentrancy).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note();
-        // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note();
-        // SAFETY: forwarded unchanged; the caller upholds `alloc_zeroed`'s contract.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note();
-        // SAFETY: forwarded unchanged; `ptr` was allocated by `System` with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged; `ptr` was allocated by `System` with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+#[path = "../../sdk/tests/common/counting.rs"]
+mod counting;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 /// Counts allocations made by the inner handler's `decide`.
 struct Measured {
@@ -91,13 +49,8 @@ impl Handler for Measured {
         self.inner.classify(meta)
     }
     fn decide(&mut self, view: &mut View<'_>, plan: &mut Plan) {
-        let before = allocs();
-        COUNTING.with(|c| c.set(true));
-        self.inner.decide(view, plan);
-        COUNTING.with(|c| c.set(false));
-        self.counts
-            .0
-            .fetch_add(allocs() - before, Ordering::Relaxed);
+        let ((), n) = counting::count(|| self.inner.decide(view, plan));
+        self.counts.0.fetch_add(n as u64, Ordering::Relaxed);
         self.counts.1.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -274,10 +227,7 @@ fn decide_allocates_nothing() {
 
 #[test]
 fn the_counter_sees_allocations() {
-    let before = allocs();
-    COUNTING.with(|c| c.set(true));
-    let v: Vec<u64> = std::hint::black_box(Vec::with_capacity(16));
-    COUNTING.with(|c| c.set(false));
+    let (v, n) = counting::count(|| std::hint::black_box(Vec::<u64>::with_capacity(16)));
     drop(v);
-    assert!(allocs() > before);
+    assert!(n > 0);
 }

@@ -9,10 +9,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use oomkit::cgroup::CgroupFs;
@@ -21,43 +19,11 @@ use oomkit::engine::{
 };
 use oomkit::events::{MemoryEventsWatch, Scope};
 
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-/// Set `OOMKIT_ALLOC_TRAP=1` to panic at the first counted allocation and
-/// see where it comes from in the backtrace.
-static TRAP: AtomicBool = AtomicBool::new(false);
-
-// SAFETY: forwards every call to the system allocator unchanged; the
-// counter is a relaxed atomic and does not allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-            if TRAP.load(Ordering::Relaxed) {
-                COUNTING.store(false, Ordering::Relaxed);
-                panic!("allocation of {} bytes on the hot path", layout.size());
-            }
-        }
-        // SAFETY: same contract as ours, passed through.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: `ptr` came from `System.alloc` with this layout.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "common/counting.rs"]
+mod counting;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 /// Kills the largest process in scope, without allocating.
 struct Largest;
@@ -113,10 +79,6 @@ fn event_to_kill_makes_no_heap_allocation() {
         );
         return;
     }
-    TRAP.store(
-        std::env::var_os("OOMKIT_ALLOC_TRAP").is_some(),
-        Ordering::Relaxed,
-    );
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     write(root, "cgroup.procs", "");
@@ -167,18 +129,23 @@ fn event_to_kill_makes_no_heap_allocation() {
         write(root, "memory.events.local", &events(round + 1));
         let at = std::time::Instant::now();
 
-        ALLOCS.store(0, Ordering::SeqCst);
-        COUNTING.store(round == 1, Ordering::SeqCst);
-        let change = watch.refresh().unwrap().expect("counters rose");
-        engine.on_event(
-            Trigger::MemoryEvents {
-                cgroup: rootid,
-                delta: change.delta,
-            },
-            at,
-        );
-        COUNTING.store(false, Ordering::SeqCst);
-        let n = ALLOCS.load(Ordering::SeqCst);
+        let mut hot = || {
+            let change = watch.refresh().unwrap().expect("counters rose");
+            engine.on_event(
+                Trigger::MemoryEvents {
+                    cgroup: rootid,
+                    delta: change.delta,
+                },
+                at,
+            );
+        };
+        // Round 0 warms up; only round 1 is counted.
+        let n = if round == 1 {
+            counting::count(hot).1
+        } else {
+            hot();
+            0
+        };
 
         if engine.stats().kills != round + 1 {
             panic!(
