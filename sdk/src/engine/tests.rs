@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::fake::{FakeHost, proc};
+use super::fake::{FakeHost, Rig, ev, proc};
 use super::*;
 use crate::cgroup::{Limit, MemoryEvents};
 
@@ -49,70 +49,9 @@ impl Handler for Largest {
     }
 }
 
-struct Rig {
-    engine: Engine<FakeHost>,
-}
-
-impl Rig {
-    fn new(cfg: EngineConfig, setup: impl FnOnce(&mut FakeHost), force: Option<Action>) -> Self {
-        let mut host = FakeHost::new();
-        setup(&mut host);
-        let paths: Vec<PathBuf> = {
-            let mut v: Vec<PathBuf> = host.cgs.keys().cloned().collect();
-            v.sort();
-            v
-        };
-        let mut engine =
-            Engine::new(cfg, host, Box::new(Largest { force }), Path::new("/")).unwrap();
-        for p in paths.iter().filter(|p| p.as_path() != Path::new("/")) {
-            engine.add_cgroup(p).unwrap();
-        }
-        Rig { engine }
-    }
-    fn id(&self, path: &str) -> CgroupId {
-        self.engine.tree().lookup(Path::new(path)).unwrap()
-    }
-    fn host(&mut self) -> &mut FakeHost {
-        self.engine.host_mut()
-    }
-    fn event(&mut self, path: &str, delta: MemoryEvents) {
-        let id = self.id(path);
-        let at = self.engine.host().now();
-        self.engine
-            .on_event(Trigger::MemoryEvents { cgroup: id, delta }, at);
-    }
-    /// Runs ticks until idle or `limit` passes, advancing the fake clock.
-    fn run(&mut self, limit: Duration) -> Vec<Episode> {
-        let mut done = Vec::new();
-        let end = self.engine.host().now() + limit;
-        while let Some(wake) = self.engine.next_wake() {
-            let now = self.engine.host().now();
-            if wake > end {
-                break;
-            }
-            if wake > now {
-                self.engine.host().advance(wake - now);
-            } else {
-                self.engine.host().advance(Duration::from_millis(1));
-            }
-            let at = self.engine.host().now();
-            self.engine.on_tick(at);
-            done.extend(self.engine.take_finished());
-        }
-        done
-    }
-}
-
-fn ev(high: u64, max: u64, oom: u64) -> MemoryEvents {
-    MemoryEvents {
-        low: Some(0),
-        high: Some(high),
-        max: Some(max),
-        oom: Some(oom),
-        oom_kill: Some(0),
-        oom_group_kill: None,
-        sock_throttled: None,
-    }
+/// A rig whose handler is [`Largest`] (or the forced action).
+fn rig(cfg: EngineConfig, setup: impl FnOnce(&mut FakeHost), force: Option<Action>) -> Rig {
+    Rig::new(cfg, setup, Box::new(Largest { force }))
 }
 
 fn two_jobs(h: &mut FakeHost) {
@@ -123,7 +62,7 @@ fn two_jobs(h: &mut FakeHost) {
 
 #[test]
 fn urgent_event_kills_at_once_and_waits_for_memory() {
-    let mut r = Rig::new(EngineConfig::default(), two_jobs, None);
+    let mut r = rig(EngineConfig::default(), two_jobs, None);
     r.event("/batch", ev(0, 1, 1));
     let kills = r.host().kills();
     assert_eq!(kills.len(), 1, "killed exactly once: {kills:?}");
@@ -153,7 +92,7 @@ fn progress_holds_off_and_resolution_averts() {
         recheck: false,
         ..EngineConfig::default()
     };
-    let mut r = Rig::new(
+    let mut r = rig(
         cfg,
         |h| {
             two_jobs(h);
@@ -177,7 +116,7 @@ fn progress_holds_off_and_resolution_averts() {
 
 #[test]
 fn no_progress_kills_after_one_sample() {
-    let mut r = Rig::new(
+    let mut r = rig(
         EngineConfig::default(),
         |h| {
             two_jobs(h);
@@ -201,7 +140,7 @@ fn sustained_full_stall_kills_despite_progress() {
         recheck: false,
         ..EngineConfig::default()
     };
-    let mut r = Rig::new(
+    let mut r = rig(
         cfg,
         |h| {
             two_jobs(h);
@@ -242,7 +181,7 @@ fn progress_awareness_can_be_disabled() {
         recheck: false,
         ..EngineConfig::default()
     };
-    let mut r = Rig::new(cfg, two_jobs, None);
+    let mut r = rig(cfg, two_jobs, None);
     r.event("/batch", ev(1, 0, 0));
     assert_eq!(r.host().kills().len(), 1);
 }
@@ -297,7 +236,7 @@ fn recheck_averts_when_pressure_resolved_meanwhile() {
 
 #[test]
 fn never_kills_twice_for_one_episode() {
-    let mut r = Rig::new(EngineConfig::default(), two_jobs, None);
+    let mut r = rig(EngineConfig::default(), two_jobs, None);
     r.event("/batch", ev(0, 1, 1));
     for _ in 0..5 {
         r.event("/batch", ev(0, 1, 1));
@@ -309,7 +248,7 @@ fn never_kills_twice_for_one_episode() {
 
 #[test]
 fn stuck_victim_escalates_to_next_candidate() {
-    let mut r = Rig::new(
+    let mut r = rig(
         EngineConfig::default(),
         |h| {
             two_jobs(h);
@@ -338,7 +277,7 @@ fn protection_rules_refuse_forbidden_targets() {
         h.cg("/svc").xattr.protected = true;
     };
     // Ids are assigned in path order, so a probe rig gives the same ids.
-    let probe = Rig::new(EngineConfig::default(), setup, None);
+    let probe = rig(EngineConfig::default(), setup, None);
     let cases: Vec<(&str, Action)> = vec![
         (
             "pid 1",
@@ -389,7 +328,7 @@ fn protection_rules_refuse_forbidden_targets() {
         ),
     ];
     for (name, action) in cases {
-        let mut r = Rig::new(EngineConfig::default(), setup, Some(action));
+        let mut r = rig(EngineConfig::default(), setup, Some(action));
         assert_eq!(r.id("/batch"), probe.id("/batch"));
         r.event("/batch", ev(0, 1, 1));
         let ep = r.engine.take_finished();
@@ -405,7 +344,7 @@ fn protection_rules_refuse_forbidden_targets() {
 
 #[test]
 fn kernel_threads_and_unkillable_processes_are_refused() {
-    let mut r = Rig::new(
+    let mut r = rig(
         EngineConfig::default(),
         |h| {
             h.cg("/batch").procs = vec![
@@ -438,7 +377,7 @@ fn dry_run_kills_nothing_and_records_the_plan() {
         dry_run: true,
         ..EngineConfig::default()
     };
-    let mut r = Rig::new(cfg, two_jobs, None);
+    let mut r = rig(cfg, two_jobs, None);
     r.event("/batch", ev(0, 1, 1));
     assert!(r.host().log.is_empty(), "dry run: no effect at all");
     let ep = r.engine.take_finished().unwrap();
@@ -455,8 +394,8 @@ fn kill_tree_honours_oom_group_ancestors() {
         h.cg("/pod/ctr").procs = vec![proc(500, 100)];
         h.cg("/pod/side").procs = vec![proc(501, 10)];
     };
-    let ctr = Rig::new(EngineConfig::default(), setup, None).id("/pod/ctr");
-    let mut r = Rig::new(
+    let ctr = rig(EngineConfig::default(), setup, None).id("/pod/ctr");
+    let mut r = rig(
         EngineConfig::default(),
         setup,
         Some(Action::KillTree { cgroup: ctr }),
@@ -542,7 +481,7 @@ fn raised_limit_is_restored_when_the_episode_ends() {
 
 #[test]
 fn oom_kill_deltas_are_counted_not_acted_on() {
-    let mut r = Rig::new(EngineConfig::default(), two_jobs, None);
+    let mut r = rig(EngineConfig::default(), two_jobs, None);
     let root = r.id("/");
     let at = r.engine.host().now();
     let d = MemoryEvents {
