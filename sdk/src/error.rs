@@ -91,6 +91,13 @@ pub enum Error {
         /// Why it is invalid.
         reason: String,
     },
+    /// The host the loop runs on does not implement this effect (a
+    /// read-only or test host; see `engine::Act`).
+    #[error("this host cannot {op}")]
+    HostCannot {
+        /// The effect, for example `set_max`.
+        op: &'static str,
+    },
     /// A system call not tied to a file failed.
     #[error("{call} failed: {source}")]
     Sys {

@@ -33,11 +33,12 @@ use crate::events::{
 };
 use crate::reserve::{self, ReserveConfig, ReserveReport};
 
+use super::host::{Act, Observe};
 use super::kernel::KernelHost;
+use super::prekill::PrekillHook;
 use super::watchdog::{Target, Watchdog, WatchdogConfig};
 use super::{
-    CgroupId, Engine, EngineConfig, EngineStats, Episode, Handler, Host, Trigger, Victim,
-    XattrTrust,
+    CgroupId, Engine, EngineConfig, EngineStats, Episode, Handler, Trigger, Victim, XattrTrust,
 };
 
 /// A PSI trigger for the runner.
@@ -72,8 +73,6 @@ pub struct RunnerConfig {
     /// Incident records.
     #[cfg(feature = "serde")]
     pub incidents: Option<super::incident::IncidentConfig>,
-    /// Where diagnostics (heap profiles) are expected to appear.
-    pub diagnostics_dir: Option<PathBuf>,
     /// The watchdog thread, which kills on its own when the loop stalls.
     /// `None` (the default of [`RunnerConfig::new`]): no thread.
     pub watchdog: Option<WatchdogConfig>,
@@ -97,7 +96,6 @@ impl RunnerConfig {
             psi: None,
             #[cfg(feature = "serde")]
             incidents: None,
-            diagnostics_dir: None,
             watchdog: None,
             xattr_trust: XattrTrust::TrustedOnly,
             depth: DEFAULT_DEPTH,
@@ -256,8 +254,7 @@ impl Runner {
         root_hier: PathBuf,
     ) -> Result<Self> {
         let n = cfg.engine.max_cgroups;
-        let mut host = KernelHost::new(fs, cfg.xattr_trust, n, cfg.engine.max_processes);
-        host.set_diagnostics_dir(cfg.diagnostics_dir.clone());
+        let host = KernelHost::new(fs, cfg.xattr_trust, n, cfg.engine.max_processes);
         let engine = Engine::new(cfg.engine.clone(), host, handler, &root_hier)?;
         #[cfg(feature = "serde")]
         let incidents = match cfg.incidents.take() {
@@ -425,6 +422,11 @@ impl Runner {
             }
         }
         self.engine.remove_cgroup(hier);
+    }
+
+    /// Adds a hook the loop runs before kills (see [`PrekillHook`]).
+    pub fn add_prekill_hook(&mut self, hook: Box<dyn PrekillHook>) {
+        self.engine.add_prekill_hook(hook);
     }
 
     /// Adds a caller's fd (signal pipe, eventfd …) to the epoll; its token is
