@@ -113,9 +113,7 @@ fn attached(cgroups: &[Option<Arc<Cgroup>>], id: CgroupId) -> Result<&Cgroup> {
     cgroups
         .get(id.index())
         .and_then(Option::as_deref)
-        .ok_or_else(|| Error::CgroupGone {
-            path: PathBuf::from("(detached cgroup)"),
-        })
+        .ok_or(Error::CgroupDetached { index: id.index() })
 }
 
 impl KernelHost {
@@ -337,9 +335,8 @@ impl Observe for KernelHost {
 
 impl Act for KernelHost {
     fn kill_process(&mut self, id: CgroupId, pid: i32) -> Result<Victim> {
-        let slot = self.free_slot().ok_or_else(|| Error::InvalidArgument {
-            what: "victim",
-            reason: "too many victims in flight".to_owned(),
+        let slot = self.free_slot().ok_or(Error::TooManyVictims {
+            limit: VICTIM_SLOTS,
         })?;
         let cg = self.cg(id)?;
         let fd = Pidfd::open_in(cg, pid)?;

@@ -34,7 +34,6 @@
 mod group;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -112,9 +111,7 @@ impl Pidfd {
         match rustix::process::pidfd_open(p, PidfdFlags::empty()) {
             Ok(fd) => Ok(Pidfd { fd, pid }),
             Err(Errno::SRCH) => Err(Error::ProcessGone { pid }),
-            Err(Errno::NOSYS) => Err(Error::Unsupported {
-                path: PathBuf::from("pidfd_open(2)"),
-            }),
+            Err(Errno::NOSYS) => Err(Error::SyscallUnsupported { call: "pidfd_open" }),
             Err(Errno::INVAL) => Err(Error::InvalidArgument {
                 what: "pid",
                 reason: format!("{pid} is not a thread-group leader"),
@@ -176,8 +173,8 @@ impl Pidfd {
         match rustix::process::pidfd_send_signal(&self.fd, sig) {
             Ok(()) => Ok(()),
             Err(Errno::SRCH) => Err(Error::ProcessGone { pid: self.pid }),
-            Err(Errno::NOSYS) => Err(Error::Unsupported {
-                path: PathBuf::from("pidfd_send_signal(2)"),
+            Err(Errno::NOSYS) => Err(Error::SyscallUnsupported {
+                call: "pidfd_send_signal",
             }),
             Err(e) => Err(Error::sys("pidfd_send_signal", e)),
         }
@@ -211,14 +208,14 @@ impl Pidfd {
     }
 
     /// [`try_mrelease`](Self::try_mrelease) as a `Result`: `Unsupported`
-    /// is [`Error::Unsupported`], `AlreadyExited` is [`Error::ProcessGone`],
+    /// is [`Error::SyscallUnsupported`], `AlreadyExited` is [`Error::ProcessGone`],
     /// `NotDying` is [`Error::InvalidArgument`].
     pub fn mrelease(&self) -> Result<()> {
         match self.try_mrelease() {
             Mrelease::Done => Ok(()),
             Mrelease::NotRequested => Ok(()),
-            Mrelease::Unsupported => Err(Error::Unsupported {
-                path: PathBuf::from("process_mrelease(2)"),
+            Mrelease::Unsupported => Err(Error::SyscallUnsupported {
+                call: "process_mrelease",
             }),
             Mrelease::AlreadyExited => Err(Error::ProcessGone { pid: self.pid }),
             Mrelease::NotDying => Err(Error::InvalidArgument {

@@ -201,12 +201,9 @@ impl ProcDir {
     /// Reads a whole file into `buf`; a file larger than `buf` is a
     /// [`ParseErrorKind::TooLarge`] error. Allocation-free on success.
     pub fn read_into<'b>(&self, name: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8]> {
-        let len = buf.len();
         match self.read_prefix(name, buf)? {
             (data, false) => Ok(data),
-            (_, true) => {
-                Err(self.parse_err(name, ParseError::new(len as u32, ParseErrorKind::TooLarge)))
-            }
+            (_, true) => Err(self.parse_err(name, ParseError::new(1, ParseErrorKind::TooLarge))),
         }
     }
 
