@@ -27,6 +27,7 @@ use super::types::{CgroupId, CgroupStats, ProcSample, SystemStats, XattrInfo};
 /// A kill in flight, to be waited for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub enum Victim {
     /// One process, signalled through a pidfd kept in host slot `slot`.
     Process {

@@ -435,7 +435,7 @@ impl Act for KernelHost {
     }
 
     fn signal(&mut self, id: CgroupId, pid: i32, signal: i32) -> Result<()> {
-        let sig = Signal::from_named_raw(signal).ok_or_else(|| Error::InvalidArgument {
+        let sig = Signal::from_raw(signal).ok_or_else(|| Error::InvalidArgument {
             what: "signal",
             reason: format!("{signal} is not a signal number"),
         })?;

@@ -36,6 +36,7 @@ mod handler;
 mod host;
 #[cfg(feature = "serde")]
 pub mod incident;
+mod incident_config;
 mod kernel;
 mod plan;
 mod prekill;
@@ -57,6 +58,7 @@ pub use config::EngineConfig;
 pub use episode::{EngineStats, Episode, Outcome, Refusal, Timings, VictimRecord};
 pub use handler::Handler;
 pub use host::{Act, Host, Observe, Victim};
+pub use incident_config::IncidentConfig;
 pub use kernel::KernelHost;
 pub use plan::{Action, MAX_STEPS, Plan, PlanFull, REASON_MAX, ReasonWriter, Step};
 pub use prekill::{PrekillHook, PrekillTarget};

@@ -33,6 +33,7 @@ use crate::events::{
 };
 use crate::reserve::{self, ReserveConfig, ReserveReport};
 
+use super::IncidentConfig;
 use super::host::{Act, Observe};
 use super::kernel::KernelHost;
 use super::prekill::PrekillHook;
@@ -70,9 +71,9 @@ pub struct RunnerConfig {
     pub memory_events: bool,
     /// A PSI trigger.
     pub psi: Option<PsiConfig>,
-    /// Incident records.
-    #[cfg(feature = "serde")]
-    pub incidents: Option<super::incident::IncidentConfig>,
+    /// Incident records (written only with the `serde` feature; without
+    /// it, `Some` is refused when the runner starts).
+    pub incidents: Option<IncidentConfig>,
     /// The watchdog thread, which kills on its own when the loop stalls.
     /// `None` (the default of [`RunnerConfig::new`]): no thread.
     pub watchdog: Option<WatchdogConfig>,
@@ -94,7 +95,6 @@ impl RunnerConfig {
             raise_nofile: false,
             memory_events: true,
             psi: None,
-            #[cfg(feature = "serde")]
             incidents: None,
             watchdog: None,
             xattr_trust: XattrTrust::TrustedOnly,
@@ -261,6 +261,13 @@ impl Runner {
             Some(c) => Some(super::incident::IncidentSink::new(c)?),
             None => None,
         };
+        #[cfg(not(feature = "serde"))]
+        if cfg.incidents.is_some() {
+            return Err(Error::InvalidArgument {
+                what: "incidents",
+                reason: "incident records need oomkit's `serde` feature".to_owned(),
+            });
+        }
         Ok(Runner {
             engine,
             watcher: Watcher::with_capacity(n + EXTRA_SOURCES)?,

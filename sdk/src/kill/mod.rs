@@ -32,6 +32,7 @@
 //! ```
 
 mod group;
+mod signal;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -43,8 +44,7 @@ use rustix::process::{Pid, PidfdFlags};
 pub use group::{
     GroupKillOptions, GroupKillOutcome, GroupKillPath, kill_cgroup, wait_for_cgroup_events,
 };
-/// Signal numbers, as rustix defines them (`Signal::TERM`, `Signal::KILL` …).
-pub use rustix::process::Signal;
+pub use signal::Signal;
 
 use crate::cgroup::Cgroup;
 use crate::error::{Error, Result};
@@ -71,6 +71,7 @@ pub enum Membership {
 /// The result of a `process_mrelease` attempt, as data: no allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub enum Mrelease {
     /// Not attempted.
     NotRequested,
@@ -170,7 +171,7 @@ impl Pidfd {
                 reason: format!("refusing to signal PID {} (init or ourselves)", self.pid),
             });
         }
-        match rustix::process::pidfd_send_signal(&self.fd, sig) {
+        match rustix::process::pidfd_send_signal(&self.fd, sig.to_rustix()) {
             Ok(()) => Ok(()),
             Err(Errno::SRCH) => Err(Error::ProcessGone { pid: self.pid }),
             Err(Errno::NOSYS) => Err(Error::SyscallUnsupported {
