@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::fake::{FakeHost, Rig, ev, proc};
-use super::*;
-use crate::cgroup::{Limit, MemoryEvents};
+use oomkit::cgroup::{Limit, MemoryEvents};
+use oomkit::engine::*;
+use oomkit_testing::{FakeHost, Rig, ev, proc};
 
 /// Kills the largest process of the lowest priority in scope.
 struct Largest {
