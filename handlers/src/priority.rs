@@ -85,8 +85,7 @@ pub struct Choice {
 impl Choice {
     /// `comm` as text (empty for cgroup victims).
     pub fn comm(&self) -> &str {
-        let end = self.comm.iter().position(|b| *b == 0).unwrap_or(16);
-        std::str::from_utf8(&self.comm[..end]).unwrap_or("?")
+        oomkit::proc::padded_comm_str(&self.comm)
     }
 }
 

@@ -44,6 +44,7 @@ pub use types::*;
 
 use crate::cgroup::Cgroup;
 use crate::error::{Error, Op, ParseError, ParseErrorKind, Result};
+use crate::fs;
 use crate::util::{fmt_u64, io_err};
 
 /// Buffer for `/proc/PID/status` (about 1.5 KiB; long `Groups` or
@@ -191,16 +192,8 @@ impl ProcDir {
             Mode::empty(),
         )
         .map_err(|e| self.err(name, Op::Open, e))?;
-        let mut filled = 0;
-        while filled < buf.len() {
-            match rustix::io::read(&fd, &mut buf[filled..]) {
-                Ok(0) => return Ok((&buf[..filled], false)),
-                Ok(n) => filled += n,
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(self.err(name, Op::Read, e)),
-            }
-        }
-        Ok((&buf[..filled], true))
+        let (n, full) = fs::read_prefix(&fd, buf).map_err(|e| self.err(name, Op::Read, e))?;
+        Ok((&buf[..n], full))
     }
 
     /// Reads a whole file into `buf`; a file larger than `buf` is a
@@ -304,15 +297,8 @@ impl ProcDir {
         )
         .map_err(|e| self.err(name, Op::Open, e))?;
         let mut out = Vec::new();
-        let mut chunk = [0u8; SMALL_BUF];
-        loop {
-            match rustix::io::read(&fd, &mut chunk[..]) {
-                Ok(0) => return Ok(parse::cmdline(&out)),
-                Ok(n) => out.extend_from_slice(&chunk[..n]),
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(self.err(name, Op::Read, e)),
-            }
-        }
+        fs::read_to_end(&fd, &mut out).map_err(|e| self.err(name, Op::Read, e))?;
+        Ok(parse::cmdline(&out))
     }
 
     /// `/proc/PID/smaps_rollup` (4.14+). Takes the process's mmap lock.
@@ -464,20 +450,13 @@ fn read_system<T>(
         Mode::empty(),
     )
     .map_err(|e| Error::io(p(), Op::Open, io_err(e)))?;
-    let mut filled = 0;
-    loop {
-        if filled == buf.len() {
-            return Err(Error::Parse {
-                path: p(),
-                source: ParseError::new(1, ParseErrorKind::TooLarge),
-            });
-        }
-        match rustix::io::read(&fd, &mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(Error::io(p(), Op::Read, io_err(e))),
-        }
+    let (filled, full) =
+        fs::read_prefix(&fd, buf).map_err(|e| Error::io(p(), Op::Read, io_err(e)))?;
+    if full {
+        return Err(Error::Parse {
+            path: p(),
+            source: ParseError::new(1, ParseErrorKind::TooLarge),
+        });
     }
     parse(&buf[..filled]).map_err(|source| Error::Parse { path: p(), source })
 }
