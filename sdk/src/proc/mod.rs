@@ -182,16 +182,20 @@ impl ProcDir {
         }
     }
 
-    /// Reads file `name` of the process into `buf`. Returns the bytes and
-    /// whether the file was cut at `buf.len()`. Allocation-free on success.
-    pub fn read_prefix<'b>(&self, name: &CStr, buf: &'b mut [u8]) -> Result<(&'b [u8], bool)> {
-        let fd = rustix::fs::openat(
+    fn open_file(&self, name: &CStr) -> Result<OwnedFd> {
+        rustix::fs::openat(
             &self.fd,
             name,
             OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
             Mode::empty(),
         )
-        .map_err(|e| self.err(name, Op::Open, e))?;
+        .map_err(|e| self.err(name, Op::Open, e))
+    }
+
+    /// Reads file `name` of the process into `buf`. Returns the bytes and
+    /// whether the file was cut at `buf.len()`. Allocation-free on success.
+    pub fn read_prefix<'b>(&self, name: &CStr, buf: &'b mut [u8]) -> Result<(&'b [u8], bool)> {
+        let fd = self.open_file(name)?;
         let (n, full) = fs::read_prefix(&fd, buf).map_err(|e| self.err(name, Op::Read, e))?;
         Ok((&buf[..n], full))
     }
@@ -289,13 +293,7 @@ impl ProcDir {
     /// `/proc/PID/cmdline`, NUL-separated arguments. Allocates.
     pub fn cmdline(&self) -> Result<Vec<String>> {
         let name = c"cmdline";
-        let fd = rustix::fs::openat(
-            &self.fd,
-            name,
-            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::empty(),
-        )
-        .map_err(|e| self.err(name, Op::Open, e))?;
+        let fd = self.open_file(name)?;
         let mut out = Vec::new();
         fs::read_to_end(&fd, &mut out).map_err(|e| self.err(name, Op::Read, e))?;
         Ok(parse::cmdline(&out))
