@@ -459,6 +459,32 @@ fn read_system<T>(
     parse(&buf[..filled]).map_err(|source| Error::Parse { path: p(), source })
 }
 
+/// A capability the SDK checks for itself (numbers from `capability.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Capability {
+    /// `CAP_IPC_LOCK`: `mlockall` beyond `RLIMIT_MEMLOCK`.
+    IpcLock,
+    /// `CAP_SYS_NICE`: negative nice, real-time scheduling.
+    SysNice,
+    /// `CAP_SYS_RESOURCE`: lowering `oom_score_adj`, `PR_SET_IO_FLUSHER`,
+    /// raising hard limits, PSI windows that are not multiples of 2 s.
+    SysResource,
+}
+
+/// Whether the calling thread has `cap` in its effective set
+/// (`capget(2)`): the one check of our own privileges. This is the raw
+/// bit: root in a user namespace has it, root with it dropped does not.
+pub fn has_capability(cap: Capability) -> bool {
+    use rustix::thread::CapabilitySet as Set;
+    let bit = match cap {
+        Capability::IpcLock => Set::IPC_LOCK,
+        Capability::SysNice => Set::SYS_NICE,
+        Capability::SysResource => Set::SYS_RESOURCE,
+    };
+    rustix::thread::capabilities(None).is_ok_and(|c| c.effective.contains(bit))
+}
+
 /// `/proc/meminfo`. Allocation-free.
 pub fn meminfo() -> Result<MemInfo> {
     let mut buf = [0u8; 8192];
