@@ -38,6 +38,7 @@ pub mod kill;
 pub mod probe;
 pub mod proc;
 pub mod reserve;
+pub mod spawn;
 #[allow(unsafe_code)]
 mod sys;
 mod util;
