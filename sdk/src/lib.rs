@@ -35,6 +35,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod kill;
+pub mod monitor;
 pub mod probe;
 pub mod proc;
 pub mod reserve;
