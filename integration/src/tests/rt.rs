@@ -1,0 +1,510 @@
+//! What a container runtime gets from oomkit, on real kernels: the OOM monitor's reports (level,
+//! counters, victims matched to the kernel log), the final counters of a cgroup removed as soon
+//! as it empties, spawning into a cgroup, and the `supervise` example end to end.
+//!
+//! Every container here is `<test>/pod/<ctr>`: the pod has `+memory` for its children, so a limit
+//! on the pod is a "pod-level" limit as Kubernetes sets them. Workloads are the guest binary's
+//! `workload` helpers, started with [`Spawn::spawn_into`] (which places them in the cgroup
+//! before their first instruction); each names itself after its cgroup, so the kernel logs that
+//! name as the victim's `comm`.
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use oomkit::Cgroup;
+use oomkit::cgroup::Limit;
+use oomkit::events::CgroupEventsWatch;
+use oomkit::monitor::{
+    FinalCounters, FinalReport, KernelLogAccess, Level, MonitorEvent, MonitorOptions, OomMonitor,
+    OomReport, VictimsStatus,
+};
+use oomkit::spawn::{Placement, Spawn, SpawnedChild};
+
+use super::common::kernel_version;
+use crate::harness::{Ctx, Fail, Outcome, TestResult, write_file};
+use crate::{ensure, fail};
+
+/// The `supervise` example, packed into the initramfs by the xtask.
+pub const SUPERVISE_BIN: &str = "/bin/supervise";
+
+/// Creates `<base>/pod` (with `+memory` for its children) and `<base>/pod/<ctr>`.
+fn pod_and_ctr(ctx: &Ctx, ctr: &str) -> Result<(PathBuf, Cgroup, PathBuf, Cgroup), Fail> {
+    let (pod_path, pod) = ctx.cgroup("pod")?;
+    write_file(&pod_path.join("cgroup.subtree_control"), "+memory")?;
+    let ctr_path = pod_path.join(ctr);
+    match std::fs::create_dir(&ctr_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => fail!("mkdir {}: {e}", ctr_path.display()),
+    }
+    let ctr = Cgroup::open(&ctr_path)?;
+    Ok((pod_path, pod, ctr_path, ctr))
+}
+
+fn dev_null() -> Result<OwnedFd, Fail> {
+    Ok(std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| Fail(format!("open /dev/null: {e}")))?
+        .into())
+}
+
+/// Starts `oomkit-guest workload <cg> <args…>` inside `cg` (stdout to /dev/null: the test's own
+/// stdout is the runner's protocol channel).
+fn spawn_workload(
+    path: &Path,
+    cg: &Cgroup,
+    args: &[&str],
+    placement: Placement,
+) -> Result<SpawnedChild, Fail> {
+    let exe = std::env::current_exe().map_err(|e| Fail(format!("current_exe: {e}")))?;
+    Spawn::new(exe)
+        .arg("workload")
+        .arg(path)
+        .args(args)
+        .stdout(dev_null()?)
+        .placement(placement)
+        .spawn_into(cg)
+        .map_err(|e| {
+            Fail(format!(
+                "spawn workload {args:?} into {}: {e}",
+                path.display()
+            ))
+        })
+}
+
+/// Waits until `pick` returns something from the monitor's events, or fails after `timeout`
+/// with everything seen so far.
+fn wait_monitor<T>(
+    m: &mut OomMonitor,
+    timeout: Duration,
+    mut pick: impl FnMut(&MonitorEvent) -> Option<T>,
+) -> Result<(T, Vec<MonitorEvent>), Fail> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            fail!("after {timeout:?} the monitor reported only {seen:?}");
+        }
+        for ev in m.wait(Some(left))? {
+            let hit = pick(&ev);
+            seen.push(ev);
+            if let Some(v) = hit {
+                return Ok((v, seen));
+            }
+        }
+    }
+}
+
+fn first_oom(ev: &MonitorEvent) -> Option<OomReport> {
+    match ev {
+        MonitorEvent::Oom(r) => Some(r.clone()),
+        MonitorEvent::Unpopulated(_) => None,
+    }
+}
+
+/// The OOM killer's lines in `/dev/kmsg`, read by the test itself (not through the SDK) to check
+/// the monitor's victims against what the kernel logged.
+struct RawLog {
+    f: std::fs::File,
+}
+
+impl RawLog {
+    fn open() -> Result<Self, Fail> {
+        use std::io::Seek;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")
+            .map_err(|e| Fail(format!("open /dev/kmsg: {e}")))?;
+        f.seek(std::io::SeekFrom::End(0))
+            .map_err(|e| Fail(format!("seek /dev/kmsg: {e}")))?;
+        Ok(RawLog { f })
+    }
+
+    /// The OOM-related messages logged since `open` (or the previous call).
+    fn oom_lines(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match self.f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let rec = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let msg = rec
+                        .split_once(';')
+                        .map(|(_, m)| m.lines().next().unwrap_or("").to_string())
+                        .unwrap_or_default();
+                    if msg.contains("Killed process")
+                        || msg.starts_with("oom-kill:")
+                        || msg.starts_with("Tasks in ")
+                    {
+                        out.push(msg);
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+                Err(_) => break,
+            }
+        }
+        out
+    }
+}
+
+/// The kernel logged `Killed process <pid> (<comm>)` for every victim of the report.
+fn check_against_log(r: &OomReport, lines: &[String]) -> Result<(), Fail> {
+    for v in &r.victims {
+        let needle = format!("Killed process {} ({})", v.pid, v.comm);
+        ensure!(
+            lines.iter().any(|l| l.contains(&needle)),
+            "victim {} ({}) of the report is not in the kernel log: {lines:?}",
+            v.pid,
+            v.comm
+        );
+    }
+    Ok(())
+}
+
+fn expect_sigkill(child: &mut SpawnedChild, who: &str) -> Result<(), Fail> {
+    let st = child.wait()?;
+    ensure!(
+        st.signal() == Some(libc::SIGKILL),
+        "{who} {} ended with {st}, not SIGKILL",
+        child.pid()
+    );
+    Ok(())
+}
+
+/// The container's own limit: level = container, the victim's PID and comm as the kernel logged
+/// them; the spawn used clone3(CLONE_INTO_CGROUP).
+pub fn own_limit(ctx: &mut Ctx) -> TestResult {
+    let (_, _, ctr_path, ctr) = pod_and_ctr(ctx, "ctr")?;
+    ctr.set_memory_max(Limit::Bytes(32 << 20))?;
+    let mut raw = RawLog::open()?;
+    let mut m = OomMonitor::open(&ctr, MonitorOptions::default())?;
+    ensure!(
+        *m.kernel_log() == KernelLogAccess::Readable,
+        "kernel log not readable as root: {:?}",
+        m.kernel_log()
+    );
+    let mut hog = spawn_workload(
+        &ctr_path,
+        &ctr,
+        &["hog", "64", "4", "hold"],
+        Placement::Auto,
+    )?;
+    ensure!(
+        hog.placement() == Placement::Clone3,
+        "spawn fell back to {:?} on Linux {:?} (CLONE_INTO_CGROUP is 5.7+)",
+        hog.placement(),
+        kernel_version()
+    );
+    let (r, _) = wait_monitor(&mut m, Duration::from_secs(45), first_oom)?;
+    expect_sigkill(&mut hog, "hog")?;
+    let lines = raw.oom_lines();
+    ctx.note(format!("kernel log: {}", lines.join(" | ")));
+    ensure!(r.level == Level::Container, "level {:?}: {r}", r.level);
+    ensure!(
+        r.victims_status == VictimsStatus::Complete,
+        "victims {:?}: {r}",
+        r.victims_status
+    );
+    ensure!(
+        r.victims.len() == 1 && r.victims[0].pid == hog.pid() && r.victims[0].comm == "ctr",
+        "victims {:?}, expected the hog {} (ctr)",
+        r.victims,
+        hog.pid()
+    );
+    ensure!(
+        r.rose.oom.unwrap_or(0) >= 1 && r.rose.oom_kill == Some(1),
+        "counters rose {:?}",
+        r.rose
+    );
+    check_against_log(&r, &lines)?;
+    let latency = r
+        .reported
+        .duration_since(r.first_seen)
+        .unwrap_or_default()
+        .as_millis();
+    Ok(Outcome::Pass(format!(
+        "{r}; victim matched the kernel log; counter-to-report {latency} ms"
+    )))
+}
+
+/// A pod with a tighter limit than its container: level = pod, and the report is there although
+/// the container's own `oom` counter never rose (the case containerd missed).
+pub fn pod_limit(ctx: &mut Ctx) -> TestResult {
+    let (pod_path, pod, ctr_path, ctr) = pod_and_ctr(ctx, "ctr")?;
+    pod.set_memory_max(Limit::Bytes(32 << 20))?;
+    ctr.set_memory_max(Limit::Bytes(256 << 20))?;
+    let mut raw = RawLog::open()?;
+    let mut m = OomMonitor::open(&ctr, MonitorOptions::default())?;
+    let mut hog = spawn_workload(
+        &ctr_path,
+        &ctr,
+        &["hog", "64", "4", "hold"],
+        Placement::Auto,
+    )?;
+    let (r, _) = wait_monitor(&mut m, Duration::from_secs(45), first_oom)?;
+    expect_sigkill(&mut hog, "hog")?;
+    let pod_hier = pod.hierarchy_path().to_path_buf();
+    ensure!(
+        r.level == Level::Pod { path: pod_hier },
+        "level {:?}, expected the pod {}: {r}",
+        r.level,
+        pod_path.display()
+    );
+    ensure!(
+        r.rose.oom.unwrap_or(0) == 0 && r.rose.oom_kill == Some(1),
+        "container counters rose {:?} (expected oom +0, oom_kill +1)",
+        r.rose
+    );
+    ensure!(
+        r.victims.iter().any(|v| v.pid == hog.pid()),
+        "hog {} not among the victims {:?}",
+        hog.pid(),
+        r.victims
+    );
+    check_against_log(&r, &raw.oom_lines())?;
+    Ok(Outcome::Pass(r.to_string()))
+}
+
+/// `memory.oom.group`: the kernel kills the whole container; every victim is reported.
+pub fn group_kill(ctx: &mut Ctx) -> TestResult {
+    let (_, _, ctr_path, ctr) = pod_and_ctr(ctx, "ctr")?;
+    ctr.set_memory_max(Limit::Bytes(32 << 20))?;
+    ctr.set_oom_group(true)?;
+    let mut raw = RawLog::open()?;
+    let mut m = OomMonitor::open(&ctr, MonitorOptions::default())?;
+    let mut sleepers = Vec::new();
+    for _ in 0..2 {
+        sleepers.push(spawn_workload(
+            &ctr_path,
+            &ctr,
+            &["sleep"],
+            Placement::Auto,
+        )?);
+    }
+    let mut hog = spawn_workload(
+        &ctr_path,
+        &ctr,
+        &["hog", "64", "4", "hold"],
+        Placement::Auto,
+    )?;
+    let (r, _) = wait_monitor(&mut m, Duration::from_secs(45), first_oom)?;
+    expect_sigkill(&mut hog, "hog")?;
+    for s in &mut sleepers {
+        expect_sigkill(s, "sleeper")?;
+    }
+    let mut want: Vec<i32> = sleepers.iter().map(SpawnedChild::pid).collect();
+    want.push(hog.pid());
+    want.sort_unstable();
+    let mut got: Vec<i32> = r.victims.iter().map(|v| v.pid).collect();
+    got.sort_unstable();
+    ensure!(got == want, "victims {got:?}, expected {want:?}: {r}");
+    ensure!(
+        r.victims_status == VictimsStatus::Complete && r.rose.oom_kill == Some(3),
+        "status {:?}, counters {:?}",
+        r.victims_status,
+        r.rose
+    );
+    if kernel_version() >= (5, 17) {
+        ensure!(
+            r.rose.oom_group_kill == Some(1),
+            "oom_group_kill rose {:?}",
+            r.rose.oom_group_kill
+        );
+    }
+    check_against_log(&r, &raw.oom_lines())?;
+    Ok(Outcome::Pass(r.to_string()))
+}
+
+/// Removes `cg` as soon as `cgroup.events` says it is empty, as systemd does with a scope.
+fn remove_when_empty(ctr: Cgroup, path: PathBuf) -> std::thread::JoinHandle<Result<(), String>> {
+    std::thread::spawn(move || {
+        let mut w = CgroupEventsWatch::open(&ctr).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while w.last().populated != Some(false) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("never became empty".into());
+            }
+            let mut fds = [rustix::event::PollFd::new(
+                &w,
+                rustix::event::PollFlags::PRI,
+            )];
+            let ts = rustix::event::Timespec::try_from(left).ok();
+            let _ = rustix::event::poll(&mut fds, ts.as_ref());
+            w.refresh().map_err(|e| e.to_string())?;
+        }
+        drop(w);
+        drop(ctr);
+        std::fs::remove_dir(&path).map_err(|e| format!("rmdir {}: {e}", path.display()))
+    })
+}
+
+/// 20 times: a container OOM-killed by its own limit, its cgroup removed the moment it is empty
+/// (a racing remover thread, like systemd); the monitor's final report must carry the final
+/// counters (oom_kill included), never "gone" and never zero.
+pub fn removed_right_after_exit(ctx: &mut Ctx) -> TestResult {
+    const RUNS: usize = 20;
+    let mut read = 0;
+    let mut with_report = 0;
+    for i in 0..RUNS {
+        let name = format!("c{i}");
+        let (_, _, ctr_path, ctr) = pod_and_ctr(ctx, &name)?;
+        ctr.set_memory_max(Limit::Bytes(24 << 20))?;
+        let mut m = OomMonitor::open(&ctr, MonitorOptions::default())?;
+        let mut hog = spawn_workload(
+            &ctr_path,
+            &ctr,
+            &["hog", "48", "8", "exit"],
+            Placement::Auto,
+        )?;
+        let remover = remove_when_empty(ctr.try_clone()?, ctr_path.clone());
+        let pick = |ev: &MonitorEvent| match ev {
+            MonitorEvent::Unpopulated(f) => Some(f.clone()),
+            MonitorEvent::Oom(_) => None,
+        };
+        let (fin, seen): (FinalReport, _) = wait_monitor(&mut m, Duration::from_secs(45), pick)?;
+        expect_sigkill(&mut hog, "hog")?;
+        match remover.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => fail!("run {i}: remover: {e}"),
+            Err(_) => fail!("run {i}: remover thread panicked"),
+        }
+        ensure!(
+            !ctr_path.exists(),
+            "run {i}: {} still exists",
+            ctr_path.display()
+        );
+        if seen.iter().any(|e| matches!(e, MonitorEvent::Oom(_))) {
+            with_report += 1;
+        }
+        match fin.counters {
+            FinalCounters::Read { since_start, .. } => {
+                ensure!(
+                    since_start.oom_kill == Some(1) && since_start.oom.unwrap_or(0) >= 1,
+                    "run {i}: final counters {since_start:?}, expected oom >= 1 and oom_kill 1"
+                );
+                read += 1;
+            }
+            FinalCounters::Gone { last_seen } => {
+                fail!(
+                    "run {i} of {RUNS}: the cgroup was gone before the final read (last seen {last_seen:?}); {read} runs read so far"
+                );
+            }
+        }
+    }
+    ctx.note(format!(
+        "final counters read in {read}/{RUNS} runs with the cgroup removed on populated 0; OOM report before the final one in {with_report}/{RUNS}"
+    ));
+    Ok(Outcome::Pass(format!(
+        "{read}/{RUNS} final reports carried oom_kill 1 although a remover raced them"
+    )))
+}
+
+/// The cgroup.procs fallback of `Spawn` on a real kernel: the child is in the cgroup.
+pub fn spawn_fallback(ctx: &mut Ctx) -> TestResult {
+    let (_, _, ctr_path, ctr) = pod_and_ctr(ctx, "ctr")?;
+    let mut s = spawn_workload(&ctr_path, &ctr, &["sleep"], Placement::WriteProcs)?;
+    ensure!(
+        s.placement() == Placement::WriteProcs,
+        "placement {:?}",
+        s.placement()
+    );
+    let procs = ctr.procs()?;
+    ensure!(
+        procs.contains(&s.pid()),
+        "pid {} not in {}/cgroup.procs {procs:?}",
+        s.pid(),
+        ctr_path.display()
+    );
+    s.kill()?;
+    expect_sigkill(&mut s, "sleeper")?;
+    Ok(Outcome::Pass(format!(
+        "fork + cgroup.procs from the child placed {} in {}",
+        s.pid(),
+        ctr_path.display()
+    )))
+}
+
+fn supervise(args: &[String]) -> Result<(String, std::process::ExitStatus), Fail> {
+    let out = std::process::Command::new(SUPERVISE_BIN)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| Fail(format!("run {SUPERVISE_BIN}: {e}")))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout
+        .lines()
+        .rfind(|l| {
+            l.starts_with("OOMKilled") || l.starts_with("Exited") || l.starts_with("Signalled")
+        })
+        .unwrap_or("")
+        .to_string();
+    if last.is_empty() {
+        fail!(
+            "supervise printed no verdict (status {}); stdout {stdout:?} stderr {:?}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((last, out.status))
+}
+
+/// The `supervise` example: `OOMKilled` for a hog, `Exited(0)` for a well-behaved command.
+pub fn supervise_example(ctx: &mut Ctx) -> TestResult {
+    let (pod_path, pod, _, _) = pod_and_ctr(ctx, "ctr")?;
+    let exe = std::env::current_exe().map_err(|e| Fail(format!("current_exe: {e}")))?;
+    let hog_cg = pod_path.join("hog");
+    let args: Vec<String> = [
+        "--cgroup",
+        &hog_cg.display().to_string(),
+        "--memory-max",
+        "33554432",
+        "--",
+        &exe.display().to_string(),
+        "workload",
+        &hog_cg.display().to_string(),
+        "hog",
+        "64",
+        "4",
+        "hold",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (line, st) = supervise(&args)?;
+    let hier = pod.hierarchy_path().join("hog");
+    let want = format!("OOMKilled: limit of {} fired, killed ", hier.display());
+    ensure!(
+        line.starts_with(&want) && line.ends_with("(hog)"),
+        "supervise printed {line:?}, expected {want}PID (hog)"
+    );
+    ensure!(st.code() == Some(137), "supervise exited with {st}");
+    ensure!(!hog_cg.exists(), "supervise left {}", hog_cg.display());
+    let ok_cg = pod_path.join("ok");
+    let args: Vec<String> = [
+        "--cgroup",
+        &ok_cg.display().to_string(),
+        "--memory-max",
+        "33554432",
+        "--",
+        "/bin/true",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (line2, st2) = supervise(&args)?;
+    ensure!(
+        line2 == "Exited(0)",
+        "supervise printed {line2:?} for /bin/true"
+    );
+    ensure!(st2.code() == Some(0), "supervise exited with {st2}");
+    Ok(Outcome::Pass(format!("{line} / {line2}")))
+}
