@@ -123,7 +123,16 @@ struct LevelWatch {
 struct Pending {
     rose: MemoryEvents,
     level: Level,
+    /// Distinct victims (the group kill of 5.x/6.x kills, logs and counts
+    /// the first victim twice).
     victims: Vec<KillRecord>,
+    /// Kill lines matched, to compare with `oom_kill`.
+    lines: u64,
+    /// A level has `memory.oom.group` set: the kernel kills the group one
+    /// process at a time after the first victim, so counters and lines read
+    /// mid-way look complete; such a report waits for the container to empty
+    /// (or the grace period).
+    group: bool,
     first_seen: SystemTime,
     deadline: Instant,
 }
@@ -277,10 +286,15 @@ impl OomMonitor {
                 flags: EventFlags::empty(),
                 data: EventData::new_u64(0),
             }; 4];
-            match epoll::wait(ep, &mut buf[..], ts.as_ref()) {
-                Ok(_) | Err(Errno::INTR) => {}
+            let n = match epoll::wait(ep, &mut buf[..], ts.as_ref()) {
+                Ok(n) => n,
+                Err(Errno::INTR) => 0,
                 Err(e) => return Err(Error::sys("epoll_wait", io_err(e))),
-            }
+            };
+            let populated = buf
+                .get(..n)
+                .is_some_and(|b| b.iter().any(|e| e.data.u64() == TOKEN_POPULATED));
+            return self.process_ready(populated);
         }
         self.process()
     }
@@ -290,11 +304,47 @@ impl OomMonitor {
     /// [`next_timeout`](Self::next_timeout) has passed. Re-reading is
     /// idempotent, so an extra call is harmless.
     pub fn process(&mut self) -> Result<Vec<MonitorEvent>> {
+        let populated_changed = self.populated_flagged();
+        self.process_ready(populated_changed)
+    }
+
+    /// Whether the kernel flagged `cgroup.events` as changed (an
+    /// `epoll_wait` with zero timeout on the monitor's own epoll fd, whose
+    /// level-triggered entries stay until we re-read the files).
+    fn populated_flagged(&self) -> bool {
+        let Some(ep) = &self.epoll else {
+            return true;
+        };
+        let mut buf = [epoll::Event {
+            flags: EventFlags::empty(),
+            data: EventData::new_u64(0),
+        }; 4];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        match epoll::wait(ep, &mut buf[..], Some(&zero)) {
+            Ok(n) => buf
+                .get(..n)
+                .is_some_and(|b| b.iter().any(|e| e.data.u64() == TOKEN_POPULATED)),
+            Err(_) => true,
+        }
+    }
+
+    fn process_ready(&mut self, populated_changed: bool) -> Result<Vec<MonitorEvent>> {
         let mut out = Vec::new();
         if self.finished {
             return Ok(out);
         }
-        self.log.drain();
+        // When cgroup.events changed, the container may have just become
+        // empty and a remover (systemd, the runtime) may be about to take
+        // the directory: read the counters first, before anything else.
+        // Read after that notification, they are final (they only move
+        // while the cgroup has processes).
+        let early = populated_changed && {
+            self.read_counters()?;
+            !self.gone
+        };
         let unpopulated = match self.populated.refresh() {
             Ok(Some(ch)) => ch.became_unpopulated(),
             Ok(None) => false,
@@ -304,16 +354,17 @@ impl OomMonitor {
             }
             Err(e) => return Err(e),
         };
-        // After cgroup.events: a populated-0 reading is followed by the
-        // final counters (they are final before the last process exits).
-        self.read_counters()?;
+        if !(unpopulated && early) {
+            self.read_counters()?;
+        }
+        self.log.drain();
         self.collect_victims();
         let now = Instant::now();
         let due = match &self.pending {
             Some(p) => {
                 let expected = p.rose.oom_kill.unwrap_or(0);
                 let complete = *self.log.access() != KernelLogAccess::Readable
-                    || (expected > 0 && p.victims.len() as u64 >= expected);
+                    || (!p.group && expected > 0 && p.lines >= expected);
                 complete || now >= p.deadline || unpopulated || self.gone
             }
             None => false,
@@ -324,6 +375,11 @@ impl OomMonitor {
             }
         }
         if unpopulated || self.gone {
+            if unpopulated && early {
+                // The early read succeeded: final, even if the directory
+                // went away right after it.
+                self.gone = false;
+            }
             out.push(MonitorEvent::Unpopulated(self.final_report()));
         }
         Ok(out)
@@ -379,12 +435,22 @@ impl OomMonitor {
                     rose,
                     level,
                     victims: Vec::new(),
+                    lines: 0,
+                    group: self.group_kill_possible(),
                     first_seen: SystemTime::now(),
                     deadline: Instant::now() + self.opts.victim_grace,
                 });
             }
         }
         Ok(())
+    }
+
+    /// Whether the container or an ancestor up to the boundary has
+    /// `memory.oom.group` set (an unreadable file counts as no).
+    fn group_kill_possible(&self) -> bool {
+        self.levels
+            .iter()
+            .any(|l| l.cg.oom_group().unwrap_or(false))
     }
 
     /// The lowest level whose own `oom` counter rose since the last report.
@@ -453,6 +519,8 @@ impl OomMonitor {
                 rose,
                 level,
                 victims: Vec::new(),
+                lines: 0,
+                group: self.group_kill_possible(),
                 first_seen: SystemTime::now(),
                 deadline: Instant::now() + self.opts.victim_grace,
             });
@@ -465,7 +533,12 @@ impl OomMonitor {
             if let Some(l) = logged_level {
                 p.level = l;
             }
-            p.victims.extend(kills);
+            for k in kills {
+                p.lines += 1;
+                if !p.victims.iter().any(|v| v.pid == k.pid) {
+                    p.victims.push(k);
+                }
+            }
         }
     }
 
@@ -473,11 +546,9 @@ impl OomMonitor {
         let p = self.pending.take()?;
         let expected = p.rose.oom_kill.unwrap_or(0);
         let victims_status = match self.log.access() {
-            KernelLogAccess::Readable if p.victims.len() as u64 >= expected => {
-                VictimsStatus::Complete
-            }
+            KernelLogAccess::Readable if p.lines >= expected => VictimsStatus::Complete,
             KernelLogAccess::Readable => VictimsStatus::Incomplete {
-                missing: expected - p.victims.len() as u64,
+                missing: expected - p.lines,
             },
             KernelLogAccess::Off => VictimsStatus::NotRead,
             KernelLogAccess::Unavailable(why) => VictimsStatus::Unavailable(why.clone()),

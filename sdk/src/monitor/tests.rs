@@ -220,6 +220,7 @@ fn final_counters_on_unpopulated_and_gone_says_so() {
 #[test]
 fn group_kill_reports_every_victim() {
     let t = Tree::new();
+    std::fs::write(t.dir.path().join("pod/ctr/memory.oom.group"), "1\n").unwrap();
     let mut m = t.monitor(Duration::from_secs(60));
     std::fs::write(
         t.dir.path().join("pod/ctr/memory.events"),
@@ -240,14 +241,29 @@ fn group_kill_reports_every_victim() {
     m.log_mut().push_script(
         "3,44,1004,-;Memory cgroup out of memory: Killed process 102 (sleeper) total-vm:1kB\n",
     );
+    // The kernel kills (and logs) the first victim once more.
+    m.log_mut().push_script(
+        "3,45,1005,-;Memory cgroup out of memory: Killed process 100 (hog) total-vm:1kB\n",
+    );
+    std::fs::write(
+        t.dir.path().join("pod/ctr/memory.events"),
+        "low 0\nhigh 0\nmax 1\noom 1\noom_kill 4\noom_group_kill 1\n",
+    )
+    .unwrap();
+    // Lines and counters agree, but a group kill waits for the container
+    // to empty: more members may still be killed.
+    assert_eq!(m.process().unwrap(), vec![]);
+    t.unpopulate();
     let evs = m.process().unwrap();
-    let [MonitorEvent::Oom(r)] = evs.as_slice() else {
+    let [MonitorEvent::Oom(r), MonitorEvent::Unpopulated(_)] = evs.as_slice() else {
         panic!("{evs:?}")
     };
     let pids: Vec<i32> = r.victims.iter().map(|v| v.pid).collect();
     assert_eq!(pids, vec![100, 101, 102]);
     assert!(r.victims[1].group_member);
     assert_eq!(r.rose.oom_group_kill, Some(1));
+    assert_eq!(r.rose.oom_kill, Some(4));
+    assert_eq!(r.victims_status, VictimsStatus::Complete);
 }
 
 #[test]
