@@ -125,7 +125,7 @@ impl fmt::Display for OomReport {
 }
 
 /// The container's counters when it became empty.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum FinalCounters {
     /// Read after the last process exited.
@@ -135,8 +135,24 @@ pub enum FinalCounters {
         /// How much each counter rose since the monitor was opened.
         since_start: MemoryEvents,
     },
-    /// The cgroup was removed before the final reading: these are the last
-    /// counters seen, which may miss the last events.
+    /// The cgroup was removed before the final reading; the counters are
+    /// derived from the parent's: its `memory.events` rise minus its own
+    /// (`memory.events.local`) rise and every other child's (exact unless a
+    /// sibling counted at the very instant of a read).
+    Derived {
+        /// The container's final `memory.events`, derived.
+        events: MemoryEvents,
+        /// How much each counter rose since the monitor was opened.
+        since_start: MemoryEvents,
+        /// The parent they were derived from (hierarchy path).
+        from: PathBuf,
+        /// What the container's own file said at the last successful read.
+        last_seen: MemoryEvents,
+    },
+    /// The cgroup was removed before the final reading and the counters
+    /// could not be derived (a sibling was removed meanwhile, or the parent
+    /// is gone too): these are the last counters seen, which may miss the
+    /// last events.
     Gone {
         /// The last reading.
         last_seen: MemoryEvents,
@@ -161,7 +177,8 @@ impl FinalReport {
     /// counters were read (`None` when the cgroup was gone first).
     pub fn oom_kills(&self) -> Option<u64> {
         match &self.counters {
-            FinalCounters::Read { since_start, .. } => Some(since_start.oom_kill.unwrap_or(0)),
+            FinalCounters::Read { since_start, .. }
+            | FinalCounters::Derived { since_start, .. } => Some(since_start.oom_kill.unwrap_or(0)),
             FinalCounters::Gone { .. } => None,
         }
     }
@@ -177,6 +194,21 @@ impl fmt::Display for FinalReport {
                 f,
                 "{} is empty: oom +{} oom_kill +{} (memory.events oom {} oom_kill {})",
                 self.cgroup.display(),
+                since_start.oom.unwrap_or(0),
+                since_start.oom_kill.unwrap_or(0),
+                events.oom.unwrap_or(0),
+                events.oom_kill.unwrap_or(0)
+            ),
+            FinalCounters::Derived {
+                events,
+                since_start,
+                from,
+                ..
+            } => write!(
+                f,
+                "{} was removed before its final memory.events could be read; derived from {}: oom +{} oom_kill +{} (oom {} oom_kill {})",
+                self.cgroup.display(),
+                from.display(),
                 since_start.oom.unwrap_or(0),
                 since_start.oom_kill.unwrap_or(0),
                 events.oom.unwrap_or(0),

@@ -197,12 +197,49 @@ fn final_counters_on_unpopulated_and_gone_says_so() {
     // Nothing more afterwards.
     assert_eq!(m.process().unwrap(), vec![]);
 
-    // Removed before the final read: Gone with the last counters seen,
-    // never a silent zero.
+    // Removed before the final read: derived from the pod's counters (a
+    // sibling with its own events is subtracted).
     let t = Tree::new();
+    std::fs::create_dir(t.dir.path().join("pod/sib")).unwrap();
+    t.set("pod/sib", "memory.events", 0, 2, 3);
+    t.set("pod", "memory.events", 0, 2, 3);
+    let mut m = t.monitor(Duration::from_secs(60));
+    t.set("pod/ctr", "memory.events", 1, 0, 5);
+    assert_eq!(m.process().unwrap(), vec![]);
+    // The container's last events: oom_kill +1 and max +2, which its own
+    // file no longer shows once removed; the sibling also moved.
+    t.set("pod/sib", "memory.events", 0, 3, 4);
+    t.set("pod", "memory.events", 1, 4, 11);
+    std::fs::remove_dir_all(t.dir.path().join("pod/ctr")).unwrap();
+    m.gone = true;
+    let (_, fin) = m.finish().unwrap();
+    let FinalCounters::Derived {
+        events,
+        from,
+        last_seen,
+        ..
+    } = fin.counters.clone()
+    else {
+        panic!("{fin:?}")
+    };
+    assert_eq!(
+        (events.oom, events.oom_kill, events.max),
+        (Some(1), Some(1), Some(7))
+    );
+    assert_eq!(last_seen.oom_kill, Some(0));
+    assert_eq!(from, Path::new("/pod"));
+    assert_eq!(fin.oom_kills(), Some(1));
+    assert!(fin.to_string().contains("derived from /pod"), "{fin}");
+
+    // A sibling removed meanwhile: no derivation, Gone with the last
+    // counters seen, never a silent zero.
+    let t = Tree::new();
+    std::fs::create_dir(t.dir.path().join("pod/sib")).unwrap();
+    t.set("pod/sib", "memory.events", 0, 0, 0);
     let mut m = t.monitor(Duration::from_secs(60));
     t.set("pod/ctr", "memory.events", 0, 0, 5);
     assert_eq!(m.process().unwrap(), vec![]);
+    std::fs::remove_dir_all(t.dir.path().join("pod/sib")).unwrap();
     // A plain file stays readable through its open fd after removal, where
     // kernfs answers ENODEV; the VM test `rt_removed_right_after_exit`
     // covers the real file. Here the monitor is told.
