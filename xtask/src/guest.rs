@@ -21,12 +21,16 @@ const GUEST_PACKAGE: &str = "oomkit-integration";
 const GUEST_BIN: &str = "oomkit-guest";
 /// Every binary packed into `/bin` of the initramfs: (package, cargo target selector, name).
 /// All are built in one cargo invocation, static, like the guest binary. `supervise` is an
-/// example of the SDK (`examples/examples/supervise.rs`) that the VM tests run for real.
-const GUEST_BINARIES: [(&str, &str, &str); 4] = [
+/// example of the SDK (`examples/examples/supervise.rs`) that the VM tests run for real, as are
+/// the embedding examples (`epoll_embed`, `tokio_embed`, `custom_handler`).
+const GUEST_BINARIES: [(&str, &str, &str); 7] = [
     (GUEST_PACKAGE, "--bin", GUEST_BIN),
     ("oomkit-handlers", "--bin", "oomkit"),
     ("oomkit-examples", "--bin", "heap_victim"),
     ("oomkit-examples", "--example", "supervise"),
+    ("oomkit-examples", "--example", "epoll_embed"),
+    ("oomkit-examples", "--example", "tokio_embed"),
+    ("oomkit-examples", "--example", "custom_handler"),
 ];
 
 /// PID 1 of the test VM: mount the kernel filesystems and cgroup2, enable the memory and pids

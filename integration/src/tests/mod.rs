@@ -63,6 +63,9 @@ pub fn all() -> Vec<TestCase> {
         ),
         case("rt_spawn_fallback", 60, rt::spawn_fallback),
         case("rt_supervise", 120, rt::supervise_example),
+        case("rt_epoll_embed", 120, rt::epoll_embed),
+        case("rt_tokio_embed", 120, rt::tokio_embed),
+        case("rt_custom_handler", 120, rt::custom_handler),
         // End to end: the `oomkit` daemon binary against workloads (see `crate::scenario`).
         case("e2e_priority", 90, e2e::priority),
         case("e2e_fork_storm", 90, e2e::fork_storm),

@@ -25,6 +25,7 @@ use oomkit::spawn::{Placement, Spawn, SpawnedChild};
 
 use super::common::kernel_version;
 use crate::harness::{Ctx, Fail, Outcome, TestResult, write_file};
+use crate::workload::WorkloadKind;
 use crate::{ensure, fail};
 
 /// The `supervise` example, packed into the initramfs by the xtask.
@@ -538,4 +539,162 @@ pub fn supervise_example(ctx: &mut Ctx) -> TestResult {
     );
     ensure!(st2.code() == Some(0), "supervise exited with {st2}");
     Ok(Outcome::Pass(format!("{line} / {line2}")))
+}
+
+/// Runs `bin args…` with stdout and stderr collected line by line.
+struct Example {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Example {
+    fn start(bin: &str, args: &[&str]) -> Result<Self, Fail> {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(bin)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| Fail(format!("run {bin}: {e}")))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        for r in [
+            child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|e| Box::new(e) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(r).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(Example {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        })
+    }
+
+    /// Waits for a line containing `needle`; fails with everything printed so far.
+    fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String, Fail> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return Ok(l);
+                    }
+                }
+                Err(_) => fail!(
+                    "no line with {needle:?} within {timeout:?}; printed: {:?}; status {:?}",
+                    self.seen,
+                    self.child.try_wait().ok().flatten()
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `epoll_embed` or `tokio_embed` against a container that is OOM-killed: the example prints
+/// the monitor's report with the victim, then the final counters, and exits.
+fn embed_example(ctx: &mut Ctx, bin: &str) -> TestResult {
+    let (pod_path, _, ctr_path, ctr) = pod_and_ctr(ctx, "ctr")?;
+    ctr.set_memory_max(Limit::Bytes(32 << 20))?;
+    let pod_s = pod_path.display().to_string();
+    let ctr_s = ctr_path.display().to_string();
+    let mut ex = Example::start(bin, &[&pod_s, &ctr_s])?;
+    ex.wait_for("watching", Duration::from_secs(20))?;
+    let mut hog = spawn_workload(
+        &ctr_path,
+        &ctr,
+        &["hog", "64", "4", "hold"],
+        Placement::Auto,
+    )?;
+    let report = ex.wait_for("OOM in", Duration::from_secs(45))?;
+    expect_sigkill(&mut hog, "hog")?;
+    let want = format!("killed {} (ctr)", hog.pid());
+    ensure!(
+        report.contains(&want),
+        "{bin} printed {report:?}, expected {want}"
+    );
+    let fin = ex.wait_for("is empty", Duration::from_secs(30))?;
+    ensure!(fin.contains("oom_kill +1"), "{bin} printed {fin:?}");
+    let st = ex.child.wait().map_err(|e| Fail(e.to_string()))?;
+    ensure!(st.success(), "{bin} ended with {st}");
+    Ok(Outcome::Pass(format!("{report} / {fin}")))
+}
+
+/// The `epoll_embed` example (monitor + Runner in the example's own epoll loop).
+pub fn epoll_embed(ctx: &mut Ctx) -> TestResult {
+    embed_example(ctx, "/bin/epoll_embed")
+}
+
+/// The `tokio_embed` example (AsyncOomMonitor + Runner under tokio's select!).
+pub fn tokio_embed(ctx: &mut Ctx) -> TestResult {
+    embed_example(ctx, "/bin/tokio_embed")
+}
+
+/// The `custom_handler` example: under the pod's `memory.high`, the Runner runs the example's
+/// newest-first handler, which kills the newer, smaller process and spares the older, larger one
+/// (the kernel, and a largest-first policy, would pick the older one).
+pub fn custom_handler(ctx: &mut Ctx) -> TestResult {
+    let (pod_path, pod, _, _) = pod_and_ctr(ctx, "old")?;
+    pod.set_memory_high(Limit::Bytes(40 << 20))?;
+    pod.set_memory_max(Limit::Bytes(96 << 20))?;
+    let old_path = pod_path.join("old");
+    let mut old = ctx.spawn(
+        &old_path,
+        WorkloadKind::HogHold {
+            mib: 28,
+            step_mib: 4,
+        },
+    )?;
+    old.wait_line("done", Duration::from_secs(30))?;
+    let mut ex = Example::start("/bin/custom_handler", &[&pod_path.display().to_string()])?;
+    ex.wait_for("managing", Duration::from_secs(20))?;
+    let (new_path, _) = ctx.cgroup("pod/new")?;
+    let mut new = ctx.spawn(&new_path, WorkloadKind::HogGrow { step_mib: 2 })?;
+    let st = new.wait_exit(Duration::from_secs(60))?;
+    ensure!(
+        st.signal() == Some(libc::SIGKILL),
+        "the newer process ended with {st}, not SIGKILL"
+    );
+    ensure!(
+        old.try_exited().is_none(),
+        "the older (larger) process {} died too",
+        old.pid()
+    );
+    let ep = ex.wait_for("episode", Duration::from_secs(30))?;
+    ensure!(
+        ep.contains("newest process first"),
+        "custom_handler printed {ep:?}"
+    );
+    Ok(Outcome::Pass(format!(
+        "newer process {} killed, older {} (28 MiB) alive; {ep}",
+        new.pid(),
+        old.pid()
+    )))
 }
