@@ -97,6 +97,29 @@ pub fn exit_reason(
     Ok((reason, last, fin))
 }
 
+/// [`exit_reason`] for a runtime without a monitor: from the container's
+/// cgroup alone (its `memory.events` counts since the cgroup was created, so
+/// create one cgroup per container) and the init's wait status. Without the
+/// kernel log it names no victims, and the level is `Container` when the
+/// container's own `memory.events.local` counted an `oom`, else unknown.
+/// Read it before the cgroup is removed.
+pub fn exit_reason_from_cgroup(
+    container: &crate::Cgroup,
+    init_pid: i32,
+    status: ExitStatus,
+) -> Result<ExitReason> {
+    let hier = container.memory_events()?;
+    let local = container.memory_events_local()?;
+    let level = (local.oom.unwrap_or(0) > 0).then_some(Level::Container);
+    Ok(classify(
+        status,
+        init_pid,
+        hier.oom_kill.unwrap_or(0),
+        Vec::new(),
+        level,
+    ))
+}
+
 /// The rule of [`exit_reason`], on plain values.
 pub(crate) fn classify(
     status: ExitStatus,
@@ -141,6 +164,31 @@ mod tests {
             group_member: false,
             kernel_time: Duration::ZERO,
         }
+    }
+
+    #[test]
+    fn from_cgroup_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let ev = "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n";
+        std::fs::write(dir.path().join("memory.events"), ev).unwrap();
+        std::fs::write(dir.path().join("memory.events.local"), ev).unwrap();
+        std::fs::write(dir.path().join("cgroup.procs"), "").unwrap();
+        let cg = crate::cgroup::CgroupFs::from_dir_unchecked(dir.path())
+            .root()
+            .unwrap();
+        let r = exit_reason_from_cgroup(&cg, 1, ExitStatus::from_raw(libc::SIGKILL)).unwrap();
+        assert_eq!(r.to_string(), "OOMKilled: limit of container fired");
+        let r = exit_reason_from_cgroup(&cg, 1, ExitStatus::from_raw(0)).unwrap();
+        assert_eq!(
+            r,
+            ExitReason::Exited {
+                code: 0,
+                oom_kills: 1
+            }
+        );
+        std::fs::remove_file(dir.path().join("memory.events")).unwrap();
+        let e = exit_reason_from_cgroup(&cg, 1, ExitStatus::from_raw(0)).unwrap_err();
+        assert!(e.to_string().contains("memory.events"), "{e}");
     }
 
     #[test]

@@ -79,7 +79,7 @@ use crate::util::io_err;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use async_monitor::AsyncOomMonitor;
-pub use exit::{ExitReason, exit_reason};
+pub use exit::{ExitReason, exit_reason, exit_reason_from_cgroup};
 pub use kmsg::{KernelLogAccess, KillRecord};
 pub use report::{FinalCounters, FinalReport, Level, MonitorEvent, OomReport, VictimsStatus};
 
