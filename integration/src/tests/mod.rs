@@ -62,6 +62,11 @@ pub fn all() -> Vec<TestCase> {
             rt::removed_right_after_exit,
         ),
         case("rt_spawn_fallback", 60, rt::spawn_fallback),
+        case(
+            "rt_no_kernel_log_permission",
+            90,
+            rt::no_kernel_log_permission,
+        ),
         case("rt_supervise", 120, rt::supervise_example),
         case("rt_epoll_embed", 120, rt::epoll_embed),
         case("rt_tokio_embed", 120, rt::tokio_embed),

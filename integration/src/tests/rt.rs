@@ -698,3 +698,69 @@ pub fn custom_handler(ctx: &mut Ctx) -> TestResult {
         old.pid()
     )))
 }
+
+/// Without permission to read the kernel log (`kernel.dmesg_restrict = 1`, a monitor thread
+/// running as uid 65534, which also drops CAP_SYSLOG), the monitor says so and still reports
+/// the OOM kill from the counters.
+pub fn no_kernel_log_permission(ctx: &mut Ctx) -> TestResult {
+    let (_, _, ctr_path, ctr) = pod_and_ctr(ctx, "ctr")?;
+    ctr.set_memory_max(Limit::Bytes(32 << 20))?;
+    let restrict = Path::new("/proc/sys/kernel/dmesg_restrict");
+    let before = std::fs::read_to_string(restrict)
+        .map_err(|e| Fail(format!("read {}: {e}", restrict.display())))?;
+    write_file(restrict, "1")?;
+    let monitor_cg = ctr.try_clone()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Credentials are per thread in the kernel: only this thread drops root.
+    let t = std::thread::spawn(move || -> Result<OomReport, String> {
+        let nobody = rustix::process::Uid::from_raw(65534);
+        rustix::thread::set_thread_res_uid(nobody, nobody, nobody)
+            .map_err(|e| format!("setresuid: {e}"))?;
+        let mut m =
+            OomMonitor::open(&monitor_cg, MonitorOptions::default()).map_err(|e| e.to_string())?;
+        let access = m.kernel_log().clone();
+        let _ = tx.send(access);
+        let deadline = Instant::now() + Duration::from_secs(45);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("no OOM report within 45 s".into());
+            }
+            for ev in m.wait(Some(left)).map_err(|e| e.to_string())? {
+                if let MonitorEvent::Oom(r) = ev {
+                    return Ok(r);
+                }
+            }
+        }
+    });
+    let access = rx.recv_timeout(Duration::from_secs(20));
+    let result = (|| {
+        let access = access.map_err(|_| Fail("the monitor thread did not start".into()))?;
+        ensure!(
+            matches!(&access, KernelLogAccess::Unavailable(why) if why.contains("/dev/kmsg")),
+            "kernel log access as uid 65534 with dmesg_restrict: {access:?}"
+        );
+        let mut hog = spawn_workload(
+            &ctr_path,
+            &ctr,
+            &["hog", "64", "4", "hold"],
+            Placement::Auto,
+        )?;
+        let r = match t.join() {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => fail!("monitor thread: {e}"),
+            Err(_) => fail!("monitor thread panicked"),
+        };
+        expect_sigkill(&mut hog, "hog")?;
+        ensure!(
+            matches!(r.victims_status, VictimsStatus::Unavailable(_))
+                && r.victims.is_empty()
+                && r.rose.oom_kill == Some(1)
+                && r.level == Level::Container,
+            "report without the kernel log: {r:?}"
+        );
+        Ok(Outcome::Pass(r.to_string()))
+    })();
+    write_file(restrict, before.trim())?;
+    result
+}
