@@ -102,6 +102,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     println!("{f}");
                     return Ok(());
                 }
+                other => println!("{other:?}"),
             }
         }
         let turn = runner.run_once(Some(Duration::ZERO))?;

@@ -81,6 +81,7 @@ fn describe(level: &Option<Level>, container: &Path) -> String {
         }
         Some(Level::Inside) => "limit of a cgroup inside the container fired".to_string(),
         Some(Level::Outside) => "a limit above the pod (or the whole machine) ran out".to_string(),
+        Some(other) => format!("limit of {other} fired"),
         None => "limit fired".to_string(),
     }
 }
@@ -170,6 +171,10 @@ fn run(args: &Args) -> Result<i32, Box<dyn std::error::Error>> {
         ExitReason::Exited { code, .. } => {
             println!("{reason}");
             *code
+        }
+        other => {
+            println!("{other}");
+            125
         }
     };
     drop(monitor);

@@ -69,6 +69,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                             println!("{f}");
                             return Ok(());
                         }
+                        other => println!("{other:?}"),
                     }
                 }
             }

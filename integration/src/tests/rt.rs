@@ -104,7 +104,7 @@ fn wait_monitor<T>(
 fn first_oom(ev: &MonitorEvent) -> Option<OomReport> {
     match ev {
         MonitorEvent::Oom(r) => Some(r.clone()),
-        MonitorEvent::Unpopulated(_) => None,
+        _ => None,
     }
 }
 
@@ -385,7 +385,7 @@ pub fn removed_right_after_exit(ctx: &mut Ctx) -> TestResult {
         let remover = remove_when_empty(ctr.try_clone()?, ctr_path.clone());
         let pick = |ev: &MonitorEvent| match ev {
             MonitorEvent::Unpopulated(f) => Some(f.clone()),
-            MonitorEvent::Oom(_) => None,
+            _ => None,
         };
         let (fin, seen): (FinalReport, _) = wait_monitor(&mut m, Duration::from_secs(45), pick)?;
         expect_sigkill(&mut hog, "hog")?;
@@ -413,9 +413,7 @@ pub fn removed_right_after_exit(ctx: &mut Ctx) -> TestResult {
                 derived += 1;
                 *events
             }
-            FinalCounters::Gone { .. } => {
-                fail!("run {i} of {RUNS}: {fin} ({read} read, {derived} derived so far)")
-            }
+            _ => fail!("run {i} of {RUNS}: {fin} ({read} read, {derived} derived so far)"),
         };
         for k in FINAL_KEYS {
             ensure!(

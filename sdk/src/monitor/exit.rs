@@ -16,6 +16,7 @@ use crate::error::Result;
 /// Why the container's init ended.
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub enum ExitReason {
     /// The kernel OOM killer killed the init (or, with the victims unknown,
     /// the init died of SIGKILL while the container's `oom_kill` rose).

@@ -222,6 +222,7 @@ fn push_kill(kills: &mut VecDeque<KillRecord>, k: KillRecord) {
 /// Whether the kernel log can be read, and if not, why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub enum KernelLogAccess {
     /// `/dev/kmsg` is open: reports name their victims.
     Readable,

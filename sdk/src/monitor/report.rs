@@ -11,6 +11,7 @@ use super::KillRecord;
 /// Whose limit fired, seen from the container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub enum Level {
     /// The container's own `memory.max`.
     Container,
@@ -51,6 +52,7 @@ impl fmt::Display for Level {
 /// Whether a report's victim list is complete.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub enum VictimsStatus {
     /// One logged victim per `oom_kill` counted.
     Complete,
@@ -127,6 +129,7 @@ impl fmt::Display for OomReport {
 /// The container's counters when it became empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub enum FinalCounters {
     /// Read after the last process exited.
     Read {
@@ -228,6 +231,7 @@ impl fmt::Display for FinalReport {
 /// What [`OomMonitor::process`](super::OomMonitor::process) returns.
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub enum MonitorEvent {
     /// An OOM episode.
     Oom(OomReport),
