@@ -51,6 +51,7 @@
 //!                 println!("{f}");
 //!                 return Ok(());
 //!             }
+//!             other => println!("{other:?}"),
 //!         }
 //!     }
 //! }
