@@ -464,8 +464,14 @@ impl OomMonitor {
         let due = match &self.pending {
             Some(p) => {
                 let expected = p.rose.oom_kill.unwrap_or(0);
-                let complete = *self.log.access() != KernelLogAccess::Readable
-                    || (!p.group && expected > 0 && p.lines >= expected);
+                // The kernel counts `oom` before it picks and kills a victim
+                // (`oom_kill`), and logs the kill after counting it: a report
+                // is complete once a kill was counted and, with the kernel
+                // log, every counted kill was logged. A group kill continues
+                // after the first victim, so it waits for the container to
+                // empty (or the grace period).
+                let logged = *self.log.access() != KernelLogAccess::Readable || p.lines >= expected;
+                let complete = !p.group && expected > 0 && logged;
                 complete || now >= p.deadline || unpopulated || self.gone
             }
             None => false,

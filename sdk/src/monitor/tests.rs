@@ -304,6 +304,26 @@ fn group_kill_reports_every_victim() {
 }
 
 #[test]
+fn without_the_kernel_log_a_report_waits_for_the_kill_to_be_counted() {
+    let t = Tree::new();
+    let mut m = t.monitor(Duration::from_secs(60));
+    *m.log_mut() = KernelLog::open(false);
+    // `oom` first (the kernel is still choosing a victim) ...
+    t.set("pod/ctr", "memory.events", 1, 0, 2);
+    t.set("pod/ctr", "memory.events.local", 1, 0, 2);
+    assert_eq!(m.process().unwrap(), vec![]);
+    // ... then `oom_kill`: one report with both.
+    t.set("pod/ctr", "memory.events", 1, 1, 2);
+    let evs = m.process().unwrap();
+    let [MonitorEvent::Oom(r)] = evs.as_slice() else {
+        panic!("{evs:?}")
+    };
+    assert_eq!((r.rose.oom, r.rose.oom_kill), (Some(1), Some(1)));
+    assert_eq!(r.victims_status, VictimsStatus::NotRead);
+    assert_eq!(r.level, Level::Container);
+}
+
+#[test]
 fn boundary_must_be_an_ancestor() {
     let t = Tree::new();
     let fs = CgroupFs::from_dir_unchecked(t.dir.path());
