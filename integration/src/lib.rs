@@ -14,10 +14,10 @@
 //! * `oomkit-guest test <name>`: one test, in its own process and process group so a crash, a
 //!   hang or an OOM kill of the test is contained and reported as that test's failure;
 //! * `oomkit-guest workload <hog|forkstorm|sleep|…> …`: helper processes tests start inside their
-//!   cgroups ([`workload`]), so no other binaries are needed in the guest — except the two that
-//!   the end-to-end scenarios ([`scenario`]) run for real: the `oomkit` daemon and the
-//!   `heap_victim` example, packed static into the initramfs as `/bin/oomkit` and
-//!   `/bin/heap_victim`.
+//!   cgroups ([`workload`]), so no other binaries are needed in the guest — except the three that
+//!   the end-to-end and runtime scenarios run for real: the `oomkit` daemon, the `heap_victim`
+//!   demo and the `supervise` example, packed static into the initramfs as `/bin/oomkit`,
+//!   `/bin/heap_victim` and `/bin/supervise`.
 //!
 //! Nothing here runs on the host except the unit tests of pure helpers.
 

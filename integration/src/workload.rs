@@ -1,7 +1,9 @@
 //! Helper processes for tests, run by re-executing the guest binary (`oomkit-guest workload …`).
 //!
-//! A workload first moves itself into the cgroup it was given (so it is charged there from its
-//! first allocation), prints `ready <pid>`, then does its job, printing progress lines on stdout:
+//! A workload is started inside the cgroup it was given by the SDK's `Spawn::spawn_into`
+//! (`clone3(CLONE_INTO_CGROUP)`, or `cgroup.procs` written by the child before `execve`), so it
+//! is charged there from its first instruction; it prints `ready <pid>`, then does its job,
+//! printing progress lines on stdout:
 //!
 //! * `hog <MiB> <step MiB> <hold|exit|grow>`: allocate and touch memory in steps, printing
 //!   `allocated <MiB>` after each; then hold it until killed, exit, or (`grow`) keep allocating
@@ -20,10 +22,14 @@
 //! The test side ([`Workload`]) waits on those lines with deadlines instead of sleeping.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use oomkit::Cgroup;
+use oomkit::spawn::{Spawn, SpawnedChild};
 
 use crate::harness::Fail;
 
@@ -98,7 +104,7 @@ impl WorkloadKind {
 
 /// A running workload; killed (SIGKILL) and reaped on drop.
 pub struct Workload {
-    child: Child,
+    child: SpawnedChild,
     pid: i32,
     lines: mpsc::Receiver<String>,
 }
@@ -110,10 +116,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 impl Workload {
     /// Start `kind` in cgroup directory `cg`; returns once it reported `ready` from inside it.
     pub fn spawn(cg: &Path, kind: WorkloadKind) -> Result<Self, Fail> {
-        Self::start(cg, &kind.args(), Stdio::inherit(), &format!("{kind:?}"))
+        Self::start(cg, &kind.args(), None, &format!("{kind:?}"))
     }
 
-    /// Start `program args…` in cgroup directory `cg` (it joins the cgroup before it execs, so
+    /// Start `program args…` in cgroup directory `cg` (it is placed there before it execs, so
     /// it is charged there from its first allocation); its stderr goes to `stderr` (a log file)
     /// or is inherited. Returns once the helper reported `ready` from inside the cgroup.
     pub fn spawn_exec(
@@ -124,32 +130,48 @@ impl Workload {
     ) -> Result<Self, Fail> {
         let mut argv = vec!["exec".to_string(), program.display().to_string()];
         argv.extend(args.iter().cloned());
-        let err = stderr.map_or_else(Stdio::inherit, Stdio::from);
-        Self::start(cg, &argv, err, &program.display().to_string())
+        Self::start(
+            cg,
+            &argv,
+            stderr.map(OwnedFd::from),
+            &program.display().to_string(),
+        )
     }
 
-    fn start(cg: &Path, args: &[String], stderr: Stdio, what: &str) -> Result<Self, Fail> {
-        let mut child = Command::new("/proc/self/exe")
+    fn start(
+        cg: &Path,
+        args: &[String],
+        stderr: Option<OwnedFd>,
+        what: &str,
+    ) -> Result<Self, Fail> {
+        let cgroup =
+            Cgroup::open(cg).map_err(|e| Fail(format!("open cgroup {}: {e}", cg.display())))?;
+        let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| Fail(format!("pipe: {e}")))?;
+        let null = std::fs::File::open("/dev/null").map_err(|e| Fail(format!("/dev/null: {e}")))?;
+        let mut spawn = Spawn::new("/proc/self/exe")
             .arg("workload")
             .arg(cg)
             .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| Fail(format!("spawn workload {what}: {e}")))?;
-        let pid = i32::try_from(child.id()).map_err(|e| Fail(e.to_string()))?;
-        let (tx, rx) = mpsc::channel();
-        if let Some(out) = child.stdout.take() {
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
+            .stdin(null)
+            .stdout(wr);
+        if let Some(err) = stderr {
+            spawn = spawn.stderr(err);
         }
+        let child = spawn
+            .spawn_into(&cgroup)
+            .map_err(|e| Fail(format!("spawn workload {what} into {}: {e}", cg.display())))?;
+        let pid = child.pid();
+        let (tx, rx) = mpsc::channel();
+        let out = std::fs::File::from(rd);
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         let mut w = Self {
             child,
             pid,
@@ -257,8 +279,13 @@ fn run(args: &[String]) -> Result<(), Fail> {
     // Killable by the OOM killer whatever the parent's setting (the runner has -1000).
     std::fs::write("/proc/self/oom_score_adj", "0")
         .map_err(|e| Fail(format!("reset oom_score_adj: {e}")))?;
-    std::fs::write(Path::new(cg).join("cgroup.procs"), "0")
-        .map_err(|e| Fail(format!("join cgroup {cg}: {e}")))?;
+    // Spawn::spawn_into placed us in the cgroup before exec; check rather than move.
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| Fail(format!("read /proc/self/cgroup: {e}")))?;
+    let own = own.trim().strip_prefix("0::").unwrap_or("");
+    if !Path::new(cg).ends_with(own.trim_start_matches('/')) || own.is_empty() {
+        return Err(Fail(format!("workload for {cg} runs in cgroup {own:?}")));
+    }
     if kind != "exec" {
         // Named after its cgroup (`service`, `batch`, …) rather than `exe`, so the daemon's
         // reasons and the kernel's OOM reports say which workload it is.

@@ -20,6 +20,11 @@
 //!    `cgroup.kill` with a freeze-and-signal fallback, and the primitives that
 //!    keep a handler alive when the machine has no memory left.
 //! 4. [`probe`]: which of the above this kernel offers.
+//! 5. [`monitor`] and [`spawn`]: what a container runtime embeds — an OOM
+//!    monitor per container (level, victims, final counters), the exit-reason
+//!    helper, and starting a process inside a cgroup. See
+//!    [`runtime_authors`] for how containerd, CRI-O/conmon, crun/youki or a
+//!    Kata agent would use them.
 //!
 //! Race outcomes that are part of normal life (a cgroup vanishes, a process
 //! exits) are distinct [`Error`] variants ([`Error::is_gone`]), never panics.
@@ -36,9 +41,13 @@ pub mod error;
 pub mod events;
 mod fs;
 pub mod kill;
+pub mod monitor;
 pub mod probe;
 pub mod proc;
 pub mod reserve;
+#[doc = include_str!("runtime_authors.md")]
+pub mod runtime_authors {}
+pub mod spawn;
 #[allow(unsafe_code)]
 mod sys;
 mod util;

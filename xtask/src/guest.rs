@@ -2,7 +2,8 @@
 //! turn files the guest sent back (fixture capture) into files under `sdk/fixtures/`.
 //!
 //! The initramfs holds a static busybox, the static `oomkit-guest` binary, the static `oomkit`
-//! daemon and `heap_victim` demo (which the end-to-end scenarios run for real) and a tiny `/init`
+//! daemon, `heap_victim` demo and `supervise` example (which the end-to-end and runtime scenarios
+//! run for real) and a tiny `/init`
 //! script. The binary is built for the explicit target `x86_64-unknown-linux-gnu` with
 //! `+crt-static`: with `--target`, cargo keeps these artifacts under `target/x86_64-unknown-linux-gnu`
 //! and the host build in `target/debug` is not invalidated by the different RUSTFLAGS.
@@ -18,12 +19,18 @@ use crate::{cache_dir, host, repo_root};
 pub const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 const GUEST_PACKAGE: &str = "oomkit-integration";
 const GUEST_BIN: &str = "oomkit-guest";
-/// Every binary packed into `/bin` of the initramfs: (package, binary). All are built in one
-/// cargo invocation, static, like the guest binary.
-const GUEST_BINARIES: [(&str, &str); 3] = [
-    (GUEST_PACKAGE, GUEST_BIN),
-    ("oomkit-handlers", "oomkit"),
-    ("oomkit-examples", "heap_victim"),
+/// Every binary packed into `/bin` of the initramfs: (package, cargo target selector, name).
+/// All are built in one cargo invocation, static, like the guest binary. `supervise` is an
+/// example of the SDK (`examples/examples/supervise.rs`) that the VM tests run for real, as are
+/// the embedding examples (`epoll_embed`, `tokio_embed`, `custom_handler`).
+const GUEST_BINARIES: [(&str, &str, &str); 7] = [
+    (GUEST_PACKAGE, "--bin", GUEST_BIN),
+    ("oomkit-handlers", "--bin", "oomkit"),
+    ("oomkit-examples", "--bin", "heap_victim"),
+    ("oomkit-examples", "--example", "supervise"),
+    ("oomkit-examples", "--example", "epoll_embed"),
+    ("oomkit-examples", "--example", "tokio_embed"),
+    ("oomkit-examples", "--example", "custom_handler"),
 ];
 
 /// PID 1 of the test VM: mount the kernel filesystems and cgroup2, enable the memory and pids
@@ -139,14 +146,14 @@ fn set_mode(p: &Path, mode: u32) -> Result<()> {
 /// `cargo build` the static guest binaries; returns (name, path) of each (from cargo's JSON
 /// messages, so `CARGO_TARGET_DIR` and friends are honoured).
 fn build_guest_binaries() -> Result<Vec<(&'static str, PathBuf)>> {
-    let names: Vec<&str> = GUEST_BINARIES.iter().map(|(_, b)| *b).collect();
+    let names: Vec<&str> = GUEST_BINARIES.iter().map(|(_, _, b)| *b).collect();
     println!(
         "xtask: building {} (static, --target {GUEST_TARGET})",
         names.join(", ")
     );
     let mut args = vec!["build", "--release"];
-    for (package, bin) in GUEST_BINARIES {
-        args.extend(["--package", package, "--bin", bin]);
+    for (package, selector, bin) in GUEST_BINARIES {
+        args.extend(["--package", package, selector, bin]);
     }
     args.extend([
         "--target",
@@ -177,7 +184,7 @@ fn build_guest_binaries() -> Result<Vec<(&'static str, PathBuf)>> {
         .filter(|v| v["reason"] == "compiler-artifact")
         .collect();
     let mut found = Vec::new();
-    for (_, bin) in GUEST_BINARIES {
+    for (_, _, bin) in GUEST_BINARIES {
         let exe = artifacts
             .iter()
             .filter(|v| v["target"]["name"] == bin)

@@ -11,6 +11,7 @@ pub mod events;
 pub mod kill;
 pub mod probe;
 pub mod reserve;
+pub mod rt;
 pub mod smoke;
 
 const fn case(
@@ -51,6 +52,25 @@ pub fn all() -> Vec<TestCase> {
             120,
             reserve::reserve_under_exhaustion,
         ),
+        // For container runtimes: the OOM monitor, spawning into a cgroup, `supervise`.
+        case("rt_own_limit", 90, rt::own_limit),
+        case("rt_pod_limit", 90, rt::pod_limit),
+        case("rt_group_kill", 90, rt::group_kill),
+        case(
+            "rt_removed_right_after_exit",
+            300,
+            rt::removed_right_after_exit,
+        ),
+        case("rt_spawn_fallback", 60, rt::spawn_fallback),
+        case(
+            "rt_no_kernel_log_permission",
+            90,
+            rt::no_kernel_log_permission,
+        ),
+        case("rt_supervise", 120, rt::supervise_example),
+        case("rt_epoll_embed", 120, rt::epoll_embed),
+        case("rt_tokio_embed", 120, rt::tokio_embed),
+        case("rt_custom_handler", 120, rt::custom_handler),
         // End to end: the `oomkit` daemon binary against workloads (see `crate::scenario`).
         case("e2e_priority", 90, e2e::priority),
         case("e2e_fork_storm", 90, e2e::fork_storm),

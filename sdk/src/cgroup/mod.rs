@@ -553,6 +553,32 @@ impl Cgroup {
         })
     }
 
+    /// The parent cgroup, opened through `..` of this directory (so it is
+    /// the parent of *this* cgroup even if paths were renamed meanwhile);
+    /// `None` for the root of the mount.
+    pub fn parent(&self) -> Result<Option<Cgroup>> {
+        if self.is_mount_root() {
+            return Ok(None);
+        }
+        let (Some(path), Some(hierarchy_path)) = (self.path.parent(), self.hierarchy_path.parent())
+        else {
+            return Ok(None);
+        };
+        let dir = rustix::fs::openat(
+            &self.dir,
+            c"..",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.map_err_path(path, Op::Open, e))?;
+        Ok(Some(Cgroup {
+            dir,
+            path: path.to_owned(),
+            hierarchy_path: hierarchy_path.to_owned(),
+            verified: self.verified,
+        }))
+    }
+
     /// Creates the child cgroup `name` (`mkdir`) and opens it. An existing
     /// child is opened as it is.
     pub fn create_child(&self, name: &str) -> Result<Cgroup> {

@@ -10,10 +10,10 @@ use serde::Serialize;
 /// A memory limit as written in `memory.min/low/high/max` and `memory.swap.max`.
 ///
 /// ```
-/// use oomkit::cgroup::{parse, Limit};
-/// assert_eq!(parse::limit(b"max\n").unwrap(), Limit::Max);
-/// let l = parse::limit(b"268435456\n").unwrap();
+/// use oomkit::cgroup::Limit;
+/// let l = Limit::Bytes(268435456);
 /// assert!(l.is_reached_by(300 << 20));
+/// assert_eq!(Limit::Max.bytes(), None);
 /// assert_eq!(l.to_string(), "268435456");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -147,13 +147,15 @@ impl MemoryEvents {
     /// How much each counter rose since `earlier`.
     ///
     /// ```
-    /// use oomkit::cgroup::parse;
+    /// # #[cfg(feature = "parsers")] {
+    /// use oomkit::cgroup::parse; // public with the `parsers` feature
     /// let before = parse::memory_events(b"low 0\nhigh 3\nmax 0\noom 0\noom_kill 0\n").unwrap();
     /// let after = parse::memory_events(b"low 0\nhigh 7\nmax 1\noom 1\noom_kill 1\n").unwrap();
     /// let d = after.delta_since(&before);
     /// assert_eq!(d.high, Some(4));
     /// assert_eq!(d.oom_kill, Some(1));
     /// assert_eq!(d.oom_group_kill, None); // not in this (5.10-style) file: None, never 0
+    /// # }
     /// ```
     ///
     /// A counter absent in either reading gives `None`. A counter that went
