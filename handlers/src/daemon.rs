@@ -42,9 +42,101 @@ pub enum DaemonError {
         #[source]
         source: oomkit::Error,
     },
+    /// The host cannot be managed (no cgroup2, no memory controller).
+    #[error("{0}")]
+    Unsupported(#[from] Unsupported),
     /// Something else.
     #[error("{0}")]
     Other(String),
+}
+
+impl DaemonError {
+    /// The process exit code for this error (see [`exit`]).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Config(_) | DaemonError::Unsupported(_) => exit::CONFIG,
+            DaemonError::Sdk { .. } | DaemonError::Other(_) => exit::FAILURE,
+        }
+    }
+}
+
+/// The daemon's exit codes: a supervisor restarts on [`exit::FAILURE`] and
+/// gives up on [`exit::CONFIG`] (systemd: `RestartPreventExitStatus=78`),
+/// because restarting cannot fix a bad file or a host without cgroup2.
+pub mod exit {
+    /// Stopped cleanly (SIGTERM/SIGINT), or the command succeeded.
+    pub const OK: u8 = 0;
+    /// A runtime failure; a restart may help.
+    pub const FAILURE: u8 = 1;
+    /// Bad command line (clap's code).
+    pub const USAGE: u8 = 2;
+    /// `EX_CONFIG` (sysexits.h): the config file is invalid, or the host
+    /// cannot be managed (the managed root is not cgroup2 or has no memory
+    /// controller). Restarting will not help.
+    pub const CONFIG: u8 = 78;
+    /// The exit codes as `--help` prints them.
+    pub const HELP: &str = "Exit codes:\n  0   stopped cleanly (SIGTERM/SIGINT) or the command succeeded\n  1   runtime failure (a restart may help)\n  2   bad command line\n  78  EX_CONFIG: invalid config, or the host cannot be managed (the managed root is not\n      cgroup2 or has no memory controller); restarting will not help";
+}
+
+/// Why the managed root cannot be managed: `run` refuses with
+/// [`exit::CONFIG`] and `probe` reports it.
+#[derive(Debug, thiserror::Error)]
+pub enum Unsupported {
+    /// The root cannot be opened at all.
+    #[error("{}: cannot open the managed root: {source}", path.display())]
+    Open {
+        /// The root.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: oomkit::Error,
+    },
+    /// The root is not on a cgroup2 filesystem (cgroup v1, tmpfs, a plain folder).
+    #[error(
+        "{}: not a cgroup2 filesystem; oomkit needs the unified hierarchy (cgroup v2; systemd: boot with systemd.unified_cgroup_hierarchy=1)",
+        path.display()
+    )]
+    NotCgroup2 {
+        /// The root.
+        path: PathBuf,
+    },
+    /// The memory controller is not enabled at the root.
+    #[error(
+        "{}: no memory controller here (cgroup.controllers: \"{controllers}\"); it is on cgroup v1, or not enabled in the parent's cgroup.subtree_control",
+        path.display()
+    )]
+    NoMemoryController {
+        /// The root.
+        path: PathBuf,
+        /// What `cgroup.controllers` lists.
+        controllers: String,
+    },
+}
+
+/// Checks that `root` is a cgroup2 directory with the memory controller.
+/// Read-only: opens the directory and reads `cgroup.controllers`.
+pub fn check_root(root: &Path) -> Result<(), Unsupported> {
+    let cg = Cgroup::open(root).map_err(|source| match source {
+        oomkit::Error::InvalidPath { .. } if root.is_dir() => Unsupported::NotCgroup2 {
+            path: root.to_path_buf(),
+        },
+        source => Unsupported::Open {
+            path: root.to_path_buf(),
+            source,
+        },
+    })?;
+    let controllers = cg.controllers().map_err(|source| Unsupported::Open {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    if controllers.iter().any(|c| c == "memory") {
+        Ok(())
+    } else {
+        Err(Unsupported::NoMemoryController {
+            path: root.to_path_buf(),
+            controllers: controllers.join(" "),
+        })
+    }
 }
 
 fn sdk(context: &'static str) -> impl FnOnce(oomkit::Error) -> DaemonError {
@@ -235,6 +327,7 @@ pub fn run_wrapped(
     for w in &loaded.warnings {
         tracing::warn!(file = %file.display(), "{w}");
     }
+    check_root(&loaded.config.daemon.root)?;
     let mut current = loaded.config;
     let handler = wrap(current.build_handler().map_err(DaemonError::Other)?);
     let rc = runner_config(&current, dry_run)?;
@@ -486,8 +579,10 @@ impl Privileges {
 
 /// The text of `oomkit probe`: kernel features at `root` and what reserve
 /// mode would get with `cfg` (defaults when `None`).
-pub fn probe(root: &Path, cfg: Option<&Config>) -> String {
+/// The second value is why the host cannot be managed, if it cannot.
+pub fn probe(root: &Path, cfg: Option<&Config>) -> (String, Option<Unsupported>) {
     let mut s = String::new();
+    let verdict = check_root(root).err();
     match Cgroup::open(root) {
         Ok(cg) => {
             let f = oomkit::probe::Features::probe(&cg);
@@ -515,7 +610,11 @@ pub fn probe(root: &Path, cfg: Option<&Config>) -> String {
     for (k, v) in p.reserve_outlook(cfg) {
         s.push_str(&format!("  {k:<18} {v}\n"));
     }
-    s
+    match &verdict {
+        None => s.push_str("supported: yes\n"),
+        Some(why) => s.push_str(&format!("supported: no: {why}\n")),
+    }
+    (s, verdict)
 }
 
 /// A config with every default and a priority-kill handler.

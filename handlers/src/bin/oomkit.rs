@@ -20,11 +20,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use oomkit::engine::{CgroupMeta, Class, Handler, Plan, View};
 use oomkit_handlers::config::Config;
-use oomkit_handlers::daemon::{self, Control};
+use oomkit_handlers::daemon::{self, Control, exit};
 
 /// Userspace out-of-memory handling on cgroup v2.
 #[derive(Debug, Parser)]
-#[command(name = "oomkit", version, about)]
+#[command(name = "oomkit", version, about, after_help = daemon::exit::HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,7 +32,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the daemon.
+    /// Run the daemon. Refuses (exit 78) when the managed root is not cgroup2 or has no memory
+    /// controller.
+    #[command(after_help = daemon::exit::HELP)]
     Run {
         /// The config file.
         #[arg(long, short, default_value_os_t = daemon::default_config_path())]
@@ -50,7 +52,9 @@ enum Command {
         /// The config file.
         file: PathBuf,
     },
-    /// Print the kernel features and what reserve mode would get.
+    /// Print the kernel features and what reserve mode would get; exits 78 (and says why) when
+    /// the host cannot be managed.
+    #[command(after_help = daemon::exit::HELP)]
     Probe {
         /// The cgroup to probe (filesystem path).
         #[arg(long)]
@@ -71,7 +75,7 @@ fn main() -> ExitCode {
             }
             Err(errors) => {
                 eprintln!("{errors}");
-                ExitCode::FAILURE
+                ExitCode::from(exit::CONFIG)
             }
         },
         Command::Probe { root, config } => {
@@ -79,14 +83,21 @@ fn main() -> ExitCode {
                 Ok(c) => c.map(|l| l.config),
                 Err(errors) => {
                     eprintln!("{errors}");
-                    return ExitCode::FAILURE;
+                    return ExitCode::from(exit::CONFIG);
                 }
             };
             let root = root
                 .or_else(|| cfg.as_ref().map(|c| c.daemon.root.clone()))
                 .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
-            print!("{}", daemon::probe(&root, cfg.as_ref()));
-            ExitCode::SUCCESS
+            let (text, unsupported) = daemon::probe(&root, cfg.as_ref());
+            print!("{text}");
+            match unsupported {
+                None => ExitCode::SUCCESS,
+                Some(why) => {
+                    eprintln!("oomkit: unsupported host: {why}");
+                    ExitCode::from(exit::CONFIG)
+                }
+            }
         }
         Command::Run {
             config,
@@ -105,7 +116,7 @@ fn run(file: PathBuf, dry_run: bool, stall: Option<Duration>) -> ExitCode {
         Ok(l) => l,
         Err(errors) => {
             eprintln!("{errors}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(exit::CONFIG);
         }
     };
     let d = &loaded.config.daemon;
@@ -129,8 +140,8 @@ fn run(file: PathBuf, dry_run: bool, stall: Option<Duration>) -> ExitCode {
     match daemon::run_wrapped(&file, loaded, dry_run, control, &wrap) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "oomkit stopped");
-            ExitCode::FAILURE
+            tracing::error!(error = %e, exit_code = e.exit_code(), "oomkit stopped");
+            ExitCode::from(e.exit_code())
         }
     }
 }
