@@ -29,8 +29,10 @@ use crate::throttle::{Throttle, ThrottleConfig};
 // ---------------------------------------------------------------------------
 // Values with units
 
-/// A size in bytes: an integer, or a string with a binary suffix
-/// (`"512MiB"`, `"2G"`, `"64k"`; K/M/G/T and KiB/MiB/GiB/TiB all mean powers of 1024).
+/// A size in bytes: an integer, or a string with a unit as Kubernetes and
+/// people write them: `"64Mi"`, `"512MiB"`, `"2Gi"` (powers of 1024),
+/// `"100M"`, `"1G"`, `"1.5GB"` (powers of 1000), parsed by the `parse-size`
+/// crate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ByteSize(pub u64);
 
@@ -51,28 +53,34 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-/// Parses `"512MiB"`, `"2G"`, `"4096"`.
+/// Parses `"64Mi"`, `"512MiB"`, `"1G"`, `"4096"`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size (e.g. 4096, \"64KiB\", \"512MiB\", \"2GiB\")"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        _ => {
-            return Err(format!(
-                "`{s}`: unknown unit `{unit}` (use KiB, MiB, GiB or TiB)"
-            ));
-        }
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("`{s}` is too large"))
+    parse_size::parse_size(s.trim()).map_err(|e| {
+        format!("`{s}` is not a size ({e}; e.g. 4096, \"64Ki\", \"512Mi\", \"2GiB\", \"1G\")")
+    })
+}
+
+/// A duration in milliseconds: an integer (ms) or a string with units
+/// (`"5s"`, `"250ms"`, `"1m 30s"`, parsed by `humantime`). Used with
+/// `#[serde(deserialize_with)]` on the `*_ms` keys.
+pub fn millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::N(n) => Ok(n),
+        Raw::S(s) => parse_millis(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Parses `"5s"`, `"250ms"`, `"2m"` into milliseconds.
+pub fn parse_millis(s: &str) -> Result<u64, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration ({e}; e.g. \"250ms\", \"5s\", \"2m\")"))?;
+    u64::try_from(d.as_millis()).map_err(|_| format!("`{s}` is too long"))
 }
 
 /// A signal: a name (`"SIGUSR2"`, `"USR2"`) or a number.
@@ -212,28 +220,35 @@ pub struct EngineSection {
     /// Wait for reclaim progress before acting on `high` events and PSI.
     pub progress_aware: bool,
     /// How often to sample while assessing progress.
+    #[serde(deserialize_with = "millis")]
     pub sample_interval_ms: u64,
     /// Full-stall share of wall time (0–1) counted as "stalled".
     pub full_stall_threshold: f64,
     /// Act despite progress once stalled this long.
+    #[serde(deserialize_with = "millis")]
     pub stall_sustain_ms: u64,
     /// Give up assessing (as averted) after this long.
+    #[serde(deserialize_with = "millis")]
     pub assess_limit_ms: u64,
     /// Re-check the signal after deciding, before acting.
     pub recheck: bool,
     /// Usage below this share (0–1) of the effective limit counts as resolved.
     pub resolved_usage_ratio: f64,
     /// Default time for a victim to exit and its memory to come back.
+    #[serde(deserialize_with = "millis")]
     pub kill_deadline_ms: u64,
     /// Share (0–1) of the victim's footprint that must come back.
     pub memory_back_ratio: f64,
     /// Tick while waiting for a victim.
+    #[serde(deserialize_with = "millis")]
     pub acting_tick_ms: u64,
     /// Quiet time after an episode before a new one starts.
+    #[serde(deserialize_with = "millis")]
     pub cooldown_ms: u64,
     /// Victims that may fail to die before the episode is given up.
     pub max_escalations: u32,
     /// Tick for handlers that want quiet ticks (throttle release).
+    #[serde(deserialize_with = "millis")]
     pub quiet_tick_ms: u64,
     /// Pre-allocated room for cgroups.
     pub max_cgroups: usize,
@@ -342,8 +357,10 @@ pub struct PsiSection {
     /// `some` or `full`.
     pub kind: PsiKind,
     /// Stall time within the window that fires the trigger, ms.
+    #[serde(deserialize_with = "millis")]
     pub stall_ms: u64,
     /// The window, ms (500–10000; unprivileged on 6.5+: a multiple of 2000).
+    #[serde(deserialize_with = "millis")]
     pub window_ms: u64,
     /// `system` or `cgroup`.
     pub scope: PsiScope,
@@ -420,6 +437,7 @@ pub struct WatchdogSection {
     /// Run the watchdog thread.
     pub enabled: bool,
     /// How long the loop may stay busy before the watchdog acts, ms.
+    #[serde(deserialize_with = "millis")]
     pub timeout_ms: u64,
 }
 
@@ -530,6 +548,7 @@ pub struct PriorityKillSection {
     /// Pass over smaller candidates while bigger ones exist.
     pub min_victim_bytes: ByteSize,
     /// Time for the victim to die and memory to come back, ms (0: `[engine] kill_deadline_ms`).
+    #[serde(deserialize_with = "millis")]
     pub kill_deadline_ms: u64,
 }
 
@@ -552,10 +571,12 @@ pub struct ThrottleSection {
     /// Never below this.
     pub floor: ByteSize,
     /// Minimum time between two steps on one cgroup, ms.
+    #[serde(deserialize_with = "millis")]
     pub step_interval_ms: u64,
     /// Freeze the cgroup at the floor.
     pub freeze_at_floor: bool,
     /// Kill if still pressing its throttle this long after the first step, ms.
+    #[serde(deserialize_with = "millis")]
     pub kill_after_ms: u64,
     /// Contained (and released a step) below this fraction of its throttle.
     pub release_below: f64,
@@ -599,8 +620,10 @@ pub struct HeapProfileSection {
     /// Most headroom outstanding at once.
     pub budget: ByteSize,
     /// How long the raised limit stays, ms.
+    #[serde(deserialize_with = "millis")]
     pub raise_for_ms: u64,
     /// How long to wait for the profile, ms.
+    #[serde(deserialize_with = "millis")]
     pub dump_deadline_ms: u64,
 }
 

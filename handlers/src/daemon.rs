@@ -350,6 +350,7 @@ pub fn run_wrapped(
         .add_fd(clone_fd(&control.reload)?)
         .map_err(sdk("watching the reload pipe"))?;
     tracing::info!(cgroups = runner.engine().tree().len(), "running");
+    notify(&[sd_notify::NotifyState::Ready]);
     loop {
         let turn = runner.run_once(None).map_err(sdk("waiting for events"))?;
         if turn.ready.contains(&t_stop) {
@@ -358,9 +359,12 @@ pub fn run_wrapped(
         }
         if turn.ready.contains(&t_reload) {
             drain(&mut control.reload);
+            notify(&[sd_notify::NotifyState::Reloading]);
             reload(file, dry_run, &mut current, &mut runner, wrap);
+            notify(&[sd_notify::NotifyState::Ready]);
         }
     }
+    notify(&[sd_notify::NotifyState::Stopping]);
     // Release throttles and raised limits before going away.
     runner.shutdown();
     let s = runner.stats();
@@ -373,6 +377,14 @@ pub fn run_wrapped(
         "stopped"
     );
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) where the daemon is; a no-op when not run
+/// by systemd (no `NOTIFY_SOCKET`).
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
 }
 
 /// Re-reads the file; on success swaps handler and engine settings in.

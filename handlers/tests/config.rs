@@ -225,11 +225,33 @@ fn signal_names_and_sizes_parse() {
     assert_eq!(h.signal.0, libc::SIGUSR1);
     assert_eq!(h.headroom.0, 1 << 30);
     assert_eq!(h.budget.0, 2 << 30);
-    assert_eq!(parse_size("64k"), Ok(64 << 10));
+    // As Kubernetes writes them: Ki/Mi/Gi binary, k/M/G decimal.
+    assert_eq!(parse_size("64Mi"), Ok(64 << 20));
+    assert_eq!(parse_size("64Ki"), Ok(64 << 10));
+    assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+    assert_eq!(parse_size("64k"), Ok(64_000));
+    assert_eq!(parse_size("1G"), Ok(1_000_000_000));
+    assert_eq!(parse_size("4096"), Ok(4096));
     assert!(parse_size("12 parsecs").is_err());
     let msg = errors("[handler]\nkind = \"throttle\"\n[handler.throttle]\nfloor = \"lots\"\n")
         .to_string();
     assert!(msg.contains(":4:") && msg.contains("not a size"), "{msg}");
+}
+
+#[test]
+fn durations_take_units_or_milliseconds() {
+    let text = "[engine]\nkill_deadline_ms = \"5s\"\ncooldown_ms = \"250ms\"\nstall_sustain_ms = 1500\n[watchdog]\ntimeout_ms = \"2s\"\n[handler]\nkind = \"priority-kill\"\n";
+    let c = Config::parse(Path::new("x"), text).unwrap().config;
+    assert_eq!(c.engine.kill_deadline_ms, 5000);
+    assert_eq!(c.engine.cooldown_ms, 250);
+    assert_eq!(c.engine.stall_sustain_ms, 1500);
+    assert_eq!(c.watchdog.timeout_ms, 2000);
+    let msg =
+        errors("[engine]\ncooldown_ms = \"soon\"\n[handler]\nkind = \"throttle\"\n").to_string();
+    assert!(
+        msg.contains(":2:") && msg.contains("not a duration"),
+        "{msg}"
+    );
 }
 
 #[test]
