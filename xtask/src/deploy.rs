@@ -22,10 +22,12 @@ use crate::util::{self, Context, Error, Result};
 
 const PY_PACKAGES: &[(&str, &str)] = &[("kubernetes_validate", "kubernetes-validate")];
 
+type Check = fn() -> Result<()>;
+
 /// Runs every check, appending a summary line per check to `lines` and the names of failed ones
 /// to `failed`.
 pub fn checks(lines: &mut Vec<String>, failed: &mut Vec<&'static str>) {
-    let steps: [(&'static str, fn() -> Result<()>); 3] = [
+    let steps: [(&'static str, Check); 3] = [
         ("systemd unit", systemd_unit),
         ("k8s manifests", kubernetes),
         ("publish dry", publish_dry_run),
