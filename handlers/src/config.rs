@@ -158,6 +158,8 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+    /// For a systemd unit's stderr: `<N>` syslog priority prefixes, no timestamp.
+    Journald,
 }
 
 /// Which xattrs to believe (see [`XattrTrust`]).

@@ -25,7 +25,7 @@ use oomkit::engine::{Handler, PsiConfig, Runner, RunnerConfig, WatchdogConfig};
 use oomkit::events::PsiThreshold;
 use oomkit::reserve::{MlockMode, ReserveCgroup, ReserveConfig};
 
-use crate::config::{Config, ConfigErrors, Loaded, LogFormat, MlockSetting, PsiKind, PsiScope};
+use crate::config::{Config, ConfigErrors, Loaded, MlockSetting, PsiKind, PsiScope};
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -141,24 +141,6 @@ pub fn check_root(root: &Path) -> Result<(), Unsupported> {
 
 fn sdk(context: &'static str) -> impl FnOnce(oomkit::Error) -> DaemonError {
     move |source| DaemonError::Sdk { context, source }
-}
-
-/// Sets up `tracing` output as text or JSON lines on stderr. `RUST_LOG`,
-/// when set, overrides `level`.
-pub fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::try_new(v),
-        _ => tracing_subscriber::EnvFilter::try_new(level),
-    }
-    .map_err(|e| format!("log filter: {e}"))?;
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let r = match format {
-        LogFormat::Text => b.try_init(),
-        LogFormat::Json => b.json().flatten_event(true).try_init(),
-    };
-    r.map_err(|e| format!("logging: {e}"))
 }
 
 /// The runner's configuration from the file (`dry_run` forces a dry run).

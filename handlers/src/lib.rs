@@ -22,6 +22,8 @@ pub mod classify;
 pub mod config;
 pub mod daemon;
 pub mod heap_profile;
+pub mod logging;
+pub mod podinfo;
 pub mod priority;
 pub mod throttle;
 

@@ -120,7 +120,7 @@ fn run(file: PathBuf, dry_run: bool, stall: Option<Duration>) -> ExitCode {
         }
     };
     let d = &loaded.config.daemon;
-    if let Err(e) = daemon::init_logging(d.log_format, &d.log_level) {
+    if let Err(e) = oomkit_handlers::logging::init(d.log_format, &d.log_level) {
         eprintln!("oomkit: {e}");
         return ExitCode::FAILURE;
     }
