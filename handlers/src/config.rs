@@ -185,8 +185,8 @@ pub struct DaemonSection {
     pub log_format: LogFormat,
     /// A `tracing` filter (`info`, `oomkit=debug,info` …); `RUST_LOG` overrides it.
     pub log_level: String,
-    /// Where incident records go (`None`: not recorded).
-    pub incident_dir: Option<PathBuf>,
+    /// Where incident records go (default `/var/lib/oomkit/incidents`; `""`: not recorded).
+    pub incident_dir: PathBuf,
     /// Incident records kept; the oldest are deleted beyond this.
     pub incident_max_count: usize,
     /// Upper bound on one incident record's size.
@@ -195,6 +195,15 @@ pub struct DaemonSection {
     pub diagnostics_dir: Option<PathBuf>,
     /// Which cgroup xattrs to believe.
     pub xattr_trust: TrustSetting,
+    /// `HOST:PORT` to serve Prometheus `/metrics` and `/healthz` on (`None`: off).
+    pub metrics_listen: Option<String>,
+}
+
+impl DaemonSection {
+    /// The incident folder, unless recording is off (`incident_dir = ""`).
+    pub fn incidents(&self) -> Option<&Path> {
+        (!self.incident_dir.as_os_str().is_empty()).then_some(self.incident_dir.as_path())
+    }
 }
 
 impl Default for DaemonSection {
@@ -204,11 +213,12 @@ impl Default for DaemonSection {
             depth: 8,
             log_format: LogFormat::Text,
             log_level: "info".into(),
-            incident_dir: None,
+            incident_dir: PathBuf::from("/var/lib/oomkit/incidents"),
             incident_max_count: 100,
             incident_max_bytes: ByteSize(256 << 10),
             diagnostics_dir: None,
             xattr_trust: TrustSetting::TrustedOnly,
+            metrics_listen: None,
         }
     }
 }
@@ -901,10 +911,27 @@ impl Config {
                 format!("must be between 1 and 16 (got {})", d.depth),
             );
         }
-        if d.incident_dir.is_some() && d.incident_max_count == 0 {
+        if d.incidents().is_some_and(|p| !p.is_absolute()) {
+            err(
+                "daemon.incident_dir",
+                format!(
+                    "must be an absolute path, or \"\" for no records (got `{}`)",
+                    d.incident_dir.display()
+                ),
+            );
+        }
+        if let Some(a) = &d.metrics_listen {
+            if let Err(e) = a.parse::<std::net::SocketAddr>() {
+                err(
+                    "daemon.metrics_listen",
+                    format!("`{a}` is not HOST:PORT (e.g. \"127.0.0.1:9732\"): {e}"),
+                );
+            }
+        }
+        if d.incidents().is_some() && d.incident_max_count == 0 {
             err("daemon.incident_max_count", "must be at least 1".into());
         }
-        if d.incident_dir.is_some() && d.incident_max_bytes.0 < 4096 {
+        if d.incidents().is_some() && d.incident_max_bytes.0 < 4096 {
             err(
                 "daemon.incident_max_bytes",
                 "must be at least 4096 bytes".into(),

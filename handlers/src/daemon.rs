@@ -14,18 +14,27 @@
 //! and `[watchdog]` need a restart, and the daemon says so.
 
 use std::io::Read;
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use oomkit::Cgroup;
-use oomkit::engine::incident::IncidentConfig;
-use oomkit::engine::{Handler, PsiConfig, Runner, RunnerConfig, WatchdogConfig};
+use oomkit::engine::incident::{Incident, IncidentConfig};
+use oomkit::engine::{
+    CgroupId, Episode, Handler, Outcome, PsiConfig, Runner, RunnerConfig, Tree, Victim,
+    WatchdogConfig,
+};
 use oomkit::events::PsiThreshold;
 use oomkit::reserve::{MlockMode, ReserveCgroup, ReserveConfig};
 
 use crate::config::{Config, ConfigErrors, Loaded, MlockSetting, PsiKind, PsiScope};
+use crate::incidents::IncidentWriter;
+use crate::metrics::Metrics;
+use crate::podinfo::pod_info;
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -188,17 +197,13 @@ pub fn runner_config(cfg: &Config, dry_run: bool) -> Result<RunnerConfig, Daemon
         }
     });
     let d = &cfg.daemon;
-    let incidents = d.incident_dir.as_ref().map(|dir| IncidentConfig {
-        dir: dir.clone(),
-        max_count: d.incident_max_count,
-        max_bytes: usize::try_from(d.incident_max_bytes.0).unwrap_or(usize::MAX),
-    });
     let mut rc = RunnerConfig::new(d.root.clone());
     rc.engine = engine;
     rc.reserve = reserve;
     rc.memory_events = cfg.signals.memory_events;
     rc.psi = psi;
-    rc.incidents = incidents;
+    // The daemon writes incident records itself, from a thread (see `Observer`).
+    rc.incidents = None;
     rc.diagnostics_dir = d.diagnostics_dir.clone();
     rc.watchdog = cfg.watchdog.enabled.then_some(WatchdogConfig {
         timeout: Duration::from_millis(cfg.watchdog.timeout_ms),
@@ -206,6 +211,16 @@ pub fn runner_config(cfg: &Config, dry_run: bool) -> Result<RunnerConfig, Daemon
     rc.xattr_trust = cfg.xattr_trust();
     rc.depth = d.depth;
     Ok(rc)
+}
+
+/// Where and how many incident records to keep (`None`: `incident_dir = ""`).
+pub fn incident_config(cfg: &Config) -> Option<IncidentConfig> {
+    let d = &cfg.daemon;
+    d.incidents().map(|dir| IncidentConfig {
+        dir: dir.to_path_buf(),
+        max_count: d.incident_max_count,
+        max_bytes: usize::try_from(d.incident_max_bytes.0).unwrap_or(usize::MAX),
+    })
 }
 
 /// What `check-config` reports for a valid file.
@@ -313,6 +328,23 @@ pub fn run_wrapped(
     let mut current = loaded.config;
     let handler = wrap(current.build_handler().map_err(DaemonError::Other)?);
     let rc = runner_config(&current, dry_run)?;
+    let metrics = Arc::new(Metrics::new());
+    if let Some(addr) = &current.daemon.metrics_listen {
+        let addr: SocketAddr = addr
+            .parse()
+            .map_err(|e| DaemonError::Other(format!("daemon.metrics_listen `{addr}`: {e}")))?;
+        let local = crate::metrics::serve(addr, metrics.clone())
+            .map_err(|e| DaemonError::Other(format!("serving metrics on {addr}: {e}")))?;
+        tracing::info!(listen = %local, "serving /metrics and /healthz");
+    }
+    let incidents = incident_config(&current).and_then(|c| {
+        let dir = c.dir.clone();
+        IncidentWriter::start(c)
+            .inspect_err(
+                |e| tracing::warn!(dir = %dir.display(), error = %e, "incident records are off"),
+            )
+            .ok()
+    });
     tracing::info!(
         root = %rc.root.display(),
         handler = current.handler.kind.name(),
@@ -320,6 +352,7 @@ pub fn run_wrapped(
         "starting"
     );
     let mut runner = Runner::new(rc, handler).map_err(sdk("starting the runner"))?;
+    let degraded = runner.reserve_report().is_some_and(|r| r.degraded());
     if let Some(rep) = runner.reserve_report() {
         if rep.degraded() {
             tracing::warn!(report = %rep, "reserve mode is degraded");
@@ -331,10 +364,18 @@ pub fn run_wrapped(
     let t_reload = runner
         .add_fd(clone_fd(&control.reload)?)
         .map_err(sdk("watching the reload pipe"))?;
+    let observer = Observer {
+        metrics: metrics.clone(),
+        incidents,
+        reserve_degraded: degraded,
+    };
+    observer.after_turn(&runner, &[]);
     tracing::info!(cgroups = runner.engine().tree().len(), "running");
     notify(&[sd_notify::NotifyState::Ready]);
     loop {
         let turn = runner.run_once(None).map_err(sdk("waiting for events"))?;
+        // Off the decision path: the episodes of this turn have ended.
+        observer.after_turn(&runner, &turn.finished);
         if turn.ready.contains(&t_stop) {
             drain(&mut control.shutdown);
             break;
@@ -342,10 +383,12 @@ pub fn run_wrapped(
         if turn.ready.contains(&t_reload) {
             drain(&mut control.reload);
             notify(&[sd_notify::NotifyState::Reloading]);
-            reload(file, dry_run, &mut current, &mut runner, wrap);
+            let ok = reload(file, dry_run, &mut current, &mut runner, wrap);
+            metrics.reloaded(ok);
             notify(&[sd_notify::NotifyState::Ready]);
         }
     }
+    metrics.healthy.store(false, Ordering::Relaxed);
     notify(&[sd_notify::NotifyState::Stopping]);
     // Release throttles and raised limits before going away.
     runner.shutdown();
@@ -361,6 +404,79 @@ pub fn run_wrapped(
     Ok(())
 }
 
+/// What the daemon does after each turn of the loop, once the engine is
+/// done with it: metrics, one log line per victim, incident records.
+struct Observer {
+    metrics: Arc<Metrics>,
+    incidents: Option<IncidentWriter>,
+    reserve_degraded: bool,
+}
+
+impl Observer {
+    fn after_turn(&self, runner: &Runner, finished: &[Episode]) {
+        let engine = runner.engine();
+        let dry_run = engine.config().dry_run;
+        for ep in finished {
+            self.metrics.episode(ep);
+            log_victims(ep, engine.tree());
+            if let (true, Some(w)) = (ep.is_action(), &self.incidents) {
+                let inc = Incident::from_episode(ep, engine.tree(), engine.handler_name(), dry_run);
+                let scope = ep.scope.and_then(|id| engine.host().cgroup_shared(id));
+                w.submit(inc, scope, ep.timings.event_seen);
+            }
+        }
+        let s = runner.stats();
+        self.metrics
+            .totals(s.kernel_oom_kills, runner.watchdog_fired());
+        self.metrics
+            .gauges(engine.tree().len(), self.reserve_degraded);
+    }
+}
+
+/// One line per victim (or, in a dry run, per kill that would have run):
+/// pid, comm, cgroup, bytes, tier, reason, and the pod UID and container ID
+/// where the cgroup path shows them.
+pub fn log_victims(ep: &Episode, tree: &Tree) {
+    let comm_of = |pid: Option<i32>| {
+        pid.and_then(|p| ep.top_processes.iter().flatten().find(|s| s.pid == p))
+            .map(|s| s.comm().to_owned())
+    };
+    let line = |pid: Option<i32>, id: CgroupId, bytes: Option<u64>, what: &str| {
+        let path = tree.path(id);
+        let pod = path.map(pod_info).unwrap_or_default();
+        tracing::warn!(
+            episode = ep.id,
+            pid,
+            comm = comm_of(pid).as_deref(),
+            cgroup = %path.map(|p| p.display().to_string()).unwrap_or_default(),
+            bytes,
+            tier = tree.class(id).map(|c| c.priority),
+            reason = ep.plan.reason(),
+            trigger = crate::metrics::reason_label(&ep.trigger),
+            pod_uid = pod.pod_uid.as_deref(),
+            container_id = pod.container_id.as_deref(),
+            "{what}"
+        );
+    };
+    if ep.outcome == Some(Outcome::DryRun) {
+        for s in ep.plan.steps().filter(|s| s.action.is_kill()) {
+            let pid = match s.action {
+                oomkit::engine::Action::KillProcess { pid, .. } => Some(pid),
+                _ => None,
+            };
+            line(pid, s.action.cgroup(), None, "dry run: would kill");
+        }
+        return;
+    }
+    for v in ep.victims.iter().flatten() {
+        let pid = match v.victim {
+            Victim::Process { pid, .. } => Some(pid),
+            Victim::Cgroup { .. } => None,
+        };
+        line(pid, v.victim.cgroup(), Some(v.footprint), "killed");
+    }
+}
+
 /// Tells systemd (`Type=notify`) where the daemon is; a no-op when not run
 /// by systemd (no `NOTIFY_SOCKET`).
 fn notify(state: &[sd_notify::NotifyState<'_>]) {
@@ -370,13 +486,14 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
 }
 
 /// Re-reads the file; on success swaps handler and engine settings in.
+/// Returns whether it did.
 fn reload(
     file: &Path,
     dry_run: bool,
     current: &mut Config,
     runner: &mut Runner,
     wrap: HandlerWrap<'_>,
-) {
+) -> bool {
     let loaded = match Config::load(file) {
         Ok(l) => l,
         Err(errors) => {
@@ -384,7 +501,7 @@ fn reload(
                 tracing::error!("{e}");
             }
             tracing::error!("reload failed; keeping the running configuration");
-            return;
+            return false;
         }
     };
     let new = loaded.config;
@@ -392,14 +509,14 @@ fn reload(
         Ok(h) => wrap(h),
         Err(e) => {
             tracing::error!(error = %e, "reload failed; keeping the running configuration");
-            return;
+            return false;
         }
     };
     let mut engine = new.engine_config();
     engine.dry_run |= dry_run;
     if let Err(e) = runner.reload(handler, engine) {
         tracing::error!(error = %e, "reload refused; keeping the running configuration");
-        return;
+        return false;
     }
     for (name, changed) in restart_needed(current, &new) {
         if changed {
@@ -414,6 +531,7 @@ fn reload(
     }
     tracing::info!(handler = new.handler.kind.name(), "configuration reloaded");
     *current = new;
+    true
 }
 
 /// Sections a reload cannot apply, and whether each changed.

@@ -69,7 +69,8 @@ fn the_priority_kill_example_maps_onto_the_runner() {
     assert!(psi.system);
     assert_eq!(psi.threshold.window, Duration::from_secs(2));
     assert_eq!(rc.watchdog.unwrap().timeout, Duration::from_secs(2));
-    let inc = rc.incidents.unwrap();
+    assert!(rc.incidents.is_none(), "the daemon writes incidents itself");
+    let inc = daemon::incident_config(&c).unwrap();
     assert_eq!((inc.max_count, inc.max_bytes), (200, 256 << 10));
     let reserve = rc.reserve.unwrap();
     assert_eq!(reserve.oom_score_adj, Some(-1000));
@@ -236,6 +237,27 @@ fn signal_names_and_sizes_parse() {
     let msg = errors("[handler]\nkind = \"throttle\"\n[handler.throttle]\nfloor = \"lots\"\n")
         .to_string();
     assert!(msg.contains(":4:") && msg.contains("not a size"), "{msg}");
+}
+
+#[test]
+fn incidents_are_on_by_default_and_off_with_an_empty_dir() {
+    let on = Config::parse(Path::new("x"), "[handler]\nkind = \"priority-kill\"\n").unwrap();
+    assert_eq!(
+        daemon::incident_config(&on.config).unwrap().dir,
+        Path::new("/var/lib/oomkit/incidents")
+    );
+    let off = "[daemon]\nincident_dir = \"\"\n[handler]\nkind = \"priority-kill\"\n";
+    let off = Config::parse(Path::new("x"), off).unwrap();
+    assert!(daemon::incident_config(&off.config).is_none());
+    let msg = errors("[daemon]\nincident_dir = \"var/x\"\nmetrics_listen = \"nope\"\n[handler]\nkind = \"throttle\"\n").to_string();
+    assert!(
+        msg.contains("daemon.incident_dir") && msg.contains("absolute"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("daemon.metrics_listen") && msg.contains("HOST:PORT"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -6,6 +6,9 @@
 //! * `kubernetes-validate --strict` (PyPI) on every manifest in `deploy/kubernetes/`, offline
 //!   against the bundled Kubernetes schemas; the kustomization's files must exist, and the configs
 //!   shipped there and in the .deb must pass `oomkit check-config`.
+//! * The metrics text the daemon serves, parsed by the strict OpenMetrics parser of Python's
+//!   `prometheus-client` (`oomkit metrics-sample` prints a scrape with every metric present; the
+//!   VM suite parses a scrape taken during a real episode the same way).
 //! * `cargo publish --workspace --dry-run`: packages the published crates and builds each from
 //!   its package, the SDK first, resolving the daemon's dependency on it through cargo's local
 //!   overlay registry, exactly what a `cargo install` from crates.io would build.
@@ -27,9 +30,10 @@ type Check = fn() -> Result<()>;
 /// Runs every check, appending a summary line per check to `lines` and the names of failed ones
 /// to `failed`.
 pub fn checks(lines: &mut Vec<String>, failed: &mut Vec<&'static str>) {
-    let steps: [(&'static str, Check); 3] = [
+    let steps: [(&'static str, Check); 4] = [
         ("systemd unit", systemd_unit),
         ("k8s manifests", kubernetes),
+        ("metrics text", metrics_text),
         ("publish dry", publish_dry_run),
     ];
     for (name, step) in steps {
@@ -201,6 +205,43 @@ fn kubernetes() -> Result<()> {
         util::run(Command::new(&bin).arg("check-config").arg(&cfg))?;
     }
     println!("deploy/kubernetes: {} manifest(s) valid", manifests.len());
+    Ok(())
+}
+
+const PARSE_METRICS: &str = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+names = {f.name: f for f in text_string_to_metric_families(sys.stdin.read())}
+need = ["oomkit_episodes", "oomkit_kills", "oomkit_kernel_oom_kills", "oomkit_watchdog_actions",
+        "oomkit_event_to_kill_seconds", "oomkit_managed_cgroups", "oomkit_reserve_degraded",
+        "oomkit_last_reload_success", "oomkit_build"]
+missing = [n for n in need if n not in names]
+if missing:
+    sys.exit("missing metric families: " + ", ".join(missing))
+print("parsed %d metric families" % len(names))
+"#;
+
+fn metrics_text() -> Result<()> {
+    ensure_python()?;
+    let bin = oomkit_binary()?;
+    let text = util::output(Command::new(&bin).arg("metrics-sample"))?;
+    let mut child = Command::new("python3")
+        .args(["-c", PARSE_METRICS])
+        .stdin(Stdio::piped())
+        .spawn()
+        .context(|| "cannot run python3".into())?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        stdin
+            .write_all(text.as_bytes())
+            .context(|| "writing to python3".into())?;
+    }
+    let status = child.wait().context(|| "waiting for python3".into())?;
+    if !status.success() {
+        return Err(Error::msg(format!(
+            "the Prometheus parser rejected `oomkit metrics-sample`:\n{text}"
+        )));
+    }
     Ok(())
 }
 

@@ -52,6 +52,21 @@ enum Command {
         /// The config file.
         file: PathBuf,
     },
+    /// Incident records: list them, show one, plot one as an SVG timeline.
+    Incidents {
+        /// The folder (default: `[daemon] incident_dir` of --config, or of
+        /// /etc/oomkit/oomkit.toml if it exists, else /var/lib/oomkit/incidents).
+        #[arg(long, global = true)]
+        dir: Option<PathBuf>,
+        /// The config file whose incident_dir to use.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        what: IncidentsCmd,
+    },
+    /// Testing: print a scrape of a fresh metrics registry.
+    #[command(hide = true)]
+    MetricsSample,
     /// Print the kernel features and what reserve mode would get; exits 78 (and says why) when
     /// the host cannot be managed.
     #[command(after_help = daemon::exit::HELP)]
@@ -65,9 +80,99 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum IncidentsCmd {
+    /// One line per record, oldest first.
+    List,
+    /// One record, for a human or (--json) as written.
+    Show {
+        /// The record's number (the ID column of `list`).
+        id: u64,
+        /// Print the JSON record as written.
+        #[arg(long)]
+        json: bool,
+    },
+    /// An SVG timeline of the episode: memory, PSI and headroom before and after, and the
+    /// event, decision, signal, exit and memory-back marks.
+    Plot {
+        /// The record's number.
+        id: u64,
+        /// Write the SVG here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+fn incident_dir(dir: Option<PathBuf>, config: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(d) = dir {
+        return Ok(d);
+    }
+    let file = config.or_else(|| {
+        let p = daemon::default_config_path();
+        p.exists().then_some(p)
+    });
+    let Some(file) = file else {
+        return Ok(PathBuf::from("/var/lib/oomkit/incidents"));
+    };
+    let loaded = Config::load(&file).map_err(|e| e.to_string())?;
+    loaded
+        .config
+        .daemon
+        .incidents()
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            format!(
+                "{}: incident records are off (incident_dir = \"\")",
+                file.display()
+            )
+        })
+}
+
+fn incidents(dir: Option<PathBuf>, config: Option<PathBuf>, what: IncidentsCmd) -> ExitCode {
+    use oomkit::engine::incident::read_one;
+    use oomkit_handlers::{incidents, plot};
+    let result = incident_dir(dir, config).and_then(|dir| match what {
+        IncidentsCmd::List => incidents::list(&dir),
+        IncidentsCmd::Show { id, json } => {
+            let i = read_one(&dir, id)?;
+            if json {
+                serde_json::to_string_pretty(&i)
+                    .map(|s| s + "\n")
+                    .map_err(|e| e.to_string())
+            } else {
+                Ok(incidents::show(&i))
+            }
+        }
+        IncidentsCmd::Plot { id, output } => {
+            let svg = plot::svg(&read_one(&dir, id)?);
+            match output {
+                Some(p) => std::fs::write(&p, svg)
+                    .map(|()| String::new())
+                    .map_err(|e| format!("{}: {e}", p.display())),
+                None => Ok(svg),
+            }
+        }
+    });
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("oomkit: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Incidents { dir, config, what } => incidents(dir, config, what),
+        Command::MetricsSample => {
+            print!("{}", oomkit_handlers::metrics::Metrics::new().render());
+            ExitCode::SUCCESS
+        }
         Command::CheckConfig { file } => match daemon::check_config(&file) {
             Ok(summary) => {
                 println!("{summary}");
