@@ -224,7 +224,10 @@ print("parsed %d metric families" % len(names))
 fn metrics_text() -> Result<()> {
     ensure_python()?;
     let bin = oomkit_binary()?;
-    let text = util::output(Command::new(&bin).arg("metrics-sample"))?;
+    parse_metrics(&util::output(Command::new(&bin).arg("metrics-sample"))?)
+}
+
+fn parse_metrics(text: &str) -> Result<()> {
     let mut child = Command::new("python3")
         .args(["-c", PARSE_METRICS])
         .stdin(Stdio::piped())
@@ -239,8 +242,36 @@ fn metrics_text() -> Result<()> {
     let status = child.wait().context(|| "waiting for python3".into())?;
     if !status.success() {
         return Err(Error::msg(format!(
-            "the Prometheus parser rejected `oomkit metrics-sample`:\n{text}"
+            "the OpenMetrics parser rejected the scrape:\n{text}"
         )));
+    }
+    Ok(())
+}
+
+/// Parses every scrape a VM test sent in a `METRICS <hex>` note with the same parser, so the
+/// text served during a real episode is checked by a real Prometheus parser, not only the guest's
+/// own reading of it. Errors name the kernel and test.
+pub fn parse_vm_scrapes(runs: &[crate::report::KernelRun]) -> Result<()> {
+    let scrapes: Vec<(String, Vec<u8>)> = runs
+        .iter()
+        .flat_map(|r| {
+            r.notes.iter().filter_map(move |(test, text)| {
+                let hex = text.strip_prefix("METRICS ")?;
+                Some((
+                    format!("{} {test}", r.kernel.name),
+                    crate::report::decode_hex(hex.trim()).unwrap_or_default(),
+                ))
+            })
+        })
+        .collect();
+    if scrapes.is_empty() {
+        return Ok(());
+    }
+    ensure_python()?;
+    for (what, data) in scrapes {
+        let text = String::from_utf8_lossy(&data).into_owned();
+        parse_metrics(&text).map_err(|e| Error::msg(format!("{what}: {e}")))?;
+        println!("{what}: the scrape parses as OpenMetrics");
     }
     Ok(())
 }

@@ -307,6 +307,7 @@ fn run_vmtests(args: &VmArgs) -> Result<Vec<report::KernelRun>> {
         !args.keep_going,
     )?;
     report::print(&runs);
+    deploy::parse_vm_scrapes(&runs)?;
     Ok(runs)
 }
 

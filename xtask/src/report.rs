@@ -200,7 +200,7 @@ impl KernelRun {
     }
 }
 
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
+pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }

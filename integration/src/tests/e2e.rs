@@ -114,7 +114,7 @@ pub fn dry_run(ctx: &mut Ctx) -> TestResult {
         ctx,
         &Oomkit::With(DaemonOpts {
             dry_run: true,
-            stall_ms: None,
+            ..DaemonOpts::default()
         }),
         Duration::from_secs(40),
     )?;
@@ -175,8 +175,8 @@ pub fn watchdog(ctx: &mut Ctx) -> TestResult {
     let mut run = scenario::priority(
         ctx,
         &Oomkit::With(DaemonOpts {
-            dry_run: false,
             stall_ms: Some(4000),
+            ..DaemonOpts::default()
         }),
         Duration::from_secs(40),
     )?;
