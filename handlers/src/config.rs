@@ -703,7 +703,7 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 /// 1-based (line, column in characters) of byte offset `at`.
-fn line_col(text: &str, at: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, at: usize) -> (usize, usize) {
     let at = at.min(text.len());
     let before = text.get(..at).unwrap_or("");
     let line = before.matches('\n').count() + 1;
@@ -842,6 +842,8 @@ pub struct Loaded {
     pub config: Config,
     /// Notes that are not errors (ignored tables, privilege hints).
     pub warnings: Vec<String>,
+    /// Drop-ins merged over the file, in the order applied.
+    pub dropins: Vec<PathBuf>,
 }
 
 impl Config {
@@ -862,6 +864,7 @@ impl Config {
                 file: file.to_path_buf(),
                 config,
                 warnings,
+                dropins: Vec::new(),
             });
         }
         Err(ConfigErrors(
@@ -877,17 +880,10 @@ impl Config {
         ))
     }
 
-    /// Reads and validates a file.
+    /// Reads and validates a file, merged with its drop-ins
+    /// (`oomkit.d/*.toml` beside `oomkit.toml`; see [`crate::dropin`]).
     pub fn load(file: &Path) -> Result<Loaded, ConfigErrors> {
-        let text = std::fs::read_to_string(file).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: file.to_path_buf(),
-                at: None,
-                key: None,
-                message: format!("cannot read: {e}"),
-            }])
-        })?;
-        Self::parse(file, &text)
+        crate::dropin::load(file)
     }
 
     /// Checks values; returns (problems as (dotted key, message), warnings).

@@ -269,6 +269,10 @@ pub fn summary(loaded: &Loaded) -> String {
             "off".into()
         },
     );
+    for d in &loaded.dropins {
+        s.push_str("\n  drop-in: ");
+        s.push_str(&d.display().to_string());
+    }
     for w in &loaded.warnings {
         s.push_str("\n  warning: ");
         s.push_str(w);

@@ -21,6 +21,7 @@
 pub mod classify;
 pub mod config;
 pub mod daemon;
+pub mod dropin;
 pub mod heap_profile;
 pub mod incidents;
 pub mod logging;

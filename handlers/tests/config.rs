@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use oomkit_handlers::config::{Config, ConfigErrors, HandlerKind, locate, parse_size};
+use oomkit_handlers::config::{Config, ConfigErrors, HandlerKind, LogFormat, locate, parse_size};
 use oomkit_handlers::daemon::{self, Privileges};
 use oomkit_handlers::priority::Granularity;
 
@@ -347,4 +347,47 @@ fn privileges_decide_the_reserve_outlook() {
     let root = Privileges::parse("CapEff:\t000001ffffffffff\n", limits);
     let rows = root.reserve_outlook(&cfg);
     assert!(rows.iter().all(|r| !r.1.starts_with("no")), "{rows:?}");
+}
+
+#[test]
+fn drop_ins_merge_in_name_order_and_errors_point_at_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("oomkit.toml");
+    std::fs::write(
+        &main,
+        "[daemon]\ndepth = 4\n[handler]\nkind = \"priority-kill\"\n[[handler.rules]]\nglob = \"/a\"\nprotected = true\n",
+    )
+    .unwrap();
+    let d = dir.path().join("oomkit.d");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::write(d.join("50-late.toml"), "[daemon]\ndepth = 6\n").unwrap();
+    std::fs::write(
+        d.join("10-early.toml"),
+        "[daemon]\ndepth = 5\nlog_format = \"json\"\n[[handler.rules]]\nglob = \"/b\"\npriority = -5\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("ignored.conf"), "not toml at all [").unwrap();
+    let l = Config::load(&main).unwrap();
+    assert_eq!(l.config.daemon.depth, 6, "later drop-ins win");
+    assert_eq!(l.config.daemon.log_format, LogFormat::Json);
+    let globs: Vec<&str> = l
+        .config
+        .handler
+        .rules
+        .iter()
+        .map(|r| r.glob.as_str())
+        .collect();
+    assert_eq!(globs, ["/a", "/b"], "rules are appended");
+    assert_eq!(l.dropins.len(), 2);
+    // A bad value in a drop-in is reported there, at its line.
+    std::fs::write(d.join("60-bad.toml"), "# depth\n[daemon]\ndepth = 99\n").unwrap();
+    let e = Config::load(&main).unwrap_err().to_string();
+    assert!(
+        e.contains("60-bad.toml:3:") && e.contains("daemon.depth"),
+        "{e}"
+    );
+    // A syntax error in a drop-in names the drop-in.
+    std::fs::write(d.join("60-bad.toml"), "[daemon\n").unwrap();
+    let e = Config::load(&main).unwrap_err().to_string();
+    assert!(e.contains("60-bad.toml:1:"), "{e}");
 }
