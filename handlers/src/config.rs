@@ -126,6 +126,11 @@ pub fn parse_signal(s: &str) -> Option<i32> {
 // ---------------------------------------------------------------------------
 // The schema
 
+/// Every key at its default, commented: what `oomkit config default` prints
+/// (`handlers/configs/default.toml`; a test keeps it complete and equal to
+/// the defaults below).
+pub const DEFAULT_TOML: &str = include_str!("../configs/default.toml");
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -29,10 +29,22 @@ fn every_shipped_config_passes_check_config() {
         .collect();
     assert_eq!(
         names,
-        ["heap-profile.toml", "priority-kill.toml", "throttle.toml"],
-        "one example per handler"
+        [
+            "default.toml",
+            "desktop.toml",
+            "heap-profile.toml",
+            "priority-kill.toml",
+            "single-service.toml",
+            "throttle.toml"
+        ],
+        "one example per handler, the defaults, and one per kind of host"
     );
-    for f in &files {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let deploy = [
+        root.join("deploy/oomkit.toml"),
+        root.join("deploy/kubernetes/oomkit.toml"),
+    ];
+    for f in files.iter().chain(&deploy) {
         let summary = daemon::check_config(f).unwrap_or_else(|e| panic!("{e}"));
         assert!(summary.contains(": OK"), "{summary}");
         let loaded = Config::load(f).unwrap();

@@ -124,3 +124,26 @@ fn check_root_agrees_with_the_hosts_cgroup2_mounts() {
         Err(Unsupported::Open { .. })
     ));
 }
+
+#[test]
+fn completions_and_man_page_come_from_the_cli() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_oomkit"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = run(&["completions", "bash"]);
+    assert!(
+        bash.contains("complete -F _oomkit") && bash.contains("incidents"),
+        "{bash}"
+    );
+    assert!(run(&["completions", "zsh"]).contains("#compdef oomkit"));
+    let man = run(&["manpage"]);
+    assert!(
+        man.contains(".TH oomkit 1") && man.contains("check\\-config"),
+        "{man}"
+    );
+}

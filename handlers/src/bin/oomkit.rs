@@ -4,6 +4,9 @@
 //! oomkit run --config /etc/oomkit/oomkit.toml [--dry-run]
 //! oomkit check-config FILE
 //! oomkit probe [--root /sys/fs/cgroup] [--config FILE]
+//! oomkit config default
+//! oomkit incidents list | show ID [--json] | plot ID [-o FILE]
+//! oomkit completions bash|zsh|fish ; oomkit manpage
 //! ```
 //!
 //! Everything but process-wide signal setup lives in the library
@@ -24,7 +27,12 @@ use oomkit_handlers::daemon::{self, Control, exit};
 
 /// Userspace out-of-memory handling on cgroup v2.
 #[derive(Debug, Parser)]
-#[command(name = "oomkit", version, about, after_help = daemon::exit::HELP)]
+#[command(
+    name = "oomkit",
+    version,
+    about = "Userspace out-of-memory handling on cgroup v2",
+    after_help = daemon::exit::HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -52,6 +60,11 @@ enum Command {
         /// The config file.
         file: PathBuf,
     },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCmd,
+    },
     /// Incident records: list them, show one, plot one as an SVG timeline.
     Incidents {
         /// The folder (default: `[daemon] incident_dir` of --config, or of
@@ -64,6 +77,13 @@ enum Command {
         #[command(subcommand)]
         what: IncidentsCmd,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) for this command.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) for this command.
+    Manpage,
     /// Testing: print a scrape of a fresh metrics registry.
     #[command(hide = true)]
     MetricsSample,
@@ -78,6 +98,12 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    /// Print every key at its default, commented (docs/config.md has the reference).
+    Default,
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,6 +195,27 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Incidents { dir, config, what } => incidents(dir, config, what),
+        Command::Config {
+            what: ConfigCmd::Default,
+        } => {
+            print!("{}", oomkit_handlers::config::DEFAULT_TOML);
+            ExitCode::SUCCESS
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "oomkit", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Manpage => {
+            use clap::CommandFactory;
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("oomkit: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::MetricsSample => {
             print!("{}", oomkit_handlers::metrics::Metrics::new().render());
             ExitCode::SUCCESS

@@ -74,7 +74,27 @@ const CONFIG: &str = "[engine]\nsample_interval_ms = \"100ms\"\nkill_deadline_ms
      [handler]\nkind = \"priority-kill\"\n\n\
      [handler.priority_kill]\ngranularity = \"process\"\n";
 
+/// The guest's init leaves `lo` down; the metrics listener is on 127.0.0.1.
+fn loopback_up() -> Result<(), Fail> {
+    for args in [
+        &["ip", "link", "set", "lo", "up"][..],
+        &["ifconfig", "lo", "up"][..],
+    ] {
+        let ok = Command::new("/bin/busybox")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Ok(());
+        }
+    }
+    Err(Fail(
+        "cannot bring the loopback interface up (busybox ip/ifconfig)".into(),
+    ))
+}
+
 pub fn metrics_and_incidents(ctx: &mut Ctx) -> TestResult {
+    loopback_up()?;
     let (machine_path, _) = parent_cgroup(ctx, "machine")?;
     let (app_path, app) = ctx.cgroup("machine/app")?;
     app.set_memory_high(Limit::Bytes(48 * MIB))?;
