@@ -193,7 +193,11 @@ pub fn metrics_and_incidents(ctx: &mut Ctx) -> TestResult {
     else {
         fail!("the SVG has no kill mark");
     };
-    let label: String = kill.descendants().filter_map(|n| n.text()).collect();
+    let label: String = kill
+        .descendants()
+        .filter(|n| n.is_text())
+        .filter_map(|n| n.text())
+        .collect();
     ensure!(
         label.starts_with("kill (kill_process)"),
         "the kill mark says {label:?}"
