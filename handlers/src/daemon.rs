@@ -197,7 +197,7 @@ pub fn runner_config(cfg: &Config, dry_run: bool) -> Result<RunnerConfig, Daemon
         }
     });
     let d = &cfg.daemon;
-    let mut rc = RunnerConfig::new(d.root.clone());
+    let mut rc = RunnerConfig::daemon(d.root.clone());
     rc.engine = engine;
     rc.reserve = reserve;
     rc.memory_events = cfg.signals.memory_events;
