@@ -129,6 +129,14 @@ enum IncidentsCmd {
     },
 }
 
+/// Writes to standard output; a closed pipe (`oomkit incidents list | head`) is not an error
+/// worth a panic, so write errors are ignored.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(text.as_bytes()).and_then(|()| o.flush());
+}
+
 fn incident_dir(dir: Option<PathBuf>, config: Option<PathBuf>) -> Result<PathBuf, String> {
     if let Some(d) = dir {
         return Ok(d);
@@ -181,7 +189,7 @@ fn incidents(dir: Option<PathBuf>, config: Option<PathBuf>, what: IncidentsCmd) 
     });
     match result {
         Ok(text) => {
-            print!("{text}");
+            out(&text);
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -198,7 +206,7 @@ fn main() -> ExitCode {
         Command::Config {
             what: ConfigCmd::Default,
         } => {
-            print!("{}", oomkit_handlers::config::DEFAULT_TOML);
+            out(oomkit_handlers::config::DEFAULT_TOML);
             ExitCode::SUCCESS
         }
         Command::Completions { shell } => {
@@ -217,12 +225,12 @@ fn main() -> ExitCode {
             }
         }
         Command::MetricsSample => {
-            print!("{}", oomkit_handlers::metrics::Metrics::new().render());
+            out(&oomkit_handlers::metrics::Metrics::new().render());
             ExitCode::SUCCESS
         }
         Command::CheckConfig { file } => match daemon::check_config(&file) {
             Ok(summary) => {
-                println!("{summary}");
+                out(&format!("{summary}\n"));
                 ExitCode::SUCCESS
             }
             Err(errors) => {
@@ -242,7 +250,7 @@ fn main() -> ExitCode {
                 .or_else(|| cfg.as_ref().map(|c| c.daemon.root.clone()))
                 .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
             let (text, unsupported) = daemon::probe(&root, cfg.as_ref());
-            print!("{text}");
+            out(&text);
             match unsupported {
                 None => ExitCode::SUCCESS,
                 Some(why) => {
