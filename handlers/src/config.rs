@@ -150,6 +150,9 @@ pub struct Config {
     /// `[watchdog]`.
     #[serde(default)]
     pub watchdog: WatchdogSection,
+    /// `[hooks]`.
+    #[serde(default)]
+    pub hooks: HooksSection,
     /// `[handler]`.
     pub handler: HandlerSection,
 }
@@ -463,6 +466,27 @@ impl Default for WatchdogSection {
         WatchdogSection {
             enabled: true,
             timeout_ms: 2000,
+        }
+    }
+}
+
+/// `[hooks]`: executables run when oomkit kills (see [`crate::hooks`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksSection {
+    /// Run after each episode that killed (or in a dry run would have): an
+    /// absolute path to an executable owned by root, not group/world-writable.
+    pub post_kill: Option<PathBuf>,
+    /// Its deadline, after which it is SIGKILLed, ms.
+    #[serde(deserialize_with = "millis")]
+    pub post_kill_timeout_ms: u64,
+}
+
+impl Default for HooksSection {
+    fn default() -> Self {
+        HooksSection {
+            post_kill: None,
+            post_kill_timeout_ms: 10_000,
         }
     }
 }
@@ -1038,6 +1062,25 @@ impl Config {
             err(
                 "reserve.cgroup_name",
                 "must be a single path component".into(),
+            );
+        }
+
+        // [hooks]
+        if let Some(p) = &self.hooks.post_kill {
+            if !p.is_absolute() {
+                err(
+                    "hooks.post_kill",
+                    format!("must be an absolute path (got `{}`)", p.display()),
+                );
+            }
+        }
+        if !(1..=300_000).contains(&self.hooks.post_kill_timeout_ms) {
+            err(
+                "hooks.post_kill_timeout_ms",
+                format!(
+                    "must be between 1 ms and 5 min (got {} ms)",
+                    self.hooks.post_kill_timeout_ms
+                ),
             );
         }
 

@@ -32,6 +32,7 @@ use oomkit::events::PsiThreshold;
 use oomkit::reserve::{MlockMode, ReserveCgroup, ReserveConfig};
 
 use crate::config::{Config, ConfigErrors, Loaded, MlockSetting, PsiKind, PsiScope};
+use crate::hooks::PostKill;
 use crate::incidents::IncidentWriter;
 use crate::metrics::Metrics;
 use crate::podinfo::pod_info;
@@ -368,9 +369,16 @@ pub fn run_wrapped(
     let t_reload = runner
         .add_fd(clone_fd(&control.reload)?)
         .map_err(sdk("watching the reload pipe"))?;
+    let post_kill = current.hooks.post_kill.clone().and_then(|p| {
+        let deadline = Duration::from_millis(current.hooks.post_kill_timeout_ms);
+        PostKill::start(p, deadline)
+            .inspect_err(|e| tracing::warn!(error = %e, "the post-kill hook is off"))
+            .ok()
+    });
     let observer = Observer {
         metrics: metrics.clone(),
         incidents,
+        post_kill,
         reserve_degraded: degraded,
     };
     observer.after_turn(&runner, &[]);
@@ -413,6 +421,7 @@ pub fn run_wrapped(
 struct Observer {
     metrics: Arc<Metrics>,
     incidents: Option<IncidentWriter>,
+    post_kill: Option<PostKill>,
     reserve_degraded: bool,
 }
 
@@ -423,8 +432,15 @@ impl Observer {
         for ep in finished {
             self.metrics.episode(ep);
             log_victims(ep, engine.tree());
-            if let (true, Some(w)) = (ep.is_action(), &self.incidents) {
-                let inc = Incident::from_episode(ep, engine.tree(), engine.handler_name(), dry_run);
+            if !ep.is_action() {
+                continue;
+            }
+            let inc = Incident::from_episode(ep, engine.tree(), engine.handler_name(), dry_run);
+            let killed = !inc.victims.is_empty() || !inc.would_kill.is_empty();
+            if let (true, Some(h)) = (killed, &self.post_kill) {
+                h.submit(inc.clone());
+            }
+            if let Some(w) = &self.incidents {
                 let scope = ep.scope.and_then(|id| engine.host().cgroup_shared(id));
                 w.submit(inc, scope, ep.timings.event_seen);
             }
@@ -539,7 +555,7 @@ fn reload(
 }
 
 /// Sections a reload cannot apply, and whether each changed.
-pub fn restart_needed(old: &Config, new: &Config) -> [(&'static str, bool); 4] {
+pub fn restart_needed(old: &Config, new: &Config) -> [(&'static str, bool); 5] {
     let differs =
         |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     [
@@ -547,6 +563,7 @@ pub fn restart_needed(old: &Config, new: &Config) -> [(&'static str, bool); 4] {
         ("signals", differs(&old.signals, &new.signals)),
         ("reserve", differs(&old.reserve, &new.reserve)),
         ("watchdog", differs(&old.watchdog, &new.watchdog)),
+        ("hooks", differs(&old.hooks, &new.hooks)),
     ]
 }
 
@@ -741,6 +758,7 @@ pub fn default_config() -> Config {
         signals: Default::default(),
         reserve: Default::default(),
         watchdog: Default::default(),
+        hooks: Default::default(),
         handler: crate::config::HandlerSection {
             kind: crate::config::HandlerKind::PriorityKill,
             default_priority: 0,

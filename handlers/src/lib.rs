@@ -23,6 +23,7 @@ pub mod config;
 pub mod daemon;
 pub mod dropin;
 pub mod heap_profile;
+pub mod hooks;
 pub mod incidents;
 pub mod logging;
 pub mod metrics;
