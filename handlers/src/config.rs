@@ -474,6 +474,12 @@ impl Default for WatchdogSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HooksSection {
+    /// Run before each kill, which waits for it at most `pre_kill_timeout_ms`:
+    /// an absolute path to an executable owned by root, not group/world-writable.
+    pub pre_kill: Option<PathBuf>,
+    /// Its deadline, after which it is SIGKILLed and the kill goes ahead, ms.
+    #[serde(deserialize_with = "millis")]
+    pub pre_kill_timeout_ms: u64,
     /// Run after each episode that killed (or in a dry run would have): an
     /// absolute path to an executable owned by root, not group/world-writable.
     pub post_kill: Option<PathBuf>,
@@ -485,6 +491,8 @@ pub struct HooksSection {
 impl Default for HooksSection {
     fn default() -> Self {
         HooksSection {
+            pre_kill: None,
+            pre_kill_timeout_ms: 1000,
             post_kill: None,
             post_kill_timeout_ms: 10_000,
         }
@@ -1066,13 +1074,25 @@ impl Config {
         }
 
         // [hooks]
-        if let Some(p) = &self.hooks.post_kill {
-            if !p.is_absolute() {
+        for (k, p) in [
+            ("hooks.pre_kill", &self.hooks.pre_kill),
+            ("hooks.post_kill", &self.hooks.post_kill),
+        ] {
+            if let Some(p) = p.as_ref().filter(|p| !p.is_absolute()) {
                 err(
-                    "hooks.post_kill",
+                    k,
                     format!("must be an absolute path (got `{}`)", p.display()),
                 );
             }
+        }
+        if !(1..=60_000).contains(&self.hooks.pre_kill_timeout_ms) {
+            err(
+                "hooks.pre_kill_timeout_ms",
+                format!(
+                    "must be between 1 ms and 60 s: every kill waits up to this long (got {} ms)",
+                    self.hooks.pre_kill_timeout_ms
+                ),
+            );
         }
         if !(1..=300_000).contains(&self.hooks.post_kill_timeout_ms) {
             err(

@@ -32,7 +32,8 @@ use oomkit::events::PsiThreshold;
 use oomkit::reserve::{MlockMode, ReserveCgroup, ReserveConfig};
 
 use crate::config::{Config, ConfigErrors, Loaded, MlockSetting, PsiKind, PsiScope};
-use crate::hooks::PostKill;
+use crate::heap_profile::DumpWatch;
+use crate::hooks::{PostKill, PreKillExec};
 use crate::incidents::IncidentWriter;
 use crate::metrics::Metrics;
 use crate::podinfo::pod_info;
@@ -205,7 +206,6 @@ pub fn runner_config(cfg: &Config, dry_run: bool) -> Result<RunnerConfig, Daemon
     rc.psi = psi;
     // The daemon writes incident records itself, from a thread (see `Observer`).
     rc.incidents = None;
-    rc.diagnostics_dir = d.diagnostics_dir.clone();
     rc.watchdog = cfg.watchdog.enabled.then_some(WatchdogConfig {
         timeout: Duration::from_millis(cfg.watchdog.timeout_ms),
     });
@@ -357,6 +357,16 @@ pub fn run_wrapped(
         "starting"
     );
     let mut runner = Runner::new(rc, handler).map_err(sdk("starting the runner"))?;
+    if let Some(dir) = &current.daemon.diagnostics_dir {
+        runner.add_prekill_hook(Box::new(DumpWatch::new(dir.clone())));
+    }
+    if let Some(p) = current.hooks.pre_kill.clone() {
+        let deadline = Duration::from_millis(current.hooks.pre_kill_timeout_ms);
+        match PreKillExec::start(p, deadline) {
+            Ok(h) => runner.add_prekill_hook(Box::new(h)),
+            Err(e) => tracing::warn!(error = %e, "the pre-kill hook is off"),
+        }
+    }
     let degraded = runner.reserve_report().is_some_and(|r| r.degraded());
     if let Some(rep) = runner.reserve_report() {
         if rep.degraded() {
@@ -491,7 +501,7 @@ pub fn log_victims(ep: &Episode, tree: &Tree) {
     for v in ep.victims.iter().flatten() {
         let pid = match v.victim {
             Victim::Process { pid, .. } => Some(pid),
-            Victim::Cgroup { .. } => None,
+            _ => None,
         };
         line(pid, v.victim.cgroup(), Some(v.footprint), "killed");
     }

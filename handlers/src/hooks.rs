@@ -231,3 +231,153 @@ fn post_kill_loop(path: &Path, deadline: Duration, rx: &Receiver<Incident>) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// The executable pre-kill hook
+
+/// Longest cgroup path handed to the pre-kill hook thread (longer ones are cut).
+const PATH_MAX: usize = 512;
+
+/// One coming kill, as copied off the loop (no allocation: a fixed buffer).
+#[derive(Clone, Copy)]
+struct PreJob {
+    generation: u64,
+    pid: Option<i32>,
+    signal: Option<i32>,
+    escalation: u32,
+    path: [u8; PATH_MAX],
+    path_len: usize,
+}
+
+/// [`oomkit::engine::PrekillHook`] that runs an executable before each
+/// kill, with the victim in its environment (`OOMKIT_HOOK=pre-kill`,
+/// `OOMKIT_VICTIM_PID`, `OOMKIT_VICTIM_CGROUP`, `OOMKIT_ESCALATION`,
+/// `OOMKIT_SIGNAL`, `OOMKIT_POD_UID`, `OOMKIT_CONTAINER_ID`) and the same
+/// as JSON on stdin.
+///
+/// `fire` runs on the loop's thread, so it only copies the target into a
+/// fixed buffer and `try_send`s it to the hook's own thread (a bounded
+/// channel: no allocation, no blocking; a hook still busy with an earlier
+/// kill is not waited for). The thread runs the executable with [`run`],
+/// which SIGKILLs it at `deadline`; `poll` reads one atomic. The loop waits
+/// at most `deadline` (what `fire` returns) and at most the step's own
+/// deadline: a slow or failing hook cannot hold a kill back longer.
+#[derive(Debug)]
+pub struct PreKillExec {
+    tx: SyncSender<PreJob>,
+    done: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    generation: u64,
+    deadline: Duration,
+}
+
+impl std::fmt::Debug for PreJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreJob")
+            .field("generation", &self.generation)
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PreKillExec {
+    /// Checks `path` (see [`check`]) and starts the hook's thread.
+    pub fn start(path: PathBuf, deadline: Duration) -> Result<Self, String> {
+        check(&path)?;
+        let (tx, rx) = sync_channel::<PreJob>(1);
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let finished = done.clone();
+        std::thread::Builder::new()
+            .name("oomkit-pre-kill".into())
+            .stack_size(256 << 10)
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    pre_kill_once(&path, deadline, &job);
+                    finished.store(job.generation, std::sync::atomic::Ordering::Release);
+                }
+            })
+            .map_err(|e| format!("starting the pre-kill hook thread: {e}"))?;
+        Ok(PreKillExec {
+            tx,
+            done,
+            generation: 0,
+            deadline,
+        })
+    }
+}
+
+fn pre_kill_once(path: &Path, deadline: Duration, job: &PreJob) {
+    let cgroup = String::from_utf8_lossy(&job.path[..job.path_len]).into_owned();
+    let pod = pod_info(Path::new(&cgroup));
+    let opt = |v: Option<i32>| v.map(|v| v.to_string()).unwrap_or_default();
+    let env = vec![
+        ("OOMKIT_HOOK", "pre-kill".to_string()),
+        ("OOMKIT_VICTIM_PID", opt(job.pid)),
+        ("OOMKIT_VICTIM_CGROUP", cgroup.clone()),
+        ("OOMKIT_ESCALATION", job.escalation.to_string()),
+        ("OOMKIT_SIGNAL", opt(job.signal)),
+        ("OOMKIT_POD_UID", pod.pod_uid.clone().unwrap_or_default()),
+        (
+            "OOMKIT_CONTAINER_ID",
+            pod.container_id.clone().unwrap_or_default(),
+        ),
+    ];
+    let stdin = serde_json::json!({
+        "hook": "pre-kill",
+        "pid": job.pid,
+        "cgroup": cgroup,
+        "escalation": job.escalation,
+        "signal": job.signal,
+        "pod_uid": pod.pod_uid,
+        "container_id": pod.container_id,
+    })
+    .to_string()
+    .into_bytes();
+    match run(path, &env, stdin, deadline) {
+        HookOutcome::Exited(st) if st.success() => {}
+        HookOutcome::Exited(st) => {
+            tracing::warn!(hook = %path.display(), status = %st, "pre-kill hook failed")
+        }
+        HookOutcome::TimedOut => tracing::warn!(
+            hook = %path.display(),
+            "pre-kill hook ran past its deadline and was killed; the kill went ahead"
+        ),
+        HookOutcome::Failed(e) => tracing::warn!(error = %e, "pre-kill hook did not start"),
+    }
+}
+
+impl oomkit::engine::PrekillHook for PreKillExec {
+    fn name(&self) -> &'static str {
+        "pre-kill executable"
+    }
+
+    fn fire(&mut self, target: &oomkit::engine::PrekillTarget<'_>) -> Option<Duration> {
+        if !self.poll() {
+            // Still running for an earlier kill: this one is not made to wait.
+            return None;
+        }
+        let bytes = target.path.as_os_str().as_encoded_bytes();
+        let len = bytes.len().min(PATH_MAX);
+        let mut path = [0u8; PATH_MAX];
+        path[..len].copy_from_slice(&bytes[..len]);
+        let job = PreJob {
+            generation: self.generation + 1,
+            pid: target.pid,
+            signal: target.signal,
+            escalation: target.escalation,
+            path,
+            path_len: len,
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => {
+                self.generation += 1;
+                Some(self.deadline)
+            }
+            // The thread is gone: do not wait.
+            Err(_) => None,
+        }
+    }
+
+    fn poll(&mut self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::Acquire) >= self.generation
+    }
+}

@@ -99,7 +99,7 @@ pub fn reason_label(t: &Trigger) -> &'static str {
         }
         Trigger::Pressure { .. } => "pressure",
         Trigger::Escalation { .. } => "escalation",
-        Trigger::Tick => "tick",
+        _ => "other",
     }
 }
 

@@ -135,3 +135,84 @@ fn an_unsafe_hook_is_refused() {
             .contains("not an executable")
     );
 }
+
+/// The root's id, from an engine over the fake host (ids are only made by a tree).
+fn some_cgroup() -> oomkit::engine::CgroupId {
+    let rig = oomkit::engine::fake::Rig::new(
+        oomkit::engine::EngineConfig::default(),
+        |_| {},
+        Box::new(oomkit_handlers::PriorityKill::new(
+            oomkit_handlers::PriorityKillConfig::default(),
+            oomkit_handlers::Classifier::new(Vec::new(), None, 0).unwrap(),
+        )),
+    );
+    rig.engine.root().unwrap()
+}
+
+/// Waits (bounded) until `cond` holds; the hook runs on its own thread.
+fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_pre_kill_hook_is_fired_then_polled_and_never_outlives_its_deadline() {
+    use oomkit::engine::{PrekillHook, PrekillTarget};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pre.env");
+    let quick = script(
+        dir.path(),
+        "quick",
+        &format!("env | grep ^OOMKIT_ | sort > {}", out.display()),
+    );
+    let cg = some_cgroup();
+    let path = Path::new(
+        "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0f4e2c1a_9b7d_4c3e_8f21_6a5b4c3d2e1f.slice/cri-containerd-4b8c9d0e1f2a3b4c.scope",
+    );
+    let target = PrekillTarget {
+        cgroup: cg,
+        path,
+        pid: Some(77),
+        signal: None,
+        escalation: 0,
+    };
+    let mut h = hooks::PreKillExec::start(quick, Duration::from_secs(30)).unwrap();
+    assert_eq!(h.fire(&target), Some(Duration::from_secs(30)));
+    let h = std::sync::Mutex::new(h);
+    eventually("the quick hook", || h.lock().unwrap().poll());
+    let env = std::fs::read_to_string(&out).unwrap();
+    for want in [
+        "OOMKIT_HOOK=pre-kill",
+        "OOMKIT_VICTIM_PID=77",
+        "OOMKIT_ESCALATION=0",
+        "OOMKIT_POD_UID=0f4e2c1a-9b7d-4c3e-8f21-6a5b4c3d2e1f",
+    ] {
+        assert!(env.lines().any(|l| l == want), "{want} missing:\n{env}");
+    }
+
+    // A hook that never ends: polled as pending, then done once its deadline killed it.
+    let pidfile = dir.path().join("slow.pid");
+    let slow = script(
+        dir.path(),
+        "slow",
+        &format!("echo $$ > {}; exec sleep 600", pidfile.display()),
+    );
+    let mut h = hooks::PreKillExec::start(slow, Duration::from_millis(500)).unwrap();
+    assert_eq!(h.fire(&target), Some(Duration::from_millis(500)));
+    eventually("the slow hook to start", || pidfile.exists());
+    assert!(!h.poll(), "still running before its deadline");
+    // Busy with the first kill: a second one is not made to wait for it.
+    assert_eq!(h.fire(&target), None);
+    let h = std::sync::Mutex::new(h);
+    eventually("the slow hook's deadline", || h.lock().unwrap().poll());
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    let cmdline =
+        std::fs::read_to_string(format!("/proc/{}/cmdline", pid.trim())).unwrap_or_default();
+    assert!(!cmdline.contains("sleep"), "the slow hook still runs");
+}

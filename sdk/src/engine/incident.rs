@@ -29,31 +29,11 @@ use serde_json::Value;
 use crate::cgroup::Pressure;
 use crate::error::{Error, Op, Result};
 
+pub use super::incident_config::IncidentConfig;
 use super::{Action, Episode, Tree, Trigger, Victim};
 
 /// The `format` field of every record.
 pub const FORMAT: &str = "oomkit-incident/1";
-
-/// Where and how many incident records to keep.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IncidentConfig {
-    /// The folder (created, mode 0700, if missing).
-    pub dir: PathBuf,
-    /// Records kept; the lowest sequence numbers are deleted beyond this.
-    pub max_count: usize,
-    /// Upper bound on one record's size in bytes.
-    pub max_bytes: usize,
-}
-
-impl Default for IncidentConfig {
-    fn default() -> Self {
-        IncidentConfig {
-            dir: PathBuf::from("/var/lib/oomkit/incidents"),
-            max_count: 100,
-            max_bytes: 256 << 10,
-        }
-    }
-}
 
 /// One incident: what happened in an episode that acted (or would have).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
