@@ -276,7 +276,43 @@ pub fn parse_vm_scrapes(runs: &[crate::report::KernelRun]) -> Result<()> {
     Ok(())
 }
 
+/// Cargo unpacks the packages of its local overlay registry into
+/// `$CARGO_HOME/registry/src/-<hash>/NAME-VERSION/` and, as registry crates are immutable, never
+/// again: a second dry run at the same version would verify the dependent crate against the
+/// first run's SDK. Remove those copies of this workspace's own packages first.
+fn forget_overlay_unpacks() -> Result<()> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .ok_or_else(|| Error::msg("neither CARGO_HOME nor HOME is set"))?;
+    let Ok(registries) = std::fs::read_dir(home.join("registry/src")) else {
+        return Ok(());
+    };
+    for reg in registries.flatten() {
+        // crates.io's is `index.crates.io-…`; local overlays are `-<hash>`.
+        if !reg.file_name().to_string_lossy().starts_with('-') {
+            continue;
+        }
+        for pkg in std::fs::read_dir(reg.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = pkg.file_name().to_string_lossy().into_owned();
+            let ours = ["oomkit-handlers-", "oomkit-"].iter().any(|p| {
+                name.strip_prefix(p)
+                    .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+            });
+            if ours {
+                util::remove_dir_all_if_exists(&pkg.path())?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn publish_dry_run() -> Result<()> {
+    forget_overlay_unpacks()?;
     util::run(
         Command::new(util::cargo())
             .args(["publish", "--workspace", "--dry-run", "--allow-dirty"])
