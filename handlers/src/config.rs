@@ -29,8 +29,10 @@ use crate::throttle::{Throttle, ThrottleConfig};
 // ---------------------------------------------------------------------------
 // Values with units
 
-/// A size in bytes: an integer, or a string with a binary suffix
-/// (`"512MiB"`, `"2G"`, `"64k"`; K/M/G/T and KiB/MiB/GiB/TiB all mean powers of 1024).
+/// A size in bytes: an integer, or a string with a unit as Kubernetes and
+/// people write them: `"64Mi"`, `"512MiB"`, `"2Gi"` (powers of 1024),
+/// `"100M"`, `"1G"`, `"1.5GB"` (powers of 1000), parsed by the `parse-size`
+/// crate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ByteSize(pub u64);
 
@@ -51,28 +53,34 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-/// Parses `"512MiB"`, `"2G"`, `"4096"`.
+/// Parses `"64Mi"`, `"512MiB"`, `"1G"`, `"4096"`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size (e.g. 4096, \"64KiB\", \"512MiB\", \"2GiB\")"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        _ => {
-            return Err(format!(
-                "`{s}`: unknown unit `{unit}` (use KiB, MiB, GiB or TiB)"
-            ));
-        }
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("`{s}` is too large"))
+    parse_size::parse_size(s.trim()).map_err(|e| {
+        format!("`{s}` is not a size ({e}; e.g. 4096, \"64Ki\", \"512Mi\", \"2GiB\", \"1G\")")
+    })
+}
+
+/// A duration in milliseconds: an integer (ms) or a string with units
+/// (`"5s"`, `"250ms"`, `"1m 30s"`, parsed by `humantime`). Used with
+/// `#[serde(deserialize_with)]` on the `*_ms` keys.
+pub fn millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::N(n) => Ok(n),
+        Raw::S(s) => parse_millis(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Parses `"5s"`, `"250ms"`, `"2m"` into milliseconds.
+pub fn parse_millis(s: &str) -> Result<u64, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration ({e}; e.g. \"250ms\", \"5s\", \"2m\")"))?;
+    u64::try_from(d.as_millis()).map_err(|_| format!("`{s}` is too long"))
 }
 
 /// A signal: a name (`"SIGUSR2"`, `"USR2"`) or a number.
@@ -118,6 +126,11 @@ pub fn parse_signal(s: &str) -> Option<i32> {
 // ---------------------------------------------------------------------------
 // The schema
 
+/// Every key at its default, commented: what `oomkit config default` prints
+/// (`handlers/configs/default.toml`; a test keeps it complete and equal to
+/// the defaults below).
+pub const DEFAULT_TOML: &str = include_str!("../configs/default.toml");
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,6 +150,9 @@ pub struct Config {
     /// `[watchdog]`.
     #[serde(default)]
     pub watchdog: WatchdogSection,
+    /// `[hooks]`.
+    #[serde(default)]
+    pub hooks: HooksSection,
     /// `[handler]`.
     pub handler: HandlerSection,
 }
@@ -150,6 +166,8 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+    /// For a systemd unit's stderr: `<N>` syslog priority prefixes, no timestamp.
+    Journald,
 }
 
 /// Which xattrs to believe (see [`XattrTrust`]).
@@ -175,8 +193,8 @@ pub struct DaemonSection {
     pub log_format: LogFormat,
     /// A `tracing` filter (`info`, `oomkit=debug,info` …); `RUST_LOG` overrides it.
     pub log_level: String,
-    /// Where incident records go (`None`: not recorded).
-    pub incident_dir: Option<PathBuf>,
+    /// Where incident records go (default `/var/lib/oomkit/incidents`; `""`: not recorded).
+    pub incident_dir: PathBuf,
     /// Incident records kept; the oldest are deleted beyond this.
     pub incident_max_count: usize,
     /// Upper bound on one incident record's size.
@@ -185,6 +203,15 @@ pub struct DaemonSection {
     pub diagnostics_dir: Option<PathBuf>,
     /// Which cgroup xattrs to believe.
     pub xattr_trust: TrustSetting,
+    /// `HOST:PORT` to serve Prometheus `/metrics` and `/healthz` on (`None`: off).
+    pub metrics_listen: Option<String>,
+}
+
+impl DaemonSection {
+    /// The incident folder, unless recording is off (`incident_dir = ""`).
+    pub fn incidents(&self) -> Option<&Path> {
+        (!self.incident_dir.as_os_str().is_empty()).then_some(self.incident_dir.as_path())
+    }
 }
 
 impl Default for DaemonSection {
@@ -194,11 +221,12 @@ impl Default for DaemonSection {
             depth: 8,
             log_format: LogFormat::Text,
             log_level: "info".into(),
-            incident_dir: None,
+            incident_dir: PathBuf::from("/var/lib/oomkit/incidents"),
             incident_max_count: 100,
             incident_max_bytes: ByteSize(256 << 10),
             diagnostics_dir: None,
             xattr_trust: TrustSetting::TrustedOnly,
+            metrics_listen: None,
         }
     }
 }
@@ -212,28 +240,35 @@ pub struct EngineSection {
     /// Wait for reclaim progress before acting on `high` events and PSI.
     pub progress_aware: bool,
     /// How often to sample while assessing progress.
+    #[serde(deserialize_with = "millis")]
     pub sample_interval_ms: u64,
     /// Full-stall share of wall time (0–1) counted as "stalled".
     pub full_stall_threshold: f64,
     /// Act despite progress once stalled this long.
+    #[serde(deserialize_with = "millis")]
     pub stall_sustain_ms: u64,
     /// Give up assessing (as averted) after this long.
+    #[serde(deserialize_with = "millis")]
     pub assess_limit_ms: u64,
     /// Re-check the signal after deciding, before acting.
     pub recheck: bool,
     /// Usage below this share (0–1) of the effective limit counts as resolved.
     pub resolved_usage_ratio: f64,
     /// Default time for a victim to exit and its memory to come back.
+    #[serde(deserialize_with = "millis")]
     pub kill_deadline_ms: u64,
     /// Share (0–1) of the victim's footprint that must come back.
     pub memory_back_ratio: f64,
     /// Tick while waiting for a victim.
+    #[serde(deserialize_with = "millis")]
     pub acting_tick_ms: u64,
     /// Quiet time after an episode before a new one starts.
+    #[serde(deserialize_with = "millis")]
     pub cooldown_ms: u64,
     /// Victims that may fail to die before the episode is given up.
     pub max_escalations: u32,
     /// Tick for handlers that want quiet ticks (throttle release).
+    #[serde(deserialize_with = "millis")]
     pub quiet_tick_ms: u64,
     /// Pre-allocated room for cgroups.
     pub max_cgroups: usize,
@@ -342,8 +377,10 @@ pub struct PsiSection {
     /// `some` or `full`.
     pub kind: PsiKind,
     /// Stall time within the window that fires the trigger, ms.
+    #[serde(deserialize_with = "millis")]
     pub stall_ms: u64,
     /// The window, ms (500–10000; unprivileged on 6.5+: a multiple of 2000).
+    #[serde(deserialize_with = "millis")]
     pub window_ms: u64,
     /// `system` or `cgroup`.
     pub scope: PsiScope,
@@ -420,6 +457,7 @@ pub struct WatchdogSection {
     /// Run the watchdog thread.
     pub enabled: bool,
     /// How long the loop may stay busy before the watchdog acts, ms.
+    #[serde(deserialize_with = "millis")]
     pub timeout_ms: u64,
 }
 
@@ -428,6 +466,35 @@ impl Default for WatchdogSection {
         WatchdogSection {
             enabled: true,
             timeout_ms: 2000,
+        }
+    }
+}
+
+/// `[hooks]`: executables run when oomkit kills (see [`crate::hooks`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksSection {
+    /// Run before each kill, which waits for it at most `pre_kill_timeout_ms`:
+    /// an absolute path to an executable owned by root, not group/world-writable.
+    pub pre_kill: Option<PathBuf>,
+    /// Its deadline, after which it is SIGKILLed and the kill goes ahead, ms.
+    #[serde(deserialize_with = "millis")]
+    pub pre_kill_timeout_ms: u64,
+    /// Run after each episode that killed (or in a dry run would have): an
+    /// absolute path to an executable owned by root, not group/world-writable.
+    pub post_kill: Option<PathBuf>,
+    /// Its deadline, after which it is SIGKILLed, ms.
+    #[serde(deserialize_with = "millis")]
+    pub post_kill_timeout_ms: u64,
+}
+
+impl Default for HooksSection {
+    fn default() -> Self {
+        HooksSection {
+            pre_kill: None,
+            pre_kill_timeout_ms: 1000,
+            post_kill: None,
+            post_kill_timeout_ms: 10_000,
         }
     }
 }
@@ -530,6 +597,7 @@ pub struct PriorityKillSection {
     /// Pass over smaller candidates while bigger ones exist.
     pub min_victim_bytes: ByteSize,
     /// Time for the victim to die and memory to come back, ms (0: `[engine] kill_deadline_ms`).
+    #[serde(deserialize_with = "millis")]
     pub kill_deadline_ms: u64,
 }
 
@@ -552,10 +620,12 @@ pub struct ThrottleSection {
     /// Never below this.
     pub floor: ByteSize,
     /// Minimum time between two steps on one cgroup, ms.
+    #[serde(deserialize_with = "millis")]
     pub step_interval_ms: u64,
     /// Freeze the cgroup at the floor.
     pub freeze_at_floor: bool,
     /// Kill if still pressing its throttle this long after the first step, ms.
+    #[serde(deserialize_with = "millis")]
     pub kill_after_ms: u64,
     /// Contained (and released a step) below this fraction of its throttle.
     pub release_below: f64,
@@ -599,8 +669,10 @@ pub struct HeapProfileSection {
     /// Most headroom outstanding at once.
     pub budget: ByteSize,
     /// How long the raised limit stays, ms.
+    #[serde(deserialize_with = "millis")]
     pub raise_for_ms: u64,
     /// How long to wait for the profile, ms.
+    #[serde(deserialize_with = "millis")]
     pub dump_deadline_ms: u64,
 }
 
@@ -668,7 +740,7 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 /// 1-based (line, column in characters) of byte offset `at`.
-fn line_col(text: &str, at: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, at: usize) -> (usize, usize) {
     let at = at.min(text.len());
     let before = text.get(..at).unwrap_or("");
     let line = before.matches('\n').count() + 1;
@@ -807,6 +879,8 @@ pub struct Loaded {
     pub config: Config,
     /// Notes that are not errors (ignored tables, privilege hints).
     pub warnings: Vec<String>,
+    /// Drop-ins merged over the file, in the order applied.
+    pub dropins: Vec<PathBuf>,
 }
 
 impl Config {
@@ -827,6 +901,7 @@ impl Config {
                 file: file.to_path_buf(),
                 config,
                 warnings,
+                dropins: Vec::new(),
             });
         }
         Err(ConfigErrors(
@@ -842,17 +917,10 @@ impl Config {
         ))
     }
 
-    /// Reads and validates a file.
+    /// Reads and validates a file, merged with its drop-ins
+    /// (`oomkit.d/*.toml` beside `oomkit.toml`; see [`crate::dropin`]).
     pub fn load(file: &Path) -> Result<Loaded, ConfigErrors> {
-        let text = std::fs::read_to_string(file).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: file.to_path_buf(),
-                at: None,
-                key: None,
-                message: format!("cannot read: {e}"),
-            }])
-        })?;
-        Self::parse(file, &text)
+        crate::dropin::load(file)
     }
 
     /// Checks values; returns (problems as (dotted key, message), warnings).
@@ -876,10 +944,27 @@ impl Config {
                 format!("must be between 1 and 16 (got {})", d.depth),
             );
         }
-        if d.incident_dir.is_some() && d.incident_max_count == 0 {
+        if d.incidents().is_some_and(|p| !p.is_absolute()) {
+            err(
+                "daemon.incident_dir",
+                format!(
+                    "must be an absolute path, or \"\" for no records (got `{}`)",
+                    d.incident_dir.display()
+                ),
+            );
+        }
+        if let Some(a) = &d.metrics_listen {
+            if let Err(e) = a.parse::<std::net::SocketAddr>() {
+                err(
+                    "daemon.metrics_listen",
+                    format!("`{a}` is not HOST:PORT (e.g. \"127.0.0.1:9732\"): {e}"),
+                );
+            }
+        }
+        if d.incidents().is_some() && d.incident_max_count == 0 {
             err("daemon.incident_max_count", "must be at least 1".into());
         }
-        if d.incident_dir.is_some() && d.incident_max_bytes.0 < 4096 {
+        if d.incidents().is_some() && d.incident_max_bytes.0 < 4096 {
             err(
                 "daemon.incident_max_bytes",
                 "must be at least 4096 bytes".into(),
@@ -985,6 +1070,37 @@ impl Config {
             err(
                 "reserve.cgroup_name",
                 "must be a single path component".into(),
+            );
+        }
+
+        // [hooks]
+        for (k, p) in [
+            ("hooks.pre_kill", &self.hooks.pre_kill),
+            ("hooks.post_kill", &self.hooks.post_kill),
+        ] {
+            if let Some(p) = p.as_ref().filter(|p| !p.is_absolute()) {
+                err(
+                    k,
+                    format!("must be an absolute path (got `{}`)", p.display()),
+                );
+            }
+        }
+        if !(1..=60_000).contains(&self.hooks.pre_kill_timeout_ms) {
+            err(
+                "hooks.pre_kill_timeout_ms",
+                format!(
+                    "must be between 1 ms and 60 s: every kill waits up to this long (got {} ms)",
+                    self.hooks.pre_kill_timeout_ms
+                ),
+            );
+        }
+        if !(1..=300_000).contains(&self.hooks.post_kill_timeout_ms) {
+            err(
+                "hooks.post_kill_timeout_ms",
+                format!(
+                    "must be between 1 ms and 5 min (got {} ms)",
+                    self.hooks.post_kill_timeout_ms
+                ),
             );
         }
 

@@ -14,19 +14,29 @@
 //! and `[watchdog]` need a restart, and the daemon says so.
 
 use std::io::Read;
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use oomkit::Cgroup;
-use oomkit::engine::incident::IncidentConfig;
-use oomkit::engine::{Handler, PsiConfig, Runner, RunnerConfig, WatchdogConfig};
+use oomkit::engine::incident::{Incident, IncidentConfig};
+use oomkit::engine::{
+    CgroupId, Episode, Handler, Outcome, PsiConfig, Runner, RunnerConfig, Tree, Victim,
+    WatchdogConfig,
+};
 use oomkit::events::PsiThreshold;
 use oomkit::reserve::{MlockMode, ReserveCgroup, ReserveConfig};
 
-use crate::config::{Config, ConfigErrors, Loaded, LogFormat, MlockSetting, PsiKind, PsiScope};
+use crate::config::{Config, ConfigErrors, Loaded, MlockSetting, PsiKind, PsiScope};
 use crate::heap_profile::DumpWatch;
+use crate::hooks::{PostKill, PreKillExec};
+use crate::incidents::IncidentWriter;
+use crate::metrics::Metrics;
+use crate::podinfo::pod_info;
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -43,31 +53,105 @@ pub enum DaemonError {
         #[source]
         source: oomkit::Error,
     },
+    /// The host cannot be managed (no cgroup2, no memory controller).
+    #[error("{0}")]
+    Unsupported(#[from] Unsupported),
     /// Something else.
     #[error("{0}")]
     Other(String),
 }
 
-fn sdk(context: &'static str) -> impl FnOnce(oomkit::Error) -> DaemonError {
-    move |source| DaemonError::Sdk { context, source }
+impl DaemonError {
+    /// The process exit code for this error (see [`exit`]).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Config(_) | DaemonError::Unsupported(_) => exit::CONFIG,
+            DaemonError::Sdk { .. } | DaemonError::Other(_) => exit::FAILURE,
+        }
+    }
 }
 
-/// Sets up `tracing` output as text or JSON lines on stderr. `RUST_LOG`,
-/// when set, overrides `level`.
-pub fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::try_new(v),
-        _ => tracing_subscriber::EnvFilter::try_new(level),
+/// The daemon's exit codes: a supervisor restarts on [`exit::FAILURE`] and
+/// gives up on [`exit::CONFIG`] (systemd: `RestartPreventExitStatus=78`),
+/// because restarting cannot fix a bad file or a host without cgroup2.
+pub mod exit {
+    /// Stopped cleanly (SIGTERM/SIGINT), or the command succeeded.
+    pub const OK: u8 = 0;
+    /// A runtime failure; a restart may help.
+    pub const FAILURE: u8 = 1;
+    /// Bad command line (clap's code).
+    pub const USAGE: u8 = 2;
+    /// `EX_CONFIG` (sysexits.h): the config file is invalid, or the host
+    /// cannot be managed (the managed root is not cgroup2 or has no memory
+    /// controller). Restarting will not help.
+    pub const CONFIG: u8 = 78;
+    /// The exit codes as `--help` prints them.
+    pub const HELP: &str = "Exit codes:\n  0   stopped cleanly (SIGTERM/SIGINT) or the command succeeded\n  1   runtime failure (a restart may help)\n  2   bad command line\n  78  EX_CONFIG: invalid config, or the host cannot be managed (the managed root is not\n      cgroup2 or has no memory controller); restarting will not help";
+}
+
+/// Why the managed root cannot be managed: `run` refuses with
+/// [`exit::CONFIG`] and `probe` reports it.
+#[derive(Debug, thiserror::Error)]
+pub enum Unsupported {
+    /// The root cannot be opened at all.
+    #[error("{}: cannot open the managed root: {source}", path.display())]
+    Open {
+        /// The root.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: oomkit::Error,
+    },
+    /// The root is not on a cgroup2 filesystem (cgroup v1, tmpfs, a plain folder).
+    #[error(
+        "{}: not a cgroup2 filesystem; oomkit needs the unified hierarchy (cgroup v2; systemd: boot with systemd.unified_cgroup_hierarchy=1)",
+        path.display()
+    )]
+    NotCgroup2 {
+        /// The root.
+        path: PathBuf,
+    },
+    /// The memory controller is not enabled at the root.
+    #[error(
+        "{}: no memory controller here (cgroup.controllers: \"{controllers}\"); it is on cgroup v1, or not enabled in the parent's cgroup.subtree_control",
+        path.display()
+    )]
+    NoMemoryController {
+        /// The root.
+        path: PathBuf,
+        /// What `cgroup.controllers` lists.
+        controllers: String,
+    },
+}
+
+/// Checks that `root` is a cgroup2 directory with the memory controller.
+/// Read-only: opens the directory and reads `cgroup.controllers`.
+pub fn check_root(root: &Path) -> Result<(), Unsupported> {
+    let cg = Cgroup::open(root).map_err(|source| match source {
+        oomkit::Error::InvalidPath { .. } if root.is_dir() => Unsupported::NotCgroup2 {
+            path: root.to_path_buf(),
+        },
+        source => Unsupported::Open {
+            path: root.to_path_buf(),
+            source,
+        },
+    })?;
+    let controllers = cg.controllers().map_err(|source| Unsupported::Open {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    if controllers.iter().any(|c| c == "memory") {
+        Ok(())
+    } else {
+        Err(Unsupported::NoMemoryController {
+            path: root.to_path_buf(),
+            controllers: controllers.join(" "),
+        })
     }
-    .map_err(|e| format!("log filter: {e}"))?;
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let r = match format {
-        LogFormat::Text => b.try_init(),
-        LogFormat::Json => b.json().flatten_event(true).try_init(),
-    };
-    r.map_err(|e| format!("logging: {e}"))
+}
+
+fn sdk(context: &'static str) -> impl FnOnce(oomkit::Error) -> DaemonError {
+    move |source| DaemonError::Sdk { context, source }
 }
 
 /// The runner's configuration from the file (`dry_run` forces a dry run).
@@ -115,23 +199,29 @@ pub fn runner_config(cfg: &Config, dry_run: bool) -> Result<RunnerConfig, Daemon
         }
     });
     let d = &cfg.daemon;
-    let incidents = d.incident_dir.as_ref().map(|dir| IncidentConfig {
-        dir: dir.clone(),
-        max_count: d.incident_max_count,
-        max_bytes: usize::try_from(d.incident_max_bytes.0).unwrap_or(usize::MAX),
-    });
     let mut rc = RunnerConfig::daemon(d.root.clone());
     rc.engine = engine;
     rc.reserve = reserve;
     rc.memory_events = cfg.signals.memory_events;
     rc.psi = psi;
-    rc.incidents = incidents;
+    // The daemon writes incident records itself, from a thread (see `Observer`).
+    rc.incidents = None;
     rc.watchdog = cfg.watchdog.enabled.then_some(WatchdogConfig {
         timeout: Duration::from_millis(cfg.watchdog.timeout_ms),
     });
     rc.xattr_trust = cfg.xattr_trust();
     rc.depth = d.depth;
     Ok(rc)
+}
+
+/// Where and how many incident records to keep (`None`: `incident_dir = ""`).
+pub fn incident_config(cfg: &Config) -> Option<IncidentConfig> {
+    let d = &cfg.daemon;
+    d.incidents().map(|dir| IncidentConfig {
+        dir: dir.to_path_buf(),
+        max_count: d.incident_max_count,
+        max_bytes: usize::try_from(d.incident_max_bytes.0).unwrap_or(usize::MAX),
+    })
 }
 
 /// What `check-config` reports for a valid file.
@@ -180,6 +270,10 @@ pub fn summary(loaded: &Loaded) -> String {
             "off".into()
         },
     );
+    for d in &loaded.dropins {
+        s.push_str("\n  drop-in: ");
+        s.push_str(&d.display().to_string());
+    }
     for w in &loaded.warnings {
         s.push_str("\n  warning: ");
         s.push_str(w);
@@ -235,9 +329,27 @@ pub fn run_wrapped(
     for w in &loaded.warnings {
         tracing::warn!(file = %file.display(), "{w}");
     }
+    check_root(&loaded.config.daemon.root)?;
     let mut current = loaded.config;
     let handler = wrap(current.build_handler().map_err(DaemonError::Other)?);
     let rc = runner_config(&current, dry_run)?;
+    let metrics = Arc::new(Metrics::new());
+    if let Some(addr) = &current.daemon.metrics_listen {
+        let addr: SocketAddr = addr
+            .parse()
+            .map_err(|e| DaemonError::Other(format!("daemon.metrics_listen `{addr}`: {e}")))?;
+        let local = crate::metrics::serve(addr, metrics.clone())
+            .map_err(|e| DaemonError::Other(format!("serving metrics on {addr}: {e}")))?;
+        tracing::info!(listen = %local, "serving /metrics and /healthz");
+    }
+    let incidents = incident_config(&current).and_then(|c| {
+        let dir = c.dir.clone();
+        IncidentWriter::start(c)
+            .inspect_err(
+                |e| tracing::warn!(dir = %dir.display(), error = %e, "incident records are off"),
+            )
+            .ok()
+    });
     tracing::info!(
         root = %rc.root.display(),
         handler = current.handler.kind.name(),
@@ -248,6 +360,14 @@ pub fn run_wrapped(
     if let Some(dir) = &current.daemon.diagnostics_dir {
         runner.add_prekill_hook(Box::new(DumpWatch::new(dir.clone())));
     }
+    if let Some(p) = current.hooks.pre_kill.clone() {
+        let deadline = Duration::from_millis(current.hooks.pre_kill_timeout_ms);
+        match PreKillExec::start(p, deadline) {
+            Ok(h) => runner.add_prekill_hook(Box::new(h)),
+            Err(e) => tracing::warn!(error = %e, "the pre-kill hook is off"),
+        }
+    }
+    let degraded = runner.reserve_report().is_some_and(|r| r.degraded());
     if let Some(rep) = runner.reserve_report() {
         if rep.degraded() {
             tracing::warn!(report = %rep, "reserve mode is degraded");
@@ -259,18 +379,39 @@ pub fn run_wrapped(
     let t_reload = runner
         .add_fd(clone_fd(&control.reload)?)
         .map_err(sdk("watching the reload pipe"))?;
+    let post_kill = current.hooks.post_kill.clone().and_then(|p| {
+        let deadline = Duration::from_millis(current.hooks.post_kill_timeout_ms);
+        PostKill::start(p, deadline)
+            .inspect_err(|e| tracing::warn!(error = %e, "the post-kill hook is off"))
+            .ok()
+    });
+    let observer = Observer {
+        metrics: metrics.clone(),
+        incidents,
+        post_kill,
+        reserve_degraded: degraded,
+    };
+    observer.after_turn(&runner, &[]);
     tracing::info!(cgroups = runner.engine().tree().len(), "running");
+    notify(&[sd_notify::NotifyState::Ready]);
     loop {
         let turn = runner.run_once(None).map_err(sdk("waiting for events"))?;
+        // Off the decision path: the episodes of this turn have ended.
+        observer.after_turn(&runner, &turn.finished);
         if turn.ready.contains(&t_stop) {
             drain(&mut control.shutdown);
             break;
         }
         if turn.ready.contains(&t_reload) {
             drain(&mut control.reload);
-            reload(file, dry_run, &mut current, &mut runner, wrap);
+            notify(&[sd_notify::NotifyState::Reloading]);
+            let ok = reload(file, dry_run, &mut current, &mut runner, wrap);
+            metrics.reloaded(ok);
+            notify(&[sd_notify::NotifyState::Ready]);
         }
     }
+    metrics.healthy.store(false, Ordering::Relaxed);
+    notify(&[sd_notify::NotifyState::Stopping]);
     // Release throttles and raised limits before going away.
     runner.shutdown();
     let s = runner.stats();
@@ -285,14 +426,104 @@ pub fn run_wrapped(
     Ok(())
 }
 
+/// What the daemon does after each turn of the loop, once the engine is
+/// done with it: metrics, one log line per victim, incident records.
+struct Observer {
+    metrics: Arc<Metrics>,
+    incidents: Option<IncidentWriter>,
+    post_kill: Option<PostKill>,
+    reserve_degraded: bool,
+}
+
+impl Observer {
+    fn after_turn(&self, runner: &Runner, finished: &[Episode]) {
+        let engine = runner.engine();
+        let dry_run = engine.config().dry_run;
+        for ep in finished {
+            self.metrics.episode(ep);
+            log_victims(ep, engine.tree());
+            if !ep.is_action() {
+                continue;
+            }
+            let inc = Incident::from_episode(ep, engine.tree(), engine.handler_name(), dry_run);
+            let killed = !inc.victims.is_empty() || !inc.would_kill.is_empty();
+            if let (true, Some(h)) = (killed, &self.post_kill) {
+                h.submit(inc.clone());
+            }
+            if let Some(w) = &self.incidents {
+                let scope = ep.scope.and_then(|id| engine.host().cgroup_shared(id));
+                w.submit(inc, scope, ep.timings.event_seen);
+            }
+        }
+        let s = runner.stats();
+        self.metrics
+            .totals(s.kernel_oom_kills, runner.watchdog_fired());
+        self.metrics
+            .gauges(engine.tree().len(), self.reserve_degraded);
+    }
+}
+
+/// One line per victim (or, in a dry run, per kill that would have run):
+/// pid, comm, cgroup, bytes, tier, reason, and the pod UID and container ID
+/// where the cgroup path shows them.
+pub fn log_victims(ep: &Episode, tree: &Tree) {
+    let comm_of = |pid: Option<i32>| {
+        pid.and_then(|p| ep.top_processes.iter().flatten().find(|s| s.pid == p))
+            .map(|s| s.comm().to_owned())
+    };
+    let line = |pid: Option<i32>, id: CgroupId, bytes: Option<u64>, what: &str| {
+        let path = tree.path(id);
+        let pod = path.map(pod_info).unwrap_or_default();
+        tracing::warn!(
+            episode = ep.id,
+            pid,
+            comm = comm_of(pid).as_deref(),
+            cgroup = %path.map(|p| p.display().to_string()).unwrap_or_default(),
+            bytes,
+            tier = tree.class(id).map(|c| c.priority),
+            reason = ep.plan.reason(),
+            trigger = crate::metrics::reason_label(&ep.trigger),
+            pod_uid = pod.pod_uid.as_deref(),
+            container_id = pod.container_id.as_deref(),
+            "{what}"
+        );
+    };
+    if ep.outcome == Some(Outcome::DryRun) {
+        for s in ep.plan.steps().filter(|s| s.action.is_kill()) {
+            let pid = match s.action {
+                oomkit::engine::Action::KillProcess { pid, .. } => Some(pid),
+                _ => None,
+            };
+            line(pid, s.action.cgroup(), None, "dry run: would kill");
+        }
+        return;
+    }
+    for v in ep.victims.iter().flatten() {
+        let pid = match v.victim {
+            Victim::Process { pid, .. } => Some(pid),
+            _ => None,
+        };
+        line(pid, v.victim.cgroup(), Some(v.footprint), "killed");
+    }
+}
+
+/// Tells systemd (`Type=notify`) where the daemon is; a no-op when not run
+/// by systemd (no `NOTIFY_SOCKET`).
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
 /// Re-reads the file; on success swaps handler and engine settings in.
+/// Returns whether it did.
 fn reload(
     file: &Path,
     dry_run: bool,
     current: &mut Config,
     runner: &mut Runner,
     wrap: HandlerWrap<'_>,
-) {
+) -> bool {
     let loaded = match Config::load(file) {
         Ok(l) => l,
         Err(errors) => {
@@ -300,7 +531,7 @@ fn reload(
                 tracing::error!("{e}");
             }
             tracing::error!("reload failed; keeping the running configuration");
-            return;
+            return false;
         }
     };
     let new = loaded.config;
@@ -308,14 +539,14 @@ fn reload(
         Ok(h) => wrap(h),
         Err(e) => {
             tracing::error!(error = %e, "reload failed; keeping the running configuration");
-            return;
+            return false;
         }
     };
     let mut engine = new.engine_config();
     engine.dry_run |= dry_run;
     if let Err(e) = runner.reload(handler, engine) {
         tracing::error!(error = %e, "reload refused; keeping the running configuration");
-        return;
+        return false;
     }
     for (name, changed) in restart_needed(current, &new) {
         if changed {
@@ -330,10 +561,11 @@ fn reload(
     }
     tracing::info!(handler = new.handler.kind.name(), "configuration reloaded");
     *current = new;
+    true
 }
 
 /// Sections a reload cannot apply, and whether each changed.
-pub fn restart_needed(old: &Config, new: &Config) -> [(&'static str, bool); 4] {
+pub fn restart_needed(old: &Config, new: &Config) -> [(&'static str, bool); 5] {
     let differs =
         |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     [
@@ -341,6 +573,7 @@ pub fn restart_needed(old: &Config, new: &Config) -> [(&'static str, bool); 4] {
         ("signals", differs(&old.signals, &new.signals)),
         ("reserve", differs(&old.reserve, &new.reserve)),
         ("watchdog", differs(&old.watchdog, &new.watchdog)),
+        ("hooks", differs(&old.hooks, &new.hooks)),
     ]
 }
 
@@ -489,8 +722,10 @@ impl Privileges {
 
 /// The text of `oomkit probe`: kernel features at `root` and what reserve
 /// mode would get with `cfg` (defaults when `None`).
-pub fn probe(root: &Path, cfg: Option<&Config>) -> String {
+/// The second value is why the host cannot be managed, if it cannot.
+pub fn probe(root: &Path, cfg: Option<&Config>) -> (String, Option<Unsupported>) {
     let mut s = String::new();
+    let verdict = check_root(root).err();
     match Cgroup::open(root) {
         Ok(cg) => {
             let f = oomkit::probe::Features::probe(&cg);
@@ -518,7 +753,11 @@ pub fn probe(root: &Path, cfg: Option<&Config>) -> String {
     for (k, v) in p.reserve_outlook(cfg) {
         s.push_str(&format!("  {k:<18} {v}\n"));
     }
-    s
+    match &verdict {
+        None => s.push_str("supported: yes\n"),
+        Some(why) => s.push_str(&format!("supported: no: {why}\n")),
+    }
+    (s, verdict)
 }
 
 /// A config with every default and a priority-kill handler.
@@ -529,6 +768,7 @@ pub fn default_config() -> Config {
         signals: Default::default(),
         reserve: Default::default(),
         watchdog: Default::default(),
+        hooks: Default::default(),
         handler: crate::config::HandlerSection {
             kind: crate::config::HandlerKind::PriorityKill,
             default_priority: 0,

@@ -21,7 +21,14 @@
 pub mod classify;
 pub mod config;
 pub mod daemon;
+pub mod dropin;
 pub mod heap_profile;
+pub mod hooks;
+pub mod incidents;
+pub mod logging;
+pub mod metrics;
+pub mod plot;
+pub mod podinfo;
 pub mod priority;
 pub mod throttle;
 

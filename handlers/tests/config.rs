@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use oomkit_handlers::config::{Config, ConfigErrors, HandlerKind, locate, parse_size};
+use oomkit_handlers::config::{Config, ConfigErrors, HandlerKind, LogFormat, locate, parse_size};
 use oomkit_handlers::daemon::{self, Privileges};
 use oomkit_handlers::priority::Granularity;
 
@@ -29,10 +29,22 @@ fn every_shipped_config_passes_check_config() {
         .collect();
     assert_eq!(
         names,
-        ["heap-profile.toml", "priority-kill.toml", "throttle.toml"],
-        "one example per handler"
+        [
+            "default.toml",
+            "desktop.toml",
+            "heap-profile.toml",
+            "priority-kill.toml",
+            "single-service.toml",
+            "throttle.toml"
+        ],
+        "one example per handler, the defaults, and one per kind of host"
     );
-    for f in &files {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let deploy = [
+        root.join("deploy/oomkit.toml"),
+        root.join("deploy/kubernetes/oomkit.toml"),
+    ];
+    for f in files.iter().chain(&deploy) {
         let summary = daemon::check_config(f).unwrap_or_else(|e| panic!("{e}"));
         assert!(summary.contains(": OK"), "{summary}");
         let loaded = Config::load(f).unwrap();
@@ -69,7 +81,8 @@ fn the_priority_kill_example_maps_onto_the_runner() {
     assert!(psi.system);
     assert_eq!(psi.threshold.window, Duration::from_secs(2));
     assert_eq!(rc.watchdog.unwrap().timeout, Duration::from_secs(2));
-    let inc = rc.incidents.unwrap();
+    assert!(rc.incidents.is_none(), "the daemon writes incidents itself");
+    let inc = daemon::incident_config(&c).unwrap();
     assert_eq!((inc.max_count, inc.max_bytes), (200, 256 << 10));
     let reserve = rc.reserve.unwrap();
     assert_eq!(reserve.oom_score_adj, Some(-1000));
@@ -225,11 +238,54 @@ fn signal_names_and_sizes_parse() {
     assert_eq!(h.signal.0, libc::SIGUSR1);
     assert_eq!(h.headroom.0, 1 << 30);
     assert_eq!(h.budget.0, 2 << 30);
-    assert_eq!(parse_size("64k"), Ok(64 << 10));
+    // As Kubernetes writes them: Ki/Mi/Gi binary, k/M/G decimal.
+    assert_eq!(parse_size("64Mi"), Ok(64 << 20));
+    assert_eq!(parse_size("64Ki"), Ok(64 << 10));
+    assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+    assert_eq!(parse_size("64k"), Ok(64_000));
+    assert_eq!(parse_size("1G"), Ok(1_000_000_000));
+    assert_eq!(parse_size("4096"), Ok(4096));
     assert!(parse_size("12 parsecs").is_err());
     let msg = errors("[handler]\nkind = \"throttle\"\n[handler.throttle]\nfloor = \"lots\"\n")
         .to_string();
     assert!(msg.contains(":4:") && msg.contains("not a size"), "{msg}");
+}
+
+#[test]
+fn incidents_are_on_by_default_and_off_with_an_empty_dir() {
+    let on = Config::parse(Path::new("x"), "[handler]\nkind = \"priority-kill\"\n").unwrap();
+    assert_eq!(
+        daemon::incident_config(&on.config).unwrap().dir,
+        Path::new("/var/lib/oomkit/incidents")
+    );
+    let off = "[daemon]\nincident_dir = \"\"\n[handler]\nkind = \"priority-kill\"\n";
+    let off = Config::parse(Path::new("x"), off).unwrap();
+    assert!(daemon::incident_config(&off.config).is_none());
+    let msg = errors("[daemon]\nincident_dir = \"var/x\"\nmetrics_listen = \"nope\"\n[handler]\nkind = \"throttle\"\n").to_string();
+    assert!(
+        msg.contains("daemon.incident_dir") && msg.contains("absolute"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("daemon.metrics_listen") && msg.contains("HOST:PORT"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn durations_take_units_or_milliseconds() {
+    let text = "[engine]\nkill_deadline_ms = \"5s\"\ncooldown_ms = \"250ms\"\nstall_sustain_ms = 1500\n[watchdog]\ntimeout_ms = \"2s\"\n[handler]\nkind = \"priority-kill\"\n";
+    let c = Config::parse(Path::new("x"), text).unwrap().config;
+    assert_eq!(c.engine.kill_deadline_ms, 5000);
+    assert_eq!(c.engine.cooldown_ms, 250);
+    assert_eq!(c.engine.stall_sustain_ms, 1500);
+    assert_eq!(c.watchdog.timeout_ms, 2000);
+    let msg =
+        errors("[engine]\ncooldown_ms = \"soon\"\n[handler]\nkind = \"throttle\"\n").to_string();
+    assert!(
+        msg.contains(":2:") && msg.contains("not a duration"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -303,4 +359,47 @@ fn privileges_decide_the_reserve_outlook() {
     let root = Privileges::parse("CapEff:\t000001ffffffffff\n", limits);
     let rows = root.reserve_outlook(&cfg);
     assert!(rows.iter().all(|r| !r.1.starts_with("no")), "{rows:?}");
+}
+
+#[test]
+fn drop_ins_merge_in_name_order_and_errors_point_at_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("oomkit.toml");
+    std::fs::write(
+        &main,
+        "[daemon]\ndepth = 4\n[handler]\nkind = \"priority-kill\"\n[[handler.rules]]\nglob = \"/a\"\nprotected = true\n",
+    )
+    .unwrap();
+    let d = dir.path().join("oomkit.d");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::write(d.join("50-late.toml"), "[daemon]\ndepth = 6\n").unwrap();
+    std::fs::write(
+        d.join("10-early.toml"),
+        "[daemon]\ndepth = 5\nlog_format = \"json\"\n[[handler.rules]]\nglob = \"/b\"\npriority = -5\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("ignored.conf"), "not toml at all [").unwrap();
+    let l = Config::load(&main).unwrap();
+    assert_eq!(l.config.daemon.depth, 6, "later drop-ins win");
+    assert_eq!(l.config.daemon.log_format, LogFormat::Json);
+    let globs: Vec<&str> = l
+        .config
+        .handler
+        .rules
+        .iter()
+        .map(|r| r.glob.as_str())
+        .collect();
+    assert_eq!(globs, ["/a", "/b"], "rules are appended");
+    assert_eq!(l.dropins.len(), 2);
+    // A bad value in a drop-in is reported there, at its line.
+    std::fs::write(d.join("60-bad.toml"), "# depth\n[daemon]\ndepth = 99\n").unwrap();
+    let e = Config::load(&main).unwrap_err().to_string();
+    assert!(
+        e.contains("60-bad.toml:3:") && e.contains("daemon.depth"),
+        "{e}"
+    );
+    // A syntax error in a drop-in names the drop-in.
+    std::fs::write(d.join("60-bad.toml"), "[daemon\n").unwrap();
+    let e = Config::load(&main).unwrap_err().to_string();
+    assert!(e.contains("60-bad.toml:1:"), "{e}");
 }

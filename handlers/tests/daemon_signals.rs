@@ -25,11 +25,12 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill {sig} {pid}");
 }
 
-fn wait_for(log: &std::path::Path, needle: &str) -> String {
+fn wait_for(child: &mut std::process::Child, log: &std::path::Path, needle: &str) -> String {
     let end = Instant::now() + Duration::from_secs(10);
     loop {
+        let exited = matches!(child.try_wait(), Ok(Some(_)));
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains(needle) || Instant::now() > end {
+        if text.contains(needle) || exited || Instant::now() > end {
             return text;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -67,9 +68,21 @@ fn run_reload_and_stop() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    let text = wait_for(&log, "\"running\"");
+    let text = wait_for(&mut child, &log, "\"running\"");
     let started = text.contains("\"running\"");
     if !started {
+        if let Ok(Some(status)) = child.try_wait() {
+            // A cgroup2 mount without the memory controller (the memory
+            // controller on cgroup v1): the daemon must refuse with 78.
+            let _ = std::fs::remove_dir(&root);
+            let memory = std::fs::read_to_string(mount.join("cgroup.controllers"))
+                .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"));
+            if !memory {
+                assert_eq!(status.code(), Some(78), "{text}");
+                assert!(text.contains("no memory controller"), "{text}");
+                return;
+            }
+        }
         let _ = child.kill();
         let _ = child.wait();
         let _ = std::fs::remove_dir(&root);
@@ -79,11 +92,11 @@ fn run_reload_and_stop() {
     }
     std::fs::write(&cfg, body("throttle")).unwrap();
     signal(pid, "-HUP");
-    let text = wait_for(&log, "configuration reloaded");
+    let text = wait_for(&mut child, &log, "configuration reloaded");
     assert!(text.contains("\"handler\":\"throttle\""), "{text}");
     std::fs::write(&cfg, body("throttle") + "bogus = 1\n").unwrap();
     signal(pid, "-HUP");
-    let text = wait_for(&log, "keeping the running configuration");
+    let text = wait_for(&mut child, &log, "keeping the running configuration");
     assert!(text.contains("key `handler.bogus`"), "{text}");
     signal(pid, "-TERM");
     let status = child.wait().unwrap();

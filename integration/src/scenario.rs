@@ -98,6 +98,8 @@ pub struct DaemonOpts {
     pub dry_run: bool,
     /// The hidden `--debug-stall-after-event-ms N`: the handler sleeps this long in `decide`.
     pub stall_ms: Option<u64>,
+    /// More `[daemon]` keys, one `key = value` per line (e.g. `metrics_listen`).
+    pub daemon_keys: String,
 }
 
 /// A running `oomkit run` in the guest; killed on drop.
@@ -138,10 +140,11 @@ impl Daemon {
         let config = dir.join("oomkit.toml");
         let text = format!(
             "[daemon]\nroot = \"{}\"\ndepth = 4\nlog_format = \"json\"\nlog_level = \"info\"\n\
-             incident_dir = \"{}\"\ndiagnostics_dir = \"{}\"\n\n{body}",
+             incident_dir = \"{}\"\ndiagnostics_dir = \"{}\"\n{}\n{body}",
             root.display(),
             incidents.display(),
-            diagnostics.display()
+            diagnostics.display(),
+            opts.daemon_keys
         );
         write_file(&config, &text)?;
         let check = std::process::Command::new(OOMKIT_BIN)

@@ -18,6 +18,7 @@ mod apt;
 mod bench;
 mod bench_peers;
 mod demo;
+mod deploy;
 mod guest;
 mod host;
 mod kernels;
@@ -49,6 +50,9 @@ enum Cmd {
     Vmtest(VmArgs),
     /// Capture real cgroup and /proc files from each kernel into sdk/fixtures/.
     Fixtures(FixtureArgs),
+    /// The operator checks of `test` alone: systemd-analyze verify, Kubernetes schemas, metrics
+    /// text, cargo publish --dry-run.
+    DeployCheck,
     /// Install the host tools the VM tests need (qemu, busybox-static, cpio) via apt-get.
     InstallDeps,
     /// Show what oomkit changes: the priority scenario in a VM without and with oomkit, side by
@@ -141,6 +145,12 @@ fn main() -> ExitCode {
         Cmd::Test(args) => cmd_test(&args),
         Cmd::Vmtest(args) => cmd_vmtest(&args),
         Cmd::Fixtures(args) => cmd_fixtures(&args),
+        Cmd::DeployCheck => {
+            let (mut lines, mut failed) = (Vec::new(), Vec::new());
+            deploy::checks(&mut lines, &mut failed);
+            lines.iter().for_each(|l| println!("  {l}"));
+            Ok(failed.is_empty())
+        }
         Cmd::InstallDeps => host::ensure_tools(false).map(|()| true),
         Cmd::Demo(args) => demo::run(&args),
         Cmd::Bench(args) => bench::cmd_bench(&args),
@@ -238,6 +248,7 @@ fn cmd_test(args: &TestArgs) -> Result<bool> {
             failed_steps.push(name);
         }
     }
+    deploy::checks(&mut lines, &mut failed_steps);
     let mut totals = report::Totals::default();
     if !args.no_vm {
         println!("==> vmtest (all kernels)");
@@ -317,6 +328,7 @@ fn run_vmtests(args: &VmArgs) -> Result<Vec<report::KernelRun>> {
         !args.keep_going,
     )?;
     report::print(&runs);
+    deploy::parse_vm_scrapes(&runs)?;
     Ok(runs)
 }
 

@@ -106,7 +106,7 @@ impl KernelRun {
             "NOTE" => {
                 let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
                 self.notes.push((name.to_string(), text.to_string()));
-                Some(format!("note {name}: {text}"))
+                Some(format!("note {name}: {}", shown(text)))
             }
             "RESULT" => {
                 let mut parts = rest.splitn(4, ' ');
@@ -200,7 +200,7 @@ impl KernelRun {
     }
 }
 
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
+pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
@@ -230,6 +230,14 @@ pub fn totals(runs: &[KernelRun]) -> Totals {
 
 pub fn all_ok(runs: &[KernelRun]) -> bool {
     runs.iter().all(KernelRun::ok)
+}
+
+/// A note as printed: data notes (`METRICS <hex>`, parsed on the host by `deploy`) by size only.
+fn shown(text: &str) -> String {
+    match text.strip_prefix("METRICS ") {
+        Some(hex) => format!("METRICS scrape ({} bytes)", hex.len() / 2),
+        None => text.to_string(),
+    }
 }
 
 /// Print the test × kernel matrix, the per-kernel table, skip reasons, failures and notes.
@@ -306,7 +314,7 @@ pub fn print(runs: &[KernelRun]) {
     if !notes.is_empty() {
         println!("\nnotes:");
         for (r, (name, text)) in notes {
-            println!("  {:<6} {name}: {text}", r.kernel.name);
+            println!("  {:<6} {name}: {}", r.kernel.name, shown(text));
         }
     }
     let fails: Vec<_> = runs

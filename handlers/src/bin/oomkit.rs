@@ -4,6 +4,9 @@
 //! oomkit run --config /etc/oomkit/oomkit.toml [--dry-run]
 //! oomkit check-config FILE
 //! oomkit probe [--root /sys/fs/cgroup] [--config FILE]
+//! oomkit config default
+//! oomkit incidents list | show ID [--json] | plot ID [-o FILE]
+//! oomkit completions bash|zsh|fish ; oomkit manpage
 //! ```
 //!
 //! Everything but process-wide signal setup lives in the library
@@ -20,11 +23,16 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use oomkit::engine::{CgroupMeta, Class, Handler, Plan, View};
 use oomkit_handlers::config::Config;
-use oomkit_handlers::daemon::{self, Control};
+use oomkit_handlers::daemon::{self, Control, exit};
 
 /// Userspace out-of-memory handling on cgroup v2.
 #[derive(Debug, Parser)]
-#[command(name = "oomkit", version, about)]
+#[command(
+    name = "oomkit",
+    version,
+    about = "Userspace out-of-memory handling on cgroup v2",
+    after_help = daemon::exit::HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,7 +40,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the daemon.
+    /// Run the daemon. Refuses (exit 78) when the managed root is not cgroup2 or has no memory
+    /// controller.
+    #[command(after_help = daemon::exit::HELP)]
     Run {
         /// The config file.
         #[arg(long, short, default_value_os_t = daemon::default_config_path())]
@@ -50,7 +60,36 @@ enum Command {
         /// The config file.
         file: PathBuf,
     },
-    /// Print the kernel features and what reserve mode would get.
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCmd,
+    },
+    /// Incident records: list them, show one, plot one as an SVG timeline.
+    Incidents {
+        /// The folder (default: `[daemon] incident_dir` of --config, or of
+        /// /etc/oomkit/oomkit.toml if it exists, else /var/lib/oomkit/incidents).
+        #[arg(long, global = true)]
+        dir: Option<PathBuf>,
+        /// The config file whose incident_dir to use.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        what: IncidentsCmd,
+    },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) for this command.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) for this command.
+    Manpage,
+    /// Testing: print a scrape of a fresh metrics registry.
+    #[command(hide = true)]
+    MetricsSample,
+    /// Print the kernel features and what reserve mode would get; exits 78 (and says why) when
+    /// the host cannot be managed.
+    #[command(after_help = daemon::exit::HELP)]
     Probe {
         /// The cgroup to probe (filesystem path).
         #[arg(long)]
@@ -61,17 +100,142 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    /// Print every key at its default, commented (docs/config.md has the reference).
+    Default,
+}
+
+#[derive(Debug, Subcommand)]
+enum IncidentsCmd {
+    /// One line per record, oldest first.
+    List,
+    /// One record, for a human or (--json) as written.
+    Show {
+        /// The record's number (the ID column of `list`).
+        id: u64,
+        /// Print the JSON record as written.
+        #[arg(long)]
+        json: bool,
+    },
+    /// An SVG timeline of the episode: memory, PSI and headroom before and after, and the
+    /// event, decision, signal, exit and memory-back marks.
+    Plot {
+        /// The record's number.
+        id: u64,
+        /// Write the SVG here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+/// Writes to standard output; a closed pipe (`oomkit incidents list | head`) is not an error
+/// worth a panic, so write errors are ignored.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(text.as_bytes()).and_then(|()| o.flush());
+}
+
+fn incident_dir(dir: Option<PathBuf>, config: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(d) = dir {
+        return Ok(d);
+    }
+    let file = config.or_else(|| {
+        let p = daemon::default_config_path();
+        p.exists().then_some(p)
+    });
+    let Some(file) = file else {
+        return Ok(PathBuf::from("/var/lib/oomkit/incidents"));
+    };
+    let loaded = Config::load(&file).map_err(|e| e.to_string())?;
+    loaded
+        .config
+        .daemon
+        .incidents()
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            format!(
+                "{}: incident records are off (incident_dir = \"\")",
+                file.display()
+            )
+        })
+}
+
+fn incidents(dir: Option<PathBuf>, config: Option<PathBuf>, what: IncidentsCmd) -> ExitCode {
+    use oomkit::engine::incident::read_one;
+    use oomkit_handlers::{incidents, plot};
+    let result = incident_dir(dir, config).and_then(|dir| match what {
+        IncidentsCmd::List => incidents::list(&dir),
+        IncidentsCmd::Show { id, json } => {
+            let i = read_one(&dir, id)?;
+            if json {
+                serde_json::to_string_pretty(&i)
+                    .map(|s| s + "\n")
+                    .map_err(|e| e.to_string())
+            } else {
+                Ok(incidents::show(&i))
+            }
+        }
+        IncidentsCmd::Plot { id, output } => {
+            let svg = plot::svg(&read_one(&dir, id)?);
+            match output {
+                Some(p) => std::fs::write(&p, svg)
+                    .map(|()| String::new())
+                    .map_err(|e| format!("{}: {e}", p.display())),
+                None => Ok(svg),
+            }
+        }
+    });
+    match result {
+        Ok(text) => {
+            out(&text);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("oomkit: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Incidents { dir, config, what } => incidents(dir, config, what),
+        Command::Config {
+            what: ConfigCmd::Default,
+        } => {
+            out(oomkit_handlers::config::DEFAULT_TOML);
+            ExitCode::SUCCESS
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "oomkit", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Manpage => {
+            use clap::CommandFactory;
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("oomkit: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::MetricsSample => {
+            out(&oomkit_handlers::metrics::Metrics::new().render());
+            ExitCode::SUCCESS
+        }
         Command::CheckConfig { file } => match daemon::check_config(&file) {
             Ok(summary) => {
-                println!("{summary}");
+                out(&format!("{summary}\n"));
                 ExitCode::SUCCESS
             }
             Err(errors) => {
                 eprintln!("{errors}");
-                ExitCode::FAILURE
+                ExitCode::from(exit::CONFIG)
             }
         },
         Command::Probe { root, config } => {
@@ -79,14 +243,21 @@ fn main() -> ExitCode {
                 Ok(c) => c.map(|l| l.config),
                 Err(errors) => {
                     eprintln!("{errors}");
-                    return ExitCode::FAILURE;
+                    return ExitCode::from(exit::CONFIG);
                 }
             };
             let root = root
                 .or_else(|| cfg.as_ref().map(|c| c.daemon.root.clone()))
                 .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
-            print!("{}", daemon::probe(&root, cfg.as_ref()));
-            ExitCode::SUCCESS
+            let (text, unsupported) = daemon::probe(&root, cfg.as_ref());
+            out(&text);
+            match unsupported {
+                None => ExitCode::SUCCESS,
+                Some(why) => {
+                    eprintln!("oomkit: unsupported host: {why}");
+                    ExitCode::from(exit::CONFIG)
+                }
+            }
         }
         Command::Run {
             config,
@@ -105,11 +276,11 @@ fn run(file: PathBuf, dry_run: bool, stall: Option<Duration>) -> ExitCode {
         Ok(l) => l,
         Err(errors) => {
             eprintln!("{errors}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(exit::CONFIG);
         }
     };
     let d = &loaded.config.daemon;
-    if let Err(e) = daemon::init_logging(d.log_format, &d.log_level) {
+    if let Err(e) = oomkit_handlers::logging::init(d.log_format, &d.log_level) {
         eprintln!("oomkit: {e}");
         return ExitCode::FAILURE;
     }
@@ -129,8 +300,8 @@ fn run(file: PathBuf, dry_run: bool, stall: Option<Duration>) -> ExitCode {
     match daemon::run_wrapped(&file, loaded, dry_run, control, &wrap) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "oomkit stopped");
-            ExitCode::FAILURE
+            tracing::error!(error = %e, exit_code = e.exit_code(), "oomkit stopped");
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -114,7 +114,7 @@ pub fn dry_run(ctx: &mut Ctx) -> TestResult {
         ctx,
         &Oomkit::With(DaemonOpts {
             dry_run: true,
-            stall_ms: None,
+            ..DaemonOpts::default()
         }),
         Duration::from_secs(40),
     )?;
@@ -142,7 +142,8 @@ pub fn dry_run(ctx: &mut Ctx) -> TestResult {
     let pid = run.batch.pid().to_string();
     ensure!(
         inc["reason"].as_str().is_some_and(|r| r.contains(&pid))
-            && step["detail"].as_str().is_some_and(|d| d.contains(&pid)),
+            && step["pid"] == run.batch.pid()
+            && inc["would_kill"][0]["pid"] == run.batch.pid(),
         "the record does not name the would-be victim {pid}: {inc}"
     );
     let Some(mut d) = run.daemon.take() else {
@@ -175,8 +176,8 @@ pub fn watchdog(ctx: &mut Ctx) -> TestResult {
     let mut run = scenario::priority(
         ctx,
         &Oomkit::With(DaemonOpts {
-            dry_run: false,
             stall_ms: Some(4000),
+            ..DaemonOpts::default()
         }),
         Duration::from_secs(40),
     )?;

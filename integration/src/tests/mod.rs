@@ -9,6 +9,7 @@ pub mod common;
 pub mod e2e;
 pub mod events;
 pub mod kill;
+pub mod ops;
 pub mod probe;
 pub mod reserve;
 pub mod rt;
@@ -79,6 +80,8 @@ pub fn all() -> Vec<TestCase> {
         case("e2e_heap_profile", 90, e2e::heap_profile),
         case("e2e_watchdog", 90, e2e::watchdog),
         case("e2e_dry_run", 90, e2e::dry_run),
+        // What an operator sees: the scrape and `oomkit incidents` around one episode.
+        case("ops_metrics_incidents", 120, ops::metrics_and_incidents),
     ]
 }
 
