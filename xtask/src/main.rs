@@ -17,12 +17,14 @@
 mod apt;
 mod bench;
 mod bench_peers;
+mod bootstress;
 mod demo;
 mod guest;
 mod host;
 mod kernels;
 mod qemu;
 mod report;
+mod runlog;
 mod util;
 
 use std::path::PathBuf;
@@ -56,6 +58,9 @@ enum Cmd {
     /// Micro-benchmarks, footprint and end-to-end runs against the kernel, earlyoom and oomd;
     /// writes docs/benchmarks.md and docs/bench-latency.svg.
     Bench(bench::BenchArgs),
+    /// Boot kernels many times to the harness handshake and tally how often they fail to boot,
+    /// with the console tails of the failures (to measure `--cpu`/`--tcg-thread` choices).
+    Bootstress(bootstress::BootstressArgs),
 }
 
 #[derive(Args, Clone)]
@@ -120,6 +125,12 @@ pub struct VmOptions {
     /// Accelerator: `tcg`, `kvm`, or `auto` (probe KVM once, fall back to TCG).
     #[arg(long, default_value = "auto")]
     pub accel: qemu::AccelChoice,
+    /// qemu `-cpu` model (see `qemu::DEFAULT_CPU` for why the default leaves out cx16).
+    #[arg(long, default_value = qemu::DEFAULT_CPU)]
+    pub cpu: String,
+    /// TCG threading: `multi` (one host thread per vCPU) or `single`.
+    #[arg(long, value_enum, default_value_t = qemu::TcgThread::Multi)]
+    pub tcg_thread: qemu::TcgThread,
     /// Do not install missing host tools with apt-get; fail instead.
     #[arg(long)]
     pub no_install: bool,
@@ -134,6 +145,7 @@ fn main() -> ExitCode {
         Cmd::InstallDeps => host::ensure_tools(false).map(|()| true),
         Cmd::Demo(args) => demo::run(&args),
         Cmd::Bench(args) => bench::cmd_bench(&args),
+        Cmd::Bootstress(args) => bootstress::run(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -213,6 +225,7 @@ fn cmd_test(args: &TestArgs) -> Result<bool> {
         }
     }
     let mut totals = report::Totals::default();
+    let mut loud = Vec::new();
     if !args.no_vm {
         println!("==> vmtest (all kernels)");
         let t = Instant::now();
@@ -227,6 +240,16 @@ fn cmd_test(args: &TestArgs) -> Result<bool> {
         match run_vmtests(&vm_args) {
             Ok(runs) => {
                 totals = report::totals(&runs);
+                loud = report::retry_lines(&runs);
+                for r in runs.iter().filter(|r| !r.ok()) {
+                    if let Some(d) = &r.log_dir {
+                        loud.push(format!(
+                            "logs of the failed VM on {}: {}",
+                            r.kernel.name,
+                            d.display()
+                        ));
+                    }
+                }
                 let ok = report::all_ok(&runs);
                 lines.push(format!(
                     "{:<12} {} ({:.0}s)",
@@ -248,6 +271,9 @@ fn cmd_test(args: &TestArgs) -> Result<bool> {
     println!();
     println!("==> summary ({:.0}s)", started.elapsed().as_secs_f64());
     for l in &lines {
+        println!("  {l}");
+    }
+    for l in &loud {
         println!("  {l}");
     }
     if !failed_steps.is_empty() {
