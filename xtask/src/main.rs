@@ -21,6 +21,7 @@ mod bootstress;
 mod demo;
 mod guest;
 mod host;
+mod hosttest;
 mod kernels;
 mod qemu;
 mod report;
@@ -207,24 +208,36 @@ fn cmd_test(args: &TestArgs) -> Result<bool> {
     ];
     let mut failed_steps = Vec::new();
     let mut lines = Vec::new();
+    let mut host = hosttest::HostCounts::default();
     for (name, argv) in steps {
         println!("==> cargo {}", argv.join(" "));
         let t = Instant::now();
-        let ok = util::run_status(
-            std::process::Command::new(&cargo)
-                .args(&argv)
-                .current_dir(repo_root()),
-        )?;
-        lines.push(format!(
+        let mut cmd = std::process::Command::new(&cargo);
+        cmd.args(&argv).current_dir(repo_root());
+        let (ok, counts) = if argv.first() == Some(&"test") {
+            let (ok, c) = hosttest::run_counted(&mut cmd)?;
+            (ok, Some(c))
+        } else {
+            (util::run_status(&mut cmd)?, None)
+        };
+        let mut line = format!(
             "{name:<12} {} ({:.0}s)",
             if ok { "ok" } else { "FAILED" },
             t.elapsed().as_secs_f64()
-        ));
+        );
+        if let Some(c) = counts {
+            line.push_str(&format!(
+                ": {} passed, {} failed, {} skipped",
+                c.passed, c.failed, c.skipped
+            ));
+            host.add(&c);
+        }
+        lines.push(line);
         if !ok {
             failed_steps.push(name);
         }
     }
-    let mut totals = report::Totals::default();
+    let mut vm = report::Totals::default();
     let mut loud = Vec::new();
     if !args.no_vm {
         println!("==> vmtest (all kernels)");
@@ -239,7 +252,7 @@ fn cmd_test(args: &TestArgs) -> Result<bool> {
         };
         match run_vmtests(&vm_args) {
             Ok(runs) => {
-                totals = report::totals(&runs);
+                vm = report::totals(&runs);
                 loud = report::retry_lines(&runs);
                 for r in runs.iter().filter(|r| !r.ok()) {
                     if let Some(d) = &r.log_dir {
@@ -273,6 +286,12 @@ fn cmd_test(args: &TestArgs) -> Result<bool> {
     for l in &lines {
         println!("  {l}");
     }
+    if !host.skips.is_empty() {
+        println!("  skipped host tests:");
+        for (name, reason) in &host.skips {
+            println!("    {name}: {reason}");
+        }
+    }
     for l in &loud {
         println!("  {l}");
     }
@@ -280,8 +299,24 @@ fn cmd_test(args: &TestArgs) -> Result<bool> {
         println!("  failed steps: {}", failed_steps.join(", "));
     }
     println!(
+        "  host: {} passed, {} failed, {} skipped; vm: {}",
+        host.passed,
+        host.failed,
+        host.skipped,
+        if args.no_vm {
+            "not run".to_string()
+        } else {
+            format!(
+                "{} passed, {} failed, {} skipped",
+                vm.passed, vm.failed, vm.skipped
+            )
+        }
+    );
+    println!(
         "{} passed, {} failed, {} skipped",
-        totals.passed, totals.failed, totals.skipped
+        host.passed + vm.passed,
+        host.failed + vm.failed,
+        host.skipped + vm.skipped
     );
     Ok(failed_steps.is_empty())
 }
