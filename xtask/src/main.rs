@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's task runner.
 //!
 //! * `cargo xtask test` is the one test command (CI runs exactly this): format check, clippy,
-//!   the host unit tests, then the cgroup-v2 tests in qemu on every pinned kernel.
+//!   the host unit tests (skips counted, see [`hosttest`]), then the cgroup-v2 tests in qemu on
+//!   every pinned kernel. It ends with a plain `N passed, N failed, N skipped` line.
 //! * `cargo xtask vmtest` boots pinned Debian kernels in qemu and runs the privileged tests of the
 //!   `oomkit-integration` crate inside them. The host's memory controller is on cgroup v1, so
 //!   cgroup-v2 memory behaviour (memory.events, PSI triggers, OOM kills, cgroup.kill) can only be
@@ -10,6 +11,8 @@
 //!   the `oomkit` daemon, printing what happened side by side (the README's main command).
 //! * `cargo xtask fixtures` boots each kernel and copies real `memory.*`, `cgroup.*` and `/proc`
 //!   files into `sdk/fixtures/<kernel-release>/` for the SDK's parser tests.
+//! * `cargo xtask bootstress` boots kernels many times to the harness handshake and tallies how
+//!   often they fail to boot under the VM settings, with the console tails of the failures.
 //!
 //! Everything external (apt, dpkg, cpio, qemu) is driven from here, not from shell scripts, so
 //! the whole flow is one program with one set of error messages.
@@ -209,6 +212,7 @@ fn cmd_test(args: &TestArgs) -> Result<bool> {
     let mut failed_steps = Vec::new();
     let mut lines = Vec::new();
     let mut host = hosttest::HostCounts::default();
+    let mut host_skips = Vec::new();
     for (name, argv) in steps {
         println!("==> cargo {}", argv.join(" "));
         let t = Instant::now();
@@ -231,6 +235,7 @@ fn cmd_test(args: &TestArgs) -> Result<bool> {
                 c.passed, c.failed, c.skipped
             ));
             host.add(&c);
+            host_skips.extend(c.skips.into_iter().map(|(n, r)| (name, n, r)));
         }
         lines.push(line);
         if !ok {
@@ -286,10 +291,10 @@ fn cmd_test(args: &TestArgs) -> Result<bool> {
     for l in &lines {
         println!("  {l}");
     }
-    if !host.skips.is_empty() {
+    if !host_skips.is_empty() {
         println!("  skipped host tests:");
-        for (name, reason) in &host.skips {
-            println!("    {name}: {reason}");
+        for (step, name, reason) in &host_skips {
+            println!("    [{step}] {name}: {reason}");
         }
     }
     for l in &loud {
