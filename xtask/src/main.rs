@@ -91,7 +91,8 @@ struct VmArgs {
     #[arg(long)]
     update_pins: bool,
     /// Guest mode (`run`; `selftest-hang` and `selftest-panic` check the harness's own
-    /// hang and panic detection, and must fail).
+    /// hang and panic detection, and must fail; `selftest-boot-panic` dies before the handshake
+    /// and must be retried once, loudly, then fail).
     #[arg(long, default_value = "run", hide = true)]
     guest_mode: String,
     #[command(flatten)]
