@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::VmOptions;
 use crate::kernels::KernelImage;
-use crate::report::KernelRun;
+use crate::report::{KernelRun, RETRY_LOGS};
 use crate::runlog::RunLogs;
 use crate::util::{self, Context, Error, Result};
 
@@ -290,7 +290,7 @@ fn run_with_infra_retry(
         aside.display()
     ));
     let mut second = run_vm(spec, progress)?;
-    second.infra_retry = Some(format!("{why}\n--- logs: {}", aside.display()));
+    second.infra_retry = Some(format!("{why}\n{RETRY_LOGS}{}", aside.display()));
     if second.died_before_handshake() {
         if let Some(r) = second.results.last_mut() {
             r.detail = format!("infrastructure failure twice in a row: {}", r.detail);

@@ -364,6 +364,9 @@ pub fn print(runs: &[KernelRun]) {
     );
 }
 
+/// Last line of [`KernelRun::infra_retry`]: where the first attempt's logs are.
+pub const RETRY_LOGS: &str = "--- logs: ";
+
 /// Every infrastructure retry, loudly, with the first attempt's console tail.
 pub fn print_retries(runs: &[KernelRun]) {
     for r in runs {
@@ -386,8 +389,12 @@ pub fn retry_lines(runs: &[KernelRun]) -> Vec<String> {
     runs.iter()
         .filter_map(|r| {
             let why = r.infra_retry.as_ref()?;
+            let logs = why
+                .lines()
+                .find_map(|l| l.strip_prefix(RETRY_LOGS))
+                .unwrap_or("?");
             Some(format!(
-                "INFRASTRUCTURE RETRY on {}: {} (second attempt {})",
+                "INFRASTRUCTURE RETRY on {}: {} (second attempt {}; first attempt's logs: {logs})",
                 r.kernel.name,
                 why.lines().next().unwrap_or(""),
                 if r.ok() { "ok" } else { "FAILED" }
