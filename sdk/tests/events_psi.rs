@@ -12,6 +12,9 @@ use oomkit::events::{
 };
 use rustix::event::{PollFd, PollFlags, poll};
 
+#[path = "common/skip.rs"]
+mod skip;
+
 fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
@@ -115,8 +118,7 @@ fn host_has_psi() -> bool {
 #[test]
 fn host_trigger_registers_and_is_pollable() {
     if !host_has_psi() {
-        eprintln!("skipped: no /proc/pressure/memory on this kernel");
-        return;
+        return skip::skip("no /proc/pressure/memory on this kernel");
     }
     let th = PsiThreshold::some(ms(150), ms(2000));
     let mut t = match PsiTrigger::system_memory(th) {
@@ -125,12 +127,10 @@ fn host_trigger_registers_and_is_pollable() {
         Err(Error::Write { source, .. })
             if source.kind() == std::io::ErrorKind::PermissionDenied =>
         {
-            eprintln!("skipped: not allowed to write PSI triggers");
-            return;
+            return skip::skip("not allowed to write PSI triggers");
         }
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
-            eprintln!("skipped: not allowed to open PSI file read-write");
-            return;
+            return skip::skip("not allowed to open the PSI file read-write");
         }
         Err(e) => panic!("creating a valid trigger failed: {e}"),
     };
@@ -163,8 +163,7 @@ fn host_trigger_registers_and_is_pollable() {
 #[test]
 fn host_kernel_agrees_with_the_privilege_rule() {
     if !host_has_psi() || has_cap_sys_resource() {
-        eprintln!("skipped: needs PSI and a process without CAP_SYS_RESOURCE");
-        return;
+        return skip::skip("needs PSI and a process without CAP_SYS_RESOURCE");
     }
     // We refuse a 1 s window without CAP_SYS_RESOURCE...
     let e = PsiTrigger::system_memory(PsiThreshold::some(ms(100), ms(1000))).unwrap_err();
@@ -176,8 +175,7 @@ fn host_kernel_agrees_with_the_privilege_rule() {
         rustix::fs::Mode::empty(),
     );
     let Ok(fd) = fd else {
-        eprintln!("skipped: cannot open /proc/pressure/memory read-write");
-        return;
+        return skip::skip("cannot open /proc/pressure/memory read-write");
     };
     let (maj, min) = kernel_version();
     if (maj, min) >= (6, 5) {

@@ -1,7 +1,9 @@
 //! Group kills: path choice, the membership guard and the wait logic on
-//! synthetic trees; and, where a writable cgroup2 hierarchy exists (even
-//! one without the memory controller), real `cgroup.kill` and real
-//! freeze-and-signal with forking victims.
+//! synthetic trees; and, when asked with `OOMKIT_HOST_CGROUP_TESTS=1` on a
+//! host with a writable cgroup2 hierarchy (even one without the memory
+//! controller), real `cgroup.kill` and real freeze-and-signal with forking
+//! victims. Without the opt-in those report a skip: a host test does not
+//! write into the host's cgroup mounts unasked.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -12,6 +14,9 @@ use std::time::{Duration, Instant};
 use oomkit::cgroup::{CgroupEvents, CgroupFs};
 use oomkit::kill::{self, GroupKillOptions, GroupKillPath, Pidfd};
 use oomkit::{Cgroup, Error};
+
+#[path = "common/skip.rs"]
+mod skip;
 
 fn write(dir: &Path, name: &str, data: &str) {
     std::fs::write(dir.join(name), data).unwrap();
@@ -172,8 +177,10 @@ fn refuses_a_cgroup_containing_us() {
 
 // ----- real cgroup2 -----
 
-/// A fresh child of our own cgroup on the real cgroup2 mount, removed on
-/// drop; `None` (test skipped, with a note) where there is none.
+/// A fresh child of our own cgroup on the real cgroup2 mount, emptied and
+/// removed on drop (also when the test panics); `None` (a reported skip)
+/// without `OOMKIT_HOST_CGROUP_TESTS=1`. Asked for, a cgroup that cannot be
+/// created fails the test.
 struct RealCg {
     parent: Cgroup,
     name: String,
@@ -182,16 +189,18 @@ struct RealCg {
 
 impl RealCg {
     fn new(tag: &str) -> Option<RealCg> {
-        let fs = CgroupFs::discover().ok()?;
-        let parent = fs.of_process(None).ok()?;
+        if !skip::host_cgroup_tests_allowed() {
+            return None;
+        }
+        let fs = CgroupFs::discover()
+            .unwrap_or_else(|e| panic!("OOMKIT_HOST_CGROUP_TESTS=1 but no cgroup2 mount: {e}"));
+        let parent = fs
+            .of_process(None)
+            .unwrap_or_else(|e| panic!("cannot find this process's cgroup: {e}"));
         let name = format!("oomkit-test-{}-{tag}", std::process::id());
-        let cg = match parent.create_child(&name) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("SKIP: cannot create a cgroup: {e}");
-                return None;
-            }
-        };
+        let cg = parent.create_child(&name).unwrap_or_else(|e| {
+            panic!("OOMKIT_HOST_CGROUP_TESTS=1 but cannot create a cgroup: {e}")
+        });
         Some(RealCg { parent, name, cg })
     }
 }
@@ -203,12 +212,18 @@ impl Drop for RealCg {
             kill::wait_for_cgroup_events(&self.cg, Instant::now() + Duration::from_secs(5), |e| {
                 e.populated == Some(false)
             });
-        if let Ok(kids) = self.cg.children() {
-            for k in kids {
-                let _ = self.cg.remove_child(&k);
-            }
-        }
+        remove_children(&self.cg);
         let _ = self.parent.remove_child(&self.name);
+    }
+}
+
+/// Remove every descendant of `cg`, deepest first (best effort: teardown).
+fn remove_children(cg: &Cgroup) {
+    for k in cg.children().unwrap_or_default() {
+        if let Ok(child) = cg.child(&k) {
+            remove_children(&child);
+        }
+        let _ = cg.remove_child(&k);
     }
 }
 
@@ -248,8 +263,7 @@ fn pidfds_of(cg: &Cgroup) -> Vec<Pidfd> {
 fn real_group_kill(tag: &str, use_cgroup_kill: bool) {
     let Some(r) = RealCg::new(tag) else { return };
     if use_cgroup_kill && !r.cg.has_file(oomkit::cgroup::files::CGROUP_KILL).unwrap() {
-        eprintln!("SKIP: no cgroup.kill");
-        return;
+        return skip::skip("no cgroup.kill on this kernel (5.14+)");
     }
     let sub = r.cg.create_child("sub").unwrap();
     let mut top = forking_shell(&r.cg, 2);

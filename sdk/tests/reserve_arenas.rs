@@ -9,6 +9,9 @@
 
 use oomkit::reserve::{self, ReserveConfig};
 
+#[path = "common/skip.rs"]
+mod skip;
+
 fn kib(key: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = s.lines().find(|l| l.starts_with(key)).unwrap();
@@ -28,8 +31,10 @@ fn a_thread_does_not_lock_an_unused_arena() {
         ..ReserveConfig::default()
     });
     if !rep.granted("mlockall") {
-        eprintln!("skipped: mlockall not granted here:\n{rep}");
-        return;
+        return skip::skip_named(
+            "a_thread_does_not_lock_an_unused_arena",
+            &format!("mlockall not granted here: {rep}"),
+        );
     }
     assert!(rep.granted("malloc_arenas"), "{rep}");
     std::thread::spawn(|| std::hint::black_box(vec![1u8; 4096]))

@@ -9,6 +9,9 @@ use std::time::Duration;
 use oomkit::cgroup::CgroupFs;
 use oomkit::reserve::{self, MlockMode, ReserveCgroup, ReserveConfig, ReservedBuffer, StepStatus};
 
+#[path = "common/skip.rs"]
+mod skip;
+
 const CHILD_ENV: &str = "OOMKIT_RESERVE_CHILD";
 
 #[test]
@@ -134,15 +137,13 @@ fn unprivileged_run_is_degraded_but_runs() {
     {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("SKIP: setpriv: {e}");
-            return;
+            return skip::skip(&format!("cannot run setpriv: {e}"));
         }
     };
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{text}\n{}", String::from_utf8_lossy(&out.stderr));
     if !text.contains("REPORT") {
-        eprintln!("SKIP: test binary not runnable as nobody");
-        return;
+        return skip::skip("the test binary is not runnable as nobody (65534)");
     }
     assert!(out.status.success());
     assert!(text.contains("reserve: DEGRADED"), "{text}");

@@ -177,6 +177,8 @@ fn run_vm(args: &BenchArgs) -> Result<VmResult> {
         smp: 1,
         memory_mib: args.memory_mib,
         accel: args.accel,
+        cpu: qemu::DEFAULT_CPU.to_string(),
+        tcg_thread: qemu::TcgThread::Multi,
         no_install: args.no_install,
     };
     let cmdline = vec![

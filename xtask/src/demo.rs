@@ -175,8 +175,11 @@ fn print_run(run: &KernelRun, accel: &str) -> bool {
         demo_note(run, "demo_with_oomkit"),
     ) else {
         eprintln!(
-            "xtask: demo: the guest did not report both runs (see .cache/oomkit-vm/runs/{}/console.log)",
-            run.kernel.name
+            "xtask: demo: the guest did not report both runs (see {}/console.log)",
+            run.log_dir
+                .as_deref()
+                .unwrap_or(std::path::Path::new("?"))
+                .display()
         );
         return false;
     };

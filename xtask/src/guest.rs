@@ -61,10 +61,14 @@ pub fn build_initramfs() -> Result<PathBuf> {
 /// Like [`build_initramfs`], in `.cache/oomkit-vm/<name>/` (so it does not race with a
 /// concurrent `vmtest`), with the tree under `overlay` (peer binaries and their shared
 /// libraries, for `cargo xtask bench`) copied over the root.
+///
+/// The tree is staged in a folder of this process and the archive renamed into place, so two
+/// runs from one checkout never boot a half-written initramfs (a VM already booting keeps the
+/// file it opened).
 pub fn build_initramfs_at(name: &str, overlay: Option<&Path>) -> Result<PathBuf> {
     let binaries = build_guest_binaries()?;
     let dir = cache_dir().join(name);
-    let root = dir.join("root");
+    let root = dir.join(format!("root.{}", std::process::id()));
     util::remove_dir_all_if_exists(&root)?;
     for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
         util::create_dir_all(&root.join(d))?;
@@ -84,8 +88,9 @@ pub fn build_initramfs_at(name: &str, overlay: Option<&Path>) -> Result<PathBuf>
     let mut entries = Vec::new();
     collect(&root, Path::new("."), &mut entries)?;
     let cpio_path = dir.join("initramfs.cpio");
-    let out = std::fs::File::create(&cpio_path)
-        .context(|| format!("cannot create {}", cpio_path.display()))?;
+    let staged = dir.join(format!("initramfs.cpio.{}", std::process::id()));
+    let out =
+        std::fs::File::create(&staged).context(|| format!("cannot create {}", staged.display()))?;
     let mut child = Command::new("cpio")
         .args(["--create", "--format=newc", "--owner=0:0", "--quiet"])
         .current_dir(&root)
@@ -110,6 +115,14 @@ pub fn build_initramfs_at(name: &str, overlay: Option<&Path>) -> Result<PathBuf>
             root.display()
         )));
     }
+    std::fs::rename(&staged, &cpio_path).context(|| {
+        format!(
+            "cannot rename {} to {}",
+            staged.display(),
+            cpio_path.display()
+        )
+    })?;
+    util::remove_dir_all_if_exists(&root)?;
     Ok(cpio_path)
 }
 

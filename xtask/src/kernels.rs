@@ -32,22 +32,6 @@ pub struct Pins {
     pub keyring: KeyringPin,
     #[serde(rename = "kernel")]
     pub kernels: Vec<KernelPin>,
-    /// Kernel bugs our tests are known to hit; see [`KnownBug`].
-    #[serde(rename = "known_bug", default)]
-    pub known_bugs: Vec<KnownBug>,
-}
-
-/// A bug of a pinned kernel (not of oomkit) that a test is known to trigger now and then. When a
-/// guest dies and its console contains `signature`, the VM is booted once more and the hit is
-/// reported; a second failure fails the run as usual.
-#[derive(Deserialize, Debug, Clone)]
-pub struct KnownBug {
-    /// Kernel name (`6.12`) it applies to.
-    pub kernel: String,
-    /// A console line fragment identifying it (e.g. the oops RIP).
-    pub signature: String,
-    /// What it is and how to reproduce it.
-    pub note: String,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -77,8 +61,6 @@ pub struct KernelImage {
     pub release: String,
     pub version: String,
     pub vmlinuz: PathBuf,
-    /// Known bugs of this kernel: `(console signature, note)`.
-    pub known_bugs: Vec<(String, String)>,
 }
 
 pub fn pins_path() -> PathBuf {
@@ -253,12 +235,6 @@ pub fn fetch_all(pins: &Pins, selected: &[usize]) -> Result<Vec<KernelImage>> {
             release: k.release.clone(),
             version: k.version.clone(),
             vmlinuz,
-            known_bugs: pins
-                .known_bugs
-                .iter()
-                .filter(|b| b.kernel == k.name)
-                .map(|b| (b.signature.clone(), b.note.clone()))
-                .collect(),
         });
     }
     Ok(images)
@@ -344,10 +320,6 @@ pub fn update_pins() -> Result<()> {
     let pins = Pins {
         keyring: keyring_pin,
         kernels,
-        known_bugs: old
-            .as_ref()
-            .map(|p| p.known_bugs.clone())
-            .unwrap_or_default(),
     };
     let mut fetcher = Fetcher {
         pins: &pins,
@@ -361,7 +333,6 @@ pub fn update_pins() -> Result<()> {
     let pins = Pins {
         keyring: pins.keyring.clone(),
         kernels: resolved,
-        known_bugs: pins.known_bugs.clone(),
     };
     let text = render_pins(&pins);
     util::write(&pins_path(), &text)?;
@@ -429,18 +400,6 @@ fn render_pins(p: &Pins) -> String {
             k.name, k.suite, k.package, k.version, k.release
         ));
     }
-    if !p.known_bugs.is_empty() {
-        s.push_str(
-            "\n# Guest crashes that are not oomkit's, seen now and then: a guest that dies with this signature on\n\
-             # its console is booted once more and the hit is reported (a second crash fails the run).\n",
-        );
-    }
-    for b in &p.known_bugs {
-        s.push_str(&format!(
-            "\n[[known_bug]]\nkernel = {:?}\nsignature = {:?}\nnote = {:?}\n",
-            b.kernel, b.signature, b.note
-        ));
-    }
     s
 }
 
@@ -462,16 +421,10 @@ mod tests {
                 version: "6.1.176-1".into(),
                 release: "6.1.0-50-cloud-amd64".into(),
             }],
-            known_bugs: vec![KnownBug {
-                kernel: "6.1".into(),
-                signature: "RIP: 0010:x".into(),
-                note: "a \"quoted\" note".into(),
-            }],
         };
         let back: Pins = toml::from_str(&render_pins(&p)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back.kernels[0].release, "6.1.0-50-cloud-amd64");
         assert_eq!(back.keyring.version, "2025.1");
-        assert_eq!(back.known_bugs[0].note, "a \"quoted\" note");
         assert_eq!(select(&back, &["bookworm".into()]).ok(), Some(vec![0]));
         assert!(select(&back, &["4.19".into()]).is_err());
     }

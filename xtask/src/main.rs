@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's task runner.
 //!
 //! * `cargo xtask test` is the one test command (CI runs exactly this): format check, clippy,
-//!   the host unit tests, then the cgroup-v2 tests in qemu on every pinned kernel.
+//!   the host unit tests (skips counted, see [`hosttest`]), then the cgroup-v2 tests in qemu on
+//!   every pinned kernel. It ends with a plain `N passed, N failed, N skipped` line.
 //! * `cargo xtask vmtest` boots pinned Debian kernels in qemu and runs the privileged tests of the
 //!   `oomkit-integration` crate inside them. The host's memory controller is on cgroup v1, so
 //!   cgroup-v2 memory behaviour (memory.events, PSI triggers, OOM kills, cgroup.kill) can only be
@@ -10,6 +11,8 @@
 //!   the `oomkit` daemon, printing what happened side by side (the README's main command).
 //! * `cargo xtask fixtures` boots each kernel and copies real `memory.*`, `cgroup.*` and `/proc`
 //!   files into `sdk/fixtures/<kernel-release>/` for the SDK's parser tests.
+//! * `cargo xtask bootstress` boots kernels many times to the harness handshake and tallies how
+//!   often they fail to boot under the VM settings, with the console tails of the failures.
 //!
 //! Everything external (apt, dpkg, cpio, qemu) is driven from here, not from shell scripts, so
 //! the whole flow is one program with one set of error messages.
@@ -17,14 +20,17 @@
 mod apt;
 mod bench;
 mod bench_peers;
+mod bootstress;
 mod demo;
 mod deploy;
 mod guest;
 mod host;
+mod hosttest;
 mod kernels;
 mod public_api;
 mod qemu;
 mod report;
+mod runlog;
 mod util;
 
 use std::path::PathBuf;
@@ -61,6 +67,9 @@ enum Cmd {
     /// Micro-benchmarks, footprint and end-to-end runs against the kernel, earlyoom and oomd;
     /// writes docs/benchmarks.md and docs/bench-latency.svg.
     Bench(bench::BenchArgs),
+    /// Boot kernels many times to the harness handshake and tally how often they fail to boot,
+    /// with the console tails of the failures (to measure `--cpu`/`--tcg-thread` choices).
+    Bootstress(bootstress::BootstressArgs),
     /// Compare the SDK's public API with its snapshot (sdk/public-api.txt); `--bless` rewrites it.
     PublicApi(PublicApiArgs),
 }
@@ -96,7 +105,8 @@ struct VmArgs {
     #[arg(long)]
     update_pins: bool,
     /// Guest mode (`run`; `selftest-hang` and `selftest-panic` check the harness's own
-    /// hang and panic detection, and must fail).
+    /// hang and panic detection, and must fail; `selftest-boot-panic` dies before the handshake
+    /// and must be retried once, loudly, then fail).
     #[arg(long, default_value = "run", hide = true)]
     guest_mode: String,
     #[command(flatten)]
@@ -134,6 +144,12 @@ pub struct VmOptions {
     /// Accelerator: `tcg`, `kvm`, or `auto` (probe KVM once, fall back to TCG).
     #[arg(long, default_value = "auto")]
     pub accel: qemu::AccelChoice,
+    /// qemu `-cpu` model (see `qemu::DEFAULT_CPU` for why the default leaves out cx16).
+    #[arg(long, default_value = qemu::DEFAULT_CPU)]
+    pub cpu: String,
+    /// TCG threading: `multi` (one host thread per vCPU) or `single`.
+    #[arg(long, value_enum, default_value_t = qemu::TcgThread::Multi)]
+    pub tcg_thread: qemu::TcgThread,
     /// Do not install missing host tools with apt-get; fail instead.
     #[arg(long)]
     pub no_install: bool,
@@ -155,6 +171,7 @@ fn main() -> ExitCode {
         Cmd::Demo(args) => demo::run(&args),
         Cmd::Bench(args) => bench::cmd_bench(&args),
         Cmd::PublicApi(args) => public_api::run(args.bless),
+        Cmd::Bootstress(args) => bootstress::run(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -235,21 +252,36 @@ fn cmd_test(args: &TestArgs) -> Result<bool> {
     if !api_ok {
         failed_steps.push("public api");
     }
+    let mut host = hosttest::HostCounts::default();
+    let mut host_skips = Vec::new();
     for (name, argv) in steps {
         println!("==> cargo {}", argv.join(" "));
         let t = Instant::now();
-        let ok = util::run_status(
-            std::process::Command::new(&cargo)
-                .args(&argv)
-                .current_dir(repo_root()),
-        )?;
-        lines.push(step_line(name, ok, t));
+        let mut cmd = std::process::Command::new(&cargo);
+        cmd.args(&argv).current_dir(repo_root());
+        let (ok, counts) = if argv.first() == Some(&"test") {
+            let (ok, c) = hosttest::run_counted(&mut cmd)?;
+            (ok, Some(c))
+        } else {
+            (util::run_status(&mut cmd)?, None)
+        };
+        let mut line = step_line(name, ok, t);
+        if let Some(c) = counts {
+            line.push_str(&format!(
+                ": {} passed, {} failed, {} skipped",
+                c.passed, c.failed, c.skipped
+            ));
+            host.add(&c);
+            host_skips.extend(c.skips.into_iter().map(|(n, r)| (name, n, r)));
+        }
+        lines.push(line);
         if !ok {
             failed_steps.push(name);
         }
     }
     deploy::checks(&mut lines, &mut failed_steps);
-    let mut totals = report::Totals::default();
+    let mut vm = report::Totals::default();
+    let mut loud = Vec::new();
     if !args.no_vm {
         println!("==> vmtest (all kernels)");
         let t = Instant::now();
@@ -263,7 +295,17 @@ fn cmd_test(args: &TestArgs) -> Result<bool> {
         };
         match run_vmtests(&vm_args) {
             Ok(runs) => {
-                totals = report::totals(&runs);
+                vm = report::totals(&runs);
+                loud = report::retry_lines(&runs);
+                for r in runs.iter().filter(|r| !r.ok()) {
+                    if let Some(d) = &r.log_dir {
+                        loud.push(format!(
+                            "logs of the failed VM on {}: {}",
+                            r.kernel.name,
+                            d.display()
+                        ));
+                    }
+                }
                 let ok = report::all_ok(&runs);
                 lines.push(step_line("vmtest", ok, t));
                 if !ok {
@@ -282,12 +324,37 @@ fn cmd_test(args: &TestArgs) -> Result<bool> {
     for l in &lines {
         println!("  {l}");
     }
+    if !host_skips.is_empty() {
+        println!("  skipped host tests:");
+        for (step, name, reason) in &host_skips {
+            println!("    [{step}] {name}: {reason}");
+        }
+    }
+    for l in &loud {
+        println!("  {l}");
+    }
     if !failed_steps.is_empty() {
         println!("  failed steps: {}", failed_steps.join(", "));
     }
     println!(
+        "  host: {} passed, {} failed, {} skipped; vm: {}",
+        host.passed,
+        host.failed,
+        host.skipped,
+        if args.no_vm {
+            "not run".to_string()
+        } else {
+            format!(
+                "{} passed, {} failed, {} skipped",
+                vm.passed, vm.failed, vm.skipped
+            )
+        }
+    );
+    println!(
         "{} passed, {} failed, {} skipped",
-        totals.passed, totals.failed, totals.skipped
+        host.passed + vm.passed,
+        host.failed + vm.failed,
+        host.skipped + vm.skipped
     );
     Ok(failed_steps.is_empty())
 }

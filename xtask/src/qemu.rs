@@ -1,13 +1,18 @@
 //! Booting kernels in qemu and watching them.
 //!
 //! Each VM gets the kernel, the shared initramfs, `console=ttyS0` on qemu's stdout (captured to
-//! `.cache/oomkit-vm/runs/<kernel>/console.log`, streamed with `--verbose`) and a second serial
-//! port written to `proto.log`, which carries the guest's result protocol (see
+//! `console.log` in the run's log folder, see [`crate::runlog`]; streamed with `--verbose`) and a
+//! second serial port written to `proto.log`, which carries the guest's result protocol (see
 //! [`crate::report`]). `panic=-1` plus `-no-reboot` turn a guest panic into qemu exiting.
 //!
 //! A hung guest is detected by a progress deadline rather than one global timeout: every protocol
 //! line extends it, and a `START` line extends it by that test's own timeout (the guest enforces
 //! per-test timeouts itself; the host deadline is the backstop for a wedged kernel).
+//!
+//! Infrastructure failures are told from test failures by one rule, not by crash signatures: a
+//! guest that dies or hangs before its first test starts (before the harness handshake) says
+//! nothing about oomkit, so it is booted once more and the retry is reported loudly; two in a row
+//! fail the run. A crash after a test started is that test's failure.
 //!
 //! KVM is used only if it demonstrably works (`--accel auto` boots a probe VM first); on the
 //! development hosts nested KVM fails, so TCG is the normal case.
@@ -22,9 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::VmOptions;
-use crate::cache_dir;
 use crate::kernels::KernelImage;
-use crate::report::KernelRun;
+use crate::report::{KernelRun, RETRY_LOGS};
+use crate::runlog::RunLogs;
 use crate::util::{self, Context, Error, Result};
 
 /// Time from qemu start to the guest's BEGIN line (TCG boots in ~3 s; slack for loaded CI).
@@ -32,6 +37,22 @@ const BOOT_DEADLINE: Duration = Duration::from_secs(90);
 /// Silence allowed between protocol lines outside a test, and on top of a test's own timeout.
 const PROGRESS_SLACK: Duration = Duration::from_secs(60);
 const CONSOLE_TAIL_LINES: usize = 40;
+
+/// The guest CPU model: everything TCG emulates (`max`) except `cmpxchg16b`.
+///
+/// qemu 7.2's TCG corrupts EFLAGS around a `gs:`-prefixed `cmpxchg16b`, which 6.12's SLUB
+/// allocator runs from early boot on (`__kmalloc_noprof`, `this_cpu_cmpxchg128`): the guest then
+/// takes a bogus #DB or a double fault and panics, in about 1 boot in 12 (integration/README.md
+/// has the measurements). Without `cx16` the kernel falls back to its locked slab path, and all
+/// pinned kernels boot. `cargo xtask bootstress --cpu` measures alternatives.
+pub const DEFAULT_CPU: &str = "max,-cx16";
+
+/// TCG's vCPU threading (`-accel tcg,thread=…`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcgThread {
+    Multi,
+    Single,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AccelChoice {
@@ -47,26 +68,29 @@ pub enum Accel {
 }
 
 impl Accel {
-    fn args(self) -> [&'static str; 2] {
-        match self {
-            Accel::Tcg => ["-accel", "tcg,thread=multi"],
-            Accel::Kvm => ["-accel", "kvm"],
+    fn arg(self, thread: TcgThread) -> &'static str {
+        match (self, thread) {
+            (Accel::Tcg, TcgThread::Multi) => "tcg,thread=multi",
+            (Accel::Tcg, TcgThread::Single) => "tcg,thread=single",
+            (Accel::Kvm, _) => "kvm",
         }
     }
 }
 
 /// Parameters of one VM.
-struct VmSpec<'a> {
-    kernel: &'a KernelImage,
-    initrd: &'a Path,
-    cmdline: &'a [String],
-    memory_mib: u32,
-    smp: u32,
-    accel: Accel,
-    verbose: bool,
-    log_dir: PathBuf,
+pub struct VmSpec<'a> {
+    pub kernel: &'a KernelImage,
+    pub initrd: &'a Path,
+    pub cmdline: &'a [String],
+    pub memory_mib: u32,
+    pub smp: u32,
+    pub accel: Accel,
+    pub cpu: &'a str,
+    pub tcg_thread: TcgThread,
+    pub verbose: bool,
+    pub log_dir: PathBuf,
     /// Overall cap regardless of progress (used by the KVM probe).
-    hard_limit: Option<Duration>,
+    pub hard_limit: Option<Duration>,
 }
 
 /// Decide the accelerator; with `auto`, boot a probe VM under KVM and use KVM only if the guest
@@ -99,11 +123,15 @@ pub fn resolve_accel(
         memory_mib: 256,
         smp: 1,
         accel: Accel::Kvm,
+        cpu: "max",
+        tcg_thread: TcgThread::Multi,
         verbose,
-        log_dir: cache_dir().join("runs").join("kvm-probe"),
+        log_dir: std::env::temp_dir().join(format!("oomkit-kvm-probe-{}", std::process::id())),
         hard_limit: Some(Duration::from_secs(30)),
     };
-    match run_vm(&spec, &|_| {}) {
+    let result = run_vm(&spec, &|_| {});
+    let _ = util::remove_dir_all_if_exists(&spec.log_dir);
+    match result {
         Ok(run) if run.ok() => {
             println!("xtask: KVM probe booted {} fine; using KVM", kernel.name);
             Accel::Kvm
@@ -121,8 +149,20 @@ pub fn resolve_accel(
     }
 }
 
+/// How many VMs run at once: `--jobs`, default one per host CPU.
+pub fn jobs(opts: &VmOptions) -> usize {
+    opts.jobs
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .max(1)
+}
+
 /// Boot every kernel (up to `opts.jobs` at once); with `stop_on_failure`, start no new VM after
-/// one has failed. Results come back in the order of `kernels`.
+/// one has failed. Results come back in the order of `kernels`. Logs go to a new run folder
+/// (named after the guest mode in `cmdline`), which is kept if any VM failed or was retried.
 pub fn run_matrix(
     kernels: &[KernelImage],
     initrd: &Path,
@@ -132,21 +172,21 @@ pub fn run_matrix(
     stop_on_failure: bool,
 ) -> Result<Vec<KernelRun>> {
     let started = Instant::now();
-    let jobs = opts
-        .jobs
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
-        .max(1);
+    let jobs = jobs(opts);
+    let mode = cmdline
+        .iter()
+        .find_map(|a| a.strip_prefix("oomkit.mode="))
+        .unwrap_or("vm");
+    let logs = RunLogs::create(mode)?;
     println!(
-        "xtask: booting {} kernel(s) under {:?}, {} at a time, {} CPU(s) and {} MiB each",
+        "xtask: booting {} kernel(s) under {:?} (-cpu {}), {} at a time, {} CPU(s) and {} MiB each; logs in {}",
         kernels.len(),
         accel,
+        opts.cpu,
         jobs,
         opts.smp,
-        opts.memory_mib
+        opts.memory_mib,
+        logs.path().display()
     );
     let queue = Mutex::new((0..kernels.len()).collect::<VecDeque<_>>());
     let results: Mutex<Vec<Option<KernelRun>>> = Mutex::new(vec![None; kernels.len()]);
@@ -170,13 +210,15 @@ pub fn run_matrix(
                         memory_mib: opts.memory_mib,
                         smp: opts.smp,
                         accel,
+                        cpu: &opts.cpu,
+                        tcg_thread: opts.tcg_thread,
                         verbose: opts.verbose,
-                        log_dir: cache_dir().join("runs").join(&k.name),
+                        log_dir: logs.vm_dir(&k.name),
                         hard_limit: None,
                     };
                     let name = k.name.clone();
                     let progress = move |line: &str| println!("[{name}] {line}");
-                    match run_with_known_bug_retry(&spec, &progress) {
+                    match run_with_infra_retry(&spec, &logs, &progress) {
                         Ok(run) => {
                             println!(
                                 "[{}] done in {:.0}s: {}",
@@ -207,15 +249,19 @@ pub fn run_matrix(
         }
     });
     let errors = errors.into_inner().unwrap_or_default();
-    if let Some(e) = errors.into_iter().next() {
-        return Err(e);
-    }
     let runs: Vec<KernelRun> = results
         .into_inner()
         .unwrap_or_default()
         .into_iter()
         .flatten()
         .collect();
+    let keep = !errors.is_empty() || runs.iter().any(|r| !r.ok() || r.infra_retry.is_some());
+    if let Some(dir) = logs.finish(keep) {
+        println!("xtask: logs of this run kept in {}", dir.display());
+    }
+    if let Some(e) = errors.into_iter().next() {
+        return Err(e);
+    }
     println!(
         "xtask: VMs finished in {:.0}s",
         started.elapsed().as_secs_f64()
@@ -223,37 +269,33 @@ pub fn run_matrix(
     Ok(runs)
 }
 
-/// Run a VM; if it dies with a known kernel bug's signature on its console, keep that attempt's
-/// logs (`*.attempt1.log`) and boot it once more, recording the hit.
-fn run_with_known_bug_retry(spec: &VmSpec<'_>, progress: &dyn Fn(&str)) -> Result<KernelRun> {
+/// Run a VM; if the guest died or hung before its first test started (an infrastructure
+/// failure: nothing of oomkit ran yet), set that attempt's logs aside and boot once more,
+/// recording the first attempt in [`KernelRun::infra_retry`]. A second such failure stands.
+fn run_with_infra_retry(
+    spec: &VmSpec<'_>,
+    logs: &RunLogs,
+    progress: &dyn Fn(&str),
+) -> Result<KernelRun> {
     let first = run_vm(spec, progress)?;
-    if first.ok() || first.problem.is_none() {
+    if !first.died_before_handshake() {
         return Ok(first);
     }
-    let console = std::fs::read_to_string(spec.log_dir.join("console.log")).unwrap_or_default();
-    let Some((sig, note)) = spec
-        .kernel
-        .known_bugs
-        .iter()
-        .find(|(sig, _)| console.contains(sig.as_str()))
-    else {
-        return Ok(first);
-    };
-    let running = first
-        .results
-        .last()
-        .map(|t| t.name.clone())
-        .unwrap_or_default();
-    let hit = format!("`{sig}` during {running}: {note}");
-    progress(&format!("KNOWN KERNEL BUG {hit}; booting again"));
-    for f in ["console", "proto"] {
-        let _ = std::fs::rename(
-            spec.log_dir.join(format!("{f}.log")),
-            spec.log_dir.join(format!("{f}.attempt1.log")),
-        );
-    }
+    let aside = logs.set_aside(&spec.kernel.name, 1);
+    let why = first.problem.clone().unwrap_or_default();
+    let headline = why.lines().next().unwrap_or("").to_string();
+    progress(&format!(
+        "INFRASTRUCTURE FAILURE: the guest died before the harness handshake ({headline}); \
+         booting it once more (logs of the first attempt: {})",
+        aside.display()
+    ));
     let mut second = run_vm(spec, progress)?;
-    second.known_bug_hits.push(hit);
+    second.infra_retry = Some(format!("{why}\n{RETRY_LOGS}{}", aside.display()));
+    if second.died_before_handshake() {
+        if let Some(r) = second.results.last_mut() {
+            r.detail = format!("infrastructure failure twice in a row: {}", r.detail);
+        }
+    }
     Ok(second)
 }
 
@@ -268,11 +310,18 @@ fn spawn_qemu(spec: &VmSpec<'_>, proto_path: &Path) -> Result<Child> {
         "panic=-1".into(),
         "oops=panic".into(),
         "psi=1".into(),
+        // The IO-APIC timer check counts timer ticks over a busy-wait; a TCG vCPU starved on a
+        // loaded host misses them and the kernel panics ("IO-APIC + timer doesn't work!", seen
+        // on 5.10 at load 19). qemu's timer is fine; skip the check.
+        "no_timer_check".into(),
     ];
     append.extend(spec.cmdline.iter().cloned());
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(spec.accel.args())
-        .args(["-cpu", "max", "-m"])
+    cmd.arg("-accel")
+        .arg(spec.accel.arg(spec.tcg_thread))
+        .arg("-cpu")
+        .arg(spec.cpu)
+        .arg("-m")
         .arg(spec.memory_mib.to_string())
         .arg("-smp")
         .arg(spec.smp.to_string())
@@ -293,7 +342,7 @@ fn spawn_qemu(spec: &VmSpec<'_>, proto_path: &Path) -> Result<Child> {
 }
 
 /// Boot one VM and follow it until it powers off, dies or stops making progress.
-fn run_vm(spec: &VmSpec<'_>, progress: &dyn Fn(&str)) -> Result<KernelRun> {
+pub fn run_vm(spec: &VmSpec<'_>, progress: &dyn Fn(&str)) -> Result<KernelRun> {
     util::create_dir_all(&spec.log_dir)?;
     let proto_path = spec.log_dir.join("proto.log");
     let console_path = spec.log_dir.join("console.log");
@@ -301,6 +350,7 @@ fn run_vm(spec: &VmSpec<'_>, progress: &dyn Fn(&str)) -> Result<KernelRun> {
     let started = Instant::now();
     let mut child = spawn_qemu(spec, &proto_path)?;
     let mut run = KernelRun::new(spec.kernel.clone());
+    run.log_dir = Some(spec.log_dir.clone());
 
     let tail: Arc<Mutex<VecDeque<String>>> = Arc::new(Mutex::new(VecDeque::new()));
     let (tx, rx) = mpsc::channel::<Event>();

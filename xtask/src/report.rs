@@ -16,6 +16,7 @@
 //! A run without `END`, or whose `END` counts disagree with the results seen, is truncated: the
 //! guest hung, panicked or crashed, and that is a failure.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::kernels::KernelImage;
@@ -58,12 +59,18 @@ pub struct KernelRun {
     pub files: Vec<(String, Vec<u8>)>,
     /// The test that started and has not reported yet.
     pub running: Option<(String, u64)>,
+    /// Whether any test started (the harness handshake is over; a crash from here on is a test
+    /// failure, before it an infrastructure failure).
+    pub started: bool,
     pub completed: bool,
     /// Hang, panic, truncation: why the run is broken, with the console tail.
     pub problem: Option<String>,
     pub duration: Duration,
-    /// Known kernel bugs hit by an earlier attempt of this run (which was then repeated).
-    pub known_bug_hits: Vec<String>,
+    /// The folder holding this VM's `console.log` and `proto.log`.
+    pub log_dir: Option<PathBuf>,
+    /// An earlier attempt of this VM that died before the harness handshake and was retried:
+    /// why, with its console tail and the folder of its logs.
+    pub infra_retry: Option<String>,
 }
 
 impl KernelRun {
@@ -76,10 +83,12 @@ impl KernelRun {
             notes: Vec::new(),
             files: Vec::new(),
             running: None,
+            started: false,
             completed: false,
             problem: None,
             duration: Duration::ZERO,
-            known_bug_hits: Vec::new(),
+            log_dir: None,
+            infra_retry: None,
         }
     }
 
@@ -101,6 +110,7 @@ impl KernelRun {
                 let name = w.next().unwrap_or("?").to_string();
                 let timeout = w.next().and_then(|t| t.parse().ok()).unwrap_or(60);
                 self.running = Some((name, timeout));
+                self.started = true;
                 None
             }
             "NOTE" => {
@@ -197,6 +207,12 @@ impl KernelRun {
 
     pub fn ok(&self) -> bool {
         self.completed && self.problem.is_none() && self.counts().1 == 0
+    }
+
+    /// An infrastructure failure: the guest died or hung before any test started, so the run
+    /// says nothing about oomkit (see [`crate::qemu`]).
+    pub fn died_before_handshake(&self) -> bool {
+        !self.completed && !self.started && self.problem.is_some()
     }
 }
 
@@ -328,19 +344,21 @@ pub fn print(runs: &[KernelRun]) {
             println!("  {:<6} {}: {}", r.kernel.name, t.name, t.detail);
         }
     }
-    for r in runs {
-        for hit in &r.known_bug_hits {
-            println!(
-                "\nKNOWN KERNEL BUG hit on {} ({}), VM booted again: {hit}",
-                r.kernel.name, r.kernel.release
-            );
-        }
-    }
+    print_retries(runs);
     for r in runs {
         if let Some(p) = &r.problem {
             println!(
                 "\nVM PROBLEM on {} ({}): {p}",
                 r.kernel.name, r.kernel.release
+            );
+        }
+    }
+    for r in runs.iter().filter(|r| !r.ok()) {
+        if let Some(d) = &r.log_dir {
+            println!(
+                "\nlogs of the failed VM on {}: {}",
+                r.kernel.name,
+                d.display()
             );
         }
     }
@@ -352,6 +370,45 @@ pub fn print(runs: &[KernelRun]) {
         t.skipped,
         runs.len()
     );
+}
+
+/// Last line of [`KernelRun::infra_retry`]: where the first attempt's logs are.
+pub const RETRY_LOGS: &str = "--- logs: ";
+
+/// Every infrastructure retry, loudly, with the first attempt's console tail.
+pub fn print_retries(runs: &[KernelRun]) {
+    for r in runs {
+        if let Some(why) = &r.infra_retry {
+            println!(
+                "\n!!!!!!!! INFRASTRUCTURE RETRY on {} ({}): the guest died before the harness handshake and was booted again (second attempt: {})",
+                r.kernel.name,
+                r.kernel.release,
+                if r.ok() { "ok" } else { "FAILED" }
+            );
+            for l in why.lines() {
+                println!("!!! {l}");
+            }
+        }
+    }
+}
+
+/// One line per kernel that needed an infrastructure retry, for the `cargo xtask test` summary.
+pub fn retry_lines(runs: &[KernelRun]) -> Vec<String> {
+    runs.iter()
+        .filter_map(|r| {
+            let why = r.infra_retry.as_ref()?;
+            let logs = why
+                .lines()
+                .find_map(|l| l.strip_prefix(RETRY_LOGS))
+                .unwrap_or("?");
+            Some(format!(
+                "INFRASTRUCTURE RETRY on {}: {} (second attempt {}; first attempt's logs: {logs})",
+                r.kernel.name,
+                why.lines().next().unwrap_or(""),
+                if r.ok() { "ok" } else { "FAILED" }
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -366,7 +423,6 @@ mod tests {
             release: "6.1.0-50-cloud-amd64".into(),
             version: "6.1.176-1".into(),
             vmlinuz: PathBuf::new(),
-            known_bugs: Vec::new(),
         })
     }
 
@@ -412,5 +468,27 @@ mod tests {
         r.feed("@@OOMKIT@@ END 2 0 0");
         r.finish(None, "");
         assert!(!r.ok());
+        assert!(!r.died_before_handshake(), "the END line came");
+    }
+
+    #[test]
+    fn death_before_first_test_is_infrastructure() {
+        let mut r = run();
+        r.feed("@@OOMKIT@@ BEGIN run 2 x");
+        r.finish(Some("qemu exited".into()), "Kernel panic");
+        assert!(r.died_before_handshake());
+        let mut never = run();
+        never.finish(Some("guest did not come up".into()), "");
+        assert!(never.died_before_handshake());
+    }
+
+    #[test]
+    fn crash_after_a_test_started_is_a_test_failure() {
+        let mut r = run();
+        r.feed("@@OOMKIT@@ BEGIN run 2 x");
+        r.feed("@@OOMKIT@@ START a 30");
+        r.finish(Some("qemu exited".into()), "Kernel panic");
+        assert!(!r.died_before_handshake());
+        assert_eq!(r.results[0].name, "a");
     }
 }

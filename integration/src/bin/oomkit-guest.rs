@@ -84,6 +84,14 @@ fn guest_main() -> i32 {
             let _ = std::fs::write("/proc/sysrq-trigger", "c");
             1
         }
+        // Dies before the harness handshake (no BEGIN): the host must take it for an
+        // infrastructure failure, boot once more, and fail the run after the second.
+        "selftest-boot-panic" => {
+            proto.drain();
+            let _ = std::fs::write("/proc/sys/kernel/sysrq", "1");
+            let _ = std::fs::write("/proc/sysrq-trigger", "c");
+            1
+        }
         "probe" => {
             proto.line("BEGIN", &format!("probe 0 {}", runner::release()));
             proto.line("END", "0 0 0");
