@@ -493,6 +493,9 @@ pub struct QosSection {
     pub burstable: i32,
     /// Priority of Guaranteed pods.
     pub guaranteed: i32,
+    /// The kubelet's pod roots (hierarchy paths): QoS is read only below
+    /// these, never from a `kubepods` name a tenant made elsewhere.
+    pub roots: Vec<PathBuf>,
 }
 
 impl Default for QosSection {
@@ -503,6 +506,10 @@ impl Default for QosSection {
             best_effort: q.best_effort,
             burstable: q.burstable,
             guaranteed: q.guaranteed,
+            roots: crate::classify::DEFAULT_KUBE_ROOTS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
         }
     }
 }
@@ -821,7 +828,18 @@ impl Config {
                 message: e.message().trim().to_string(),
             }])
         })?;
-        let (problems, warnings) = config.validate();
+        let (mut problems, mut warnings) = config.validate();
+        let safety = crate::config_safety::check(&config);
+        problems.extend(safety.errors);
+        warnings.extend(safety.warnings.into_iter().map(|(key, message)| {
+            ConfigError {
+                file: file.to_path_buf(),
+                at: locate(text, &key),
+                key: Some(key),
+                message,
+            }
+            .to_string()
+        }));
         if problems.is_empty() {
             return Ok(Loaded {
                 file: file.to_path_buf(),
@@ -1172,7 +1190,7 @@ impl Config {
             burstable: h.qos.burstable,
             guaranteed: h.qos.guaranteed,
         });
-        Classifier::new(rules, qos, h.default_priority)
+        Ok(Classifier::new(rules, qos, h.default_priority)?.with_kube_roots(h.qos.roots.clone()))
     }
 
     fn priority_kill_config(&self) -> PriorityKillConfig {
