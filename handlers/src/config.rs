@@ -820,6 +820,14 @@ impl Config {
     /// Parses `text` (read from `file`) and validates it.
     pub fn parse(file: &Path, text: &str) -> Result<Loaded, ConfigErrors> {
         let config: Config = toml::from_str(text).map_err(|e| {
+            if e.message().contains("missing field `handler`") {
+                return ConfigErrors(vec![ConfigError {
+                    file: file.to_path_buf(),
+                    at: None,
+                    key: None,
+                    message: "no [handler] section (missing field `handler`): every config needs one, e.g. `[handler]` with `kind = \"priority-kill\"`".into(),
+                }]);
+            }
             let span = e.span();
             ConfigErrors(vec![ConfigError {
                 file: file.to_path_buf(),
@@ -1206,10 +1214,16 @@ impl Config {
     /// Builds the configured handler (sized for `[engine] max_cgroups`).
     pub fn build_handler(&self) -> Result<Box<dyn oomkit::engine::Handler>, String> {
         let classifier = self.classifier().map_err(|e| e.to_string())?;
+        let sizing = |e: std::collections::TryReserveError| {
+            format!(
+                "cannot reserve tables for [engine] max_cgroups = {}: {e}",
+                self.engine.max_cgroups
+            )
+        };
         Ok(match self.handler.kind {
-            HandlerKind::PriorityKill => {
-                Box::new(PriorityKill::new(self.priority_kill_config(), classifier))
-            }
+            HandlerKind::PriorityKill => Box::new(
+                PriorityKill::try_new(self.priority_kill_config(), classifier).map_err(sizing)?,
+            ),
             HandlerKind::Throttle => {
                 let t = self.handler.throttle.clone().unwrap_or_default();
                 let cfg = ThrottleConfig {
@@ -1224,7 +1238,13 @@ impl Config {
                     max_throttled: t.max_throttled,
                     choice: self.priority_kill_config(),
                 };
-                Box::new(Throttle::new(cfg, classifier))
+                Box::new(Throttle::try_new(cfg, classifier).map_err(|e| {
+                    format!(
+                        "{} (handler.throttle.max_throttled = {})",
+                        sizing(e),
+                        t.max_throttled
+                    )
+                })?)
             }
             HandlerKind::HeapProfile => {
                 let p = self.handler.heap_profile.clone().unwrap_or_default();
@@ -1237,7 +1257,8 @@ impl Config {
                     raise_for: Duration::from_millis(p.raise_for_ms),
                     dump_deadline: Duration::from_millis(p.dump_deadline_ms),
                 };
-                let inner = PriorityKill::new(self.priority_kill_config(), classifier);
+                let inner = PriorityKill::try_new(self.priority_kill_config(), classifier)
+                    .map_err(sizing)?;
                 Box::new(HeapProfile::new(cfg, inner).map_err(|e| e.to_string())?)
             }
         })
