@@ -229,7 +229,7 @@ impl Host for KernelHost {
     }
 
     fn attach(&mut self, id: CgroupId, path: &Path) -> Result<XattrInfo> {
-        let cg = self.fs.open_hierarchy(&path.to_string_lossy())?;
+        let cg = self.fs.open_hierarchy(path)?;
         if self.root_owner.is_none() {
             self.root_owner = cg.owner_uid().ok();
         }

@@ -272,10 +272,7 @@ impl Runner {
     }
 
     fn root_cgroup(&self) -> Result<Cgroup> {
-        self.engine
-            .host()
-            .fs()
-            .open_hierarchy(&self.root_hier.to_string_lossy())
+        self.engine.host().fs().open_hierarchy(&self.root_hier)
     }
 
     fn watch_cgroup(&mut self, id: CgroupId, cg: &Cgroup) -> Result<()> {
@@ -422,9 +419,11 @@ impl Runner {
                 }
                 (Binding::Dir, EventKind::Dir(d)) => {
                     if let Some(Source::Dir(dw)) = self.watcher.source(ev.token) {
-                        if let (Some(rel), Some(name)) = (dw.rel_path(d.parent), d.name.as_str()) {
-                            self.dir_changes
-                                .push((d.change, self.root_hier.join(rel).join(name)));
+                        if let Some(rel) = dw.rel_path(d.parent) {
+                            self.dir_changes.push((
+                                d.change,
+                                self.root_hier.join(rel).join(d.name.as_os_str()),
+                            ));
                         }
                     }
                 }
