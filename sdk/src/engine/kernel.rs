@@ -386,6 +386,8 @@ impl Host for KernelHost {
     fn kill_cgroup(&mut self, id: CgroupId) -> Result<Victim> {
         let cg = self.cg(id)?;
         if self.has_cgroup_kill == Some(true) {
+            // The fallback below checks this itself; `cgroup.kill` must too.
+            kill::check_group_target(cg)?;
             // Non-blocking: the loop waits for `populated 0` itself.
             cg.write_kill()?;
         } else {
