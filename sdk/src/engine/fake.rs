@@ -56,6 +56,11 @@ pub struct FakeHost {
     pub pending_exit: Vec<Victim>,
     /// The hierarchy path reported as oomkit's own cgroup.
     pub own_cgroup: PathBuf,
+    /// Processes whose membership check fails when killed (as for a cgroup
+    /// name the check cannot match): the kill reports them gone.
+    pub not_member: Vec<i32>,
+    /// Processes whose kill fails with this errno (EMFILE, EPERM …).
+    pub kill_errno: Vec<(i32, rustix::io::Errno)>,
 }
 
 /// A process sample with `rss_mib` MiB resident.
@@ -92,6 +97,8 @@ impl FakeHost {
             log: Vec::new(),
             pending_exit: Vec::new(),
             own_cgroup: PathBuf::from("/system/oomkit"),
+            not_member: Vec::new(),
+            kill_errno: Vec::new(),
         }
     }
     /// The cgroup at `path`, created if new.
@@ -195,8 +202,11 @@ impl Host for FakeHost {
             .cgs
             .get(&p)
             .ok_or(crate::Error::CgroupGone { path: p.clone() })?;
-        if !c.procs.iter().any(|x| x.pid == pid) {
+        if !c.procs.iter().any(|x| x.pid == pid) || self.not_member.contains(&pid) {
             return Err(crate::Error::ProcessGone { pid });
+        }
+        if let Some((_, e)) = self.kill_errno.iter().find(|(p, _)| *p == pid) {
+            return Err(crate::Error::sys("pidfd_open", *e));
         }
         let v = Victim::Process {
             pid,

@@ -129,6 +129,7 @@ pub fn to_json(ep: &Episode, tree: &Tree, handler: &str, dry_run: bool) -> Value
         "victims": victims,
         "would_kill": would_kill,
         "escalations": ep.escalations,
+        "passed_over": ep.passed_over,
         "error": ep.last_error,
         "timings_ms": {
             "decided": ms(t.decided, t.event_seen),

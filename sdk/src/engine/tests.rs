@@ -632,3 +632,72 @@ fn quiet_tick_steps_obey_protection_rules() {
     );
     assert_eq!(e.stats().refused, 1);
 }
+
+/// The victims an episode recorded, as PIDs (0 for cgroups).
+fn victim_pids(e: &Episode) -> Vec<i32> {
+    e.victims
+        .iter()
+        .flatten()
+        .map(|v| match v.victim {
+            Victim::Process { pid, .. } => pid,
+            Victim::Cgroup { .. } => 0,
+        })
+        .collect()
+}
+
+/// Issue 10, defect 2: a victim whose membership check fails (a cgroup
+/// name with whitespace did that) is excluded and the next one chosen; the
+/// episode is not recorded as acted with nothing killed.
+#[test]
+fn a_victim_failing_the_membership_check_is_passed_over() {
+    let mut r = rig(
+        EngineConfig::default(),
+        |h| {
+            two_jobs(h);
+            h.not_member = vec![100];
+        },
+        None,
+    );
+    r.event("/batch", ev(0, 1, 1));
+    let eps = r.run(Duration::from_secs(10));
+    assert_eq!(eps.len(), 1);
+    assert_eq!(victim_pids(&eps[0]), vec![101], "{eps:?}");
+    assert_eq!(eps[0].outcome, Some(Outcome::Acted));
+    assert_eq!(r.engine.stats().kills, 1);
+    // Nothing killable at all: not "acted".
+    let mut r = rig(
+        EngineConfig::default(),
+        |h| {
+            two_jobs(h);
+            h.not_member = vec![100, 101];
+        },
+        None,
+    );
+    r.event("/batch", ev(0, 1, 1));
+    let eps = r.run(Duration::from_secs(10));
+    assert_eq!(eps.len(), 1);
+    assert!(victim_pids(&eps[0]).is_empty());
+    assert_eq!(eps[0].outcome, Some(Outcome::Failed), "{eps:?}");
+    assert_eq!(r.engine.stats().kills, 0);
+}
+
+/// Issue 10, defect 7: a kill error other than "gone" (EMFILE, EPERM)
+/// excludes that victim instead of retrying it until the episode fails.
+#[test]
+fn a_kill_error_excludes_the_victim() {
+    let mut r = rig(
+        EngineConfig::default(),
+        |h| {
+            two_jobs(h);
+            h.kill_errno = vec![(100, rustix::io::Errno::MFILE)];
+        },
+        None,
+    );
+    r.event("/batch", ev(0, 1, 1));
+    let eps = r.run(Duration::from_secs(10));
+    assert_eq!(eps.len(), 1);
+    assert_eq!(victim_pids(&eps[0]), vec![101], "{eps:?}");
+    assert_eq!(eps[0].outcome, Some(Outcome::Acted));
+    let tries = r.kills().iter().filter(|k| k.0 == 100).count();
+    assert_eq!(tries, 1, "the failing victim is tried once");
+}
