@@ -52,6 +52,12 @@ impl<H: Host> Engine<H> {
                 self.finish(Outcome::Acted, at);
                 return;
             };
+            if s.action.is_kill() {
+                if let Some(pid) = self.host.external_kill() {
+                    self.adopt_external_kill(pid, scope, at);
+                    return;
+                }
+            }
             let deadline = at
                 + if s.deadline.is_zero() {
                     self.cfg.kill_deadline
@@ -273,6 +279,28 @@ impl<H: Host> Engine<H> {
             self.stats.escalations += 1;
             self.escalate(at);
         }
+    }
+
+    /// The watchdog killed `pid` while this turn was stalled: that is the
+    /// episode's kill, not a reason for a second one.
+    fn adopt_external_kill(&mut self, pid: i32, scope: CgroupId, at: Instant) {
+        tracing::warn!(
+            episode = self.episode.id,
+            pid,
+            "the watchdog killed while the loop was stalled; adopting its kill"
+        );
+        self.episode.timings.signal_sent.get_or_insert(at);
+        self.episode.add_victim(VictimRecord {
+            // No pidfd of ours: the slot is out of range, so it counts as exited.
+            victim: Victim::Process {
+                pid,
+                slot: u32::MAX,
+                cgroup: scope,
+            },
+            footprint: 0,
+            escalated: false,
+        });
+        self.finish(Outcome::Acted, at);
     }
 
     /// A kill that signalled nothing: the target was gone or failed its

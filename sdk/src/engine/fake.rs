@@ -61,6 +61,8 @@ pub struct FakeHost {
     pub not_member: Vec<i32>,
     /// Processes whose kill fails with this errno (EMFILE, EPERM …).
     pub kill_errno: Vec<(i32, rustix::io::Errno)>,
+    /// PIDs a watchdog killed, reported to the loop one at a time.
+    pub external_kills: Vec<i32>,
 }
 
 /// A process sample with `rss_mib` MiB resident.
@@ -99,6 +101,7 @@ impl FakeHost {
             own_cgroup: PathBuf::from("/system/oomkit"),
             not_member: Vec::new(),
             kill_errno: Vec::new(),
+            external_kills: Vec::new(),
         }
     }
     /// The cgroup at `path`, created if new.
@@ -287,6 +290,9 @@ impl Host for FakeHost {
     }
     fn own_cgroup(&self) -> Option<&Path> {
         Some(&self.own_cgroup)
+    }
+    fn external_kill(&mut self) -> Option<i32> {
+        self.external_kills.pop()
     }
 }
 

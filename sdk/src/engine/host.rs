@@ -113,4 +113,11 @@ pub trait Host {
 
     /// Our own cgroup's hierarchy path, if known.
     fn own_cgroup(&self) -> Option<&Path>;
+
+    /// A process killed outside the loop (by the watchdog while the loop
+    /// was stalled) since the last call: the loop adopts it as its
+    /// episode's kill instead of killing another.
+    fn external_kill(&mut self) -> Option<i32> {
+        None
+    }
 }

@@ -87,6 +87,7 @@ pub struct KernelHost {
     diag_seen: Option<(PathBuf, u64)>,
     diag_candidate: Option<(PathBuf, u64)>,
     mrelease: bool,
+    watchdog: Option<Arc<super::watchdog::Shared>>,
 }
 
 /// Reads one xattr under both namespaces with the trust rule of [`XattrTrust`].
@@ -161,6 +162,7 @@ impl KernelHost {
             diag_seen: None,
             diag_candidate: None,
             mrelease: true,
+            watchdog: None,
         }
     }
 
@@ -174,6 +176,11 @@ impl KernelHost {
     /// at construction; set it again if the process moves.
     pub fn set_own_cgroup(&mut self, path: Option<PathBuf>) {
         self.own_cgroup = path;
+    }
+
+    /// The watchdog whose kills the loop adopts (see [`Host::external_kill`]).
+    pub(crate) fn set_watchdog(&mut self, shared: Option<Arc<super::watchdog::Shared>>) {
+        self.watchdog = shared;
     }
 
     /// Whether to `process_mrelease` victims (default on).
@@ -492,5 +499,9 @@ impl Host for KernelHost {
 
     fn own_cgroup(&self) -> Option<&Path> {
         self.own_cgroup.as_deref()
+    }
+
+    fn external_kill(&mut self) -> Option<i32> {
+        self.watchdog.as_ref()?.take_kill()
     }
 }

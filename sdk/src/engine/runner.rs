@@ -24,6 +24,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::cgroup::{Cgroup, CgroupFs};
@@ -328,7 +329,9 @@ impl Runner {
     /// hands it every managed cgroup. Replaces a running watchdog.
     pub fn start_watchdog(&mut self, cfg: WatchdogConfig) -> Result<()> {
         let own = self.engine.host().own_cgroup().map(Path::to_path_buf);
-        self.watchdog = Some(Watchdog::spawn(cfg, own, None)?);
+        let wd = Watchdog::spawn(cfg, own, None)?;
+        self.engine.host_mut().set_watchdog(Some(wd.shared_arc()));
+        self.watchdog = Some(wd);
         let ids: Vec<CgroupId> = self.engine.tree().ids().collect();
         for id in ids {
             self.publish_target(id);
@@ -468,6 +471,12 @@ impl Runner {
             let ev = self.batch[i];
             victim_ready |= self.dispatch(ev, seen, turn);
         }
+        if let Some(wd) = &self.watchdog {
+            // Memory events or an episode pending: a stall now is one the
+            // watchdog may act on.
+            let pending = !self.triggers.is_empty() || self.engine.in_episode();
+            wd.shared().events_pending.store(pending, Ordering::Release);
+        }
         for i in 0..self.triggers.len() {
             let (trigger, at) = self.triggers[i];
             self.engine.on_event(trigger, at);
@@ -479,6 +488,20 @@ impl Runner {
             self.engine.on_tick(now);
         }
         self.sync_victim_fd();
+        if let Some(wd) = &self.watchdog {
+            // The heartbeat covers the decision path only: directory
+            // changes, rescans and incident records below are no stall.
+            wd.idle();
+            wd.shared()
+                .events_pending
+                .store(self.engine.in_episode(), Ordering::Release);
+            if let Some(pid) = wd.shared().take_kill() {
+                tracing::warn!(
+                    pid,
+                    "the watchdog killed, but the loop had no kill to replace"
+                );
+            }
+        }
         // Off the hot path from here.
         self.apply_dir_changes();
         while let Some(ep) = self.engine.take_finished() {
@@ -635,6 +658,14 @@ impl Runner {
     /// Times the watchdog acted.
     pub fn watchdog_fired(&self) -> u64 {
         self.watchdog.as_ref().map_or(0, Watchdog::fired)
+    }
+
+    /// Stalls of the loop the watchdog did not act on because no memory
+    /// pressure was present.
+    pub fn watchdog_stalls_without_pressure(&self) -> u64 {
+        self.watchdog
+            .as_ref()
+            .map_or(0, Watchdog::stalls_without_pressure)
     }
 
     /// The engine.

@@ -701,3 +701,17 @@ fn a_kill_error_excludes_the_victim() {
     let tries = r.kills().iter().filter(|k| k.0 == 100).count();
     assert_eq!(tries, 1, "the failing victim is tried once");
 }
+
+/// Issue 10, defect 3: when the watchdog killed during a stall, the loop
+/// adopts that kill as the episode's instead of killing a second victim.
+#[test]
+fn a_watchdog_kill_is_the_episodes_kill() {
+    let mut r = rig(EngineConfig::default(), two_jobs, None);
+    r.host().external_kills = vec![200];
+    r.event("/batch", ev(0, 1, 1));
+    let eps = r.run(Duration::from_secs(10));
+    assert!(r.host().kills().is_empty(), "{:?}", r.host().kills());
+    assert_eq!(eps.len(), 1);
+    assert_eq!(victim_pids(&eps[0]), vec![200]);
+    assert_eq!(eps[0].outcome, Some(Outcome::Acted));
+}
