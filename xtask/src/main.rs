@@ -8,6 +8,8 @@
 //!   exercised in a VM with its own kernel.
 //! * `cargo xtask demo` boots the newest kernel and runs the priority scenario without and with
 //!   the `oomkit` daemon, printing what happened side by side (the README's main command).
+//! * `cargo xtask fuzz --seconds N` runs each cargo-fuzz target (`fuzz/`) for N seconds and
+//!   reports executions and crashes; `cargo xtask test` runs each briefly.
 //! * `cargo xtask fixtures` boots each kernel and copies real `memory.*`, `cgroup.*` and `/proc`
 //!   files into `sdk/fixtures/<kernel-release>/` for the SDK's parser tests.
 //!
@@ -18,6 +20,7 @@ mod apt;
 mod bench;
 mod bench_peers;
 mod demo;
+mod fuzz;
 mod guest;
 mod host;
 mod kernels;
@@ -53,6 +56,9 @@ enum Cmd {
     /// Show what oomkit changes: the priority scenario in a VM without and with oomkit, side by
     /// side (who died, who lived, the kernel OOM killer, time to the kill, the incident).
     Demo(demo::DemoArgs),
+    /// Run every cargo-fuzz target (cgroup files, /proc files, PSI, config) for N seconds each
+    /// and report executions and crashes per target.
+    Fuzz(fuzz::FuzzArgs),
     /// Micro-benchmarks, footprint and end-to-end runs against the kernel, earlyoom and oomd;
     /// writes docs/benchmarks.md and docs/bench-latency.svg.
     Bench(bench::BenchArgs),
@@ -63,6 +69,9 @@ struct TestArgs {
     /// Skip the VM tests (fmt, clippy and host tests only).
     #[arg(long)]
     no_vm: bool,
+    /// Skip the brief run of every fuzz target.
+    #[arg(long)]
+    no_fuzz: bool,
     #[command(flatten)]
     vm: VmOptions,
 }
@@ -134,6 +143,7 @@ fn main() -> ExitCode {
         Cmd::InstallDeps => host::ensure_tools(false).map(|()| true),
         Cmd::Demo(args) => demo::run(&args),
         Cmd::Bench(args) => bench::cmd_bench(&args),
+        Cmd::Fuzz(args) => fuzz::run(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -210,6 +220,28 @@ fn cmd_test(args: &TestArgs) -> Result<bool> {
         ));
         if !ok {
             failed_steps.push(name);
+        }
+    }
+    if !args.no_fuzz {
+        println!("==> fuzz (every target briefly)");
+        let t = Instant::now();
+        let ok = fuzz::run(&fuzz::FuzzArgs {
+            seconds: 10,
+            targets: Vec::new(),
+            jobs: 1,
+        })
+        .unwrap_or_else(|e| {
+            eprintln!("xtask: fuzz: {e}");
+            false
+        });
+        lines.push(format!(
+            "{:<12} {} ({:.0}s)",
+            "fuzz",
+            if ok { "ok" } else { "FAILED" },
+            t.elapsed().as_secs_f64()
+        ));
+        if !ok {
+            failed_steps.push("fuzz");
         }
     }
     let mut totals = report::Totals::default();
