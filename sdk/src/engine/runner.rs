@@ -332,10 +332,7 @@ impl Runner {
         let wd = Watchdog::spawn(cfg, own, None)?;
         self.engine.host_mut().set_watchdog(Some(wd.shared_arc()));
         self.watchdog = Some(wd);
-        let ids: Vec<CgroupId> = self.engine.tree().ids().collect();
-        for id in ids {
-            self.publish_target(id);
-        }
+        self.republish_targets();
         Ok(())
     }
 
@@ -356,6 +353,20 @@ impl Runner {
             // The mount root has no memory.events: nothing to watch there.
             Err(e) if e.is_unsupported() => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the watchdog the whole table again (after a reload changed
+    /// classes: a cgroup protected by the reload must be protected from
+    /// the watchdog too).
+    fn republish_targets(&self) {
+        let Some(wd) = &self.watchdog else { return };
+        if let Ok(mut t) = wd.shared().targets.lock() {
+            t.clear();
+        }
+        let ids: Vec<CgroupId> = self.engine.tree().ids().collect();
+        for id in ids {
+            self.publish_target(id);
         }
     }
 
@@ -636,6 +647,7 @@ impl Runner {
     pub fn reload(&mut self, handler: Box<dyn Handler>, engine: EngineConfig) -> Result<()> {
         engine.validate()?;
         self.engine.replace_handler(handler, engine);
+        self.republish_targets();
         Ok(())
     }
 
@@ -679,3 +691,7 @@ impl AsFd for Runner {
         self.watcher.as_fd()
     }
 }
+
+#[cfg(test)]
+#[path = "runner_tests.rs"]
+mod tests;

@@ -1,0 +1,102 @@
+//! Runner tests on a synthetic cgroup tree (plain files in a temporary
+//! folder): what the loop keeps in step with the tree and the config.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::engine::{CgroupMeta, Class, Plan, View};
+
+/// Protects cgroups whose path ends with `protect` (if set); decides nothing.
+struct Classes {
+    protect: Option<&'static str>,
+}
+
+impl Handler for Classes {
+    fn name(&self) -> &'static str {
+        "classes"
+    }
+    fn classify(&mut self, meta: &CgroupMeta<'_>) -> Class {
+        let protected = self.protect.is_some_and(|p| meta.path.ends_with(p));
+        Class {
+            protected,
+            ..meta.parent_class.unwrap_or_default()
+        }
+    }
+    fn decide(&mut self, _view: &mut View<'_>, _plan: &mut Plan) {}
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+/// The files the loop reads of a cgroup.
+pub(super) fn cgroup(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    write(dir, "cgroup.procs", "");
+    write(dir, "memory.current", "1048576\n");
+    write(dir, "memory.max", "max\n");
+    write(dir, "memory.high", "max\n");
+    write(dir, "cgroup.events", "populated 0\nfrozen 0\n");
+}
+
+pub(super) fn config(root: &Path) -> RunnerConfig {
+    let mut cfg = RunnerConfig::new(root);
+    // Plain files cannot be polled for POLLPRI; the directory watch is enough.
+    cfg.memory_events = false;
+    cfg.engine.max_cgroups = 64;
+    cfg.engine.max_processes = 64;
+    cfg
+}
+
+/// Turns the runner until `done` holds (or fails the test after 30 s).
+pub(super) fn run_until(runner: &mut Runner, what: &str, mut done: impl FnMut(&Runner) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done(runner) {
+        assert!(Instant::now() < deadline, "never: {what}");
+        runner.run_once(Some(Duration::from_millis(200))).unwrap();
+    }
+}
+
+fn table(runner: &Runner) -> Vec<(PathBuf, bool)> {
+    let wd = runner.watchdog.as_ref().unwrap();
+    let t = wd.shared().targets.lock().unwrap();
+    let mut v: Vec<(PathBuf, bool)> = t.iter().map(|t| (t.path.clone(), t.protected)).collect();
+    v.sort();
+    v
+}
+
+/// Issue 10, defect 9: a reload that protects a cgroup also protects it
+/// from the watchdog, which keeps its own copy of the table.
+#[test]
+fn reload_republishes_the_watchdog_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    cgroup(root);
+    cgroup(&root.join("job"));
+    let fs = CgroupFs::from_dir_unchecked(root);
+    let mut cfg = config(root);
+    cfg.watchdog = Some(WatchdogConfig {
+        timeout: Duration::from_secs(600),
+    });
+    let engine_cfg = cfg.engine.clone();
+    let mut runner = Runner::with_fs(cfg, Box::new(Classes { protect: None }), fs).unwrap();
+    run_until(&mut runner, "job added", |r| r.engine().tree().len() == 2);
+    assert_eq!(
+        table(&runner),
+        vec![(PathBuf::from("/"), false), (PathBuf::from("/job"), false)]
+    );
+    runner
+        .reload(
+            Box::new(Classes {
+                protect: Some("job"),
+            }),
+            engine_cfg,
+        )
+        .unwrap();
+    assert_eq!(
+        table(&runner),
+        vec![(PathBuf::from("/"), false), (PathBuf::from("/job"), true)],
+        "the watchdog still sees the old classes"
+    );
+}
