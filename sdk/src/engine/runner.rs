@@ -21,7 +21,7 @@
 //! reactor; callers' fds (a signal pipe, an eventfd) join the same epoll
 //! through [`Runner::add_fd`]. The library installs no signal handlers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -163,6 +163,8 @@ pub struct Runner {
     incidents: Option<super::incident::IncidentSink>,
     reserve: Option<ReserveReport>,
     root_hier: PathBuf,
+    /// How deep below the root cgroups are followed.
+    depth: u32,
     memory_events: bool,
     next_user: u64,
     dir_changes: Vec<(DirChange, PathBuf)>,
@@ -277,6 +279,7 @@ impl Runner {
             incidents,
             reserve: None,
             root_hier,
+            depth: cfg.depth,
             memory_events: cfg.memory_events,
             next_user: USER_TOKEN_BASE,
             dir_changes: Vec::with_capacity(TURN_ROOM),
@@ -390,6 +393,14 @@ impl Runner {
     }
 
     fn add_child(&mut self, hier: &Path) {
+        if let Some(id) = self.engine.tree().lookup(hier) {
+            if hier == self.root_hier || self.handle_is_current(id, hier) {
+                return;
+            }
+            // Re-created at a known path, its removal lost: rebind.
+            tracing::info!(cgroup = %hier.display(), "cgroup re-created; attaching the new one");
+            self.remove_child(hier);
+        }
         match self.engine.add_cgroup(hier) {
             Ok(id) => {
                 if self.events_token.contains_key(&id) {
@@ -557,7 +568,9 @@ impl Runner {
             (Binding::User, EventKind::Fd(_)) => turn.ready.push(ev.token),
             // A watched cgroup was removed; the dir watch removes it from the tree.
             (_, EventKind::Gone) => {}
-            (_, EventKind::Failed(f)) => tracing::debug!(failure = %f, "event source failed"),
+            // A failed watch (inotify watch limit, EMFILE) leaves cgroups
+            // untracked: that must be visible.
+            (_, EventKind::Failed(f)) => tracing::warn!(failure = %f, "event source failed"),
             _ => {}
         }
         false
@@ -575,22 +588,64 @@ impl Runner {
         self.dir_changes.clear();
     }
 
+    /// Lists the tree below the root, to `depth`, after the directory
+    /// watch lost events (overflow) and at start: queues what is missing as
+    /// created and what is gone as removed, so no stale entry keeps its fds
+    /// or its path bound to a dead directory.
     fn rescan_pending(&mut self) {
-        // Walk the tree below the root and add what is missing.
         let Ok(root) = self.root_cgroup() else { return };
+        let mut seen: HashSet<PathBuf> = HashSet::with_capacity(self.engine.tree().len());
+        // Below a directory that could not be listed nothing is judged gone.
+        let mut unlisted: Vec<PathBuf> = Vec::new();
+        seen.insert(self.root_hier.clone());
         let mut stack = vec![(root, self.root_hier.clone(), 0u32)];
         while let Some((cg, path, depth)) = stack.pop() {
-            if depth >= MAX_DEPTH {
+            if depth >= self.depth {
                 continue;
             }
-            for name in cg.children().unwrap_or_default() {
+            let names = match cg.children() {
+                Ok(n) => n,
+                Err(e) => {
+                    if !e.is_gone() {
+                        tracing::warn!(cgroup = %path.display(), error = %e, "listing a cgroup failed");
+                        unlisted.push(path);
+                    }
+                    continue;
+                }
+            };
+            for name in names {
                 let child_path = path.join(&name);
+                seen.insert(child_path.clone());
                 self.dir_changes
                     .push((DirChange::Created, child_path.clone()));
                 if let Ok(c) = cg.child(&name) {
                     stack.push((c, child_path, depth + 1));
                 }
             }
+        }
+        let tree = self.engine.tree();
+        for id in tree.ids() {
+            let Some(p) = tree.path(id) else { continue };
+            if !seen.contains(p) && !unlisted.iter().any(|u| p.starts_with(u)) {
+                self.dir_changes.push((DirChange::Removed, p.to_path_buf()));
+            }
+        }
+    }
+
+    /// Whether the handle the host holds for `id` is the directory now at
+    /// `hier` (not a removed one whose path was reused).
+    fn handle_is_current(&self, id: CgroupId, hier: &Path) -> bool {
+        let Some(cg) = self.engine.host().cgroup_shared(id) else {
+            return false;
+        };
+        let Ok(fs_path) = self.engine.host().fs().fs_path(hier) else {
+            return true;
+        };
+        match (rustix::fs::fstat(cg.dir_fd()), rustix::fs::stat(&fs_path)) {
+            (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+            (Err(_), _) => false,
+            // Gone again: its removal event follows.
+            (_, Err(_)) => true,
         }
     }
 

@@ -100,3 +100,83 @@ fn reload_republishes_the_watchdog_table() {
         "the watchdog still sees the old classes"
     );
 }
+
+fn rmdir(dir: &Path) {
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Issue 10, defect 5: the rescan after an inotify overflow reconciles:
+/// cgroups gone meanwhile leave the tree (they held fds and stale entries).
+#[test]
+fn rescan_removes_what_is_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    cgroup(root);
+    for n in ["a", "b", "b/c"] {
+        cgroup(&root.join(n));
+    }
+    let fs = CgroupFs::from_dir_unchecked(root);
+    let mut runner =
+        Runner::with_fs(config(root), Box::new(Classes { protect: None }), fs).unwrap();
+    run_until(&mut runner, "tree known", |r| r.engine().tree().len() == 4);
+    // Removed while the events are lost (the overflow case): rescan directly.
+    rmdir(&root.join("b"));
+    runner.rescan_pending();
+    runner.apply_dir_changes();
+    let tree = runner.engine().tree();
+    assert!(tree.lookup(Path::new("/b")).is_none(), "stale /b kept");
+    assert!(tree.lookup(Path::new("/b/c")).is_none(), "stale /b/c kept");
+    assert!(tree.lookup(Path::new("/a")).is_some());
+    assert_eq!(tree.len(), 2);
+}
+
+/// Issue 10, defect 5: a cgroup re-created at a known path (its removal
+/// lost in an overflow) is bound to the new directory, not the dead one.
+#[test]
+fn a_recreated_cgroup_gets_a_fresh_handle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    cgroup(root);
+    cgroup(&root.join("a"));
+    let fs = CgroupFs::from_dir_unchecked(root);
+    let mut runner =
+        Runner::with_fs(config(root), Box::new(Classes { protect: None }), fs).unwrap();
+    run_until(&mut runner, "tree known", |r| r.engine().tree().len() == 2);
+    rmdir(&root.join("a"));
+    cgroup(&root.join("a"));
+    write(&root.join("a"), "memory.current", "2097152\n");
+    // The Created event of the new directory, its Removed lost.
+    runner
+        .dir_changes
+        .push((DirChange::Created, PathBuf::from("/a")));
+    runner.apply_dir_changes();
+    let id = runner.engine().tree().lookup(Path::new("/a")).unwrap();
+    let cg = runner.engine().host().cgroup_shared(id).unwrap();
+    assert_eq!(
+        cg.memory_current().unwrap(),
+        2 << 20,
+        "bound to the dead directory"
+    );
+}
+
+/// Issue 10, defect 12: the start-up walk and the rescan honour `depth`
+/// (they used a hard-coded 16).
+#[test]
+fn rescan_honours_depth() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    cgroup(root);
+    for n in ["a", "a/b", "a/b/c", "a/b/c/d"] {
+        cgroup(&root.join(n));
+    }
+    let fs = CgroupFs::from_dir_unchecked(root);
+    let mut cfg = config(root);
+    cfg.depth = 2;
+    let mut runner = Runner::with_fs(cfg, Box::new(Classes { protect: None }), fs).unwrap();
+    runner.rescan_pending();
+    runner.apply_dir_changes();
+    let tree = runner.engine().tree();
+    assert!(tree.lookup(Path::new("/a/b")).is_some());
+    assert!(tree.lookup(Path::new("/a/b/c")).is_none(), "below depth 2");
+    assert_eq!(tree.len(), 3);
+}
