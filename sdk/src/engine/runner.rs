@@ -149,6 +149,10 @@ const EXTRA_SOURCES: usize = 8;
 const DIR_QUEUE: usize = 4096;
 /// Room for directory changes and triggers seen in one turn.
 const TURN_ROOM: usize = 64;
+/// Directory changes applied per turn: a burst of thousands (container
+/// churn) is spread over turns that do not wait, so no turn is long and
+/// events keep being handled in between.
+pub(crate) const DIR_CHANGES_PER_TURN: usize = 512;
 
 /// The loop on a real kernel. See the module docs.
 pub struct Runner {
@@ -399,7 +403,9 @@ impl Runner {
             }
             // Re-created at a known path, its removal lost: rebind.
             tracing::info!(cgroup = %hier.display(), "cgroup re-created; attaching the new one");
-            self.remove_child(hier);
+            let mut removed = HashSet::new();
+            self.remove_child(hier, &mut removed);
+            self.forget_targets(&mut removed);
         }
         match self.engine.add_cgroup(hier) {
             Ok(id) => {
@@ -423,27 +429,19 @@ impl Runner {
         }
     }
 
-    fn remove_child(&mut self, hier: &Path) {
-        let ids: Vec<CgroupId> = self
-            .engine
-            .tree()
-            .ids()
-            .filter(|id| {
-                self.engine
-                    .tree()
-                    .path(*id)
-                    .is_some_and(|p| p.starts_with(hier))
-            })
-            .collect();
-        for id in ids {
+    /// Removes `hier` and its subtree from the tree and the event sources;
+    /// their paths go to `removed` for the watchdog's table.
+    fn remove_child(&mut self, hier: &Path, removed: &mut HashSet<PathBuf>) {
+        let Some(top) = self.engine.tree().lookup(hier) else {
+            return;
+        };
+        for id in self.engine.tree().subtree(top) {
             if let Some(tok) = self.events_token.remove(&id) {
                 self.bindings.remove(&tok);
                 let _ = self.watcher.remove(tok);
             }
-        }
-        if let Some(wd) = &self.watchdog {
-            if let Ok(mut t) = wd.shared().targets.lock() {
-                t.retain(|t| !t.path.starts_with(hier));
+            if let Some(p) = self.engine.tree().path(id) {
+                removed.insert(p.to_path_buf());
             }
         }
         self.engine.remove_cgroup(hier);
@@ -476,6 +474,12 @@ impl Runner {
         let wait = match (timeout, tick) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
+        };
+        // Directory changes still queued: look at events, but do not sleep.
+        let wait = if self.dir_changes.is_empty() {
+            wait
+        } else {
+            Some(Duration::ZERO)
         };
         if let Some(wd) = &self.watchdog {
             wd.idle();
@@ -576,16 +580,39 @@ impl Runner {
         false
     }
 
+    /// Applies up to [`DIR_CHANGES_PER_TURN`] queued directory changes, in
+    /// order; removals are batched (one pass over the watchdog's table).
     fn apply_dir_changes(&mut self) {
-        let changes = std::mem::take(&mut self.dir_changes);
-        for (change, path) in &changes {
+        let k = self.dir_changes.len().min(DIR_CHANGES_PER_TURN);
+        let batch: Vec<(DirChange, PathBuf)> = self.dir_changes.drain(..k).collect();
+        let mut removed: HashSet<PathBuf> = HashSet::new();
+        for (change, path) in &batch {
             match change {
-                DirChange::Created => self.add_child(path),
-                DirChange::Removed => self.remove_child(path),
+                DirChange::Created => {
+                    if !removed.is_empty() {
+                        // A re-creation after a removal in this batch: the
+                        // removal must reach the watchdog first.
+                        self.forget_targets(&mut removed);
+                    }
+                    self.add_child(path);
+                }
+                DirChange::Removed => self.remove_child(path, &mut removed),
             }
         }
-        self.dir_changes = changes;
-        self.dir_changes.clear();
+        self.forget_targets(&mut removed);
+    }
+
+    /// Drops the watchdog targets of removed paths, in one pass.
+    fn forget_targets(&mut self, removed: &mut HashSet<PathBuf>) {
+        if removed.is_empty() {
+            return;
+        }
+        if let Some(wd) = &self.watchdog {
+            if let Ok(mut t) = wd.shared().targets.lock() {
+                t.retain(|t| !removed.contains(&t.path));
+            }
+        }
+        removed.clear();
     }
 
     /// Lists the tree below the root, to `depth`, after the directory
