@@ -154,6 +154,19 @@ const TURN_ROOM: usize = 64;
 /// events keep being handled in between.
 pub(crate) const DIR_CHANGES_PER_TURN: usize = 512;
 
+/// Refuses to start when the daemon's own cgroup is unknown: the loop
+/// keeps itself (and its ancestors) out of every kill by that path, and
+/// running without it would silently drop that protection.
+pub(crate) fn check_own_cgroup(host: &KernelHost) -> Result<()> {
+    match host.own_cgroup() {
+        Some(_) => Ok(()),
+        None => Err(Error::InvalidArgument {
+            what: "own cgroup",
+            reason: "the cgroup-v2 path of this process (/proc/self/cgroup) does not resolve under the cgroup mount, so the loop could not keep itself out of its kills".to_owned(),
+        }),
+    }
+}
+
 /// The loop on a real kernel. See the module docs.
 pub struct Runner {
     engine: Engine<KernelHost>,
@@ -264,6 +277,7 @@ impl Runner {
     ) -> Result<Self> {
         let n = cfg.engine.max_cgroups;
         let mut host = KernelHost::new(fs, cfg.xattr_trust, n, cfg.engine.max_processes);
+        check_own_cgroup(&host)?;
         host.set_diagnostics_dir(cfg.diagnostics_dir.clone());
         let engine = Engine::new(cfg.engine.clone(), host, handler, &root_hier)?;
         #[cfg(feature = "serde")]

@@ -215,3 +215,19 @@ fn directory_changes_are_applied_in_bounded_turns() {
     }
     run_until(&mut runner, "all removed", |r| r.engine().tree().len() == 1);
 }
+
+/// Issue 10, defect 14: an unresolvable own cgroup stops the start instead
+/// of silently turning self-protection off.
+#[test]
+fn an_unknown_own_cgroup_refuses_to_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = CgroupFs::from_dir_unchecked(tmp.path());
+    let mut host = KernelHost::new(fs, XattrTrust::TrustedOnly, 4, 4);
+    assert!(
+        check_own_cgroup(&host).is_ok(),
+        "resolved from /proc/self/cgroup"
+    );
+    host.set_own_cgroup(None);
+    let e = check_own_cgroup(&host).unwrap_err();
+    assert!(e.to_string().contains("own cgroup"), "{e}");
+}
