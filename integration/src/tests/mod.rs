@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::harness::TestCase;
 
+pub mod adversarial;
 pub mod common;
 pub mod e2e;
 pub mod events;
@@ -59,6 +60,28 @@ pub fn all() -> Vec<TestCase> {
         case("e2e_heap_profile", 90, e2e::heap_profile),
         case("e2e_watchdog", 90, e2e::watchdog),
         case("e2e_dry_run", 90, e2e::dry_run),
+        // Issue 10: a tenant with a delegated subtree against the daemon.
+        case(
+            "adversarial_spoofed_kubepods",
+            120,
+            adversarial::spoofed_kubepods,
+        ),
+        case(
+            "adversarial_whitespace_name",
+            120,
+            adversarial::whitespace_name,
+        ),
+        case("adversarial_non_utf8_name", 120, adversarial::non_utf8_name),
+        case(
+            "adversarial_self_set_user_xattrs",
+            120,
+            adversarial::self_set_user_xattrs,
+        ),
+        case(
+            "adversarial_churn_without_pressure",
+            300,
+            adversarial::churn_without_pressure,
+        ),
     ]
 }
 
