@@ -25,6 +25,12 @@
 //!
 //! Protection only ever adds up: a cgroup is protected when its xattr, a
 //! matching rule, or its parent says so. A child cannot un-protect itself.
+//!
+//! **Delegated subtrees.** Below a directory owned by someone other than
+//! root or the managed root's owner (systemd `user@.service`, a rootless
+//! container), a tenant chooses the names and the `user.` xattrs: there a
+//! cgroup's tier may fall below its parent's but never rise above it, and
+//! it is protected only if its parent is.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -229,6 +235,16 @@ impl Classifier {
             (Source::Inherited | Source::Default, Some(i)) if protected => Source::Rule(i),
             (s, _) => s,
         };
+        // Inside a delegated subtree names and xattrs are the tenant's
+        // choice: they may lower a tier, never raise it above the parent's,
+        // and protection comes only from above.
+        let (priority, protected, source) = match (meta.delegated, inherited) {
+            (true, Some(parent)) if priority > parent.priority => {
+                (parent.priority, parent.protected, Source::Inherited)
+            }
+            (true, Some(parent)) => (priority, parent.protected, source),
+            _ => (priority, protected, source),
+        };
         (
             Class {
                 priority,
@@ -306,6 +322,7 @@ mod tests {
             xattr_priority: None,
             xattr_protected: false,
             parent_class: parent,
+            delegated: false,
         }
     }
 
@@ -446,6 +463,70 @@ mod tests {
         let mut c = c.with_kube_roots(vec!["/kubelet.slice/kubelet-kubepods.slice".into()]);
         assert_eq!(c.classify(&meta(custom, Some(user))).priority, -200);
         assert_eq!(c.classify(&meta("/kubepods/pod1", Some(user))).priority, 0);
+    }
+
+    /// Issue 10, defect 1: inside a subtree owned by someone else than root
+    /// (or the managed root's owner) — a delegated one, whose names and
+    /// xattrs the tenant chooses — a tier never rises above the parent's,
+    /// and protection comes only from above.
+    #[test]
+    fn delegated_subtrees_never_rise_above_their_parent() {
+        let mut c = Classifier::new(
+            vec![
+                Rule {
+                    glob: "/**/*important*".into(),
+                    priority: Some(500),
+                    protected: false,
+                },
+                Rule {
+                    glob: "/**/sshd.service".into(),
+                    priority: None,
+                    protected: true,
+                },
+                Rule {
+                    glob: "/user.slice/**/batch*".into(),
+                    priority: Some(-50),
+                    protected: false,
+                },
+            ],
+            Some(QosPriorities::default()),
+            0,
+        )
+        .unwrap();
+        let parent = Class {
+            priority: 10,
+            protected: false,
+        };
+        let tenant = |path: &'static str| {
+            let mut m = meta(path, Some(parent));
+            m.delegated = true;
+            m
+        };
+        let k = c.classify(&tenant("/user.slice/u/very-important"));
+        assert_eq!((k.priority, k.protected), (10, false), "rule rise capped");
+        let k = c.classify(&tenant("/user.slice/u/sshd.service"));
+        assert!(!k.protected, "a tenant's name cannot protect it");
+        let mut m = tenant("/user.slice/u/x");
+        m.xattr_priority = Some(1000);
+        m.xattr_protected = true;
+        let k = c.classify(&m);
+        assert_eq!((k.priority, k.protected), (10, false), "xattr rise capped");
+        let k = c.classify(&tenant("/kubepods/pod1"));
+        assert_eq!(k.priority, 10, "QoS rise capped");
+        // Lowering is always allowed, and protection still inherits.
+        assert_eq!(c.classify(&tenant("/user.slice/u/batch1")).priority, -50);
+        let mut m = tenant("/user.slice/u/y");
+        m.parent_class = Some(Class {
+            priority: 10,
+            protected: true,
+        });
+        assert!(c.classify(&m).protected);
+        // Not delegated: the operator's rules apply in full.
+        assert_eq!(
+            c.classify(&meta("/srv/very-important", Some(parent)))
+                .priority,
+            500
+        );
     }
 
     #[test]

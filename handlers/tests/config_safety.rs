@@ -19,6 +19,7 @@ fn meta(path: &str) -> CgroupMeta<'_> {
         xattr_priority: None,
         xattr_protected: false,
         parent_class: Some(Class::default()),
+        delegated: false,
     }
 }
 

@@ -263,10 +263,21 @@ impl Host for KernelHost {
         } else {
             None
         };
+        // Whoever owns the parent directory chose this one's name (and
+        // may own it): a tenant below a delegation boundary.
+        let trusted_owner = |o: u32| o == 0 || Some(o) == self.root_owner;
+        let delegated = !cg.owner_uid().is_ok_and(trusted_owner)
+            || cg
+                .path()
+                .parent()
+                .and_then(|p| rustix::fs::stat(p).ok())
+                .is_some_and(|st| !trusted_owner(st.st_uid));
+        let delegated = delegated && self.root_owner.is_some();
         self.cgroups[i] = Some(Arc::new(cg));
         Ok(XattrInfo {
             priority,
             protected,
+            delegated,
         })
     }
 

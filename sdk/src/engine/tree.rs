@@ -34,6 +34,10 @@ pub struct CgroupMeta<'a> {
     pub xattr_protected: bool,
     /// The class of the parent (children inherit unless the handler says otherwise).
     pub parent_class: Option<Class>,
+    /// The directory belongs to neither root nor the managed root's owner:
+    /// a delegated subtree, whose names and `user.` xattrs a tenant
+    /// chooses. Handlers must not let such a cgroup rise above its parent.
+    pub delegated: bool,
 }
 
 /// Which xattrs on a cgroup directory are believed.
