@@ -715,3 +715,66 @@ fn a_watchdog_kill_is_the_episodes_kill() {
     assert_eq!(victim_pids(&eps[0]), vec![200]);
     assert_eq!(eps[0].outcome, Some(Outcome::Acted));
 }
+
+/// Issue 10, defect 17: a raised `memory.max` is restored only if it still
+/// holds the value oomkit wrote; a change made meanwhile (an operator, the
+/// runtime) is kept.
+#[test]
+fn a_limit_changed_meanwhile_is_not_overwritten() {
+    struct Raise;
+    impl Handler for Raise {
+        fn name(&self) -> &'static str {
+            "raise"
+        }
+        fn decide(&mut self, view: &mut View<'_>, plan: &mut Plan) {
+            let cg = view.scope().unwrap();
+            let _ = plan.push(
+                Action::RaiseMax {
+                    cgroup: cg,
+                    limit: 600 << 20,
+                    duration: Duration::from_secs(10),
+                },
+                Duration::ZERO,
+            );
+            // A step that waits, so the raise lasts a while.
+            let _ = plan.push(
+                Action::CaptureDiagnostics {
+                    cgroup: cg,
+                    pid: 100,
+                    signal: 12,
+                },
+                Duration::from_millis(500),
+            );
+        }
+    }
+    let mut host = FakeHost::new();
+    two_jobs(&mut host);
+    host.cg("/batch").max = Some(Limit::Bytes(360 << 20));
+    let cfg = EngineConfig {
+        recheck: false,
+        ..EngineConfig::default()
+    };
+    let mut e = Engine::new(cfg, host, Box::new(Raise), Path::new("/")).unwrap();
+    let batch = e.add_cgroup(Path::new("/batch")).unwrap();
+    let at = e.host().now();
+    e.on_event(
+        Trigger::MemoryEvents {
+            cgroup: batch,
+            delta: ev(0, 1, 1),
+        },
+        at,
+    );
+    assert_eq!(e.host_mut().cg("/batch").max, Some(Limit::Bytes(600 << 20)));
+    // The operator sets its own limit while the raise lasts.
+    e.host_mut().cg("/batch").max = Some(Limit::Bytes(1 << 30));
+    for _ in 0..50 {
+        e.host().advance(Duration::from_millis(20));
+        let at = e.host().now();
+        e.on_tick(at);
+    }
+    assert_eq!(
+        e.host_mut().cg("/batch").max,
+        Some(Limit::Bytes(1 << 30)),
+        "the operator's limit was overwritten"
+    );
+}
