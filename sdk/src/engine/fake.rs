@@ -294,6 +294,15 @@ impl Host for FakeHost {
     fn external_kill(&mut self) -> Option<i32> {
         self.external_kills.pop()
     }
+    fn child_dirs(&self, id: CgroupId) -> Option<usize> {
+        let p = self.ids.get(&id)?;
+        Some(
+            self.cgs
+                .keys()
+                .filter(|c| c.parent() == Some(p.as_path()))
+                .count(),
+        )
+    }
 }
 
 /// A real [`Engine`] over a [`FakeHost`] rooted at `/`, with the fake

@@ -120,4 +120,10 @@ pub trait Host {
     fn external_kill(&mut self) -> Option<i32> {
         None
     }
+
+    /// How many child cgroups `id` has on disk (`None`: unknown). The loop
+    /// refuses a group kill whose target has more than it tracks.
+    fn child_dirs(&self, _id: CgroupId) -> Option<usize> {
+        None
+    }
 }

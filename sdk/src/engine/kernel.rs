@@ -515,4 +515,8 @@ impl Host for KernelHost {
     fn external_kill(&mut self) -> Option<i32> {
         self.watchdog.as_ref()?.take_kill()
     }
+
+    fn child_dirs(&self, id: CgroupId) -> Option<usize> {
+        self.cg(id).ok()?.children().ok().map(|c| c.len())
+    }
 }

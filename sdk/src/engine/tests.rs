@@ -778,3 +778,40 @@ fn a_limit_changed_meanwhile_is_not_overwritten() {
         "the operator's limit was overwritten"
     );
 }
+
+/// Issue 10, defect 12: a group kill is refused while the target has
+/// descendants the loop does not track (a failed watch, or beyond
+/// `depth`): they could be protected.
+#[test]
+fn group_kills_are_refused_over_untracked_descendants() {
+    let setup = |h: &mut FakeHost| {
+        h.cg("/pod").procs = vec![proc(300, 400)];
+        h.cg("/pod/ctr").procs = vec![proc(301, 100)];
+    };
+    let mut r = rig(EngineConfig::default(), setup, None);
+    let pod = r.id("/pod");
+    // A child the loop never saw (its watch failed).
+    r.host().cg("/pod/sshd").procs = vec![proc(302, 5)];
+    r.engine.replace_handler(
+        Box::new(Largest {
+            force: Some(Action::KillCgroup { cgroup: pod }),
+        }),
+        EngineConfig::default(),
+    );
+    r.event("/pod", ev(0, 1, 1));
+    let eps = r.run(Duration::from_secs(10));
+    assert!(r.kills().is_empty(), "{:?}", r.kills());
+    assert_eq!(eps[0].outcome, Some(Outcome::Refused));
+    // Tracked, the same kill goes ahead.
+    let mut r = rig(EngineConfig::default(), setup, None);
+    let pod = r.id("/pod");
+    r.engine.replace_handler(
+        Box::new(Largest {
+            force: Some(Action::KillCgroup { cgroup: pod }),
+        }),
+        EngineConfig::default(),
+    );
+    r.event("/pod", ev(0, 1, 1));
+    r.run(Duration::from_secs(10));
+    assert_eq!(r.kills().len(), 1);
+}
