@@ -114,13 +114,27 @@ fn contest(ctx: &mut Ctx, a: &Attack) -> Result<String, Fail> {
         },
     )?;
     service.wait_line("done", Duration::from_secs(30))?;
+    // The workload helper takes its cgroup as a UTF-8 argument: a job
+    // whose name is not UTF-8 starts in a staging cgroup and is moved in
+    // at once (it allocates in small steps, so nearly all of it is charged
+    // there; the kill goes by the process and its membership).
+    let start_in = if std::str::from_utf8(a.job).is_ok() {
+        job.clone()
+    } else {
+        let staging = tenant.join("staging");
+        mkdir(&staging)?;
+        staging
+    };
     let mut hog = ctx.spawn(
-        &job,
+        &start_in,
         WorkloadKind::HogHold {
             mib: BATCH_CAP,
             step_mib: 2,
         },
     )?;
+    if start_in != job {
+        write_file(&job.join("cgroup.procs"), &hog.pid().to_string())?;
+    }
     let hog_pid = hog.pid();
     let inc = daemon.wait_incident("the incident of the kill", Duration::from_secs(60), |i| {
         i["outcome"] == "acted"
