@@ -182,6 +182,8 @@ pub struct Runner {
     root_hier: PathBuf,
     /// How deep below the root cgroups are followed.
     depth: u32,
+    /// Cgroups left untracked because the tree is at `max_cgroups`.
+    over_cap: HashSet<PathBuf>,
     memory_events: bool,
     next_user: u64,
     dir_changes: Vec<(DirChange, PathBuf)>,
@@ -298,6 +300,7 @@ impl Runner {
             reserve: None,
             root_hier,
             depth: cfg.depth,
+            over_cap: HashSet::new(),
             memory_events: cfg.memory_events,
             next_user: USER_TOKEN_BASE,
             dir_changes: Vec::with_capacity(TURN_ROOM),
@@ -421,6 +424,23 @@ impl Runner {
             self.remove_child(hier, &mut removed);
             self.forget_targets(&mut removed);
         }
+        // A hard cap: each tracked cgroup holds fds, and the fds a kill
+        // needs (pidfds, cgroup files) must still be there.
+        let missing = hier
+            .ancestors()
+            .take_while(|a| self.engine.tree().lookup(a).is_none())
+            .count();
+        if self.engine.tree().len() + missing > self.engine.config().max_cgroups {
+            if self.over_cap.is_empty() {
+                tracing::warn!(
+                    max_cgroups = self.engine.config().max_cgroups,
+                    cgroup = %hier.display(),
+                    "max_cgroups reached: further cgroups stay untracked (and no group kill covers them)"
+                );
+            }
+            self.over_cap.insert(hier.to_path_buf());
+            return;
+        }
         match self.engine.add_cgroup(hier) {
             Ok(id) => {
                 if self.events_token.contains_key(&id) {
@@ -446,6 +466,9 @@ impl Runner {
     /// Removes `hier` and its subtree from the tree and the event sources;
     /// their paths go to `removed` for the watchdog's table.
     fn remove_child(&mut self, hier: &Path, removed: &mut HashSet<PathBuf>) {
+        if !self.over_cap.is_empty() {
+            self.over_cap.retain(|p| !p.starts_with(hier));
+        }
         let Some(top) = self.engine.tree().lookup(hier) else {
             return;
         };
@@ -766,6 +789,11 @@ impl Runner {
     /// Times the watchdog acted.
     pub fn watchdog_fired(&self) -> u64 {
         self.watchdog.as_ref().map_or(0, Watchdog::fired)
+    }
+
+    /// Cgroups left untracked because the tree is at `max_cgroups`.
+    pub fn untracked_over_cap(&self) -> usize {
+        self.over_cap.len()
     }
 
     /// Stalls of the loop the watchdog did not act on because no memory

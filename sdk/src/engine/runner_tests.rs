@@ -231,3 +231,25 @@ fn an_unknown_own_cgroup_refuses_to_start() {
     let e = check_own_cgroup(&host).unwrap_err();
     assert!(e.to_string().contains("own cgroup"), "{e}");
 }
+
+/// Issue 10, defect 6: `max_cgroups` caps the tree (and so the fds held),
+/// not only the snapshot: 3,000 tenant cgroups once used every fd and no
+/// kill was possible. Beyond the cap cgroups stay untracked (with a
+/// warning), and a group kill over them is refused.
+#[test]
+fn the_tree_is_capped_at_max_cgroups() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    cgroup(root);
+    for i in 0..10 {
+        cgroup(&root.join(format!("c{i}")));
+    }
+    let fs = CgroupFs::from_dir_unchecked(root);
+    let mut cfg = config(root);
+    cfg.engine.max_cgroups = 4;
+    let mut runner = Runner::with_fs(cfg, Box::new(Classes { protect: None }), fs).unwrap();
+    runner.rescan_pending();
+    runner.apply_dir_changes();
+    assert_eq!(runner.engine().tree().len(), 4);
+    assert_eq!(runner.untracked_over_cap(), 7);
+}
