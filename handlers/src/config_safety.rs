@@ -281,6 +281,12 @@ fn check_heap_profile(c: &Config, f: &mut Findings) {
     let Some(p) = &c.handler.heap_profile else {
         return;
     };
+    if !p.comms.is_empty() && p.cgroups.is_empty() {
+        f.warn(
+            "handler.heap_profile.comms",
+            "a process chooses its own comm: any process of any tenant can match, and get the dump headroom and delay; add `cgroups` globs".into(),
+        );
+    }
     let sig = p.signal.0;
     let core = [
         libc::SIGQUIT,

@@ -256,6 +256,13 @@ fn dangerous_values_are_errors_or_warnings_with_lines() {
             true,
             "core dump",
         ),
+        (
+            "[daemon]\ndiagnostics_dir = \"/d\"\n",
+            "[handler.heap_profile]\ncomms = [\"java\"]\n",
+            "handler.heap_profile.comms",
+            false,
+            "any process",
+        ),
     ];
     for (pre, post, key, is_error, want) in cases {
         let kind = if post.contains("heap_profile") {
