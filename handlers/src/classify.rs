@@ -10,7 +10,10 @@
 //!    ([`oomkit::engine::XattrTrust`]), not forgeable by the workload.
 //! 2. **The first matching config rule** (a glob on the hierarchy path):
 //!    the node operator's word.
-//! 3. **The Kubernetes QoS class**, read off the kubepods path: BestEffort
+//! 3. **The Kubernetes QoS class**, read off the path below one of the
+//!    operator's kubelet pod roots (`[handler.qos] roots`, by default
+//!    `/kubepods` and `/kubepods.slice`; a `kubepods` directory anywhere
+//!    else is a name any tenant can choose): BestEffort
 //!    below Burstable below Guaranteed, the order the kubelet encodes in
 //!    `oom_score_adj`. It applies at the cgroup that *establishes* the class
 //!    (`/kubepods/besteffort`, `kubepods-burstable.slice`, a guaranteed
@@ -22,8 +25,14 @@
 //!
 //! Protection only ever adds up: a cgroup is protected when its xattr, a
 //! matching rule, or its parent says so. A child cannot un-protect itself.
+//!
+//! **Delegated subtrees.** Below a directory owned by someone other than
+//! root or the managed root's owner (systemd `user@.service`, a rootless
+//! container), a tenant chooses the names and the `user.` xattrs: there a
+//! cgroup's tier may fall below its parent's but never rise above it, and
+//! it is protected only if its parent is.
 
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use oomkit::engine::{CgroupMeta, Class};
@@ -125,8 +134,13 @@ pub struct Classifier {
     rules: Vec<Rule>,
     set: GlobSet,
     qos: Option<QosPriorities>,
+    kube_roots: Vec<PathBuf>,
     default_priority: i32,
     scratch: Vec<usize>,
+}
+
+fn default_kube_roots() -> Vec<PathBuf> {
+    DEFAULT_KUBE_ROOTS.iter().map(PathBuf::from).collect()
 }
 
 impl Default for Classifier {
@@ -135,6 +149,7 @@ impl Default for Classifier {
             rules: Vec::new(),
             set: GlobSet::empty(),
             qos: Some(QosPriorities::default()),
+            kube_roots: default_kube_roots(),
             default_priority: 0,
             scratch: Vec::new(),
         }
@@ -168,8 +183,16 @@ impl Classifier {
             rules,
             set,
             qos,
+            kube_roots: default_kube_roots(),
             default_priority,
         })
+    }
+
+    /// Reads QoS classes only below these kubelet pod roots (hierarchy
+    /// paths) instead of [`DEFAULT_KUBE_ROOTS`].
+    pub fn with_kube_roots(mut self, roots: Vec<PathBuf>) -> Self {
+        self.kube_roots = roots;
+        self
     }
 
     /// The rules, in order.
@@ -212,6 +235,16 @@ impl Classifier {
             (Source::Inherited | Source::Default, Some(i)) if protected => Source::Rule(i),
             (s, _) => s,
         };
+        // Inside a delegated subtree names and xattrs are the tenant's
+        // choice: they may lower a tier, never raise it above the parent's,
+        // and protection comes only from above.
+        let (priority, protected, source) = match (meta.delegated, inherited) {
+            (true, Some(parent)) if priority > parent.priority => {
+                (parent.priority, parent.protected, Source::Inherited)
+            }
+            (true, Some(parent)) => (priority, parent.protected, source),
+            _ => (priority, protected, source),
+        };
         (
             Class {
                 priority,
@@ -229,7 +262,7 @@ impl Classifier {
     /// The QoS priority that applies *at* this cgroup (see the module docs).
     fn qos_here(&self, meta: &CgroupMeta<'_>) -> Option<(QosClass, i32)> {
         let qos = self.qos?;
-        let (class, establishing) = kube_qos(meta.path)?;
+        let (class, establishing) = kube_qos(meta.path, &self.kube_roots)?;
         if establishing || meta.parent_class.is_none() {
             Some((class, qos.of(class)))
         } else {
@@ -238,33 +271,38 @@ impl Classifier {
     }
 }
 
+/// The kubelet's own cgroup roots for pods (`--cgroup-root=/` with the
+/// cgroupfs or the systemd driver): where QoS is read unless configured.
+pub const DEFAULT_KUBE_ROOTS: [&str; 2] = ["/kubepods", "/kubepods.slice"];
+
 /// The Kubernetes QoS class of a cgroup from its hierarchy path, and whether
 /// this cgroup is the one that establishes it (the QoS-level slice, or a
 /// guaranteed pod directly under kubepods) rather than a descendant.
 ///
-/// Understands the cgroupfs driver (`/kubepods/besteffort/pod…`,
-/// `/kubepods/burstable/pod…`, `/kubepods/pod…` for guaranteed) and the
-/// systemd driver (`/kubepods.slice/kubepods-besteffort.slice/…`,
-/// `kubepods-burstable.slice`, `kubepods-pod….slice`), also under a custom
-/// `--cgroup-root` (`kubelet.slice/kubelet-kubepods.slice/…`).
-pub fn kube_qos(path: &Path) -> Option<(QosClass, bool)> {
-    let comps: Vec<&str> = path
-        .components()
-        .filter_map(|c| match c {
-            std::path::Component::Normal(s) => s.to_str(),
-            _ => None,
-        })
-        .collect();
-    let k = comps
-        .iter()
-        .position(|c| *c == "kubepods" || c.ends_with("kubepods.slice"))?;
-    let next = comps.get(k + 1)?;
-    let establishing = comps.len() == k + 2;
-    let class = if *next == "besteffort" || next.ends_with("-besteffort.slice") {
+/// Only paths below one of `roots` (the kubelet's pod roots, e.g.
+/// `/kubepods` or `/kubepods.slice`, or `/kubelet.slice/kubelet-kubepods.slice`
+/// under a custom `--cgroup-root`) have a class: a `kubepods` directory
+/// anywhere else is a name a tenant with a delegated subtree can choose.
+///
+/// Below a root, understands the cgroupfs driver (`besteffort/pod…`,
+/// `burstable/pod…`, `pod…` for guaranteed) and the systemd driver
+/// (`kubepods-besteffort.slice/…`, `kubepods-burstable.slice`,
+/// `kubepods-pod….slice`). Names are compared as bytes.
+pub fn kube_qos(path: &Path, roots: &[PathBuf]) -> Option<(QosClass, bool)> {
+    use std::os::unix::ffi::OsStrExt;
+    let rest = roots.iter().find_map(|r| path.strip_prefix(r).ok())?;
+    let mut comps = rest.components();
+    let next = match comps.next()? {
+        Component::Normal(s) => s.as_bytes(),
+        _ => return None,
+    };
+    let establishing = comps.next().is_none();
+    let class = if next == b"besteffort" || next.ends_with(b"-besteffort.slice") {
         QosClass::BestEffort
-    } else if *next == "burstable" || next.ends_with("-burstable.slice") {
+    } else if next == b"burstable" || next.ends_with(b"-burstable.slice") {
         QosClass::Burstable
-    } else if next.starts_with("pod") || (next.ends_with(".slice") && next.contains("kubepods-pod"))
+    } else if next.starts_with(b"pod")
+        || (next.ends_with(b".slice") && next.windows(12).any(|w| w == b"kubepods-pod"))
     {
         QosClass::Guaranteed
     } else {
@@ -284,6 +322,7 @@ mod tests {
             xattr_priority: None,
             xattr_protected: false,
             parent_class: parent,
+            delegated: false,
         }
     }
 
@@ -320,8 +359,16 @@ mod tests {
             ("/kubepods", None),
             ("/system.slice/kubelet.service", None),
         ];
+        let roots: Vec<PathBuf> = [
+            "/kubepods",
+            "/kubepods.slice",
+            "/kubelet.slice/kubelet-kubepods.slice",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
         for (p, want) in cases {
-            assert_eq!(kube_qos(Path::new(p)), want, "{p}");
+            assert_eq!(kube_qos(Path::new(p), &roots), want, "{p}");
         }
     }
 
@@ -388,6 +435,97 @@ mod tests {
         assert_eq!(
             c.classify(&meta("/kubepods/burstable/pod3", None)).priority,
             -100
+        );
+    }
+
+    /// Issue 10, defect 1: a tenant with a delegated subtree could name a
+    /// cgroup `kubepods/pod-x` anywhere and get the Guaranteed tier, above
+    /// system services. QoS is read only below the operator's kubelet roots.
+    #[test]
+    fn qos_only_below_configured_kubelet_roots() {
+        let mut c = Classifier::new(vec![], Some(QosPriorities::default()), 0).unwrap();
+        let user = Class::default();
+        for spoof in [
+            "/user.slice/user-1000.slice/user@1000.service/app.slice/kubepods/pod-x",
+            "/user.slice/kubepods/pod-x",
+            "/user.slice/u.slice/kubepods.slice/kubepods-pod1.slice",
+            "/system.slice/kubepods/burstable",
+        ] {
+            let (k, s) = c.classify_with_source(&meta(spoof, Some(user)));
+            assert_eq!((k.priority, s), (0, Source::Inherited), "{spoof}");
+        }
+        // The default roots are the kubelet's own defaults.
+        let (k, _) = c.classify_with_source(&meta("/kubepods/pod1", Some(user)));
+        assert_eq!(k.priority, 100);
+        // A custom --cgroup-root counts only once configured.
+        let custom = "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice";
+        assert_eq!(c.classify(&meta(custom, Some(user))).priority, 0);
+        let mut c = c.with_kube_roots(vec!["/kubelet.slice/kubelet-kubepods.slice".into()]);
+        assert_eq!(c.classify(&meta(custom, Some(user))).priority, -200);
+        assert_eq!(c.classify(&meta("/kubepods/pod1", Some(user))).priority, 0);
+    }
+
+    /// Issue 10, defect 1: inside a subtree owned by someone else than root
+    /// (or the managed root's owner) — a delegated one, whose names and
+    /// xattrs the tenant chooses — a tier never rises above the parent's,
+    /// and protection comes only from above.
+    #[test]
+    fn delegated_subtrees_never_rise_above_their_parent() {
+        let mut c = Classifier::new(
+            vec![
+                Rule {
+                    glob: "/**/*important*".into(),
+                    priority: Some(500),
+                    protected: false,
+                },
+                Rule {
+                    glob: "/**/sshd.service".into(),
+                    priority: None,
+                    protected: true,
+                },
+                Rule {
+                    glob: "/user.slice/**/batch*".into(),
+                    priority: Some(-50),
+                    protected: false,
+                },
+            ],
+            Some(QosPriorities::default()),
+            0,
+        )
+        .unwrap();
+        let parent = Class {
+            priority: 10,
+            protected: false,
+        };
+        let tenant = |path: &'static str| {
+            let mut m = meta(path, Some(parent));
+            m.delegated = true;
+            m
+        };
+        let k = c.classify(&tenant("/user.slice/u/very-important"));
+        assert_eq!((k.priority, k.protected), (10, false), "rule rise capped");
+        let k = c.classify(&tenant("/user.slice/u/sshd.service"));
+        assert!(!k.protected, "a tenant's name cannot protect it");
+        let mut m = tenant("/user.slice/u/x");
+        m.xattr_priority = Some(1000);
+        m.xattr_protected = true;
+        let k = c.classify(&m);
+        assert_eq!((k.priority, k.protected), (10, false), "xattr rise capped");
+        let k = c.classify(&tenant("/kubepods/pod1"));
+        assert_eq!(k.priority, 10, "QoS rise capped");
+        // Lowering is always allowed, and protection still inherits.
+        assert_eq!(c.classify(&tenant("/user.slice/u/batch1")).priority, -50);
+        let mut m = tenant("/user.slice/u/y");
+        m.parent_class = Some(Class {
+            priority: 10,
+            protected: true,
+        });
+        assert!(c.classify(&m).protected);
+        // Not delegated: the operator's rules apply in full.
+        assert_eq!(
+            c.classify(&meta("/srv/very-important", Some(parent)))
+                .priority,
+            500
         );
     }
 

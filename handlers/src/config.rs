@@ -560,6 +560,9 @@ pub struct QosSection {
     pub burstable: i32,
     /// Priority of Guaranteed pods.
     pub guaranteed: i32,
+    /// The kubelet's pod roots (hierarchy paths): QoS is read only below
+    /// these, never from a `kubepods` name a tenant made elsewhere.
+    pub roots: Vec<PathBuf>,
 }
 
 impl Default for QosSection {
@@ -570,6 +573,10 @@ impl Default for QosSection {
             best_effort: q.best_effort,
             burstable: q.burstable,
             guaranteed: q.guaranteed,
+            roots: crate::classify::DEFAULT_KUBE_ROOTS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
         }
     }
 }
@@ -887,6 +894,14 @@ impl Config {
     /// Parses `text` (read from `file`) and validates it.
     pub fn parse(file: &Path, text: &str) -> Result<Loaded, ConfigErrors> {
         let config: Config = toml::from_str(text).map_err(|e| {
+            if e.message().contains("missing field `handler`") {
+                return ConfigErrors(vec![ConfigError {
+                    file: file.to_path_buf(),
+                    at: None,
+                    key: None,
+                    message: "no [handler] section (missing field `handler`): every config needs one, e.g. `[handler]` with `kind = \"priority-kill\"`".into(),
+                }]);
+            }
             let span = e.span();
             ConfigErrors(vec![ConfigError {
                 file: file.to_path_buf(),
@@ -895,7 +910,18 @@ impl Config {
                 message: e.message().trim().to_string(),
             }])
         })?;
-        let (problems, warnings) = config.validate();
+        let (mut problems, mut warnings) = config.validate();
+        let safety = crate::config_safety::check(&config);
+        problems.extend(safety.errors);
+        warnings.extend(safety.warnings.into_iter().map(|(key, message)| {
+            ConfigError {
+                file: file.to_path_buf(),
+                at: locate(text, &key),
+                key: Some(key),
+                message,
+            }
+            .to_string()
+        }));
         if problems.is_empty() {
             return Ok(Loaded {
                 file: file.to_path_buf(),
@@ -942,15 +968,6 @@ impl Config {
             err(
                 "daemon.depth",
                 format!("must be between 1 and 16 (got {})", d.depth),
-            );
-        }
-        if d.incidents().is_some_and(|p| !p.is_absolute()) {
-            err(
-                "daemon.incident_dir",
-                format!(
-                    "must be an absolute path, or \"\" for no records (got `{}`)",
-                    d.incident_dir.display()
-                ),
             );
         }
         if let Some(a) = &d.metrics_listen {
@@ -1288,7 +1305,7 @@ impl Config {
             burstable: h.qos.burstable,
             guaranteed: h.qos.guaranteed,
         });
-        Classifier::new(rules, qos, h.default_priority)
+        Ok(Classifier::new(rules, qos, h.default_priority)?.with_kube_roots(h.qos.roots.clone()))
     }
 
     fn priority_kill_config(&self) -> PriorityKillConfig {
@@ -1304,10 +1321,16 @@ impl Config {
     /// Builds the configured handler (sized for `[engine] max_cgroups`).
     pub fn build_handler(&self) -> Result<Box<dyn oomkit::engine::Handler>, String> {
         let classifier = self.classifier().map_err(|e| e.to_string())?;
+        let sizing = |e: std::collections::TryReserveError| {
+            format!(
+                "cannot reserve tables for [engine] max_cgroups = {}: {e}",
+                self.engine.max_cgroups
+            )
+        };
         Ok(match self.handler.kind {
-            HandlerKind::PriorityKill => {
-                Box::new(PriorityKill::new(self.priority_kill_config(), classifier))
-            }
+            HandlerKind::PriorityKill => Box::new(
+                PriorityKill::try_new(self.priority_kill_config(), classifier).map_err(sizing)?,
+            ),
             HandlerKind::Throttle => {
                 let t = self.handler.throttle.clone().unwrap_or_default();
                 let cfg = ThrottleConfig {
@@ -1322,7 +1345,13 @@ impl Config {
                     max_throttled: t.max_throttled,
                     choice: self.priority_kill_config(),
                 };
-                Box::new(Throttle::new(cfg, classifier))
+                Box::new(Throttle::try_new(cfg, classifier).map_err(|e| {
+                    format!(
+                        "{} (handler.throttle.max_throttled = {})",
+                        sizing(e),
+                        t.max_throttled
+                    )
+                })?)
             }
             HandlerKind::HeapProfile => {
                 let p = self.handler.heap_profile.clone().unwrap_or_default();
@@ -1335,7 +1364,8 @@ impl Config {
                     raise_for: Duration::from_millis(p.raise_for_ms),
                     dump_deadline: Duration::from_millis(p.dump_deadline_ms),
                 };
-                let inner = PriorityKill::new(self.priority_kill_config(), classifier);
+                let inner = PriorityKill::try_new(self.priority_kill_config(), classifier)
+                    .map_err(sizing)?;
                 Box::new(HeapProfile::new(cfg, inner).map_err(|e| e.to_string())?)
             }
         })

@@ -20,6 +20,7 @@
 
 pub mod classify;
 pub mod config;
+mod config_safety;
 pub mod daemon;
 pub mod dropin;
 pub mod heap_profile;

@@ -125,6 +125,26 @@ impl PriorityKill {
         }
     }
 
+    /// [`PriorityKill::new`], reporting a failed reservation of its
+    /// `max_cgroups`-sized tables instead of aborting the process (a
+    /// daemon reloading its config must survive a bad size).
+    pub fn try_new(
+        cfg: PriorityKillConfig,
+        classifier: Classifier,
+    ) -> Result<Self, std::collections::TryReserveError> {
+        let mut has_child = Vec::new();
+        has_child.try_reserve_exact(cfg.max_cgroups)?;
+        has_child.resize(cfg.max_cgroups, false);
+        let mut order = Vec::new();
+        order.try_reserve_exact(cfg.max_cgroups)?;
+        Ok(PriorityKill {
+            has_child,
+            order,
+            cfg,
+            classifier,
+        })
+    }
+
     /// The settings.
     pub fn config(&self) -> &PriorityKillConfig {
         &self.cfg

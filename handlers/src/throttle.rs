@@ -153,6 +153,23 @@ impl Throttle {
         }
     }
 
+    /// [`Throttle::new`], reporting a failed reservation of its tables
+    /// (`max_cgroups`, `max_throttled`) instead of aborting the process.
+    pub fn try_new(
+        cfg: ThrottleConfig,
+        classifier: Classifier,
+    ) -> Result<Self, std::collections::TryReserveError> {
+        let mut choice = cfg.choice.clone();
+        choice.granularity = Granularity::Cgroup;
+        let mut active = Vec::new();
+        active.try_reserve_exact(cfg.max_throttled)?;
+        Ok(Throttle {
+            chooser: PriorityKill::try_new(choice, classifier)?,
+            active,
+            cfg,
+        })
+    }
+
     /// The cgroups currently throttled.
     pub fn throttled(&self) -> &[Throttled] {
         &self.active

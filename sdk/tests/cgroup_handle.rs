@@ -128,7 +128,7 @@ fn children_and_pids() {
     std::fs::write(dir.path().join("not-a-dir"), "").unwrap();
     assert_eq!(
         root.children().unwrap(),
-        vec!["b".to_string(), "job".to_string()]
+        vec![std::ffi::OsString::from("b"), "job".into()]
     );
     // A large cgroup.procs is read in chunks without losing lines.
     let pids: Vec<i32> = (1..5000).collect();

@@ -258,3 +258,20 @@ fn proc_cgroup_line() {
     assert_eq!(parse::cgroup_v2_path(b"4:memory:/x\n"), None);
     assert_eq!(parse::cgroup_v2_path(b""), None);
 }
+
+/// Issue 10, defect 2: the kernel rejects only `\n` in cgroup names, so
+/// `"job "` and `" job"` are valid; trimming made every membership check of
+/// such a cgroup fail, and its processes unkillable.
+#[test]
+fn proc_cgroup_line_keeps_whitespace_in_names() {
+    assert_eq!(
+        parse::cgroup_v2_path(b"0::/t/job \n"),
+        Some(&b"/t/job "[..])
+    );
+    assert_eq!(
+        parse::cgroup_v2_path(b"0::/t/ job\t\n"),
+        Some(&b"/t/ job\t"[..])
+    );
+    // A last line without its newline is taken whole.
+    assert_eq!(parse::cgroup_v2_path(b"0::/t/x "), Some(&b"/t/x "[..]));
+}

@@ -55,6 +55,13 @@ pub struct FakeHost {
     pub pending_exit: Vec<Victim>,
     /// The hierarchy path reported as oomkit's own cgroup.
     pub own_cgroup: PathBuf,
+    /// Processes whose membership check fails when killed (as for a cgroup
+    /// name the check cannot match): the kill reports them gone.
+    pub not_member: Vec<i32>,
+    /// Processes whose kill fails with this errno (EMFILE, EPERM …).
+    pub kill_errno: Vec<(i32, rustix::io::Errno)>,
+    /// PIDs a watchdog killed, reported to the loop one at a time.
+    pub external_kills: Vec<i32>,
 }
 
 /// A process sample with `rss_mib` MiB resident.
@@ -91,6 +98,9 @@ impl FakeHost {
             log: Vec::new(),
             pending_exit: Vec::new(),
             own_cgroup: PathBuf::from("/system/oomkit"),
+            not_member: Vec::new(),
+            kill_errno: Vec::new(),
+            external_kills: Vec::new(),
         }
     }
     /// The cgroup at `path`, created if new.
@@ -202,6 +212,20 @@ impl Observe for FakeHost {
     fn own_cgroup(&self) -> Option<&Path> {
         Some(&self.own_cgroup)
     }
+
+    fn external_kill(&mut self) -> Option<i32> {
+        self.external_kills.pop()
+    }
+
+    fn child_dirs(&self, id: CgroupId) -> Option<usize> {
+        let p = self.ids.get(&id)?;
+        Some(
+            self.cgs
+                .keys()
+                .filter(|c| c.parent() == Some(p.as_path()))
+                .count(),
+        )
+    }
 }
 
 impl Act for FakeHost {
@@ -212,8 +236,14 @@ impl Act for FakeHost {
             .cgs
             .get(&p)
             .ok_or(oomkit::Error::CgroupGone { path: p.clone() })?;
-        if !c.procs.iter().any(|x| x.pid == pid) {
+        if !c.procs.iter().any(|x| x.pid == pid) || self.not_member.contains(&pid) {
             return Err(oomkit::Error::ProcessGone { pid });
+        }
+        if let Some((_, e)) = self.kill_errno.iter().find(|(p, _)| *p == pid) {
+            return Err(oomkit::Error::Sys {
+                call: "pidfd_open",
+                source: (*e).into(),
+            });
         }
         let v = Victim::Process {
             pid,

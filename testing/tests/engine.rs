@@ -738,3 +738,186 @@ fn prekill_hooks_fire_before_the_diagnostics_signal_and_not_again() {
     assert_eq!(r.host().kills().len(), 1);
     assert_eq!(seen.borrow().len(), 1, "not fired again before the kill");
 }
+
+/// The victims an episode recorded, as PIDs (0 for cgroups).
+fn victim_pids(e: &Episode) -> Vec<i32> {
+    e.victims
+        .iter()
+        .flatten()
+        .map(|v| match v.victim {
+            Victim::Process { pid, .. } => pid,
+            _ => 0,
+        })
+        .collect()
+}
+
+/// Issue 10, defect 2: a victim whose membership check fails (a cgroup
+/// name with whitespace did that) is excluded and the next one chosen; the
+/// episode is not recorded as acted with nothing killed.
+#[test]
+fn a_victim_failing_the_membership_check_is_passed_over() {
+    let mut r = rig(
+        EngineConfig::default(),
+        |h| {
+            two_jobs(h);
+            h.not_member = vec![100];
+        },
+        None,
+    );
+    r.event("/batch", ev(0, 1, 1));
+    let eps = r.run(Duration::from_secs(10));
+    assert_eq!(eps.len(), 1);
+    assert_eq!(victim_pids(&eps[0]), vec![101], "{eps:?}");
+    assert_eq!(eps[0].outcome, Some(Outcome::Acted));
+    assert_eq!(r.engine.stats().kills, 1);
+    // Nothing killable at all: not "acted".
+    let mut r = rig(
+        EngineConfig::default(),
+        |h| {
+            two_jobs(h);
+            h.not_member = vec![100, 101];
+        },
+        None,
+    );
+    r.event("/batch", ev(0, 1, 1));
+    let eps = r.run(Duration::from_secs(10));
+    assert_eq!(eps.len(), 1);
+    assert!(victim_pids(&eps[0]).is_empty());
+    assert_eq!(eps[0].outcome, Some(Outcome::Failed), "{eps:?}");
+    assert_eq!(r.engine.stats().kills, 0);
+}
+
+/// Issue 10, defect 7: a kill error other than "gone" (EMFILE, EPERM)
+/// excludes that victim instead of retrying it until the episode fails.
+#[test]
+fn a_kill_error_excludes_the_victim() {
+    let mut r = rig(
+        EngineConfig::default(),
+        |h| {
+            two_jobs(h);
+            h.kill_errno = vec![(100, rustix::io::Errno::MFILE)];
+        },
+        None,
+    );
+    r.event("/batch", ev(0, 1, 1));
+    let eps = r.run(Duration::from_secs(10));
+    assert_eq!(eps.len(), 1);
+    assert_eq!(victim_pids(&eps[0]), vec![101], "{eps:?}");
+    assert_eq!(eps[0].outcome, Some(Outcome::Acted));
+    let tries = r.kills().iter().filter(|k| k.0 == 100).count();
+    assert_eq!(tries, 1, "the failing victim is tried once");
+}
+
+/// Issue 10, defect 3: when the watchdog killed during a stall, the loop
+/// adopts that kill as the episode's instead of killing a second victim.
+#[test]
+fn a_watchdog_kill_is_the_episodes_kill() {
+    let mut r = rig(EngineConfig::default(), two_jobs, None);
+    r.host().external_kills = vec![200];
+    r.event("/batch", ev(0, 1, 1));
+    let eps = r.run(Duration::from_secs(10));
+    assert!(r.host().kills().is_empty(), "{:?}", r.host().kills());
+    assert_eq!(eps.len(), 1);
+    assert_eq!(victim_pids(&eps[0]), vec![200]);
+    assert_eq!(eps[0].outcome, Some(Outcome::Acted));
+}
+
+/// Issue 10, defect 17: a raised `memory.max` is restored only if it still
+/// holds the value oomkit wrote; a change made meanwhile (an operator, the
+/// runtime) is kept.
+#[test]
+fn a_limit_changed_meanwhile_is_not_overwritten() {
+    struct Raise;
+    impl Handler for Raise {
+        fn name(&self) -> &'static str {
+            "raise"
+        }
+        fn decide(&mut self, view: &mut View<'_>, plan: &mut Plan) {
+            let cg = view.scope().unwrap();
+            let _ = plan.push(
+                Action::RaiseMax {
+                    cgroup: cg,
+                    limit: 600 << 20,
+                    duration: Duration::from_secs(10),
+                },
+                Duration::ZERO,
+            );
+            // A step that waits, so the raise lasts a while.
+            let _ = plan.push(
+                Action::CaptureDiagnostics {
+                    cgroup: cg,
+                    pid: 100,
+                    signal: 12,
+                },
+                Duration::from_millis(500),
+            );
+        }
+    }
+    let mut host = FakeHost::new();
+    two_jobs(&mut host);
+    host.cg("/batch").max = Some(Limit::Bytes(360 << 20));
+    let cfg = EngineConfig {
+        recheck: false,
+        ..EngineConfig::default()
+    };
+    let mut e = Engine::new(cfg, host, Box::new(Raise), Path::new("/")).unwrap();
+    let batch = e.add_cgroup(Path::new("/batch")).unwrap();
+    let at = e.host().now();
+    e.on_event(
+        Trigger::MemoryEvents {
+            cgroup: batch,
+            delta: ev(0, 1, 1),
+        },
+        at,
+    );
+    assert_eq!(e.host_mut().cg("/batch").max, Some(Limit::Bytes(600 << 20)));
+    // The operator sets its own limit while the raise lasts.
+    e.host_mut().cg("/batch").max = Some(Limit::Bytes(1 << 30));
+    for _ in 0..50 {
+        e.host().advance(Duration::from_millis(20));
+        let at = e.host().now();
+        e.on_tick(at);
+    }
+    assert_eq!(
+        e.host_mut().cg("/batch").max,
+        Some(Limit::Bytes(1 << 30)),
+        "the operator's limit was overwritten"
+    );
+}
+
+/// Issue 10, defect 12: a group kill is refused while the target has
+/// descendants the loop does not track (a failed watch, or beyond
+/// `depth`): they could be protected.
+#[test]
+fn group_kills_are_refused_over_untracked_descendants() {
+    let setup = |h: &mut FakeHost| {
+        h.cg("/pod").procs = vec![proc(300, 400)];
+        h.cg("/pod/ctr").procs = vec![proc(301, 100)];
+    };
+    let mut r = rig(EngineConfig::default(), setup, None);
+    let pod = r.id("/pod");
+    // A child the loop never saw (its watch failed).
+    r.host().cg("/pod/sshd").procs = vec![proc(302, 5)];
+    r.engine.replace_handler(
+        Box::new(Largest {
+            force: Some(Action::KillCgroup { cgroup: pod }),
+        }),
+        EngineConfig::default(),
+    );
+    r.event("/pod", ev(0, 1, 1));
+    let eps = r.run(Duration::from_secs(10));
+    assert!(r.kills().is_empty(), "{:?}", r.kills());
+    assert_eq!(eps[0].outcome, Some(Outcome::Refused));
+    // Tracked, the same kill goes ahead.
+    let mut r = rig(EngineConfig::default(), setup, None);
+    let pod = r.id("/pod");
+    r.engine.replace_handler(
+        Box::new(Largest {
+            force: Some(Action::KillCgroup { cgroup: pod }),
+        }),
+        EngineConfig::default(),
+    );
+    r.event("/pod", ev(0, 1, 1));
+    r.run(Duration::from_secs(10));
+    assert_eq!(r.kills().len(), 1);
+}

@@ -92,6 +92,7 @@ fn kubernetes_node_takes_a_besteffort_pod_by_its_uid_named_slice() {
         xattr_priority: None,
         xattr_protected: false,
         parent_class: None,
+        delegated: false,
     });
     assert_eq!(class.priority, -300, "{pod:?}: {source:?}");
     assert!(matches!(source, Source::Rule(_)), "{source:?}");

@@ -10,7 +10,7 @@ use oomkit::engine::{Action, Engine, KernelHost, Outcome, Trigger, XattrTrust};
 use oomkit_handlers::config::Config;
 use oomkit_tests::SyntheticTree;
 
-const BATCH: &str = "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podbatch1.slice";
+const BATCH: &str = "/batch.slice/job1.slice";
 const WEB: &str = "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podweb.slice";
 const BURST: &str = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-poddb.slice";
 const GUAR: &str = "/kubepods.slice/kubepods-podgu.slice";

@@ -9,6 +9,8 @@
 //!   exercised in a VM with its own kernel.
 //! * `cargo xtask demo` boots the newest kernel and runs the priority scenario without and with
 //!   the `oomkit` daemon, printing what happened side by side (the README's main command).
+//! * `cargo xtask fuzz --seconds N` runs each cargo-fuzz target (`fuzz/`) for N seconds and
+//!   reports executions and crashes; `cargo xtask test` runs each briefly.
 //! * `cargo xtask fixtures` boots each kernel and copies real `memory.*`, `cgroup.*` and `/proc`
 //!   files into `sdk/fixtures/<kernel-release>/` for the SDK's parser tests.
 //! * `cargo xtask bootstress` boots kernels many times to the harness handshake and tallies how
@@ -23,6 +25,7 @@ mod bench_peers;
 mod bootstress;
 mod demo;
 mod deploy;
+mod fuzz;
 mod guest;
 mod host;
 mod hosttest;
@@ -64,6 +67,9 @@ enum Cmd {
     /// Show what oomkit changes: the priority scenario in a VM without and with oomkit, side by
     /// side (who died, who lived, the kernel OOM killer, time to the kill, the incident).
     Demo(demo::DemoArgs),
+    /// Run every cargo-fuzz target (cgroup files, /proc files, PSI, config) for N seconds each
+    /// and report executions and crashes per target.
+    Fuzz(fuzz::FuzzArgs),
     /// Micro-benchmarks, footprint and end-to-end runs against the kernel, earlyoom and oomd;
     /// writes docs/benchmarks.md and docs/bench-latency.svg.
     Bench(bench::BenchArgs),
@@ -86,6 +92,9 @@ struct TestArgs {
     /// Skip the VM tests (fmt, clippy and host tests only).
     #[arg(long)]
     no_vm: bool,
+    /// Skip the brief run of every fuzz target.
+    #[arg(long)]
+    no_fuzz: bool,
     #[command(flatten)]
     vm: VmOptions,
 }
@@ -172,6 +181,7 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => bench::cmd_bench(&args),
         Cmd::PublicApi(args) => public_api::run(args.bless),
         Cmd::Bootstress(args) => bootstress::run(&args),
+        Cmd::Fuzz(args) => fuzz::run(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -280,6 +290,23 @@ fn cmd_test(args: &TestArgs) -> Result<bool> {
         }
     }
     deploy::checks(&mut lines, &mut failed_steps);
+    if !args.no_fuzz {
+        println!("==> fuzz (every target briefly)");
+        let t = Instant::now();
+        let ok = fuzz::run(&fuzz::FuzzArgs {
+            seconds: 10,
+            targets: Vec::new(),
+            jobs: 1,
+        })
+        .unwrap_or_else(|e| {
+            eprintln!("xtask: fuzz: {e}");
+            false
+        });
+        lines.push(step_line("fuzz", ok, t));
+        if !ok {
+            failed_steps.push("fuzz");
+        }
+    }
     let mut vm = report::Totals::default();
     let mut loud = Vec::new();
     if !args.no_vm {

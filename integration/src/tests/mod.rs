@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::harness::TestCase;
 
+pub mod adversarial;
 pub mod common;
 pub mod e2e;
 pub mod events;
@@ -82,6 +83,28 @@ pub fn all() -> Vec<TestCase> {
         case("e2e_dry_run", 90, e2e::dry_run),
         // What an operator sees: the scrape and `oomkit incidents` around one episode.
         case("ops_metrics_incidents", 120, ops::metrics_and_incidents),
+        // Issue 10: a tenant with a delegated subtree against the daemon.
+        case(
+            "adversarial_spoofed_kubepods",
+            120,
+            adversarial::spoofed_kubepods,
+        ),
+        case(
+            "adversarial_whitespace_name",
+            120,
+            adversarial::whitespace_name,
+        ),
+        case("adversarial_non_utf8_name", 120, adversarial::non_utf8_name),
+        case(
+            "adversarial_self_set_user_xattrs",
+            120,
+            adversarial::self_set_user_xattrs,
+        ),
+        case(
+            "adversarial_churn_without_pressure",
+            300,
+            adversarial::churn_without_pressure,
+        ),
     ]
 }
 

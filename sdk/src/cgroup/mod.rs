@@ -25,8 +25,9 @@ pub mod parse;
 pub(crate) mod parse;
 mod types;
 
-use std::ffi::{CStr, CString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
@@ -107,15 +108,16 @@ pub struct CgroupFile {
     path: PathBuf,
 }
 
-fn to_cstring(path: &Path, name: &str) -> Result<CString> {
-    CString::new(name).map_err(|_| Error::InvalidPath {
+fn to_cstring(path: &Path, name: &OsStr) -> Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| Error::InvalidPath {
         path: path.join(name),
         reason: "name contains a NUL byte",
     })
 }
 
-fn check_child_name(parent: &Path, name: &str) -> Result<()> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+fn check_child_name(parent: &Path, name: &OsStr) -> Result<()> {
+    let b = name.as_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
         return Err(Error::InvalidPath {
             path: parent.join(name),
             reason: "child cgroup name must be a single path component",
@@ -487,8 +489,10 @@ impl Cgroup {
         }
     }
 
-    /// Names of the child cgroups, sorted.
-    pub fn children(&self) -> Result<Vec<String>> {
+    /// Names of the child cgroups, sorted by their bytes. Names are bytes,
+    /// not text: a tenant may choose one that is not UTF-8, and its subtree
+    /// must not become invisible.
+    pub fn children(&self) -> Result<Vec<OsString>> {
         let dup = rustix::fs::openat(
             &self.dir,
             c".",
@@ -523,15 +527,16 @@ impl Cgroup {
                 _ => false,
             };
             if is_dir {
-                out.push(String::from_utf8_lossy(name).into_owned());
+                out.push(OsStr::from_bytes(name).to_os_string());
             }
         }
         out.sort();
         Ok(out)
     }
 
-    /// Opens the child cgroup `name`.
-    pub fn child(&self, name: &str) -> Result<Cgroup> {
+    /// Opens the child cgroup `name` (any bytes but `/` and NUL).
+    pub fn child(&self, name: impl AsRef<OsStr>) -> Result<Cgroup> {
+        let name = name.as_ref();
         check_child_name(&self.path, name)?;
         let c = to_cstring(&self.path, name)?;
         let path = self.path.join(name);
@@ -581,7 +586,8 @@ impl Cgroup {
 
     /// Creates the child cgroup `name` (`mkdir`) and opens it. An existing
     /// child is opened as it is.
-    pub fn create_child(&self, name: &str) -> Result<Cgroup> {
+    pub fn create_child(&self, name: impl AsRef<OsStr>) -> Result<Cgroup> {
+        let name = name.as_ref();
         check_child_name(&self.path, name)?;
         let c = to_cstring(&self.path, name)?;
         match rustix::fs::mkdirat(&self.dir, c.as_c_str(), Mode::from_raw_mode(0o755)) {
@@ -592,7 +598,8 @@ impl Cgroup {
 
     /// Removes the child cgroup `name` (`rmdir`; it must have no processes
     /// and no children).
-    pub fn remove_child(&self, name: &str) -> Result<()> {
+    pub fn remove_child(&self, name: impl AsRef<OsStr>) -> Result<()> {
+        let name = name.as_ref();
         check_child_name(&self.path, name)?;
         let c = to_cstring(&self.path, name)?;
         rustix::fs::unlinkat(&self.dir, c.as_c_str(), AtFlags::REMOVEDIR)
@@ -611,7 +618,7 @@ impl Cgroup {
     /// Reads an extended attribute of the cgroup directory (`trusted.*` or
     /// `user.*`), `None` if it is not set.
     pub fn xattr(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let c = to_cstring(&self.path, name)?;
+        let c = to_cstring(&self.path, OsStr::new(name))?;
         let mut buf = vec![0u8; 256];
         loop {
             match rustix::fs::fgetxattr(&self.dir, c.as_c_str(), &mut buf[..]) {

@@ -142,8 +142,8 @@ impl CgroupFs {
     }
 
     /// Maps a hierarchy path (as in `/proc/PID/cgroup`) to a filesystem path.
-    pub fn fs_path(&self, hierarchy_path: &str) -> Result<PathBuf> {
-        let hp = Path::new(hierarchy_path);
+    pub fn fs_path(&self, hierarchy_path: impl AsRef<Path>) -> Result<PathBuf> {
+        let hp = hierarchy_path.as_ref();
         check_clean_absolute(hp)?;
         let rel = hp
             .strip_prefix(&self.root)
@@ -174,9 +174,11 @@ impl CgroupFs {
     }
 
     /// Opens the cgroup at a hierarchy path such as `/system.slice/foo.service`.
-    pub fn open_hierarchy(&self, hierarchy_path: &str) -> Result<Cgroup> {
+    /// The path is bytes, not text (a cgroup name need not be UTF-8).
+    pub fn open_hierarchy(&self, hierarchy_path: impl AsRef<Path>) -> Result<Cgroup> {
+        let hierarchy_path = hierarchy_path.as_ref();
         let fs = self.fs_path(hierarchy_path)?;
-        Cgroup::open_dir(&fs, PathBuf::from(hierarchy_path), self.verify)
+        Cgroup::open_dir(&fs, hierarchy_path.to_path_buf(), self.verify)
     }
 
     /// The root of the mount.

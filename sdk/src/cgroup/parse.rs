@@ -6,7 +6,8 @@
 //! reserved (see [`memory_stat_into`]), so they can run on the hot path.
 //!
 //! Rules, from the kernel's habit of growing these files:
-//! - unknown keys never fail: they are ignored (events, pressure) or kept
+//! - unknown keys never fail, whatever the shape of their line: they are
+//!   ignored (events, pressure) or kept when they read `key number`
 //!   (`memory.stat`);
 //! - a known key whose value is not a number is an error naming the line;
 //! - trailing newlines and blank lines are tolerated.
@@ -75,6 +76,20 @@ fn key_value(line: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((k, v))
 }
 
+/// The key of a `key value` line: its first word.
+fn first_word(line: &[u8]) -> &[u8] {
+    let line = trim(line);
+    let end = line.iter().position(|b| *b == b' ').unwrap_or(line.len());
+    &line[..end]
+}
+
+/// Whether `line` is the last line of `data` and `data` does not end with a
+/// newline: a file cut short by its reader, whose last line may be a
+/// fragment of a known key, so it must have the `key value` shape.
+fn is_cut_last(data: &[u8], line: &[u8]) -> bool {
+    !data.ends_with(b"\n") && line.as_ptr_range().end == data.as_ptr_range().end
+}
+
 /// A single-value file such as `memory.current` or `memory.swap.current`.
 pub fn single_u64(data: &[u8]) -> R<u64> {
     let mut it = lines(data);
@@ -110,17 +125,23 @@ pub fn bool01(data: &[u8]) -> R<bool> {
     }
 }
 
-/// `memory.events` or `memory.events.local`. Unknown keys are ignored.
+/// `memory.events` or `memory.events.local`. Unknown keys are ignored
+/// whatever the shape of their line (a future kernel may print more than
+/// one value); only known keys are checked.
 pub fn memory_events(data: &[u8]) -> R<MemoryEvents> {
     let mut ev = MemoryEvents::default();
     for (n, line) in lines(data) {
-        let (k, v) = key_value(line).ok_or(err(n, ParseErrorKind::MalformedLine))?;
+        let key = first_word(line);
         let Some(kind) = MemoryEventKind::ALL
             .iter()
-            .find(|x| x.key().as_bytes() == k)
+            .find(|x| x.key().as_bytes() == key)
         else {
+            if is_cut_last(data, line) && key_value(line).is_none() {
+                return Err(err(n, ParseErrorKind::MalformedLine));
+            }
             continue;
         };
+        let (_, v) = key_value(line).ok_or(err(n, ParseErrorKind::MalformedLine))?;
         let v = u64_digits(v).ok_or(err(n, ParseErrorKind::InvalidNumber))?;
         let slot = ev.slot(*kind);
         if slot.is_some() {
@@ -131,16 +152,20 @@ pub fn memory_events(data: &[u8]) -> R<MemoryEvents> {
     Ok(ev)
 }
 
-/// `cgroup.events`: `populated` and `frozen`. Unknown keys are ignored.
+/// `cgroup.events`: `populated` and `frozen`. Unknown keys are ignored
+/// whatever the shape of their line.
 pub fn cgroup_events(data: &[u8]) -> R<CgroupEvents> {
     let mut ev = CgroupEvents::default();
     for (n, line) in lines(data) {
-        let (k, v) = key_value(line).ok_or(err(n, ParseErrorKind::MalformedLine))?;
-        let slot = match k {
+        let slot = match first_word(line) {
             b"populated" => &mut ev.populated,
             b"frozen" => &mut ev.frozen,
+            _ if is_cut_last(data, line) && key_value(line).is_none() => {
+                return Err(err(n, ParseErrorKind::MalformedLine));
+            }
             _ => continue,
         };
+        let (_, v) = key_value(line).ok_or(err(n, ParseErrorKind::MalformedLine))?;
         *slot = Some(match v {
             b"0" => false,
             b"1" => true,
@@ -162,7 +187,8 @@ pub fn memory_stat(data: &[u8]) -> R<MemoryStat> {
 /// capacity reserved in `out.other` this does not allocate.
 ///
 /// Unknown keys are kept in file order; a key longer than
-/// [`STAT_KEY_MAX`](super::types::STAT_KEY_MAX) bytes is skipped. On error
+/// [`STAT_KEY_MAX`](super::types::STAT_KEY_MAX) bytes, or one whose line is
+/// not `key number` (a future kernel's other shape), is skipped. On error
 /// `out` holds what was parsed before the bad line.
 pub fn memory_stat_into(data: &[u8], out: &mut MemoryStat) -> R<()> {
     let other = std::mem::take(&mut out.other);
@@ -172,12 +198,25 @@ pub fn memory_stat_into(data: &[u8], out: &mut MemoryStat) -> R<()> {
     };
     out.other.clear();
     for (n, line) in lines(data) {
-        let (k, v) = key_value(line).ok_or(err(n, ParseErrorKind::MalformedLine))?;
+        let k = first_word(line);
+        if out.known_slot(k).is_none() {
+            match key_value(line).and_then(|(_, v)| u64_digits(v)) {
+                Some(v) => {
+                    if let Some(key) = StatKey::new(k) {
+                        out.other.push((key, v));
+                    }
+                }
+                None if is_cut_last(data, line) => {
+                    return Err(err(n, ParseErrorKind::MalformedLine));
+                }
+                None => {}
+            }
+            continue;
+        }
+        let (_, v) = key_value(line).ok_or(err(n, ParseErrorKind::MalformedLine))?;
         let v = u64_digits(v).ok_or(err(n, ParseErrorKind::InvalidNumber))?;
         if let Some(slot) = out.known_slot(k) {
             *slot = Some(v);
-        } else if let Some(key) = StatKey::new(k) {
-            out.other.push((key, v));
         }
     }
     Ok(())
@@ -413,6 +452,33 @@ mod tests {
         assert_eq!(st.get("anon"), Some(100));
         assert_eq!(
             memory_stat(b"anon 1\nfile\n"),
+            Err(err(2, ParseErrorKind::MalformedLine))
+        );
+    }
+
+    /// Issue 10, defect 15: a future kernel's line of another shape under a
+    /// new key must not silence the whole file (and the source reading it).
+    #[test]
+    fn unknown_keys_of_any_shape_are_skipped() {
+        let ev = memory_events(b"low 0\nnew_thing 1 2\nhigh 5\nbare_flag\noom_kill 1\n").unwrap();
+        assert_eq!((ev.high, ev.oom_kill), (Some(5), Some(1)));
+        let st = memory_stat(b"anon 1\nnew_thing 1 2\nbare\nfile 2\nzz 3\n").unwrap();
+        assert_eq!((st.anon, st.file), (Some(1), Some(2)));
+        let keys: Vec<_> = st.other.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(
+            keys,
+            vec![("zz", 3)],
+            "odd-shaped unknown lines are not kept"
+        );
+        let ce = cgroup_events(b"populated 1\nnew_thing a b\nfrozen 0\n").unwrap();
+        assert_eq!((ce.populated, ce.frozen), (Some(true), Some(false)));
+        // Known keys are still checked.
+        assert_eq!(
+            memory_events(b"new_thing 1 2\nhigh 1 2\n"),
+            Err(err(2, ParseErrorKind::MalformedLine))
+        );
+        assert_eq!(
+            memory_stat(b"new_thing 1 2\nanon 1 2\n"),
             Err(err(2, ParseErrorKind::MalformedLine))
         );
     }

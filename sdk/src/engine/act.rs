@@ -10,13 +10,17 @@
 use std::path::Path;
 use std::time::Instant;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 use super::host::{Host, Victim};
 use super::plan::Action;
 use super::prekill::PrekillTarget;
 use super::types::{CgroupId, CgroupStats, ProcSample};
 use super::{Engine, Outcome, Phase, VictimRecord, VictimWait, Wait};
+
+/// Victims whose kill signalled nothing that one episode passes over before
+/// giving up (below the room for exclusions).
+pub(super) const MAX_PASSED_OVER: u32 = 4;
 
 impl<H: Host> Engine<H> {
     /// Applies a step that needs no waiting (limits, freezing).
@@ -49,6 +53,12 @@ impl<H: Host> Engine<H> {
                 self.finish(Outcome::Acted, at);
                 return;
             };
+            if s.action.is_kill() {
+                if let Some(pid) = self.host.external_kill() {
+                    self.adopt_external_kill(pid, scope, at);
+                    return;
+                }
+            }
             let deadline = at
                 + if s.deadline.is_zero() {
                     self.cfg.kill_deadline
@@ -66,8 +76,8 @@ impl<H: Host> Engine<H> {
             );
             if let Err(e) = result {
                 self.episode.last_error = Some(e.to_string());
-                if s.action.is_kill() && !e.is_gone() {
-                    self.escalate(at);
+                if s.action.is_kill() {
+                    self.pass_over(&s.action, &e, at);
                     return;
                 }
             }
@@ -315,6 +325,57 @@ impl<H: Host> Engine<H> {
             self.stats.escalations += 1;
             self.escalate(at);
         }
+    }
+
+    /// The watchdog killed `pid` while this turn was stalled: that is the
+    /// episode's kill, not a reason for a second one.
+    fn adopt_external_kill(&mut self, pid: i32, scope: CgroupId, at: Instant) {
+        tracing::warn!(
+            episode = self.episode.id,
+            pid,
+            "the watchdog killed while the loop was stalled; adopting its kill"
+        );
+        self.episode.timings.signal_sent.get_or_insert(at);
+        self.episode.add_victim(VictimRecord {
+            // No pidfd of ours: the slot is out of range, so it counts as exited.
+            victim: Victim::Process {
+                pid,
+                slot: u32::MAX,
+                cgroup: scope,
+            },
+            footprint: 0,
+            escalated: false,
+        });
+        self.finish(Outcome::Acted, at);
+    }
+
+    /// A kill that signalled nothing: the target was gone or failed its
+    /// membership check (it is not where the snapshot saw it), or the kill
+    /// failed otherwise (EMFILE, EPERM). Either way retrying it cannot
+    /// help: it is excluded and the handler asked again, at most
+    /// [`MAX_PASSED_OVER`] times per episode. The episode counts as acted
+    /// only once something was signalled.
+    fn pass_over(&mut self, action: &Action, e: &Error, at: Instant) {
+        tracing::warn!(
+            episode = self.episode.id,
+            action = action.name(),
+            error = %e,
+            "kill signalled nothing; passing over this victim"
+        );
+        match *action {
+            Action::KillProcess { pid, .. } => self.excluded.add_pid(pid),
+            Action::KillCgroup { cgroup } | Action::KillTree { cgroup } => {
+                self.excluded.add_cgroup(cgroup);
+            }
+            _ => {}
+        }
+        self.episode.passed_over += 1;
+        if self.episode.passed_over > MAX_PASSED_OVER {
+            self.finish(Outcome::Failed, at);
+            return;
+        }
+        self.phase = Phase::Idle;
+        self.decide_and_act(at);
     }
 
     pub(super) fn escalate(&mut self, at: Instant) {

@@ -32,6 +32,7 @@ pub(super) fn classify(
         xattr_priority: x.priority,
         xattr_protected: x.protected,
         parent_class: n.parent.and_then(|p| tree.class(p)),
+        delegated: x.delegated,
     });
     if let Some(n) = tree.node_mut(id) {
         n.class = class;

@@ -94,7 +94,10 @@ impl<H: Host> Engine<H> {
     /// re-check, dry run, or the steps.
     pub(super) fn act_on_plan(&mut self, scope: CgroupId, decided: Instant, recheck: bool) {
         if self.plan.is_empty() {
-            if self.episode.refusals.iter().any(Option::is_some) {
+            if self.episode.passed_over > 0 {
+                // Victims were chosen but none could be signalled.
+                self.finish(Outcome::Failed, decided);
+            } else if self.episode.refusals.iter().any(Option::is_some) {
                 self.stats.refused += 1;
                 self.finish(Outcome::Refused, decided);
             } else {

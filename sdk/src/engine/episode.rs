@@ -129,6 +129,9 @@ pub struct Episode {
     pub timings: Timings,
     /// Times the victim did not die in time.
     pub escalations: u32,
+    /// Victims passed over because their kill signalled nothing (gone,
+    /// not a member of the cgroup the snapshot saw, or a kill error).
+    pub passed_over: u32,
     /// The last error met while acting.
     pub last_error: Option<String>,
 }
@@ -153,6 +156,7 @@ impl Episode {
             top_processes: [None; TOP_PROCESSES],
             timings: Timings::default(),
             escalations: 0,
+            passed_over: 0,
             last_error: None,
         }
     }
@@ -174,6 +178,7 @@ impl Episode {
             ..Timings::default()
         };
         self.escalations = 0;
+        self.passed_over = 0;
         self.last_error = None;
     }
 

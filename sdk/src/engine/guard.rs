@@ -3,8 +3,9 @@
 //! A handler proposes; the loop refuses steps that would kill PID 1, a
 //! kernel thread, oomkit itself, its own cgroup or an ancestor of it,
 //! anything protected (by class or `oom_score_adj -1000`), or that would
-//! remove `memory.max`. A refused step excludes its target, so the handler
-//! can be asked again for something else.
+//! remove `memory.max`, or group-kill a cgroup with descendants the loop
+//! does not track. A refused step excludes its target, so the handler can
+//! be asked again for something else.
 
 use crate::kill;
 
@@ -43,6 +44,15 @@ impl<H: Host> Engine<H> {
         self.plan = kept;
     }
 
+    /// Whether `cg` or a descendant has more child cgroups on disk than
+    /// the tree holds (a failed watch, or below `depth`): a group kill
+    /// would take them unseen, protected or not.
+    fn untracked_below(&self, cg: super::types::CgroupId) -> bool {
+        let kids = self.tree.children(cg);
+        self.host.child_dirs(cg).is_some_and(|n| n > kids.len())
+            || kids.iter().any(|&k| self.untracked_below(k))
+    }
+
     /// Why no policy may take `action`, or `None` when it may.
     pub(super) fn refusal(&self, action: &Action, own_pid: i32) -> Option<&'static str> {
         let cg = action.cgroup();
@@ -69,6 +79,11 @@ impl<H: Host> Engine<H> {
         ) && self.tree.subtree_protected(cg)
         {
             return Some("target is or contains a protected cgroup");
+        }
+        if matches!(action, Action::KillCgroup { .. } | Action::KillTree { .. })
+            && self.untracked_below(cg)
+        {
+            return Some("target has descendants the loop does not track");
         }
         if let Action::KillProcess { pid, .. } | Action::CaptureDiagnostics { pid, .. } = *action {
             // What the snapshot knows of the process (nothing: the PID rules only).

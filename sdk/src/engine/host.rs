@@ -110,6 +110,19 @@ pub trait Observe {
     fn own_cgroup(&self) -> Option<&Path> {
         None
     }
+
+    /// A process killed outside the loop (by the watchdog while the loop
+    /// was stalled) since the last call: the loop adopts it as its
+    /// episode's kill instead of killing another.
+    fn external_kill(&mut self) -> Option<i32> {
+        None
+    }
+
+    /// How many child cgroups `id` has on disk (`None`: unknown). The loop
+    /// refuses a group kill whose target has more than it tracks.
+    fn child_dirs(&self, _id: CgroupId) -> Option<usize> {
+        None
+    }
 }
 
 /// Refuses an acting method a host does not implement.

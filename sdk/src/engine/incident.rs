@@ -68,6 +68,11 @@ pub struct Incident {
     pub would_kill: Vec<StepRecord>,
     /// Times a victim did not die in time.
     pub escalations: u32,
+    /// Chosen victims passed over because nothing could be signalled
+    /// (gone, no longer in the cgroup, out of fds, not permitted). Absent
+    /// (0) in records written before it existed.
+    #[serde(default)]
+    pub passed_over: u32,
     /// The last error met while acting.
     pub error: Option<String>,
     /// Milliseconds from the first event.
@@ -408,6 +413,7 @@ impl Incident {
             victims,
             would_kill,
             escalations: ep.escalations,
+            passed_over: ep.passed_over,
             error: ep.last_error.clone(),
             timings_ms: TimingsMs {
                 decided: ms(t.decided),
@@ -690,6 +696,7 @@ mod tests {
             victims: Vec::new(),
             would_kill: Vec::new(),
             escalations: 0,
+            passed_over: 0,
             error: None,
             timings_ms: TimingsMs::default(),
             before: Sample::default(),

@@ -84,6 +84,7 @@ pub struct KernelHost {
     root_owner: Option<u32>,
     has_cgroup_kill: Option<bool>,
     mrelease: bool,
+    watchdog: Option<Arc<super::watchdog::Shared>>,
 }
 
 /// Reads one xattr under both namespaces with the trust rule of [`XattrTrust`].
@@ -153,6 +154,7 @@ impl KernelHost {
             root_owner: None,
             has_cgroup_kill: None,
             mrelease: true,
+            watchdog: None,
         }
     }
 
@@ -161,6 +163,11 @@ impl KernelHost {
     /// at construction; set it again if the process moves.
     pub fn set_own_cgroup(&mut self, path: Option<PathBuf>) {
         self.own_cgroup = path;
+    }
+
+    /// The watchdog whose kills the loop adopts (see [`Observe::external_kill`]).
+    pub(crate) fn set_watchdog(&mut self, shared: Option<Arc<super::watchdog::Shared>>) {
+        self.watchdog = shared;
     }
 
     /// Whether to `process_mrelease` victims (default on).
@@ -198,7 +205,7 @@ impl Observe for KernelHost {
     }
 
     fn attach(&mut self, id: CgroupId, path: &Path) -> Result<XattrInfo> {
-        let cg = self.fs.open_hierarchy(&path.to_string_lossy())?;
+        let cg = self.fs.open_hierarchy(path)?;
         if self.root_owner.is_none() {
             self.root_owner = cg.owner_uid().ok();
         }
@@ -225,10 +232,21 @@ impl Observe for KernelHost {
         } else {
             None
         };
+        // Whoever owns the parent directory chose this one's name (and
+        // may own it): a tenant below a delegation boundary.
+        let trusted_owner = |o: u32| o == 0 || Some(o) == self.root_owner;
+        let delegated = !cg.owner_uid().is_ok_and(trusted_owner)
+            || cg
+                .path()
+                .parent()
+                .and_then(|p| rustix::fs::stat(p).ok())
+                .is_some_and(|st| !trusted_owner(st.st_uid));
+        let delegated = delegated && self.root_owner.is_some();
         self.cgroups[i] = Some(Arc::new(cg));
         Ok(XattrInfo {
             priority,
             protected,
+            delegated,
         })
     }
 
@@ -331,6 +349,14 @@ impl Observe for KernelHost {
     fn own_cgroup(&self) -> Option<&Path> {
         self.own_cgroup.as_deref()
     }
+
+    fn external_kill(&mut self) -> Option<i32> {
+        self.watchdog.as_ref()?.take_kill()
+    }
+
+    fn child_dirs(&self, id: CgroupId) -> Option<usize> {
+        self.cg(id).ok()?.children().ok().map(|c| c.len())
+    }
 }
 
 impl Act for KernelHost {
@@ -364,6 +390,8 @@ impl Act for KernelHost {
     fn kill_cgroup(&mut self, id: CgroupId) -> Result<Victim> {
         let cg = self.cg(id)?;
         if self.has_cgroup_kill == Some(true) {
+            // The fallback below checks this itself; `cgroup.kill` must too.
+            kill::check_group_target(cg)?;
             // Non-blocking: the loop waits for `populated 0` itself.
             cg.write_kill()?;
         } else {

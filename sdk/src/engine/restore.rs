@@ -3,9 +3,16 @@
 //! A handler may raise a cgroup's `memory.max` for a while (room for a job
 //! to checkpoint) instead of killing. The old limit is remembered here and
 //! written back when the time is up, when the episode ends, or when the
-//! loop shuts down, whichever comes first. The loop never removes
-//! `memory.max` (see `guard`); this module only ever writes back a value
-//! that was there before.
+//! loop shuts down, whichever comes first — and only if the file still
+//! holds the value oomkit wrote: a limit someone else set meanwhile stands.
+//! The loop never removes `memory.max` (see `guard`); this module only ever
+//! writes back a value that was there before.
+//!
+//! If the daemon dies while a limit is raised, the raised value stays: the
+//! old one lived only in this process. The raise is bounded by the
+//! handler's `raise_for` and budget, and whoever manages the cgroup (the
+//! runtime, systemd's `MemoryMax=`) sets its limit again on its next
+//! update; oomkit does not guess at start which limits it raised before.
 
 use std::time::Instant;
 
@@ -26,6 +33,8 @@ pub(super) const MAX_RESTORES: usize = 4;
 pub(super) struct Restore {
     cgroup: CgroupId,
     limit: Limit,
+    /// What oomkit wrote: restored only if the file still says this.
+    raised: Limit,
     at: Instant,
 }
 
@@ -57,6 +66,22 @@ impl<H: Host> Engine<H> {
                 continue;
             }
             *slot = None;
+            // Someone else (an operator, the runtime) may have set a limit
+            // meanwhile: theirs stands.
+            let mut st = CgroupStats::default();
+            match self.host.read_detail(r.cgroup, &mut st) {
+                Ok(()) if st.max == Some(r.raised) => {}
+                Ok(()) => {
+                    tracing::info!("memory.max was changed while raised; leaving the new value");
+                    continue;
+                }
+                Err(e) => {
+                    if !e.is_gone() {
+                        tracing::warn!(error = %e, "reading memory.max before restoring it failed");
+                    }
+                    continue;
+                }
+            }
             if let Err(e) = self.host.set_max(r.cgroup, r.limit) {
                 tracing::warn!(error = %e, "restoring memory.max failed");
             }
@@ -76,6 +101,7 @@ impl<H: Host> Engine<H> {
         self.restores.remember(Restore {
             cgroup,
             limit: old,
+            raised: Limit::Bytes(limit),
             at: until,
         });
         Ok(())

@@ -21,9 +21,10 @@
 //! reactor; callers' fds (a signal pipe, an eventfd) join the same epoll
 //! through [`Runner::add_fd`]. The library installs no signal handlers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::cgroup::{Cgroup, CgroupFs};
@@ -146,6 +147,23 @@ const EXTRA_SOURCES: usize = 8;
 const DIR_QUEUE: usize = 4096;
 /// Room for directory changes and triggers seen in one turn.
 const TURN_ROOM: usize = 64;
+/// Directory changes applied per turn: a burst of thousands (container
+/// churn) is spread over turns that do not wait, so no turn is long and
+/// events keep being handled in between.
+pub(crate) const DIR_CHANGES_PER_TURN: usize = 512;
+
+/// Refuses to start when the daemon's own cgroup is unknown: the loop
+/// keeps itself (and its ancestors) out of every kill by that path, and
+/// running without it would silently drop that protection.
+pub(crate) fn check_own_cgroup(host: &KernelHost) -> Result<()> {
+    match host.own_cgroup() {
+        Some(_) => Ok(()),
+        None => Err(Error::InvalidArgument {
+            what: "own cgroup",
+            reason: "the cgroup-v2 path of this process (/proc/self/cgroup) does not resolve under the cgroup mount, so the loop could not keep itself out of its kills".to_owned(),
+        }),
+    }
+}
 
 /// The loop on a real kernel. See the module docs.
 pub struct Runner {
@@ -160,6 +178,10 @@ pub struct Runner {
     incidents: Option<super::incident::IncidentSink>,
     reserve: Option<ReserveReport>,
     root_hier: PathBuf,
+    /// How deep below the root cgroups are followed.
+    depth: u32,
+    /// Cgroups left untracked because the tree is at `max_cgroups`.
+    over_cap: HashSet<PathBuf>,
     memory_events: bool,
     next_user: u64,
     dir_changes: Vec<(DirChange, PathBuf)>,
@@ -255,6 +277,7 @@ impl Runner {
     ) -> Result<Self> {
         let n = cfg.engine.max_cgroups;
         let host = KernelHost::new(fs, cfg.xattr_trust, n, cfg.engine.max_processes);
+        check_own_cgroup(&host)?;
         let engine = Engine::new(cfg.engine.clone(), host, handler, &root_hier)?;
         #[cfg(feature = "serde")]
         let incidents = match cfg.incidents.take() {
@@ -280,6 +303,8 @@ impl Runner {
             incidents,
             reserve: None,
             root_hier,
+            depth: cfg.depth,
+            over_cap: HashSet::new(),
             memory_events: cfg.memory_events,
             next_user: USER_TOKEN_BASE,
             dir_changes: Vec::with_capacity(TURN_ROOM),
@@ -332,19 +357,15 @@ impl Runner {
     /// hands it every managed cgroup. Replaces a running watchdog.
     pub fn start_watchdog(&mut self, cfg: WatchdogConfig) -> Result<()> {
         let own = self.engine.host().own_cgroup().map(Path::to_path_buf);
-        self.watchdog = Some(Watchdog::spawn(cfg, own, None)?);
-        let ids: Vec<CgroupId> = self.engine.tree().ids().collect();
-        for id in ids {
-            self.publish_target(id);
-        }
+        let wd = Watchdog::spawn(cfg, own, None)?;
+        self.engine.host_mut().set_watchdog(Some(wd.shared_arc()));
+        self.watchdog = Some(wd);
+        self.republish_targets();
         Ok(())
     }
 
     fn root_cgroup(&self) -> Result<Cgroup> {
-        self.engine
-            .host()
-            .fs()
-            .open_hierarchy(&self.root_hier.to_string_lossy())
+        self.engine.host().fs().open_hierarchy(&self.root_hier)
     }
 
     fn watch_cgroup(&mut self, id: CgroupId, cg: &Cgroup) -> Result<()> {
@@ -360,6 +381,20 @@ impl Runner {
             // The mount root has no memory.events: nothing to watch there.
             Err(e) if e.is_unsupported() => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the watchdog the whole table again (after a reload changed
+    /// classes: a cgroup protected by the reload must be protected from
+    /// the watchdog too).
+    fn republish_targets(&self) {
+        let Some(wd) = &self.watchdog else { return };
+        if let Ok(mut t) = wd.shared().targets.lock() {
+            t.clear();
+        }
+        let ids: Vec<CgroupId> = self.engine.tree().ids().collect();
+        for id in ids {
+            self.publish_target(id);
         }
     }
 
@@ -383,6 +418,33 @@ impl Runner {
     }
 
     fn add_child(&mut self, hier: &Path) {
+        if let Some(id) = self.engine.tree().lookup(hier) {
+            if hier == self.root_hier || self.handle_is_current(id, hier) {
+                return;
+            }
+            // Re-created at a known path, its removal lost: rebind.
+            tracing::info!(cgroup = %hier.display(), "cgroup re-created; attaching the new one");
+            let mut removed = HashSet::new();
+            self.remove_child(hier, &mut removed);
+            self.forget_targets(&mut removed);
+        }
+        // A hard cap: each tracked cgroup holds fds, and the fds a kill
+        // needs (pidfds, cgroup files) must still be there.
+        let missing = hier
+            .ancestors()
+            .take_while(|a| self.engine.tree().lookup(a).is_none())
+            .count();
+        if self.engine.tree().len() + missing > self.engine.config().max_cgroups {
+            if self.over_cap.is_empty() {
+                tracing::warn!(
+                    max_cgroups = self.engine.config().max_cgroups,
+                    cgroup = %hier.display(),
+                    "max_cgroups reached: further cgroups stay untracked (and no group kill covers them)"
+                );
+            }
+            self.over_cap.insert(hier.to_path_buf());
+            return;
+        }
         match self.engine.add_cgroup(hier) {
             Ok(id) => {
                 if self.events_token.contains_key(&id) {
@@ -405,27 +467,22 @@ impl Runner {
         }
     }
 
-    fn remove_child(&mut self, hier: &Path) {
-        let ids: Vec<CgroupId> = self
-            .engine
-            .tree()
-            .ids()
-            .filter(|id| {
-                self.engine
-                    .tree()
-                    .path(*id)
-                    .is_some_and(|p| p.starts_with(hier))
-            })
-            .collect();
-        for id in ids {
+    /// Removes `hier` and its subtree from the tree and the event sources;
+    /// their paths go to `removed` for the watchdog's table.
+    fn remove_child(&mut self, hier: &Path, removed: &mut HashSet<PathBuf>) {
+        if !self.over_cap.is_empty() {
+            self.over_cap.retain(|p| !p.starts_with(hier));
+        }
+        let Some(top) = self.engine.tree().lookup(hier) else {
+            return;
+        };
+        for id in self.engine.tree().subtree(top) {
             if let Some(tok) = self.events_token.remove(&id) {
                 self.bindings.remove(&tok);
                 let _ = self.watcher.remove(tok);
             }
-        }
-        if let Some(wd) = &self.watchdog {
-            if let Ok(mut t) = wd.shared().targets.lock() {
-                t.retain(|t| !t.path.starts_with(hier));
+            if let Some(p) = self.engine.tree().path(id) {
+                removed.insert(p.to_path_buf());
             }
         }
         self.engine.remove_cgroup(hier);
@@ -464,6 +521,12 @@ impl Runner {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        // Directory changes still queued: look at events, but do not sleep.
+        let wait = if self.dir_changes.is_empty() {
+            wait
+        } else {
+            Some(Duration::ZERO)
+        };
         if let Some(wd) = &self.watchdog {
             wd.idle();
         }
@@ -480,6 +543,12 @@ impl Runner {
             let ev = self.batch[i];
             victim_ready |= self.dispatch(ev, seen, turn);
         }
+        if let Some(wd) = &self.watchdog {
+            // Memory events or an episode pending: a stall now is one the
+            // watchdog may act on.
+            let pending = !self.triggers.is_empty() || self.engine.in_episode();
+            wd.shared().events_pending.store(pending, Ordering::Release);
+        }
         for i in 0..self.triggers.len() {
             let (trigger, at) = self.triggers[i];
             self.engine.on_event(trigger, at);
@@ -491,6 +560,20 @@ impl Runner {
             self.engine.on_tick(now);
         }
         self.sync_victim_fd();
+        if let Some(wd) = &self.watchdog {
+            // The heartbeat covers the decision path only: directory
+            // changes, rescans and incident records below are no stall.
+            wd.idle();
+            wd.shared()
+                .events_pending
+                .store(self.engine.in_episode(), Ordering::Release);
+            if let Some(pid) = wd.shared().take_kill() {
+                tracing::warn!(
+                    pid,
+                    "the watchdog killed, but the loop had no kill to replace"
+                );
+            }
+        }
         // Off the hot path from here.
         self.apply_dir_changes();
         while let Some(ep) = self.engine.take_finished() {
@@ -521,9 +604,9 @@ impl Runner {
             }
             (Binding::Dir, EventKind::Dir(d)) => {
                 if let Some(Source::Dir(dw)) = self.watcher.source(ev.token) {
-                    if let (Some(rel), Some(name)) = (dw.rel_path(d.parent), d.name.as_str()) {
+                    if let Some(rel) = dw.rel_path(d.parent) {
                         self.dir_changes
-                            .push((d.change, self.root_hier.join(rel).join(name)));
+                            .push((d.change, self.root_hier.join(rel).join(d.name.as_os_str())));
                     }
                 }
             }
@@ -535,40 +618,107 @@ impl Runner {
             (Binding::User, EventKind::Fd(_)) => turn.ready.push(ev.token),
             // A watched cgroup was removed; the dir watch removes it from the tree.
             (_, EventKind::Gone) => {}
-            (_, EventKind::Failed(f)) => tracing::debug!(failure = %f, "event source failed"),
+            // A failed watch (inotify watch limit, EMFILE) leaves cgroups
+            // untracked: that must be visible.
+            (_, EventKind::Failed(f)) => tracing::warn!(failure = %f, "event source failed"),
             _ => {}
         }
         false
     }
 
+    /// Applies up to [`DIR_CHANGES_PER_TURN`] queued directory changes, in
+    /// order; removals are batched (one pass over the watchdog's table).
     fn apply_dir_changes(&mut self) {
-        let changes = std::mem::take(&mut self.dir_changes);
-        for (change, path) in &changes {
+        let k = self.dir_changes.len().min(DIR_CHANGES_PER_TURN);
+        let batch: Vec<(DirChange, PathBuf)> = self.dir_changes.drain(..k).collect();
+        let mut removed: HashSet<PathBuf> = HashSet::new();
+        for (change, path) in &batch {
             match change {
-                DirChange::Created => self.add_child(path),
-                DirChange::Removed => self.remove_child(path),
+                DirChange::Created => {
+                    if !removed.is_empty() {
+                        // A re-creation after a removal in this batch: the
+                        // removal must reach the watchdog first.
+                        self.forget_targets(&mut removed);
+                    }
+                    self.add_child(path);
+                }
+                DirChange::Removed => self.remove_child(path, &mut removed),
             }
         }
-        self.dir_changes = changes;
-        self.dir_changes.clear();
+        self.forget_targets(&mut removed);
     }
 
+    /// Drops the watchdog targets of removed paths, in one pass.
+    fn forget_targets(&mut self, removed: &mut HashSet<PathBuf>) {
+        if removed.is_empty() {
+            return;
+        }
+        if let Some(wd) = &self.watchdog {
+            if let Ok(mut t) = wd.shared().targets.lock() {
+                t.retain(|t| !removed.contains(&t.path));
+            }
+        }
+        removed.clear();
+    }
+
+    /// Lists the tree below the root, to `depth`, after the directory
+    /// watch lost events (overflow) and at start: queues what is missing as
+    /// created and what is gone as removed, so no stale entry keeps its fds
+    /// or its path bound to a dead directory.
     fn rescan_pending(&mut self) {
-        // Walk the tree below the root and add what is missing.
         let Ok(root) = self.root_cgroup() else { return };
+        let mut seen: HashSet<PathBuf> = HashSet::with_capacity(self.engine.tree().len());
+        // Below a directory that could not be listed nothing is judged gone.
+        let mut unlisted: Vec<PathBuf> = Vec::new();
+        seen.insert(self.root_hier.clone());
         let mut stack = vec![(root, self.root_hier.clone(), 0u32)];
         while let Some((cg, path, depth)) = stack.pop() {
-            if depth >= MAX_DEPTH {
+            if depth >= self.depth {
                 continue;
             }
-            for name in cg.children().unwrap_or_default() {
+            let names = match cg.children() {
+                Ok(n) => n,
+                Err(e) => {
+                    if !e.is_gone() {
+                        tracing::warn!(cgroup = %path.display(), error = %e, "listing a cgroup failed");
+                        unlisted.push(path);
+                    }
+                    continue;
+                }
+            };
+            for name in names {
                 let child_path = path.join(&name);
+                seen.insert(child_path.clone());
                 self.dir_changes
                     .push((DirChange::Created, child_path.clone()));
                 if let Ok(c) = cg.child(&name) {
                     stack.push((c, child_path, depth + 1));
                 }
             }
+        }
+        let tree = self.engine.tree();
+        for id in tree.ids() {
+            let Some(p) = tree.path(id) else { continue };
+            if !seen.contains(p) && !unlisted.iter().any(|u| p.starts_with(u)) {
+                self.dir_changes.push((DirChange::Removed, p.to_path_buf()));
+            }
+        }
+    }
+
+    /// Whether the handle the host holds for `id` is the directory now at
+    /// `hier` (not a removed one whose path was reused).
+    fn handle_is_current(&self, id: CgroupId, hier: &Path) -> bool {
+        let Some(cg) = self.engine.host().cgroup_shared(id) else {
+            return false;
+        };
+        let Ok(fs_path) = self.engine.host().fs().fs_path(hier) else {
+            return true;
+        };
+        match (rustix::fs::fstat(cg.dir_fd()), rustix::fs::stat(&fs_path)) {
+            (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+            (Err(_), _) => false,
+            // Gone again: its removal event follows.
+            (_, Err(_)) => true,
         }
     }
 
@@ -625,6 +775,7 @@ impl Runner {
     pub fn reload(&mut self, handler: Box<dyn Handler>, engine: EngineConfig) -> Result<()> {
         engine.validate()?;
         self.engine.replace_handler(handler, engine);
+        self.republish_targets();
         Ok(())
     }
 
@@ -649,6 +800,19 @@ impl Runner {
         self.watchdog.as_ref().map_or(0, Watchdog::fired)
     }
 
+    /// Cgroups left untracked because the tree is at `max_cgroups`.
+    pub fn untracked_over_cap(&self) -> usize {
+        self.over_cap.len()
+    }
+
+    /// Stalls of the loop the watchdog did not act on because no memory
+    /// pressure was present.
+    pub fn watchdog_stalls_without_pressure(&self) -> u64 {
+        self.watchdog
+            .as_ref()
+            .map_or(0, Watchdog::stalls_without_pressure)
+    }
+
     /// The engine.
     pub fn engine(&self) -> &Engine<KernelHost> {
         &self.engine
@@ -660,3 +824,7 @@ impl AsFd for Runner {
         self.watcher.as_fd()
     }
 }
+
+#[cfg(test)]
+#[path = "runner_tests.rs"]
+mod tests;

@@ -34,6 +34,10 @@ pub struct CgroupMeta<'a> {
     pub xattr_protected: bool,
     /// The class of the parent (children inherit unless the handler says otherwise).
     pub parent_class: Option<Class>,
+    /// The directory belongs to neither root nor the managed root's owner:
+    /// a delegated subtree, whose names and `user.` xattrs a tenant
+    /// chooses. Handlers must not let such a cgroup rise above its parent.
+    pub delegated: bool,
 }
 
 /// Which xattrs on a cgroup directory are believed.
@@ -59,6 +63,10 @@ pub(crate) struct Node {
     pub(crate) class: Class,
     pub(crate) stats: CgroupStats,
     pub(crate) xattr: XattrInfo,
+    /// Children, so a removal walks only the removed subtree.
+    children: Vec<CgroupId>,
+    /// Position in the parent's `children`.
+    pos: u32,
     generation: u32,
     live: bool,
 }
@@ -91,7 +99,11 @@ impl Tree {
         if let Some(id) = self.by_path.get(&path) {
             return *id;
         }
+        let parent = parent.filter(|p| self.node(*p).is_some());
         let depth = parent.and_then(|p| self.node(p)).map_or(0, |p| p.depth + 1);
+        let pos = parent
+            .and_then(|p| self.node(p))
+            .map_or(0, |p| p.children.len() as u32);
         let node = |generation| Node {
             path: path.clone(),
             parent,
@@ -99,6 +111,8 @@ impl Tree {
             class,
             stats: CgroupStats::default(),
             xattr: Default::default(),
+            children: Vec::new(),
+            pos,
             generation,
             live: true,
         };
@@ -117,26 +131,61 @@ impl Tree {
             }
         };
         self.by_path.insert(path, id);
+        if let Some(p) = parent.and_then(|p| self.node_mut(p)) {
+            p.children.push(id);
+        }
         id
     }
 
-    /// Removes a cgroup and its descendants; returns the removed ids.
+    /// Removes a cgroup and its descendants; returns the removed ids. Walks
+    /// the removed subtree only.
     pub(crate) fn remove(&mut self, id: CgroupId) -> Vec<CgroupId> {
-        let Some(root) = self.node(id) else {
-            return Vec::new();
-        };
-        let prefix = root.path.clone();
-        let gone: Vec<CgroupId> = self
-            .ids()
-            .filter(|c| self.node(*c).is_some_and(|n| n.path.starts_with(&prefix)))
-            .collect();
+        let gone = self.subtree(id);
+        if gone.is_empty() {
+            return gone;
+        }
+        // Unlink from the parent: swap-remove at the known position.
+        if let Some((parent, pos)) = self.node(id).and_then(|n| Some((n.parent?, n.pos))) {
+            let moved = self.node_mut(parent).and_then(|p| {
+                let pos = pos as usize;
+                if pos < p.children.len() {
+                    p.children.swap_remove(pos);
+                }
+                p.children.get(pos).copied()
+            });
+            if let Some(m) = moved.and_then(|m| self.node_mut(m)) {
+                m.pos = pos;
+            }
+        }
         for c in &gone {
             let n = &mut self.nodes[c.index()];
             n.live = false;
+            n.children = Vec::new();
             self.by_path.remove(&n.path);
             self.free.push(c.idx);
         }
         gone
+    }
+
+    /// The children of a cgroup (empty for an unknown id).
+    pub fn children(&self, id: CgroupId) -> &[CgroupId] {
+        self.node(id).map_or(&[], |n| n.children.as_slice())
+    }
+
+    /// A cgroup and all its descendants (parents before children; empty
+    /// for an unknown id).
+    pub fn subtree(&self, id: CgroupId) -> Vec<CgroupId> {
+        let mut out = Vec::new();
+        if self.node(id).is_none() {
+            return out;
+        }
+        out.push(id);
+        let mut i = 0;
+        while i < out.len() {
+            out.extend_from_slice(self.children(out[i]));
+            i += 1;
+        }
+        out
     }
 
     pub(crate) fn node(&self, id: CgroupId) -> Option<&Node> {
@@ -211,9 +260,10 @@ impl Tree {
     }
 
     /// True when `a` or any descendant of it is protected.
+    /// Allocation-free (recursion as deep as the tree, at most 16 levels).
     pub fn subtree_protected(&self, a: CgroupId) -> bool {
-        self.ids()
-            .any(|c| self.is_within(c, a) && self.class(c).is_some_and(|k| k.protected))
+        self.class(a).is_some_and(|k| k.protected)
+            || self.children(a).iter().any(|&c| self.subtree_protected(c))
     }
 }
 
@@ -245,6 +295,35 @@ mod tests {
         );
         assert_eq!(t.path(b), Some(Path::new("/b")));
         assert_eq!(t.len(), 2);
+    }
+
+    /// Issue 10, defect 4: the tree is indexed by parent, so a removal
+    /// walks the removed subtree only (it scanned every cgroup: a burst of
+    /// n removals was O(n²)); the index stays right through reuse.
+    #[test]
+    fn children_are_indexed_by_parent() {
+        let mut t = Tree::with_capacity(8);
+        let root = t.insert("/".into(), None, Class::default());
+        let a = t.insert("/a".into(), Some(root), Class::default());
+        let b = t.insert("/b".into(), Some(root), Class::default());
+        let a1 = t.insert("/a/1".into(), Some(a), Class::default());
+        let a2 = t.insert("/a/2".into(), Some(a), Class::default());
+        let sorted = |mut v: Vec<CgroupId>| {
+            v.sort_by_key(|c| c.index());
+            v
+        };
+        assert_eq!(sorted(t.children(root).to_vec()), sorted(vec![a, b]));
+        assert_eq!(sorted(t.children(a).to_vec()), sorted(vec![a1, a2]));
+        assert_eq!(sorted(t.subtree(a)), sorted(vec![a, a1, a2]));
+        assert_eq!(t.remove(a1), vec![a1]);
+        assert_eq!(t.children(a), &[a2]);
+        let gone = sorted(t.remove(a));
+        assert_eq!(gone, sorted(vec![a, a2]));
+        assert_eq!(t.children(root), &[b]);
+        let c = t.insert("/c".into(), Some(root), Class::default());
+        assert_eq!(sorted(t.children(root).to_vec()), sorted(vec![b, c]));
+        assert!(t.children(a).is_empty(), "a stale id has no children");
+        assert_eq!(t.len(), 3);
     }
 
     #[test]

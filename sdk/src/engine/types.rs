@@ -128,4 +128,7 @@ pub struct XattrInfo {
     pub priority: Option<i32>,
     /// `oomkit.protected` = `1`.
     pub protected: bool,
+    /// The directory's owner is neither root nor the managed root's owner
+    /// (see [`CgroupMeta::delegated`](super::CgroupMeta::delegated)).
+    pub delegated: bool,
 }

@@ -8,10 +8,17 @@
 //! the largest process of the lowest-priority unprotected cgroup, never
 //! anything in oomkit's own cgroup or its ancestors. Everything it needs is
 //! allocated when it starts; the kernel OOM killer stays the last fallback.
+//!
+//! A busy loop alone is no reason to kill: cgroup churn or a slow disk
+//! can keep it busy with no memory shortage at all. So the watchdog acts
+//! only while pressure is present (the loop had memory events or an
+//! episode pending, system PSI shows memory stalls, or memory is nearly
+//! gone), at most once per stall, and tells the loop what it killed so the
+//! episode ends with that one kill instead of a second one.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -47,15 +54,95 @@ pub(crate) struct Target {
     pub(crate) protected: bool,
 }
 
+/// Whether a stall (lasting the given time) happens under memory pressure.
+pub(crate) type PressureCheck = Box<dyn FnMut(Duration) -> bool + Send>;
+
 /// State shared with the main loop.
-#[derive(Debug)]
 pub(crate) struct Shared {
     epoch: Instant,
     busy_since_us: AtomicU64,
     stop: AtomicBool,
     fired: AtomicU64,
+    no_pressure: AtomicU64,
+    /// Set by the main loop while memory events or an episode are pending.
+    pub(crate) events_pending: AtomicBool,
+    /// The PID the watchdog last killed, until the loop takes it (0: none).
+    last_kill: AtomicI32,
+    pressure: Mutex<Option<PressureCheck>>,
     pub(crate) targets: Mutex<Vec<Target>>,
     own_cgroup: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("fired", &self.fired)
+            .field("own_cgroup", &self.own_cgroup)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn new(own_cgroup: Option<PathBuf>) -> Self {
+        Shared {
+            epoch: Instant::now(),
+            busy_since_us: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            fired: AtomicU64::new(0),
+            no_pressure: AtomicU64::new(0),
+            events_pending: AtomicBool::new(false),
+            last_kill: AtomicI32::new(0),
+            pressure: Mutex::new(None),
+            targets: Mutex::new(Vec::with_capacity(1024)),
+            own_cgroup,
+        }
+    }
+
+    /// Replaces the pressure test (tests; the default reads the loop's
+    /// pending flag, system PSI and `MemAvailable`).
+    #[cfg(test)]
+    pub(crate) fn set_pressure_check(&self, f: PressureCheck) {
+        if let Ok(mut p) = self.pressure.lock() {
+            *p = Some(f);
+        }
+    }
+
+    /// The PID the watchdog killed since the last call, if any.
+    pub(crate) fn take_kill(&self) -> Option<i32> {
+        match self.last_kill.swap(0, Ordering::AcqRel) {
+            0 => None,
+            pid => Some(pid),
+        }
+    }
+
+    fn under_pressure(&self, stalled: Duration) -> bool {
+        if let Ok(mut p) = self.pressure.lock() {
+            if let Some(f) = p.as_mut() {
+                return f(stalled);
+            }
+        }
+        self.events_pending.load(Ordering::Acquire) || system_pressure()
+    }
+}
+
+/// System memory pressure as the watchdog judges it on its own: tasks
+/// stalled on memory over the last 10 s (PSI `some avg10` above 1 %), or
+/// less than 1 % of memory available.
+fn system_pressure() -> bool {
+    let mut buf = [0u8; 512];
+    let psi = crate::cgroup::CgroupFile::open_path("/proc/pressure/memory", false)
+        .ok()
+        .and_then(|f| {
+            f.read_into(&mut buf)
+                .ok()
+                .and_then(|d| crate::cgroup::parse::pressure(d).ok())
+        });
+    if psi.is_some_and(|p| p.some.avg10 > 1.0) {
+        return true;
+    }
+    proc::meminfo().ok().is_some_and(
+        |m| matches!((m.mem_available, m.mem_total), (Some(a), Some(t)) if a < t / 100),
+    )
 }
 
 /// What the watchdog does when the loop stalls (replaceable in tests).
@@ -83,14 +170,7 @@ impl Watchdog {
             eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
                 .map_err(|e| Error::sys("eventfd", e))?,
         );
-        let shared = Arc::new(Shared {
-            epoch: Instant::now(),
-            busy_since_us: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
-            fired: AtomicU64::new(0),
-            targets: Mutex::new(Vec::with_capacity(1024)),
-            own_cgroup,
-        });
+        let shared = Arc::new(Shared::new(own_cgroup));
         let (s, w) = (shared.clone(), wake.clone());
         let mut action = action.unwrap_or_else(|| Box::new(default_action));
         let thread = std::thread::Builder::new()
@@ -107,6 +187,16 @@ impl Watchdog {
 
     pub(crate) fn shared(&self) -> &Shared {
         &self.shared
+    }
+
+    /// The state shared with the thread, for the host to take its kills.
+    pub(crate) fn shared_arc(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Stalls passed over because no memory pressure was present.
+    pub(crate) fn stalls_without_pressure(&self) -> u64 {
+        self.shared.no_pressure.load(Ordering::Acquire)
     }
 
     /// The main loop starts handling a wakeup.
@@ -153,29 +243,43 @@ fn wait(fd: &OwnedFd, timeout: Option<Duration>) {
 
 fn run(s: &Shared, wake: &OwnedFd, timeout: Duration, action: &mut Action) {
     let timeout_us = timeout.as_micros() as u64;
-    let mut acted_for = 0u64;
+    // The stall being watched (its busy timestamp), and whether it was
+    // acted on or counted as pressure-free.
+    let mut stall = 0u64;
+    let mut acted = false;
+    let mut counted = false;
     while !s.stop.load(Ordering::Acquire) {
         let busy = s.busy_since_us.load(Ordering::Acquire);
         if busy == 0 {
             wait(wake, None);
             continue;
         }
+        if busy != stall {
+            (stall, acted, counted) = (busy, false, false);
+        }
         let elapsed = micros(s.epoch).saturating_sub(busy);
         if elapsed < timeout_us {
             wait(wake, Some(Duration::from_micros(timeout_us - elapsed)));
             continue;
         }
-        if acted_for != busy {
-            acted_for = busy;
-            s.fired.fetch_add(1, Ordering::AcqRel);
-            action(s);
+        // At most one action per stall, and only under pressure; a stall
+        // without pressure is looked at again each timeout, as pressure
+        // may build while it lasts.
+        if !acted {
+            if s.under_pressure(Duration::from_micros(elapsed)) {
+                acted = true;
+                s.fired.fetch_add(1, Ordering::AcqRel);
+                action(s);
+            } else if !counted {
+                counted = true;
+                s.no_pressure.fetch_add(1, Ordering::AcqRel);
+                tracing::warn!(
+                    stalled_ms = elapsed / 1000,
+                    "watchdog: the main loop is busy, but there is no memory pressure; not acting"
+                );
+            }
         }
-        // Once per stall; look again after another timeout.
         wait(wake, Some(timeout));
-        if s.busy_since_us.load(Ordering::Acquire) == busy {
-            acted_for = 0;
-            s.busy_since_us.store(micros(s.epoch), Ordering::Release);
-        }
     }
 }
 
@@ -242,12 +346,15 @@ fn default_action(s: &Shared) {
         let _ = fd.try_mrelease();
         Ok(())
     }) {
-        Ok(()) => tracing::error!(
-            pid = v.pid,
-            comm = v.comm.as_str(),
-            cgroup = %t.path.display(),
-            "watchdog killed a process"
-        ),
+        Ok(()) => {
+            s.last_kill.store(v.pid, Ordering::Release);
+            tracing::error!(
+                pid = v.pid,
+                comm = v.comm.as_str(),
+                cgroup = %t.path.display(),
+                "watchdog killed a process"
+            )
+        }
         Err(e) => tracing::error!(error = %e, "watchdog kill failed"),
     }
 }
@@ -285,14 +392,7 @@ mod tests {
             t("vip", 0, true),
             t("svc", 10, false),
         ];
-        let shared = Shared {
-            epoch: Instant::now(),
-            busy_since_us: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
-            fired: AtomicU64::new(0),
-            targets: Mutex::new(Vec::new()),
-            own_cgroup: Some(PathBuf::from("/oomkit")),
-        };
+        let shared = Shared::new(Some(PathBuf::from("/oomkit")));
         assert_eq!(
             pick(&shared, &targets),
             Some(1),
@@ -301,6 +401,74 @@ mod tests {
         // With the leaf gone, the higher-priority cgroup is all that is left.
         assert_eq!(pick(&shared, &targets[..1]), None);
         assert_eq!(pick(&shared, &[t("svc", 10, false)]), Some(0));
+    }
+
+    /// Issue 10, defect 3: one action per stall, however long it lasts (it
+    /// used to act again every two timeouts: 10 actions in a 1 s stall).
+    #[test]
+    fn one_action_per_stall() {
+        let (tx, rx) = mpsc::channel();
+        let action: Action = Box::new(move |_s: &Shared| {
+            let _ = tx.send(Instant::now());
+        });
+        let wd = Watchdog::spawn(
+            WatchdogConfig {
+                timeout: Duration::from_millis(50),
+            },
+            None,
+            Some(action),
+        )
+        .unwrap();
+        wd.shared().set_pressure_check(Box::new(|_| true));
+        wd.busy();
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("watchdog acted");
+        // The stall goes on for 12 more timeouts: no second action.
+        assert!(
+            rx.recv_timeout(Duration::from_millis(600)).is_err(),
+            "acted twice in one stall"
+        );
+        assert_eq!(wd.fired(), 1);
+        // A new stall may be acted on again.
+        wd.idle();
+        wd.busy();
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("acted on the next stall");
+        wd.idle();
+    }
+
+    /// Issue 10, defect 3: a busy loop with no memory pressure (cgroup
+    /// churn, a slow disk) is not a reason to kill.
+    #[test]
+    fn no_action_without_pressure() {
+        let (tx, rx) = mpsc::channel();
+        let action: Action = Box::new(move |_s: &Shared| {
+            let _ = tx.send(());
+        });
+        let wd = Watchdog::spawn(
+            WatchdogConfig {
+                timeout: Duration::from_millis(50),
+            },
+            None,
+            Some(action),
+        )
+        .unwrap();
+        let (ptx, prx) = mpsc::channel();
+        wd.shared().set_pressure_check(Box::new(move |_| {
+            let _ = ptx.send(());
+            false
+        }));
+        wd.busy();
+        // Wait until the watchdog has judged the stall, then some more.
+        prx.recv_timeout(Duration::from_secs(10))
+            .expect("the stall was judged");
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "acted without pressure"
+        );
+        assert_eq!(wd.fired(), 0);
+        assert!(wd.stalls_without_pressure() >= 1);
+        wd.idle();
     }
 
     #[test]
@@ -317,6 +485,7 @@ mod tests {
             Some(action),
         )
         .unwrap();
+        wd.shared().set_pressure_check(Box::new(|_| true));
         // Idle: the watchdog sleeps on the eventfd and cannot fire.
         assert_eq!(wd.fired(), 0);
         let start = Instant::now();

@@ -55,7 +55,14 @@ impl ChildName {
         self.bytes.get(..usize::from(self.len)).unwrap_or(&[])
     }
 
-    /// The name as UTF-8, if it is (cgroup names nearly always are).
+    /// The name as an `OsStr`: exactly its bytes, UTF-8 or not (a tenant
+    /// chooses its cgroups' names).
+    pub fn as_os_str(&self) -> &std::ffi::OsStr {
+        std::os::unix::ffi::OsStrExt::from_bytes(self.as_bytes())
+    }
+
+    /// The name as UTF-8, if it is (cgroup names nearly always are; use
+    /// [`as_os_str`](Self::as_os_str) for paths).
     pub fn as_str(&self) -> Option<&str> {
         std::str::from_utf8(self.as_bytes()).ok()
     }
@@ -361,9 +368,7 @@ impl DirWatch {
         }
         let mut p = PathBuf::new();
         for name in chain.iter().rev() {
-            p.push(std::ffi::OsStr::new(&*String::from_utf8_lossy(
-                name.as_bytes(),
-            )));
+            p.push(name.as_os_str());
         }
         Some(p)
     }

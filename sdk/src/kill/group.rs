@@ -134,8 +134,11 @@ fn contains(outer: &Path, inner: &[u8]) -> bool {
     Path::new(std::ffi::OsStr::from_bytes(inner)).starts_with(outer)
 }
 
-/// Refuses a cgroup that contains this process or PID 1.
-fn guard(cg: &Cgroup) -> Result<()> {
+/// Refuses ([`Error::InvalidArgument`]) a cgroup that contains this
+/// process or PID 1 (by the `0::` line of `/proc/self/cgroup` and
+/// `/proc/1/cgroup`). Every group kill checks this first, whether it writes
+/// `cgroup.kill` or signals members one by one.
+pub fn check_group_target(cg: &Cgroup) -> Result<()> {
     for (who, dir) in [
         ("this process", ProcDir::open_self()),
         ("PID 1", ProcDir::open(1)),
@@ -217,7 +220,7 @@ fn wait_empty(cg: &Cgroup, deadline: Instant) -> Result<bool> {
 /// Refuses ([`Error::InvalidArgument`]) a cgroup containing this process
 /// or PID 1. A cgroup that vanishes meanwhile counts as emptied.
 pub fn kill_cgroup(cg: &Cgroup, opts: &GroupKillOptions) -> Result<GroupKillOutcome> {
-    guard(cg)?;
+    check_group_target(cg)?;
     let start = Instant::now();
     let deadline = start + opts.deadline;
     let mut out = GroupKillOutcome {

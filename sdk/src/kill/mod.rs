@@ -42,7 +42,8 @@ use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags};
 
 pub use group::{
-    GroupKillOptions, GroupKillOutcome, GroupKillPath, kill_cgroup, wait_for_cgroup_events,
+    GroupKillOptions, GroupKillOutcome, GroupKillPath, check_group_target, kill_cgroup,
+    wait_for_cgroup_events,
 };
 pub use signal::Signal;
 

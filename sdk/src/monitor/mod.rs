@@ -65,6 +65,7 @@ mod report;
 #[cfg(feature = "tokio")]
 mod async_monitor;
 
+use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -134,8 +135,8 @@ struct ParentBase {
     cg: Cgroup,
     hier: MemoryEvents,
     local: MemoryEvents,
-    siblings: Vec<(String, MemoryEvents)>,
-    own_name: String,
+    siblings: Vec<(OsString, MemoryEvents)>,
+    own_name: OsString,
 }
 
 /// More siblings than this and the derivation is not prepared (each would
@@ -148,7 +149,7 @@ impl ParentBase {
         if cg.is_mount_root() {
             return None;
         }
-        let own_name = container.path().file_name()?.to_str()?.to_owned();
+        let own_name = container.path().file_name()?.to_owned();
         let names = cg.children().ok()?;
         if names.len() > MAX_SIBLINGS {
             return None;

@@ -273,10 +273,13 @@ pub fn cmdline(data: &[u8]) -> Vec<String> {
 
 /// The path of the `0::` (cgroup v2) entry of `/proc/PID/cgroup`, relative
 /// to the reader's cgroup namespace, without allocating.
+///
+/// Only the line's newline is removed, nothing else: the kernel rejects
+/// only `\n` in cgroup names, so `"job "` is a valid name, and a trimmed
+/// path would fail every membership check of that cgroup's processes.
 pub fn cgroup_v2_path(data: &[u8]) -> Option<&[u8]> {
     data.split(|b| *b == b'\n')
         .find_map(|l| l.strip_prefix(b"0::"))
-        .map(trim)
 }
 
 macro_rules! kv_struct_parser {
