@@ -861,6 +861,10 @@ fn a_limit_changed_meanwhile_is_not_overwritten() {
         ..EngineConfig::default()
     };
     let mut e = Engine::new(cfg, host, Box::new(Raise), Path::new("/")).unwrap();
+    // A dump that takes its whole deadline (a pre-kill hook that never
+    // finishes), so the raise lasts while the operator changes the limit.
+    let (hook, _seen) = recorder(Some(Duration::from_millis(500)), None);
+    e.add_prekill_hook(hook);
     let batch = e.add_cgroup(Path::new("/batch")).unwrap();
     let at = e.host().now();
     e.on_event(
