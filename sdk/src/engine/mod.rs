@@ -43,6 +43,7 @@ mod prekill;
 mod quiet;
 mod restore;
 mod runner;
+mod runner_config;
 mod snapshot;
 mod tree;
 mod trigger;

@@ -30,91 +30,17 @@ use std::time::{Duration, Instant};
 use crate::cgroup::{Cgroup, CgroupFs};
 use crate::error::{Error, Result};
 use crate::events::{
-    DirChange, DirWatchOptions, EventKind, Interest, PsiThreshold, Scope, Source, Token, Watcher,
+    DirChange, DirWatchOptions, EventKind, Interest, Scope, Source, Token, Watcher,
 };
-use crate::reserve::{self, ReserveConfig, ReserveReport};
+use crate::reserve::{self, ReserveReport};
 
-use super::IncidentConfig;
 use super::host::{Act, Observe};
 use super::kernel::KernelHost;
 use super::prekill::PrekillHook;
+use super::runner_config::MAX_DEPTH;
+pub use super::runner_config::{PsiConfig, RunnerConfig};
 use super::watchdog::{Target, Watchdog, WatchdogConfig};
-use super::{
-    CgroupId, Engine, EngineConfig, EngineStats, Episode, Handler, Trigger, Victim, XattrTrust,
-};
-
-/// A PSI trigger for the runner.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PsiConfig {
-    /// The threshold (`some`/`full`, stall, window).
-    pub threshold: PsiThreshold,
-    /// `true`: system-wide `/proc/pressure/memory`; `false`: the managed
-    /// root's `memory.pressure`.
-    pub system: bool,
-}
-
-/// Everything the runner needs.
-#[derive(Debug)]
-pub struct RunnerConfig {
-    /// Filesystem path of the managed cgroup (for example `/sys/fs/cgroup`
-    /// or `/sys/fs/cgroup/kubepods.slice`).
-    pub root: PathBuf,
-    /// Loop tuning.
-    pub engine: EngineConfig,
-    /// Reserve mode (`mlockall`, `oom_score_adj`, nice, `PR_SET_IO_FLUSHER`
-    /// …: process-wide). `None` (the default of [`RunnerConfig::new`]):
-    /// untouched.
-    pub reserve: Option<ReserveConfig>,
-    /// Raise the soft `RLIMIT_NOFILE` to the hard limit (process-wide; the
-    /// runner holds three fds per cgroup). Off in [`RunnerConfig::new`].
-    pub raise_nofile: bool,
-    /// Watch `memory.events.local` of every managed cgroup.
-    pub memory_events: bool,
-    /// A PSI trigger.
-    pub psi: Option<PsiConfig>,
-    /// Incident records (written only with the `serde` feature; without
-    /// it, `Some` is refused when the runner starts).
-    pub incidents: Option<IncidentConfig>,
-    /// The watchdog thread, which kills on its own when the loop stalls.
-    /// `None` (the default of [`RunnerConfig::new`]): no thread.
-    pub watchdog: Option<WatchdogConfig>,
-    /// Which cgroup xattrs to believe.
-    pub xattr_trust: XattrTrust,
-    /// How deep below the root to follow cgroups (1–16).
-    pub depth: u32,
-}
-
-impl RunnerConfig {
-    /// Defaults for embedding, managing `root`: memory events on, no PSI,
-    /// and nothing process-wide (no reserve mode, no rlimit change, no
-    /// watchdog thread).
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        RunnerConfig {
-            root: root.into(),
-            engine: EngineConfig::default(),
-            reserve: None,
-            raise_nofile: false,
-            memory_events: true,
-            psi: None,
-            incidents: None,
-            watchdog: None,
-            xattr_trust: XattrTrust::TrustedOnly,
-            depth: DEFAULT_DEPTH,
-        }
-    }
-
-    /// Defaults for a node daemon that owns its process: as
-    /// [`RunnerConfig::new`], plus reserve mode with its defaults, a raised
-    /// open-file limit and the watchdog thread.
-    pub fn daemon(root: impl Into<PathBuf>) -> Self {
-        RunnerConfig {
-            reserve: Some(ReserveConfig::default()),
-            raise_nofile: true,
-            watchdog: Some(WatchdogConfig::default()),
-            ..RunnerConfig::new(root)
-        }
-    }
-}
+use super::{CgroupId, Engine, EngineConfig, EngineStats, Episode, Handler, Trigger, Victim};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Binding {
@@ -137,9 +63,6 @@ pub struct Turn {
 /// Tokens of caller fds (and victim pidfds) start here, far above the
 /// watcher's own.
 const USER_TOKEN_BASE: u64 = 1 << 62;
-/// How deep below the root cgroups are followed by default, and at most.
-const DEFAULT_DEPTH: u32 = 8;
-const MAX_DEPTH: u32 = 16;
 /// Event sources besides the per-cgroup ones (directory watch, PSI,
 /// caller fds, the victim's pidfd), for sizing tables up front.
 const EXTRA_SOURCES: usize = 8;

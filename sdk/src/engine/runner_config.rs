@@ -1,0 +1,89 @@
+//! What a [`super::Runner`] is told: the managed root, the loop's tuning,
+//! which signals to watch, and the process-wide steps a daemon opts into
+//! (reserve mode, the open-file limit, the watchdog thread), which an
+//! embedding runtime leaves off.
+
+use std::path::PathBuf;
+
+use crate::events::PsiThreshold;
+use crate::reserve::ReserveConfig;
+
+use super::watchdog::WatchdogConfig;
+use super::{EngineConfig, IncidentConfig, XattrTrust};
+
+/// How deep below the root cgroups are followed by default, and at most.
+const DEFAULT_DEPTH: u32 = 8;
+pub(super) const MAX_DEPTH: u32 = 16;
+
+/// A PSI trigger for the runner.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PsiConfig {
+    /// The threshold (`some`/`full`, stall, window).
+    pub threshold: PsiThreshold,
+    /// `true`: system-wide `/proc/pressure/memory`; `false`: the managed
+    /// root's `memory.pressure`.
+    pub system: bool,
+}
+
+/// Everything the runner needs.
+#[derive(Debug)]
+pub struct RunnerConfig {
+    /// Filesystem path of the managed cgroup (for example `/sys/fs/cgroup`
+    /// or `/sys/fs/cgroup/kubepods.slice`).
+    pub root: PathBuf,
+    /// Loop tuning.
+    pub engine: EngineConfig,
+    /// Reserve mode (`mlockall`, `oom_score_adj`, nice, `PR_SET_IO_FLUSHER`
+    /// …: process-wide). `None` (the default of [`RunnerConfig::new`]):
+    /// untouched.
+    pub reserve: Option<ReserveConfig>,
+    /// Raise the soft `RLIMIT_NOFILE` to the hard limit (process-wide; the
+    /// runner holds three fds per cgroup). Off in [`RunnerConfig::new`].
+    pub raise_nofile: bool,
+    /// Watch `memory.events.local` of every managed cgroup.
+    pub memory_events: bool,
+    /// A PSI trigger.
+    pub psi: Option<PsiConfig>,
+    /// Incident records (written only with the `serde` feature; without
+    /// it, `Some` is refused when the runner starts).
+    pub incidents: Option<IncidentConfig>,
+    /// The watchdog thread, which kills on its own when the loop stalls.
+    /// `None` (the default of [`RunnerConfig::new`]): no thread.
+    pub watchdog: Option<WatchdogConfig>,
+    /// Which cgroup xattrs to believe.
+    pub xattr_trust: XattrTrust,
+    /// How deep below the root to follow cgroups (1–16).
+    pub depth: u32,
+}
+
+impl RunnerConfig {
+    /// Defaults for embedding, managing `root`: memory events on, no PSI,
+    /// and nothing process-wide (no reserve mode, no rlimit change, no
+    /// watchdog thread).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        RunnerConfig {
+            root: root.into(),
+            engine: EngineConfig::default(),
+            reserve: None,
+            raise_nofile: false,
+            memory_events: true,
+            psi: None,
+            incidents: None,
+            watchdog: None,
+            xattr_trust: XattrTrust::TrustedOnly,
+            depth: DEFAULT_DEPTH,
+        }
+    }
+
+    /// Defaults for a node daemon that owns its process: as
+    /// [`RunnerConfig::new`], plus reserve mode with its defaults, a raised
+    /// open-file limit and the watchdog thread.
+    pub fn daemon(root: impl Into<PathBuf>) -> Self {
+        RunnerConfig {
+            reserve: Some(ReserveConfig::default()),
+            raise_nofile: true,
+            watchdog: Some(WatchdogConfig::default()),
+            ..RunnerConfig::new(root)
+        }
+    }
+}
