@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::DIR_CHANGES_PER_TURN;
 use super::*;
-use crate::engine::{CgroupMeta, Class, Plan, View};
+use crate::engine::{CgroupMeta, Class, Plan, View, XattrTrust};
 
 /// Protects cgroups whose path ends with `protect` (if set); decides nothing.
 struct Classes {
