@@ -9,6 +9,7 @@ pub mod common;
 pub mod e2e;
 pub mod events;
 pub mod kill;
+pub mod machine;
 pub mod probe;
 pub mod reserve;
 pub mod smoke;
@@ -50,6 +51,24 @@ pub fn all() -> Vec<TestCase> {
             "reserve_under_exhaustion",
             120,
             reserve::reserve_under_exhaustion,
+        ),
+        // The whole guest out of memory (no swap, no limits): the SDK's machine-wide early
+        // warning against the kernel's OOM killer; the NOTE lines are the calibration data.
+        case("machine_idle_wakeups", 60, machine::idle_wakeups),
+        case(
+            "machine_warning_priority",
+            240,
+            machine::warning_before_kernel_kill_priority,
+        ),
+        case(
+            "machine_warning_thrash",
+            300,
+            machine::warning_before_kernel_kill_thrash,
+        ),
+        case(
+            "machine_quiet",
+            300,
+            machine::quiet_when_nothing_needs_to_die,
         ),
         // End to end: the `oomkit` daemon binary against workloads (see `crate::scenario`).
         case("e2e_priority", 90, e2e::priority),
