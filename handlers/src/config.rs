@@ -302,6 +302,11 @@ pub struct SignalsSection {
     pub memory_events: bool,
     /// A PSI trigger (`[signals.psi]`); absent: none.
     pub psi: Option<PsiSection>,
+    /// The machine-wide early warning (`[signals.machine]`, see [`crate::machine_config`]).
+    pub machine: crate::machine_config::MachineSection,
+    /// `memory.high` that oomkit writes and owns on the managed root's top-level children
+    /// (`"90%"` of each child's share or a size); absent: none.
+    pub tripwire: Option<crate::machine_config::LevelSetting>,
 }
 
 impl Default for SignalsSection {
@@ -309,6 +314,8 @@ impl Default for SignalsSection {
         SignalsSection {
             memory_events: true,
             psi: None,
+            machine: Default::default(),
+            tripwire: None,
         }
     }
 }
@@ -941,11 +948,26 @@ impl Config {
                 ));
             }
         }
-        if !self.signals.memory_events && self.signals.psi.is_none() {
+        if !self.signals.memory_events
+            && self.signals.psi.is_none()
+            && !self.signals.machine.enabled
+        {
             err(
                 "signals.memory_events",
-                "no event source: enable memory_events or add [signals.psi]".into(),
+                "no event source: enable memory_events or [signals.machine], or add [signals.psi]"
+                    .into(),
             );
+        }
+        let mut machine_bad = Vec::new();
+        crate::machine_config::validate(
+            &self.signals.machine,
+            self.signals.tripwire,
+            self.signals.memory_events || self.signals.psi.is_some(),
+            &mut machine_bad,
+            &mut warn,
+        );
+        for (k, m) in machine_bad {
+            err(&k, m);
         }
 
         // [reserve]

@@ -22,6 +22,7 @@ pub mod classify;
 pub mod config;
 pub mod daemon;
 pub mod heap_profile;
+pub mod machine_config;
 pub mod priority;
 pub mod throttle;
 
