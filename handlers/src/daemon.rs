@@ -119,7 +119,7 @@ pub fn runner_config(cfg: &Config, dry_run: bool) -> Result<RunnerConfig, Daemon
         max_count: d.incident_max_count,
         max_bytes: usize::try_from(d.incident_max_bytes.0).unwrap_or(usize::MAX),
     });
-    let mut rc = RunnerConfig::new(d.root.clone());
+    let mut rc = RunnerConfig::daemon(d.root.clone());
     rc.engine = engine;
     rc.reserve = reserve;
     rc.memory_events = cfg.signals.memory_events;

@@ -13,8 +13,7 @@ use std::time::Instant;
 use crate::cgroup::{Limit, MemoryStat};
 use crate::error::Result;
 
-use super::snapshot::{CgroupStats, ProcSample, SystemStats};
-use super::tree::CgroupId;
+use super::types::{CgroupId, CgroupStats, ProcSample, SystemStats, XattrInfo};
 
 /// A kill in flight, to be waited for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,15 +42,6 @@ impl Victim {
             Victim::Process { cgroup, .. } | Victim::Cgroup { cgroup } => cgroup,
         }
     }
-}
-
-/// Trusted classification data read from a cgroup's xattrs when it appears.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct XattrInfo {
-    /// `oomkit.priority`.
-    pub priority: Option<i32>,
-    /// `oomkit.protected` = `1`.
-    pub protected: bool,
 }
 
 /// Everything the loop does to the system.

@@ -16,9 +16,9 @@ use crate::error::{Error, Result};
 use crate::kill::{self, GroupKillOptions, Pidfd, Signal};
 use crate::proc::{self, ProcessInfo};
 
-use super::host::{Host, Victim, XattrInfo};
-use super::snapshot::{CgroupStats, ProcSample, SystemStats};
-use super::tree::{CgroupId, XattrTrust};
+use super::host::{Host, Victim};
+use super::tree::XattrTrust;
+use super::types::{CgroupId, CgroupStats, ProcSample, SystemStats, XattrInfo};
 
 const VICTIM_SLOTS: usize = 8;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::cgroup::Limit;
 
-use super::tree::CgroupId;
+use super::types::CgroupId;
 
 /// How many steps one plan can hold.
 pub const MAX_STEPS: usize = 8;

@@ -1,7 +1,15 @@
 //! [`Runner`]: the engine on a real kernel, driven by one epoll.
 //!
-//! On start it enters reserve mode (before allocating, so `mlockall(FUTURE)`
-//! covers everything that follows), opens the managed subtree, registers
+//! A library does nothing process-wide unless asked: [`RunnerConfig::new`]
+//! gives a runner that a container runtime can embed — no `mlockall`, no
+//! `oom_score_adj`, no nice or scheduling change, no rlimit change, no
+//! thread. A node daemon asks for all of that with [`RunnerConfig::daemon`]
+//! (or sets [`RunnerConfig::reserve`], [`RunnerConfig::raise_nofile`] and
+//! [`RunnerConfig::watchdog`] one by one).
+//!
+//! On start it enters reserve mode if asked (before allocating, so
+//! `mlockall(FUTURE)` covers everything that follows), opens the managed
+//! subtree, registers
 //! one `memory.events.local` watch per cgroup (so a `high` crossing is
 //! reported at the cgroup whose limit was crossed, not at every ancestor),
 //! an optional PSI trigger, and a recursive directory watch that follows
@@ -50,8 +58,13 @@ pub struct RunnerConfig {
     pub root: PathBuf,
     /// Loop tuning.
     pub engine: EngineConfig,
-    /// Reserve mode; `None` to skip (tests, or a runtime that did it itself).
+    /// Reserve mode (`mlockall`, `oom_score_adj`, nice, `PR_SET_IO_FLUSHER`
+    /// …: process-wide). `None` (the default of [`RunnerConfig::new`]):
+    /// untouched.
     pub reserve: Option<ReserveConfig>,
+    /// Raise the soft `RLIMIT_NOFILE` to the hard limit (process-wide; the
+    /// runner holds three fds per cgroup). Off in [`RunnerConfig::new`].
+    pub raise_nofile: bool,
     /// Watch `memory.events.local` of every managed cgroup.
     pub memory_events: bool,
     /// A PSI trigger.
@@ -61,7 +74,8 @@ pub struct RunnerConfig {
     pub incidents: Option<super::incident::IncidentConfig>,
     /// Where diagnostics (heap profiles) are expected to appear.
     pub diagnostics_dir: Option<PathBuf>,
-    /// The watchdog thread.
+    /// The watchdog thread, which kills on its own when the loop stalls.
+    /// `None` (the default of [`RunnerConfig::new`]): no thread.
     pub watchdog: Option<WatchdogConfig>,
     /// Which cgroup xattrs to believe.
     pub xattr_trust: XattrTrust,
@@ -70,21 +84,35 @@ pub struct RunnerConfig {
 }
 
 impl RunnerConfig {
-    /// Defaults for managing `root`: memory events on, no PSI, watchdog on,
-    /// reserve mode with its defaults.
+    /// Defaults for embedding, managing `root`: memory events on, no PSI,
+    /// and nothing process-wide (no reserve mode, no rlimit change, no
+    /// watchdog thread).
     pub fn new(root: impl Into<PathBuf>) -> Self {
         RunnerConfig {
             root: root.into(),
             engine: EngineConfig::default(),
-            reserve: Some(ReserveConfig::default()),
+            reserve: None,
+            raise_nofile: false,
             memory_events: true,
             psi: None,
             #[cfg(feature = "serde")]
             incidents: None,
             diagnostics_dir: None,
-            watchdog: Some(WatchdogConfig::default()),
+            watchdog: None,
             xattr_trust: XattrTrust::TrustedOnly,
-            depth: 8,
+            depth: DEFAULT_DEPTH,
+        }
+    }
+
+    /// Defaults for a node daemon that owns its process: as
+    /// [`RunnerConfig::new`], plus reserve mode with its defaults, a raised
+    /// open-file limit and the watchdog thread.
+    pub fn daemon(root: impl Into<PathBuf>) -> Self {
+        RunnerConfig {
+            reserve: Some(ReserveConfig::default()),
+            raise_nofile: true,
+            watchdog: Some(WatchdogConfig::default()),
+            ..RunnerConfig::new(root)
         }
     }
 }
@@ -107,7 +135,19 @@ pub struct Turn {
     pub finished: Vec<Episode>,
 }
 
+/// Tokens of caller fds (and victim pidfds) start here, far above the
+/// watcher's own.
 const USER_TOKEN_BASE: u64 = 1 << 62;
+/// How deep below the root cgroups are followed by default, and at most.
+const DEFAULT_DEPTH: u32 = 8;
+const MAX_DEPTH: u32 = 16;
+/// Event sources besides the per-cgroup ones (directory watch, PSI,
+/// caller fds, the victim's pidfd), for sizing tables up front.
+const EXTRA_SOURCES: usize = 8;
+/// Directory events the watch may queue before it overflows (and rescans).
+const DIR_QUEUE: usize = 4096;
+/// Room for directory changes and triggers seen in one turn.
+const TURN_ROOM: usize = 64;
 
 /// The loop on a real kernel. See the module docs.
 pub struct Runner {
@@ -169,7 +209,9 @@ fn find_fs(root: &Path) -> Result<CgroupFs> {
 }
 
 impl Runner {
-    /// Enters reserve mode, opens the managed tree and its event sources.
+    /// Opens the managed tree and its event sources, doing process-wide
+    /// things (reserve mode, the open-file limit, the watchdog thread) only
+    /// where `cfg` asks for them: with [`RunnerConfig::new`], none.
     pub fn new(cfg: RunnerConfig, handler: Box<dyn Handler>) -> Result<Self> {
         let fs = find_fs(&cfg.root)?;
         Self::with_fs(cfg, handler, fs)
@@ -178,10 +220,10 @@ impl Runner {
     /// Like [`Runner::new`] on an explicit cgroup filesystem.
     pub fn with_fs(mut cfg: RunnerConfig, handler: Box<dyn Handler>, fs: CgroupFs) -> Result<Self> {
         cfg.engine.validate()?;
-        if !(1..=16).contains(&cfg.depth) {
+        if !(1..=MAX_DEPTH).contains(&cfg.depth) {
             return Err(Error::InvalidArgument {
                 what: "depth",
-                reason: format!("{} is not between 1 and 16", cfg.depth),
+                reason: format!("{} is not between 1 and {MAX_DEPTH}", cfg.depth),
             });
         }
         // Reserve first: mlockall(FUTURE) then covers every allocation below.
@@ -191,84 +233,107 @@ impl Runner {
             rep
         });
         let root_hier = fs.hierarchy_path(&cfg.root)?;
-        raise_nofile_limit();
-        let mut host = KernelHost::new(
-            fs,
-            cfg.xattr_trust,
-            cfg.engine.max_cgroups,
-            cfg.engine.max_processes,
-        );
+        if cfg.raise_nofile {
+            raise_nofile_limit();
+        }
+        let mut r = Self::open(&mut cfg, handler, fs, root_hier)?;
+        r.reserve = reserve;
+        r.follow_tree(&cfg)?;
+        // The watchdog starts once the tree is known: attaching 10,000
+        // cgroups is not a stall, and its target table is filled here.
+        if let Some(w) = cfg.watchdog {
+            r.start_watchdog(w)?;
+        }
+        Ok(r)
+    }
+
+    /// The engine on a [`KernelHost`], the watcher and the tables, sized up
+    /// front; no event source yet.
+    fn open(
+        cfg: &mut RunnerConfig,
+        handler: Box<dyn Handler>,
+        fs: CgroupFs,
+        root_hier: PathBuf,
+    ) -> Result<Self> {
+        let n = cfg.engine.max_cgroups;
+        let mut host = KernelHost::new(fs, cfg.xattr_trust, n, cfg.engine.max_processes);
         host.set_diagnostics_dir(cfg.diagnostics_dir.clone());
         let engine = Engine::new(cfg.engine.clone(), host, handler, &root_hier)?;
-        let watcher = Watcher::with_capacity(cfg.engine.max_cgroups + 8)?;
         #[cfg(feature = "serde")]
         let incidents = match cfg.incidents.take() {
             Some(c) => Some(super::incident::IncidentSink::new(c)?),
             None => None,
         };
-        let mut r = Runner {
+        Ok(Runner {
             engine,
-            watcher,
-            bindings: HashMap::with_capacity(cfg.engine.max_cgroups + 8),
-            events_token: HashMap::with_capacity(cfg.engine.max_cgroups),
+            watcher: Watcher::with_capacity(n + EXTRA_SOURCES)?,
+            bindings: HashMap::with_capacity(n + EXTRA_SOURCES),
+            events_token: HashMap::with_capacity(n),
             dir_token: None,
             victim: None,
             watchdog: None,
             #[cfg(feature = "serde")]
             incidents,
-            reserve,
+            reserve: None,
             root_hier,
             memory_events: cfg.memory_events,
             next_user: USER_TOKEN_BASE,
-            dir_changes: Vec::with_capacity(64),
-            triggers: Vec::with_capacity(64),
-            batch: Vec::with_capacity(cfg.engine.max_cgroups + 8),
-        };
-        let root_cg = r.root_cgroup()?;
+            dir_changes: Vec::with_capacity(TURN_ROOM),
+            triggers: Vec::with_capacity(TURN_ROOM),
+            batch: Vec::with_capacity(n + EXTRA_SOURCES),
+        })
+    }
+
+    /// Registers the event sources: the root's `memory.events.local`, the
+    /// directory watch that follows containers, the PSI trigger; then adds
+    /// the cgroups that already exist.
+    fn follow_tree(&mut self, cfg: &RunnerConfig) -> Result<()> {
+        let root_cg = self.root_cgroup()?;
         crate::probe::Features::probe(&root_cg).log();
-        if let Some(root) = r.engine.root() {
-            r.watch_cgroup(root, &root_cg)?;
+        if let Some(root) = self.engine.root() {
+            self.watch_cgroup(root, &root_cg)?;
         }
-        // Follow the tree: first the watch (so nothing created from now on
-        // is missed), then a walk of what exists (duplicates are ignored).
-        let tok = r.watcher.add_dir_watch(
+        // First the watch (so nothing created from now on is missed), then
+        // a walk of what exists (duplicates are ignored).
+        let tok = self.watcher.add_dir_watch(
             &root_cg,
             DirWatchOptions {
                 depth: cfg.depth,
                 report_existing: false,
-                queue: 4096,
+                queue: DIR_QUEUE,
                 max_dirs: cfg.engine.max_cgroups,
             },
         )?;
-        r.bindings.insert(tok, Binding::Dir);
-        r.dir_token = Some(tok);
+        self.bindings.insert(tok, Binding::Dir);
+        self.dir_token = Some(tok);
         if let Some(psi) = cfg.psi {
             let tok = if psi.system {
-                r.watcher
+                self.watcher
                     .add(Source::Psi(crate::events::PsiTrigger::system_memory(
                         psi.threshold,
                     )?))?
             } else {
-                r.watcher.add_psi(&root_cg, psi.threshold)?
+                self.watcher.add_psi(&root_cg, psi.threshold)?
             };
-            r.bindings.insert(
-                tok,
-                Binding::Psi(if psi.system { None } else { r.engine.root() }),
-            );
+            let scope = if psi.system { None } else { self.engine.root() };
+            self.bindings.insert(tok, Binding::Psi(scope));
         }
-        r.rescan_pending();
-        r.apply_dir_changes();
-        // The watchdog starts once the tree is known: attaching 10,000
-        // cgroups is not a stall, and its target table is filled here.
-        if let Some(w) = cfg.watchdog {
-            let own = r.engine.host().own_cgroup().map(Path::to_path_buf);
-            r.watchdog = Some(Watchdog::spawn(w, own, None)?);
-            let ids: Vec<CgroupId> = r.engine.tree().ids().collect();
-            for id in ids {
-                r.publish_target(id);
-            }
+        self.rescan_pending();
+        self.apply_dir_changes();
+        Ok(())
+    }
+
+    /// Starts the watchdog thread (an explicit step: it is a thread, and
+    /// it kills on its own when the loop stalls for `cfg.timeout`), and
+    /// hands it every managed cgroup. Replaces a running watchdog.
+    pub fn start_watchdog(&mut self, cfg: WatchdogConfig) -> Result<()> {
+        let own = self.engine.host().own_cgroup().map(Path::to_path_buf);
+        self.watchdog = Some(Watchdog::spawn(cfg, own, None)?);
+        let ids: Vec<CgroupId> = self.engine.tree().ids().collect();
+        for id in ids {
+            self.publish_target(id);
         }
-        Ok(r)
+        Ok(())
     }
 
     fn root_cgroup(&self) -> Result<Cgroup> {
@@ -404,44 +469,7 @@ impl Runner {
         let mut victim_ready = false;
         for i in 0..self.batch.len() {
             let ev = self.batch[i];
-            let Some(binding) = self.bindings.get(&ev.token).copied() else {
-                continue;
-            };
-            match (binding, ev.kind) {
-                (Binding::MemoryEvents(cgroup), EventKind::MemoryEvents(change)) => {
-                    self.triggers.push((
-                        Trigger::MemoryEvents {
-                            cgroup,
-                            delta: change.delta,
-                        },
-                        seen,
-                    ));
-                }
-                (Binding::Psi(cgroup), EventKind::Pressure(_)) => {
-                    self.triggers.push((Trigger::Pressure { cgroup }, seen));
-                }
-                (Binding::Dir, EventKind::Dir(d)) => {
-                    if let Some(Source::Dir(dw)) = self.watcher.source(ev.token) {
-                        if let (Some(rel), Some(name)) = (dw.rel_path(d.parent), d.name.as_str()) {
-                            self.dir_changes
-                                .push((d.change, self.root_hier.join(rel).join(name)));
-                        }
-                    }
-                }
-                (Binding::Dir, EventKind::DirOverflow) => {
-                    tracing::warn!("directory watch overflowed; rescanning");
-                    self.rescan_pending();
-                }
-                (Binding::Victim, _) => victim_ready = true,
-                (Binding::User, EventKind::Fd(_)) => turn.ready.push(ev.token),
-                (_, EventKind::Gone) => {
-                    if let Binding::MemoryEvents(_) = binding {
-                        // The cgroup was removed; the dir watch removes it from the tree.
-                    }
-                }
-                (_, EventKind::Failed(f)) => tracing::debug!(failure = %f, "event source failed"),
-                _ => {}
-            }
+            victim_ready |= self.dispatch(ev, seen, turn);
         }
         for i in 0..self.triggers.len() {
             let (trigger, at) = self.triggers[i];
@@ -463,6 +491,47 @@ impl Runner {
         Ok(())
     }
 
+    /// Turns one ready event into a trigger, a directory change or a ready
+    /// caller fd; true when it is the victim's pidfd.
+    fn dispatch(&mut self, ev: crate::events::Event, seen: Instant, turn: &mut Turn) -> bool {
+        let Some(binding) = self.bindings.get(&ev.token).copied() else {
+            return false;
+        };
+        match (binding, ev.kind) {
+            (Binding::MemoryEvents(cgroup), EventKind::MemoryEvents(change)) => {
+                self.triggers.push((
+                    Trigger::MemoryEvents {
+                        cgroup,
+                        delta: change.delta,
+                    },
+                    seen,
+                ));
+            }
+            (Binding::Psi(cgroup), EventKind::Pressure(_)) => {
+                self.triggers.push((Trigger::Pressure { cgroup }, seen));
+            }
+            (Binding::Dir, EventKind::Dir(d)) => {
+                if let Some(Source::Dir(dw)) = self.watcher.source(ev.token) {
+                    if let (Some(rel), Some(name)) = (dw.rel_path(d.parent), d.name.as_str()) {
+                        self.dir_changes
+                            .push((d.change, self.root_hier.join(rel).join(name)));
+                    }
+                }
+            }
+            (Binding::Dir, EventKind::DirOverflow) => {
+                tracing::warn!("directory watch overflowed; rescanning");
+                self.rescan_pending();
+            }
+            (Binding::Victim, _) => return true,
+            (Binding::User, EventKind::Fd(_)) => turn.ready.push(ev.token),
+            // A watched cgroup was removed; the dir watch removes it from the tree.
+            (_, EventKind::Gone) => {}
+            (_, EventKind::Failed(f)) => tracing::debug!(failure = %f, "event source failed"),
+            _ => {}
+        }
+        false
+    }
+
     fn apply_dir_changes(&mut self) {
         let changes = std::mem::take(&mut self.dir_changes);
         for (change, path) in &changes {
@@ -480,7 +549,7 @@ impl Runner {
         let Ok(root) = self.root_cgroup() else { return };
         let mut stack = vec![(root, self.root_hier.clone(), 0u32)];
         while let Some((cg, path, depth)) = stack.pop() {
-            if depth >= 16 {
+            if depth >= MAX_DEPTH {
                 continue;
             }
             for name in cg.children().unwrap_or_default() {

@@ -9,115 +9,24 @@
 use std::path::Path;
 use std::time::Instant;
 
-use crate::cgroup::{Limit, MemoryEvents, Pressure};
 use crate::error::Result;
-use crate::proc::{MemInfo, VmStat};
 
-use super::Trigger;
 use super::host::Host;
-use super::tree::{CgroupId, Class, Tree};
-
-/// Numbers read from one cgroup's files. `None`: not read, or not provided.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-pub struct CgroupStats {
-    /// `memory.current`.
-    pub current: Option<u64>,
-    /// `memory.swap.current`.
-    pub swap_current: Option<u64>,
-    /// `memory.high`.
-    pub high: Option<Limit>,
-    /// `memory.max`.
-    pub max: Option<Limit>,
-    /// `memory.oom.group`.
-    pub oom_group: Option<bool>,
-    /// `memory.events.local`.
-    pub events_local: Option<MemoryEvents>,
-    /// `populated` of `cgroup.events`.
-    pub populated: Option<bool>,
-    /// `pgsteal` of `memory.stat` (reclaim progress).
-    pub pgsteal: Option<u64>,
-    /// `memory.pressure`.
-    pub pressure: Option<Pressure>,
-}
-
-impl CgroupStats {
-    /// What killing everything in the cgroup would free, by the numbers
-    /// available: `memory.current` plus swap.
-    pub fn footprint(&self) -> u64 {
-        self.current.unwrap_or(0) + self.swap_current.unwrap_or(0)
-    }
-
-    /// The lower of `memory.high` and `memory.max`, if either is set.
-    pub fn effective_limit(&self) -> Option<u64> {
-        let h = self.high.and_then(Limit::bytes);
-        let m = self.max.and_then(Limit::bytes);
-        match (h, m) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-}
-
-/// One process as the loop saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-pub struct ProcSample {
-    /// PID.
-    pub pid: i32,
-    /// Resident memory, bytes.
-    pub rss: u64,
-    /// Swapped-out memory, bytes.
-    pub swap: u64,
-    /// `oom_score_adj`.
-    pub oom_score_adj: i16,
-    /// Effective uid.
-    pub uid: u32,
-    /// A kernel thread (never killed).
-    pub kernel_thread: bool,
-    /// `comm`, NUL-padded.
-    #[cfg_attr(feature = "serde", serde(serialize_with = "ser_comm"))]
-    pub comm: [u8; 16],
-}
-
-#[cfg(feature = "serde")]
-fn ser_comm<S: serde::Serializer>(c: &[u8; 16], s: S) -> std::result::Result<S::Ok, S::Error> {
-    let end = c.iter().position(|b| *b == 0).unwrap_or(16);
-    s.serialize_str(&String::from_utf8_lossy(&c[..end]))
-}
-
-impl ProcSample {
-    /// What killing it frees: RSS plus swap (not virtual size).
-    pub fn footprint(&self) -> u64 {
-        self.rss + self.swap
-    }
-
-    /// `comm` as text.
-    pub fn comm(&self) -> &str {
-        let end = self.comm.iter().position(|b| *b == 0).unwrap_or(16);
-        std::str::from_utf8(&self.comm[..end]).unwrap_or("?")
-    }
-}
-
-/// System-wide numbers (`/proc/meminfo`, `/proc/vmstat`, `/proc/pressure/memory`).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-pub struct SystemStats {
-    /// `/proc/meminfo`.
-    pub meminfo: Option<MemInfo>,
-    /// An excerpt of `/proc/vmstat` (reclaim, swap, `oom_kill`).
-    pub vmstat: Option<VmStat>,
-    /// System memory PSI.
-    pub pressure: Option<Pressure>,
-}
+use super::tree::{Class, Tree};
+use super::trigger::Trigger;
+use super::types::{CgroupId, CgroupStats, ProcSample, SystemStats};
 
 /// Things the handler must not pick again in this episode (victims that did
 /// not die in time, refused targets).
 #[derive(Debug, Clone, Default)]
 pub struct Excluded {
-    pub(crate) cgroups: [Option<CgroupId>; 8],
-    pub(crate) pids: [Option<i32>; 8],
+    pub(crate) cgroups: [Option<CgroupId>; EXCLUDED_MAX],
+    pub(crate) pids: [Option<i32>; EXCLUDED_MAX],
 }
+
+/// How many cgroups, and how many processes, one episode can exclude; more
+/// are not remembered (escalations are bounded well below this).
+pub(crate) const EXCLUDED_MAX: usize = 8;
 
 impl Excluded {
     pub(crate) fn clear(&mut self) {

@@ -9,27 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::snapshot::CgroupStats;
-
-/// Identifies a cgroup in the loop's tree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-pub struct CgroupId {
-    idx: u32,
-    generation: u32,
-}
-
-impl CgroupId {
-    /// The slot index (dense, for side tables).
-    pub fn index(self) -> usize {
-        self.idx as usize
-    }
-
-    #[cfg(test)]
-    pub(crate) fn for_tests(idx: u32) -> Self {
-        CgroupId { idx, generation: 0 }
-    }
-}
+use super::types::{CgroupId, CgroupStats, XattrInfo};
 
 /// How a handler (and the loop) treats a cgroup, decided when it appears.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,7 +57,7 @@ pub(crate) struct Node {
     pub(crate) depth: u16,
     pub(crate) class: Class,
     pub(crate) stats: CgroupStats,
-    pub(crate) xattr: super::host::XattrInfo,
+    pub(crate) xattr: XattrInfo,
     generation: u32,
     live: bool,
 }

@@ -1,0 +1,316 @@
+//! Acting: running a plan's steps, waiting for each victim to exit and
+//! its memory to come back, escalating when one does not die in time, and
+//! ending the episode.
+//!
+//! One kill per episode: while a victim is waited for, new events do not
+//! cause another kill (they are counted as suppressed). Every wait has a
+//! deadline; a victim stuck past it (D state) is excluded and the handler
+//! asked again, up to `max_escalations` times.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::error::Result;
+
+use super::host::{Host, Victim};
+use super::plan::Action;
+use super::types::{CgroupId, CgroupStats, ProcSample};
+use super::{Engine, Outcome, Phase, VictimRecord, VictimWait, Wait};
+
+impl<H: Host> Engine<H> {
+    /// Applies a step that needs no waiting (limits, freezing).
+    pub(super) fn apply_simple(&mut self, action: &Action, at: Instant) -> Result<()> {
+        match *action {
+            Action::SetHigh { cgroup, limit } => self.host.set_high(cgroup, limit),
+            Action::Freeze { cgroup, frozen } => self.host.set_frozen(cgroup, frozen),
+            Action::RaiseMax {
+                cgroup,
+                limit,
+                duration,
+            } => self.raise_max(cgroup, limit, at + duration),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs plan steps from the current one until one must be waited for.
+    pub(super) fn run_steps(&mut self, at: Instant) {
+        self.acting_seen = at;
+        loop {
+            let Phase::Acting {
+                scope,
+                step,
+                wait: None,
+            } = self.phase
+            else {
+                return;
+            };
+            let Some(s) = self.plan.step(step).copied() else {
+                self.finish(Outcome::Acted, at);
+                return;
+            };
+            let deadline = at
+                + if s.deadline.is_zero() {
+                    self.cfg.kill_deadline
+                } else {
+                    s.deadline
+                };
+            let mut wait = None;
+            let result = self.run_step(&s.action, scope, at, deadline, &mut wait);
+            tracing::info!(
+                episode = self.episode.id,
+                action = s.action.name(),
+                ok = result.is_ok(),
+                reason = self.plan.reason(),
+                "action"
+            );
+            if let Err(e) = result {
+                self.episode.last_error = Some(e.to_string());
+                if s.action.is_kill() && !e.is_gone() {
+                    self.escalate(at);
+                    return;
+                }
+            }
+            self.phase = Phase::Acting {
+                scope,
+                step: if wait.is_some() { step } else { step + 1 },
+                wait,
+            };
+            if wait.is_some() {
+                return;
+            }
+        }
+    }
+
+    /// Starts one step; `wait` is set when the step must be waited for.
+    fn run_step(
+        &mut self,
+        action: &Action,
+        scope: CgroupId,
+        at: Instant,
+        deadline: Instant,
+        wait: &mut Option<Wait>,
+    ) -> Result<()> {
+        match *action {
+            Action::KillProcess { cgroup, pid } => {
+                let footprint = self
+                    .snap
+                    .procs
+                    .iter()
+                    .find(|p| p.pid == pid)
+                    .map_or(0, ProcSample::footprint);
+                let r = self.host.kill_process(cgroup, pid);
+                self.start_kill(r, footprint, scope, deadline, wait)
+            }
+            Action::KillCgroup { cgroup } => {
+                let footprint = self.tree.stats(cgroup).map_or(0, CgroupStats::footprint);
+                let r = self.host.kill_cgroup(cgroup);
+                self.start_kill(r, footprint, scope, deadline, wait)
+            }
+            Action::KillTree { cgroup } => {
+                let target = self.oom_group_target(cgroup);
+                let footprint = self.tree.stats(target).map_or(0, CgroupStats::footprint);
+                let r = self.host.kill_cgroup(target);
+                self.start_kill(r, footprint, scope, deadline, wait)
+            }
+            Action::CaptureDiagnostics {
+                cgroup,
+                pid,
+                signal,
+            } => {
+                let r = self.host.signal(cgroup, pid, signal);
+                if r.is_ok() {
+                    *wait = Some(Wait::Diagnostics {
+                        since: at,
+                        deadline,
+                    });
+                }
+                r
+            }
+            ref a => self.apply_simple(a, at),
+        }
+    }
+
+    fn start_kill(
+        &mut self,
+        r: Result<Victim>,
+        footprint: u64,
+        scope: CgroupId,
+        deadline: Instant,
+        wait: &mut Option<Wait>,
+    ) -> Result<()> {
+        let victim = r?;
+        let sent = self.host.now();
+        self.stats.kills += 1;
+        self.episode.timings.signal_sent.get_or_insert(sent);
+        self.episode.add_victim(VictimRecord {
+            victim,
+            footprint,
+            escalated: false,
+        });
+        let scope_before = self.tree.stats(scope).and_then(|s| s.current).unwrap_or(0);
+        *wait = Some(Wait::Victim(VictimWait {
+            victim,
+            deadline,
+            exited_at: None,
+            scope_before,
+            footprint,
+        }));
+        Ok(())
+    }
+
+    /// The highest ancestor of `cg` (within the managed tree) that has
+    /// `memory.oom.group=1` in an unbroken chain; `cg` itself if none.
+    fn oom_group_target(&mut self, cg: CgroupId) -> CgroupId {
+        let mut target = cg;
+        let mut cur = Some(cg);
+        while let Some(c) = cur {
+            let mut st = CgroupStats::default();
+            if self.host.read_detail(c, &mut st).is_err() || st.oom_group != Some(true) {
+                break;
+            }
+            if !self.tree.subtree_protected(c)
+                && !self
+                    .host
+                    .own_cgroup()
+                    .is_some_and(|o| self.tree.path(c).is_some_and(|p| o.starts_with(p)))
+            {
+                target = c;
+            }
+            cur = self.tree.parent(c);
+        }
+        target
+    }
+
+    pub(super) fn poll_acting(&mut self, at: Instant) {
+        self.acting_seen = at;
+        let Phase::Acting { scope, step, wait } = self.phase else {
+            return;
+        };
+        match wait {
+            None => self.run_steps(at),
+            Some(Wait::Diagnostics { since, deadline }) => {
+                if self.host.diagnostics_ready(since) || at >= deadline {
+                    self.phase = Phase::Acting {
+                        scope,
+                        step: step + 1,
+                        wait: None,
+                    };
+                    self.run_steps(at);
+                }
+            }
+            Some(Wait::Victim(w)) => self.poll_victim(scope, step, at, w),
+        }
+    }
+
+    /// Waits for a victim to exit and its memory to come back: then the
+    /// next step; memory not back by the deadline ends the episode; a victim
+    /// still alive at the deadline is excluded and the handler asked again.
+    fn poll_victim(&mut self, scope: CgroupId, step: usize, at: Instant, w: VictimWait) {
+        let VictimWait {
+            victim,
+            deadline,
+            exited_at,
+            scope_before,
+            footprint,
+        } = w;
+        let exited_at = match exited_at {
+            Some(t) => Some(t),
+            None => match self.host.victim_exited(&victim) {
+                Ok(true) | Err(_) => Some(self.host.now()),
+                Ok(false) => None,
+            },
+        };
+        if let Some(t) = exited_at {
+            self.episode.timings.victim_exited = Some(t);
+            let mut st = CgroupStats::default();
+            let back = match self.host.read_usage(scope, &mut st) {
+                Ok(()) => {
+                    let now = st.current.unwrap_or(0);
+                    let need = (footprint as f64 * self.cfg.memory_back_ratio) as u64;
+                    scope_before.saturating_sub(now) >= need
+                }
+                Err(_) => true,
+            };
+            if back {
+                self.episode.timings.memory_back = Some(self.host.now());
+                self.host.release_victim(&victim);
+                self.phase = Phase::Acting {
+                    scope,
+                    step: step + 1,
+                    wait: None,
+                };
+                self.run_steps(at);
+                return;
+            }
+            if at >= deadline {
+                self.host.release_victim(&victim);
+                self.finish(Outcome::ActedMemoryNotBack, at);
+                return;
+            }
+            self.phase = Phase::Acting {
+                scope,
+                step,
+                wait: Some(Wait::Victim(VictimWait { exited_at, ..w })),
+            };
+            return;
+        }
+        if at >= deadline {
+            tracing::warn!(
+                episode = self.episode.id,
+                ?victim,
+                "victim did not exit in time; escalating"
+            );
+            self.episode.mark_escalated(victim);
+            match victim {
+                Victim::Process { pid, .. } => self.excluded.add_pid(pid),
+                Victim::Cgroup { cgroup } => self.excluded.add_cgroup(cgroup),
+            }
+            self.host.release_victim(&victim);
+            self.stats.escalations += 1;
+            self.escalate(at);
+        }
+    }
+
+    pub(super) fn escalate(&mut self, at: Instant) {
+        self.episode.escalations += 1;
+        if self.episode.escalations > self.cfg.max_escalations {
+            self.finish(Outcome::Failed, at);
+            return;
+        }
+        self.phase = Phase::Idle;
+        self.decide_and_act(at);
+    }
+
+    pub(super) fn finish(&mut self, outcome: Outcome, at: Instant) {
+        self.episode.outcome = Some(outcome);
+        self.episode.timings.ended = Some(at);
+        // Restore temporary limits raised for this episode now.
+        self.restore_limits(None);
+        let acted = !matches!(
+            outcome,
+            Outcome::Resolved | Outcome::AvertedOnRecheck | Outcome::NoAction
+        );
+        self.phase = if acted {
+            Phase::Cooldown {
+                until: at + self.cfg.cooldown,
+            }
+        } else {
+            Phase::Idle
+        };
+        // Off the hot path from here: the kill (if any) has been sent.
+        self.episode.scope_path = self
+            .episode
+            .scope
+            .and_then(|s| self.tree.path(s))
+            .map(Path::to_path_buf);
+        tracing::info!(
+            episode = self.episode.id,
+            outcome = ?outcome,
+            handler = self.handler.name(),
+            scope = %self.episode.scope_path.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_default(),
+            reason = self.episode.plan.reason(),
+            "episode ended"
+        );
+        self.finished = Some(self.episode.clone());
+    }
+}

@@ -1,0 +1,177 @@
+//! Judging an episode by progress, not by free memory.
+//!
+//! Between the first event and a decision the loop samples the scope every
+//! `sample_interval`: while reclaim makes progress (`memory.current`
+//! falling, `pgsteal` rising) it holds off, unless the *full* stall stays
+//! above `full_stall_threshold` for `stall_sustain`. Pressure that goes
+//! away ends the episode as resolved. After the decision, one more reading
+//! (the re-check) may still find the pressure gone.
+
+use std::time::Instant;
+
+use super::host::Host;
+use super::trigger::Trigger;
+use super::types::{CgroupId, CgroupStats};
+use super::{Engine, Outcome, Phase, Sample};
+
+impl<H: Host> Engine<H> {
+    fn sample(&mut self, scope: CgroupId, at: Instant) -> Option<Sample> {
+        let node = self.tree.node_mut(scope)?;
+        let _ = self.host.read_usage(scope, &mut node.stats);
+        let _ = self.host.read_detail(scope, &mut node.stats);
+        let st = node.stats;
+        let full_us = match st.pressure {
+            Some(p) => p.full.map(|f| f.total_us),
+            None => {
+                let _ = self.host.read_system(&mut self.snap.system);
+                self.snap
+                    .system
+                    .pressure
+                    .and_then(|p| p.full.map(|f| f.total_us))
+            }
+        };
+        Some(Sample {
+            at,
+            current: st.current.unwrap_or(0),
+            pgsteal: st.pgsteal,
+            full_us,
+        })
+    }
+
+    pub(super) fn start_episode(&mut self, trigger: Trigger, at: Instant) {
+        let Some(scope) = self.scope_of(&trigger) else {
+            return;
+        };
+        self.begin_episode(trigger, scope, at);
+        if !self.cfg.progress_aware || trigger.is_urgent() {
+            self.decide_and_act(at);
+            return;
+        }
+        let Some(s) = self.sample(scope, at) else {
+            self.finish(Outcome::Resolved, at);
+            return;
+        };
+        self.phase = Phase::Assessing {
+            scope,
+            first: s,
+            last: s,
+            stalled_since: None,
+            events_since_sample: 0,
+        };
+    }
+
+    fn stall_fraction(a: &Sample, b: &Sample) -> Option<f64> {
+        let dt = b.at.checked_duration_since(a.at)?.as_micros() as f64;
+        if dt <= 0.0 {
+            return None;
+        }
+        let d = b.full_us?.checked_sub(a.full_us?)? as f64;
+        Some((d / dt).min(1.0))
+    }
+
+    pub(super) fn assess(&mut self, at: Instant) {
+        let Phase::Assessing {
+            scope,
+            first,
+            last,
+            stalled_since,
+            events_since_sample,
+        } = self.phase
+        else {
+            return;
+        };
+        if at.saturating_duration_since(last.at) < self.cfg.sample_interval / 4 {
+            return;
+        }
+        let Some(now) = self.sample(scope, at) else {
+            self.finish(Outcome::Resolved, at);
+            return;
+        };
+        let stall = Self::stall_fraction(&last, &now).unwrap_or(0.0);
+        let stalled = stall >= self.cfg.full_stall_threshold;
+        let stalled_since = if stalled {
+            stalled_since.or(Some(last.at))
+        } else {
+            None
+        };
+        let falling = now.current < last.current;
+        let reclaiming = match (last.pgsteal, now.pgsteal) {
+            (Some(a), Some(b)) => b > a && now.current <= last.current,
+            _ => false,
+        };
+        let progress = falling || reclaiming;
+        let stats = self.tree.stats(scope).copied().unwrap_or_default();
+        let over_limit = stats
+            .effective_limit()
+            .is_some_and(|l| now.current as f64 >= l as f64 * self.cfg.resolved_usage_ratio);
+        let pressured =
+            over_limit || events_since_sample > 0 || stall >= self.cfg.full_stall_threshold / 2.0;
+        tracing::debug!(
+            stall,
+            progress,
+            pressured,
+            current = now.current,
+            "assessing"
+        );
+        if !pressured {
+            self.stats.averted += 1;
+            self.finish(Outcome::Resolved, at);
+            return;
+        }
+        let sustained = stalled_since
+            .is_some_and(|s| at.saturating_duration_since(s) >= self.cfg.stall_sustain);
+        if !progress || sustained {
+            self.decide_and_act(at);
+            return;
+        }
+        if at.saturating_duration_since(first.at) >= self.cfg.assess_limit {
+            self.stats.averted += 1;
+            self.finish(Outcome::Resolved, at);
+            return;
+        }
+        self.phase = Phase::Assessing {
+            scope,
+            first,
+            last: now,
+            stalled_since,
+            events_since_sample: 0,
+        };
+    }
+
+    /// The re-check between deciding and acting: true when the pressure is
+    /// gone (usage well under the limit, or the full stall has eased).
+    pub(super) fn resolved_on_recheck(&mut self, scope: CgroupId) -> bool {
+        let Some(node) = self.tree.node_mut(scope) else {
+            return true;
+        };
+        let before = node.stats;
+        if self.host.read_usage(scope, &mut node.stats).is_err() {
+            return false;
+        }
+        let _ = self.host.read_detail(scope, &mut node.stats);
+        let now = node.stats;
+        // Usage criterion: back well under the effective limit.
+        if let (Some(limit), Some(cur)) = (now.effective_limit(), now.current) {
+            if (cur as f64) < limit as f64 * self.cfg.resolved_usage_ratio {
+                tracing::info!(current = cur, limit, "re-check: usage back under the limit");
+                return true;
+            }
+            return false;
+        }
+        // Stall criterion (no limit on the scope): full stall since the
+        // episode's last sample, if that is long enough ago to mean anything.
+        let full = |s: &CgroupStats| s.pressure.and_then(|p| p.full).map(|f| f.total_us);
+        let (Some(a), Some(b)) = (full(&before), full(&now)) else {
+            return false;
+        };
+        let Phase::Assessing { last, .. } = self.phase else {
+            return false;
+        };
+        let dt = self.host.now().saturating_duration_since(last.at);
+        if dt < self.cfg.sample_interval / 2 {
+            return false;
+        }
+        let frac = b.saturating_sub(a) as f64 / dt.as_micros().max(1) as f64;
+        frac < self.cfg.full_stall_threshold / 2.0
+    }
+}

@@ -1,0 +1,100 @@
+//! The rules no policy may break, and the plan filter that enforces them.
+//!
+//! A handler proposes; the loop refuses steps that would kill PID 1, a
+//! kernel thread, oomkit itself, its own cgroup or an ancestor of it,
+//! anything protected (by class or `oom_score_adj -1000`), or that would
+//! remove `memory.max`. A refused step excludes its target, so the handler
+//! can be asked again for something else.
+
+use super::host::Host;
+use super::plan::{Action, Plan};
+use super::{Engine, Refusal};
+
+impl<H: Host> Engine<H> {
+    /// Removes steps no policy may take. Returns nothing: refusals are recorded.
+    pub(super) fn filter_plan(&mut self) {
+        let own_pid = self.host.own_pid();
+        let mut kept = Plan::new();
+        let _ = std::fmt::Write::write_str(&mut kept.reason_writer(), self.plan.reason());
+        let plan = self.plan.clone();
+        for step in plan.steps() {
+            match self.refusal(&step.action, own_pid) {
+                None => {
+                    let _ = kept.push(step.action, step.deadline);
+                }
+                Some(reason) => {
+                    tracing::warn!(action = step.action.name(), reason, "step refused");
+                    self.episode.add_refusal(Refusal {
+                        action: step.action,
+                        reason,
+                    });
+                    // A refused process excludes that process only; a
+                    // refused group action excludes the group.
+                    match step.action {
+                        Action::KillProcess { pid, .. }
+                        | Action::CaptureDiagnostics { pid, .. } => self.excluded.add_pid(pid),
+                        a => self.excluded.add_cgroup(a.cgroup()),
+                    }
+                }
+            }
+        }
+        self.plan = kept;
+    }
+
+    /// Why no policy may take `action`, or `None` when it may.
+    pub(super) fn refusal(&self, action: &Action, own_pid: i32) -> Option<&'static str> {
+        let cg = action.cgroup();
+        let Some(path) = self.tree.path(cg) else {
+            return Some("cgroup is not in the managed tree (gone?)");
+        };
+        let own = self.host.own_cgroup();
+        let contains_self = own.is_some_and(|o| o.starts_with(path));
+        let touches = matches!(
+            action,
+            Action::KillCgroup { .. }
+                | Action::KillTree { .. }
+                | Action::Freeze { frozen: true, .. }
+                | Action::SetHigh { .. }
+        );
+        if touches && contains_self {
+            return Some("target contains oomkit's own cgroup");
+        }
+        if matches!(
+            action,
+            Action::KillCgroup { .. }
+                | Action::KillTree { .. }
+                | Action::Freeze { frozen: true, .. }
+        ) && self.tree.subtree_protected(cg)
+        {
+            return Some("target is or contains a protected cgroup");
+        }
+        if let Action::KillProcess { pid, .. } | Action::CaptureDiagnostics { pid, .. } = *action {
+            if pid <= 1 {
+                return Some("never PID 1 or an invalid PID");
+            }
+            if pid == own_pid {
+                return Some("never oomkit itself");
+            }
+            if own.is_some_and(|o| o == path) {
+                return Some("process is in oomkit's own cgroup");
+            }
+            if self.tree.class(cg).is_some_and(|c| c.protected) {
+                return Some("process is in a protected cgroup");
+            }
+            if let Some(p) = self.snap.procs.iter().find(|p| p.pid == pid) {
+                if p.kernel_thread {
+                    return Some("never a kernel thread");
+                }
+                if p.oom_score_adj == -1000 {
+                    return Some("process has oom_score_adj -1000");
+                }
+            }
+        }
+        if let Action::RaiseMax { limit, .. } = *action {
+            if limit == u64::MAX {
+                return Some("memory.max is never removed");
+            }
+        }
+        None
+    }
+}

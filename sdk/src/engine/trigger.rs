@@ -1,0 +1,46 @@
+//! Why the loop asks a handler: the inputs that start or feed an episode.
+
+use crate::cgroup::MemoryEvents;
+
+use super::types::CgroupId;
+
+/// Why the loop is asking a handler.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub enum Trigger {
+    /// Counters of a cgroup's `memory.events` rose.
+    MemoryEvents {
+        /// The cgroup.
+        cgroup: CgroupId,
+        /// How much each counter rose.
+        delta: MemoryEvents,
+    },
+    /// A PSI trigger fired on a cgroup (`None`: system-wide `/proc/pressure/memory`).
+    Pressure {
+        /// The cgroup, or `None` for the system.
+        cgroup: Option<CgroupId>,
+    },
+    /// The previous victim of this episode did not die in time.
+    Escalation {
+        /// The episode's scope.
+        cgroup: CgroupId,
+        /// 1 for the first escalation.
+        attempt: u32,
+    },
+    /// A quiet-time tick (for handlers that release throttles).
+    Tick,
+}
+
+impl Trigger {
+    /// True when reclaim has already failed (`max`/`oom` counters rose): no
+    /// point waiting for progress.
+    pub fn is_urgent(&self) -> bool {
+        match self {
+            Trigger::MemoryEvents { delta, .. } => {
+                delta.oom.unwrap_or(0) > 0 || delta.max.unwrap_or(0) > 0
+            }
+            Trigger::Escalation { .. } => true,
+            _ => false,
+        }
+    }
+}
