@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 use crate::cgroup::{Cgroup, CgroupFs};
 use crate::error::{Error, Result};
 use crate::events::{
-    DirChange, DirWatchOptions, EventKind, Interest, PsiThreshold, Scope, Source, Token, Watcher,
+    DirChange, DirWatchOptions, EventKind, Interest, MachineWatchConfig, PsiThreshold, Scope,
+    Source, Token, Watcher,
 };
 use crate::reserve::{self, ReserveConfig, ReserveReport};
 
@@ -69,6 +70,11 @@ pub struct RunnerConfig {
     pub memory_events: bool,
     /// A PSI trigger.
     pub psi: Option<PsiConfig>,
+    /// The machine-wide early warning ([`crate::events::MachineWatch`]):
+    /// headroom, thrashing and stall of the whole machine, which needs
+    /// neither swap nor any limit. Its episodes have the managed root as
+    /// scope. `None` (the default of [`RunnerConfig::new`]): off.
+    pub machine: Option<MachineWatchConfig>,
     /// Incident records.
     #[cfg(feature = "serde")]
     pub incidents: Option<super::incident::IncidentConfig>,
@@ -95,6 +101,7 @@ impl RunnerConfig {
             raise_nofile: false,
             memory_events: true,
             psi: None,
+            machine: None,
             #[cfg(feature = "serde")]
             incidents: None,
             diagnostics_dir: None,
@@ -121,6 +128,7 @@ impl RunnerConfig {
 enum Binding {
     MemoryEvents(CgroupId),
     Psi(Option<CgroupId>),
+    Machine,
     Dir,
     Victim,
     User,
@@ -156,6 +164,7 @@ pub struct Runner {
     bindings: HashMap<Token, Binding>,
     events_token: HashMap<CgroupId, Token>,
     dir_token: Option<Token>,
+    machine_token: Option<Token>,
     victim: Option<(Token, Victim)>,
     watchdog: Option<Watchdog>,
     #[cfg(feature = "serde")]
@@ -270,6 +279,7 @@ impl Runner {
             bindings: HashMap::with_capacity(n + EXTRA_SOURCES),
             events_token: HashMap::with_capacity(n),
             dir_token: None,
+            machine_token: None,
             victim: None,
             watchdog: None,
             #[cfg(feature = "serde")]
@@ -317,6 +327,11 @@ impl Runner {
             };
             let scope = if psi.system { None } else { self.engine.root() };
             self.bindings.insert(tok, Binding::Psi(scope));
+        }
+        if let Some(m) = &cfg.machine {
+            let tok = self.watcher.add_machine(m.clone())?;
+            self.bindings.insert(tok, Binding::Machine);
+            self.machine_token = Some(tok);
         }
         self.rescan_pending();
         self.apply_dir_changes();
@@ -466,6 +481,11 @@ impl Runner {
         }
         let seen = Instant::now();
         self.triggers.clear();
+        // The engine judges progress with the machine's latest rates.
+        if let Some(Source::Machine(m)) = self.machine_token.and_then(|t| self.watcher.source(t)) {
+            self.engine
+                .on_machine(m.monitor().active(), *m.monitor().sample());
+        }
         let mut victim_ready = false;
         for i in 0..self.batch.len() {
             let ev = self.batch[i];
@@ -509,6 +529,27 @@ impl Runner {
             }
             (Binding::Psi(cgroup), EventKind::Pressure(_)) => {
                 self.triggers.push((Trigger::Pressure { cgroup }, seen));
+            }
+            (Binding::Machine, EventKind::Machine(ch)) => {
+                tracing::info!(
+                    fired = %ch.fired,
+                    cleared = %ch.cleared,
+                    active = %ch.active,
+                    headroom_mib = ch.sample.headroom >> 20,
+                    fill_mib_s = ch.sample.fill_rate >> 20,
+                    refault_mib_s = ch.sample.refault_rate >> 20,
+                    steal_mib_s = ch.sample.steal_rate >> 20,
+                    "machine signals changed"
+                );
+                if !ch.fired.is_empty() {
+                    self.triggers.push((
+                        Trigger::Machine {
+                            signals: ch.active,
+                            sample: ch.sample,
+                        },
+                        seen,
+                    ));
+                }
             }
             (Binding::Dir, EventKind::Dir(d)) => {
                 if let Some(Source::Dir(dw)) = self.watcher.source(ev.token) {
