@@ -130,7 +130,12 @@ impl MachineSection {
         let triggers = if self.psi_window_ms == 0 {
             Vec::new()
         } else {
-            let w = Duration::from_millis(self.psi_window_ms);
+            let mut w = Duration::from_millis(self.psi_window_ms);
+            if !oomkit::events::has_cap_sys_resource() {
+                // Without CAP_SYS_RESOURCE the kernel (6.5+, and stable
+                // backports) takes only multiples of 2 s.
+                w = Duration::from_millis(self.psi_window_ms.div_ceil(2000) * 2000);
+            }
             vec![PsiThreshold::some(w / 10, w), PsiThreshold::full(w / 20, w)]
         };
         Some(MachineWatchConfig {

@@ -439,3 +439,327 @@ pub fn idle_wakeups(ctx: &mut Ctx) -> TestResult {
     );
     Ok(Outcome::Pass(format!("{rate:.2} wakeups/s idle")))
 }
+
+// ---------------------------------------------------------------------------
+// End to end: the `oomkit` daemon with its default machine-wide early warning, the whole guest
+// out of memory, no swap, no limit anywhere.
+
+use crate::scenario::{Daemon, DaemonOpts, hier, parent_cgroup, timing};
+
+/// Waits for the heartbeat's next report and returns its worst lateness so far, µs.
+fn heartbeat_worst(hb: &mut Workload) -> Result<u64, Fail> {
+    let mut last = None;
+    while let Some(l) = hb.try_line("hb ") {
+        last = Some(l);
+    }
+    let line = match last {
+        Some(l) => l,
+        None => hb.wait_line("hb ", Duration::from_secs(20))?,
+    };
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Fail(format!("heartbeat line `{line}`")))
+}
+
+/// The daemon's config body for the machine scenarios: default `[signals.machine]`, the
+/// priority-kill handler, `protected` globs and a low-priority glob.
+fn machine_config(protected: &[String], low: &str, granularity: &str) -> String {
+    let mut rules = String::new();
+    for p in protected {
+        rules.push_str(&format!(
+            "[[handler.rules]]\nglob = \"{p}\"\nprotected = true\n\n"
+        ));
+    }
+    format!(
+        "[engine]\nsample_interval_ms = 100\nkill_deadline_ms = 5000\ncooldown_ms = 250\n\n\
+         [signals]\nmemory_events = true\n\n[signals.machine]\nenabled = true\n\n\
+         [handler]\nkind = \"priority-kill\"\ndefault_priority = 0\n\n{rules}\
+         [[handler.rules]]\nglob = \"{low}\"\npriority = -100\n\n\
+         [handler.priority_kill]\ngranularity = \"{granularity}\"\n"
+    )
+}
+
+/// The daemon's machine trigger in an incident record, if that started it.
+fn machine_trigger(incident: &serde_json::Value) -> Option<String> {
+    let t = &incident["trigger"]["Machine"];
+    (!t.is_null()).then(|| t["signals"].to_string())
+}
+
+/// (a) A protected service holding half the headroom, a protected heartbeat, a batch job
+/// growing at 2 % of RAM per second. The batch job must die, the service live, and the kernel
+/// kill nothing.
+pub fn e2e_priority(ctx: &mut Ctx) -> TestResult {
+    let (total, avail) = meminfo_mib()?;
+    let (machine_path, _) = parent_cgroup(ctx, "machine")?;
+    let (service_path, _) = ctx.cgroup("machine/service")?;
+    let (session_path, _) = ctx.cgroup("machine/session")?;
+    let (batch_path, _) = ctx.cgroup("machine/batch")?;
+    let body = machine_config(
+        &[hier(&service_path), hier(&session_path)],
+        &hier(&batch_path),
+        "process",
+    );
+    let daemon = Daemon::start(ctx, &machine_path, &body, &DaemonOpts::default())?;
+    let mut service = ctx.spawn(
+        &service_path,
+        WorkloadKind::HogHold {
+            mib: avail / 2,
+            step_mib: 8,
+        },
+    )?;
+    service.wait_line("done", Duration::from_secs(60))?;
+    let mut hb = ctx.spawn(&session_path, WorkloadKind::Heartbeat { period_ms: 50 })?;
+    let hb_before = heartbeat_worst(&mut hb)?;
+    let before = vmstat_oom_kill()?;
+    let rate = (total / 50).max(1);
+    let start = Instant::now();
+    let mut batch = ctx.spawn(
+        &batch_path,
+        WorkloadKind::HogRate {
+            step_mib: 1,
+            mib_per_s: rate,
+            cap_mib: 0,
+        },
+    )?;
+    let mut daemon = daemon;
+    let incident = daemon.wait_incident(
+        "the daemon's kill of the batch job",
+        Duration::from_secs(150),
+        |i| !i["victims"].as_array().is_none_or(|v| v.is_empty()),
+    )?;
+    let st = batch.wait_exit(Duration::from_secs(10))?;
+    let took = start.elapsed();
+    let hb_worst = heartbeat_worst(&mut hb)?;
+    let kills = vmstat_oom_kill()? - before;
+    ctx.note(format!(
+        "e2e machine priority: {total} MiB RAM, service {} MiB, batch +{rate} MiB/s; batch \
+         killed {:.1} s after it started ({st}); trigger {:?}; event -> signal sent {:?} ms; \
+         heartbeat worst stall {} ms (before the run {} ms); kernel kills {kills}",
+        avail / 2,
+        took.as_secs_f64(),
+        machine_trigger(&incident),
+        timing(&incident, "signal_sent"),
+        hb_worst / 1000,
+        hb_before / 1000
+    ));
+    ensure!(kills == 0, "the kernel OOM-killed {kills} times");
+    ensure!(
+        service.try_exited().is_none(),
+        "the service died; incident {incident}"
+    );
+    ensure!(hb.try_exited().is_none(), "the heartbeat died");
+    ensure!(
+        machine_trigger(&incident).is_some(),
+        "the kill was not started by the machine source: {}",
+        incident["trigger"]
+    );
+    let victim = incident["victims"][0]["victim"].to_string();
+    ensure!(
+        victim.contains(&batch.pid().to_string()),
+        "the victim was not the batch job ({}): {victim}",
+        batch.pid()
+    );
+    daemon.stop()?;
+    Ok(Outcome::Pass(format!(
+        "batch killed after {:.1} s, service alive, 0 kernel kills, heartbeat worst {} ms",
+        took.as_secs_f64(),
+        hb_worst / 1000
+    )))
+}
+
+/// (b) A build of 20 allocating jobs beside a tiny protected session: the whole build goes in
+/// one action (granularity `cgroup`), the kernel kills nothing.
+pub fn e2e_fork_storm(ctx: &mut Ctx) -> TestResult {
+    let (total, avail) = meminfo_mib()?;
+    let (machine_path, _) = parent_cgroup(ctx, "machine")?;
+    let (session_path, _) = ctx.cgroup("machine/session")?;
+    let (build_path, build) = ctx.cgroup("machine/build")?;
+    let body = machine_config(&[hier(&session_path)], &hier(&build_path), "cgroup");
+    let mut daemon = Daemon::start(ctx, &machine_path, &body, &DaemonOpts::default())?;
+    let mut hb = ctx.spawn(&session_path, WorkloadKind::Heartbeat { period_ms: 50 })?;
+    heartbeat_worst(&mut hb)?;
+    let before = vmstat_oom_kill()?;
+    // 20 jobs that together want 1.3 times the headroom.
+    let each = (avail * 13 / 10 / 20).max(1);
+    let start = Instant::now();
+    let _make = ctx.spawn(
+        &build_path,
+        WorkloadKind::ForkAlloc {
+            children: 20,
+            mib: each,
+        },
+    )?;
+    let incident = daemon.wait_incident(
+        "the daemon's kill of the build",
+        Duration::from_secs(150),
+        |i| !i["victims"].as_array().is_none_or(|v| v.is_empty()),
+    )?;
+    crate::harness::wait_for(
+        "the build cgroup to empty",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || Ok(build.procs()?.is_empty().then_some(())),
+    )?;
+    let took = start.elapsed();
+    let hb_worst = heartbeat_worst(&mut hb)?;
+    let kills = vmstat_oom_kill()? - before;
+    let actions = incident["victims"].as_array().map_or(0, Vec::len);
+    ctx.note(format!(
+        "e2e machine fork storm: {total} MiB RAM, 20 jobs x {each} MiB; build gone {:.1} s after \
+         it started in {actions} action(s); trigger {:?}; event -> signal sent {:?} ms; \
+         heartbeat worst stall {} ms; kernel kills {kills}",
+        took.as_secs_f64(),
+        machine_trigger(&incident),
+        timing(&incident, "signal_sent"),
+        hb_worst / 1000
+    ));
+    ensure!(kills == 0, "the kernel OOM-killed {kills} times");
+    ensure!(actions == 1, "{actions} kill actions; incident {incident}");
+    ensure!(hb.try_exited().is_none(), "the session's heartbeat died");
+    daemon.stop()?;
+    Ok(Outcome::Pass(format!(
+        "the build went in one action after {:.1} s, 0 kernel kills, heartbeat worst {} ms",
+        took.as_secs_f64(),
+        hb_worst / 1000
+    )))
+}
+
+/// Slowest a re-reader's pass may get, as a multiple of its cached pass, before the leak must
+/// be dead (c).
+pub const THRASH_BOUND: u64 = 3;
+
+/// (c) A protected process re-reading a file-backed working set (a third of RAM, from the
+/// scratch disk) while a leak grows: the leak dies before the re-reader's passes slow past
+/// [`THRASH_BOUND`] times its cached pass, and the kernel kills nothing.
+pub fn e2e_thrash(ctx: &mut Ctx) -> TestResult {
+    let (total, _) = meminfo_mib()?;
+    let ws = total / 3;
+    let (machine_path, _) = parent_cgroup(ctx, "machine")?;
+    let (reader_path, _) = ctx.cgroup("machine/reader")?;
+    let (leak_path, _) = ctx.cgroup("machine/leak")?;
+    let body = machine_config(&[hier(&reader_path)], "/nothing-low", "process");
+    let mut daemon = Daemon::start(ctx, &machine_path, &body, &DaemonOpts::default())?;
+    let mut reader = ctx.spawn(&reader_path, WorkloadKind::Reread { mib: ws })?;
+    reader.wait_line("pass 1", Duration::from_secs(60))?;
+    let base: u64 = reader
+        .wait_line("pass 2", Duration::from_secs(60))?
+        .parse()
+        .map_err(|e| Fail(format!("pass time: {e}")))?;
+    let before = vmstat_oom_kill()?;
+    let rate = (total / 50).max(1);
+    let start = Instant::now();
+    let mut leak = ctx.spawn(
+        &leak_path,
+        WorkloadKind::HogRate {
+            step_mib: 1,
+            mib_per_s: rate,
+            cap_mib: 0,
+        },
+    )?;
+    let mut worst = base;
+    let end = Instant::now() + Duration::from_secs(150);
+    while leak.try_exited().is_none() {
+        ensure!(
+            Instant::now() < end,
+            "the leak still runs after 150 s; daemon log: {}",
+            daemon.log_tail(8)
+        );
+        if let Some(l) = reader.try_line("pass ") {
+            let ms: u64 = l
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            worst = worst.max(ms);
+        }
+        ensure!(reader.try_exited().is_none(), "the re-reader died");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = start.elapsed();
+    let incident = daemon.wait_incident(
+        "the incident record of the kill",
+        Duration::from_secs(15),
+        |i| !i["victims"].as_array().is_none_or(|v| v.is_empty()),
+    )?;
+    let kills = vmstat_oom_kill()? - before;
+    ctx.note(format!(
+        "e2e machine thrash: {total} MiB RAM, working set {ws} MiB (cached pass {base} ms), leak \
+         +{rate} MiB/s; leak killed {:.1} s after it started; worst pass before {worst} ms \
+         ({:.1}x); trigger {:?}; kernel kills {kills}",
+        took.as_secs_f64(),
+        worst as f64 / base.max(1) as f64,
+        machine_trigger(&incident)
+    ));
+    ensure!(kills == 0, "the kernel OOM-killed {kills} times");
+    ensure!(reader.try_exited().is_none(), "the re-reader died");
+    ensure!(
+        worst <= THRASH_BOUND * base.max(1),
+        "a pass took {worst} ms, over {THRASH_BOUND}x the cached {base} ms, before the leak died"
+    );
+    daemon.stop()?;
+    Ok(Outcome::Pass(format!(
+        "leak killed after {:.1} s; worst pass {:.1}x the cached one",
+        took.as_secs_f64(),
+        worst as f64 / base.max(1) as f64
+    )))
+}
+
+/// (d) and (e): a steady process holding 40 % plus a page-cache streamer filling memory, then
+/// alloc-and-free bursts that dip under `low` (not `critical`) for a moment. Nothing needs to
+/// die: the daemon kills nothing, and neither does the kernel.
+pub fn e2e_no_kill(ctx: &mut Ctx) -> TestResult {
+    let (total, avail) = meminfo_mib()?;
+    let (machine_path, _) = parent_cgroup(ctx, "machine")?;
+    let (steady_path, _) = ctx.cgroup("machine/steady")?;
+    let (stream_path, _) = ctx.cgroup("machine/stream")?;
+    let (burst_path, _) = ctx.cgroup("machine/burst")?;
+    let body = machine_config(&[], "/nothing-low", "process");
+    let daemon = Daemon::start(ctx, &machine_path, &body, &DaemonOpts::default())?;
+    let before = vmstat_oom_kill()?;
+    let mut steady = ctx.spawn(
+        &steady_path,
+        WorkloadKind::HogHold {
+            mib: avail * 4 / 10,
+            step_mib: 8,
+        },
+    )?;
+    steady.wait_line("done", Duration::from_secs(60))?;
+    let mut streamer = ctx.spawn(&stream_path, WorkloadKind::Stream)?;
+    streamer.wait_line("streamed 1", Duration::from_secs(120))?;
+    streamer.wait_line("streamed 2", Duration::from_secs(120))?;
+    drop(streamer);
+    // Bursts down to about 8 % headroom (under `low`, over `critical`), held 200 ms.
+    let (_, now_avail) = meminfo_mib()?;
+    let burst_mib = now_avail.saturating_sub(total * 8 / 100).max(1);
+    let mut burst = ctx.spawn(
+        &burst_path,
+        WorkloadKind::Burst {
+            mib: burst_mib,
+            hold_ms: 200,
+            pause_ms: 800,
+        },
+    )?;
+    for n in 1..=3 {
+        burst.wait_line(&format!("burst {n}"), Duration::from_secs(60))?;
+    }
+    let kills = vmstat_oom_kill()? - before;
+    let stopped = daemon.stop()?;
+    let daemon_kills = stopped["kills"]
+        .as_u64()
+        .or_else(|| stopped["fields"]["kills"].as_u64());
+    ctx.note(format!(
+        "e2e machine no-kill: {total} MiB RAM, steady {} MiB, 2 streamer passes, 3 bursts of \
+         {burst_mib} MiB held 200 ms; daemon kills {daemon_kills:?}; kernel kills {kills}; \
+         stopped line {stopped}",
+        avail * 4 / 10
+    ));
+    ensure!(kills == 0, "the kernel OOM-killed {kills} times");
+    ensure!(steady.try_exited().is_none(), "the steady process died");
+    ensure!(burst.try_exited().is_none(), "the burst process died");
+    ensure!(
+        daemon_kills == Some(0),
+        "the daemon killed {daemon_kills:?} (stopped line {stopped})"
+    );
+    Ok(Outcome::Pass("nothing killed".into()))
+}
