@@ -130,11 +130,12 @@ impl MachineProbe {
                 .unwrap_or_else(|| "no kill".into());
             out.push(format!(
                 "{s} {lead} (headroom {} MiB, fill {} MiB/s, anon +{} MiB/s, refault {} MiB/s, \
-                 steal {} MiB/s, some {:.0}%, full {:.0}%)",
+                 working-set refault {} MiB/s, steal {} MiB/s, some {:.0}%, full {:.0}%)",
                 smp.headroom / MIB,
                 smp.fill_rate / MIB as i64,
                 smp.anon_rate / MIB as i64,
                 smp.refault_rate / MIB,
+                smp.workingset_rate / MIB,
                 smp.steal_rate / MIB,
                 smp.some_share * 100.0,
                 smp.full_share * 100.0

@@ -14,8 +14,8 @@
 //! rate and anonymous memory is not growing while the headroom shrinks
 //! ([`MachineSample::churning`](crate::events::MachineSample::churning)).
 //! Episodes the machine source started are judged by the machine: over
-//! while its signals are cleared (its hysteresis), at once on `critical`,
-//! otherwise progress means the headroom growing without churn.
+//! once its signals are cleared (its hysteresis), at once on `critical`,
+//! otherwise acted on as soon as reclaim churns.
 
 use std::time::Instant;
 
@@ -191,7 +191,10 @@ impl<H: Host> Engine<H> {
             self.finish(Outcome::Resolved, at);
             return;
         }
-        let progress = m.fill_rate < 0 && !m.churning(CHURN_RATIO);
+        // Reclaim of cold cache with stable anon is progress, even while
+        // the headroom stays low; churn (working set refaulting, anon eating
+        // the headroom) is not.
+        let progress = !m.churning(CHURN_RATIO);
         tracing::debug!(
             signals = %active,
             progress,

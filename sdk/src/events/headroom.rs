@@ -10,14 +10,17 @@
 //! estimate of memory that can be had without swapping) and, when the file
 //! working set starts to thrash, the refault counters of `/proc/vmstat`:
 //! pages evicted and read back almost at once are reclaim that does not
-//! make progress. This module turns periodic readings of `/proc/meminfo`,
+//! make progress. Only refaults the kernel *activates* (refault distance
+//! within the working set) count where the kernel reports them: a reader
+//! cycling through more data than memory refaults too, from too far back to
+//! be working set, and that is streaming, not thrashing. This module turns periodic readings of `/proc/meminfo`,
 //! `/proc/vmstat` and `/proc/pressure/memory` into four signals:
 //!
 //! | signal | on | off (hysteresis) |
 //! |---|---|---|
 //! | [`Signals::LOW`] | headroom below `low` for `min_duration` | headroom back above `clear` |
 //! | [`Signals::CRITICAL`] | headroom below `critical` (at once) | headroom back above `clear` |
-//! | [`Signals::THRASHING`] | refaults ≥ `thrash_ratio` × reclaim and ≥ `thrash_min_rate`, for `min_duration` | refaults under half of either |
+//! | [`Signals::THRASHING`] | working-set refaults ≥ `thrash_ratio` × reclaim and ≥ `thrash_min_rate`, for `min_duration` | under half of either |
 //! | [`Signals::STALLED`] | PSI `some`/`full` share of wall time over `stall_window` above its bound | both under half their bound |
 //!
 //! *Headroom* is `MemAvailable` plus free swap where the machine has swap.
@@ -286,6 +289,9 @@ pub struct MachineReading {
     pub file: u64,
     /// Refaulted bytes since boot (`workingset_refault_*`).
     pub refaults: u64,
+    /// Refaulted bytes the kernel activated as working set since boot
+    /// (`workingset_activate_*`; `None` where the kernel has no counter).
+    pub activations: Option<u64>,
     /// Reclaimed bytes since boot (`pgsteal_*`).
     pub steal: u64,
     /// Scanned bytes since boot (`pgscan_*`).
@@ -314,6 +320,7 @@ impl MachineReading {
             anon: mem.anon_pages.unwrap_or(0),
             file: mem.active_file.unwrap_or(0) + mem.inactive_file.unwrap_or(0),
             refaults: vm.refaults().saturating_mul(page_size),
+            activations: vm.activations().map(|a| a.saturating_mul(page_size)),
             steal: vm.pgsteal().saturating_mul(page_size),
             scan: vm.pgscan().saturating_mul(page_size),
             some_us: psi.map(|p| p.some.total_us),
@@ -356,6 +363,10 @@ pub struct MachineSample {
     pub anon_rate: i64,
     /// Refaults, bytes/s.
     pub refault_rate: u64,
+    /// Working-set refaults, bytes/s: refaults the kernel activated (pages
+    /// evicted while still in use), or all refaults where the kernel does
+    /// not count activations. Thrashing is judged on this rate.
+    pub workingset_rate: u64,
     /// Reclaimed, bytes/s.
     pub steal_rate: u64,
     /// Scanned, bytes/s.
@@ -367,14 +378,16 @@ pub struct MachineSample {
 }
 
 impl MachineSample {
-    /// Reclaim is churning rather than freeing: refaults reach `ratio` of
-    /// the reclaimed rate (pages evicted come back at once), or anonymous
-    /// memory grows while the headroom shrinks (reclaim of cache only
-    /// postpones the end).
+    /// Reclaim is churning rather than freeing: working-set refaults reach
+    /// `ratio` of the reclaimed rate (pages evicted come back at once), or
+    /// anonymous memory grows while the headroom shrinks (reclaim of cache
+    /// only postpones the end). Rates under 0.1 % of the total per second
+    /// are noise.
     pub fn churning(&self, ratio: f64) -> bool {
-        let refault_bound = self.steal_rate as f64 * ratio;
-        let thrash = self.refault_rate > 0 && self.refault_rate as f64 >= refault_bound;
-        let anon_eats = self.anon_rate > 0 && self.fill_rate > 0;
+        let noise = (self.total / 1000) as f64;
+        let ws = self.workingset_rate as f64;
+        let thrash = ws > noise && ws >= self.steal_rate as f64 * ratio;
+        let anon_eats = self.anon_rate as f64 > noise && self.fill_rate as f64 > noise;
         thrash || anon_eats
     }
 
@@ -503,6 +516,10 @@ impl MachineMonitor {
                     s.fill_rate = signed(m.reading.headroom(), r.headroom());
                     s.anon_rate = signed(r.anon, m.reading.anon);
                     s.refault_rate = per_s(m.reading.refaults, r.refaults);
+                    s.workingset_rate = match (m.reading.activations, r.activations) {
+                        (Some(a), Some(b)) => per_s(a, b),
+                        _ => s.refault_rate,
+                    };
                     s.steal_rate = per_s(m.reading.steal, r.steal);
                     s.scan_rate = per_s(m.reading.scan, r.scan);
                     self.rate_mark = Some(Mark {
@@ -563,7 +580,7 @@ impl MachineMonitor {
 
         // THRASHING: refaults close to the reclaim rate, and enough of them.
         let min_rate = cfg.thrash_min_rate.resolve(total) as f64;
-        let refault = s.refault_rate as f64;
+        let refault = s.workingset_rate as f64;
         let steal = s.steal_rate as f64;
         if refault >= min_rate && refault >= cfg.thrash_ratio * steal && refault > 0.0 {
             let since = *self.thrash.since.get_or_insert(now);
@@ -794,6 +811,30 @@ mod tests {
             }
         });
         assert!(changes.is_empty(), "{changes:?}");
+        // Cycling through more than memory: refaults at the reclaim rate,
+        // but from too far back for the kernel to activate them.
+        let (_, changes) = run(cfg, Duration::from_secs(5), |t| {
+            let s = t.as_secs_f64();
+            MachineReading {
+                steal: (s * 40.0 * MIB as f64) as u64,
+                scan: (s * 80.0 * MIB as f64) as u64,
+                refaults: (s * 40.0 * MIB as f64) as u64,
+                activations: Some((s * 0.2 * MIB as f64) as u64),
+                ..reading(250 * MIB)
+            }
+        });
+        assert!(changes.is_empty(), "{changes:?}");
+        // The same with activations: thrashing.
+        let (_, changes) = run(cfg, Duration::from_secs(5), |t| {
+            let s = t.as_secs_f64();
+            MachineReading {
+                steal: (s * 40.0 * MIB as f64) as u64,
+                refaults: (s * 40.0 * MIB as f64) as u64,
+                activations: Some((s * 30.0 * MIB as f64) as u64),
+                ..reading(250 * MIB)
+            }
+        });
+        assert_eq!(changes.first().map(|c| c.1.fired), Some(Signals::THRASHING));
     }
 
     #[test]
@@ -836,7 +877,7 @@ mod tests {
             fill_rate: -(5 * MIB as i64),
             anon_rate: 0,
             steal_rate: 50 * MIB,
-            refault_rate: MIB,
+            workingset_rate: MIB,
             ..Default::default()
         };
         assert!(!cold.churning(0.5));
