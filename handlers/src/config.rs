@@ -304,9 +304,6 @@ pub struct SignalsSection {
     pub psi: Option<PsiSection>,
     /// The machine-wide early warning (`[signals.machine]`, see [`crate::machine_config`]).
     pub machine: crate::machine_config::MachineSection,
-    /// `memory.high` that oomkit writes and owns on the managed root's top-level children
-    /// (`"90%"` of each child's share or a size); absent: none.
-    pub tripwire: Option<crate::machine_config::LevelSetting>,
 }
 
 impl Default for SignalsSection {
@@ -315,7 +312,6 @@ impl Default for SignalsSection {
             memory_events: true,
             psi: None,
             machine: Default::default(),
-            tripwire: None,
         }
     }
 }
@@ -961,7 +957,6 @@ impl Config {
         let mut machine_bad = Vec::new();
         crate::machine_config::validate(
             &self.signals.machine,
-            self.signals.tripwire,
             self.signals.memory_events || self.signals.psi.is_some(),
             &mut machine_bad,
             &mut warn,

@@ -1,5 +1,5 @@
-//! `[signals.machine]` and `[signals] tripwire`: the machine-wide early warning in the daemon's
-//! config, with its own validation.
+//! `[signals.machine]`: the machine-wide early warning in the daemon's config, with its own
+//! validation.
 //!
 //! Why a section of its own: on a swapless machine with no `memory.high` anywhere (a default
 //! Kubernetes node, most hosts) no cgroup event comes before the kernel's OOM killer, so this
@@ -8,9 +8,6 @@
 //! `integration/src/tests/machine.rs`.
 //!
 //! ```toml
-//! [signals]
-//! tripwire = "90%"          # optional: oomkit owns memory.high of the managed root's children
-//!
 //! [signals.machine]
 //! enabled = true
 //! low = "10%"               # headroom (MemAvailable + free swap) under this for min_duration_ms
@@ -146,12 +143,11 @@ impl MachineSection {
     }
 }
 
-/// Checks `[signals.machine]` and `[signals] tripwire`: problems as (dotted key, message), and
-/// warnings. `other_sources` says whether `memory.events` or a PSI trigger is configured, for
-/// the warning that nothing can fire before the kernel.
+/// Checks `[signals.machine]`: problems as (dotted key, message), and warnings.
+/// `other_sources` says whether `memory.events` or a PSI trigger is configured, for the warning
+/// that nothing can fire before the kernel.
 pub fn validate(
     machine: &MachineSection,
-    tripwire: Option<LevelSetting>,
     other_sources: bool,
     bad: &mut Vec<(String, String)>,
     warn: &mut Vec<String>,
@@ -211,22 +207,12 @@ pub fn validate(
              killer will act first"
                 .into(),
         );
-    } else if tripwire.is_none() {
+    } else {
         warn.push(
-            "signals.machine is disabled: without swap and without a memory.high somewhere (or \
-             [signals] tripwire), no cgroup event comes before the kernel's OOM killer"
+            "signals.machine is disabled: without swap and without a memory.high somewhere, no \
+             cgroup event comes before the kernel's OOM killer"
                 .into(),
         );
-    }
-    if let Some(t) = tripwire {
-        match t.0 {
-            Level::Fraction(f) if !(0.5..1.0).contains(&f) => bad.push((
-                "signals.tripwire".into(),
-                format!("must be between 50% and 100% (got {})", t.0),
-            )),
-            Level::Bytes(0) => bad.push(("signals.tripwire".into(), "must be more than 0".into())),
-            _ => {}
-        }
     }
 }
 
@@ -250,7 +236,7 @@ mod tests {
         assert_eq!(c.monitor, MachineConfig::default());
         assert_eq!(c.triggers.len(), 2);
         let (mut bad, mut warn) = (Vec::new(), Vec::new());
-        validate(&m, None, true, &mut bad, &mut warn);
+        validate(&m, true, &mut bad, &mut warn);
         assert!(bad.is_empty() && warn.is_empty(), "{bad:?} {warn:?}");
     }
 
@@ -263,19 +249,12 @@ mod tests {
             ..Default::default()
         };
         let (mut bad, mut warn) = (Vec::new(), Vec::new());
-        validate(
-            &m,
-            Some(LevelSetting(Level::Fraction(0.3))),
-            true,
-            &mut bad,
-            &mut warn,
-        );
+        validate(&m, true, &mut bad, &mut warn);
         let keys: Vec<_> = bad.iter().map(|b| b.0.as_str()).collect();
         for k in [
             "signals.machine.low",
             "signals.machine.psi_window_ms",
             "signals.machine.max_fill_rate",
-            "signals.tripwire",
         ] {
             assert!(keys.contains(&k), "{k} missing in {bad:?}");
         }
@@ -288,14 +267,14 @@ mod tests {
             ..Default::default()
         };
         let (mut bad, mut warn) = (Vec::new(), Vec::new());
-        validate(&off, None, false, &mut bad, &mut warn);
+        validate(&off, false, &mut bad, &mut warn);
         assert!(bad.is_empty());
         assert!(
             warn[0].contains("kernel's OOM killer will act first"),
             "{warn:?}"
         );
         let (mut bad, mut warn) = (Vec::new(), Vec::new());
-        validate(&off, None, true, &mut bad, &mut warn);
+        validate(&off, true, &mut bad, &mut warn);
         assert!(warn[0].contains("no cgroup event comes before"), "{warn:?}");
     }
 }

@@ -29,8 +29,13 @@ fn every_shipped_config_passes_check_config() {
         .collect();
     assert_eq!(
         names,
-        ["heap-profile.toml", "priority-kill.toml", "throttle.toml"],
-        "one example per handler"
+        [
+            "heap-profile.toml",
+            "priority-kill.toml",
+            "systemd-host.toml",
+            "throttle.toml"
+        ],
+        "one example per handler, and a plain systemd host"
     );
     for f in &files {
         let summary = daemon::check_config(f).unwrap_or_else(|e| panic!("{e}"));
@@ -46,6 +51,12 @@ fn every_shipped_config_passes_check_config() {
         // so nothing is opened).
         let rc = daemon::runner_config(&loaded.config, false).unwrap();
         assert_eq!(rc.root, loaded.config.daemon.root);
+        // Every example protects a swapless machine with no limits set.
+        assert!(
+            rc.machine.is_some(),
+            "{}: no machine-wide warning",
+            f.display()
+        );
     }
 }
 
