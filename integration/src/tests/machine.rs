@@ -799,3 +799,108 @@ pub fn e2e_no_kill(ctx: &mut Ctx) -> TestResult {
         "nothing killed; bursts of {burst_mib} MiB at {mib_per_s} MiB/s"
     )))
 }
+
+// ---------------------------------------------------------------------------
+// `cargo xtask demo`: the machine-wide case, without and with oomkit.
+
+/// The whole-guest priority scenario for the demo: a service holding half the headroom
+/// (protected), a batch job growing at 2 % of RAM per second (priority −100), nothing limited.
+/// Reports a `DEMO <json>` note in the schema of [`crate::scenario::PriorityRun::summary`];
+/// "pressure" starts when the headroom first drops under the default `low` level (10 %).
+fn demo_machine(ctx: &mut Ctx, with: bool) -> TestResult {
+    let (total, avail) = meminfo_mib()?;
+    let (machine_path, _) = parent_cgroup(ctx, "machine")?;
+    let (service_path, _) = ctx.cgroup("machine/service")?;
+    let (batch_path, _) = ctx.cgroup("machine/batch")?;
+    let mut daemon = if with {
+        let body = machine_config(&[hier(&service_path)], &hier(&batch_path), "process");
+        Some(Daemon::start(
+            ctx,
+            &machine_path,
+            &body,
+            &DaemonOpts::default(),
+        )?)
+    } else {
+        None
+    };
+    let mut service = ctx.spawn(
+        &service_path,
+        WorkloadKind::HogHold {
+            mib: avail / 2,
+            step_mib: 8,
+        },
+    )?;
+    service.wait_line("done", Duration::from_secs(60))?;
+    let before = vmstat_oom_kill()?;
+    let rate = (total / 50).max(1);
+    let low = total / 10;
+    let mut batch = ctx.spawn(
+        &batch_path,
+        WorkloadKind::HogRate {
+            step_mib: 1,
+            mib_per_s: rate,
+            cap_mib: 0,
+        },
+    )?;
+    let end = Instant::now() + Duration::from_secs(150);
+    let mut pressure: Option<Instant> = None;
+    let first = loop {
+        ensure!(Instant::now() < end, "nobody died within 150 s");
+        if pressure.is_none() && meminfo_mib()?.1 < low {
+            pressure = Some(Instant::now());
+        }
+        if service.try_exited().is_some() {
+            break ("service", Instant::now());
+        }
+        if batch.try_exited().is_some() {
+            break ("batch", Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let incident = match daemon.as_mut() {
+        Some(d) => Some(d.wait_incident(
+            "the incident record of the kill",
+            Duration::from_secs(15),
+            |_| true,
+        )?),
+        None => None,
+    };
+    // Let the kernel's kill be counted and the other side settle.
+    std::thread::sleep(Duration::from_millis(300));
+    let end_of = |w: &mut Workload| crate::scenario::ended(w).unwrap_or_else(|| "alive".into());
+    let summary = serde_json::json!({
+        "label": if with { "with oomkit" } else { "without oomkit" },
+        "service": end_of(&mut service),
+        "batch": end_of(&mut batch),
+        "first_dead": first.0,
+        "vmstat_oom_kill": vmstat_oom_kill()? - before,
+        "machine_oom_kill": 0,
+        "pressure_to_kill_ms": pressure.map(|p| (first.1.saturating_duration_since(p).as_secs_f64() * 10_000.0).round() / 10.0),
+        "incident": incident.as_ref().map(|i| serde_json::json!({
+            "outcome": i["outcome"],
+            "dry_run": i["dry_run"],
+            "reason": i["reason"],
+            "victims": i["victims"],
+            "plan": i["plan"].as_array().map(|p| p.iter().map(|s| s["action"].clone()).collect::<Vec<_>>()),
+            "timings_ms": i["timings_ms"],
+        })),
+        "ram_mib": total,
+        "service_mib": avail / 2,
+        "batch_mib_per_s": rate,
+    });
+    ctx.note(format!("DEMO {summary}"));
+    if let Some(d) = daemon {
+        d.stop()?;
+    }
+    Ok(Outcome::Pass(summary.to_string()))
+}
+
+/// The machine-wide demo without oomkit: the kernel alone.
+pub fn demo_machine_without(ctx: &mut Ctx) -> TestResult {
+    demo_machine(ctx, false)
+}
+
+/// The machine-wide demo with the oomkit daemon (default `[signals.machine]`).
+pub fn demo_machine_with(ctx: &mut Ctx) -> TestResult {
+    demo_machine(ctx, true)
+}

@@ -91,6 +91,12 @@ pub fn demos() -> Vec<TestCase> {
     vec![
         case("demo_without_oomkit", 120, e2e::demo_without),
         case("demo_with_oomkit", 120, e2e::demo_with),
+        case(
+            "demo_machine_without_oomkit",
+            240,
+            machine::demo_machine_without,
+        ),
+        case("demo_machine_with_oomkit", 240, machine::demo_machine_with),
     ]
 }
 
