@@ -15,7 +15,9 @@
 //! ([`MachineSample::churning`](crate::events::MachineSample::churning)).
 //! Episodes the machine source started are judged by the machine: over
 //! once its signals are cleared (its hysteresis), at once on `critical`,
-//! otherwise acted on as soon as reclaim churns.
+//! as soon as reclaim churns under `low` or thrashing, and on a PSI stall
+//! alone only when the full stall is sustained (an allocation burst with
+//! headroom to spare stalls too, and needs no kill).
 
 use std::time::Instant;
 
@@ -205,7 +207,11 @@ impl<H: Host> Engine<H> {
             steal_rate = m.steal_rate,
             "assessing the machine"
         );
-        if active.contains(Signals::CRITICAL) || !progress || sustained {
+        // Stall alone (PSI) with headroom to spare is not an emergency: a
+        // burst stalls too. It acts only when sustained; low headroom and
+        // thrashing act as soon as reclaim churns.
+        let acute = active.intersects(Signals::LOW | Signals::CRITICAL | Signals::THRASHING);
+        if active.contains(Signals::CRITICAL) || (acute && !progress) || sustained {
             self.decide_and_act(at);
             return;
         }

@@ -766,3 +766,17 @@ fn a_kill_that_frees_nothing_is_refused_and_the_episode_is_nothing_to_do() {
             .any(|f| f.reason.contains("free (nearly) nothing"))
     );
 }
+
+#[test]
+fn machine_stall_alone_with_headroom_waits_for_a_sustained_stall() {
+    use crate::events::Signals;
+    let mut r = rig(EngineConfig::default(), two_jobs, None);
+    // A burst: anon grows fast and PSI stalls, but the headroom is ample.
+    machine_event(&mut r, Signals::STALLED, machine(200, 300, 300));
+    let eps = r.advance(Duration::from_millis(600), Duration::from_millis(50));
+    assert!(r.host().kills().is_empty(), "{eps:?}");
+    r.engine.on_machine(Signals::NONE, machine(250, -300, -300));
+    let eps = r.run(Duration::from_secs(2));
+    assert!(r.host().kills().is_empty());
+    assert_eq!(eps.last().and_then(|e| e.outcome), Some(Outcome::Resolved));
+}
