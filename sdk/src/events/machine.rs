@@ -161,12 +161,24 @@ impl MachineWatch {
             .map_err(|e| sys_err("epoll_ctl", e))?;
         let meminfo = CgroupFile::open_path(&cfg.paths.meminfo, false)?;
         let vmstat = CgroupFile::open_path(&cfg.paths.vmstat, false)?;
+        // A kernel booted with `psi=0` (or built without PSI) has no
+        // pressure file: the source works on headroom and refaults alone.
         let pressure = match &cfg.paths.pressure {
-            Some(p) => Some(CgroupFile::open_path(p, false)?),
+            Some(p) => match CgroupFile::open_path(p, false) {
+                Ok(f) => Some(f),
+                Err(e) if e.is_unsupported() => {
+                    tracing::warn!(file = %p.display(), "no PSI file: machine warning without stall signals");
+                    None
+                }
+                Err(e) => return Err(e),
+            },
             None => None,
         };
         let mut triggers = Vec::with_capacity(cfg.triggers.len());
         for th in &cfg.triggers {
+            if pressure.is_none() {
+                break;
+            }
             let Some(p) = &cfg.paths.pressure else {
                 return Err(Error::InvalidArgument {
                     what: "triggers",
@@ -418,6 +430,24 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("absent"), "{e}");
+    }
+
+    #[test]
+    fn no_pressure_file_means_no_stall_signal_not_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let mut paths = files(d.path(), MEMINFO);
+        paths.pressure = Some(d.path().join("no-psi"));
+        let w = MachineWatch::open(MachineWatchConfig {
+            paths,
+            triggers: vec![PsiThreshold::some(
+                Duration::from_millis(100),
+                Duration::from_secs(2),
+            )],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(w.triggers().count(), 0);
+        assert_eq!(w.monitor().sample().some_share, 0.0);
     }
 
     #[test]
