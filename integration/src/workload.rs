@@ -21,8 +21,10 @@
 //!   machine-wide scenarios);
 //! * `reread <MiB>`: read the first MiB of the scratch disk ([`SCRATCH_DISK`]) through the page
 //!   cache, over and over, printing `pass <n> <ms>` after each pass: a file-backed working set;
-//! * `stream`: read the whole scratch disk through the page cache, over and over, printing
-//!   `streamed <n>` after each pass: a backup-like reader that fills memory with cold cache;
+//! * `stream <passes>`: read the whole scratch disk through the page cache that many times,
+//!   printing `streamed <n>` after each pass, then hold: one pass is a backup-like reader that
+//!   fills memory with cold cache (a second pass over more than memory refaults: that is
+//!   thrashing);
 //! * `burst <MiB> <hold ms> <pause ms>`: allocate and touch, hold, free, pause, repeat, printing
 //!   `burst <n>` after each free;
 //! * `exec <program> <args…>`: print `ready`, then exec the program (which so starts in the
@@ -64,8 +66,8 @@ pub enum WorkloadKind {
     Heartbeat { period_ms: u64 },
     /// Re-read the first `mib` MiB of the scratch disk through the page cache.
     Reread { mib: u64 },
-    /// Stream the whole scratch disk through the page cache, over and over.
-    Stream,
+    /// Stream the whole scratch disk through the page cache `passes` times, then hold.
+    Stream { passes: u32 },
     /// Allocate `mib`, hold `hold_ms`, free, pause `pause_ms`, repeat.
     Burst {
         mib: u64,
@@ -121,7 +123,7 @@ impl WorkloadKind {
                 vec!["heartbeat".into(), period_ms.to_string()]
             }
             WorkloadKind::Reread { mib } => vec!["reread".into(), mib.to_string()],
-            WorkloadKind::Stream => vec!["stream".into()],
+            WorkloadKind::Stream { passes } => vec!["stream".into(), passes.to_string()],
             WorkloadKind::Burst {
                 mib,
                 hold_ms,
@@ -350,7 +352,7 @@ fn run(args: &[String]) -> Result<(), Fail> {
         ("rate", [step, rate, cap]) => hog_rate(step.parse()?, rate.parse()?, cap.parse()?),
         ("heartbeat", [period]) => heartbeat(period.parse()?),
         ("reread", [mib]) => reread(mib.parse()?),
-        ("stream", []) => stream(),
+        ("stream", [passes]) => stream(passes.parse()?),
         ("burst", [mib, hold, pause]) => burst(mib.parse()?, hold.parse()?, pause.parse()?),
         ("forkstorm", []) => forkstorm(),
         ("sleep", []) => sleep_forever(),
@@ -486,14 +488,14 @@ fn reread(mib: u64) -> Result<(), Fail> {
     Ok(())
 }
 
-fn stream() -> Result<(), Fail> {
+fn stream(passes: u32) -> Result<(), Fail> {
     let f = open_disk()?;
     let mut buf = vec![0u8; 1 << 20];
-    for n in 1u64.. {
+    for n in 1..=passes {
         read_through(&f, 0, &mut buf)?;
         say(&format!("streamed {n}"));
     }
-    Ok(())
+    sleep_forever()
 }
 
 fn burst(mib: u64, hold_ms: u64, pause_ms: u64) -> Result<(), Fail> {

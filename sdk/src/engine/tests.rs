@@ -689,7 +689,7 @@ fn machine_reclaim_of_cold_cache_is_progress_and_clearing_resolves() {
     // Headroom growing (cold cache reclaimed), anon stable, few refaults.
     let mut s = machine(95, -10, 0);
     s.steal_rate = 40 << 20;
-    s.workingset_rate = 1 << 20;
+    s.refault_rate = 1 << 20;
     machine_event(&mut r, Signals::LOW, s);
     let eps = r.advance(Duration::from_millis(500), Duration::from_millis(50));
     assert!(eps.is_empty() && r.host().kills().is_empty());
@@ -708,7 +708,7 @@ fn machine_thrashing_is_no_progress_even_with_reclaim() {
     // match the reclaimed rate: the working set is evicted and read back.
     let mut s = machine(150, -1, 0);
     s.steal_rate = 100 << 20;
-    s.workingset_rate = 90 << 20;
+    s.refault_rate = 90 << 20;
     machine_event(&mut r, Signals::THRASHING, s);
     r.run(Duration::from_secs(2));
     assert_eq!(r.host().kills().len(), 1);
@@ -734,7 +734,7 @@ fn cgroup_reclaim_that_churns_is_not_progress() {
     );
     let mut s = machine(150, 0, 0);
     s.steal_rate = 100 << 20;
-    s.workingset_rate = 95 << 20;
+    s.refault_rate = 95 << 20;
     r.engine.on_machine(crate::events::Signals::NONE, s);
     r.event("/batch", ev(1, 0, 0));
     r.host().cg("/batch").pgsteal += 1000;
