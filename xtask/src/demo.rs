@@ -188,7 +188,7 @@ fn print_run(run: &KernelRun, accel: &str) -> bool {
             .map_or("?".into(), |m| m["batch_mib_per_s"].to_string()),
     );
     println!(
-        "(oomkit's warning is its own [signals.machine]: MemAvailable, working-set refaults and PSI; \
+        "(oomkit's warning is its own [signals.machine]: MemAvailable, refaults and PSI; \
          \"pressure\" starts when MemAvailable drops under 10 %)"
     );
     let whole = print_table(
