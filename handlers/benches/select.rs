@@ -16,15 +16,14 @@
 //! Goal: under 10 ms for 10,000 cgroups.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use oomkit::cgroup::{CgroupFs, Limit, MemoryEvents, MemoryStat};
+use oomkit::cgroup::{CgroupFs, Limit, MemoryEvents};
 use oomkit::engine::{
-    CgroupId, CgroupStats, Engine, EngineConfig, Host, KernelHost, Outcome, ProcSample,
-    SystemStats, Trigger, Victim, XattrInfo, XattrTrust,
+    Act, CgroupId, CgroupStats, Engine, EngineConfig, Host, KernelHost, Observe, Outcome,
+    ProcSample, Trigger, Victim, XattrInfo, XattrTrust,
 };
 use oomkit_handlers::{Classifier, Granularity, PriorityKill, PriorityKillConfig, Rule};
 
@@ -203,10 +202,7 @@ struct MemHost {
     procs_base: i32,
 }
 
-impl Host for MemHost {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
+impl Observe for MemHost {
     fn attach(&mut self, id: CgroupId, _path: &Path) -> oomkit::Result<XattrInfo> {
         if self.current.len() <= id.index() {
             self.current.resize(id.index() + 1, 0);
@@ -214,20 +210,19 @@ impl Host for MemHost {
         self.current[id.index()] = (id.index() as u64 + 1) * 4096;
         Ok(XattrInfo::default())
     }
-    fn detach(&mut self, _id: CgroupId) {}
+
     fn read_usage(&mut self, id: CgroupId, out: &mut CgroupStats) -> oomkit::Result<()> {
         out.current = self.current.get(id.index()).copied();
         out.swap_current = Some(0);
         Ok(())
     }
+
     fn read_detail(&mut self, _id: CgroupId, out: &mut CgroupStats) -> oomkit::Result<()> {
         out.high = Some(Limit::Max);
         out.max = Some(Limit::Max);
         Ok(())
     }
-    fn read_memory_stat(&mut self, _id: CgroupId, _out: &mut MemoryStat) -> oomkit::Result<()> {
-        Ok(())
-    }
+
     fn read_processes(&mut self, id: CgroupId, out: &mut Vec<ProcSample>) -> oomkit::Result<()> {
         for k in 0..PROCS {
             out.push(ProcSample {
@@ -242,9 +237,17 @@ impl Host for MemHost {
         }
         Ok(())
     }
-    fn read_system(&mut self, _out: &mut SystemStats) -> oomkit::Result<()> {
-        Ok(())
+
+    fn own_pid(&self) -> i32 {
+        1
     }
+
+    fn own_cgroup(&self) -> Option<&Path> {
+        Some(Path::new("/oomkit.service"))
+    }
+}
+
+impl Act for MemHost {
     fn kill_process(&mut self, id: CgroupId, pid: i32) -> oomkit::Result<Victim> {
         Ok(Victim::Process {
             pid,
@@ -252,36 +255,25 @@ impl Host for MemHost {
             cgroup: id,
         })
     }
+
     fn kill_cgroup(&mut self, id: CgroupId) -> oomkit::Result<Victim> {
         Ok(Victim::Cgroup { cgroup: id })
     }
-    fn victim_exited(&mut self, _victim: &Victim) -> oomkit::Result<bool> {
-        Ok(true)
-    }
-    fn victim_fd(&self, _victim: &Victim) -> Option<BorrowedFd<'_>> {
-        None
-    }
-    fn release_victim(&mut self, _victim: &Victim) {}
+
     fn set_high(&mut self, _id: CgroupId, _limit: Limit) -> oomkit::Result<()> {
         Ok(())
     }
+
     fn set_max(&mut self, _id: CgroupId, _limit: Limit) -> oomkit::Result<()> {
         Ok(())
     }
+
     fn set_frozen(&mut self, _id: CgroupId, _frozen: bool) -> oomkit::Result<()> {
         Ok(())
     }
+
     fn signal(&mut self, _id: CgroupId, _pid: i32, _signal: i32) -> oomkit::Result<()> {
         Ok(())
-    }
-    fn diagnostics_ready(&mut self, _since: Instant) -> bool {
-        true
-    }
-    fn own_pid(&self) -> i32 {
-        1
-    }
-    fn own_cgroup(&self) -> Option<&Path> {
-        Some(Path::new("/oomkit.service"))
     }
 }
 

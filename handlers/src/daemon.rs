@@ -26,6 +26,7 @@ use oomkit::events::PsiThreshold;
 use oomkit::reserve::{MlockMode, ReserveCgroup, ReserveConfig};
 
 use crate::config::{Config, ConfigErrors, Loaded, LogFormat, MlockSetting, PsiKind, PsiScope};
+use crate::heap_profile::DumpWatch;
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +127,6 @@ pub fn runner_config(cfg: &Config, dry_run: bool) -> Result<RunnerConfig, Daemon
     rc.psi = psi;
     rc.machine = cfg.signals.machine.watch_config();
     rc.incidents = incidents;
-    rc.diagnostics_dir = d.diagnostics_dir.clone();
     rc.watchdog = cfg.watchdog.enabled.then_some(WatchdogConfig {
         timeout: Duration::from_millis(cfg.watchdog.timeout_ms),
     });
@@ -257,6 +257,9 @@ pub fn run_wrapped(
         "starting"
     );
     let mut runner = Runner::new(rc, handler).map_err(sdk("starting the runner"))?;
+    if let Some(dir) = &current.daemon.diagnostics_dir {
+        runner.add_prekill_hook(Box::new(DumpWatch::new(dir.clone())));
+    }
     if let Some(rep) = runner.reserve_report() {
         if rep.degraded() {
             tracing::warn!(report = %rep, "reserve mode is degraded");

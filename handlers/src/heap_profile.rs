@@ -15,8 +15,9 @@
 //!    a burst of them cannot hand out unbounded memory; the loop restores
 //!    the old limits when the time is up or the episode ends.
 //! 2. [`Action::CaptureDiagnostics`]: the configured signal (SIGUSR2 by
-//!    default); the loop waits up to `dump_deadline` for a new file in the
-//!    incident's diagnostics folder.
+//!    default); the loop waits up to `dump_deadline` for its pre-kill hooks,
+//!    among them [`DumpWatch`], which waits for a new file in the
+//!    diagnostics folder.
 //! 3. The kill [`PriorityKill`] planned.
 //!
 //! A victim that does not match, and every escalation (the victim already
@@ -25,10 +26,13 @@
 //! allocate); `decide` itself allocates nothing.
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use globset::{GlobSet, GlobSetBuilder};
-use oomkit::engine::{Action, CgroupMeta, Class, Handler, Plan, Trigger, View};
+use oomkit::engine::{
+    Action, CgroupMeta, Class, Handler, Plan, PrekillHook, PrekillTarget, Trigger, View,
+};
 
 use crate::classify::path_glob;
 use crate::priority::{Choice, PriorityKill};
@@ -267,5 +271,74 @@ impl Handler for HeapProfile {
             plan.clear();
             self.inner.plan_kill(view, &choice, plan);
         }
+    }
+}
+
+/// The pre-kill hook that waits for a heap profile: fired when the loop is
+/// about to send a diagnostics signal, it notes the newest file in the
+/// diagnostics folder; it is done when a newer (or grown) file has stopped
+/// growing between two looks. It waits only where a signal is sent; a
+/// plain kill goes ahead at once.
+#[derive(Debug)]
+pub struct DumpWatch {
+    dir: PathBuf,
+    seen: Option<(PathBuf, u64)>,
+    candidate: Option<(PathBuf, u64)>,
+}
+
+impl DumpWatch {
+    /// Watches `dir`, where victims write their profiles.
+    pub fn new(dir: PathBuf) -> Self {
+        DumpWatch {
+            dir,
+            seen: None,
+            candidate: None,
+        }
+    }
+
+    /// The newest regular, non-hidden file in the folder and its size.
+    fn newest(dir: &Path) -> Option<(PathBuf, u64)> {
+        std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                let md = e.metadata().ok()?;
+                // Hidden names are files still being written (heap_victim dumps to
+                // `.name.tmp` and renames): never take one for a finished dump.
+                if !md.is_file() || e.file_name().as_encoded_bytes().starts_with(b".") {
+                    return None;
+                }
+                Some((e.path(), md.len(), md.modified().ok()?))
+            })
+            .max_by_key(|(_, _, m)| *m)
+            .map(|(p, l, _)| (p, l))
+    }
+}
+
+impl PrekillHook for DumpWatch {
+    fn name(&self) -> &'static str {
+        "heap-profile dump"
+    }
+
+    fn fire(&mut self, target: &PrekillTarget<'_>) -> Option<Duration> {
+        target.signal?;
+        self.seen = Self::newest(&self.dir);
+        self.candidate = None;
+        // As long as the step's deadline (`dump_deadline`) allows.
+        Some(Duration::MAX)
+    }
+
+    fn poll(&mut self) -> bool {
+        let Some(now) = Self::newest(&self.dir) else {
+            return false;
+        };
+        if now.1 == 0 || Some(&now) == self.seen.as_ref() {
+            return false;
+        }
+        if Some(&now) == self.candidate.as_ref() {
+            return true;
+        }
+        self.candidate = Some(now);
+        false
     }
 }

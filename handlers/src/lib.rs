@@ -27,6 +27,6 @@ pub mod priority;
 pub mod throttle;
 
 pub use classify::{Classifier, QosClass, QosPriorities, Rule};
-pub use heap_profile::{HeapProfile, HeapProfileConfig};
+pub use heap_profile::{DumpWatch, HeapProfile, HeapProfileConfig};
 pub use priority::{Choice, Granularity, PriorityKill, PriorityKillConfig};
 pub use throttle::{Throttle, ThrottleConfig};

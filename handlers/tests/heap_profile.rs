@@ -209,3 +209,45 @@ fn cgroup_granularity_profiles_the_largest_process_then_kills_the_cgroup() {
         ]
     );
 }
+
+#[test]
+fn dump_watch_waits_for_a_new_file_that_stopped_growing() {
+    use oomkit::engine::{PrekillHook, PrekillTarget};
+    use oomkit_handlers::heap_profile::DumpWatch;
+    let r = Rig::new(eager(), node, handler(cfg(), Granularity::Process));
+    let cgroup = r.engine.root().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("old.heap"), b"heap_v2/old").unwrap();
+    let mut watch = DumpWatch::new(dir.path().to_path_buf());
+    let mut target = PrekillTarget {
+        cgroup,
+        path: std::path::Path::new("/apps/web"),
+        pid: Some(100),
+        signal: None,
+        escalation: 0,
+    };
+    assert_eq!(watch.fire(&target), None, "a plain kill is not held up");
+    target.signal = Some(libc::SIGUSR2);
+    assert!(
+        watch.fire(&target).is_some(),
+        "a profile request is waited for"
+    );
+    assert!(!watch.poll(), "the old file does not count");
+    std::fs::write(dir.path().join(".new.heap.tmp"), b"heap_v2/partial").unwrap();
+    assert!(!watch.poll(), "a hidden file is still being written");
+    std::fs::rename(
+        dir.path().join(".new.heap.tmp"),
+        dir.path().join("new.heap"),
+    )
+    .unwrap();
+    // Same mtime resolution may order the two files either way: make the new one newer.
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    std::fs::File::options()
+        .append(true)
+        .open(dir.path().join("new.heap"))
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    assert!(!watch.poll(), "seen once: it may still grow");
+    assert!(watch.poll(), "unchanged on the second look: done");
+}

@@ -22,8 +22,8 @@ use common::{eager, urgent};
 use oomkit::cgroup::{Limit, MemoryStat};
 use oomkit::engine::fake::{FakeHost, proc};
 use oomkit::engine::{
-    CgroupId, CgroupMeta, CgroupStats, Class, Engine, Handler, Host, Plan, ProcSample, SystemStats,
-    Trigger, Victim, View, XattrInfo,
+    Act, CgroupId, CgroupMeta, CgroupStats, Class, Engine, Handler, Observe, Plan, ProcSample,
+    SystemStats, Trigger, Victim, View, XattrInfo,
 };
 use oomkit_handlers::classify::{Classifier, QosPriorities, Rule};
 use oomkit_handlers::priority::{Granularity, PriorityKill, PriorityKillConfig};
@@ -61,10 +61,11 @@ struct Prefilled {
     procs: HashMap<CgroupId, Vec<ProcSample>>,
 }
 
-impl Host for Prefilled {
+impl Observe for Prefilled {
     fn now(&self) -> Instant {
         self.fake.now()
     }
+
     fn attach(&mut self, id: CgroupId, path: &Path) -> oomkit::Result<XattrInfo> {
         let x = self.fake.attach(id, path)?;
         let procs = self
@@ -76,18 +77,23 @@ impl Host for Prefilled {
         self.procs.insert(id, procs);
         Ok(x)
     }
+
     fn detach(&mut self, id: CgroupId) {
         self.fake.detach(id)
     }
+
     fn read_usage(&mut self, id: CgroupId, out: &mut CgroupStats) -> oomkit::Result<()> {
         self.fake.read_usage(id, out)
     }
+
     fn read_detail(&mut self, id: CgroupId, out: &mut CgroupStats) -> oomkit::Result<()> {
         self.fake.read_detail(id, out)
     }
+
     fn read_memory_stat(&mut self, id: CgroupId, out: &mut MemoryStat) -> oomkit::Result<()> {
         self.fake.read_memory_stat(id, out)
     }
+
     fn read_processes(&mut self, id: CgroupId, out: &mut Vec<ProcSample>) -> oomkit::Result<()> {
         if let Some(p) = self.procs.get(&id) {
             // Within the engine's pre-sized capacity: no allocation.
@@ -95,44 +101,55 @@ impl Host for Prefilled {
         }
         Ok(())
     }
+
     fn read_system(&mut self, out: &mut SystemStats) -> oomkit::Result<()> {
         self.fake.read_system(out)
     }
-    fn kill_process(&mut self, id: CgroupId, pid: i32) -> oomkit::Result<Victim> {
-        self.fake.kill_process(id, pid)
-    }
-    fn kill_cgroup(&mut self, id: CgroupId) -> oomkit::Result<Victim> {
-        self.fake.kill_cgroup(id)
-    }
-    fn victim_exited(&mut self, victim: &Victim) -> oomkit::Result<bool> {
-        self.fake.victim_exited(victim)
-    }
-    fn victim_fd(&self, victim: &Victim) -> Option<BorrowedFd<'_>> {
-        self.fake.victim_fd(victim)
-    }
-    fn release_victim(&mut self, victim: &Victim) {
-        self.fake.release_victim(victim)
-    }
-    fn set_high(&mut self, id: CgroupId, limit: Limit) -> oomkit::Result<()> {
-        self.fake.set_high(id, limit)
-    }
-    fn set_max(&mut self, id: CgroupId, limit: Limit) -> oomkit::Result<()> {
-        self.fake.set_max(id, limit)
-    }
-    fn set_frozen(&mut self, id: CgroupId, frozen: bool) -> oomkit::Result<()> {
-        self.fake.set_frozen(id, frozen)
-    }
-    fn signal(&mut self, id: CgroupId, pid: i32, signal: i32) -> oomkit::Result<()> {
-        self.fake.signal(id, pid, signal)
-    }
-    fn diagnostics_ready(&mut self, since: Instant) -> bool {
-        self.fake.diagnostics_ready(since)
-    }
+
     fn own_pid(&self) -> i32 {
         self.fake.own_pid()
     }
+
     fn own_cgroup(&self) -> Option<&Path> {
         self.fake.own_cgroup()
+    }
+}
+
+impl Act for Prefilled {
+    fn kill_process(&mut self, id: CgroupId, pid: i32) -> oomkit::Result<Victim> {
+        self.fake.kill_process(id, pid)
+    }
+
+    fn kill_cgroup(&mut self, id: CgroupId) -> oomkit::Result<Victim> {
+        self.fake.kill_cgroup(id)
+    }
+
+    fn victim_exited(&mut self, victim: &Victim) -> oomkit::Result<bool> {
+        self.fake.victim_exited(victim)
+    }
+
+    fn victim_fd(&self, victim: &Victim) -> Option<BorrowedFd<'_>> {
+        self.fake.victim_fd(victim)
+    }
+
+    fn release_victim(&mut self, victim: &Victim) {
+        self.fake.release_victim(victim)
+    }
+
+    fn set_high(&mut self, id: CgroupId, limit: Limit) -> oomkit::Result<()> {
+        self.fake.set_high(id, limit)
+    }
+
+    fn set_max(&mut self, id: CgroupId, limit: Limit) -> oomkit::Result<()> {
+        self.fake.set_max(id, limit)
+    }
+
+    fn set_frozen(&mut self, id: CgroupId, frozen: bool) -> oomkit::Result<()> {
+        self.fake.set_frozen(id, frozen)
+    }
+
+    fn signal(&mut self, id: CgroupId, pid: i32, signal: i32) -> oomkit::Result<()> {
+        self.fake.signal(id, pid, signal)
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use criterion::{Criterion, criterion_group, criterion_main};
 use oomkit::cgroup::{CgroupFs, MemoryStat};
 use oomkit::engine::{
-    CgroupStats, Engine, EngineConfig, Handler, Host, KernelHost, Plan, View, XattrTrust,
+    CgroupStats, Engine, EngineConfig, Handler, KernelHost, Observe, Plan, View, XattrTrust,
 };
 
 const RELEASE: &str = "7.2.13+deb14-cloud-amd64";

@@ -44,6 +44,27 @@ pub enum Error {
         /// The missing file.
         path: PathBuf,
     },
+    /// The kernel does not have this system call (`ENOSYS`; for example
+    /// `pidfd_open` before 5.3).
+    #[error("{call}: not provided by this kernel")]
+    SyscallUnsupported {
+        /// The system call, for example `pidfd_open`.
+        call: &'static str,
+    },
+    /// A cgroup id the loop's host no longer (or never) had attached: the
+    /// cgroup left the managed tree.
+    #[error("cgroup #{index} is not attached to the host (it left the managed tree)")]
+    CgroupDetached {
+        /// The id's slot index.
+        index: usize,
+    },
+    /// Every victim slot of the host is taken: that many kills are still
+    /// being waited for.
+    #[error("{limit} victims are already in flight")]
+    TooManyVictims {
+        /// The number of slots.
+        limit: usize,
+    },
     /// An I/O operation on a file failed.
     #[error("{path}: {op} failed: {source}")]
     Io {
@@ -90,6 +111,13 @@ pub enum Error {
         what: &'static str,
         /// Why it is invalid.
         reason: String,
+    },
+    /// The host the loop runs on does not implement this effect (a
+    /// read-only or test host; see `engine::Act`).
+    #[error("this host cannot {op}")]
+    HostCannot {
+        /// The effect, for example `set_max`.
+        op: &'static str,
     },
     /// A system call not tied to a file failed.
     #[error("{call} failed: {source}")]
@@ -189,12 +217,18 @@ impl Error {
     /// True for races a handler must expect and tolerate: the cgroup or the
     /// process went away underneath us.
     pub fn is_gone(&self) -> bool {
-        matches!(self, Error::CgroupGone { .. } | Error::ProcessGone { .. })
+        matches!(
+            self,
+            Error::CgroupGone { .. } | Error::ProcessGone { .. } | Error::CgroupDetached { .. }
+        )
     }
 
     /// True when the kernel lacks the file or feature.
     pub fn is_unsupported(&self) -> bool {
-        matches!(self, Error::Unsupported { .. })
+        matches!(
+            self,
+            Error::Unsupported { .. } | Error::SyscallUnsupported { .. }
+        )
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, op: Op, source: impl Into<io::Error>) -> Self {

@@ -43,6 +43,7 @@ const FRAME: usize = 4096;
 
 /// Which `mlockall` to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MlockMode {
     /// Do not lock memory.
     Off,
@@ -109,6 +110,7 @@ impl Default for ReserveConfig {
 
 /// The result of one step.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StepStatus {
     /// Applied; the text says what.
     Granted(String),

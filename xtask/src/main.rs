@@ -21,6 +21,7 @@ mod demo;
 mod guest;
 mod host;
 mod kernels;
+mod public_api;
 mod qemu;
 mod report;
 mod util;
@@ -56,6 +57,15 @@ enum Cmd {
     /// Micro-benchmarks, footprint and end-to-end runs against the kernel, earlyoom and oomd;
     /// writes docs/benchmarks.md and docs/bench-latency.svg.
     Bench(bench::BenchArgs),
+    /// Compare the SDK's public API with its snapshot (sdk/public-api.txt); `--bless` rewrites it.
+    PublicApi(PublicApiArgs),
+}
+
+#[derive(Args, Clone)]
+struct PublicApiArgs {
+    /// Rewrite the snapshot instead of comparing.
+    #[arg(long)]
+    bless: bool,
 }
 
 #[derive(Args, Clone)]
@@ -134,6 +144,7 @@ fn main() -> ExitCode {
         Cmd::InstallDeps => host::ensure_tools(false).map(|()| true),
         Cmd::Demo(args) => demo::run(&args),
         Cmd::Bench(args) => bench::cmd_bench(&args),
+        Cmd::PublicApi(args) => public_api::run(args.bless),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -195,6 +206,21 @@ fn cmd_test(args: &TestArgs) -> Result<bool> {
     ];
     let mut failed_steps = Vec::new();
     let mut lines = Vec::new();
+    // The public API must match its snapshot: a change is a reviewed diff.
+    let t = Instant::now();
+    let api_ok = public_api::run(false).unwrap_or_else(|e| {
+        eprintln!("xtask: public-api: {e}");
+        false
+    });
+    lines.push(format!(
+        "{:<12} {} ({:.0}s)",
+        "public api",
+        if api_ok { "ok" } else { "FAILED" },
+        t.elapsed().as_secs_f64()
+    ));
+    if !api_ok {
+        failed_steps.push("public api");
+    }
     for (name, argv) in steps {
         println!("==> cargo {}", argv.join(" "));
         let t = Instant::now();

@@ -11,13 +11,18 @@
 //! went away. We tell them apart by checking `cgroup.procs`, which every
 //! cgroup has, and answer [`Error::Unsupported`] or [`Error::CgroupGone`].
 //!
-//! The parsers themselves are pure functions in [`parse`], tested on files
+//! The parsers themselves are pure functions in `parse`, tested on files
 //! captured from real kernels.
 
 #[cfg(feature = "cgroups-rs")]
 mod interop;
 pub mod mount;
+// The raw parsers are public only with the `parsers` feature (fixture
+// tests, benchmarks): they are not API a runtime should build on.
+#[cfg(feature = "parsers")]
 pub mod parse;
+#[cfg(not(feature = "parsers"))]
+pub(crate) mod parse;
 mod types;
 
 use std::ffi::{CStr, CString};
@@ -390,7 +395,7 @@ impl Cgroup {
         Ok(st)
     }
 
-    /// `memory.stat` into a reused value (see [`parse::memory_stat_into`]).
+    /// `memory.stat` into a reused value (see `parse::memory_stat_into`).
     pub fn memory_stat_into(&self, out: &mut MemoryStat) -> Result<()> {
         let mut buf = [0u8; SMALL_READ];
         let data = self.read_into(MEMORY_STAT, &mut buf)?;

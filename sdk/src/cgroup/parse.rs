@@ -151,6 +151,7 @@ pub fn cgroup_events(data: &[u8]) -> R<CgroupEvents> {
 }
 
 /// `memory.stat`, allocating as needed for unknown keys.
+#[cfg_attr(not(feature = "parsers"), allow(dead_code))]
 pub fn memory_stat(data: &[u8]) -> R<MemoryStat> {
     let mut st = MemoryStat::default();
     memory_stat_into(data, &mut st)?;
@@ -269,6 +270,7 @@ pub fn pressure(data: &[u8]) -> R<Pressure> {
 
 /// `cgroup.procs` or `cgroup.threads`: one PID per line, appended to `out`
 /// (which is not cleared). With enough capacity this does not allocate.
+#[cfg_attr(not(feature = "parsers"), allow(dead_code))]
 pub fn pids_into(data: &[u8], out: &mut Vec<i32>) -> R<()> {
     for_each_pid(data, |pid| out.push(pid))
 }

@@ -14,6 +14,7 @@ use crate::error::Result;
 
 use super::host::{Host, Victim};
 use super::plan::Action;
+use super::prekill::PrekillTarget;
 use super::types::{CgroupId, CgroupStats, ProcSample};
 use super::{Engine, Outcome, Phase, VictimRecord, VictimWait, Wait};
 
@@ -90,6 +91,15 @@ impl<H: Host> Engine<H> {
         deadline: Instant,
         wait: &mut Option<Wait>,
     ) -> Result<()> {
+        if action.is_kill() && !self.hooks.fired {
+            if let Some(deadline) = self.fire_hooks(action, None, at, deadline) {
+                *wait = Some(Wait::Prekill {
+                    deadline,
+                    advance: false,
+                });
+                return Ok(());
+            }
+        }
         match *action {
             Action::KillProcess { cgroup, pid } => {
                 let footprint = self
@@ -117,17 +127,52 @@ impl<H: Host> Engine<H> {
                 pid,
                 signal,
             } => {
+                // Hooks first, so they can note what exists before the process reacts.
+                let hooks = if self.hooks.fired {
+                    None
+                } else {
+                    self.fire_hooks(action, Some(signal), at, deadline)
+                };
                 let r = self.host.signal(cgroup, pid, signal);
-                if r.is_ok() {
-                    *wait = Some(Wait::Diagnostics {
-                        since: at,
-                        deadline,
-                    });
+                match (&r, hooks) {
+                    (Ok(()), Some(deadline)) => {
+                        *wait = Some(Wait::Prekill {
+                            deadline,
+                            advance: true,
+                        })
+                    }
+                    _ => self.hooks.cancel(),
                 }
                 r
             }
             ref a => self.apply_simple(a, at),
         }
+    }
+
+    /// Fires the pre-kill hooks for `action`'s target; the time to wait for
+    /// them until (never past the step's `deadline`), if any asked.
+    fn fire_hooks(
+        &mut self,
+        action: &Action,
+        signal: Option<i32>,
+        at: Instant,
+        deadline: Instant,
+    ) -> Option<Instant> {
+        let cgroup = action.cgroup();
+        let pid = match *action {
+            Action::KillProcess { pid, .. } | Action::CaptureDiagnostics { pid, .. } => Some(pid),
+            _ => None,
+        };
+        let path = self.tree.path(cgroup)?;
+        let target = PrekillTarget {
+            cgroup,
+            path,
+            pid,
+            signal,
+            escalation: self.episode.escalations,
+        };
+        let wait = self.hooks.fire(&target)?;
+        Some(at.checked_add(wait).map_or(deadline, |t| t.min(deadline)))
     }
 
     fn start_kill(
@@ -188,11 +233,12 @@ impl<H: Host> Engine<H> {
         };
         match wait {
             None => self.run_steps(at),
-            Some(Wait::Diagnostics { since, deadline }) => {
-                if self.host.diagnostics_ready(since) || at >= deadline {
+            Some(Wait::Prekill { deadline, advance }) => {
+                if self.hooks.poll() || at >= deadline {
+                    self.hooks.cancel();
                     self.phase = Phase::Acting {
                         scope,
-                        step: step + 1,
+                        step: step + usize::from(advance),
                         wait: None,
                     };
                     self.run_steps(at);

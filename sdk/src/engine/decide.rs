@@ -126,6 +126,7 @@ impl<H: Host> Engine<H> {
             self.finish(Outcome::DryRun, decided);
             return;
         }
+        self.hooks.fired = false;
         self.phase = Phase::Acting {
             scope,
             step: 0,

@@ -30,6 +30,7 @@ const STAT_KEYS_ROOM: usize = 128;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum Outcome {
     /// Pressure resolved while assessing progress.
     Resolved,

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{
-    CgroupId, CgroupStats, Engine, EngineConfig, Episode, Handler, Host, ProcSample, SystemStats,
-    Trigger, Victim, XattrInfo,
+    Act, CgroupId, CgroupStats, Engine, EngineConfig, Episode, Handler, Observe, ProcSample,
+    SystemStats, Trigger, Victim, XattrInfo,
 };
 use crate::cgroup::{Limit, MemoryEvents, MemoryStat, Pressure, PressureLine};
 
@@ -127,17 +127,20 @@ impl FakeHost {
     }
 }
 
-impl Host for FakeHost {
+impl Observe for FakeHost {
     fn now(&self) -> Instant {
         self.now.get()
     }
+
     fn attach(&mut self, id: CgroupId, path: &Path) -> crate::Result<XattrInfo> {
         self.ids.insert(id, path.to_owned());
         Ok(self.cgs.entry(path.to_owned()).or_default().xattr)
     }
+
     fn detach(&mut self, id: CgroupId) {
         self.ids.remove(&id);
     }
+
     fn read_usage(&mut self, id: CgroupId, out: &mut CgroupStats) -> crate::Result<()> {
         let p = self.path(id).to_owned();
         if !self.cgs.contains_key(&p) {
@@ -147,6 +150,7 @@ impl Host for FakeHost {
         out.swap_current = Some(0);
         Ok(())
     }
+
     fn read_detail(&mut self, id: CgroupId, out: &mut CgroupStats) -> crate::Result<()> {
         let p = self.path(id).to_owned();
         let c = self
@@ -167,10 +171,12 @@ impl Host for FakeHost {
         });
         Ok(())
     }
+
     fn read_memory_stat(&mut self, _id: CgroupId, out: &mut MemoryStat) -> crate::Result<()> {
         out.anon = Some(1);
         Ok(())
     }
+
     fn read_processes(&mut self, id: CgroupId, out: &mut Vec<ProcSample>) -> crate::Result<()> {
         let p = self.path(id).to_owned();
         out.extend(
@@ -181,6 +187,7 @@ impl Host for FakeHost {
         );
         Ok(())
     }
+
     fn read_system(&mut self, out: &mut SystemStats) -> crate::Result<()> {
         out.meminfo = Some(crate::proc::MemInfo {
             mem_total: Some(1 << 30),
@@ -188,6 +195,17 @@ impl Host for FakeHost {
         });
         Ok(())
     }
+
+    fn own_pid(&self) -> i32 {
+        4242
+    }
+
+    fn own_cgroup(&self) -> Option<&Path> {
+        Some(&self.own_cgroup)
+    }
+}
+
+impl Act for FakeHost {
     fn kill_process(&mut self, id: CgroupId, pid: i32) -> crate::Result<Victim> {
         let p = self.path(id).to_owned();
         self.log.push(("kill_process", pid, p.clone()));
@@ -206,6 +224,7 @@ impl Host for FakeHost {
         self.pending_exit.push(v);
         Ok(v)
     }
+
     fn kill_cgroup(&mut self, id: CgroupId) -> crate::Result<Victim> {
         let p = self.path(id).to_owned();
         self.log.push(("kill_cgroup", 0, p));
@@ -213,6 +232,7 @@ impl Host for FakeHost {
         self.pending_exit.push(v);
         Ok(v)
     }
+
     fn victim_exited(&mut self, victim: &Victim) -> crate::Result<bool> {
         // Victims die when the test lets time pass, unless stuck.
         match *victim {
@@ -238,9 +258,11 @@ impl Host for FakeHost {
             }
         }
     }
+
     fn victim_fd(&self, _victim: &Victim) -> Option<BorrowedFd<'_>> {
         None
     }
+
     fn release_victim(&mut self, _victim: &Victim) {}
     fn set_high(&mut self, id: CgroupId, limit: Limit) -> crate::Result<()> {
         let p = self.path(id).to_owned();
@@ -248,6 +270,7 @@ impl Host for FakeHost {
         self.cg(p.to_str().unwrap_or("/")).high = Some(limit);
         Ok(())
     }
+
     fn set_max(&mut self, id: CgroupId, limit: Limit) -> crate::Result<()> {
         let p = self.path(id).to_owned();
         self.log.push((
@@ -258,25 +281,18 @@ impl Host for FakeHost {
         self.cg(p.to_str().unwrap_or("/")).max = Some(limit);
         Ok(())
     }
+
     fn set_frozen(&mut self, id: CgroupId, frozen: bool) -> crate::Result<()> {
         let p = self.path(id).to_owned();
         self.log
             .push((if frozen { "freeze" } else { "thaw" }, 0, p));
         Ok(())
     }
+
     fn signal(&mut self, id: CgroupId, pid: i32, _signal: i32) -> crate::Result<()> {
         let p = self.path(id).to_owned();
         self.log.push(("signal", pid, p));
         Ok(())
-    }
-    fn diagnostics_ready(&mut self, _since: Instant) -> bool {
-        true
-    }
-    fn own_pid(&self) -> i32 {
-        4242
-    }
-    fn own_cgroup(&self) -> Option<&Path> {
-        Some(&self.own_cgroup)
     }
 }
 

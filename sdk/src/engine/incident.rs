@@ -13,28 +13,8 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Op, Result};
 
+pub use super::incident_config::IncidentConfig;
 use super::{Episode, Tree, Victim};
-
-/// Where and how many incident records to keep.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IncidentConfig {
-    /// The folder (created if missing).
-    pub dir: PathBuf,
-    /// Records kept; the oldest are deleted beyond this.
-    pub max_count: usize,
-    /// Upper bound on one record's size in bytes.
-    pub max_bytes: usize,
-}
-
-impl Default for IncidentConfig {
-    fn default() -> Self {
-        IncidentConfig {
-            dir: PathBuf::from("/var/lib/oomkit/incidents"),
-            max_count: 100,
-            max_bytes: 256 << 10,
-        }
-    }
-}
 
 fn ms(t: Option<Instant>, from: Option<Instant>) -> Value {
     match (t, from) {

@@ -9,14 +9,14 @@
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::cgroup::{Cgroup, CgroupFile, CgroupFs, Limit, MemoryStat, files};
 use crate::error::{Error, Result};
 use crate::kill::{self, GroupKillOptions, Pidfd, Signal};
 use crate::proc::{self, ProcessInfo};
 
-use super::host::{Host, Victim};
+use super::host::{Act, Observe, Victim};
 use super::tree::XattrTrust;
 use super::types::{CgroupId, CgroupStats, ProcSample, SystemStats, XattrInfo};
 
@@ -83,9 +83,6 @@ pub struct KernelHost {
     trust: XattrTrust,
     root_owner: Option<u32>,
     has_cgroup_kill: Option<bool>,
-    diagnostics: Option<PathBuf>,
-    diag_seen: Option<(PathBuf, u64)>,
-    diag_candidate: Option<(PathBuf, u64)>,
     mrelease: bool,
 }
 
@@ -116,9 +113,7 @@ fn attached(cgroups: &[Option<Arc<Cgroup>>], id: CgroupId) -> Result<&Cgroup> {
     cgroups
         .get(id.index())
         .and_then(Option::as_deref)
-        .ok_or_else(|| Error::CgroupGone {
-            path: PathBuf::from("(detached cgroup)"),
-        })
+        .ok_or(Error::CgroupDetached { index: id.index() })
 }
 
 impl KernelHost {
@@ -157,16 +152,8 @@ impl KernelHost {
             trust,
             root_owner: None,
             has_cgroup_kill: None,
-            diagnostics: None,
-            diag_seen: None,
-            diag_candidate: None,
             mrelease: true,
         }
-    }
-
-    /// Sets the folder where diagnostics (heap profiles) are expected.
-    pub fn set_diagnostics_dir(&mut self, dir: Option<PathBuf>) {
-        self.diagnostics = dir;
     }
 
     /// Overrides which cgroup counts as oomkit's own (hierarchy path). The
@@ -203,27 +190,9 @@ impl KernelHost {
     fn free_slot(&self) -> Option<usize> {
         self.victims.iter().position(Option::is_none)
     }
-
-    /// The newest regular, non-hidden file in the diagnostics folder and its size.
-    fn newest_diagnostic(&self) -> Option<(PathBuf, u64, SystemTime)> {
-        let dir = self.diagnostics.as_ref()?;
-        std::fs::read_dir(dir)
-            .ok()?
-            .flatten()
-            .filter_map(|e| {
-                let md = e.metadata().ok()?;
-                // Hidden names are files still being written (heap_victim dumps to
-                // `.name.tmp` and renames): never take one for a finished dump.
-                if !md.is_file() || e.file_name().as_encoded_bytes().starts_with(b".") {
-                    return None;
-                }
-                Some((e.path(), md.len(), md.modified().ok()?))
-            })
-            .max_by_key(|(_, _, m)| *m)
-    }
 }
 
-impl Host for KernelHost {
+impl Observe for KernelHost {
     fn now(&self) -> Instant {
         Instant::now()
     }
@@ -355,10 +324,19 @@ impl Host for KernelHost {
         Ok(())
     }
 
+    fn own_pid(&self) -> i32 {
+        self.own_pid
+    }
+
+    fn own_cgroup(&self) -> Option<&Path> {
+        self.own_cgroup.as_deref()
+    }
+}
+
+impl Act for KernelHost {
     fn kill_process(&mut self, id: CgroupId, pid: i32) -> Result<Victim> {
-        let slot = self.free_slot().ok_or_else(|| Error::InvalidArgument {
-            what: "victim",
-            reason: "too many victims in flight".to_owned(),
+        let slot = self.free_slot().ok_or(Error::TooManyVictims {
+            limit: VICTIM_SLOTS,
         })?;
         let cg = self.cg(id)?;
         let fd = Pidfd::open_in(cg, pid)?;
@@ -457,38 +435,11 @@ impl Host for KernelHost {
     }
 
     fn signal(&mut self, id: CgroupId, pid: i32, signal: i32) -> Result<()> {
-        let sig = Signal::from_named_raw(signal).ok_or_else(|| Error::InvalidArgument {
+        let sig = Signal::from_raw(signal).ok_or_else(|| Error::InvalidArgument {
             what: "signal",
             reason: format!("{signal} is not a signal number"),
         })?;
-        self.diag_seen = self.newest_diagnostic().map(|(p, l, _)| (p, l));
-        self.diag_candidate = None;
         let cg = self.cg(id)?;
         Pidfd::open_in(cg, pid)?.send_signal(sig)
-    }
-
-    fn diagnostics_ready(&mut self, _since: Instant) -> bool {
-        // A file that is new (or grew) since the signal, and has stopped
-        // growing between two looks.
-        let Some((path, len, _)) = self.newest_diagnostic() else {
-            return false;
-        };
-        let now = Some((path, len));
-        if len == 0 || now == self.diag_seen {
-            return false;
-        }
-        if now == self.diag_candidate {
-            return true;
-        }
-        self.diag_candidate = now;
-        false
-    }
-
-    fn own_pid(&self) -> i32 {
-        self.own_pid
-    }
-
-    fn own_cgroup(&self) -> Option<&Path> {
-        self.own_cgroup.as_deref()
     }
 }

@@ -36,8 +36,10 @@ mod handler;
 mod host;
 #[cfg(feature = "serde")]
 pub mod incident;
+mod incident_config;
 mod kernel;
 mod plan;
+mod prekill;
 mod quiet;
 mod restore;
 mod runner;
@@ -57,9 +59,11 @@ pub use config::EngineConfig;
 pub use episode::{EngineStats, Episode, Outcome, Refusal, Timings, VictimRecord};
 pub use guard::MIN_VICTIM_FREE;
 pub use handler::Handler;
-pub use host::{Host, Victim};
+pub use host::{Act, Host, Observe, Victim};
+pub use incident_config::IncidentConfig;
 pub use kernel::KernelHost;
 pub use plan::{Action, MAX_STEPS, Plan, PlanFull, REASON_MAX, ReasonWriter, Step};
+pub use prekill::{PrekillHook, PrekillTarget};
 pub use runner::{PsiConfig, Runner, RunnerConfig, Turn};
 pub use snapshot::{Excluded, View};
 pub use tree::{CgroupMeta, Class, Tree, XattrTrust};
@@ -102,7 +106,11 @@ struct VictimWait {
 #[derive(Debug, Clone, Copy)]
 enum Wait {
     Victim(VictimWait),
-    Diagnostics { since: Instant, deadline: Instant },
+    /// Pre-kill hooks; then the same step again (a kill) or the next one.
+    Prekill {
+        deadline: Instant,
+        advance: bool,
+    },
 }
 
 /// Where the state machine is: idle, assessing progress, acting on a
@@ -142,6 +150,7 @@ pub struct Engine<H: Host> {
     finished: Option<Episode>,
     stats: EngineStats,
     restores: Restores,
+    hooks: prekill::Hooks,
     next_episode: u64,
     last_quiet_tick: Option<Instant>,
     /// When the acting phase was last advanced: the next acting tick is
@@ -180,11 +189,17 @@ impl<H: Host> Engine<H> {
             finished: None,
             stats: EngineStats::default(),
             restores: Restores::default(),
+            hooks: prekill::Hooks::default(),
             next_episode: 1,
             last_quiet_tick: None,
             acting_seen: Instant::now(),
             machine: None,
         })
+    }
+
+    /// Adds a hook run before kills (see [`PrekillHook`]).
+    pub fn add_prekill_hook(&mut self, hook: Box<dyn PrekillHook>) {
+        self.hooks.add(hook);
     }
 
     /// The managed tree.
@@ -250,7 +265,7 @@ impl<H: Host> Engine<H> {
             Phase::Assessing { last, .. } => Some(last.at + self.cfg.sample_interval),
             Phase::Acting { wait, .. } => match wait {
                 Some(Wait::Victim(VictimWait { deadline, .. }))
-                | Some(Wait::Diagnostics { deadline, .. }) => {
+                | Some(Wait::Prekill { deadline, .. }) => {
                     Some((self.acting_seen + self.cfg.acting_tick).min(deadline))
                 }
                 None => Some(self.acting_seen),

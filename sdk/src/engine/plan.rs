@@ -17,6 +17,7 @@ pub const REASON_MAX: usize = 160;
 
 /// One effect.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub enum Action {
     /// SIGKILL one process (through a pidfd, after re-checking that it is
     /// still a member of `cgroup`), then `process_mrelease` it.

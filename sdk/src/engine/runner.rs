@@ -34,11 +34,13 @@ use crate::events::{
 };
 use crate::reserve::{self, ReserveConfig, ReserveReport};
 
+use super::IncidentConfig;
+use super::host::{Act, Observe};
 use super::kernel::KernelHost;
+use super::prekill::PrekillHook;
 use super::watchdog::{Target, Watchdog, WatchdogConfig};
 use super::{
-    CgroupId, Engine, EngineConfig, EngineStats, Episode, Handler, Host, Trigger, Victim,
-    XattrTrust,
+    CgroupId, Engine, EngineConfig, EngineStats, Episode, Handler, Trigger, Victim, XattrTrust,
 };
 
 /// A PSI trigger for the runner.
@@ -75,11 +77,9 @@ pub struct RunnerConfig {
     /// neither swap nor any limit. Its episodes have the managed root as
     /// scope. `None` (the default of [`RunnerConfig::new`]): off.
     pub machine: Option<MachineWatchConfig>,
-    /// Incident records.
-    #[cfg(feature = "serde")]
-    pub incidents: Option<super::incident::IncidentConfig>,
-    /// Where diagnostics (heap profiles) are expected to appear.
-    pub diagnostics_dir: Option<PathBuf>,
+    /// Incident records (written only with the `serde` feature; without
+    /// it, `Some` is refused when the runner starts).
+    pub incidents: Option<IncidentConfig>,
     /// The watchdog thread, which kills on its own when the loop stalls.
     /// `None` (the default of [`RunnerConfig::new`]): no thread.
     pub watchdog: Option<WatchdogConfig>,
@@ -102,9 +102,7 @@ impl RunnerConfig {
             memory_events: true,
             psi: None,
             machine: None,
-            #[cfg(feature = "serde")]
             incidents: None,
-            diagnostics_dir: None,
             watchdog: None,
             xattr_trust: XattrTrust::TrustedOnly,
             depth: DEFAULT_DEPTH,
@@ -265,14 +263,20 @@ impl Runner {
         root_hier: PathBuf,
     ) -> Result<Self> {
         let n = cfg.engine.max_cgroups;
-        let mut host = KernelHost::new(fs, cfg.xattr_trust, n, cfg.engine.max_processes);
-        host.set_diagnostics_dir(cfg.diagnostics_dir.clone());
+        let host = KernelHost::new(fs, cfg.xattr_trust, n, cfg.engine.max_processes);
         let engine = Engine::new(cfg.engine.clone(), host, handler, &root_hier)?;
         #[cfg(feature = "serde")]
         let incidents = match cfg.incidents.take() {
             Some(c) => Some(super::incident::IncidentSink::new(c)?),
             None => None,
         };
+        #[cfg(not(feature = "serde"))]
+        if cfg.incidents.is_some() {
+            return Err(Error::InvalidArgument {
+                what: "incidents",
+                reason: "incident records need oomkit's `serde` feature".to_owned(),
+            });
+        }
         Ok(Runner {
             engine,
             watcher: Watcher::with_capacity(n + EXTRA_SOURCES)?,
@@ -440,6 +444,11 @@ impl Runner {
             }
         }
         self.engine.remove_cgroup(hier);
+    }
+
+    /// Adds a hook the loop runs before kills (see [`PrekillHook`]).
+    pub fn add_prekill_hook(&mut self, hook: Box<dyn PrekillHook>) {
+        self.engine.add_prekill_hook(hook);
     }
 
     /// Adds a caller's fd (signal pipe, eventfd …) to the epoll; its token is

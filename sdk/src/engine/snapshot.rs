@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use crate::error::Result;
 
-use super::host::Host;
+use super::host::Observe;
 use super::tree::{Class, Tree};
 use super::trigger::Trigger;
 use super::types::{CgroupId, CgroupStats, ProcSample, SystemStats};
@@ -102,7 +102,7 @@ pub struct View<'a> {
     pub(crate) trigger: &'a Trigger,
     pub(crate) tree: &'a mut Tree,
     pub(crate) snap: &'a mut Snapshot,
-    pub(crate) host: &'a mut dyn Host,
+    pub(crate) host: &'a mut dyn Observe,
     pub(crate) excluded: &'a Excluded,
     pub(crate) now: Instant,
 }

@@ -780,3 +780,109 @@ fn machine_stall_alone_with_headroom_waits_for_a_sustained_stall() {
     assert!(r.host().kills().is_empty());
     assert_eq!(eps.last().and_then(|e| e.outcome), Some(Outcome::Resolved));
 }
+
+/// What a [`Recorder`] was told at each fire: (pid, signal, escalation).
+type Fired = std::rc::Rc<std::cell::RefCell<Vec<(Option<i32>, Option<i32>, u32)>>>;
+
+/// A pre-kill hook that records what it was told and finishes after
+/// `polls` polls (never, with `None`).
+struct Recorder {
+    seen: Fired,
+    wait: Option<Duration>,
+    polls: Option<u32>,
+}
+
+impl PrekillHook for Recorder {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+    fn fire(&mut self, target: &PrekillTarget<'_>) -> Option<Duration> {
+        self.seen
+            .borrow_mut()
+            .push((target.pid, target.signal, target.escalation));
+        self.wait
+    }
+    fn poll(&mut self) -> bool {
+        match &mut self.polls {
+            Some(0) => true,
+            Some(n) => {
+                *n -= 1;
+                false
+            }
+            None => false,
+        }
+    }
+}
+
+fn recorder(wait: Option<Duration>, polls: Option<u32>) -> (Box<Recorder>, Fired) {
+    let seen = std::rc::Rc::default();
+    let hook = Recorder {
+        seen: std::rc::Rc::clone(&seen),
+        wait,
+        polls,
+    };
+    (Box::new(hook), seen)
+}
+
+#[test]
+fn prekill_hook_delays_the_kill_until_it_is_done() {
+    let mut r = rig(EngineConfig::default(), two_jobs, None);
+    let (hook, seen) = recorder(Some(Duration::from_secs(2)), Some(3));
+    r.engine.add_prekill_hook(hook);
+    r.event("/batch", ev(0, 1, 1));
+    assert!(
+        r.host().kills().is_empty(),
+        "no kill before the hook is done"
+    );
+    assert_eq!(*seen.borrow(), vec![(Some(100), None, 0)]);
+    let eps = r.run(Duration::from_secs(10));
+    assert_eq!(r.host().kills().len(), 1, "then exactly one kill");
+    assert_eq!(eps[0].outcome, Some(Outcome::Acted));
+    assert_eq!(seen.borrow().len(), 1, "fired once per plan");
+}
+
+#[test]
+fn prekill_hook_that_never_finishes_only_delays_the_kill() {
+    let mut r = rig(EngineConfig::default(), two_jobs, None);
+    let (hook, _) = recorder(Some(Duration::from_millis(500)), None);
+    r.engine.add_prekill_hook(hook);
+    r.event("/batch", ev(0, 1, 1));
+    assert!(r.host().kills().is_empty());
+    r.advance(Duration::from_millis(400), Duration::from_millis(20));
+    assert!(r.host().kills().is_empty(), "still within the hook's wait");
+    r.advance(Duration::from_millis(200), Duration::from_millis(20));
+    assert_eq!(r.host().kills().len(), 1, "killed once the wait ran out");
+}
+
+#[test]
+fn prekill_hooks_fire_before_the_diagnostics_signal_and_not_again() {
+    struct Profile;
+    impl Handler for Profile {
+        fn name(&self) -> &'static str {
+            "profile"
+        }
+        fn decide(&mut self, view: &mut View<'_>, plan: &mut Plan) {
+            let cgroup = view.scope().unwrap();
+            let _ = plan.push(
+                Action::CaptureDiagnostics {
+                    cgroup,
+                    pid: 100,
+                    signal: 12,
+                },
+                Duration::from_secs(2),
+            );
+            let _ = plan.push(Action::KillProcess { cgroup, pid: 100 }, Duration::ZERO);
+        }
+    }
+    let mut r = Rig::new(EngineConfig::default(), two_jobs, Box::new(Profile));
+    let (hook, seen) = recorder(Some(Duration::from_secs(5)), Some(2));
+    r.engine.add_prekill_hook(hook);
+    r.event("/batch", ev(0, 1, 1));
+    assert_eq!(*seen.borrow(), vec![(Some(100), Some(12), 0)]);
+    let log: Vec<&str> = r.host().log.iter().map(|l| l.0).collect();
+    assert!(log.contains(&"signal"), "{log:?}");
+    assert!(r.host().kills().is_empty(), "waiting for the hook");
+    r.run(Duration::from_secs(10));
+    assert_eq!(r.host().kills().len(), 1);
+    assert_eq!(seen.borrow().len(), 1, "not fired again before the kill");
+}

@@ -43,6 +43,7 @@ pub struct CgroupMeta<'a> {
 /// container itself — so it is believed only when the directory belongs to
 /// root or to the owner of the managed root: a container cannot exempt itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum XattrTrust {
     /// Read `trusted.oomkit.*` only.
     TrustedOnly,

@@ -8,6 +8,7 @@ use super::types::CgroupId;
 /// Why the loop is asking a handler.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub enum Trigger {
     /// Counters of a cgroup's `memory.events` rose.
     MemoryEvents {

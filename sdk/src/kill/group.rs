@@ -51,6 +51,7 @@ impl Default for GroupKillOptions {
 /// Which mechanism [`kill_cgroup`] used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub enum GroupKillPath {
     /// `cgroup.kill` (5.14+): the kernel SIGKILLs every process of the
     /// subtree, atomically with respect to forks.

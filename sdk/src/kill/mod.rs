@@ -32,9 +32,9 @@
 //! ```
 
 mod group;
+mod signal;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -44,8 +44,7 @@ use rustix::process::{Pid, PidfdFlags};
 pub use group::{
     GroupKillOptions, GroupKillOutcome, GroupKillPath, kill_cgroup, wait_for_cgroup_events,
 };
-/// Signal numbers, as rustix defines them (`Signal::TERM`, `Signal::KILL` …).
-pub use rustix::process::Signal;
+pub use signal::Signal;
 
 use crate::cgroup::Cgroup;
 use crate::error::{Error, Result};
@@ -72,6 +71,7 @@ pub enum Membership {
 /// The result of a `process_mrelease` attempt, as data: no allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub enum Mrelease {
     /// Not attempted.
     NotRequested,
@@ -112,9 +112,7 @@ impl Pidfd {
         match rustix::process::pidfd_open(p, PidfdFlags::empty()) {
             Ok(fd) => Ok(Pidfd { fd, pid }),
             Err(Errno::SRCH) => Err(Error::ProcessGone { pid }),
-            Err(Errno::NOSYS) => Err(Error::Unsupported {
-                path: PathBuf::from("pidfd_open(2)"),
-            }),
+            Err(Errno::NOSYS) => Err(Error::SyscallUnsupported { call: "pidfd_open" }),
             Err(Errno::INVAL) => Err(Error::InvalidArgument {
                 what: "pid",
                 reason: format!("{pid} is not a thread-group leader"),
@@ -173,11 +171,11 @@ impl Pidfd {
                 reason: format!("refusing to signal PID {} (init or ourselves)", self.pid),
             });
         }
-        match rustix::process::pidfd_send_signal(&self.fd, sig) {
+        match rustix::process::pidfd_send_signal(&self.fd, sig.to_rustix()) {
             Ok(()) => Ok(()),
             Err(Errno::SRCH) => Err(Error::ProcessGone { pid: self.pid }),
-            Err(Errno::NOSYS) => Err(Error::Unsupported {
-                path: PathBuf::from("pidfd_send_signal(2)"),
+            Err(Errno::NOSYS) => Err(Error::SyscallUnsupported {
+                call: "pidfd_send_signal",
             }),
             Err(e) => Err(Error::sys("pidfd_send_signal", e)),
         }
@@ -211,14 +209,14 @@ impl Pidfd {
     }
 
     /// [`try_mrelease`](Self::try_mrelease) as a `Result`: `Unsupported`
-    /// is [`Error::Unsupported`], `AlreadyExited` is [`Error::ProcessGone`],
+    /// is [`Error::SyscallUnsupported`], `AlreadyExited` is [`Error::ProcessGone`],
     /// `NotDying` is [`Error::InvalidArgument`].
     pub fn mrelease(&self) -> Result<()> {
         match self.try_mrelease() {
             Mrelease::Done => Ok(()),
             Mrelease::NotRequested => Ok(()),
-            Mrelease::Unsupported => Err(Error::Unsupported {
-                path: PathBuf::from("process_mrelease(2)"),
+            Mrelease::Unsupported => Err(Error::SyscallUnsupported {
+                call: "process_mrelease",
             }),
             Mrelease::AlreadyExited => Err(Error::ProcessGone { pid: self.pid }),
             Mrelease::NotDying => Err(Error::InvalidArgument {

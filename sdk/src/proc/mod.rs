@@ -24,7 +24,12 @@
 //! # Ok(()) }
 //! ```
 
+// The raw parsers are public only with the `parsers` feature (fixture
+// tests, benchmarks): they are not API a runtime should build on.
+#[cfg(feature = "parsers")]
 pub mod parse;
+#[cfg(not(feature = "parsers"))]
+pub(crate) mod parse;
 mod types;
 
 use std::ffi::CStr;
@@ -201,12 +206,9 @@ impl ProcDir {
     /// Reads a whole file into `buf`; a file larger than `buf` is a
     /// [`ParseErrorKind::TooLarge`] error. Allocation-free on success.
     pub fn read_into<'b>(&self, name: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8]> {
-        let len = buf.len();
         match self.read_prefix(name, buf)? {
             (data, false) => Ok(data),
-            (_, true) => {
-                Err(self.parse_err(name, ParseError::new(len as u32, ParseErrorKind::TooLarge)))
-            }
+            (_, true) => Err(self.parse_err(name, ParseError::new(1, ParseErrorKind::TooLarge))),
         }
     }
 
@@ -220,7 +222,7 @@ impl ProcDir {
         parse(data).map_err(|e| self.parse_err(name, e))
     }
 
-    /// `/proc/PID/status` (see [`parse::status`]). Allocation-free.
+    /// `/proc/PID/status` (see `parse::status`). Allocation-free.
     pub fn status(&self) -> Result<ProcStatus> {
         let mut buf = [0u8; STATUS_BUF];
         let (data, cut) = self.read_prefix(c"status", &mut buf)?;
@@ -232,7 +234,7 @@ impl ProcDir {
         parse::status(data).map_err(|e| self.parse_err(c"status", e))
     }
 
-    /// `/proc/PID/stat` (see [`parse::stat`]). Allocation-free.
+    /// `/proc/PID/stat` (see `parse::stat`). Allocation-free.
     pub fn stat(&self) -> Result<ProcStat> {
         self.parsed(c"stat", parse::stat)
     }

@@ -132,7 +132,7 @@ pub struct ProcStat {
     pub state: u8,
     /// Field 4, `ppid`.
     pub ppid: i32,
-    /// Field 9, `flags` (`PF_*`; see [`PF_KTHREAD`](super::parse::PF_KTHREAD)).
+    /// Field 9, `flags` (`PF_*`; see `PF_KTHREAD` in `proc::parse`).
     pub flags: u32,
     /// Field 10, minor faults.
     pub minflt: u64,
