@@ -184,8 +184,7 @@ impl HeapProfile {
 }
 
 fn comm_str(c: &[u8; 16]) -> &str {
-    let end = c.iter().position(|b| *b == 0).unwrap_or(16);
-    std::str::from_utf8(&c[..end]).unwrap_or("?")
+    oomkit::proc::padded_comm_str(c)
 }
 
 impl Handler for HeapProfile {

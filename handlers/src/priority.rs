@@ -22,6 +22,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use oomkit::engine::{Action, CgroupId, CgroupMeta, Class, Handler, Plan, View};
+use oomkit::kill::never_kill;
 
 use crate::classify::Classifier;
 
@@ -85,8 +86,7 @@ pub struct Choice {
 impl Choice {
     /// `comm` as text (empty for cgroup victims).
     pub fn comm(&self) -> &str {
-        let end = self.comm.iter().position(|b| *b == 0).unwrap_or(16);
-        std::str::from_utf8(&self.comm[..end]).unwrap_or("?")
+        oomkit::proc::padded_comm_str(&self.comm)
     }
 }
 
@@ -205,6 +205,7 @@ impl PriorityKill {
         // Two fixed arrays: copying them does not allocate, and frees the
         // view for `processes()` below.
         let excluded = view.excluded().clone();
+        let own_pid = view.own_pid();
         self.order.clear();
         for i in 0..view.cgroups().len() {
             let id = view.cgroups()[i];
@@ -253,9 +254,7 @@ impl PriorityKill {
                 continue;
             };
             for p in procs {
-                if p.kernel_thread
-                    || p.oom_score_adj == -1000
-                    || p.pid <= 1
+                if never_kill(p.pid, own_pid, p.kernel_thread, p.oom_score_adj).is_some()
                     || excluded.has_pid(p.pid)
                 {
                     continue;

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use common::{Rig, eager, urgent};
 use oomkit::cgroup::Limit;
-use oomkit::engine::fake::{FakeHost, proc};
 use oomkit::engine::{Action, Outcome, ProcSample};
 use oomkit_handlers::classify::Classifier;
 use oomkit_handlers::heap_profile::{HeapProfile, HeapProfileConfig};
 use oomkit_handlers::priority::{Granularity, PriorityKill, PriorityKillConfig};
+use oomkit_testing::{FakeHost, proc};
 
 const MIB: u64 = 1 << 20;
 

@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 
 use common::{eager, urgent};
 use oomkit::cgroup::{Limit, MemoryStat};
-use oomkit::engine::fake::{FakeHost, proc};
 use oomkit::engine::{
     Act, CgroupId, CgroupMeta, CgroupStats, Class, Engine, Handler, Observe, Plan, ProcSample,
     SystemStats, Trigger, Victim, View, XattrInfo,
 };
 use oomkit_handlers::classify::{Classifier, QosPriorities, Rule};
 use oomkit_handlers::priority::{Granularity, PriorityKill, PriorityKillConfig};
+use oomkit_testing::{FakeHost, proc};
 
 #[path = "../../sdk/tests/common/counting.rs"]
 mod counting;

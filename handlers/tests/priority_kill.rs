@@ -6,10 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::{Rig, eager, urgent};
-use oomkit::engine::fake::{FakeHost, proc};
 use oomkit::engine::{EngineConfig, Outcome};
 use oomkit_handlers::classify::{Classifier, QosPriorities, Rule};
 use oomkit_handlers::priority::{Granularity, PriorityKill, PriorityKillConfig};
+use oomkit_testing::{FakeHost, proc};
 
 fn handler(rules: Vec<Rule>, granularity: Granularity) -> Box<PriorityKill> {
     let classifier = Classifier::new(rules, Some(QosPriorities::default()), 0).unwrap();

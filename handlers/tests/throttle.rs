@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use common::{Rig, eager, ev};
 use oomkit::cgroup::Limit;
-use oomkit::engine::fake::{FakeHost, proc};
 use oomkit::engine::{EngineConfig, Outcome};
 use oomkit_handlers::classify::{Classifier, Rule};
 use oomkit_handlers::priority::Granularity;
 use oomkit_handlers::throttle::{Throttle, ThrottleConfig};
+use oomkit_testing::{FakeHost, proc};
 
 const MIB: u64 = 1 << 20;
 

@@ -34,6 +34,7 @@ pub mod cgroup;
 pub mod engine;
 pub mod error;
 pub mod events;
+mod fs;
 pub mod kill;
 pub mod probe;
 pub mod proc;

@@ -31,12 +31,8 @@ use rustix::process::{Resource, Rlimit};
 
 use crate::cgroup::{Cgroup, Limit};
 use crate::error::{Error, Result};
-use crate::proc::ProcDir;
+use crate::proc::{self, Capability, ProcDir};
 
-/// `CAP_IPC_LOCK` (capability.h).
-const CAP_IPC_LOCK: u32 = 14;
-/// `CAP_SYS_RESOURCE`.
-const CAP_SYS_RESOURCE: u32 = 24;
 /// Largest stack region [`prefault_stack`] touches.
 pub const MAX_STACK_PREFAULT: usize = 8 << 20;
 const FRAME: usize = 4096;
@@ -314,12 +310,8 @@ fn step_mlock(cfg: &ReserveConfig) -> StepStatus {
         }
     };
     let status = ProcDir::open_self().and_then(|d| d.status()).ok();
-    let ipc_lock = status
-        .and_then(|s| s.has_capability(CAP_IPC_LOCK))
-        .unwrap_or(false);
-    let sys_resource = status
-        .and_then(|s| s.has_capability(CAP_SYS_RESOURCE))
-        .unwrap_or(false);
+    let ipc_lock = proc::has_capability(Capability::IpcLock);
+    let sys_resource = proc::has_capability(Capability::SysResource);
     let vm_size = status.and_then(|s| s.vm_size).unwrap_or(0);
     let mut lim = rustix::process::getrlimit(Resource::Memlock);
     let mut note = String::new();

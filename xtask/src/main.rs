@@ -167,6 +167,15 @@ pub fn cache_dir() -> PathBuf {
     repo_root().join(".cache").join("oomkit-vm")
 }
 
+/// One line of `cargo xtask test`'s summary.
+fn step_line(name: &str, ok: bool, started: Instant) -> String {
+    format!(
+        "{name:<12} {} ({:.0}s)",
+        if ok { "ok" } else { "FAILED" },
+        started.elapsed().as_secs_f64()
+    )
+}
+
 fn cmd_test(args: &TestArgs) -> Result<bool> {
     let started = Instant::now();
     let cargo = util::cargo();
@@ -212,12 +221,7 @@ fn cmd_test(args: &TestArgs) -> Result<bool> {
         eprintln!("xtask: public-api: {e}");
         false
     });
-    lines.push(format!(
-        "{:<12} {} ({:.0}s)",
-        "public api",
-        if api_ok { "ok" } else { "FAILED" },
-        t.elapsed().as_secs_f64()
-    ));
+    lines.push(step_line("public api", api_ok, t));
     if !api_ok {
         failed_steps.push("public api");
     }
@@ -229,11 +233,7 @@ fn cmd_test(args: &TestArgs) -> Result<bool> {
                 .args(&argv)
                 .current_dir(repo_root()),
         )?;
-        lines.push(format!(
-            "{name:<12} {} ({:.0}s)",
-            if ok { "ok" } else { "FAILED" },
-            t.elapsed().as_secs_f64()
-        ));
+        lines.push(step_line(name, ok, t));
         if !ok {
             failed_steps.push(name);
         }
@@ -254,12 +254,7 @@ fn cmd_test(args: &TestArgs) -> Result<bool> {
             Ok(runs) => {
                 totals = report::totals(&runs);
                 let ok = report::all_ok(&runs);
-                lines.push(format!(
-                    "{:<12} {} ({:.0}s)",
-                    "vmtest",
-                    if ok { "ok" } else { "FAILED" },
-                    t.elapsed().as_secs_f64()
-                ));
+                lines.push(step_line("vmtest", ok, t));
                 if !ok {
                     failed_steps.push("vmtest");
                 }

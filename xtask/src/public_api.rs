@@ -247,18 +247,23 @@ impl Walker<'_> {
                 self.out.insert(format!("field {path}::(private fields)"));
             }
         } else if let Some(tuple) = kind.get("tuple") {
-            let fields: Vec<String> = tuple
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|f| match self.item(f) {
-                    Some(fi) => ty(&fi["inner"]["struct_field"]),
-                    None => "_".into(),
-                })
-                .collect();
-            self.out
-                .insert(format!("field {path}::({})", fields.join(", ")));
+            let fields = self.tuple_fields(tuple);
+            self.out.insert(format!("field {path}::({fields})"));
         }
+    }
+
+    /// The types of a tuple struct's or variant's fields.
+    fn tuple_fields(&self, ids: &Value) -> String {
+        let fields: Vec<String> = ids
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| match self.item(f) {
+                Some(fi) => ty(&fi["inner"]["struct_field"]),
+                None => "_".into(),
+            })
+            .collect();
+        fields.join(", ")
     }
 
     fn variant(&mut self, id: &Value, path: &str) {
@@ -268,16 +273,7 @@ impl Walker<'_> {
         let shape = if kind == "plain" {
             String::new()
         } else if let Some(t) = kind.get("tuple") {
-            let fields: Vec<String> = t
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|f| match self.item(f) {
-                    Some(fi) => ty(&fi["inner"]["struct_field"]),
-                    None => "_".into(),
-                })
-                .collect();
-            format!("({})", fields.join(", "))
+            format!("({})", self.tuple_fields(t))
         } else if let Some(s) = kind.get("struct") {
             let fields: Vec<String> = s["fields"]
                 .as_array()

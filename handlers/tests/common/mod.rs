@@ -3,7 +3,7 @@
 
 use oomkit::engine::EngineConfig;
 
-pub use oomkit::engine::fake::{Rig, ev, urgent};
+pub use oomkit_testing::{Rig, ev, urgent};
 
 /// Engine settings for tests: act on first sight, no re-check.
 pub fn eager() -> EngineConfig {

@@ -36,6 +36,7 @@ pub use mount::CgroupFs;
 pub use types::*;
 
 use crate::error::{Error, Op, ParseError, ParseErrorKind, Result};
+use crate::fs::{self, ReadError};
 use crate::util::{fmt_u64, io_err};
 
 /// `CGROUP2_SUPER_MAGIC` from `linux/magic.h`.
@@ -271,13 +272,13 @@ impl Cgroup {
     /// allocation; a file larger than `buf` is a [`ParseErrorKind::TooLarge`] error.
     pub fn read_into<'b>(&self, name: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8]> {
         let fd = self.open_flags(name, OFlags::RDONLY)?;
-        match pread_all(&fd, buf) {
+        match fs::pread_all(&fd, buf) {
             Ok(n) => Ok(&buf[..n]),
-            Err(None) => Err(Error::Parse {
+            Err(ReadError::TooLarge) => Err(Error::Parse {
                 path: self.file_path(name),
                 source: ParseError::new(1, ParseErrorKind::TooLarge),
             }),
-            Err(Some(e)) => Err(self.map_err(name, Op::Read, e)),
+            Err(ReadError::Os(e)) => Err(self.map_err(name, Op::Read, e)),
         }
     }
 
@@ -285,15 +286,8 @@ impl Cgroup {
     pub fn read_raw(&self, name: &CStr) -> Result<Vec<u8>> {
         let fd = self.open_flags(name, OFlags::RDONLY)?;
         let mut out = Vec::new();
-        let mut chunk = [0u8; SMALL_READ];
-        loop {
-            let n = rustix::io::read(&fd, &mut chunk[..])
-                .map_err(|e| self.map_err(name, Op::Read, e))?;
-            if n == 0 {
-                return Ok(out);
-            }
-            out.extend_from_slice(&chunk[..n]);
-        }
+        fs::read_to_end(&fd, &mut out).map_err(|e| self.map_err(name, Op::Read, e))?;
+        Ok(out)
     }
 
     fn read_parsed<T>(
@@ -708,23 +702,6 @@ impl Cgroup {
     }
 }
 
-/// Reads a whole file from offset 0 with `pread(2)`: the length read, or
-/// `Err(None)` when it does not fit `buf`. Allocation-free.
-fn pread_all(fd: &OwnedFd, buf: &mut [u8]) -> std::result::Result<usize, Option<Errno>> {
-    let mut filled = 0;
-    loop {
-        if filled == buf.len() {
-            return Err(None);
-        }
-        match rustix::io::pread(fd, &mut buf[filled..], filled as u64) {
-            Ok(0) => return Ok(filled),
-            Ok(n) => filled += n,
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(Some(e)),
-        }
-    }
-}
-
 impl AsFd for Cgroup {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.dir.as_fd()
@@ -739,13 +716,13 @@ impl CgroupFile {
 
     /// Re-reads the file from offset 0 into `buf` (no allocation).
     pub fn read_into<'b>(&self, buf: &'b mut [u8]) -> Result<&'b [u8]> {
-        match pread_all(&self.fd, buf) {
+        match fs::pread_all(&self.fd, buf) {
             Ok(n) => Ok(&buf[..n]),
-            Err(None) => Err(Error::Parse {
+            Err(ReadError::TooLarge) => Err(Error::Parse {
                 path: self.path.clone(),
                 source: ParseError::new(1, ParseErrorKind::TooLarge),
             }),
-            Err(Some(e)) => Err(self.err(Op::Read, e)),
+            Err(ReadError::Os(e)) => Err(self.err(Op::Read, e)),
         }
     }
 

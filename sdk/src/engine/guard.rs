@@ -12,6 +12,8 @@
 //! refused: killing it costs a process and gives the emergency nothing. If
 //! that leaves no candidate, the episode ends as "nothing to do".
 
+use crate::kill;
+
 use super::host::Host;
 use super::plan::{Action, Plan};
 use super::{Engine, Refusal};
@@ -82,11 +84,15 @@ impl<H: Host> Engine<H> {
             return Some("target is or contains a protected cgroup");
         }
         if let Action::KillProcess { pid, .. } | Action::CaptureDiagnostics { pid, .. } = *action {
-            if pid <= 1 {
-                return Some("never PID 1 or an invalid PID");
-            }
-            if pid == own_pid {
-                return Some("never oomkit itself");
+            // What the snapshot knows of the process (nothing: the PID rules only).
+            let (kthread, adj) = self
+                .snap
+                .procs
+                .iter()
+                .find(|p| p.pid == pid)
+                .map_or((false, 0), |p| (p.kernel_thread, p.oom_score_adj));
+            if let Some(reason) = kill::never_kill(pid, own_pid, kthread, adj) {
+                return Some(reason);
             }
             if own.is_some_and(|o| o == path) {
                 return Some("process is in oomkit's own cgroup");
@@ -94,16 +100,16 @@ impl<H: Host> Engine<H> {
             if self.tree.class(cg).is_some_and(|c| c.protected) {
                 return Some("process is in a protected cgroup");
             }
-            if let Some(p) = self.snap.procs.iter().find(|p| p.pid == pid) {
-                if p.kernel_thread {
-                    return Some("never a kernel thread");
-                }
-                if p.oom_score_adj == -1000 {
-                    return Some("process has oom_score_adj -1000");
-                }
-                if matches!(action, Action::KillProcess { .. }) && p.footprint() < MIN_VICTIM_FREE {
-                    return Some(FREES_NOTHING);
-                }
+            let frees = self
+                .snap
+                .procs
+                .iter()
+                .find(|p| p.pid == pid)
+                .map(|p| p.footprint());
+            if matches!(action, Action::KillProcess { .. })
+                && frees.is_some_and(|f| f < MIN_VICTIM_FREE)
+            {
+                return Some(FREES_NOTHING);
             }
         }
         if let Action::KillCgroup { .. } | Action::KillTree { .. } = *action {

@@ -49,11 +49,6 @@ mod trigger;
 mod types;
 mod watchdog;
 
-#[cfg(any(test, feature = "testing"))]
-pub mod fake;
-#[cfg(test)]
-mod tests;
-
 pub use assess::CHURN_RATIO;
 pub use config::EngineConfig;
 pub use episode::{EngineStats, Episode, Outcome, Refusal, Timings, VictimRecord};

@@ -182,6 +182,11 @@ impl View<'_> {
         self.excluded
     }
 
+    /// oomkit's own PID (never a victim; see [`crate::kill::never_kill`]).
+    pub fn own_pid(&self) -> i32 {
+        self.host.own_pid()
+    }
+
     /// The processes directly in a cgroup, read on first request. A cgroup
     /// that vanished, or whose processes all exited, gives an empty slice.
     pub fn processes(&mut self, id: CgroupId) -> Result<&[ProcSample]> {

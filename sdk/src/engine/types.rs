@@ -7,7 +7,7 @@
 //! the tree stores them, the snapshot lends them to handlers.
 
 use crate::cgroup::{Limit, MemoryEvents, Pressure};
-use crate::proc::{MemInfo, VmStat};
+use crate::proc::{MemInfo, VmStat, padded_comm_str};
 
 /// Identifies a cgroup in the loop's tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -94,8 +94,7 @@ pub struct ProcSample {
 
 #[cfg(feature = "serde")]
 fn ser_comm<S: serde::Serializer>(c: &[u8; 16], s: S) -> std::result::Result<S::Ok, S::Error> {
-    let end = c.iter().position(|b| *b == 0).unwrap_or(16);
-    s.serialize_str(&String::from_utf8_lossy(&c[..end]))
+    s.serialize_str(padded_comm_str(c))
 }
 
 impl ProcSample {
@@ -106,8 +105,7 @@ impl ProcSample {
 
     /// `comm` as text.
     pub fn comm(&self) -> &str {
-        let end = self.comm.iter().position(|b| *b == 0).unwrap_or(16);
-        std::str::from_utf8(&self.comm[..end]).unwrap_or("?")
+        padded_comm_str(&self.comm)
     }
 }
 

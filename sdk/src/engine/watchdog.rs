@@ -231,7 +231,7 @@ fn default_action(s: &Shared) {
     let own = std::process::id() as i32;
     let victim = procs
         .iter()
-        .filter(|p| p.pid > 1 && p.pid != own && !p.kernel_thread && p.oom_score_adj > -1000)
+        .filter(|p| crate::kill::never_kill(p.pid, own, p.kernel_thread, p.oom_score_adj).is_none())
         .max_by_key(|p| p.rss + p.swap);
     let Some(v) = victim else {
         tracing::error!(cgroup = %t.path.display(), "watchdog: no killable process in the target");

@@ -114,6 +114,7 @@ use rustix::io::Errno;
 
 pub use crate::cgroup::{CgroupEvents, MemoryEventKind, MemoryEvents, Pressure};
 use crate::error::{Op, ParseError, ParseErrorKind};
+use crate::fs::ReadError;
 
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
@@ -332,28 +333,14 @@ impl ReadFail {
 /// `ENODEV` is what kernfs answers for a file of a removed cgroup; `ENOENT`
 /// is mapped the same way for safety.
 pub(crate) fn pread_all(fd: impl AsFd, buf: &mut [u8]) -> Result<&[u8], ReadFail> {
-    let fd = fd.as_fd();
-    let mut filled = 0usize;
-    loop {
-        let Some(rest) = buf.get_mut(filled..) else {
-            return Err(ReadFail::Failed(SourceFailure::Parse(ParseError::new(
-                1,
-                ParseErrorKind::TooLarge,
-            ))));
-        };
-        if rest.is_empty() {
-            return Err(ReadFail::Failed(SourceFailure::Parse(ParseError::new(
-                1,
-                ParseErrorKind::TooLarge,
-            ))));
-        }
-        match rustix::io::pread(fd, rest, filled as u64) {
-            Ok(0) => return Ok(&buf[..filled]),
-            Ok(n) => filled += n,
-            Err(Errno::INTR) => continue,
-            Err(Errno::NODEV) | Err(Errno::NOENT) => return Err(ReadFail::Gone),
-            Err(e) => return Err(ReadFail::Failed(SourceFailure::io(Op::Read, e))),
-        }
+    match crate::fs::pread_all(fd, buf) {
+        Ok(n) => Ok(&buf[..n]),
+        Err(ReadError::TooLarge) => Err(ReadFail::Failed(SourceFailure::Parse(ParseError::new(
+            1,
+            ParseErrorKind::TooLarge,
+        )))),
+        Err(ReadError::Os(Errno::NODEV | Errno::NOENT)) => Err(ReadFail::Gone),
+        Err(ReadError::Os(e)) => Err(ReadFail::Failed(SourceFailure::io(Op::Read, e))),
     }
 }
 

@@ -176,12 +176,7 @@ impl std::fmt::Display for PsiThreshold {
 /// is the raw capability bit: root in a user namespace has it; root with
 /// the capability dropped does not.
 pub fn has_cap_sys_resource() -> bool {
-    rustix::thread::capabilities(None)
-        .map(|c| {
-            c.effective
-                .contains(rustix::thread::CapabilitySet::SYS_RESOURCE)
-        })
-        .unwrap_or(false)
+    crate::proc::has_capability(crate::proc::Capability::SysResource)
 }
 
 /// A PSI trigger: the kernel wakes the fd with `POLLPRI` when the stall

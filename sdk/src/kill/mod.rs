@@ -95,6 +95,35 @@ fn timespec(d: Duration) -> Timespec {
     }
 }
 
+/// Why oomkit may never kill this process, or `None` when it may: PID 1
+/// (or an invalid PID), oomkit itself, a kernel thread, or a process the
+/// administrator exempted with `oom_score_adj -1000`. The one decision the
+/// loop's guard, the priority handler and the watchdog all apply (the
+/// cgroup rules — protected, oomkit's own — are the guard's).
+pub fn never_kill(
+    pid: i32,
+    own_pid: i32,
+    kernel_thread: bool,
+    oom_score_adj: i16,
+) -> Option<&'static str> {
+    if pid <= 1 {
+        return Some("never PID 1 or an invalid PID");
+    }
+    if pid == own_pid {
+        return Some("never oomkit itself");
+    }
+    if kernel_thread {
+        return Some("never a kernel thread");
+    }
+    if oom_score_adj <= OOM_SCORE_ADJ_MIN {
+        return Some("process has oom_score_adj -1000");
+    }
+    None
+}
+
+/// `OOM_SCORE_ADJ_MIN`: the kernel never picks such a process; neither do we.
+const OOM_SCORE_ADJ_MIN: i16 = -1000;
+
 fn is_guarded(pid: i32) -> bool {
     pid == 1 || pid == rustix::process::getpid().as_raw_nonzero().get()
 }

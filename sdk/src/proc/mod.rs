@@ -44,6 +44,7 @@ pub use types::*;
 
 use crate::cgroup::Cgroup;
 use crate::error::{Error, Op, ParseError, ParseErrorKind, Result};
+use crate::fs;
 use crate::util::{fmt_u64, io_err};
 
 /// Buffer for `/proc/PID/status` (about 1.5 KiB; long `Groups` or
@@ -181,26 +182,22 @@ impl ProcDir {
         }
     }
 
-    /// Reads file `name` of the process into `buf`. Returns the bytes and
-    /// whether the file was cut at `buf.len()`. Allocation-free on success.
-    pub fn read_prefix<'b>(&self, name: &CStr, buf: &'b mut [u8]) -> Result<(&'b [u8], bool)> {
-        let fd = rustix::fs::openat(
+    fn open_file(&self, name: &CStr) -> Result<OwnedFd> {
+        rustix::fs::openat(
             &self.fd,
             name,
             OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
             Mode::empty(),
         )
-        .map_err(|e| self.err(name, Op::Open, e))?;
-        let mut filled = 0;
-        while filled < buf.len() {
-            match rustix::io::read(&fd, &mut buf[filled..]) {
-                Ok(0) => return Ok((&buf[..filled], false)),
-                Ok(n) => filled += n,
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(self.err(name, Op::Read, e)),
-            }
-        }
-        Ok((&buf[..filled], true))
+        .map_err(|e| self.err(name, Op::Open, e))
+    }
+
+    /// Reads file `name` of the process into `buf`. Returns the bytes and
+    /// whether the file was cut at `buf.len()`. Allocation-free on success.
+    pub fn read_prefix<'b>(&self, name: &CStr, buf: &'b mut [u8]) -> Result<(&'b [u8], bool)> {
+        let fd = self.open_file(name)?;
+        let (n, full) = fs::read_prefix(&fd, buf).map_err(|e| self.err(name, Op::Read, e))?;
+        Ok((&buf[..n], full))
     }
 
     /// Reads a whole file into `buf`; a file larger than `buf` is a
@@ -296,23 +293,10 @@ impl ProcDir {
     /// `/proc/PID/cmdline`, NUL-separated arguments. Allocates.
     pub fn cmdline(&self) -> Result<Vec<String>> {
         let name = c"cmdline";
-        let fd = rustix::fs::openat(
-            &self.fd,
-            name,
-            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::empty(),
-        )
-        .map_err(|e| self.err(name, Op::Open, e))?;
+        let fd = self.open_file(name)?;
         let mut out = Vec::new();
-        let mut chunk = [0u8; SMALL_BUF];
-        loop {
-            match rustix::io::read(&fd, &mut chunk[..]) {
-                Ok(0) => return Ok(parse::cmdline(&out)),
-                Ok(n) => out.extend_from_slice(&chunk[..n]),
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(self.err(name, Op::Read, e)),
-            }
-        }
+        fs::read_to_end(&fd, &mut out).map_err(|e| self.err(name, Op::Read, e))?;
+        Ok(parse::cmdline(&out))
     }
 
     /// `/proc/PID/smaps_rollup` (4.14+). Takes the process's mmap lock.
@@ -464,22 +448,41 @@ fn read_system<T>(
         Mode::empty(),
     )
     .map_err(|e| Error::io(p(), Op::Open, io_err(e)))?;
-    let mut filled = 0;
-    loop {
-        if filled == buf.len() {
-            return Err(Error::Parse {
-                path: p(),
-                source: ParseError::new(1, ParseErrorKind::TooLarge),
-            });
-        }
-        match rustix::io::read(&fd, &mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(Error::io(p(), Op::Read, io_err(e))),
-        }
+    let (filled, full) =
+        fs::read_prefix(&fd, buf).map_err(|e| Error::io(p(), Op::Read, io_err(e)))?;
+    if full {
+        return Err(Error::Parse {
+            path: p(),
+            source: ParseError::new(1, ParseErrorKind::TooLarge),
+        });
     }
     parse(&buf[..filled]).map_err(|source| Error::Parse { path: p(), source })
+}
+
+/// A capability the SDK checks for itself (numbers from `capability.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Capability {
+    /// `CAP_IPC_LOCK`: `mlockall` beyond `RLIMIT_MEMLOCK`.
+    IpcLock,
+    /// `CAP_SYS_NICE`: negative nice, real-time scheduling.
+    SysNice,
+    /// `CAP_SYS_RESOURCE`: lowering `oom_score_adj`, `PR_SET_IO_FLUSHER`,
+    /// raising hard limits, PSI windows that are not multiples of 2 s.
+    SysResource,
+}
+
+/// Whether the calling thread has `cap` in its effective set
+/// (`capget(2)`): the one check of our own privileges. This is the raw
+/// bit: root in a user namespace has it, root with it dropped does not.
+pub fn has_capability(cap: Capability) -> bool {
+    use rustix::thread::CapabilitySet as Set;
+    let bit = match cap {
+        Capability::IpcLock => Set::IPC_LOCK,
+        Capability::SysNice => Set::SYS_NICE,
+        Capability::SysResource => Set::SYS_RESOURCE,
+    };
+    rustix::thread::capabilities(None).is_ok_and(|c| c.effective.contains(bit))
 }
 
 /// `/proc/meminfo`. Allocation-free.

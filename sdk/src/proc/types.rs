@@ -41,10 +41,23 @@ impl Comm {
     /// The name as text when it is valid UTF-8 (a cut may split a
     /// character: then the valid prefix).
     pub fn as_str(&self) -> &str {
-        match std::str::from_utf8(self.as_bytes()) {
-            Ok(s) => s,
-            Err(e) => std::str::from_utf8(&self.as_bytes()[..e.valid_up_to()]).unwrap_or(""),
-        }
+        valid_prefix(self.as_bytes())
+    }
+}
+
+/// The name in a NUL-padded `comm` buffer (as a [`crate::engine::ProcSample`]
+/// keeps it): the bytes up to the first NUL, as text by the rule of
+/// [`Comm::as_str`]. The one place that decodes such a buffer.
+pub fn padded_comm_str(padded: &[u8; COMM_LEN]) -> &str {
+    let end = padded.iter().position(|b| *b == 0).unwrap_or(COMM_LEN);
+    valid_prefix(&padded[..end])
+}
+
+/// The longest valid UTF-8 prefix of `b`.
+fn valid_prefix(b: &[u8]) -> &str {
+    match std::str::from_utf8(b) {
+        Ok(s) => s,
+        Err(e) => std::str::from_utf8(&b[..e.valid_up_to()]).unwrap_or(""),
     }
 }
 

@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::fake::{FakeHost, Rig, ev, proc};
-use super::*;
-use crate::cgroup::{Limit, MemoryEvents};
+use oomkit::cgroup::{Limit, MemoryEvents};
+use oomkit::engine::*;
+use oomkit_testing::{FakeHost, Rig, ev, proc};
 
 /// Kills the largest process of the lowest priority in scope.
 struct Largest {
@@ -636,8 +636,8 @@ fn quiet_tick_steps_obey_protection_rules() {
 // ---------------------------------------------------------------------------
 // The machine-wide early warning (issue 9).
 
-fn machine(headroom_mib: u64, fill_mib_s: i64, anon_mib_s: i64) -> crate::events::MachineSample {
-    crate::events::MachineSample {
+fn machine(headroom_mib: u64, fill_mib_s: i64, anon_mib_s: i64) -> oomkit::events::MachineSample {
+    oomkit::events::MachineSample {
         total: 1 << 30,
         headroom: headroom_mib << 20,
         low: 100 << 20,
@@ -648,7 +648,7 @@ fn machine(headroom_mib: u64, fill_mib_s: i64, anon_mib_s: i64) -> crate::events
     }
 }
 
-fn machine_event(r: &mut Rig, signals: crate::events::Signals, s: crate::events::MachineSample) {
+fn machine_event(r: &mut Rig, signals: oomkit::events::Signals, s: oomkit::events::MachineSample) {
     r.engine.on_machine(signals, s);
     let at = r.engine.host().now();
     r.engine
@@ -657,7 +657,7 @@ fn machine_event(r: &mut Rig, signals: crate::events::Signals, s: crate::events:
 
 #[test]
 fn machine_low_with_anon_growing_kills_the_lowest_tier_at_the_root() {
-    use crate::events::Signals;
+    use oomkit::events::Signals;
     let mut r = rig(EngineConfig::default(), two_jobs, None);
     // LOW: anon grows as fast as the headroom shrinks: no progress.
     machine_event(&mut r, Signals::LOW, machine(90, 20, 20));
@@ -672,7 +672,7 @@ fn machine_low_with_anon_growing_kills_the_lowest_tier_at_the_root() {
 
 #[test]
 fn machine_critical_is_urgent() {
-    use crate::events::Signals;
+    use oomkit::events::Signals;
     let mut r = rig(EngineConfig::default(), two_jobs, None);
     machine_event(
         &mut r,
@@ -684,7 +684,7 @@ fn machine_critical_is_urgent() {
 
 #[test]
 fn machine_reclaim_of_cold_cache_is_progress_and_clearing_resolves() {
-    use crate::events::Signals;
+    use oomkit::events::Signals;
     let mut r = rig(EngineConfig::default(), two_jobs, None);
     // Headroom growing (cold cache reclaimed), anon stable, few refaults.
     let mut s = machine(95, -10, 0);
@@ -702,7 +702,7 @@ fn machine_reclaim_of_cold_cache_is_progress_and_clearing_resolves() {
 
 #[test]
 fn machine_thrashing_is_no_progress_even_with_reclaim() {
-    use crate::events::Signals;
+    use oomkit::events::Signals;
     let mut r = rig(EngineConfig::default(), two_jobs, None);
     // Reclaim runs and the headroom even grows a little, but refaults
     // match the reclaimed rate: the working set is evicted and read back.
@@ -735,7 +735,7 @@ fn cgroup_reclaim_that_churns_is_not_progress() {
     let mut s = machine(150, 0, 0);
     s.steal_rate = 100 << 20;
     s.refault_rate = 95 << 20;
-    r.engine.on_machine(crate::events::Signals::NONE, s);
+    r.engine.on_machine(oomkit::events::Signals::NONE, s);
     r.event("/batch", ev(1, 0, 0));
     r.host().cg("/batch").pgsteal += 1000;
     r.run(Duration::from_secs(5));
@@ -744,7 +744,7 @@ fn cgroup_reclaim_that_churns_is_not_progress() {
 
 #[test]
 fn a_kill_that_frees_nothing_is_refused_and_the_episode_is_nothing_to_do() {
-    use crate::events::Signals;
+    use oomkit::events::Signals;
     let mut r = rig(
         EngineConfig::default(),
         |h| {
@@ -769,7 +769,7 @@ fn a_kill_that_frees_nothing_is_refused_and_the_episode_is_nothing_to_do() {
 
 #[test]
 fn machine_stall_alone_with_headroom_waits_for_a_sustained_stall() {
-    use crate::events::Signals;
+    use oomkit::events::Signals;
     let mut r = rig(EngineConfig::default(), two_jobs, None);
     // A burst: anon grows fast and PSI stalls, but the headroom is ample.
     machine_event(&mut r, Signals::STALLED, machine(200, 300, 300));

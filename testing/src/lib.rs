@@ -1,6 +1,5 @@
 //! A fake [`Host`] for testing handlers and the loop without a kernel.
 //!
-//! Available with the `testing` feature (and in this crate's own tests).
 //! Cgroups are keyed by hierarchy path; `memory.current` of a cgroup is the
 //! sum of its processes' RSS, its own extra `current`, and its
 //! descendants'. Killed processes exit when the loop next asks (unless
@@ -13,11 +12,11 @@ use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{
+use oomkit::cgroup::{Limit, MemoryEvents, MemoryStat, Pressure, PressureLine};
+use oomkit::engine::{
     Act, CgroupId, CgroupStats, Engine, EngineConfig, Episode, Handler, Observe, ProcSample,
     SystemStats, Trigger, Victim, XattrInfo,
 };
-use crate::cgroup::{Limit, MemoryEvents, MemoryStat, Pressure, PressureLine};
 
 /// One fake cgroup.
 #[derive(Debug, Clone, Default)]
@@ -132,7 +131,7 @@ impl Observe for FakeHost {
         self.now.get()
     }
 
-    fn attach(&mut self, id: CgroupId, path: &Path) -> crate::Result<XattrInfo> {
+    fn attach(&mut self, id: CgroupId, path: &Path) -> oomkit::Result<XattrInfo> {
         self.ids.insert(id, path.to_owned());
         Ok(self.cgs.entry(path.to_owned()).or_default().xattr)
     }
@@ -141,23 +140,23 @@ impl Observe for FakeHost {
         self.ids.remove(&id);
     }
 
-    fn read_usage(&mut self, id: CgroupId, out: &mut CgroupStats) -> crate::Result<()> {
+    fn read_usage(&mut self, id: CgroupId, out: &mut CgroupStats) -> oomkit::Result<()> {
         let p = self.path(id).to_owned();
         if !self.cgs.contains_key(&p) {
-            return Err(crate::Error::CgroupGone { path: p });
+            return Err(oomkit::Error::CgroupGone { path: p });
         }
         out.current = Some(self.usage_of(&p));
         out.swap_current = Some(0);
         Ok(())
     }
 
-    fn read_detail(&mut self, id: CgroupId, out: &mut CgroupStats) -> crate::Result<()> {
+    fn read_detail(&mut self, id: CgroupId, out: &mut CgroupStats) -> oomkit::Result<()> {
         let p = self.path(id).to_owned();
         let c = self
             .cgs
             .get(&p)
             .cloned()
-            .ok_or(crate::Error::CgroupGone { path: p })?;
+            .ok_or(oomkit::Error::CgroupGone { path: p })?;
         out.high = c.high;
         out.max = c.max;
         out.oom_group = Some(c.oom_group);
@@ -172,12 +171,12 @@ impl Observe for FakeHost {
         Ok(())
     }
 
-    fn read_memory_stat(&mut self, _id: CgroupId, out: &mut MemoryStat) -> crate::Result<()> {
+    fn read_memory_stat(&mut self, _id: CgroupId, out: &mut MemoryStat) -> oomkit::Result<()> {
         out.anon = Some(1);
         Ok(())
     }
 
-    fn read_processes(&mut self, id: CgroupId, out: &mut Vec<ProcSample>) -> crate::Result<()> {
+    fn read_processes(&mut self, id: CgroupId, out: &mut Vec<ProcSample>) -> oomkit::Result<()> {
         let p = self.path(id).to_owned();
         out.extend(
             self.cgs
@@ -188,8 +187,8 @@ impl Observe for FakeHost {
         Ok(())
     }
 
-    fn read_system(&mut self, out: &mut SystemStats) -> crate::Result<()> {
-        out.meminfo = Some(crate::proc::MemInfo {
+    fn read_system(&mut self, out: &mut SystemStats) -> oomkit::Result<()> {
+        out.meminfo = Some(oomkit::proc::MemInfo {
             mem_total: Some(1 << 30),
             ..Default::default()
         });
@@ -206,15 +205,15 @@ impl Observe for FakeHost {
 }
 
 impl Act for FakeHost {
-    fn kill_process(&mut self, id: CgroupId, pid: i32) -> crate::Result<Victim> {
+    fn kill_process(&mut self, id: CgroupId, pid: i32) -> oomkit::Result<Victim> {
         let p = self.path(id).to_owned();
         self.log.push(("kill_process", pid, p.clone()));
         let c = self
             .cgs
             .get(&p)
-            .ok_or(crate::Error::CgroupGone { path: p.clone() })?;
+            .ok_or(oomkit::Error::CgroupGone { path: p.clone() })?;
         if !c.procs.iter().any(|x| x.pid == pid) {
-            return Err(crate::Error::ProcessGone { pid });
+            return Err(oomkit::Error::ProcessGone { pid });
         }
         let v = Victim::Process {
             pid,
@@ -225,7 +224,7 @@ impl Act for FakeHost {
         Ok(v)
     }
 
-    fn kill_cgroup(&mut self, id: CgroupId) -> crate::Result<Victim> {
+    fn kill_cgroup(&mut self, id: CgroupId) -> oomkit::Result<Victim> {
         let p = self.path(id).to_owned();
         self.log.push(("kill_cgroup", 0, p));
         let v = Victim::Cgroup { cgroup: id };
@@ -233,7 +232,7 @@ impl Act for FakeHost {
         Ok(v)
     }
 
-    fn victim_exited(&mut self, victim: &Victim) -> crate::Result<bool> {
+    fn victim_exited(&mut self, victim: &Victim) -> oomkit::Result<bool> {
         // Victims die when the test lets time pass, unless stuck.
         match *victim {
             Victim::Process { pid, cgroup, .. } => {
@@ -256,6 +255,8 @@ impl Act for FakeHost {
                 }
                 Ok(true)
             }
+            // A kind of victim this fake does not know has not exited.
+            _ => Ok(false),
         }
     }
 
@@ -264,14 +265,14 @@ impl Act for FakeHost {
     }
 
     fn release_victim(&mut self, _victim: &Victim) {}
-    fn set_high(&mut self, id: CgroupId, limit: Limit) -> crate::Result<()> {
+    fn set_high(&mut self, id: CgroupId, limit: Limit) -> oomkit::Result<()> {
         let p = self.path(id).to_owned();
         self.log.push(("set_high", 0, p.clone()));
         self.cg(p.to_str().unwrap_or("/")).high = Some(limit);
         Ok(())
     }
 
-    fn set_max(&mut self, id: CgroupId, limit: Limit) -> crate::Result<()> {
+    fn set_max(&mut self, id: CgroupId, limit: Limit) -> oomkit::Result<()> {
         let p = self.path(id).to_owned();
         self.log.push((
             "set_max",
@@ -282,14 +283,14 @@ impl Act for FakeHost {
         Ok(())
     }
 
-    fn set_frozen(&mut self, id: CgroupId, frozen: bool) -> crate::Result<()> {
+    fn set_frozen(&mut self, id: CgroupId, frozen: bool) -> oomkit::Result<()> {
         let p = self.path(id).to_owned();
         self.log
             .push((if frozen { "freeze" } else { "thaw" }, 0, p));
         Ok(())
     }
 
-    fn signal(&mut self, id: CgroupId, pid: i32, _signal: i32) -> crate::Result<()> {
+    fn signal(&mut self, id: CgroupId, pid: i32, _signal: i32) -> oomkit::Result<()> {
         let p = self.path(id).to_owned();
         self.log.push(("signal", pid, p));
         Ok(())
