@@ -337,6 +337,8 @@ pub struct SignalsSection {
     pub memory_events: bool,
     /// A PSI trigger (`[signals.psi]`); absent: none.
     pub psi: Option<PsiSection>,
+    /// The machine-wide early warning (`[signals.machine]`, see [`crate::machine_config`]).
+    pub machine: crate::machine_config::MachineSection,
 }
 
 impl Default for SignalsSection {
@@ -344,6 +346,7 @@ impl Default for SignalsSection {
         SignalsSection {
             memory_events: true,
             psi: None,
+            machine: Default::default(),
         }
     }
 }
@@ -1043,11 +1046,25 @@ impl Config {
                 ));
             }
         }
-        if !self.signals.memory_events && self.signals.psi.is_none() {
+        if !self.signals.memory_events
+            && self.signals.psi.is_none()
+            && !self.signals.machine.enabled
+        {
             err(
                 "signals.memory_events",
-                "no event source: enable memory_events or add [signals.psi]".into(),
+                "no event source: enable memory_events or [signals.machine], or add [signals.psi]"
+                    .into(),
             );
+        }
+        let mut machine_bad = Vec::new();
+        crate::machine_config::validate(
+            &self.signals.machine,
+            self.signals.memory_events || self.signals.psi.is_some(),
+            &mut machine_bad,
+            &mut warn,
+        );
+        for (k, m) in machine_bad {
+            err(&k, m);
         }
 
         // [reserve]

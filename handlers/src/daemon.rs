@@ -204,6 +204,7 @@ pub fn runner_config(cfg: &Config, dry_run: bool) -> Result<RunnerConfig, Daemon
     rc.reserve = reserve;
     rc.memory_events = cfg.signals.memory_events;
     rc.psi = psi;
+    rc.machine = cfg.signals.machine.watch_config();
     // The daemon writes incident records itself, from a thread (see `Observer`).
     rc.incidents = None;
     rc.watchdog = cfg.watchdog.enabled.then_some(WatchdogConfig {
@@ -244,7 +245,7 @@ pub fn check_config(file: &Path) -> Result<String, ConfigErrors> {
 pub fn summary(loaded: &Loaded) -> String {
     let c = &loaded.config;
     let mut s = format!(
-        "{}: OK\n  root {} (depth {}), handler {}, {} rule(s), QoS tiers {}\n  signals: memory.events {}, PSI {}\n  engine: dry_run {}, progress_aware {}, kill_deadline {} ms, cooldown {} ms\n  reserve {}, watchdog {}",
+        "{}: OK\n  root {} (depth {}), handler {}, {} rule(s), QoS tiers {}\n  signals: memory.events {}, PSI {}, machine {}\n  engine: dry_run {}, progress_aware {}, kill_deadline {} ms, cooldown {} ms\n  reserve {}, watchdog {}",
         loaded.file.display(),
         c.daemon.root.display(),
         c.daemon.depth,
@@ -259,6 +260,17 @@ pub fn summary(loaded: &Loaded) -> String {
                 "{:?} {} ms / {} ms ({:?})",
                 p.kind, p.stall_ms, p.window_ms, p.scope
             )),
+        {
+            let m = &c.signals.machine;
+            if m.enabled {
+                format!(
+                    "low {} / critical {} / clear {}, {} ms",
+                    m.low.0, m.critical.0, m.clear.0, m.min_duration_ms
+                )
+            } else {
+                "off".to_string()
+            }
+        },
         c.engine.dry_run,
         c.engine.progress_aware,
         c.engine.kill_deadline_ms,

@@ -27,6 +27,7 @@ pub mod heap_profile;
 pub mod hooks;
 pub mod incidents;
 pub mod logging;
+pub mod machine_config;
 pub mod metrics;
 pub mod plot;
 pub mod podinfo;

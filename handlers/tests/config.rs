@@ -35,6 +35,7 @@ fn every_shipped_config_passes_check_config() {
             "heap-profile.toml",
             "priority-kill.toml",
             "single-service.toml",
+            "systemd-host.toml",
             "throttle.toml"
         ],
         "one example per handler, the defaults, and one per kind of host"
@@ -58,6 +59,12 @@ fn every_shipped_config_passes_check_config() {
         // so nothing is opened).
         let rc = daemon::runner_config(&loaded.config, false).unwrap();
         assert_eq!(rc.root, loaded.config.daemon.root);
+        // Every example protects a swapless machine with no limits set.
+        assert!(
+            rc.machine.is_some(),
+            "{}: no machine-wide warning",
+            f.display()
+        );
     }
 }
 

@@ -16,6 +16,19 @@
 //! * `latency <period ms> <KiB> <duration ms>`: every period, map, touch and unmap a fresh
 //!   region and time it (the charge path a neighbour's allocations take under pressure); at the
 //!   end print `latency n=… p50_us=… p99_us=… max_us=…`, then hold;
+//! * `rate <step MiB> <MiB/s> <cap MiB>`: grow in steps at about that rate (a batch job or a
+//!   leak), printing `allocated <MiB>`, up to the cap (0: none), then hold;
+//! * `heartbeat <period ms>`: sleep one period at a time and measure how late each wakeup came;
+//!   print `hb <beats> <worst lateness µs>` every 20 beats (the "protected process" of the
+//!   machine-wide scenarios);
+//! * `reread <MiB>`: read the first MiB of the scratch disk ([`SCRATCH_DISK`]) through the page
+//!   cache, over and over, printing `pass <n> <ms>` after each pass: a file-backed working set;
+//! * `stream <passes>`: read the whole scratch disk through the page cache that many times,
+//!   printing `streamed <n>` after each pass, then hold: one pass is a backup-like reader that
+//!   fills memory with cold cache (a second pass over more than memory refaults: that is
+//!   thrashing);
+//! * `burst <MiB> <hold ms> <pause ms>`: allocate and touch, hold, free, pause, repeat, printing
+//!   `burst <n>` after each free;
 //! * `exec <program> <args…>`: print `ready`, then exec the program (which so starts in the
 //!   cgroup: the `oomkit` daemon, the `heap_victim` demo).
 //!
@@ -48,6 +61,25 @@ pub enum WorkloadKind {
     Sleep,
     /// Fork `children` processes, each allocating `mib` MiB and holding it.
     ForkAlloc { children: u32, mib: u64 },
+    /// Grow in `step_mib` steps at about `mib_per_s`, up to `cap_mib` (0: until killed), then
+    /// hold.
+    HogRate {
+        step_mib: u64,
+        mib_per_s: u64,
+        cap_mib: u64,
+    },
+    /// Sleep `period_ms` at a time and report the worst lateness.
+    Heartbeat { period_ms: u64 },
+    /// Re-read the first `mib` MiB of the scratch disk through the page cache.
+    Reread { mib: u64 },
+    /// Stream the whole scratch disk through the page cache `passes` times, then hold.
+    Stream { passes: u32 },
+    /// Allocate `mib`, hold `hold_ms`, free, pause `pause_ms`, repeat.
+    Burst {
+        mib: u64,
+        hold_ms: u64,
+        pause_ms: u64,
+    },
     /// Time a map/touch/unmap of `kib` KiB every `period_ms` for `duration_ms`, then report.
     Latency {
         period_ms: u64,
@@ -83,6 +115,31 @@ impl WorkloadKind {
                     "grow".into(),
                 ]
             }
+            WorkloadKind::HogRate {
+                step_mib,
+                mib_per_s,
+                cap_mib,
+            } => vec![
+                "rate".into(),
+                step_mib.to_string(),
+                mib_per_s.to_string(),
+                cap_mib.to_string(),
+            ],
+            WorkloadKind::Heartbeat { period_ms } => {
+                vec!["heartbeat".into(), period_ms.to_string()]
+            }
+            WorkloadKind::Reread { mib } => vec!["reread".into(), mib.to_string()],
+            WorkloadKind::Stream { passes } => vec!["stream".into(), passes.to_string()],
+            WorkloadKind::Burst {
+                mib,
+                hold_ms,
+                pause_ms,
+            } => vec![
+                "burst".into(),
+                mib.to_string(),
+                hold_ms.to_string(),
+                pause_ms.to_string(),
+            ],
             WorkloadKind::ForkStorm => vec!["forkstorm".into()],
             WorkloadKind::Sleep => vec!["sleep".into()],
             WorkloadKind::ForkAlloc { children, mib } => {
@@ -101,6 +158,10 @@ impl WorkloadKind {
         }
     }
 }
+
+/// The guest's scratch disk (an emulated NVMe drive, see `xtask/src/qemu.rs`), read through the
+/// page cache by the `reread` and `stream` workloads.
+pub const SCRATCH_DISK: &str = "/dev/nvme0n1";
 
 /// A running workload; killed (SIGKILL) and reaped on drop.
 pub struct Workload {
@@ -215,6 +276,17 @@ impl Workload {
         }
     }
 
+    /// The rest of the next already-printed stdout line starting with `prefix`, without
+    /// waiting; lines before it that do not match are dropped.
+    pub fn try_line(&mut self, prefix: &str) -> Option<String> {
+        while let Ok(l) = self.lines.try_recv() {
+            if let Some(rest) = l.strip_prefix(prefix) {
+                return Some(rest.trim().to_string());
+            }
+        }
+        None
+    }
+
     /// Wait (up to `timeout`) for the workload to exit; returns its status.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus, Fail> {
         // stdout closes when the process (and any child holding it) is gone.
@@ -304,6 +376,11 @@ fn run(args: &[String]) -> Result<(), Fail> {
             let step: u64 = step.parse()?;
             hog(mib, step.max(1), mode)
         }
+        ("rate", [step, rate, cap]) => hog_rate(step.parse()?, rate.parse()?, cap.parse()?),
+        ("heartbeat", [period]) => heartbeat(period.parse()?),
+        ("reread", [mib]) => reread(mib.parse()?),
+        ("stream", [passes]) => stream(passes.parse()?),
+        ("burst", [mib, hold, pause]) => burst(mib.parse()?, hold.parse()?, pause.parse()?),
         ("forkstorm", []) => forkstorm(),
         ("sleep", []) => sleep_forever(),
         ("forkalloc", [n, mib]) => forkalloc(n.parse()?, mib.parse()?),
@@ -349,6 +426,114 @@ fn hog(mib: u64, step: u64, mode: &str) -> Result<(), Fail> {
         sleep_forever()?;
     }
     std::hint::black_box(&held);
+    Ok(())
+}
+
+/// Allocates and touches `mib` MiB (1 MiB chunks).
+fn touch(mib: u64, into: &mut Vec<Vec<u8>>) {
+    for _ in 0..mib {
+        let mut chunk: Vec<u8> = vec![0; 1 << 20];
+        for i in (0..chunk.len()).step_by(4096) {
+            chunk[i] = 1;
+        }
+        std::hint::black_box(&chunk);
+        into.push(chunk);
+    }
+}
+
+fn hog_rate(step: u64, rate: u64, cap: u64) -> Result<(), Fail> {
+    let step = step.max(1);
+    let rate = rate.max(1);
+    let start = Instant::now();
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    let mut total = 0u64;
+    while cap == 0 || total < cap {
+        // Pace against the start, so slow steps (reclaim stalls) do not lower the rate.
+        let due = start + Duration::from_secs_f64(total as f64 / rate as f64);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        let this = if cap == 0 {
+            step
+        } else {
+            step.min(cap - total)
+        };
+        touch(this, &mut held);
+        total += this;
+        say(&format!("allocated {total}"));
+    }
+    say(&format!("done {total}"));
+    std::hint::black_box(&held);
+    sleep_forever()
+}
+
+fn heartbeat(period_ms: u64) -> Result<(), Fail> {
+    let period = Duration::from_millis(period_ms.max(1));
+    let mut worst = 0u64;
+    let mut beats = 0u64;
+    let mut next = Instant::now() + period;
+    loop {
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        let late = Instant::now().saturating_duration_since(next);
+        worst = worst.max(u64::try_from(late.as_micros())?);
+        beats += 1;
+        if beats % 20 == 0 {
+            say(&format!("hb {beats} {worst}"));
+        }
+        // The next beat is one period after this one really happened: a stall is counted once.
+        next = Instant::now() + period;
+    }
+}
+
+fn open_disk() -> Result<std::fs::File, Fail> {
+    std::fs::File::open(SCRATCH_DISK).map_err(|e| Fail(format!("open {SCRATCH_DISK}: {e}")))
+}
+
+/// Reads `[0, len)` of the disk through the page cache in 1 MiB reads; `len` 0: to the end.
+fn read_through(f: &std::fs::File, len: u64, buf: &mut [u8]) -> Result<u64, Fail> {
+    use std::os::unix::fs::FileExt;
+    let mut off = 0u64;
+    while len == 0 || off < len {
+        let n = f
+            .read_at(buf, off)
+            .map_err(|e| Fail(format!("read {SCRATCH_DISK} at {off}: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        std::hint::black_box(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(off)
+}
+
+fn reread(mib: u64) -> Result<(), Fail> {
+    let f = open_disk()?;
+    let mut buf = vec![0u8; 1 << 20];
+    for n in 1u64.. {
+        let t = Instant::now();
+        read_through(&f, mib << 20, &mut buf)?;
+        say(&format!("pass {n} {}", t.elapsed().as_millis()));
+    }
+    Ok(())
+}
+
+fn stream(passes: u32) -> Result<(), Fail> {
+    let f = open_disk()?;
+    let mut buf = vec![0u8; 1 << 20];
+    for n in 1..=passes {
+        read_through(&f, 0, &mut buf)?;
+        say(&format!("streamed {n}"));
+    }
+    sleep_forever()
+}
+
+fn burst(mib: u64, hold_ms: u64, pause_ms: u64) -> Result<(), Fail> {
+    for n in 1u64.. {
+        let mut held = Vec::new();
+        touch(mib, &mut held);
+        std::thread::sleep(Duration::from_millis(hold_ms));
+        drop(held);
+        say(&format!("burst {n}"));
+        std::thread::sleep(Duration::from_millis(pause_ms));
+    }
     Ok(())
 }
 

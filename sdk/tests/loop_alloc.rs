@@ -122,12 +122,28 @@ fn event_to_kill_makes_no_heap_allocation() {
 
     // Two rounds: the first warms every buffer, the second is counted.
     for round in 0..2 {
+        // A victim that holds 8 MiB: the loop refuses kills that would free
+        // (nearly) nothing (`MIN_VICTIM_FREE`). It says `ready` once the
+        // memory is held, then blocks reading a pipe nobody writes.
         let mut child = Reap(
-            std::process::Command::new("sleep")
-                .arg("1000")
+            std::process::Command::new("sh")
+                .args([
+                    "-c",
+                    "v=$(head -c 8388608 /dev/zero | tr '\\000' x); echo ready; read x",
+                ])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
                 .spawn()
                 .unwrap(),
         );
+        {
+            use std::io::BufRead;
+            let mut line = String::new();
+            std::io::BufReader::new(child.0.stdout.as_mut().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert_eq!(line.trim(), "ready");
+        }
         write(root, "cgroup.procs", &format!("{}\n", child.0.id()));
         write(root, "memory.events.local", &events(round + 1));
         let at = std::time::Instant::now();

@@ -633,6 +633,154 @@ fn quiet_tick_steps_obey_protection_rules() {
     assert_eq!(e.stats().refused, 1);
 }
 
+// ---------------------------------------------------------------------------
+// The machine-wide early warning (issue 9).
+
+fn machine(headroom_mib: u64, fill_mib_s: i64, anon_mib_s: i64) -> oomkit::events::MachineSample {
+    oomkit::events::MachineSample {
+        total: 1 << 30,
+        headroom: headroom_mib << 20,
+        low: 100 << 20,
+        critical: 50 << 20,
+        fill_rate: fill_mib_s << 20,
+        anon_rate: anon_mib_s << 20,
+        ..Default::default()
+    }
+}
+
+fn machine_event(r: &mut Rig, signals: oomkit::events::Signals, s: oomkit::events::MachineSample) {
+    r.engine.on_machine(signals, s);
+    let at = r.engine.host().now();
+    r.engine
+        .on_event(Trigger::Machine { signals, sample: s }, at);
+}
+
+#[test]
+fn machine_low_with_anon_growing_kills_the_lowest_tier_at_the_root() {
+    use oomkit::events::Signals;
+    let mut r = rig(EngineConfig::default(), two_jobs, None);
+    // LOW: anon grows as fast as the headroom shrinks: no progress.
+    machine_event(&mut r, Signals::LOW, machine(90, 20, 20));
+    assert!(r.host().kills().is_empty(), "LOW is assessed, not urgent");
+    let eps = r.run(Duration::from_secs(5));
+    let kills = r.kills();
+    assert_eq!(kills.len(), 1, "{kills:?}");
+    assert_eq!(kills[0].0, 200, "the largest process in the managed root");
+    assert_eq!(eps[0].outcome, Some(Outcome::Acted));
+    assert!(matches!(eps[0].trigger, Trigger::Machine { .. }));
+}
+
+#[test]
+fn machine_critical_is_urgent() {
+    use oomkit::events::Signals;
+    let mut r = rig(EngineConfig::default(), two_jobs, None);
+    machine_event(
+        &mut r,
+        Signals::LOW | Signals::CRITICAL,
+        machine(40, 20, 20),
+    );
+    assert_eq!(r.host().kills().len(), 1, "CRITICAL acts at once");
+}
+
+#[test]
+fn machine_reclaim_of_cold_cache_is_progress_and_clearing_resolves() {
+    use oomkit::events::Signals;
+    let mut r = rig(EngineConfig::default(), two_jobs, None);
+    // Headroom growing (cold cache reclaimed), anon stable, few refaults.
+    let mut s = machine(95, -10, 0);
+    s.steal_rate = 40 << 20;
+    s.refault_rate = 1 << 20;
+    machine_event(&mut r, Signals::LOW, s);
+    let eps = r.advance(Duration::from_millis(500), Duration::from_millis(50));
+    assert!(eps.is_empty() && r.host().kills().is_empty());
+    // The monitor's hysteresis clears the signal: the episode resolves.
+    r.engine.on_machine(Signals::NONE, machine(200, -10, 0));
+    let eps = r.run(Duration::from_secs(2));
+    assert!(r.host().kills().is_empty());
+    assert_eq!(eps.last().and_then(|e| e.outcome), Some(Outcome::Resolved));
+}
+
+#[test]
+fn machine_thrashing_is_no_progress_even_with_reclaim() {
+    use oomkit::events::Signals;
+    let mut r = rig(EngineConfig::default(), two_jobs, None);
+    // Reclaim runs and the headroom even grows a little, but refaults
+    // match the reclaimed rate: the working set is evicted and read back.
+    let mut s = machine(150, -1, 0);
+    s.steal_rate = 100 << 20;
+    s.refault_rate = 90 << 20;
+    machine_event(&mut r, Signals::THRASHING, s);
+    r.run(Duration::from_secs(2));
+    assert_eq!(r.host().kills().len(), 1);
+}
+
+#[test]
+fn cgroup_reclaim_that_churns_is_not_progress() {
+    // The "34 episodes all Resolved" case: pgsteal rises (progress by the
+    // old rule) while the machine source sees refaults at the steal rate.
+    let cfg = EngineConfig {
+        recheck: false,
+        ..EngineConfig::default()
+    };
+    let mut r = rig(
+        cfg,
+        |h| {
+            two_jobs(h);
+            // 430 MiB charged against a 400 MiB memory.high: pressured.
+            h.cg("/batch").procs[0].rss = 380 << 20;
+            h.cg("/batch").high = Some(Limit::Bytes(400 << 20));
+        },
+        None,
+    );
+    let mut s = machine(150, 0, 0);
+    s.steal_rate = 100 << 20;
+    s.refault_rate = 95 << 20;
+    r.engine.on_machine(oomkit::events::Signals::NONE, s);
+    r.event("/batch", ev(1, 0, 0));
+    r.host().cg("/batch").pgsteal += 1000;
+    r.run(Duration::from_secs(5));
+    assert_eq!(r.host().kills().len(), 1, "churn is not progress");
+}
+
+#[test]
+fn a_kill_that_frees_nothing_is_refused_and_the_episode_is_nothing_to_do() {
+    use oomkit::events::Signals;
+    let mut r = rig(
+        EngineConfig::default(),
+        |h| {
+            // A page-cache reader: its cgroup is charged, its process holds ~nothing.
+            h.cg("/reader").procs = vec![proc(300, 0)];
+            h.cg("/system/oomkit").procs = vec![proc(4242, 5)];
+        },
+        None,
+    );
+    machine_event(&mut r, Signals::CRITICAL, machine(40, 20, 0));
+    let eps = r.run(Duration::from_secs(2));
+    assert!(r.host().kills().is_empty(), "{:?}", r.kills());
+    let e = eps.last().unwrap();
+    assert_eq!(e.outcome, Some(Outcome::NoAction));
+    assert!(
+        e.refusals
+            .iter()
+            .flatten()
+            .any(|f| f.reason.contains("free (nearly) nothing"))
+    );
+}
+
+#[test]
+fn machine_stall_alone_with_headroom_waits_for_a_sustained_stall() {
+    use oomkit::events::Signals;
+    let mut r = rig(EngineConfig::default(), two_jobs, None);
+    // A burst: anon grows fast and PSI stalls, but the headroom is ample.
+    machine_event(&mut r, Signals::STALLED, machine(200, 300, 300));
+    let eps = r.advance(Duration::from_millis(600), Duration::from_millis(50));
+    assert!(r.host().kills().is_empty(), "{eps:?}");
+    r.engine.on_machine(Signals::NONE, machine(250, -300, -300));
+    let eps = r.run(Duration::from_secs(2));
+    assert!(r.host().kills().is_empty());
+    assert_eq!(eps.last().and_then(|e| e.outcome), Some(Outcome::Resolved));
+}
+
 /// What a [`Recorder`] was told at each fire: (pid, signal, escalation).
 type Fired = std::rc::Rc<std::cell::RefCell<Vec<(Option<i32>, Option<i32>, u32)>>>;
 

@@ -70,7 +70,7 @@ fn fmt_ms(v: &Value) -> String {
 /// `"service"` → the human name of a workload.
 fn who(name: &str) -> &'static str {
     match name {
-        "service" => "important service (64 MiB, priority 100)",
+        "service" => "important service",
         "batch" => "batch job (priority -100)",
         _ => "?",
     }
@@ -158,7 +158,8 @@ const LABELS: [&str; 8] = [
     "incident timings (from event)",
 ];
 
-/// Print the side-by-side table for one kernel; false if a side is missing.
+/// Print the side-by-side tables for one kernel (the cgroup machine, then the whole guest);
+/// false if a side is missing or oomkit did not save the service cleanly.
 fn print_run(run: &KernelRun, accel: &str) -> bool {
     let release = run.guest_release.as_deref().unwrap_or(&run.kernel.release);
     println!();
@@ -170,12 +171,48 @@ fn print_run(run: &KernelRun, accel: &str) -> bool {
         "(with oomkit the machine also has memory.high at 80 MiB: the early warning a userspace OOM handler \
          needs; the kernel alone gets memory.max only, see integration/README.md)"
     );
-    let (Some(without), Some(with)) = (
-        demo_note(run, "demo_without_oomkit"),
-        demo_note(run, "demo_with_oomkit"),
-    ) else {
+    let cgroup = print_table(run, "demo_without_oomkit", "demo_with_oomkit");
+    let machine = demo_note(run, "demo_machine_with_oomkit");
+    println!();
+    println!(
+        "The whole guest, no swap and no limit anywhere ({} MiB RAM): an important service holding {} MiB \
+         (protected) and a batch job (priority -100) growing {} MiB/s until the guest runs out",
+        machine
+            .as_ref()
+            .map_or("?".into(), |m| m["ram_mib"].to_string()),
+        machine
+            .as_ref()
+            .map_or("?".into(), |m| m["service_mib"].to_string()),
+        machine
+            .as_ref()
+            .map_or("?".into(), |m| m["batch_mib_per_s"].to_string()),
+    );
+    println!(
+        "(oomkit's warning is its own [signals.machine]: MemAvailable, refaults and PSI; \
+         \"pressure\" starts when MemAvailable drops under 10 %)"
+    );
+    let whole = print_table(
+        run,
+        "demo_machine_without_oomkit",
+        "demo_machine_with_oomkit",
+    );
+    if !run.ok() {
         eprintln!(
-            "xtask: demo: the guest did not report both runs (see {}/console.log)",
+            "xtask: demo: the guest run had failures: {}",
+            run.problem.as_deref().unwrap_or("a demo run failed")
+        );
+        return false;
+    }
+    cgroup && whole
+}
+
+/// One side-by-side table from the DEMO notes of `without` and `with`; true when oomkit saved
+/// the service without a kernel kill.
+fn print_table(run: &KernelRun, without_name: &str, with_name: &str) -> bool {
+    let (Some(without), Some(with)) = (demo_note(run, without_name), demo_note(run, with_name))
+    else {
+        eprintln!(
+            "xtask: demo: the guest did not report both {without_name} and {with_name} (see {}/console.log)",
             run.log_dir
                 .as_deref()
                 .unwrap_or(std::path::Path::new("?"))
@@ -210,13 +247,6 @@ fn print_run(run: &KernelRun, accel: &str) -> bool {
         );
     } else {
         println!("  unexpected: with oomkit the service did not survive cleanly (see above).");
-    }
-    if !run.ok() {
-        eprintln!(
-            "xtask: demo: the guest run had failures: {}",
-            run.problem.as_deref().unwrap_or("a demo run failed")
-        );
-        return false;
     }
     if without["first_dead"] != "service" {
         println!(

@@ -10,6 +10,7 @@ pub mod common;
 pub mod e2e;
 pub mod events;
 pub mod kill;
+pub mod machine;
 pub mod ops;
 pub mod probe;
 pub mod reserve;
@@ -73,6 +74,28 @@ pub fn all() -> Vec<TestCase> {
         case("rt_epoll_embed", 120, rt::epoll_embed),
         case("rt_tokio_embed", 120, rt::tokio_embed),
         case("rt_custom_handler", 120, rt::custom_handler),
+        // The whole guest out of memory (no swap, no limits): the SDK's machine-wide early
+        // warning against the kernel's OOM killer; the NOTE lines are the calibration data.
+        case("machine_idle_wakeups", 60, machine::idle_wakeups),
+        case(
+            "machine_warning_priority",
+            240,
+            machine::warning_before_kernel_kill_priority,
+        ),
+        case(
+            "machine_warning_thrash",
+            300,
+            machine::warning_before_kernel_kill_thrash,
+        ),
+        case(
+            "machine_quiet",
+            300,
+            machine::quiet_when_nothing_needs_to_die,
+        ),
+        case("machine_e2e_priority", 240, machine::e2e_priority),
+        case("machine_e2e_fork_storm", 240, machine::e2e_fork_storm),
+        case("machine_e2e_thrash", 300, machine::e2e_thrash),
+        case("machine_e2e_no_kill", 400, machine::e2e_no_kill),
         // End to end: the `oomkit` daemon binary against workloads (see `crate::scenario`).
         case("e2e_priority", 90, e2e::priority),
         case("e2e_fork_storm", 90, e2e::fork_storm),
@@ -114,6 +137,12 @@ pub fn demos() -> Vec<TestCase> {
     vec![
         case("demo_without_oomkit", 120, e2e::demo_without),
         case("demo_with_oomkit", 120, e2e::demo_with),
+        case(
+            "demo_machine_without_oomkit",
+            240,
+            machine::demo_machine_without,
+        ),
+        case("demo_machine_with_oomkit", 240, machine::demo_machine_with),
     ]
 }
 

@@ -6,15 +6,41 @@
 //! above `full_stall_threshold` for `stall_sustain`. Pressure that goes
 //! away ends the episode as resolved. After the decision, one more reading
 //! (the re-check) may still find the pressure gone.
+//!
+//! **Reclaim that churns is not progress.** Rising `pgsteal` is exactly what
+//! thrashing looks like: the file working set evicted and read back at once.
+//! With the machine-wide early warning in the loop, reclaim counts as
+//! progress only while refaults stay under [`CHURN_RATIO`] of the reclaimed
+//! rate and anonymous memory is not growing while the headroom shrinks
+//! ([`MachineSample::churning`](crate::events::MachineSample::churning)).
+//! Episodes the machine source started are judged by the machine: over
+//! once its signals are cleared (its hysteresis), at once on `critical`,
+//! as soon as reclaim churns under `low` or thrashing, and on a PSI stall
+//! alone only when the full stall is sustained (an allocation burst with
+//! headroom to spare stalls too, and needs no kill).
 
 use std::time::Instant;
+
+use crate::events::Signals;
 
 use super::host::Host;
 use super::trigger::Trigger;
 use super::types::{CgroupId, CgroupStats};
 use super::{Engine, Outcome, Phase, Sample};
 
+/// Refaults at this share of the reclaimed rate (or more) make reclaim
+/// "churn" rather than free memory.
+pub const CHURN_RATIO: f64 = 0.5;
+
 impl<H: Host> Engine<H> {
+    fn machine_churning(&self) -> bool {
+        self.machine.is_some_and(|(_, s)| s.churning(CHURN_RATIO))
+    }
+
+    fn machine_episode(&self) -> bool {
+        matches!(self.episode.trigger, Trigger::Machine { .. })
+    }
+
     fn sample(&mut self, scope: CgroupId, at: Instant) -> Option<Sample> {
         let node = self.tree.node_mut(scope)?;
         let _ = self.host.read_usage(scope, &mut node.stats);
@@ -94,12 +120,18 @@ impl<H: Host> Engine<H> {
         } else {
             None
         };
+        let sustained = stalled_since
+            .is_some_and(|s| at.saturating_duration_since(s) >= self.cfg.stall_sustain);
+        if self.machine_episode() {
+            self.assess_machine(at, scope, first, now, stalled_since, sustained);
+            return;
+        }
         let falling = now.current < last.current;
         let reclaiming = match (last.pgsteal, now.pgsteal) {
             (Some(a), Some(b)) => b > a && now.current <= last.current,
             _ => false,
         };
-        let progress = falling || reclaiming;
+        let progress = (falling || reclaiming) && !self.machine_churning();
         let stats = self.tree.stats(scope).copied().unwrap_or_default();
         let over_limit = stats
             .effective_limit()
@@ -118,8 +150,6 @@ impl<H: Host> Engine<H> {
             self.finish(Outcome::Resolved, at);
             return;
         }
-        let sustained = stalled_since
-            .is_some_and(|s| at.saturating_duration_since(s) >= self.cfg.stall_sustain);
         if !progress || sustained {
             self.decide_and_act(at);
             return;
@@ -138,9 +168,74 @@ impl<H: Host> Engine<H> {
         };
     }
 
+    /// An episode the machine source started: judged by the machine's
+    /// signals and rates (see the module docs).
+    fn assess_machine(
+        &mut self,
+        at: Instant,
+        scope: CgroupId,
+        first: Sample,
+        now: Sample,
+        stalled_since: Option<Instant>,
+        sustained: bool,
+    ) {
+        let Some((active, m)) = self.machine else {
+            self.stats.averted += 1;
+            self.finish(Outcome::Resolved, at);
+            return;
+        };
+        if active.is_empty() {
+            tracing::info!(
+                headroom = m.headroom,
+                "machine signals cleared while assessing"
+            );
+            self.stats.averted += 1;
+            self.finish(Outcome::Resolved, at);
+            return;
+        }
+        // Reclaim of cold cache with stable anon is progress, even while
+        // the headroom stays low; churn (working set refaulting, anon eating
+        // the headroom) is not.
+        let progress = !m.churning(CHURN_RATIO);
+        tracing::debug!(
+            signals = %active,
+            progress,
+            headroom = m.headroom,
+            fill_rate = m.fill_rate,
+            anon_rate = m.anon_rate,
+            refault_rate = m.refault_rate,
+            steal_rate = m.steal_rate,
+            "assessing the machine"
+        );
+        // Stall alone (PSI) with headroom to spare is not an emergency: a
+        // burst stalls too. It acts only when sustained; low headroom and
+        // thrashing act as soon as reclaim churns.
+        let acute = active.intersects(Signals::LOW | Signals::CRITICAL | Signals::THRASHING);
+        if active.contains(Signals::CRITICAL) || (acute && !progress) || sustained {
+            self.decide_and_act(at);
+            return;
+        }
+        if at.saturating_duration_since(first.at) >= self.cfg.assess_limit {
+            self.stats.averted += 1;
+            self.finish(Outcome::Resolved, at);
+            return;
+        }
+        self.phase = Phase::Assessing {
+            scope,
+            first,
+            last: now,
+            stalled_since,
+            events_since_sample: 0,
+        };
+    }
+
     /// The re-check between deciding and acting: true when the pressure is
-    /// gone (usage well under the limit, or the full stall has eased).
+    /// gone (usage well under the limit, or the full stall has eased; for a
+    /// machine-triggered episode: the machine's signals cleared).
     pub(super) fn resolved_on_recheck(&mut self, scope: CgroupId) -> bool {
+        if self.machine_episode() {
+            return self.machine.is_some_and(|(active, _)| active.is_empty());
+        }
         let Some(node) = self.tree.node_mut(scope) else {
             return true;
         };

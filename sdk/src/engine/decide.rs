@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use super::guard::FREES_NOTHING;
 use super::handler::Handler;
 use super::host::Host;
 use super::plan::Plan;
@@ -94,9 +95,16 @@ impl<H: Host> Engine<H> {
     /// re-check, dry run, or the steps.
     pub(super) fn act_on_plan(&mut self, scope: CgroupId, decided: Instant, recheck: bool) {
         if self.plan.is_empty() {
+            let refused = || self.episode.refusals.iter().flatten();
             if self.episode.passed_over > 0 {
                 // Victims were chosen but none could be signalled.
                 self.finish(Outcome::Failed, decided);
+            } else if refused().any(|r| r.reason == FREES_NOTHING) {
+                tracing::info!(
+                    episode = self.episode.id,
+                    "nothing to do: no candidate's kill would free a meaningful amount"
+                );
+                self.finish(Outcome::NoAction, decided);
             } else if self.episode.refusals.iter().any(Option::is_some) {
                 self.stats.refused += 1;
                 self.finish(Outcome::Refused, decided);

@@ -6,12 +6,25 @@
 //! remove `memory.max`, or group-kill a cgroup with descendants the loop
 //! does not track. A refused step excludes its target, so the handler can
 //! be asked again for something else.
+//!
+//! **A kill must free something.** A process whose resident set and swap
+//! are under [`MIN_VICTIM_FREE`] (a reader whose cgroup's usage is page
+//! cache, which outlives it), or a cgroup charged less than that, is
+//! refused: killing it costs a process and gives the emergency nothing. If
+//! that leaves no candidate, the episode ends as "nothing to do".
 
 use crate::kill;
 
 use super::host::Host;
 use super::plan::{Action, Plan};
 use super::{Engine, Refusal};
+
+/// The least a kill must free to be taken: a victim under this frees
+/// (nearly) nothing.
+pub const MIN_VICTIM_FREE: u64 = 4 << 20;
+
+/// The refusal reason of a kill that would free (nearly) nothing.
+pub(super) const FREES_NOTHING: &str = "the kill would free (nearly) nothing";
 
 impl<H: Host> Engine<H> {
     /// Removes steps no policy may take. Returns nothing: refusals are recorded.
@@ -101,6 +114,26 @@ impl<H: Host> Engine<H> {
             }
             if self.tree.class(cg).is_some_and(|c| c.protected) {
                 return Some("process is in a protected cgroup");
+            }
+            let frees = self
+                .snap
+                .procs
+                .iter()
+                .find(|p| p.pid == pid)
+                .map(|p| p.footprint());
+            if matches!(action, Action::KillProcess { .. })
+                && frees.is_some_and(|f| f < MIN_VICTIM_FREE)
+            {
+                return Some(FREES_NOTHING);
+            }
+        }
+        if let Action::KillCgroup { .. } | Action::KillTree { .. } = *action {
+            let charged = self
+                .tree
+                .stats(cg)
+                .and_then(|s| s.current.map(|c| c + s.swap_current.unwrap_or(0)));
+            if charged.is_some_and(|c| c < MIN_VICTIM_FREE) {
+                return Some(FREES_NOTHING);
             }
         }
         if let Action::RaiseMax { limit, .. } = *action {

@@ -318,6 +318,21 @@ fn trigger_record(t: &Trigger, path: &dyn Fn(super::CgroupId) -> Option<String>)
             r.kind = "pressure".into();
             r.cgroup = cgroup.and_then(path);
         }
+        Trigger::Machine { signals, sample } => {
+            r.kind = "machine".into();
+            for name in signals.names() {
+                r.counters.insert(name.to_owned(), 1);
+            }
+            for (k, v) in [
+                ("headroom_bytes", sample.headroom),
+                ("low_bytes", sample.low),
+                ("critical_bytes", sample.critical),
+                ("refaults_per_s", sample.refault_rate),
+                ("steal_per_s", sample.steal_rate),
+            ] {
+                r.counters.insert(k.to_owned(), v);
+            }
+        }
         Trigger::Escalation { cgroup, attempt } => {
             r.kind = "escalation".into();
             r.cgroup = path(cgroup);

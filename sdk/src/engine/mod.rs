@@ -50,8 +50,10 @@ mod trigger;
 mod types;
 mod watchdog;
 
+pub use assess::CHURN_RATIO;
 pub use config::EngineConfig;
 pub use episode::{EngineStats, Episode, Outcome, Refusal, Timings, VictimRecord};
+pub use guard::MIN_VICTIM_FREE;
 pub use handler::Handler;
 pub use host::{Act, Host, Observe, Victim};
 pub use incident_config::IncidentConfig;
@@ -69,6 +71,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::error::Result;
+use crate::events::{MachineSample, Signals};
 
 use restore::Restores;
 use snapshot::Snapshot;
@@ -149,6 +152,9 @@ pub struct Engine<H: Host> {
     /// When the acting phase was last advanced: the next acting tick is
     /// due `acting_tick` after it (an absolute time, stable across calls).
     acting_seen: Instant,
+    /// The machine-wide early warning's latest judgement (signals firing,
+    /// levels and rates), fed by the runner; `None` without that source.
+    machine: Option<(Signals, MachineSample)>,
 }
 
 impl<H: Host> Engine<H> {
@@ -183,6 +189,7 @@ impl<H: Host> Engine<H> {
             next_episode: 1,
             last_quiet_tick: None,
             acting_seen: Instant::now(),
+            machine: None,
         })
     }
 
@@ -280,8 +287,17 @@ impl<H: Host> Engine<H> {
                 Some(cgroup)
             }
             Trigger::Pressure { cgroup } => cgroup.or(self.root),
-            Trigger::Tick => self.root,
+            Trigger::Machine { .. } | Trigger::Tick => self.root,
         }
+    }
+
+    /// Feeds the machine-wide early warning's latest judgement: the signals
+    /// firing now and the sample behind them. Progress assessment and the
+    /// re-check of machine-triggered episodes use it, and every episode's
+    /// progress check uses its refault and anon rates to tell reclaim that
+    /// frees from reclaim that churns.
+    pub fn on_machine(&mut self, active: Signals, sample: MachineSample) {
+        self.machine = Some((active, sample));
     }
 
     /// Feeds an event. `at` is when it was seen (for timings).

@@ -46,6 +46,7 @@ use super::{CgroupId, Engine, EngineConfig, EngineStats, Episode, Handler, Trigg
 enum Binding {
     MemoryEvents(CgroupId),
     Psi(Option<CgroupId>),
+    Machine,
     Dir,
     Victim,
     User,
@@ -95,6 +96,7 @@ pub struct Runner {
     bindings: HashMap<Token, Binding>,
     events_token: HashMap<CgroupId, Token>,
     dir_token: Option<Token>,
+    machine_token: Option<Token>,
     victim: Option<(Token, Victim)>,
     watchdog: Option<Watchdog>,
     #[cfg(feature = "serde")]
@@ -220,6 +222,7 @@ impl Runner {
             bindings: HashMap::with_capacity(n + EXTRA_SOURCES),
             events_token: HashMap::with_capacity(n),
             dir_token: None,
+            machine_token: None,
             victim: None,
             watchdog: None,
             #[cfg(feature = "serde")]
@@ -269,6 +272,11 @@ impl Runner {
             };
             let scope = if psi.system { None } else { self.engine.root() };
             self.bindings.insert(tok, Binding::Psi(scope));
+        }
+        if let Some(m) = &cfg.machine {
+            let tok = self.watcher.add_machine(m.clone())?;
+            self.bindings.insert(tok, Binding::Machine);
+            self.machine_token = Some(tok);
         }
         self.rescan_pending();
         self.apply_dir_changes();
@@ -461,6 +469,11 @@ impl Runner {
         }
         let seen = Instant::now();
         self.triggers.clear();
+        // The engine judges progress with the machine's latest rates.
+        if let Some(Source::Machine(m)) = self.machine_token.and_then(|t| self.watcher.source(t)) {
+            self.engine
+                .on_machine(m.monitor().active(), *m.monitor().sample());
+        }
         let mut victim_ready = false;
         for i in 0..self.batch.len() {
             let ev = self.batch[i];
@@ -524,6 +537,27 @@ impl Runner {
             }
             (Binding::Psi(cgroup), EventKind::Pressure(_)) => {
                 self.triggers.push((Trigger::Pressure { cgroup }, seen));
+            }
+            (Binding::Machine, EventKind::Machine(ch)) => {
+                tracing::info!(
+                    fired = %ch.fired,
+                    cleared = %ch.cleared,
+                    active = %ch.active,
+                    headroom_mib = ch.sample.headroom >> 20,
+                    fill_mib_s = ch.sample.fill_rate >> 20,
+                    refault_mib_s = ch.sample.refault_rate >> 20,
+                    steal_mib_s = ch.sample.steal_rate >> 20,
+                    "machine signals changed"
+                );
+                if !ch.fired.is_empty() {
+                    self.triggers.push((
+                        Trigger::Machine {
+                            signals: ch.active,
+                            sample: ch.sample,
+                        },
+                        seen,
+                    ));
+                }
             }
             (Binding::Dir, EventKind::Dir(d)) => {
                 if let Some(Source::Dir(dw)) = self.watcher.source(ev.token) {

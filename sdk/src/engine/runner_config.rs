@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::events::PsiThreshold;
+use crate::events::{MachineWatchConfig, PsiThreshold};
 use crate::reserve::ReserveConfig;
 
 use super::watchdog::WatchdogConfig;
@@ -44,6 +44,11 @@ pub struct RunnerConfig {
     pub memory_events: bool,
     /// A PSI trigger.
     pub psi: Option<PsiConfig>,
+    /// The machine-wide early warning ([`crate::events::MachineWatch`]):
+    /// headroom, thrashing and stall of the whole machine, which needs
+    /// neither swap nor any limit. Its episodes have the managed root as
+    /// scope. `None` (the default of [`RunnerConfig::new`]): off.
+    pub machine: Option<MachineWatchConfig>,
     /// Incident records (written only with the `serde` feature; without
     /// it, `Some` is refused when the runner starts).
     pub incidents: Option<IncidentConfig>,
@@ -68,6 +73,7 @@ impl RunnerConfig {
             raise_nofile: false,
             memory_events: true,
             psi: None,
+            machine: None,
             incidents: None,
             watchdog: None,
             xattr_trust: XattrTrust::TrustedOnly,

@@ -1,6 +1,7 @@
 //! Why the loop asks a handler: the inputs that start or feed an episode.
 
 use crate::cgroup::MemoryEvents;
+use crate::events::{MachineSample, Signals};
 
 use super::types::CgroupId;
 
@@ -21,6 +22,15 @@ pub enum Trigger {
         /// The cgroup, or `None` for the system.
         cgroup: Option<CgroupId>,
     },
+    /// The machine-wide early warning ([`crate::events::MachineWatch`]) fired:
+    /// the whole machine runs low (headroom, thrashing or stall), with or
+    /// without any limit set. The scope is the managed root.
+    Machine {
+        /// The signals that fired.
+        signals: Signals,
+        /// The machine as judged when they fired.
+        sample: MachineSample,
+    },
     /// The previous victim of this episode did not die in time.
     Escalation {
         /// The episode's scope.
@@ -33,14 +43,16 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    /// True when reclaim has already failed (`max`/`oom` counters rose): no
-    /// point waiting for progress.
+    /// True when reclaim has already failed (`max`/`oom` counters rose) or
+    /// the machine's headroom is under its critical level: no point waiting
+    /// for progress.
     pub fn is_urgent(&self) -> bool {
         match self {
             Trigger::MemoryEvents { delta, .. } => {
                 delta.oom.unwrap_or(0) > 0 || delta.max.unwrap_or(0) > 0
             }
             Trigger::Escalation { .. } => true,
+            Trigger::Machine { signals, .. } => signals.contains(Signals::CRITICAL),
             _ => false,
         }
     }

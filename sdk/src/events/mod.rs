@@ -12,6 +12,7 @@
 //! | [`PsiTrigger`] | `memory.pressure`, `/proc/pressure/memory`, any PSI file | stall time over a window crossed a threshold |
 //! | [`CgroupEventsWatch`] | `cgroup.events` | `populated` or `frozen` changed |
 //! | [`DirWatch`] | a cgroup directory (inotify) | child cgroups created or removed |
+//! | [`MachineWatch`] | `/proc/meminfo`, `/proc/vmstat`, `/proc/pressure/memory` (timerfd + PSI triggers) | headroom, thrashing or stall signals of the whole machine changed |
 //!
 //! plus any fd of the caller's ([`Watcher::add_fd`]): an eventfd to wake the
 //! loop, a timerfd for heartbeats.
@@ -98,6 +99,8 @@
 
 mod cgroup_events;
 mod dir;
+mod headroom;
+mod machine;
 mod memory;
 mod psi;
 mod watcher;
@@ -118,6 +121,10 @@ use crate::fs::ReadError;
 pub use async_watcher::AsyncWatcher;
 pub use cgroup_events::{CgroupEventsChange, CgroupEventsWatch};
 pub use dir::{ChildName, DirChange, DirEvent, DirId, DirWatch, DirWatchOptions, NAME_MAX};
+pub use headroom::{
+    Level, MachineChange, MachineConfig, MachineMonitor, MachineReading, MachineSample, Signals,
+};
+pub use machine::{MachinePaths, MachineStats, MachineWatch, MachineWatchConfig};
 pub use memory::{MemoryEventsChange, MemoryEventsWatch, Scope};
 pub use psi::{PsiStall, PsiThreshold, PsiTrigger, has_cap_sys_resource};
 pub use watcher::{Events, Source, Watcher};
@@ -165,6 +172,8 @@ pub enum EventKind {
     DirOverflow,
     /// A caller's fd ([`Watcher::add_fd`]) is ready.
     Fd(Readiness),
+    /// Machine-wide signals fired or cleared (from a [`MachineWatch`]).
+    Machine(MachineChange),
     /// The cgroup (or watched directory) of this source was removed. The
     /// watcher has stopped polling the source; [`Watcher::remove`] it.
     Gone,

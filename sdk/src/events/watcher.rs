@@ -12,8 +12,9 @@ use crate::error::{Error, Op, Result};
 use crate::util::io_err;
 
 use super::{
-    CgroupEventsWatch, DirWatch, DirWatchOptions, Event, EventKind, Interest, MemoryEventsWatch,
-    PsiThreshold, PsiTrigger, ReadFail, Readiness, Scope, Token,
+    CgroupEventsWatch, DirWatch, DirWatchOptions, Event, EventKind, Interest, MachineWatch,
+    MachineWatchConfig, MemoryEventsWatch, PsiThreshold, PsiTrigger, ReadFail, Readiness, Scope,
+    Token,
 };
 
 /// A source owned by a [`Watcher`].
@@ -28,6 +29,9 @@ pub enum Source {
     CgroupEvents(CgroupEventsWatch),
     /// A directory watch.
     Dir(DirWatch),
+    /// The machine-wide early warning (boxed: its monitor state is large
+    /// next to the other sources).
+    Machine(Box<MachineWatch>),
     /// A caller's fd.
     Fd {
         /// The fd.
@@ -44,6 +48,7 @@ impl Source {
             Source::Psi(s) => s.as_fd(),
             Source::CgroupEvents(s) => s.as_fd(),
             Source::Dir(s) => s.as_fd(),
+            Source::Machine(s) => s.as_fd(),
             Source::Fd { fd, .. } => fd.as_fd(),
         }
     }
@@ -53,7 +58,9 @@ impl Source {
             // kernfs and PSI files: POLLPRI only (POLLIN is always set on
             // them); level-triggered, see the module docs.
             Source::MemoryEvents(_) | Source::Psi(_) | Source::CgroupEvents(_) => EventFlags::PRI,
-            Source::Dir(_) => EventFlags::IN,
+            // The machine source's private epoll: readable when its timer
+            // expired or one of its PSI triggers fired.
+            Source::Dir(_) | Source::Machine(_) => EventFlags::IN,
             Source::Fd { interest, .. } => {
                 let mut f = EventFlags::empty();
                 if interest.readable {
@@ -303,6 +310,12 @@ impl Watcher {
         self.add(Source::Dir(s))
     }
 
+    /// Adds the machine-wide early warning ([`MachineWatch`]).
+    pub fn add_machine(&mut self, cfg: MachineWatchConfig) -> Result<Token> {
+        let s = MachineWatch::open(cfg)?;
+        self.add(Source::Machine(Box::new(s)))
+    }
+
     /// Adds a caller's fd (an eventfd to wake the loop, a timerfd for
     /// heartbeats, a socket …) under `token`. The watcher owns the fd from
     /// now on ([`fd`](Self::fd) borrows it back; [`remove`](Self::remove)
@@ -472,6 +485,11 @@ impl Watcher {
                     None
                 }
             }
+            Source::Machine(s) => match s.service_raw(std::time::Instant::now()) {
+                Ok(Some(ch)) => Some(EventKind::Machine(ch)),
+                Ok(None) => None,
+                Err(f) => Some(EventKind::Failed(f)),
+            },
             Source::Fd { .. } => Some(EventKind::Fd(Readiness {
                 readable: flags.contains(EventFlags::IN),
                 writable: flags.contains(EventFlags::OUT),
@@ -545,6 +563,7 @@ fn source_path(s: &Source) -> std::path::PathBuf {
         Source::Psi(s) => s.path().to_owned(),
         Source::CgroupEvents(s) => s.path().to_owned(),
         Source::Dir(s) => s.path().to_owned(),
+        Source::Machine(s) => s.path().to_owned(),
         Source::Fd { fd, .. } => format!("fd {}", fd.as_raw_fd()).into(),
     }
 }

@@ -340,6 +340,13 @@ opt_struct!(
         workingset_refault_anon,
         /// Refaults of file pages (5.9+).
         workingset_refault_file,
+        /// Refaulted pages found to belong to the working set and activated
+        /// (kernels before 5.9).
+        workingset_activate,
+        /// Refaulted anonymous pages activated as working set (5.9+).
+        workingset_activate_anon,
+        /// Refaulted file pages activated as working set (5.9+).
+        workingset_activate_file,
         /// Direct reclaim stalls in ZONE_NORMAL.
         allocstall_normal,
         /// Direct reclaim stalls in ZONE_MOVABLE.
@@ -376,6 +383,18 @@ impl VmStat {
         .iter()
         .flatten()
         .sum()
+    }
+
+    /// Refaults that the kernel judged part of the working set (refault
+    /// distance within the active list) and activated: pages evicted too
+    /// early. A reader cycling once through more data than memory refaults
+    /// too, but from too far back to be activated; `None` on a kernel that
+    /// reports no activation counter.
+    pub fn activations(&self) -> Option<u64> {
+        match (self.workingset_activate_anon, self.workingset_activate_file) {
+            (None, None) => self.workingset_activate,
+            (a, f) => Some(a.unwrap_or(0) + f.unwrap_or(0)),
+        }
     }
 
     /// Refaults, anonymous and file (or the pre-5.9 single counter).
