@@ -78,3 +78,30 @@ pub(crate) fn process_mrelease_probe() -> io::Error {
         io::Error::last_os_error()
     }
 }
+
+/// [`mlock(2)`](https://man7.org/linux/man-pages/man2/mlock.2.html) of the
+/// address range `[start, start + len)` of this process: its pages stay in
+/// RAM (resident ones are locked as they are; others are faulted in first).
+pub(crate) fn mlock_range(start: usize, len: usize) -> io::Result<()> {
+    // SAFETY: mlock reads and writes no memory through the pointer; it only
+    // changes how the kernel treats the pages of the range, and a range that
+    // is not mapped is an error (ENOMEM), not undefined behaviour.
+    unsafe { rustix::mm::mlock(start as *mut std::ffi::c_void, len) }.map_err(io::Error::from)
+}
+
+/// [`getrusage(2)`](https://man7.org/linux/man-pages/man2/getrusage.2.html)
+/// `RUSAGE_SELF`: the major page faults (`ru_majflt`: pages read from disk)
+/// of this process so far; 0 if the call fails.
+pub(crate) fn major_faults() -> u64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one `struct rusage` to the pointer, which
+    // points to room for exactly that.
+    let r = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) };
+    if r != 0 {
+        return 0;
+    }
+    // SAFETY: zero-initialised and then filled by the successful call; every
+    // field of `rusage` is an integer, for which any bits are valid.
+    let ru = unsafe { ru.assume_init() };
+    u64::try_from(ru.ru_majflt).unwrap_or(0)
+}

@@ -15,7 +15,7 @@ use super::types::{CgroupId, CgroupStats};
 use super::{Engine, Outcome, Phase, Sample};
 
 impl<H: Host> Engine<H> {
-    fn sample(&mut self, scope: CgroupId, at: Instant) -> Option<Sample> {
+    pub(super) fn sample(&mut self, scope: CgroupId, at: Instant) -> Option<Sample> {
         let node = self.tree.node_mut(scope)?;
         let _ = self.host.read_usage(scope, &mut node.stats);
         let _ = self.host.read_detail(scope, &mut node.stats);

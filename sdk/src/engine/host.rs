@@ -113,4 +113,8 @@ pub trait Host {
 
     /// Our own cgroup's hierarchy path, if known.
     fn own_cgroup(&self) -> Option<&Path>;
+
+    /// Touches the code of the kill path without killing anything, for
+    /// [`Engine::warm_up`](super::Engine::warm_up). The default does nothing.
+    fn warm_up(&mut self) {}
 }

@@ -488,6 +488,15 @@ impl Host for KernelHost {
         self.own_pid
     }
 
+    fn warm_up(&mut self) {
+        // The calls `kill_process` and `victim_exited` make, on oomkit's own
+        // pidfd: open, poll, and a release that a live process refuses.
+        if let Ok(fd) = Pidfd::open(self.own_pid) {
+            let _ = fd.is_alive();
+            let _ = fd.try_mrelease();
+        }
+    }
+
     fn own_cgroup(&self) -> Option<&Path> {
         self.own_cgroup.as_deref()
     }

@@ -45,6 +45,7 @@ mod snapshot;
 mod tree;
 mod trigger;
 mod types;
+mod warm;
 mod watchdog;
 
 #[cfg(any(test, feature = "testing"))]
@@ -63,6 +64,7 @@ pub use snapshot::{Excluded, View};
 pub use tree::{CgroupMeta, Class, Tree, XattrTrust};
 pub use trigger::Trigger;
 pub use types::{CgroupId, CgroupStats, ProcSample, SystemStats, XattrInfo};
+pub use warm::WarmUp;
 pub use watchdog::WatchdogConfig;
 
 use std::path::Path;
@@ -229,6 +231,12 @@ impl<H: Host> Engine<H> {
             } => Some(victim),
             _ => None,
         }
+    }
+
+    /// True when an episode ended and its record waits for
+    /// [`Engine::take_finished`].
+    pub fn has_finished(&self) -> bool {
+        self.finished.is_some()
     }
 
     /// Takes the record of the episode that just ended, if any.

@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::events::{
     DirChange, DirWatchOptions, EventKind, Interest, PsiThreshold, Scope, Source, Token, Watcher,
 };
-use crate::reserve::{self, ReserveConfig, ReserveReport};
+use crate::reserve::{self, MlockMode, ReserveConfig, ReserveReport};
 
 use super::kernel::KernelHost;
 use super::watchdog::{Target, Watchdog, WatchdogConfig};
@@ -81,6 +81,11 @@ pub struct RunnerConfig {
     pub xattr_trust: XattrTrust,
     /// How deep below the root to follow cgroups (1–16).
     pub depth: u32,
+    /// Run one decision over the tree without acting on it once the tree
+    /// is known, and again when it has grown, so the decision path is
+    /// resident and locked before memory runs out ([`Engine::warm_up`]:
+    /// needed with `mlockall(MCL_ONFAULT)`). Off in [`RunnerConfig::new`].
+    pub warm_up: bool,
 }
 
 impl RunnerConfig {
@@ -101,16 +106,23 @@ impl RunnerConfig {
             watchdog: None,
             xattr_trust: XattrTrust::TrustedOnly,
             depth: DEFAULT_DEPTH,
+            warm_up: false,
         }
     }
 
     /// Defaults for a node daemon that owns its process: as
-    /// [`RunnerConfig::new`], plus reserve mode with its defaults, a raised
-    /// open-file limit and the watchdog thread.
+    /// [`RunnerConfig::new`], plus reserve mode with its defaults but
+    /// [`MlockMode::Resident`] (what the warm-up decision touched is locked,
+    /// not the whole address space), a raised open-file limit, the warm-up
+    /// decision and the watchdog thread.
     pub fn daemon(root: impl Into<PathBuf>) -> Self {
         RunnerConfig {
-            reserve: Some(ReserveConfig::default()),
+            reserve: Some(ReserveConfig {
+                mlock: MlockMode::Resident,
+                ..ReserveConfig::default()
+            }),
             raise_nofile: true,
+            warm_up: true,
             watchdog: Some(WatchdogConfig::default()),
             ..RunnerConfig::new(root)
         }
@@ -167,6 +179,13 @@ pub struct Runner {
     dir_changes: Vec<(DirChange, PathBuf)>,
     triggers: Vec<(Trigger, Instant)>,
     batch: Vec<crate::events::Event>,
+    /// Tree size at the last warm-up decision (`None`: warm-up off).
+    warmed: Option<usize>,
+    /// The deferred `mlock` of resident pages, taken after each warm-up.
+    relock: Option<ReserveConfig>,
+    /// Major page faults during the current episode's turns (from the
+    /// event to the episode's end, waits excluded).
+    episode_faults: u64,
 }
 
 impl std::fmt::Debug for Runner {
@@ -226,8 +245,25 @@ impl Runner {
                 reason: format!("{} is not between 1 and {MAX_DEPTH}", cfg.depth),
             });
         }
-        // Reserve first: mlockall(FUTURE) then covers every allocation below.
-        let reserve = cfg.reserve.take().map(|r| {
+        // Reserve first: mlockall(FUTURE) then covers every allocation below
+        // — except with `MlockMode::Resident` and a warm-up, where the lock
+        // is taken after the warm-up decision has touched the hot path.
+        let mut deferred = None;
+        let reserve = cfg.reserve.take().map(|mut r| {
+            if cfg.warm_up && r.mlock == MlockMode::Resident {
+                r.defer_mlock = true;
+                deferred = Some(ReserveConfig {
+                    mlock: r.mlock,
+                    raise_memlock_limit: r.raise_memlock_limit,
+                    stack_prefault: 0,
+                    oom_score_adj: None,
+                    nice: None,
+                    sched_fifo: None,
+                    io_flusher: false,
+                    cgroup: None,
+                    defer_mlock: false,
+                });
+            }
             let rep = reserve::enter(&r);
             tracing::info!(report = %rep, "reserve mode");
             rep
@@ -239,6 +275,8 @@ impl Runner {
         let mut r = Self::open(&mut cfg, handler, fs, root_hier)?;
         r.reserve = reserve;
         r.follow_tree(&cfg)?;
+        r.relock = deferred;
+        r.warm_up_if_grown();
         // The watchdog starts once the tree is known: attaching 10,000
         // cgroups is not a stall, and its target table is filled here.
         if let Some(w) = cfg.watchdog {
@@ -281,6 +319,9 @@ impl Runner {
             dir_changes: Vec::with_capacity(TURN_ROOM),
             triggers: Vec::with_capacity(TURN_ROOM),
             batch: Vec::with_capacity(n + EXTRA_SOURCES),
+            warmed: cfg.warm_up.then_some(0),
+            relock: None,
+            episode_faults: 0,
         })
     }
 
@@ -459,6 +500,8 @@ impl Runner {
             wd.idle();
         }
         let events = self.watcher.wait(wait)?;
+        let faults_before = crate::sys::major_faults();
+        let was_busy = self.engine.in_episode();
         self.batch.clear();
         self.batch.extend_from_slice(events.as_slice());
         if let Some(wd) = &self.watchdog {
@@ -481,9 +524,13 @@ impl Runner {
         if self.engine.next_wake().is_some_and(|w| w <= now) || victim_ready {
             self.engine.on_tick(now);
         }
+        if was_busy || self.engine.in_episode() || self.engine.has_finished() {
+            self.episode_faults += crate::sys::major_faults().saturating_sub(faults_before);
+        }
         self.sync_victim_fd();
         // Off the hot path from here.
         self.apply_dir_changes();
+        self.warm_up_if_grown();
         while let Some(ep) = self.engine.take_finished() {
             self.record(&ep);
             turn.finished.push(ep);
@@ -563,6 +610,33 @@ impl Runner {
         }
     }
 
+    /// Runs the warm-up decision (if asked for) when the tree has grown by
+    /// a quarter (at least 16 cgroups) since the last one: the snapshot of
+    /// a larger tree touches table room no decision has touched yet.
+    fn warm_up_if_grown(&mut self) {
+        let Some(last) = self.warmed else { return };
+        let now = self.engine.tree().len();
+        if self.engine.in_episode() || (last > 0 && now < last + (last / 4).max(16)) {
+            return;
+        }
+        if self.engine.warm_up().is_none() {
+            return;
+        }
+        self.warmed = Some(now);
+        // Lock what the warm-up touched (the first time: the deferred step).
+        if let Some(lock) = &self.relock {
+            let step = reserve::lock_memory(lock);
+            if last == 0 {
+                tracing::info!(status = ?step.status, "reserve mode: memory locked after the warm-up");
+            } else {
+                tracing::debug!(status = ?step.status, cgroups = now, "memory locked again after the tree grew");
+            }
+            if let Some(rep) = &mut self.reserve {
+                rep.set(step);
+            }
+        }
+    }
+
     /// Puts the pending victim's pidfd into the epoll, so its exit wakes us.
     fn sync_victim_fd(&mut self) {
         let pending = self.engine.pending_victim();
@@ -590,8 +664,16 @@ impl Runner {
         }
     }
 
-    #[allow(unused_variables)]
     fn record(&mut self, ep: &Episode) {
+        // Pages of the handler read from disk while it handled the episode:
+        // what reserve mode is there to keep at 0.
+        tracing::info!(
+            episode = ep.id,
+            outcome = ?ep.outcome,
+            major_faults = self.episode_faults,
+            "episode ended"
+        );
+        self.episode_faults = 0;
         #[cfg(feature = "serde")]
         if let Some(sink) = &self.incidents {
             if ep.is_action() {
