@@ -18,7 +18,7 @@ use clap::Args;
 use serde_json::Value;
 
 use crate::util::{self, Error, Result};
-use crate::{VmOptions, bench_peers, guest, host, kernels, qemu, repo_root};
+use crate::{VmOptions, bench_peers, bench_scale, guest, host, kernels, qemu, repo_root};
 
 #[derive(Args, Clone)]
 pub struct BenchArgs {
@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// Do not install missing host tools.
     #[arg(long)]
     no_install: bool,
+    /// Only the guest cases whose name contains this (for trying one case; the report then
+    /// lacks the others' tables).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 const MICRO_ARGS: [&str; 4] = ["--warm-up-time", "1", "--measurement-time", "2"];
@@ -66,6 +70,7 @@ pub fn cmd_bench(args: &BenchArgs) -> Result<bool> {
     util::write(&docs.join("benchmarks.md"), report)?;
     if let Some(vm) = &vm {
         util::write(&docs.join("bench-latency.svg"), svg(&vm.e2e))?;
+        util::write(&docs.join("bench-scale.svg"), bench_scale::svg(&vm.scale))?;
     }
     println!("xtask: wrote docs/benchmarks.md");
     Ok(true)
@@ -150,6 +155,9 @@ struct VmResult {
     kernel: String,
     e2e: Vec<Value>,
     footprint: Vec<Value>,
+    /// `bench_rest` and `bench_scale` (see `bench_scale.rs`).
+    rest: Vec<Value>,
+    scale: Vec<Value>,
     unavailable: Vec<Value>,
     results: Vec<(String, String, String)>,
     peers: Vec<(String, String)>,
@@ -179,10 +187,13 @@ fn run_vm(args: &BenchArgs) -> Result<VmResult> {
         accel: args.accel,
         no_install: args.no_install,
     };
-    let cmdline = vec![
+    let mut cmdline = vec![
         "oomkit.mode=bench".to_string(),
         format!("oomkit.runs={}", args.runs),
     ];
+    if let Some(f) = &args.only {
+        cmdline.push(format!("oomkit.filter={f}"));
+    }
     let runs = qemu::run_matrix(&images, &initrd, &cmdline, &opts, accel, false)?;
     let Some(run) = runs.into_iter().next() else {
         return Err(Error::msg("the bench VM reported nothing"));
@@ -192,6 +203,8 @@ fn run_vm(args: &BenchArgs) -> Result<VmResult> {
         kernel: format!("{} ({})", run.kernel.name, run.kernel.version),
         e2e: Vec::new(),
         footprint: Vec::new(),
+        rest: Vec::new(),
+        scale: Vec::new(),
         unavailable: Vec::new(),
         results: run
             .results
@@ -209,6 +222,8 @@ fn run_vm(args: &BenchArgs) -> Result<VmResult> {
         match j["kind"].as_str() {
             Some("e2e") => v.e2e.push(j),
             Some("footprint") => v.footprint.push(j),
+            Some("rest") => v.rest.push(j),
+            Some("scale") => v.scale.push(j),
             Some("unavailable") => v.unavailable.push(j),
             _ => {}
         }
@@ -216,7 +231,8 @@ fn run_vm(args: &BenchArgs) -> Result<VmResult> {
     util::write(
         &crate::cache_dir().join("bench-notes.json"),
         serde_json::to_string_pretty(&serde_json::json!({
-            "e2e": v.e2e, "footprint": v.footprint, "unavailable": v.unavailable,
+            "e2e": v.e2e, "footprint": v.footprint, "rest": v.rest, "scale": v.scale,
+            "unavailable": v.unavailable,
         }))
         .unwrap_or_default(),
     )?;
@@ -548,6 +564,13 @@ fn render(args: &BenchArgs, micro: &[Micro], vm: Option<&VmResult>) -> String {
                 vm.peer_problems.join("; ")
             );
         }
+        s.push_str(&bench_scale::render(
+            &vm.rest,
+            &vm.scale,
+            &vm.unavailable,
+            &bench_scale::loadavg(),
+            &|n| micro_get(micro, &format!("select_kernel_host/cgroup/{n}")).map(|m| m.median),
+        ));
         let _ = writeln!(s, "Guest cases:\n");
         for (n, st, d) in &vm.results {
             let _ = writeln!(s, "* `{n}` {st}: {d}");

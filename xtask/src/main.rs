@@ -17,6 +17,7 @@
 mod apt;
 mod bench;
 mod bench_peers;
+mod bench_scale;
 mod demo;
 mod guest;
 mod host;

@@ -262,7 +262,24 @@ enum Event {
     ConsoleClosed,
 }
 
+/// Size of the scratch disk every guest gets (sparse on the host: only what a test writes or
+/// reads back takes space).
+const DISK_MIB: u64 = 512;
+
+/// A fresh sparse scratch disk for one VM: the guest sees it as `/dev/nvme0n1` (the NVMe driver
+/// is built into the Debian cloud kernels, virtio-blk is a module). Tests read it through the
+/// page cache to have file-backed memory that can really be evicted and read back, which the
+/// RAM-backed initramfs cannot give.
+fn scratch_disk(log_dir: &Path) -> Result<PathBuf> {
+    let path = log_dir.join("disk.img");
+    let f = File::create(&path).context(|| format!("cannot create {}", path.display()))?;
+    f.set_len(DISK_MIB << 20)
+        .context(|| format!("cannot size {}", path.display()))?;
+    Ok(path)
+}
+
 fn spawn_qemu(spec: &VmSpec<'_>, proto_path: &Path) -> Result<Child> {
+    let disk = scratch_disk(&spec.log_dir)?;
     let mut append = vec![
         "console=ttyS0".to_string(),
         "panic=-1".into(),
@@ -280,6 +297,12 @@ fn spawn_qemu(spec: &VmSpec<'_>, proto_path: &Path) -> Result<Child> {
         .arg(&spec.kernel.vmlinuz)
         .arg("-initrd")
         .arg(spec.initrd)
+        .arg("-drive")
+        .arg(format!(
+            "file={},if=none,id=scratch,format=raw",
+            disk.display()
+        ))
+        .args(["-device", "nvme,serial=oomkit-scratch,drive=scratch"])
         .arg("-append")
         .arg(append.join(" "))
         // ttyS0: console (with the qemu monitor multiplexed, unused); ttyS1: result protocol.

@@ -8,6 +8,7 @@ use crate::harness::TestCase;
 pub mod common;
 pub mod e2e;
 pub mod events;
+pub mod faults;
 pub mod kill;
 pub mod probe;
 pub mod reserve;
@@ -50,6 +51,11 @@ pub fn all() -> Vec<TestCase> {
             "reserve_under_exhaustion",
             120,
             reserve::reserve_under_exhaustion,
+        ),
+        case(
+            "reserve_no_major_fault_to_kill",
+            400,
+            faults::no_major_fault_to_kill,
         ),
         // End to end: the `oomkit` daemon binary against workloads (see `crate::scenario`).
         case("e2e_priority", 90, e2e::priority),

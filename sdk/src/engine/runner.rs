@@ -184,8 +184,11 @@ pub struct Runner {
     /// The deferred `mlock` of resident pages, taken after each warm-up.
     relock: Option<ReserveConfig>,
     /// Major page faults during the current episode's turns (from the
-    /// event to the episode's end, waits excluded).
+    /// event to the episode's end, waits excluded), and of those, the ones
+    /// up to the turn that sent the kill (or ended the episode without one).
     episode_faults: u64,
+    faults_to_kill: u64,
+    kill_sent: bool,
 }
 
 impl std::fmt::Debug for Runner {
@@ -322,6 +325,8 @@ impl Runner {
             warmed: cfg.warm_up.then_some(0),
             relock: None,
             episode_faults: 0,
+            faults_to_kill: 0,
+            kill_sent: false,
         })
     }
 
@@ -525,7 +530,13 @@ impl Runner {
             self.engine.on_tick(now);
         }
         if was_busy || self.engine.in_episode() || self.engine.has_finished() {
-            self.episode_faults += crate::sys::major_faults().saturating_sub(faults_before);
+            let faults = crate::sys::major_faults().saturating_sub(faults_before);
+            self.episode_faults += faults;
+            if !self.kill_sent {
+                self.faults_to_kill += faults;
+                self.kill_sent =
+                    self.engine.pending_victim().is_some() || self.engine.has_finished();
+            }
         }
         self.sync_victim_fd();
         // Off the hot path from here.
@@ -670,10 +681,13 @@ impl Runner {
         tracing::info!(
             episode = ep.id,
             outcome = ?ep.outcome,
+            major_faults_to_kill = self.faults_to_kill,
             major_faults = self.episode_faults,
             "episode ended"
         );
         self.episode_faults = 0;
+        self.faults_to_kill = 0;
+        self.kill_sent = false;
         #[cfg(feature = "serde")]
         if let Some(sink) = &self.incidents {
             if ep.is_action() {
