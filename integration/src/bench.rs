@@ -824,8 +824,45 @@ fn rest_numbers(pid: i32) -> Result<Value, Fail> {
     let (vmrss, _, lck, _, threads) = proc_numbers(pid)?;
     Ok(
         json!({"rss_kib": rss, "vmrss_kib": vmrss, "lck_kib": lck, "fds": fd_count(pid),
-              "threads": threads}),
+              "threads": threads, "breakdown": breakdown(pid)}),
     )
+}
+
+/// Where the resident set is, from `/proc/PID/smaps`: Rss (KiB) summed by kind of mapping —
+/// the program's own file by permission (`text` r-x, `rodata` r--, `data` rw-), other files,
+/// `[heap]`, `[stack]`, anonymous mappings (large allocations, thread stacks), the rest.
+fn breakdown(pid: i32) -> Value {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut out = serde_json::Map::new();
+    let mut kind = String::new();
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            let perms = f.next().unwrap_or("");
+            let name = f.nth(3).unwrap_or("");
+            kind = match name {
+                "" => "anon".into(),
+                "[heap]" => "heap".into(),
+                "[stack]" => "stack".into(),
+                n if n == exe => match perms.get(..3) {
+                    Some("r-x") => "text".into(),
+                    Some("r--") => "rodata".into(),
+                    _ => "data".into(),
+                },
+                n if n.starts_with('[') => "other".into(),
+                _ => "other files".into(),
+            };
+        } else if first == "Rss:" {
+            let kib: u64 = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let e = out.entry(kind.clone()).or_insert(json!(0));
+            *e = json!(e.as_u64().unwrap_or(0) + kib);
+        }
+    }
+    Value::Object(out)
 }
 
 /// Each handler at rest over [`REST_CGROUPS`] cgroups: what it costs a node that is not in

@@ -459,6 +459,16 @@ fn step_mlock(cfg: &ReserveConfig) -> StepStatus {
     }
 }
 
+/// Drops the pages of this process's read-only file mappings (program
+/// text, read-only data) from its page tables, so that start-up code does
+/// not stay resident; what runs next maps its pages again from the page
+/// cache. Meant right before a warm-up and [`lock_memory`] with
+/// [`MlockMode::Resident`], while no other thread runs and nothing is
+/// locked. Returns the bytes that were resident in those mappings.
+pub fn drop_start_up_pages() -> std::io::Result<usize> {
+    crate::sys::drop_clean_file_pages()
+}
+
 /// Locks the pages of this process that are resident now: the present bit
 /// (63) of each page's `/proc/self/pagemap` entry, readable without
 /// privileges, over every mapping of `/proc/self/maps` except the kernel's

@@ -84,7 +84,11 @@ pub struct RunnerConfig {
     /// Run one decision over the tree without acting on it once the tree
     /// is known, and again when it has grown, so the decision path is
     /// resident and locked before memory runs out ([`Engine::warm_up`]:
-    /// needed with `mlockall(MCL_ONFAULT)`). Off in [`RunnerConfig::new`].
+    /// needed with `MlockMode::Resident`, whose lock is then taken after
+    /// it). With that mode the runner first drops its read-only file pages
+    /// (start-up code) from the resident set
+    /// ([`reserve::drop_start_up_pages`]), which assumes no other thread
+    /// maps or unmaps memory meanwhile. Off in [`RunnerConfig::new`].
     pub warm_up: bool,
 }
 
@@ -629,6 +633,16 @@ impl Runner {
         let now = self.engine.tree().len();
         if self.engine.in_episode() || (last > 0 && now < last + (last / 4).max(16)) {
             return;
+        }
+        if last == 0 && self.relock.is_some() {
+            // Start-up code (configuration, logging set-up, the tree walk)
+            // leaves the resident set; the warm-up maps the hot path again.
+            match reserve::drop_start_up_pages() {
+                Ok(b) => {
+                    tracing::debug!(kib = b >> 10, "start-up pages dropped before the warm-up")
+                }
+                Err(e) => tracing::debug!(error = %e, "dropping start-up pages failed"),
+            }
         }
         if self.engine.warm_up().is_none() {
             return;
