@@ -74,6 +74,10 @@ pub struct KernelHost {
     /// `memory.swap.current` is not read at all.
     swap_on: bool,
     present: Vec<Present>,
+    /// The files found in the last cgroup attached, by its parent's path:
+    /// siblings have the same controllers (their parent's
+    /// `cgroup.subtree_control`), so the next sibling skips nine `stat`s.
+    probed: Option<(PathBuf, Present)>,
     victims: [Option<Pidfd>; VICTIM_SLOTS],
     scan: Vec<ProcessInfo>,
     stat: MemoryStat,
@@ -133,6 +137,7 @@ impl KernelHost {
             fs,
             cgroups: Vec::with_capacity(max_cgroups),
             present: Vec::with_capacity(max_cgroups),
+            probed: None,
             current: Vec::with_capacity(max_cgroups),
             current_budget: {
                 let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
@@ -246,7 +251,14 @@ impl Host for KernelHost {
             self.present.resize_with(i + 1, Present::default);
             self.current.resize_with(i + 1, || None);
         }
-        self.present[i] = Present::probe(&cg);
+        self.present[i] = match (&self.probed, path.parent()) {
+            (Some((p, known)), Some(parent)) if p == parent => *known,
+            (_, parent) => {
+                let found = Present::probe(&cg);
+                self.probed = parent.map(|p| (p.to_path_buf(), found));
+                found
+            }
+        };
         self.current[i] = if self.present[i].current && self.current_budget > 0 {
             let f = cg.open_file(files::MEMORY_CURRENT).ok();
             if f.is_some() {
