@@ -5,7 +5,8 @@
 //! VM's scratch NVMe disk, with its page cache dropped first: every page of its text it has not
 //! locked can be evicted and would have to be read back from the disk (a major fault).
 //!
-//! Each run then (1) squeezes the daemon's own cgroup (`memory.max` 0, at once restored): the
+//! Each run then (1) squeezes the daemon's own cgroup (`memory.high` 0, at once restored: the
+//! write reclaims synchronously, and unlike `memory.max` it never fails an allocation): the
 //! kernel reclaims every page of the daemon that is not locked, a deterministic stand-in for the
 //! worst that global reclaim could do to it; (2) fills the guest with an unmanaged hog up to a
 //! few dozen MiB of `MemAvailable`, so page cache is being evicted machine-wide while (3) the
@@ -146,10 +147,20 @@ fn run(ctx: &Ctx, bin: &Path, mlock: &str) -> Result<(Value, u64), Fail> {
         },
     )?;
 
+    // Its watchdog thread is up (the squeeze must not meet a thread being set up).
+    wait_for(
+        "the daemon's watchdog thread",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || {
+            let n = std::fs::read_dir(format!("/proc/{}/task", daemon.pid()))?.count();
+            Ok((n >= 2).then_some(()))
+        },
+    )?;
     // (1) Everything of the daemon that is not locked leaves RAM.
     let before = daemon_cgroup.memory_current()?;
-    let _ = daemon_cgroup.set_memory_max(Limit::Bytes(0));
-    daemon_cgroup.set_memory_max(Limit::Max)?;
+    daemon_cgroup.set_memory_high(Limit::Bytes(0))?;
+    daemon_cgroup.set_memory_high(Limit::Max)?;
     let squeezed = daemon_cgroup.memory_current()?;
 
     // (2) The machine fills up; (3) the service, then the batch job growing into the limits.
