@@ -873,11 +873,22 @@ fn rest(ctx: &mut Ctx) -> TestResult {
         std::fs::create_dir(root.join(format!("c{i}")))?;
     }
     let mut done = Vec::new();
-    for h in [H::Oomkit, H::Earlyoom, H::Oomd] {
+    // oomkit twice: as shipped, and with the previous default `mlock = "all"` (for the breakdown
+    // of what locking the whole address space costs).
+    for (h, name) in [
+        (H::Oomkit, "oomkit"),
+        (H::Oomkit, "oomkit-mlock-all"),
+        (H::Earlyoom, "earlyoom"),
+        (H::Oomd, "oomd"),
+    ] {
         let t = Instant::now();
         let started = if h == H::Oomkit {
-            let dir = PathBuf::from(format!("/tmp/bench-{}/oomkit", ctx.name()));
-            start_oomkit(ctx, &dir, &shipped_config(&root, &dir)).map(|(r, _)| Some(r))
+            let dir = PathBuf::from(format!("/tmp/bench-{}/{name}", ctx.name()));
+            let mut config = shipped_config(&root, &dir);
+            if name != "oomkit" {
+                config = config.replace("mlock = \"resident\"", "mlock = \"all\"");
+            }
+            start_oomkit(ctx, &dir, &config).map(|(r, _)| Some(r))
         } else {
             start_handler(ctx, h, &root, &root, 1 << 20, &[], &[], REST_CGROUPS + 64)
         };
@@ -887,7 +898,7 @@ fn rest(ctx: &mut Ctx) -> TestResult {
             Err(e) => {
                 note(
                     ctx,
-                    json!({"kind": "unavailable", "scenario": "rest", "handler": h.name(),
+                    json!({"kind": "unavailable", "scenario": "rest", "handler": name,
                            "why": e.0}),
                 );
                 continue;
@@ -898,14 +909,12 @@ fn rest(ctx: &mut Ctx) -> TestResult {
         settle(pid, Duration::from_secs(120))?;
         let mut v = rest_numbers(pid)?;
         v["kind"] = json!("rest");
-        v["handler"] = json!(h.name());
+        v["handler"] = json!(name);
         v["cgroups"] = json!(REST_CGROUPS);
         v["startup_s"] = json!((startup.as_secs_f64() * 100.0).round() / 100.0);
         done.push(format!(
-            "{} Rss {} KiB VmLck {} KiB",
-            h.name(),
-            v["rss_kib"],
-            v["lck_kib"]
+            "{name} Rss {} KiB VmLck {} KiB",
+            v["rss_kib"], v["lck_kib"]
         ));
         note(ctx, v);
         stop(Some(r));

@@ -674,30 +674,27 @@ fn render(args: &BenchArgs, micro: &[Micro], vm: Option<&VmResult>) -> String {
 /// mean structurally; it is kept in code so the command rewrites the whole document.
 const ANALYSIS: &str = r#"## Where oomkit is not at least as good as every peer, and why
 
-* **Selection cost grows with the tree, and misses 10 ms at 10,000 cgroups on a real host.**
-  Every decision snapshots *every* cgroup in scope (`Engine::snapshot` →
-  `KernelHost::read_usage`: `openat` + `read` + `close` of `memory.current` and
-  `memory.swap.current` each: `snapshot/read_usage` above), then process granularity reads
-  `/proc` for every process of every candidate cgroup. The policy itself is cheap at cgroup
-  granularity; at process granularity it is quadratic: `View::processes` finds a cgroup's slice
-  with a linear search of `Snapshot::proc_index` (sdk/src/engine/snapshot.rs), so 10,000 cgroups
-  cost 5·10⁷ comparisons. Fixes (SDK, not done here): index `proc_index` by `CgroupId` slot; keep
-  `memory.current` fds open and `pread` them (one syscall instead of three); prune by tier (read
-  the tiers' parents, descend only into the lowest non-empty tier) instead of reading all
-  leaves. The kernel's OOM killer and earlyoom walk every process too (`oom_badness` /
-  `/proc/*/oom_score`), but in-kernel or without per-cgroup files.
-* **Footprint.** oomkit holds two fds per watched cgroup (its directory and
-  `memory.events.local`) plus an inotify watch, and with the default `mlock = "all"` locks all of
-  it: see VmLck above. earlyoom watches nothing but `/proc/meminfo` and is far smaller. oomkit
-  does not raise `RLIMIT_NOFILE` itself: with the common soft limit of 1024 it cannot watch more
-  than about 500 cgroups (the bench raises the limit to 65,536 before starting each handler).
-* **Startup over 10,000 cgroups is slow, and the watchdog fires during it** (guest, TCG): the
-  runner attaches every existing cgroup (after the directory watch's queue of 4,096 overflowed,
-  by a rescan) inside its first turn, which the watchdog already counts as a busy loop; after
-  its 2 s timeout it logs "the main loop is stalled; acting on its own" and looks for a victim
-  (here it found none, the 10,000 cgroups being empty; on a node with running workloads it
-  would kill at daemon start). VmLck exceeding VmRSS means mappings are locked without being
-  resident. Both are reported to the SDK owners.
+* **Selection at cgroup granularity reads every cgroup in scope.** Each decision snapshots the
+  `memory.current` of every cgroup (`Engine::snapshot` → `KernelHost::read_usage`): one `pread`
+  on a kept fd (about 0.9 µs) as far as the open-file limit leaves room for those fds, else
+  `openat` + `read` + `close` (about 4 µs). The runner raises its soft limit to the hard limit,
+  but on this host the hard limit is 20,000, and the two fds every cgroup already holds (its
+  directory and `memory.events.local`) leave no room at 10,000 cgroups: the 10,000 row of
+  `select_kernel_host` is the uncached path. Meeting 10 ms whatever the limit needs fewer fds
+  per cgroup (one inotify watch per `memory.events.local` instead of an fd each, the directory
+  fd opened on demand), which is not done. Process granularity visits cgroups best-first and
+  stops early, but still reads `/proc` for the processes of the cgroups it visits.
+* **Footprint at rest: earlyoom is smaller.** earlyoom is a small C program that reads
+  `/proc/meminfo` on a timer and watches no cgroup; oomkit is a static Rust binary (tracing,
+  clap, toml, serde_json, globset) that watches every cgroup. Reserve mode
+  (`mlock = "resident"`) drops the pages of start-up code, runs one decision over the tree, and
+  locks only what that touched, so what stays resident (and locked) is the decision path and
+  the tables of the cgroups it manages — see the breakdown in the guest case line. oomd does
+  not lock anything.
+* **Per-cgroup cost.** oomkit holds two or three fds per watched cgroup (directory,
+  `memory.events.local`, and `memory.current` within the open-file budget) plus an inotify
+  watch; oomd holds one per cgroup of its rulesets; earlyoom none. Start-up attaches every
+  existing cgroup (open, xattrs, watch) in its first turn; see the cost-per-cgroup table.
 * **Idle wakeups** (oomkit is best here). oomkit has no timer when nothing happens; earlyoom
   polls `/proc/meminfo` on a timer (its interval adapts to free memory) and oomd runs its
   ruleset every interval (1 s), reading its cgroups each time — see the wakeups column.

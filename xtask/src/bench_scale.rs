@@ -52,8 +52,9 @@ pub fn render(
          every resident page it maps, the same count for all three) and `VmLck`, fds and threads \
          from `/proc/PID/status`. oomkit runs the shipped `handlers/configs/priority-kill.toml` \
          (`max_cgroups = 4096`, `mlock = \"resident\"`, watchdog on), only its root and incident \
-         folder moved to the test's. Start-up: from spawn to its `running` line (oomkit) or its \
-         first report.\n"
+         folder moved to the test's; the `oomkit-mlock-all` row is the same with `mlock = \"all\"` \
+         (`MCL_CURRENT | MCL_FUTURE`, the default before), for comparison. Start-up: from spawn \
+         to its `running` line (oomkit) or its first report.\n"
     );
     let _ = writeln!(
         s,
@@ -68,7 +69,7 @@ pub fn render(
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
     let get = |h: &str| rest.iter().find(|v| v["handler"] == h);
     let ours = get("oomkit").and_then(|v| f(v, "rss_kib"));
-    for h in ["oomkit", "earlyoom", "oomd"] {
+    for h in ["oomkit", "oomkit-mlock-all", "earlyoom", "oomd"] {
         match get(h) {
             Some(v) => {
                 let ratio = match (ours, f(v, "rss_kib")) {
@@ -114,6 +115,30 @@ pub fn render(
             verdict(lck <= rss + 1024.0),
             lck / 1024.0
         );
+        for (label, row) in [
+            ("as shipped", Some(v)),
+            ("with mlock = \"all\"", get("oomkit-mlock-all")),
+        ] {
+            let Some(b) = row.and_then(|r| r["breakdown"].as_object()) else {
+                continue;
+            };
+            let mut parts: Vec<(&String, u64)> = b
+                .iter()
+                .map(|(k, x)| (k, x.as_u64().unwrap_or(0)))
+                .collect();
+            parts.sort_by_key(|p| std::cmp::Reverse(p.1));
+            let _ = writeln!(
+                s,
+                "* Where oomkit's Rss is, {label} (KiB, from `/proc/PID/smaps`: its own binary \
+                 by permission — text r-x, rodata r--, data rw- — the heap, anonymous mappings \
+                 such as the watchdog thread's stack and large tables, the main stack): {}.",
+                parts
+                    .iter()
+                    .map(|(k, x)| format!("{k} {x}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         for h in ["earlyoom", "oomd"] {
             if let Some(p) = get(h).and_then(|p| f(p, "rss_kib")) {
                 let _ = writeln!(
