@@ -12,7 +12,7 @@
 //! few dozen MiB of `MemAvailable`, so page cache is being evicted machine-wide while (3) the
 //! priority scenario's batch job grows into its machine's `memory.high`/`memory.max` and the
 //! daemon decides and kills. The daemon logs the major faults of the episode's turns up to the
-//! kill (`major_faults_to_kill`, from `getrusage`).
+//! kill (`major_faults_to_kill` in its `episode page faults` line, from `getrusage`).
 //!
 //! Two runs: `mlock = "off"` first, which must see major faults (else the squeeze or the
 //! measurement is broken and the second run would prove nothing), then the default reserve mode
@@ -34,7 +34,7 @@ const DISK: &str = "/dev/nvme0n1";
 const MNT: &str = "/mnt/oomkit-disk";
 const MIB: u64 = 1 << 20;
 /// What the filler leaves of `MemAvailable` (MiB): the machine below needs more than that.
-const LEAVE_MIB: u64 = 80;
+const LEAVE_MIB: u64 = 44;
 const MACHINE_MAX_MIB: u64 = 96;
 const MACHINE_HIGH_MIB: u64 = 64;
 const SERVICE_MIB: u64 = 24;
@@ -100,7 +100,7 @@ fn tail(log: &Path) -> String {
     l[l.len().saturating_sub(10)..].join(" | ")
 }
 
-/// One run with `[reserve] mlock = <mlock>`; returns the daemon's `episode ended` line and the
+/// One run with `[reserve] mlock = <mlock>`; returns the daemon's `episode page faults` line and the
 /// file pages the kernel reclaimed meanwhile.
 fn run(ctx: &Ctx, bin: &Path, mlock: &str) -> Result<(Value, u64), Fail> {
     let tag = mlock.replace('-', "_");
@@ -190,7 +190,7 @@ fn run(ctx: &Ctx, bin: &Path, mlock: &str) -> Result<(Value, u64), Fail> {
     let mut batch = ctx.spawn(&batch_path, WorkloadKind::HogGrow { step_mib: 2 })?;
     let start = Instant::now();
     let ended_line = wait_for(
-        "the daemon's `episode ended` line",
+        "the daemon's `episode page faults` line",
         Duration::from_secs(120),
         Duration::from_millis(20),
         || {
@@ -199,7 +199,7 @@ fn run(ctx: &Ctx, bin: &Path, mlock: &str) -> Result<(Value, u64), Fail> {
             }
             Ok(log_lines(&log)
                 .into_iter()
-                .find(|l| l["message"] == "episode ended"))
+                .find(|l| l["message"] == "episode page faults"))
         },
     )
     .map_err(|e| Fail(format!("{}; daemon log: {}", e.0, tail(&log))))?;

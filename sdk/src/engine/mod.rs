@@ -53,7 +53,7 @@ pub mod fake;
 #[cfg(test)]
 mod tests;
 
-pub use config::EngineConfig;
+pub use config::{EngineConfig, INITIAL_CGROUPS};
 pub use episode::{EngineStats, Episode, Outcome, Refusal, Timings, VictimRecord};
 pub use handler::Handler;
 pub use host::{Host, Victim};
@@ -157,13 +157,13 @@ impl<H: Host> Engine<H> {
         root: &Path,
     ) -> Result<Self> {
         cfg.validate()?;
-        let mut tree = Tree::with_capacity(cfg.max_cgroups);
+        let mut tree = Tree::with_capacity(cfg.initial_cgroups());
         let mut handler = handler;
         let root_id = tree.insert(root.to_path_buf(), None, Class::default());
         let x = host.attach(root_id, root)?;
         cgroups::classify(&mut *handler, &mut tree, root_id, x);
         Ok(Engine {
-            snap: Snapshot::with_capacity(cfg.max_cgroups, cfg.max_processes),
+            snap: Snapshot::with_capacity(cfg.initial_cgroups(), cfg.max_processes),
             cfg,
             host,
             handler,

@@ -300,8 +300,14 @@ impl Runner {
         fs: CgroupFs,
         root_hier: PathBuf,
     ) -> Result<Self> {
-        let n = cfg.engine.max_cgroups;
-        let mut host = KernelHost::new(fs, cfg.xattr_trust, n, cfg.engine.max_processes);
+        // Tables start small and grow with the tree (`EngineConfig::max_cgroups`).
+        let n = cfg.engine.initial_cgroups();
+        let mut host = KernelHost::new(
+            fs,
+            cfg.xattr_trust,
+            cfg.engine.max_cgroups,
+            cfg.engine.max_processes,
+        );
         host.set_diagnostics_dir(cfg.diagnostics_dir.clone());
         let engine = Engine::new(cfg.engine.clone(), host, handler, &root_hier)?;
         #[cfg(feature = "serde")]
@@ -325,7 +331,8 @@ impl Runner {
             next_user: USER_TOKEN_BASE,
             dir_changes: Vec::with_capacity(TURN_ROOM),
             triggers: Vec::with_capacity(TURN_ROOM),
-            batch: Vec::with_capacity(n + EXTRA_SOURCES),
+            // As many events as the watcher returns at once (2 per source).
+            batch: Vec::with_capacity(2 * (n + EXTRA_SOURCES)),
             warmed: cfg.warm_up.then_some(0),
             relock: None,
             episode_faults: 0,
@@ -401,6 +408,9 @@ impl Runner {
             Ok(tok) => {
                 self.bindings.insert(tok, Binding::MemoryEvents(id));
                 self.events_token.insert(id, tok);
+                // Room for the victim's pidfd and caller fds, so the turn
+                // that kills never grows the table.
+                self.bindings.reserve(EXTRA_SOURCES);
                 Ok(())
             }
             // The mount root has no memory.events: nothing to watch there.
@@ -697,7 +707,7 @@ impl Runner {
             outcome = ?ep.outcome,
             major_faults_to_kill = self.faults_to_kill,
             major_faults = self.episode_faults,
-            "episode ended"
+            "episode page faults"
         );
         self.episode_faults = 0;
         self.faults_to_kill = 0;
