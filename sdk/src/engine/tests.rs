@@ -665,3 +665,28 @@ fn warm_up_waits_while_an_episode_runs() {
     assert_eq!(r.engine.warm_up(), None);
     assert_eq!(r.host().kills().len(), 1, "the episode's own kill only");
 }
+
+#[test]
+fn tables_grow_past_their_initial_room() {
+    let n = 3 * INITIAL_CGROUPS;
+    let cfg = EngineConfig {
+        max_cgroups: 10 * n,
+        ..EngineConfig::default()
+    };
+    let mut r = rig(
+        cfg,
+        |h| {
+            for i in 0..n {
+                h.cg(&format!("/job{i}")).procs = vec![proc(1000 + i as i32, 1 + i as u64)];
+            }
+        },
+        None,
+    );
+    let w = r.engine.warm_up().expect("idle");
+    assert_eq!(w.cgroups, n + 1, "every cgroup is in the snapshot: {w:?}");
+    // The largest process is in the last cgroup added.
+    r.event("/", ev(0, 1, 1));
+    let kills = r.host().kills();
+    assert_eq!(kills.len(), 1, "{kills:?}");
+    assert_eq!(kills[0].1, 1000 + n as i32 - 1, "{kills:?}");
+}
