@@ -28,8 +28,9 @@
 //! every mapping — the whole text of a static binary, table room never
 //! used — so the handler costs its address space on every node; with
 //! `MCL_ONFAULT` the kernel still counts the whole address space as locked
-//! (`VmLck`). Locking what a warm-up decision touched costs what the handler
-//! uses, and keeps exactly the decision path in RAM. A caller that runs such
+//! (`VmLck`). Locking the program's own code and read-only data, and
+//! elsewhere what a warm-up decision touched, costs what the handler uses
+//! and keeps the decision path in RAM. A caller that runs such
 //! a warm-up sets [`ReserveConfig::defer_mlock`] and calls [`lock_memory`]
 //! after it (the runner does).
 //! [`verify`] reads the state back for tests and logs.
@@ -64,9 +65,10 @@ pub enum MlockMode {
     /// are touched instead of populating every mapping at once (the kernel
     /// still counts every mapping in `VmLck`).
     AllOnFault,
-    /// `mlock(2)` of the pages resident when the lock is taken (the present
-    /// bit of `/proc/self/pagemap`), then `MCL_FUTURE` for everything mapped
-    /// later: locked memory is what the process touched so far. Take it
+    /// `mlock(2)` of the program's own file mappings (code, read-only data)
+    /// whole, and elsewhere of the pages resident when the lock is taken
+    /// (the present bit of `/proc/self/pagemap`: heap, stacks, tables, shared
+    /// libraries), then `MCL_FUTURE` for everything mapped later. Take it
     /// after touching the hot path (see the module docs).
     Resident,
 }
@@ -469,10 +471,12 @@ pub fn drop_start_up_pages() -> std::io::Result<usize> {
     crate::sys::drop_clean_file_pages()
 }
 
-/// Locks the pages of this process that are resident now: the present bit
-/// (63) of each page's `/proc/self/pagemap` entry, readable without
-/// privileges, over every mapping of `/proc/self/maps` except the kernel's
-/// special ones; runs of present pages are `mlock`ed one range at a time.
+/// Locks the program's own file mappings whole (its code and read-only
+/// data, faulted in if needed), and of every other mapping the pages that
+/// are resident now: the present bit (63) of each page's
+/// `/proc/self/pagemap` entry, readable without privileges, over every
+/// mapping of `/proc/self/maps` except the kernel's special ones; runs of
+/// present pages are `mlock`ed one range at a time.
 /// Returns the bytes locked, the number of ranges and what failed.
 fn lock_resident() -> std::result::Result<(usize, usize, Option<String>), String> {
     use std::os::unix::fs::FileExt;
@@ -480,6 +484,9 @@ fn lock_resident() -> std::result::Result<(usize, usize, Option<String>), String
     let pagemap = std::fs::File::open("/proc/self/pagemap")
         .map_err(|e| format!("/proc/self/pagemap: {e}"))?;
     let page = rustix::param::page_size();
+    let exe = std::fs::read_link("/proc/self/exe")
+        .map(|p| p.into_os_string().into_encoded_bytes())
+        .unwrap_or_default();
     let mut ranges = Vec::new();
     let mut entries = vec![0u8; 8 * 512];
     for line in maps.split(|b| *b == b'\n') {
@@ -502,6 +509,14 @@ fn lock_resident() -> std::result::Result<(usize, usize, Option<String>), String
         let (Some(start), Some(end)) = (hex(&range[..dash]), hex(&range[dash + 1..])) else {
             continue;
         };
+        // The program's own code and read-only data are locked whole: a
+        // warm-up cannot reach every line of the kill path (error and log
+        // branches), and a page of it read back from disk during an OOM is
+        // the stall reserve mode exists to prevent.
+        if !exe.is_empty() && name == exe.as_slice() {
+            ranges.push((start, end));
+            continue;
+        }
         let mut run: Option<usize> = None;
         let mut at = start;
         while at < end {
