@@ -226,9 +226,12 @@ fn run(ctx: &Ctx, bin: &Path, mlock: &str) -> Result<(Value, u64), Fail> {
         "secs": start.elapsed().as_secs_f64(),
     }));
     ensure!(
-        ended_line["outcome"]
-            .as_str()
-            .is_some_and(|o| o.contains("Acted")),
+        // The control run may be slow enough (pages read back from disk) for the re-check to
+        // find the pressure gone; the locked run must reach the kill.
+        mlock == "off"
+            || ended_line["outcome"]
+                .as_str()
+                .is_some_and(|o| o.contains("Acted")),
         "mlock {mlock}: the episode did not act: {ended_line}; daemon log: {}",
         tail(&log)
     );
