@@ -406,11 +406,14 @@ impl Default for PsiSection {
 pub enum MlockSetting {
     /// No locking.
     Off,
-    /// `MCL_CURRENT | MCL_FUTURE`.
-    #[default]
+    /// `MCL_CURRENT | MCL_FUTURE`: the whole address space.
     All,
     /// `MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT`.
     OnFault,
+    /// What the warm-up decision touched (`mlock` of the resident pages),
+    /// then `MCL_FUTURE`.
+    #[default]
+    Resident,
 }
 
 /// `[reserve]`: what keeps the daemon alive when memory is gone.
@@ -419,7 +422,7 @@ pub enum MlockSetting {
 pub struct ReserveSection {
     /// Enter reserve mode at all.
     pub enabled: bool,
-    /// `off`, `all` or `on-fault`.
+    /// `off`, `all`, `on-fault` or `resident`.
     pub mlock: MlockSetting,
     /// `memory.min` of a dedicated cgroup for the daemon (needs `cgroup_parent`).
     pub memory_min: Option<ByteSize>,
@@ -441,7 +444,7 @@ impl Default for ReserveSection {
     fn default() -> Self {
         ReserveSection {
             enabled: true,
-            mlock: MlockSetting::All,
+            mlock: MlockSetting::Resident,
             memory_min: None,
             cgroup_parent: None,
             cgroup_name: "oomkit".into(),

@@ -176,6 +176,7 @@ pub fn runner_config(cfg: &Config, dry_run: bool) -> Result<RunnerConfig, Daemon
                 MlockSetting::Off => MlockMode::Off,
                 MlockSetting::All => MlockMode::All,
                 MlockSetting::OnFault => MlockMode::AllOnFault,
+                MlockSetting::Resident => MlockMode::Resident,
             },
             oom_score_adj: r.oom_score_adj,
             nice: r.nice,

@@ -9,6 +9,13 @@
 //!   whole tree; oomd: a ruleset on the parent's children; earlyoom: watches no cgroups at all),
 //!   then RSS, locked memory and context switches over an idle period from `/proc/PID/status`
 //!   (all threads).
+//! * `bench_rest`: [`REST_CGROUPS`] empty cgroups; oomkit with the shipped
+//!   `handlers/configs/priority-kill.toml` (root and incident folder pointed at the test), earlyoom
+//!   and oomd as in the footprint case; each one's resident set from `/proc/PID/smaps_rollup`
+//!   (`Rss`), `VmLck`, fds and start-up, one after the other.
+//! * `bench_scale`: oomkit alone over 100 … 30,000 empty cgroups ([`SCALE`]): start-up (spawn to
+//!   its `running` line), the selection time of its warm-up decision (snapshot + `decide` at
+//!   cgroup granularity over the whole tree, from its log), `smaps_rollup` Rss, `VmLck`, fds.
 //! * `bench_e2e_<scenario>_<handler>`: N runs of a scenario (`oomkit.runs=N` on the kernel
 //!   command line, default 5). Each run measures, from the onset of pressure (the first `high`
 //!   or `max` event on the scenario's limited cgroup, seen by this process through epoll), the
@@ -84,6 +91,8 @@ pub fn cases() -> Vec<TestCase> {
             e2e(x, Sc::Priority, H::Oomd)
         }),
         c("bench_footprint", 900, footprint),
+        c("bench_rest", 600, rest),
+        c("bench_scale", 1800, scale),
     ]
 }
 
@@ -731,4 +740,242 @@ fn footprint(ctx: &mut Ctx) -> TestResult {
         created.as_secs_f64(),
         done.join("; ")
     )))
+}
+
+/// Cgroups managed at rest (the largest count of the at-rest goal).
+pub const REST_CGROUPS: usize = 100;
+/// Tree sizes of the scale case.
+pub const SCALE: [usize; 4] = [100, 1_000, 10_000, 30_000];
+/// The daemon's shipped configuration, measured as a node would run it.
+const SHIPPED_CONFIG: &str = include_str!("../../handlers/configs/priority-kill.toml");
+
+/// `Rss` of `/proc/PID/smaps_rollup` in KiB (every resident page mapped, as `ps` and peers count).
+fn smaps_rss(pid: i32) -> Result<u64, Fail> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Rss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| Fail(format!("no Rss in /proc/{pid}/smaps_rollup")))
+}
+
+/// Waits until the fd count and RSS of `pid` have not changed for 2 s (at most `limit`).
+fn settle(pid: i32, limit: Duration) -> Result<(), Fail> {
+    let mut last = (usize::MAX, u64::MAX);
+    let mut stable_since = Instant::now();
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = (fd_count(pid), proc_numbers(pid)?.0);
+        if now != last {
+            last = now;
+            stable_since = Instant::now();
+        } else if stable_since.elapsed() >= Duration::from_secs(2) {
+            return Ok(());
+        }
+    }
+    Err(Fail(format!("pid {pid} did not settle within {limit:?}")))
+}
+
+/// The shipped configuration with its root and incident folder moved to `root` and `dir`.
+fn shipped_config(root: &Path, dir: &Path) -> String {
+    SHIPPED_CONFIG
+        .lines()
+        .map(|l| {
+            if l.starts_with("root = ") {
+                format!("root = \"{}\"", root.display())
+            } else if l.starts_with("incident_dir = ") {
+                format!("incident_dir = \"{}\"", dir.join("incidents").display())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Starts the daemon with `config` (written to `dir`), waits for its `running` line; returns it
+/// with the time that took.
+fn start_oomkit(ctx: &Ctx, dir: &Path, config: &str) -> Result<(Running, Duration), Fail> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("oomkit.toml");
+    write_file(&path, config)?;
+    let args = vec!["run".into(), "--config".into(), path.display().to_string()];
+    let t = Instant::now();
+    let mut r = Running::start(ctx, Path::new(OOMKIT_BIN), &args, "oomkit")?;
+    r.wait_for(
+        "its `running` line",
+        Duration::from_secs(600),
+        "\"running\"",
+    )?;
+    Ok((r, t.elapsed()))
+}
+
+/// A numeric field of the daemon's first JSON log line whose message is `message`.
+fn log_field(r: &Running, message: &str, field: &str) -> Option<f64> {
+    r.lines.iter().find_map(|(_, l)| {
+        let v: Value = serde_json::from_str(l).ok()?;
+        (v["message"] == message).then(|| v[field].as_f64())?
+    })
+}
+
+/// The footprint numbers of a settled handler, as one JSON object.
+fn rest_numbers(pid: i32) -> Result<Value, Fail> {
+    let rss = smaps_rss(pid)?;
+    let (vmrss, _, lck, _, threads) = proc_numbers(pid)?;
+    Ok(
+        json!({"rss_kib": rss, "vmrss_kib": vmrss, "lck_kib": lck, "fds": fd_count(pid),
+              "threads": threads, "breakdown": breakdown(pid)}),
+    )
+}
+
+/// Where the resident set is, from `/proc/PID/smaps`: Rss (KiB) summed by kind of mapping —
+/// the program's own file by permission (`text` r-x, `rodata` r--, `data` rw-), other files,
+/// `[heap]`, `[stack]`, anonymous mappings (large allocations, thread stacks), the rest.
+fn breakdown(pid: i32) -> Value {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut out = serde_json::Map::new();
+    let mut kind = String::new();
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            let perms = f.next().unwrap_or("");
+            let name = f.nth(3).unwrap_or("");
+            kind = match name {
+                "" => "anon".into(),
+                "[heap]" => "heap".into(),
+                "[stack]" => "stack".into(),
+                n if n == exe => match perms.get(..3) {
+                    Some("r-x") => "text".into(),
+                    Some("r--") => "rodata".into(),
+                    _ => "data".into(),
+                },
+                n if n.starts_with('[') => "other".into(),
+                _ => "other files".into(),
+            };
+        } else if first == "Rss:" {
+            let kib: u64 = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let e = out.entry(kind.clone()).or_insert(json!(0));
+            *e = json!(e.as_u64().unwrap_or(0) + kib);
+        }
+    }
+    Value::Object(out)
+}
+
+/// Each handler at rest over [`REST_CGROUPS`] cgroups: what it costs a node that is not in
+/// trouble.
+fn rest(ctx: &mut Ctx) -> TestResult {
+    let (root, _) = parent_cgroup(ctx, "rest")?;
+    for i in 0..REST_CGROUPS {
+        std::fs::create_dir(root.join(format!("c{i}")))?;
+    }
+    let mut done = Vec::new();
+    // oomkit twice: as shipped, and with the previous default `mlock = "all"` (for the breakdown
+    // of what locking the whole address space costs).
+    for (h, name) in [
+        (H::Oomkit, "oomkit"),
+        (H::Oomkit, "oomkit-mlock-all"),
+        (H::Earlyoom, "earlyoom"),
+        (H::Oomd, "oomd"),
+    ] {
+        let t = Instant::now();
+        let started = if h == H::Oomkit {
+            let dir = PathBuf::from(format!("/tmp/bench-{}/{name}", ctx.name()));
+            let mut config = shipped_config(&root, &dir);
+            if name != "oomkit" {
+                config = config.replace("mlock = \"resident\"", "mlock = \"all\"");
+            }
+            start_oomkit(ctx, &dir, &config).map(|(r, _)| Some(r))
+        } else {
+            start_handler(ctx, h, &root, &root, 1 << 20, &[], &[], REST_CGROUPS + 64)
+        };
+        let r = match started {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(e) => {
+                note(
+                    ctx,
+                    json!({"kind": "unavailable", "scenario": "rest", "handler": name,
+                           "why": e.0}),
+                );
+                continue;
+            }
+        };
+        let pid = r.pid();
+        let startup = t.elapsed();
+        settle(pid, Duration::from_secs(120))?;
+        let mut v = rest_numbers(pid)?;
+        v["kind"] = json!("rest");
+        v["handler"] = json!(name);
+        v["cgroups"] = json!(REST_CGROUPS);
+        v["startup_s"] = json!((startup.as_secs_f64() * 100.0).round() / 100.0);
+        done.push(format!(
+            "{name} Rss {} KiB VmLck {} KiB",
+            v["rss_kib"], v["lck_kib"]
+        ));
+        note(ctx, v);
+        stop(Some(r));
+    }
+    Ok(Outcome::Pass(format!(
+        "{REST_CGROUPS} cgroups; {}",
+        done.join("; ")
+    )))
+}
+
+/// oomkit over 100 … 30,000 cgroups: how its costs grow with the tree.
+fn scale(ctx: &mut Ctx) -> TestResult {
+    let (root, _) = parent_cgroup(ctx, "scale")?;
+    let mut made = 0;
+    let mut done = Vec::new();
+    for n in SCALE {
+        let t = Instant::now();
+        while made < n {
+            if let Err(e) = std::fs::create_dir(root.join(format!("c{made}"))) {
+                note(
+                    ctx,
+                    json!({"kind": "unavailable", "scenario": "scale", "handler": "oomkit",
+                           "cgroups": n,
+                           "why": format!("creating cgroup {made} of {n} failed: {e}")}),
+                );
+                return Ok(Outcome::Pass(format!(
+                    "{}; stopped at {made} cgroups: {e}",
+                    done.join("; ")
+                )));
+            }
+            made += 1;
+        }
+        let created = t.elapsed();
+        let dir = PathBuf::from(format!("/tmp/bench-{}/oomkit-{n}", ctx.name()));
+        let config = format!(
+            "[daemon]\nroot = \"{}\"\ndepth = 2\nlog_format = \"json\"\nlog_level = \"info\"\n\n\
+             [engine]\nmax_cgroups = {}\n\n[signals]\nmemory_events = true\n\n\
+             [handler]\nkind = \"priority-kill\"\n\n[handler.priority_kill]\ngranularity = \"cgroup\"\n",
+            root.display(),
+            n + 64
+        );
+        let (r, startup) = start_oomkit(ctx, &dir, &config)?;
+        let pid = r.pid();
+        settle(pid, Duration::from_secs(300))?;
+        let mut v = rest_numbers(pid)?;
+        let selection_us = log_field(&r, "warm-up decision (not acted on)", "selection_us");
+        v["kind"] = json!("scale");
+        v["handler"] = json!("oomkit");
+        v["cgroups"] = json!(n);
+        v["startup_s"] = json!((startup.as_secs_f64() * 100.0).round() / 100.0);
+        v["selection_ms"] = json!(selection_us.map(|u| (u / 10.0).round() / 100.0));
+        v["created_s"] = json!((created.as_secs_f64() * 10.0).round() / 10.0);
+        done.push(format!(
+            "{n}: start {:.2} s, Rss {} KiB, fds {}, selection {:?} ms",
+            startup.as_secs_f64(),
+            v["rss_kib"],
+            v["fds"],
+            v["selection_ms"]
+        ));
+        note(ctx, v);
+        stop(Some(r));
+    }
+    Ok(Outcome::Pass(done.join("; ")))
 }

@@ -12,8 +12,10 @@
 //!    the userspace form of the proposed `memory.oom_reserve_in_bytes` —
 //!    *first*, so the pages touched below are charged to the protected group;
 //! 2. [`mlockall(2)`](https://man7.org/linux/man-pages/man2/mlockall.2.html)
-//!    (`MCL_CURRENT|MCL_FUTURE`, optionally `MCL_ONFAULT`), checked against
-//!    `RLIMIT_MEMLOCK` first, raising the soft limit when allowed;
+//!    (`MCL_CURRENT|MCL_FUTURE`, optionally `MCL_ONFAULT`), or
+//!    [`MlockMode::Resident`]: `mlock(2)` of exactly the pages resident now
+//!    plus `MCL_FUTURE` — checked against `RLIMIT_MEMLOCK` first, raising
+//!    the soft limit when allowed;
 //! 3. pre-fault a region of the calling thread's stack;
 //! 4. `oom_score_adj` −1000 (the kernel OOM killer never picks us);
 //! 5. nice and optional `SCHED_FIFO` for the calling thread;
@@ -21,6 +23,16 @@
 //!    recurse into I/O, and it is not throttled as a writer).
 //!
 //! Steps 3, 5 and 6 are per-thread: call [`enter`] on the handler thread.
+//!
+//! Why [`MlockMode::Resident`] exists: `MCL_CURRENT` populates and locks
+//! every mapping — the whole text of a static binary, table room never
+//! used — so the handler costs its address space on every node; with
+//! `MCL_ONFAULT` the kernel still counts the whole address space as locked
+//! (`VmLck`). Locking the program's own code and read-only data, and
+//! elsewhere what a warm-up decision touched, costs what the handler uses
+//! and keeps the decision path in RAM. A caller that runs such
+//! a warm-up sets [`ReserveConfig::defer_mlock`] and calls [`lock_memory`]
+//! after it (the runner does).
 //! [`verify`] reads the state back for tests and logs.
 
 use std::fmt;
@@ -47,8 +59,15 @@ pub enum MlockMode {
     /// resident and locked.
     All,
     /// `MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT` (4.4+): lock pages as they
-    /// are touched instead of populating every mapping at once.
+    /// are touched instead of populating every mapping at once (the kernel
+    /// still counts every mapping in `VmLck`).
     AllOnFault,
+    /// `mlock(2)` of the program's own file mappings (code, read-only data)
+    /// whole, and elsewhere of the pages resident when the lock is taken
+    /// (the present bit of `/proc/self/pagemap`: heap, stacks, tables, shared
+    /// libraries), then `MCL_FUTURE` for everything mapped later. Take it
+    /// after touching the hot path (see the module docs).
+    Resident,
 }
 
 /// The dedicated cgroup to move into.
@@ -85,6 +104,9 @@ pub struct ReserveConfig {
     pub io_flusher: bool,
     /// A dedicated cgroup with `memory.min`.
     pub cgroup: Option<ReserveCgroup>,
+    /// Leave the `mlockall` step to a later [`lock_memory`] call (after a
+    /// warm-up); [`enter`] reports it as skipped.
+    pub defer_mlock: bool,
 }
 
 impl Default for ReserveConfig {
@@ -100,6 +122,7 @@ impl Default for ReserveConfig {
             sched_fifo: None,
             io_flusher: true,
             cgroup: None,
+            defer_mlock: false,
         }
     }
 }
@@ -158,6 +181,15 @@ impl ReserveReport {
     fn push(&mut self, name: &'static str, status: StepStatus) {
         self.steps.push(Step { name, status });
     }
+
+    /// Replaces the outcome of step `name` (appends it if missing): a
+    /// deferred step taken later, by [`lock_memory`].
+    pub fn set(&mut self, step: Step) {
+        match self.steps.iter_mut().find(|s| s.name == step.name) {
+            Some(s) => *s = step,
+            None => self.steps.push(step),
+        }
+    }
 }
 
 impl fmt::Display for ReserveReport {
@@ -207,7 +239,14 @@ pub fn enter(cfg: &ReserveConfig) -> ReserveReport {
             StepStatus::Skipped("not glibc".into())
         },
     );
-    r.push("mlockall", step_mlock(cfg));
+    r.push(
+        "mlockall",
+        if cfg.defer_mlock && cfg.mlock != MlockMode::Off {
+            StepStatus::Skipped("deferred until after the warm-up (lock_memory)".into())
+        } else {
+            step_mlock(cfg)
+        },
+    );
     r.push(
         "stack",
         if cfg.stack_prefault == 0 {
@@ -301,6 +340,16 @@ fn step_cgroup(c: Option<&ReserveCgroup>) -> StepStatus {
     }
 }
 
+/// The `mlockall` step of `cfg`, on its own: for a caller that deferred it
+/// ([`ReserveConfig::defer_mlock`]) until its hot path was warm. Put the
+/// result into the report with [`ReserveReport::set`].
+pub fn lock_memory(cfg: &ReserveConfig) -> Step {
+    Step {
+        name: "mlockall",
+        status: step_mlock(cfg),
+    }
+}
+
 fn step_mlock(cfg: &ReserveConfig) -> StepStatus {
     let flags = match cfg.mlock {
         MlockMode::Off => return StepStatus::Skipped("not requested".into()),
@@ -308,11 +357,17 @@ fn step_mlock(cfg: &ReserveConfig) -> StepStatus {
         MlockMode::AllOnFault => {
             MlockAllFlags::CURRENT | MlockAllFlags::FUTURE | MlockAllFlags::ONFAULT
         }
+        MlockMode::Resident => MlockAllFlags::FUTURE,
     };
     let status = ProcDir::open_self().and_then(|d| d.status()).ok();
     let ipc_lock = proc::has_capability(Capability::IpcLock);
     let sys_resource = proc::has_capability(Capability::SysResource);
-    let vm_size = status.and_then(|s| s.vm_size).unwrap_or(0);
+    // What will count as locked: the address space, or (Resident) what is resident.
+    let vm_size = if cfg.mlock == MlockMode::Resident {
+        status.and_then(|s| s.vm_rss).unwrap_or(0)
+    } else {
+        status.and_then(|s| s.vm_size).unwrap_or(0)
+    };
     let mut lim = rustix::process::getrlimit(Resource::Memlock);
     let mut note = String::new();
     if cfg.raise_memlock_limit && lim.current.is_some() {
@@ -353,10 +408,33 @@ fn step_mlock(cfg: &ReserveConfig) -> StepStatus {
     }
     let mode = match cfg.mlock {
         MlockMode::AllOnFault => "MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT",
+        MlockMode::Resident => "MCL_FUTURE",
         _ => "MCL_CURRENT|MCL_FUTURE",
     };
     match rustix::mm::mlockall(flags) {
         Ok(()) => {
+            if cfg.mlock == MlockMode::Resident {
+                match lock_resident() {
+                    Ok((bytes, ranges, None)) => {
+                        note = format!(
+                            "; mlock of the {} KiB resident in {ranges} ranges{note}",
+                            bytes >> 10
+                        )
+                    }
+                    Ok((bytes, ranges, Some(failed))) => {
+                        return StepStatus::Denied(format!(
+                            "mlock of the {} KiB resident in {ranges} ranges, but {failed}; \
+                             MCL_FUTURE holds{note}",
+                            bytes >> 10
+                        ));
+                    }
+                    Err(e) => {
+                        return StepStatus::Denied(format!(
+                            "mlock of the resident pages: {e}; MCL_FUTURE holds{note}"
+                        ));
+                    }
+                }
+            }
             let warn = match (ipc_lock, lim.current) {
                 (false, Some(soft)) => {
                     format!("; mappings beyond RLIMIT_MEMLOCK ({soft} bytes) will now fail")
@@ -374,6 +452,115 @@ fn step_mlock(cfg: &ReserveConfig) -> StepStatus {
             fmt_limit(lim.current),
             if ipc_lock { "held" } else { "missing" }
         )),
+    }
+}
+
+/// Drops the pages of this process's read-only file mappings (program
+/// text, read-only data) from its page tables, so that start-up code does
+/// not stay resident; what runs next maps its pages again from the page
+/// cache. Meant right before a warm-up and [`lock_memory`] with
+/// [`MlockMode::Resident`], while no other thread runs and nothing is
+/// locked. Returns the bytes that were resident in those mappings.
+pub fn drop_start_up_pages() -> std::io::Result<usize> {
+    crate::sys::drop_clean_file_pages()
+}
+
+/// Locks the program's own file mappings whole (its code and read-only
+/// data, faulted in if needed), and of every other mapping the pages that
+/// are resident now: the present bit (63) of each page's
+/// `/proc/self/pagemap` entry, readable without privileges, over every
+/// mapping of `/proc/self/maps` except the kernel's special ones; runs of
+/// present pages are `mlock`ed one range at a time.
+/// Returns the bytes locked, the number of ranges and what failed.
+fn lock_resident() -> std::result::Result<(usize, usize, Option<String>), String> {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read("/proc/self/maps").map_err(|e| format!("/proc/self/maps: {e}"))?;
+    let pagemap = std::fs::File::open("/proc/self/pagemap")
+        .map_err(|e| format!("/proc/self/pagemap: {e}"))?;
+    let page = rustix::param::page_size();
+    let exe = std::fs::read_link("/proc/self/exe")
+        .map(|p| p.into_os_string().into_encoded_bytes())
+        .unwrap_or_default();
+    let mut ranges = Vec::new();
+    let mut entries = vec![0u8; 8 * 512];
+    for line in maps.split(|b| *b == b'\n') {
+        let mut f = line.split(|b| *b == b' ').filter(|x| !x.is_empty());
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let name = f.nth(3).unwrap_or_default();
+        if matches!(
+            name,
+            b"[vdso]" | b"[vvar]" | b"[vvar_vclock]" | b"[vsyscall]"
+        ) || perms.first() != Some(&b'r')
+        {
+            continue;
+        }
+        let Some(dash) = range.iter().position(|b| *b == b'-') else {
+            continue;
+        };
+        let hex = |s: &[u8]| usize::from_str_radix(std::str::from_utf8(s).ok()?, 16).ok();
+        let (Some(start), Some(end)) = (hex(&range[..dash]), hex(&range[dash + 1..])) else {
+            continue;
+        };
+        // The program's own code and read-only data are locked whole: a
+        // warm-up cannot reach every line of the kill path (error and log
+        // branches), and a page of it read back from disk during an OOM is
+        // the stall reserve mode exists to prevent.
+        if !exe.is_empty() && name == exe.as_slice() {
+            ranges.push((start, end));
+            continue;
+        }
+        let mut run: Option<usize> = None;
+        let mut at = start;
+        while at < end {
+            let n = ((end - at) / page).min(entries.len() / 8);
+            let buf = &mut entries[..n * 8];
+            let off = (at / page * 8) as u64;
+            pagemap
+                .read_exact_at(buf, off)
+                .map_err(|e| format!("/proc/self/pagemap at {at:#x}: {e}"))?;
+            for (i, e) in buf.chunks_exact(8).enumerate() {
+                let present = e[7] & 0x80 != 0;
+                let addr = at + i * page;
+                match (present, run) {
+                    (true, None) => run = Some(addr),
+                    (false, Some(s)) => {
+                        ranges.push((s, addr));
+                        run = None;
+                    }
+                    _ => {}
+                }
+            }
+            at += n * page;
+        }
+        if let Some(s) = run {
+            ranges.push((s, end));
+        }
+    }
+    // A range can fail when an allocation was freed since the maps were
+    // read (ENOMEM), or when the memlock limit is reached (ENOMEM too):
+    // the rest is still locked, and the caller reports what was not.
+    let mut bytes = 0;
+    let mut failed = None;
+    for (s, e) in &ranges {
+        match crate::sys::mlock_range(*s, e - s) {
+            Ok(()) => bytes += e - s,
+            Err(err) => {
+                failed
+                    .get_or_insert_with(|| (0usize, format!("mlock({s:#x}, {}): {err}", e - s)))
+                    .0 += 1;
+            }
+        }
+    }
+    match failed {
+        Some((n, first)) if bytes == 0 => Err(format!("{n} ranges failed, first {first}")),
+        Some((n, first)) => Ok((
+            bytes,
+            ranges.len(),
+            Some(format!("{n} ranges not locked, first {first}")),
+        )),
+        None => Ok((bytes, ranges.len(), None)),
     }
 }
 

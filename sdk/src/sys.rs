@@ -277,3 +277,103 @@ pub(crate) fn waitpid(pid: i32, nohang: bool) -> io::Result<Option<i32>> {
         }
     }
 }
+
+/// [`mlock(2)`](https://man7.org/linux/man-pages/man2/mlock.2.html) of the
+/// address range `[start, start + len)` of this process: its pages stay in
+/// RAM (resident ones are locked as they are; others are faulted in first).
+pub(crate) fn mlock_range(start: usize, len: usize) -> io::Result<()> {
+    // SAFETY: mlock reads and writes no memory through the pointer; it only
+    // changes how the kernel treats the pages of the range, and a range that
+    // is not mapped is an error (ENOMEM), not undefined behaviour.
+    unsafe { rustix::mm::mlock(start as *mut std::ffi::c_void, len) }.map_err(io::Error::from)
+}
+
+/// [`getrusage(2)`](https://man7.org/linux/man-pages/man2/getrusage.2.html)
+/// `RUSAGE_SELF`: the major page faults (`ru_majflt`: pages read from disk)
+/// of this process so far; 0 if the call fails.
+pub(crate) fn major_faults() -> u64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one `struct rusage` to the pointer, which
+    // points to room for exactly that.
+    let r = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) };
+    if r != 0 {
+        return 0;
+    }
+    // SAFETY: zero-initialised and then filled by the successful call; every
+    // field of `rusage` is an integer, for which any bits are valid.
+    let ru = unsafe { ru.assume_init() };
+    u64::try_from(ru.ru_majflt).unwrap_or(0)
+}
+
+/// [`madvise(2)`](https://man7.org/linux/man-pages/man2/madvise.2.html)
+/// `MADV_DONTNEED` over every read-only file mapping of this process that
+/// holds no private copy of a page (`Anonymous: 0 kB` in
+/// `/proc/self/smaps`): its pages leave this process's page tables, stay in
+/// the page cache, and the next access maps the same bytes again (a minor
+/// fault). Code that ran once at start-up then no longer counts in the
+/// resident set. Returns the bytes that were resident in those mappings.
+///
+/// Call it while no other thread runs and nothing is locked.
+pub(crate) fn drop_clean_file_pages() -> io::Result<usize> {
+    let smaps = std::fs::read("/proc/self/smaps")?;
+    let mut targets: Vec<(usize, usize, usize)> = Vec::new();
+    let mut current: Option<(usize, usize)> = None;
+    let mut rss = 0usize;
+    let kib = |l: &[u8]| -> usize {
+        std::str::from_utf8(l)
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(usize::MAX)
+    };
+    for line in smaps.split(|b| *b == b'\n') {
+        if let Some(v) = line.strip_prefix(b"Rss:") {
+            rss = kib(v);
+        } else if let Some(v) = line.strip_prefix(b"Anonymous:") {
+            // Only a mapping none of whose pages is a private copy: dropping
+            // it loses nothing.
+            if let Some((s, e)) = current.take() {
+                if kib(v) == 0 && rss > 0 && rss != usize::MAX {
+                    targets.push((s, e, rss << 10));
+                }
+            }
+        } else if let Some((range, rest)) = split_maps_header(line) {
+            current = None;
+            let mut f = rest.split(|b| *b == b' ').filter(|x| !x.is_empty());
+            let perms = f.next().unwrap_or_default();
+            let name = f.nth(3).unwrap_or_default();
+            let read_only = perms.first() == Some(&b'r') && perms.get(1) == Some(&b'-');
+            if read_only && name.first() == Some(&b'/') {
+                current = Some(range);
+            }
+        }
+    }
+    let mut dropped = 0;
+    for (s, e, bytes) in targets {
+        // SAFETY: [s, e) is a whole read-only file mapping of this process
+        // without private (anonymous) pages, found just above while no other
+        // thread runs: nothing in it can be written, and after MADV_DONTNEED
+        // every access reads the same bytes from the same file pages again.
+        // No memory is freed or changed as seen by any Rust reference.
+        let r = unsafe {
+            rustix::mm::madvise(
+                s as *mut std::ffi::c_void,
+                e - s,
+                rustix::mm::Advice::LinuxDontNeed,
+            )
+        };
+        if r.is_ok() {
+            dropped += bytes;
+        }
+    }
+    Ok(dropped)
+}
+
+/// The address range of a `/proc/PID/maps`-style header line
+/// (`start-end perms offset dev inode [name]`) and the rest of the line.
+fn split_maps_header(line: &[u8]) -> Option<((usize, usize), &[u8])> {
+    let sp = line.iter().position(|b| *b == b' ')?;
+    let (range, rest) = line.split_at(sp);
+    let dash = range.iter().position(|b| *b == b'-')?;
+    let hex = |s: &[u8]| usize::from_str_radix(std::str::from_utf8(s).ok()?, 16).ok();
+    Some(((hex(&range[..dash])?, hex(&range[dash + 1..])?), rest))
+}

@@ -143,6 +143,7 @@ fn embedded_runner_changes_nothing_process_wide() {
         sched_fifo: None,
         io_flusher: false,
         cgroup: None,
+        defer_mlock: false,
     });
     cfg.watchdog = Some(WatchdogConfig {
         timeout: Duration::from_secs(60),

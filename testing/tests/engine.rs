@@ -1073,3 +1073,61 @@ fn group_kills_are_refused_over_untracked_descendants() {
     r.run(Duration::from_secs(10));
     assert_eq!(r.kills().len(), 1);
 }
+
+#[test]
+fn warm_up_decides_over_the_whole_tree_and_acts_on_nothing() {
+    let mut r = rig(EngineConfig::default(), two_jobs, None);
+    let w = r.engine.warm_up().expect("idle engine with a root");
+    assert_eq!(w.cgroups, r.engine.tree().len(), "every managed cgroup");
+    assert_eq!(w.processes, 4, "the handler read every process: {w:?}");
+    assert_eq!(w.planned, 1, "the handler planned its kill: {w:?}");
+    assert_eq!(w.kept, 1, "and the filter would have kept it: {w:?}");
+    assert!(r.host().kills().is_empty(), "nothing killed");
+    assert!(!r.engine.in_episode());
+    assert!(!r.engine.has_finished(), "no episode recorded");
+    assert_eq!(r.engine.stats().episodes, 0);
+    assert_eq!(r.engine.next_wake(), None, "no timer armed");
+    // The next real event decides as if no warm-up had happened.
+    r.event("/batch", ev(0, 1, 1));
+    let kills = r.host().kills();
+    assert_eq!(kills.len(), 1, "{kills:?}");
+    assert_eq!(kills[0].1, 100);
+    let eps = r.run(Duration::from_secs(10));
+    assert_eq!(eps.len(), 1);
+    assert_eq!(eps[0].id, 1, "the first episode");
+    assert!(eps[0].refusals.iter().all(Option::is_none));
+}
+
+#[test]
+fn warm_up_waits_while_an_episode_runs() {
+    let mut r = rig(EngineConfig::default(), two_jobs, None);
+    r.event("/batch", ev(0, 1, 1));
+    assert!(r.engine.in_episode());
+    assert_eq!(r.engine.warm_up(), None);
+    assert_eq!(r.host().kills().len(), 1, "the episode's own kill only");
+}
+
+#[test]
+fn tables_grow_past_their_initial_room() {
+    let n = 3 * INITIAL_CGROUPS;
+    let cfg = EngineConfig {
+        max_cgroups: 10 * n,
+        ..EngineConfig::default()
+    };
+    let mut r = rig(
+        cfg,
+        |h| {
+            for i in 0..n {
+                h.cg(&format!("/job{i}")).procs = vec![proc(1000 + i as i32, 1 + i as u64)];
+            }
+        },
+        None,
+    );
+    let w = r.engine.warm_up().expect("idle");
+    assert_eq!(w.cgroups, n + 1, "every cgroup is in the snapshot: {w:?}");
+    // The largest process is in the last cgroup added.
+    r.event("/", ev(0, 1, 1));
+    let kills = r.host().kills();
+    assert_eq!(kills.len(), 1, "{kills:?}");
+    assert_eq!(kills[0].1, 1000 + n as i32 - 1, "{kills:?}");
+}

@@ -18,7 +18,7 @@ use clap::Args;
 use serde_json::Value;
 
 use crate::util::{self, Error, Result};
-use crate::{VmOptions, bench_peers, guest, host, kernels, qemu, repo_root};
+use crate::{VmOptions, bench_peers, bench_scale, guest, host, kernels, qemu, repo_root};
 
 #[derive(Args, Clone)]
 pub struct BenchArgs {
@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// Do not install missing host tools.
     #[arg(long)]
     no_install: bool,
+    /// Only the guest cases whose name contains this (for trying one case; the report then
+    /// lacks the others' tables).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 const MICRO_ARGS: [&str; 4] = ["--warm-up-time", "1", "--measurement-time", "2"];
@@ -66,6 +70,7 @@ pub fn cmd_bench(args: &BenchArgs) -> Result<bool> {
     util::write(&docs.join("benchmarks.md"), report)?;
     if let Some(vm) = &vm {
         util::write(&docs.join("bench-latency.svg"), svg(&vm.e2e))?;
+        util::write(&docs.join("bench-scale.svg"), bench_scale::svg(&vm.scale))?;
     }
     println!("xtask: wrote docs/benchmarks.md");
     Ok(true)
@@ -150,6 +155,9 @@ struct VmResult {
     kernel: String,
     e2e: Vec<Value>,
     footprint: Vec<Value>,
+    /// `bench_rest` and `bench_scale` (see `bench_scale.rs`).
+    rest: Vec<Value>,
+    scale: Vec<Value>,
     unavailable: Vec<Value>,
     results: Vec<(String, String, String)>,
     peers: Vec<(String, String)>,
@@ -181,10 +189,13 @@ fn run_vm(args: &BenchArgs) -> Result<VmResult> {
         tcg_thread: qemu::TcgThread::Multi,
         no_install: args.no_install,
     };
-    let cmdline = vec![
+    let mut cmdline = vec![
         "oomkit.mode=bench".to_string(),
         format!("oomkit.runs={}", args.runs),
     ];
+    if let Some(f) = &args.only {
+        cmdline.push(format!("oomkit.filter={f}"));
+    }
     let runs = qemu::run_matrix(&images, &initrd, &cmdline, &opts, accel, false)?;
     let Some(run) = runs.into_iter().next() else {
         return Err(Error::msg("the bench VM reported nothing"));
@@ -194,6 +205,8 @@ fn run_vm(args: &BenchArgs) -> Result<VmResult> {
         kernel: format!("{} ({})", run.kernel.name, run.kernel.version),
         e2e: Vec::new(),
         footprint: Vec::new(),
+        rest: Vec::new(),
+        scale: Vec::new(),
         unavailable: Vec::new(),
         results: run
             .results
@@ -211,6 +224,8 @@ fn run_vm(args: &BenchArgs) -> Result<VmResult> {
         match j["kind"].as_str() {
             Some("e2e") => v.e2e.push(j),
             Some("footprint") => v.footprint.push(j),
+            Some("rest") => v.rest.push(j),
+            Some("scale") => v.scale.push(j),
             Some("unavailable") => v.unavailable.push(j),
             _ => {}
         }
@@ -218,7 +233,8 @@ fn run_vm(args: &BenchArgs) -> Result<VmResult> {
     util::write(
         &crate::cache_dir().join("bench-notes.json"),
         serde_json::to_string_pretty(&serde_json::json!({
-            "e2e": v.e2e, "footprint": v.footprint, "unavailable": v.unavailable,
+            "e2e": v.e2e, "footprint": v.footprint, "rest": v.rest, "scale": v.scale,
+            "unavailable": v.unavailable,
         }))
         .unwrap_or_default(),
     )?;
@@ -550,6 +566,13 @@ fn render(args: &BenchArgs, micro: &[Micro], vm: Option<&VmResult>) -> String {
                 vm.peer_problems.join("; ")
             );
         }
+        s.push_str(&bench_scale::render(
+            &vm.rest,
+            &vm.scale,
+            &vm.unavailable,
+            &bench_scale::loadavg(),
+            &|n| micro_get(micro, &format!("select_kernel_host/cgroup/{n}")).map(|m| m.median),
+        ));
         let _ = writeln!(s, "Guest cases:\n");
         for (n, st, d) in &vm.results {
             let _ = writeln!(s, "* `{n}` {st}: {d}");
@@ -653,30 +676,27 @@ fn render(args: &BenchArgs, micro: &[Micro], vm: Option<&VmResult>) -> String {
 /// mean structurally; it is kept in code so the command rewrites the whole document.
 const ANALYSIS: &str = r#"## Where oomkit is not at least as good as every peer, and why
 
-* **Selection cost grows with the tree, and misses 10 ms at 10,000 cgroups on a real host.**
-  Every decision snapshots *every* cgroup in scope (`Engine::snapshot` →
-  `KernelHost::read_usage`: `openat` + `read` + `close` of `memory.current` and
-  `memory.swap.current` each: `snapshot/read_usage` above), then process granularity reads
-  `/proc` for every process of every candidate cgroup. The policy itself is cheap at cgroup
-  granularity; at process granularity it is quadratic: `View::processes` finds a cgroup's slice
-  with a linear search of `Snapshot::proc_index` (sdk/src/engine/snapshot.rs), so 10,000 cgroups
-  cost 5·10⁷ comparisons. Fixes (SDK, not done here): index `proc_index` by `CgroupId` slot; keep
-  `memory.current` fds open and `pread` them (one syscall instead of three); prune by tier (read
-  the tiers' parents, descend only into the lowest non-empty tier) instead of reading all
-  leaves. The kernel's OOM killer and earlyoom walk every process too (`oom_badness` /
-  `/proc/*/oom_score`), but in-kernel or without per-cgroup files.
-* **Footprint.** oomkit holds two fds per watched cgroup (its directory and
-  `memory.events.local`) plus an inotify watch, and with the default `mlock = "all"` locks all of
-  it: see VmLck above. earlyoom watches nothing but `/proc/meminfo` and is far smaller. oomkit
-  does not raise `RLIMIT_NOFILE` itself: with the common soft limit of 1024 it cannot watch more
-  than about 500 cgroups (the bench raises the limit to 65,536 before starting each handler).
-* **Startup over 10,000 cgroups is slow, and the watchdog fires during it** (guest, TCG): the
-  runner attaches every existing cgroup (after the directory watch's queue of 4,096 overflowed,
-  by a rescan) inside its first turn, which the watchdog already counts as a busy loop; after
-  its 2 s timeout it logs "the main loop is stalled; acting on its own" and looks for a victim
-  (here it found none, the 10,000 cgroups being empty; on a node with running workloads it
-  would kill at daemon start). VmLck exceeding VmRSS means mappings are locked without being
-  resident. Both are reported to the SDK owners.
+* **Selection at cgroup granularity reads every cgroup in scope.** Each decision snapshots the
+  `memory.current` of every cgroup (`Engine::snapshot` → `KernelHost::read_usage`): one `pread`
+  on a kept fd (about 0.9 µs) as far as the open-file limit leaves room for those fds, else
+  `openat` + `read` + `close` (about 4 µs). The runner raises its soft limit to the hard limit,
+  but on this host the hard limit is 20,000, and the two fds every cgroup already holds (its
+  directory and `memory.events.local`) leave no room at 10,000 cgroups: the 10,000 row of
+  `select_kernel_host` is the uncached path. Meeting 10 ms whatever the limit needs fewer fds
+  per cgroup (one inotify watch per `memory.events.local` instead of an fd each, the directory
+  fd opened on demand), which is not done. Process granularity visits cgroups best-first and
+  stops early, but still reads `/proc` for the processes of the cgroups it visits.
+* **Footprint at rest: earlyoom is smaller.** earlyoom is a small C program that reads
+  `/proc/meminfo` on a timer and watches no cgroup; oomkit is a static Rust binary (tracing,
+  clap, toml, serde_json, globset) that watches every cgroup. Reserve mode
+  (`mlock = "resident"`) drops the pages of start-up code, runs one decision over the tree, and
+  locks only what that touched, so what stays resident (and locked) is the decision path and
+  the tables of the cgroups it manages — see the breakdown in the guest case line. oomd does
+  not lock anything.
+* **Per-cgroup cost.** oomkit holds two or three fds per watched cgroup (directory,
+  `memory.events.local`, and `memory.current` within the open-file budget) plus an inotify
+  watch; oomd holds one per cgroup of its rulesets; earlyoom none. Start-up attaches every
+  existing cgroup (open, xattrs, watch) in its first turn; see the cost-per-cgroup table.
 * **Idle wakeups** (oomkit is best here). oomkit has no timer when nothing happens; earlyoom
   polls `/proc/meminfo` on a timer (its interval adapts to free memory) and oomd runs its
   ruleset every interval (1 s), reading its cgroups each time — see the wakeups column.

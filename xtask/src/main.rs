@@ -22,6 +22,7 @@
 mod apt;
 mod bench;
 mod bench_peers;
+mod bench_scale;
 mod bootstress;
 mod demo;
 mod deploy;

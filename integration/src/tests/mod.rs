@@ -9,6 +9,7 @@ pub mod adversarial;
 pub mod common;
 pub mod e2e;
 pub mod events;
+pub mod faults;
 pub mod kill;
 pub mod machine;
 pub mod ops;
@@ -96,6 +97,11 @@ pub fn all() -> Vec<TestCase> {
         case("machine_e2e_fork_storm", 240, machine::e2e_fork_storm),
         case("machine_e2e_thrash", 300, machine::e2e_thrash),
         case("machine_e2e_no_kill", 400, machine::e2e_no_kill),
+        case(
+            "reserve_no_major_fault_to_kill",
+            400,
+            faults::no_major_fault_to_kill,
+        ),
         // End to end: the `oomkit` daemon binary against workloads (see `crate::scenario`).
         case("e2e_priority", 90, e2e::priority),
         case("e2e_fork_storm", 90, e2e::fork_storm),

@@ -41,7 +41,7 @@ impl<H: Host> Engine<H> {
         matches!(self.episode.trigger, Trigger::Machine { .. })
     }
 
-    fn sample(&mut self, scope: CgroupId, at: Instant) -> Option<Sample> {
+    pub(super) fn sample(&mut self, scope: CgroupId, at: Instant) -> Option<Sample> {
         let node = self.tree.node_mut(scope)?;
         let _ = self.host.read_usage(scope, &mut node.stats);
         let _ = self.host.read_detail(scope, &mut node.stats);

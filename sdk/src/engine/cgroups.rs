@@ -66,6 +66,7 @@ impl<H: Host> Engine<H> {
             }
         };
         let class = classify(&mut *self.handler, &mut self.tree, id, x);
+        self.snap.reserve_for(self.tree.len(), id.index());
         tracing::debug!(cgroup = %path.display(), priority = class.priority, protected = class.protected, "cgroup added");
         Ok(id)
     }

@@ -4,6 +4,10 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+/// Room the loop's per-cgroup tables get up front (at most `max_cgroups`);
+/// they grow with the tree beyond it.
+pub const INITIAL_CGROUPS: usize = 64;
+
 /// Tuning of the loop. The defaults suit a node daemon.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -35,7 +39,10 @@ pub struct EngineConfig {
     pub max_escalations: u32,
     /// Tick for handlers that want quiet ticks.
     pub quiet_tick: Duration,
-    /// Pre-allocated room for cgroups.
+    /// Most cgroups expected: caps the directory watch, and sizes the
+    /// tables up to [`INITIAL_CGROUPS`]; past that they grow as cgroups are
+    /// added (off the decision path), so a node pays for the cgroups it
+    /// has, not for this bound.
     pub max_cgroups: usize,
     /// Pre-allocated room for process samples per decision.
     pub max_processes: usize,
@@ -65,6 +72,12 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
+    /// The room per-cgroup tables get up front: `max_cgroups`, at most
+    /// [`INITIAL_CGROUPS`].
+    pub fn initial_cgroups(&self) -> usize {
+        self.max_cgroups.clamp(1, INITIAL_CGROUPS)
+    }
+
     /// Checks the values, naming the bad one.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &'static str, reason: &str| {

@@ -132,6 +132,10 @@ fn cannot(op: &'static str) -> Error {
 
 /// What the loop does to the system.
 pub trait Act {
+    /// Touches the code of the kill path without killing anything, for
+    /// [`Engine::warm_up`](super::Engine::warm_up). The default does nothing.
+    fn warm_up(&mut self) {}
+
     /// SIGKILLs `pid` through a pidfd after confirming it is still in `id`,
     /// then releases its memory (`process_mrelease`) where supported.
     fn kill_process(&mut self, id: CgroupId, pid: i32) -> Result<Victim> {

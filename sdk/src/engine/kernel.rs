@@ -74,6 +74,10 @@ pub struct KernelHost {
     /// `memory.swap.current` is not read at all.
     swap_on: bool,
     present: Vec<Present>,
+    /// The files found in the last cgroup attached, by its parent's path:
+    /// siblings have the same controllers (their parent's
+    /// `cgroup.subtree_control`), so the next sibling skips nine `stat`s.
+    probed: Option<(PathBuf, Present)>,
     victims: [Option<Pidfd>; VICTIM_SLOTS],
     scan: Vec<ProcessInfo>,
     stat: MemoryStat,
@@ -129,6 +133,7 @@ impl KernelHost {
             fs,
             cgroups: Vec::with_capacity(max_cgroups),
             present: Vec::with_capacity(max_cgroups),
+            probed: None,
             current: Vec::with_capacity(max_cgroups),
             current_budget: {
                 let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
@@ -222,7 +227,14 @@ impl Observe for KernelHost {
             self.present.resize_with(i + 1, Present::default);
             self.current.resize_with(i + 1, || None);
         }
-        self.present[i] = Present::probe(&cg);
+        self.present[i] = match (&self.probed, path.parent()) {
+            (Some((p, known)), Some(parent)) if p == parent => *known,
+            (_, parent) => {
+                let found = Present::probe(&cg);
+                self.probed = parent.map(|p| (p.to_path_buf(), found));
+                found
+            }
+        };
         self.current[i] = if self.present[i].current && self.current_budget > 0 {
             let f = cg.open_file(files::MEMORY_CURRENT).ok();
             if f.is_some() {
@@ -360,6 +372,15 @@ impl Observe for KernelHost {
 }
 
 impl Act for KernelHost {
+    fn warm_up(&mut self) {
+        // The calls `kill_process` and `victim_exited` make, on oomkit's own
+        // pidfd: open, poll, and a release that a live process refuses.
+        if let Ok(fd) = Pidfd::open(self.own_pid) {
+            let _ = fd.is_alive();
+            let _ = fd.try_mrelease();
+        }
+    }
+
     fn kill_process(&mut self, id: CgroupId, pid: i32) -> Result<Victim> {
         let slot = self.free_slot().ok_or(Error::TooManyVictims {
             limit: VICTIM_SLOTS,

@@ -48,10 +48,11 @@ mod snapshot;
 mod tree;
 mod trigger;
 mod types;
+mod warm;
 mod watchdog;
 
 pub use assess::CHURN_RATIO;
-pub use config::EngineConfig;
+pub use config::{EngineConfig, INITIAL_CGROUPS};
 pub use episode::{EngineStats, Episode, Outcome, Refusal, Timings, VictimRecord};
 pub use guard::MIN_VICTIM_FREE;
 pub use handler::Handler;
@@ -65,6 +66,7 @@ pub use snapshot::{Excluded, View};
 pub use tree::{CgroupMeta, Class, Tree, XattrTrust};
 pub use trigger::Trigger;
 pub use types::{CgroupId, CgroupStats, ProcSample, SystemStats, XattrInfo};
+pub use warm::WarmUp;
 pub use watchdog::WatchdogConfig;
 
 use std::path::Path;
@@ -166,13 +168,13 @@ impl<H: Host> Engine<H> {
         root: &Path,
     ) -> Result<Self> {
         cfg.validate()?;
-        let mut tree = Tree::with_capacity(cfg.max_cgroups);
+        let mut tree = Tree::with_capacity(cfg.initial_cgroups());
         let mut handler = handler;
         let root_id = tree.insert(root.to_path_buf(), None, Class::default());
         let x = host.attach(root_id, root)?;
         cgroups::classify(&mut *handler, &mut tree, root_id, x);
         Ok(Engine {
-            snap: Snapshot::with_capacity(cfg.max_cgroups, cfg.max_processes),
+            snap: Snapshot::with_capacity(cfg.initial_cgroups(), cfg.max_processes),
             cfg,
             host,
             handler,
@@ -247,6 +249,12 @@ impl<H: Host> Engine<H> {
             } => Some(victim),
             _ => None,
         }
+    }
+
+    /// True when an episode ended and its record waits for
+    /// [`Engine::take_finished`].
+    pub fn has_finished(&self) -> bool {
+        self.finished.is_some()
     }
 
     /// Takes the record of the episode that just ended, if any.

@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::events::{
     DirChange, DirWatchOptions, EventKind, Interest, Scope, Source, Token, Watcher,
 };
-use crate::reserve::{self, ReserveReport};
+use crate::reserve::{self, MlockMode, ReserveConfig, ReserveReport};
 
 use super::host::{Act, Observe};
 use super::kernel::KernelHost;
@@ -112,6 +112,16 @@ pub struct Runner {
     dir_changes: Vec<(DirChange, PathBuf)>,
     triggers: Vec<(Trigger, Instant)>,
     batch: Vec<crate::events::Event>,
+    /// Tree size at the last warm-up decision (`None`: warm-up off).
+    warmed: Option<usize>,
+    /// The deferred `mlock` of resident pages, taken after each warm-up.
+    relock: Option<ReserveConfig>,
+    /// Major page faults during the current episode's turns (from the
+    /// event to the episode's end, waits excluded), and of those, the ones
+    /// up to the turn that sent the kill (or ended the episode without one).
+    episode_faults: u64,
+    faults_to_kill: u64,
+    kill_sent: bool,
 }
 
 impl std::fmt::Debug for Runner {
@@ -171,8 +181,25 @@ impl Runner {
                 reason: format!("{} is not between 1 and {MAX_DEPTH}", cfg.depth),
             });
         }
-        // Reserve first: mlockall(FUTURE) then covers every allocation below.
-        let reserve = cfg.reserve.take().map(|r| {
+        // Reserve first: mlockall(FUTURE) then covers every allocation below
+        // — except with `MlockMode::Resident` and a warm-up, where the lock
+        // is taken after the warm-up decision has touched the hot path.
+        let mut deferred = None;
+        let reserve = cfg.reserve.take().map(|mut r| {
+            if cfg.warm_up && r.mlock == MlockMode::Resident {
+                r.defer_mlock = true;
+                deferred = Some(ReserveConfig {
+                    mlock: r.mlock,
+                    raise_memlock_limit: r.raise_memlock_limit,
+                    stack_prefault: 0,
+                    oom_score_adj: None,
+                    nice: None,
+                    sched_fifo: None,
+                    io_flusher: false,
+                    cgroup: None,
+                    defer_mlock: false,
+                });
+            }
             let rep = reserve::enter(&r);
             tracing::info!(report = %rep, "reserve mode");
             rep
@@ -184,6 +211,8 @@ impl Runner {
         let mut r = Self::open(&mut cfg, handler, fs, root_hier)?;
         r.reserve = reserve;
         r.follow_tree(&cfg)?;
+        r.relock = deferred;
+        r.warm_up_if_grown();
         // The watchdog starts once the tree is known: attaching 10,000
         // cgroups is not a stall, and its target table is filled here.
         if let Some(w) = cfg.watchdog {
@@ -200,8 +229,14 @@ impl Runner {
         fs: CgroupFs,
         root_hier: PathBuf,
     ) -> Result<Self> {
-        let n = cfg.engine.max_cgroups;
-        let host = KernelHost::new(fs, cfg.xattr_trust, n, cfg.engine.max_processes);
+        // Tables start small and grow with the tree (`EngineConfig::max_cgroups`).
+        let n = cfg.engine.initial_cgroups();
+        let host = KernelHost::new(
+            fs,
+            cfg.xattr_trust,
+            cfg.engine.max_cgroups,
+            cfg.engine.max_processes,
+        );
         check_own_cgroup(&host)?;
         let engine = Engine::new(cfg.engine.clone(), host, handler, &root_hier)?;
         #[cfg(feature = "serde")]
@@ -235,7 +270,13 @@ impl Runner {
             next_user: USER_TOKEN_BASE,
             dir_changes: Vec::with_capacity(TURN_ROOM),
             triggers: Vec::with_capacity(TURN_ROOM),
-            batch: Vec::with_capacity(n + EXTRA_SOURCES),
+            // As many events as the watcher returns at once (2 per source).
+            batch: Vec::with_capacity(2 * (n + EXTRA_SOURCES)),
+            warmed: cfg.warm_up.then_some(0),
+            relock: None,
+            episode_faults: 0,
+            faults_to_kill: 0,
+            kill_sent: false,
         })
     }
 
@@ -307,6 +348,9 @@ impl Runner {
             Ok(tok) => {
                 self.bindings.insert(tok, Binding::MemoryEvents(id));
                 self.events_token.insert(id, tok);
+                // Room for the victim's pidfd and caller fds, so the turn
+                // that kills never grows the table.
+                self.bindings.reserve(EXTRA_SOURCES);
                 Ok(())
             }
             // The mount root has no memory.events: nothing to watch there.
@@ -462,6 +506,8 @@ impl Runner {
             wd.idle();
         }
         let events = self.watcher.wait(wait)?;
+        let faults_before = crate::sys::major_faults();
+        let was_busy = self.engine.in_episode();
         self.batch.clear();
         self.batch.extend_from_slice(events.as_slice());
         if let Some(wd) = &self.watchdog {
@@ -495,6 +541,15 @@ impl Runner {
         if self.engine.next_wake().is_some_and(|w| w <= now) || victim_ready {
             self.engine.on_tick(now);
         }
+        if was_busy || self.engine.in_episode() || self.engine.has_finished() {
+            let faults = crate::sys::major_faults().saturating_sub(faults_before);
+            self.episode_faults += faults;
+            if !self.kill_sent {
+                self.faults_to_kill += faults;
+                self.kill_sent =
+                    self.engine.pending_victim().is_some() || self.engine.has_finished();
+            }
+        }
         self.sync_victim_fd();
         if let Some(wd) = &self.watchdog {
             // The heartbeat covers the decision path only: directory
@@ -512,6 +567,7 @@ impl Runner {
         }
         // Off the hot path from here.
         self.apply_dir_changes();
+        self.warm_up_if_grown();
         while let Some(ep) = self.engine.take_finished() {
             self.record(&ep);
             turn.finished.push(ep);
@@ -679,6 +735,43 @@ impl Runner {
         }
     }
 
+    /// Runs the warm-up decision (if asked for) when the tree has grown by
+    /// a quarter (at least 16 cgroups) since the last one: the snapshot of
+    /// a larger tree touches table room no decision has touched yet.
+    fn warm_up_if_grown(&mut self) {
+        let Some(last) = self.warmed else { return };
+        let now = self.engine.tree().len();
+        if self.engine.in_episode() || (last > 0 && now < last + (last / 4).max(16)) {
+            return;
+        }
+        if last == 0 && self.relock.is_some() {
+            // Start-up code (configuration, logging set-up, the tree walk)
+            // leaves the resident set; the warm-up maps the hot path again.
+            match reserve::drop_start_up_pages() {
+                Ok(b) => {
+                    tracing::debug!(kib = b >> 10, "start-up pages dropped before the warm-up")
+                }
+                Err(e) => tracing::debug!(error = %e, "dropping start-up pages failed"),
+            }
+        }
+        if self.engine.warm_up().is_none() {
+            return;
+        }
+        self.warmed = Some(now);
+        // Lock what the warm-up touched (the first time: the deferred step).
+        if let Some(lock) = &self.relock {
+            let step = reserve::lock_memory(lock);
+            if last == 0 {
+                tracing::info!(status = ?step.status, "reserve mode: memory locked after the warm-up");
+            } else {
+                tracing::debug!(status = ?step.status, cgroups = now, "memory locked again after the tree grew");
+            }
+            if let Some(rep) = &mut self.reserve {
+                rep.set(step);
+            }
+        }
+    }
+
     /// Puts the pending victim's pidfd into the epoll, so its exit wakes us.
     fn sync_victim_fd(&mut self) {
         let pending = self.engine.pending_victim();
@@ -706,8 +799,19 @@ impl Runner {
         }
     }
 
-    #[allow(unused_variables)]
     fn record(&mut self, ep: &Episode) {
+        // Pages of the handler read from disk while it handled the episode:
+        // what reserve mode is there to keep at 0.
+        tracing::info!(
+            episode = ep.id,
+            outcome = ?ep.outcome,
+            major_faults_to_kill = self.faults_to_kill,
+            major_faults = self.episode_faults,
+            "episode page faults"
+        );
+        self.episode_faults = 0;
+        self.faults_to_kill = 0;
+        self.kill_sent = false;
         #[cfg(feature = "serde")]
         if let Some(sink) = &self.incidents {
             if ep.is_action() {

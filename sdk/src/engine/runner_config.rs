@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use crate::events::{MachineWatchConfig, PsiThreshold};
-use crate::reserve::ReserveConfig;
+use crate::reserve::{MlockMode, ReserveConfig};
 
 use super::watchdog::WatchdogConfig;
 use super::{EngineConfig, IncidentConfig, XattrTrust};
@@ -59,6 +59,15 @@ pub struct RunnerConfig {
     pub xattr_trust: XattrTrust,
     /// How deep below the root to follow cgroups (1–16).
     pub depth: u32,
+    /// Run one decision over the tree without acting on it once the tree
+    /// is known, and again when it has grown, so the decision path is
+    /// resident and locked before memory runs out ([`super::Engine::warm_up`]:
+    /// needed with `MlockMode::Resident`, whose lock is then taken after
+    /// it). With that mode the runner first drops its read-only file pages
+    /// (start-up code) from the resident set
+    /// ([`crate::reserve::drop_start_up_pages`]), which assumes no other thread
+    /// maps or unmaps memory meanwhile. Off in [`RunnerConfig::new`].
+    pub warm_up: bool,
 }
 
 impl RunnerConfig {
@@ -78,16 +87,23 @@ impl RunnerConfig {
             watchdog: None,
             xattr_trust: XattrTrust::TrustedOnly,
             depth: DEFAULT_DEPTH,
+            warm_up: false,
         }
     }
 
     /// Defaults for a node daemon that owns its process: as
-    /// [`RunnerConfig::new`], plus reserve mode with its defaults, a raised
-    /// open-file limit and the watchdog thread.
+    /// [`RunnerConfig::new`], plus reserve mode with its defaults but
+    /// [`MlockMode::Resident`] (what the warm-up decision touched is locked,
+    /// not the whole address space), a raised open-file limit, the warm-up
+    /// decision and the watchdog thread.
     pub fn daemon(root: impl Into<PathBuf>) -> Self {
         RunnerConfig {
-            reserve: Some(ReserveConfig::default()),
+            reserve: Some(ReserveConfig {
+                mlock: MlockMode::Resident,
+                ..ReserveConfig::default()
+            }),
             raise_nofile: true,
+            warm_up: true,
             watchdog: Some(WatchdogConfig::default()),
             ..RunnerConfig::new(root)
         }

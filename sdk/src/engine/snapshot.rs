@@ -82,6 +82,20 @@ impl Snapshot {
         }
     }
 
+    /// Makes room for `cgroups` cgroups in scope and for slot `slot`
+    /// (grown here, off the decision path, so a snapshot never allocates).
+    pub(crate) fn reserve_for(&mut self, cgroups: usize, slot: usize) {
+        if self.in_scope.capacity() < cgroups {
+            self.in_scope.reserve(cgroups - self.in_scope.len());
+        }
+        if self.proc_index.capacity() < cgroups {
+            self.proc_index.reserve(cgroups - self.proc_index.len());
+        }
+        if self.proc_slot.len() <= slot {
+            self.proc_slot.resize(slot + 1, None);
+        }
+    }
+
     pub(crate) fn reset(&mut self) {
         self.scope = None;
         self.in_scope.clear();
