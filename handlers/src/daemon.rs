@@ -10,8 +10,9 @@
 //!
 //! A reload (SIGHUP) re-reads the file; if it is invalid the daemon logs
 //! every error and keeps the running configuration. The handler and
-//! `[engine]` are replaced in place; `[daemon]`, `[signals]`, `[reserve]`
-//! and `[watchdog]` need a restart, and the daemon says so.
+//! `[engine]` are replaced in place, and so is `[signals] tripwire` (the old
+//! values are restored, the new one set); `[daemon]`, the rest of `[signals]`,
+//! `[reserve]` and `[watchdog]` need a restart, and the daemon says so.
 
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -27,6 +28,7 @@ use oomkit::reserve::{MlockMode, ReserveCgroup, ReserveConfig};
 
 use crate::config::{Config, ConfigErrors, Loaded, LogFormat, MlockSetting, PsiKind, PsiScope};
 use crate::heap_profile::DumpWatch;
+use crate::tripwire::Tripwire;
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +157,7 @@ pub fn check_config(file: &Path) -> Result<String, ConfigErrors> {
 pub fn summary(loaded: &Loaded) -> String {
     let c = &loaded.config;
     let mut s = format!(
-        "{}: OK\n  root {} (depth {}), handler {}, {} rule(s), QoS tiers {}\n  signals: memory.events {}, PSI {}, machine {}\n  engine: dry_run {}, progress_aware {}, kill_deadline {} ms, cooldown {} ms\n  reserve {}, watchdog {}",
+        "{}: OK\n  root {} (depth {}), handler {}, {} rule(s), QoS tiers {}\n  signals: memory.events {}, PSI {}, machine {}, tripwire {}\n  engine: dry_run {}, progress_aware {}, kill_deadline {} ms, cooldown {} ms\n  reserve {}, watchdog {}",
         loaded.file.display(),
         c.daemon.root.display(),
         c.daemon.depth,
@@ -181,6 +183,10 @@ pub fn summary(loaded: &Loaded) -> String {
                 "off".to_string()
             }
         },
+        c.signals.tripwire.map_or("off".to_string(), |t| format!(
+            "{} per top-level child",
+            t.0
+        )),
         c.engine.dry_run,
         c.engine.progress_aware,
         c.engine.kill_deadline_ms,
@@ -271,6 +277,8 @@ pub fn run_wrapped(
     let t_reload = runner
         .add_fd(clone_fd(&control.reload)?)
         .map_err(sdk("watching the reload pipe"))?;
+    // Dropped (and so restored) on every way out of this function.
+    let mut tripwire = start_tripwire(&current);
     tracing::info!(cgroups = runner.engine().tree().len(), "running");
     loop {
         let turn = runner.run_once(None).map_err(sdk("waiting for events"))?;
@@ -280,10 +288,24 @@ pub fn run_wrapped(
         }
         if turn.ready.contains(&t_reload) {
             drain(&mut control.reload);
-            reload(file, dry_run, &mut current, &mut runner, wrap);
+            reload(
+                file,
+                dry_run,
+                &mut current,
+                &mut runner,
+                wrap,
+                &mut tripwire,
+            );
+        }
+        // A new top-level child wakes the runner's directory watch; it gets the tripwire here.
+        if let Some(t) = &mut tripwire {
+            t.sync_logged();
         }
     }
-    // Release throttles and raised limits before going away.
+    // Give back memory.high, release throttles and raised limits before going away.
+    if let Some(t) = &mut tripwire {
+        t.restore_logged();
+    }
     runner.shutdown();
     let s = runner.stats();
     tracing::info!(
@@ -297,13 +319,45 @@ pub fn run_wrapped(
     Ok(())
 }
 
-/// Re-reads the file; on success swaps handler and engine settings in.
+/// The tripwire of `cfg` set on the root's children (`None`: not configured, or `MemTotal`
+/// unreadable, which is logged).
+fn start_tripwire(cfg: &Config) -> Option<Tripwire> {
+    let level = cfg.signals.tripwire?.0;
+    let total = match crate::tripwire::mem_total(Path::new("/proc/meminfo")) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "tripwire not set");
+            return None;
+        }
+    };
+    let (high, warn) = crate::tripwire::resolve(level, total);
+    if let Some(w) = warn {
+        tracing::warn!("{w}");
+    }
+    let r = &cfg.reserve;
+    let own = r
+        .cgroup_parent
+        .as_ref()
+        .filter(|_| r.enabled)
+        .map(|p| p.join(&r.cgroup_name));
+    let mut t = Tripwire::new(cfg.daemon.root.clone(), high, own);
+    t.sync_logged();
+    tracing::info!(
+        high_bytes = t.high(),
+        children = t.owned(),
+        "tripwire: memory.high set"
+    );
+    Some(t)
+}
+
+/// Re-reads the file; on success swaps handler and engine settings in, and the tripwire.
 fn reload(
     file: &Path,
     dry_run: bool,
     current: &mut Config,
     runner: &mut Runner,
     wrap: HandlerWrap<'_>,
+    tripwire: &mut Option<Tripwire>,
 ) {
     let loaded = match Config::load(file) {
         Ok(l) => l,
@@ -329,6 +383,12 @@ fn reload(
         tracing::error!(error = %e, "reload refused; keeping the running configuration");
         return;
     }
+    if current.signals.tripwire != new.signals.tripwire {
+        if let Some(t) = tripwire {
+            t.restore_logged();
+        }
+        *tripwire = start_tripwire(&new);
+    }
     for (name, changed) in restart_needed(current, &new) {
         if changed {
             tracing::warn!(
@@ -348,9 +408,12 @@ fn reload(
 pub fn restart_needed(old: &Config, new: &Config) -> [(&'static str, bool); 4] {
     let differs =
         |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    // The tripwire is reloaded in place.
+    let mut new_signals = new.signals.clone();
+    new_signals.tripwire = old.signals.tripwire;
     [
         ("daemon", differs(&old.daemon, &new.daemon)),
-        ("signals", differs(&old.signals, &new.signals)),
+        ("signals", differs(&old.signals, &new_signals)),
         ("reserve", differs(&old.reserve, &new.reserve)),
         ("watchdog", differs(&old.watchdog, &new.watchdog)),
     ]

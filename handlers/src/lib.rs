@@ -25,6 +25,7 @@ pub mod heap_profile;
 pub mod machine_config;
 pub mod priority;
 pub mod throttle;
+pub mod tripwire;
 
 pub use classify::{Classifier, QosClass, QosPriorities, Rule};
 pub use heap_profile::{DumpWatch, HeapProfile, HeapProfileConfig};
