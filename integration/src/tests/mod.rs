@@ -74,6 +74,11 @@ pub fn all() -> Vec<TestCase> {
         case("machine_e2e_fork_storm", 240, machine::e2e_fork_storm),
         case("machine_e2e_thrash", 300, machine::e2e_thrash),
         case("machine_e2e_no_kill", 400, machine::e2e_no_kill),
+        case(
+            "machine_e2e_no_kill_tripwire",
+            400,
+            machine::e2e_no_kill_tripwire,
+        ),
         // End to end: the `oomkit` daemon binary against workloads (see `crate::scenario`).
         case("e2e_priority", 90, e2e::priority),
         case("e2e_fork_storm", 90, e2e::fork_storm),
