@@ -1,8 +1,9 @@
 //! `[signals] tripwire`: a `memory.high` the daemon writes, owns and gives back.
 //!
-//! Why: the machine-wide early warning (`[signals.machine]`) reads `MemAvailable`; on a host
-//! where that estimate stays high until the last moment (much unreclaimable page cache, tmpfs,
-//! kernels whose reclaim stalls before `MemAvailable` drops) it can come too late. A
+//! Why: the machine-wide early warning (`[signals.machine]`) samples `MemAvailable`; on a host
+//! where memory fills faster than its `max_fill_rate`, or where that estimate counts page cache
+//! that cannot be reclaimed in time (dirty, under writeback, mapped and hot), it can come too
+//! late. A
 //! `memory.high` makes the kernel itself raise `high` in `memory.events` and throttle the
 //! cgroup that crossed it, which is an earlier and certain signal. The price is that throttling:
 //! every process under a child that crosses the tripwire is made to reclaim and slowed, the
