@@ -807,6 +807,36 @@ fn no_kill(ctx: &mut Ctx, tripwire: bool) -> TestResult {
             Duration::from_millis(50),
             || Ok((memory_high(&late_path)? == wire).then_some(())),
         )?;
+        // SIGHUP with the tripwire removed gives every child its value back; with it added
+        // again, they all get it again.
+        let text = read_file(&daemon.config)?;
+        let line = format!("tripwire = \"{pct}%\"\n");
+        let mut all = children.to_vec();
+        all.push(&late_path);
+        let mut before_all = before_high.clone();
+        before_all.push("max".to_string());
+        for (config, want) in [
+            (text.replace(&line, ""), before_all),
+            (text.clone(), vec![wire.clone(); all.len()]),
+        ] {
+            crate::harness::write_file(&daemon.config, &config)?;
+            if let Some(pid) = rustix::process::Pid::from_raw(daemon.pid()) {
+                rustix::process::kill_process(pid, rustix::process::Signal::HUP)
+                    .map_err(|e| Fail(format!("SIGHUP the daemon: {e}")))?;
+            }
+            crate::harness::wait_for(
+                "memory.high after a reload",
+                Duration::from_secs(30),
+                Duration::from_millis(50),
+                || {
+                    let now: Vec<String> = all
+                        .iter()
+                        .map(|c| memory_high(c))
+                        .collect::<Result<_, _>>()?;
+                    Ok((now == want).then_some(()))
+                },
+            )?;
+        }
     }
     let mut steady = ctx.spawn(
         &steady_path,
