@@ -339,6 +339,9 @@ pub struct SignalsSection {
     pub psi: Option<PsiSection>,
     /// The machine-wide early warning (`[signals.machine]`, see [`crate::machine_config`]).
     pub machine: crate::machine_config::MachineSection,
+    /// `memory.high` the daemon writes on the managed root's top-level children (`"90%"` of
+    /// `MemTotal` or a size); absent: none. See [`crate::tripwire`].
+    pub tripwire: Option<crate::machine_config::LevelSetting>,
 }
 
 impl Default for SignalsSection {
@@ -347,6 +350,7 @@ impl Default for SignalsSection {
             memory_events: true,
             psi: None,
             machine: Default::default(),
+            tripwire: None,
         }
     }
 }
@@ -1068,6 +1072,30 @@ impl Config {
         );
         for (k, m) in machine_bad {
             err(&k, m);
+        }
+        if let Some(t) = self.signals.tripwire {
+            match t.0 {
+                oomkit::events::Level::Fraction(f) if !(0.01..=0.99).contains(&f) => err(
+                    "signals.tripwire",
+                    format!("a percentage must be between 1% and 99% (got {})", t.0),
+                ),
+                oomkit::events::Level::Bytes(0) => {
+                    err("signals.tripwire", "must be greater than 0".into())
+                }
+                oomkit::events::Level::Bytes(_) => warn.push(format!(
+                    "signals.tripwire = {}: a size is checked against MemTotal only when the \
+                     daemon starts",
+                    t.0
+                )),
+                _ => {}
+            }
+            if !self.signals.memory_events {
+                warn.push(
+                    "signals.tripwire is set but signals.memory_events is off: the `high` \
+                     events it raises are not watched, only the throttling remains"
+                        .into(),
+                );
+            }
         }
 
         // [reserve]

@@ -10,8 +10,9 @@
 //!
 //! A reload (SIGHUP) re-reads the file; if it is invalid the daemon logs
 //! every error and keeps the running configuration. The handler and
-//! `[engine]` are replaced in place; `[daemon]`, `[signals]`, `[reserve]`
-//! and `[watchdog]` need a restart, and the daemon says so.
+//! `[engine]` are replaced in place, and so is `[signals] tripwire` (the old
+//! values are restored, the new one set); `[daemon]`, the rest of `[signals]`,
+//! `[reserve]` and `[watchdog]` need a restart, and the daemon says so.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -37,6 +38,7 @@ use crate::hooks::{PostKill, PreKillExec};
 use crate::incidents::IncidentWriter;
 use crate::metrics::Metrics;
 use crate::podinfo::pod_info;
+use crate::tripwire::Tripwire;
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -246,7 +248,7 @@ pub fn check_config(file: &Path) -> Result<String, ConfigErrors> {
 pub fn summary(loaded: &Loaded) -> String {
     let c = &loaded.config;
     let mut s = format!(
-        "{}: OK\n  root {} (depth {}), handler {}, {} rule(s), QoS tiers {}\n  signals: memory.events {}, PSI {}, machine {}\n  engine: dry_run {}, progress_aware {}, kill_deadline {} ms, cooldown {} ms\n  reserve {}, watchdog {}",
+        "{}: OK\n  root {} (depth {}), handler {}, {} rule(s), QoS tiers {}\n  signals: memory.events {}, PSI {}, machine {}, tripwire {}\n  engine: dry_run {}, progress_aware {}, kill_deadline {} ms, cooldown {} ms\n  reserve {}, watchdog {}",
         loaded.file.display(),
         c.daemon.root.display(),
         c.daemon.depth,
@@ -272,6 +274,10 @@ pub fn summary(loaded: &Loaded) -> String {
                 "off".to_string()
             }
         },
+        c.signals.tripwire.map_or("off".to_string(), |t| format!(
+            "{} per top-level child",
+            t.0
+        )),
         c.engine.dry_run,
         c.engine.progress_aware,
         c.engine.kill_deadline_ms,
@@ -405,6 +411,9 @@ pub fn run_wrapped(
         reserve_degraded: degraded,
     };
     observer.after_turn(&runner, &[]);
+    // Dropped (and so restored) on every way out of this function. A dry run changes
+    // nothing, so it only says what the tripwire would set.
+    let mut tripwire = start_tripwire(&current, dry_run);
     tracing::info!(cgroups = runner.engine().tree().len(), "running");
     notify(&[sd_notify::NotifyState::Ready]);
     loop {
@@ -418,14 +427,28 @@ pub fn run_wrapped(
         if turn.ready.contains(&t_reload) {
             drain(&mut control.reload);
             notify(&[sd_notify::NotifyState::Reloading]);
-            let ok = reload(file, dry_run, &mut current, &mut runner, wrap);
+            let ok = reload(
+                file,
+                dry_run,
+                &mut current,
+                &mut runner,
+                wrap,
+                &mut tripwire,
+            );
             metrics.reloaded(ok);
             notify(&[sd_notify::NotifyState::Ready]);
+        }
+        // A new top-level child wakes the runner's directory watch; it gets the tripwire here.
+        if let Some(t) = &mut tripwire {
+            t.sync_logged();
         }
     }
     metrics.healthy.store(false, Ordering::Relaxed);
     notify(&[sd_notify::NotifyState::Stopping]);
-    // Release throttles and raised limits before going away.
+    // Give back memory.high, release throttles and raised limits before going away.
+    if let Some(t) = &mut tripwire {
+        t.restore_logged();
+    }
     runner.shutdown();
     let s = runner.stats();
     tracing::info!(
@@ -528,7 +551,45 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
-/// Re-reads the file; on success swaps handler and engine settings in.
+/// The tripwire of `cfg` set on the root's children (`None`: not configured, or `MemTotal`
+/// unreadable, which is logged).
+fn start_tripwire(cfg: &Config, dry_run: bool) -> Option<Tripwire> {
+    let level = cfg.signals.tripwire?.0;
+    let total = match crate::tripwire::mem_total(Path::new("/proc/meminfo")) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "tripwire not set");
+            return None;
+        }
+    };
+    let (high, warn) = crate::tripwire::resolve(level, total);
+    if let Some(w) = warn {
+        tracing::warn!("{w}");
+    }
+    if dry_run || cfg.engine.dry_run {
+        tracing::info!(
+            high_bytes = high,
+            "dry run: the tripwire would set memory.high on the root's top-level children"
+        );
+        return None;
+    }
+    let r = &cfg.reserve;
+    let own = r
+        .cgroup_parent
+        .as_ref()
+        .filter(|_| r.enabled)
+        .map(|p| p.join(&r.cgroup_name));
+    let mut t = Tripwire::new(cfg.daemon.root.clone(), high, own);
+    t.sync_logged();
+    tracing::info!(
+        high_bytes = t.high(),
+        children = t.owned(),
+        "tripwire: memory.high set"
+    );
+    Some(t)
+}
+
+/// Re-reads the file; on success swaps handler and engine settings in, and the tripwire.
 /// Returns whether it did.
 fn reload(
     file: &Path,
@@ -536,6 +597,7 @@ fn reload(
     current: &mut Config,
     runner: &mut Runner,
     wrap: HandlerWrap<'_>,
+    tripwire: &mut Option<Tripwire>,
 ) -> bool {
     let loaded = match Config::load(file) {
         Ok(l) => l,
@@ -561,6 +623,12 @@ fn reload(
         tracing::error!(error = %e, "reload refused; keeping the running configuration");
         return false;
     }
+    if current.signals.tripwire != new.signals.tripwire {
+        if let Some(t) = tripwire {
+            t.restore_logged();
+        }
+        *tripwire = start_tripwire(&new, dry_run);
+    }
     for (name, changed) in restart_needed(current, &new) {
         if changed {
             tracing::warn!(
@@ -581,9 +649,12 @@ fn reload(
 pub fn restart_needed(old: &Config, new: &Config) -> [(&'static str, bool); 5] {
     let differs =
         |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    // The tripwire is reloaded in place.
+    let mut new_signals = new.signals.clone();
+    new_signals.tripwire = old.signals.tripwire;
     [
         ("daemon", differs(&old.daemon, &new.daemon)),
-        ("signals", differs(&old.signals, &new.signals)),
+        ("signals", differs(&old.signals, &new_signals)),
         ("reserve", differs(&old.reserve, &new.reserve)),
         ("watchdog", differs(&old.watchdog, &new.watchdog)),
         ("hooks", differs(&old.hooks, &new.hooks)),

@@ -33,6 +33,7 @@ pub mod plot;
 pub mod podinfo;
 pub mod priority;
 pub mod throttle;
+pub mod tripwire;
 
 pub use classify::{Classifier, QosClass, QosPriorities, Rule};
 pub use heap_profile::{DumpWatch, HeapProfile, HeapProfileConfig};

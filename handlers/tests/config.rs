@@ -339,6 +339,44 @@ fn reload_reports_sections_that_need_a_restart() {
 }
 
 #[test]
+fn tripwire_is_validated_and_reloads_in_place() {
+    let with =
+        |v: &str| format!("[signals]\ntripwire = {v}\n[handler]\nkind = \"priority-kill\"\n");
+    let l = Config::parse(Path::new("x"), &with("\"90%\"")).unwrap();
+    assert_eq!(
+        l.config.signals.tripwire.map(|t| t.0),
+        Some(oomkit::events::Level::Fraction(0.9))
+    );
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    assert!(daemon::summary(&l).contains("tripwire 90.0% per top-level child"));
+    // A size is only checkable against MemTotal at run time: a warning.
+    let l = Config::parse(Path::new("x"), &with("\"3GiB\"")).unwrap();
+    assert_eq!(
+        l.config.signals.tripwire.map(|t| t.0),
+        Some(oomkit::events::Level::Bytes(3 << 30))
+    );
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.contains("signals.tripwire") && w.contains("MemTotal")),
+        "{:?}",
+        l.warnings
+    );
+    for bad in ["\"100%\"", "\"0.5%\"", "0", "\"lots\""] {
+        let msg = errors(&with(bad)).to_string();
+        assert!(msg.contains("key `signals.tripwire`"), "{bad}: {msg}");
+    }
+    let a = Config::parse(Path::new("x"), MINIMAL).unwrap().config;
+    let b = Config::parse(Path::new("x"), &with("\"80%\""))
+        .unwrap()
+        .config;
+    assert!(
+        daemon::restart_needed(&a, &b).iter().all(|(_, c)| !c),
+        "the tripwire reloads in place"
+    );
+}
+
+#[test]
 fn privileges_decide_the_reserve_outlook() {
     let status = "Name:\toomkit\nCapEff:\t0000000000000000\n";
     let limits = "Limit                     Soft Limit           Hard Limit           Units\nMax locked memory         8388608              8388608              bytes\nMax realtime priority     0                    0\n";

@@ -557,20 +557,40 @@ fn forkstorm() -> Result<(), Fail> {
 }
 
 fn forkalloc(children: u32, mib: u64) -> Result<(), Fail> {
+    // A start barrier: every child waits until the parent has forked them all (the pipe's
+    // write end closes), so the storm is whole before memory runs short. Without it a slow
+    // vCPU let the first children cross the limit while the parent was still forking, and
+    // the kill of the build raced the parent's `forked` line.
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe writes two fds into the live two-element array.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(Fail(format!("pipe: {}", std::io::Error::last_os_error())));
+    }
+    let [gate_read, gate_write] = fds;
     for _ in 0..children {
         // SAFETY: this process is single-threaded (the workload never spawns threads), so the
-        // child may run arbitrary code; it only allocates and then sleeps.
+        // child may run arbitrary code; it only waits on the gate, allocates and sleeps.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
             return Err(Fail(format!("fork: {}", std::io::Error::last_os_error())));
         }
         if pid == 0 {
-            // The child: allocate its share in 1 MiB steps, then hold it. Its output would
-            // interleave with its siblings', so it stays quiet.
+            // The child: wait for the gate to open (EOF once the parent closed its write end
+            // and no sibling holds it), then allocate its share in 1 MiB steps and hold it.
+            // Its output would interleave with its siblings', so it stays quiet.
+            let mut b = 0u8;
+            // SAFETY: closing this process's own copy of the write end.
+            unsafe { libc::close(gate_write) };
+            // SAFETY: reading at most one byte into a live u8.
+            unsafe { libc::read(gate_read, std::ptr::addr_of_mut!(b).cast(), 1) };
             let r = touch_and_hold(mib);
             std::process::exit(i32::from(r.is_err()));
         }
     }
+    // SAFETY: closing fds this process owns (the children hold their own copies).
+    unsafe { libc::close(gate_write) };
+    // SAFETY: as above.
+    unsafe { libc::close(gate_read) };
     say(&format!("forked {children}"));
     // The parent holds nothing and waits for its children (killed with the cgroup).
     // SAFETY: wait with a null status pointer is always sound.

@@ -726,14 +726,118 @@ fn any_kill(daemon: &Daemon) -> Result<Option<serde_json::Value>, Fail> {
 /// as deep toward `low` as that allows. Nothing needs to die: the daemon kills nothing, and
 /// neither does the kernel.
 pub fn e2e_no_kill(ctx: &mut Ctx) -> TestResult {
+    no_kill(ctx, false)
+}
+
+/// (d) and (e) with `[signals] tripwire` on: the same, nothing killed, and the children's
+/// `memory.high` back to what it was once the daemon stopped.
+pub fn e2e_no_kill_tripwire(ctx: &mut Ctx) -> TestResult {
+    no_kill(ctx, true)
+}
+
+/// A cgroup's `memory.high`, as the file says it.
+fn memory_high(cg: &std::path::Path) -> Result<String, Fail> {
+    Ok(read_file(&cg.join("memory.high"))?.trim().to_string())
+}
+
+/// The `high` count of a cgroup's `memory.events`.
+fn high_events(cg: &std::path::Path) -> Result<u64, Fail> {
+    let text = read_file(&cg.join("memory.events"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("high "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| Fail(format!("no `high` line in {}/memory.events", cg.display())))
+}
+
+fn no_kill(ctx: &mut Ctx, tripwire: bool) -> TestResult {
     let (total, avail) = meminfo_mib()?;
     let (machine_path, _) = parent_cgroup(ctx, "machine")?;
     let (steady_path, _) = ctx.cgroup("machine/steady")?;
     let (stream_path, _) = ctx.cgroup("machine/stream")?;
     let (burst_path, _) = ctx.cgroup("machine/burst")?;
-    let body = machine_config(&[], "/nothing-low", "process");
+    let mut body = machine_config(&[], "/nothing-low", "process");
+    // The tripwire sits 40 MiB above the steady process, so the streamer's page cache crosses
+    // it (it can grow to the rest of the headroom) and the steady process does not.
+    let steady_mib = avail * 4 / 10;
+    let pct = ((steady_mib + 40) * 100).div_ceil(total);
+    // Someone else's memory.high above the tripwire on one child: restored as it was.
+    let others = (total * MIB / 65536) * 65536;
+    let children = [&steady_path, &stream_path, &burst_path];
+    let mut before_high = Vec::new();
+    if tripwire {
+        crate::harness::write_file(&stream_path.join("memory.high"), &others.to_string())?;
+        for c in children {
+            before_high.push(memory_high(c)?);
+        }
+        body = body.replace(
+            "[signals]\nmemory_events = true\n",
+            &format!("[signals]\nmemory_events = true\ntripwire = \"{pct}%\"\n"),
+        );
+    }
     let daemon = Daemon::start(ctx, &machine_path, &body, &DaemonOpts::default())?;
     let before = vmstat_oom_kill()?;
+    let stream_high_before = high_events(&stream_path)?;
+    let mut wire = String::new();
+    if tripwire {
+        let set: Vec<String> = children
+            .iter()
+            .map(|c| memory_high(c))
+            .collect::<Result<_, _>>()?;
+        let mem_total = oomkit::proc::meminfo()?.mem_total.unwrap_or(0);
+        let want = pct as f64 / 100.0 * mem_total as f64;
+        for (c, v) in children.iter().zip(&set) {
+            let b: f64 = v.parse().map_err(|_| {
+                Fail(format!(
+                    "{}/memory.high = {v}, not the tripwire",
+                    c.display()
+                ))
+            })?;
+            ensure!(
+                b <= want && b > want - 65536.0 - 1.0,
+                "{}/memory.high = {v}, not {pct}% of MemTotal",
+                c.display()
+            );
+        }
+        wire.clone_from(&set[0]);
+        // A child created while the daemon runs gets it too.
+        let (late_path, _) = ctx.cgroup("machine/late")?;
+        crate::harness::wait_for(
+            "the tripwire on a new child",
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || Ok((memory_high(&late_path)? == wire).then_some(())),
+        )?;
+        // SIGHUP with the tripwire removed gives every child its value back; with it added
+        // again, they all get it again.
+        let text = read_file(&daemon.config)?;
+        let line = format!("tripwire = \"{pct}%\"\n");
+        let mut all = children.to_vec();
+        all.push(&late_path);
+        let mut before_all = before_high.clone();
+        before_all.push("max".to_string());
+        for (config, want) in [
+            (text.replace(&line, ""), before_all),
+            (text.clone(), vec![wire.clone(); all.len()]),
+        ] {
+            crate::harness::write_file(&daemon.config, &config)?;
+            if let Some(pid) = rustix::process::Pid::from_raw(daemon.pid()) {
+                rustix::process::kill_process(pid, rustix::process::Signal::HUP)
+                    .map_err(|e| Fail(format!("SIGHUP the daemon: {e}")))?;
+            }
+            crate::harness::wait_for(
+                "memory.high after a reload",
+                Duration::from_secs(30),
+                Duration::from_millis(50),
+                || {
+                    let now: Vec<String> = all
+                        .iter()
+                        .map(|c| memory_high(c))
+                        .collect::<Result<_, _>>()?;
+                    Ok((now == want).then_some(()))
+                },
+            )?;
+        }
+    }
     let mut steady = ctx.spawn(
         &steady_path,
         WorkloadKind::HogHold {
@@ -786,14 +890,43 @@ pub fn e2e_no_kill(ctx: &mut Ctx) -> TestResult {
     }
     let kills = vmstat_oom_kill()? - before;
     let killed = any_kill(&daemon)?;
+    let stream_highs = high_events(&stream_path)? - stream_high_before;
     let stopped = daemon.stop()?;
     ctx.note(format!(
-        "e2e machine no-kill: {total} MiB RAM, steady {} MiB, 1 streamer pass, 3 bursts of \
+        "e2e machine no-kill{}: {total} MiB RAM, steady {} MiB, 1 streamer pass, 3 bursts of \
          {burst_mib} MiB (allocation {mib_per_s} MiB/s, so {burst_mib} MiB is {:.2} s) held \
          200 ms from {now_avail} MiB available; daemon counters {stopped}; kernel kills {kills}",
+        if tripwire {
+            format!(
+                " with tripwire {pct}% ({wire} bytes, {stream_highs} high events on the streamer)"
+            )
+        } else {
+            String::new()
+        },
         avail * 4 / 10,
         burst_mib as f64 / mib_per_s.max(1) as f64
     ));
+    if tripwire {
+        // The daemon has exited: every child has its previous memory.high back, the late one
+        // its default.
+        for (c, b) in children.iter().zip(&before_high) {
+            let now = memory_high(c)?;
+            ensure!(
+                &now == b,
+                "{}/memory.high = {now} after the daemon stopped, was {b}",
+                c.display()
+            );
+        }
+        let late = memory_high(&machine_path.join("late"))?;
+        ensure!(
+            late == "max",
+            "machine/late/memory.high = {late} after the daemon stopped"
+        );
+        ensure!(
+            stream_highs > 0,
+            "the streamer's cache never crossed the {pct}% tripwire: the test did not exercise it"
+        );
+    }
     ensure!(kills == 0, "the kernel OOM-killed {kills} times");
     if let Some(i) = killed {
         return Err(Fail(format!("the daemon killed during the bursts: {i}")));

@@ -102,6 +102,11 @@ pub fn all() -> Vec<TestCase> {
             400,
             faults::no_major_fault_to_kill,
         ),
+        case(
+            "machine_e2e_no_kill_tripwire",
+            400,
+            machine::e2e_no_kill_tripwire,
+        ),
         // End to end: the `oomkit` daemon binary against workloads (see `crate::scenario`).
         case("e2e_priority", 90, e2e::priority),
         case("e2e_fork_storm", 90, e2e::fork_storm),
