@@ -83,7 +83,7 @@ pub enum WorkloadKind {
 }
 
 impl WorkloadKind {
-    fn args(self) -> Vec<String> {
+    pub(crate) fn args(self) -> Vec<String> {
         match self {
             WorkloadKind::HogHold { mib, step_mib } => {
                 vec![

@@ -18,7 +18,7 @@ use clap::Args;
 use serde_json::Value;
 
 use crate::util::{self, Error, Result};
-use crate::{VmOptions, bench_peers, guest, host, kernels, qemu, repo_root};
+use crate::{VmOptions, bench_machine, bench_peers, guest, host, kernels, qemu, repo_root};
 
 #[derive(Args, Clone)]
 pub struct BenchArgs {
@@ -46,11 +46,19 @@ pub struct BenchArgs {
     /// Do not install missing host tools.
     #[arg(long)]
     no_install: bool,
+    /// Run only the bench cases whose name contains this (e.g. `machine`), skip the
+    /// micro-benchmarks, and replace only the machine-wide section of the existing
+    /// docs/benchmarks.md (the other sections keep their last full run).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 const MICRO_ARGS: [&str; 4] = ["--warm-up-time", "1", "--measurement-time", "2"];
 
 pub fn cmd_bench(args: &BenchArgs) -> Result<bool> {
+    if args.only.is_some() {
+        return bench_machine::cmd_only(args.runs, &run_vm(args)?);
+    }
     let mut micro = Vec::new();
     if !args.no_micro {
         run_micro()?;
@@ -145,16 +153,18 @@ fn collect_micro(dir: &Path, out: &mut Vec<Micro>) -> Result<()> {
     Ok(())
 }
 
-struct VmResult {
-    release: String,
-    kernel: String,
+pub(crate) struct VmResult {
+    pub(crate) release: String,
+    pub(crate) kernel: String,
     e2e: Vec<Value>,
+    /// The machine-wide scenarios' runs (`kind: machine`).
+    pub(crate) machine: Vec<Value>,
     footprint: Vec<Value>,
-    unavailable: Vec<Value>,
-    results: Vec<(String, String, String)>,
-    peers: Vec<(String, String)>,
+    pub(crate) unavailable: Vec<Value>,
+    pub(crate) results: Vec<(String, String, String)>,
+    pub(crate) peers: Vec<(String, String)>,
     peer_problems: Vec<String>,
-    memory_mib: u32,
+    pub(crate) memory_mib: u32,
 }
 
 fn run_vm(args: &BenchArgs) -> Result<VmResult> {
@@ -179,10 +189,13 @@ fn run_vm(args: &BenchArgs) -> Result<VmResult> {
         accel: args.accel,
         no_install: args.no_install,
     };
-    let cmdline = vec![
+    let mut cmdline = vec![
         "oomkit.mode=bench".to_string(),
         format!("oomkit.runs={}", args.runs),
     ];
+    if let Some(f) = &args.only {
+        cmdline.push(format!("oomkit.filter={f}"));
+    }
     let runs = qemu::run_matrix(&images, &initrd, &cmdline, &opts, accel, false)?;
     let Some(run) = runs.into_iter().next() else {
         return Err(Error::msg("the bench VM reported nothing"));
@@ -191,6 +204,7 @@ fn run_vm(args: &BenchArgs) -> Result<VmResult> {
         release: run.guest_release.clone().unwrap_or_default(),
         kernel: format!("{} ({})", run.kernel.name, run.kernel.version),
         e2e: Vec::new(),
+        machine: Vec::new(),
         footprint: Vec::new(),
         unavailable: Vec::new(),
         results: run
@@ -209,14 +223,20 @@ fn run_vm(args: &BenchArgs) -> Result<VmResult> {
         match j["kind"].as_str() {
             Some("e2e") => v.e2e.push(j),
             Some("footprint") => v.footprint.push(j),
+            Some("machine") => v.machine.push(j),
             Some("unavailable") => v.unavailable.push(j),
             _ => {}
         }
     }
     util::write(
-        &crate::cache_dir().join("bench-notes.json"),
+        &crate::cache_dir().join(if args.only.is_some() {
+            "bench-notes-only.json"
+        } else {
+            "bench-notes.json"
+        }),
         serde_json::to_string_pretty(&serde_json::json!({
             "e2e": v.e2e, "footprint": v.footprint, "unavailable": v.unavailable,
+            "machine": v.machine,
         }))
         .unwrap_or_default(),
     )?;
@@ -253,14 +273,14 @@ fn median(v: &mut [f64]) -> Option<f64> {
 }
 
 /// Median, min, max of a metric over the runs that have it, and how many do.
-struct Stat {
-    med: Option<f64>,
+pub(crate) struct Stat {
+    pub(crate) med: Option<f64>,
     min: f64,
-    max: f64,
-    n: usize,
+    pub(crate) max: f64,
+    pub(crate) n: usize,
 }
 
-fn stat(runs: &[&Value], key: &str) -> Stat {
+pub(crate) fn stat(runs: &[&Value], key: &str) -> Stat {
     let mut v: Vec<f64> = runs.iter().filter_map(|r| r[key].as_f64()).collect();
     let n = v.len();
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
@@ -273,7 +293,7 @@ fn stat(runs: &[&Value], key: &str) -> Stat {
     }
 }
 
-fn fmt_ms(s: &Stat, total: usize) -> String {
+pub(crate) fn fmt_ms(s: &Stat, total: usize) -> String {
     match s.med {
         None => "–".to_string(),
         Some(m) => {
@@ -302,7 +322,7 @@ fn host_cpu() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
-fn today() -> String {
+pub(crate) fn today() -> String {
     util::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
@@ -642,6 +662,9 @@ fn render(args: &BenchArgs, micro: &[Micro], vm: Option<&VmResult>) -> String {
             );
             let _ = writeln!(s);
         }
+    }
+    if let Some(vm) = vm {
+        s.push_str(&bench_machine::render(args.runs, vm));
     }
     s.push_str(ANALYSIS);
     s

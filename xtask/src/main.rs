@@ -16,6 +16,7 @@
 
 mod apt;
 mod bench;
+mod bench_machine;
 mod bench_peers;
 mod demo;
 mod guest;

@@ -55,8 +55,12 @@ fn guest_main() -> i32 {
             i32::from(failed > 0)
         }
         "bench" => {
-            let (_, failed, _) =
-                runner::run_list(&mut proto, "bench", &oomkit_integration::bench::cases());
+            // `oomkit.filter=` selects cases by name here too (`cargo xtask bench --only`).
+            let cases: Vec<_> = oomkit_integration::bench::cases()
+                .into_iter()
+                .filter(|t| args.filter.as_deref().is_none_or(|f| t.name.contains(f)))
+                .collect();
+            let (_, failed, _) = runner::run_list(&mut proto, "bench", &cases);
             i32::from(failed > 0)
         }
         "selftest" => {
