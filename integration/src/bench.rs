@@ -27,6 +27,9 @@
 //!   and `batch` (grows by 2 towards 72, priority −100: the right victim). The kernel's OOM
 //!   killer picks the largest, the service.
 //!
+//! The machine-wide scenarios (the whole guest out of memory, no limits) are in
+//! [`crate::bench_machine`].
+//!
 //! Processes get distinct names (`comm`) by being exec'd through symlinks to the guest binary,
 //! so earlyoom's `--prefer`/`--avoid` regexes can tell them apart.
 

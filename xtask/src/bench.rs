@@ -7,7 +7,9 @@
 //! 2. One VM (`oomkit.mode=bench`, one kernel, default 6.1) with the peers packed in: the
 //!    footprint of each handler over 10,000 cgroups, and N runs of the limit and priority
 //!    scenarios with the kernel alone, earlyoom, oomd and oomkit (see
-//!    `integration/src/bench.rs` for what is measured and how).
+//!    `integration/src/bench.rs` for what is measured and how), and the machine-wide priority
+//!    and fork-storm scenarios with no limits at all (`integration/src/bench_machine.rs`,
+//!    rendered by `bench_machine.rs`; `--only machine` runs just those).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
