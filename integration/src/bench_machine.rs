@@ -25,7 +25,8 @@
 //! onset of pressure (the first rise of `some total` in `/proc/pressure/memory` after the
 //! workload started) to the first kill (the handler's log line, the kernel's `oom_kill` in
 //! `/proc/vmstat`, or the first death, whichever came first); whether the right processes died;
-//! kernel kills (`/proc/vmstat oom_kill`); the heartbeat's worst lateness; the handler's VmRSS
+//! kernel kills (`/proc/vmstat oom_kill`); the heartbeat's worst lateness during the run (from
+//! its per-second window reports); the handler's VmRSS
 //! and VmHWM at the end; in the first run, its voluntary context switches per second over an idle
 //! window before the workload starts (all threads, `/proc/PID/task/*/status`), the same measure
 //! for every handler.
@@ -39,6 +40,20 @@ use crate::bench::{H, Named, Running, is_kill_line, ms, named, note, proc_number
 use crate::harness::{Ctx, Fail, Outcome, TestCase, TestResult, write_file};
 use crate::scenario::{OOMKIT_BIN, hier, parent_cgroup, set_trusted_xattr, vmstat_oom_kill};
 use crate::tests::machine::{heartbeat_worst, machine_config, meminfo_mib};
+
+/// The worst lateness (µs) in the heartbeat's reports printed since the last call
+/// (`hb <beats> <worst> <worst of the last 20 beats>`), if it printed any.
+fn heartbeat_windows(hb: &mut Workload) -> Option<u64> {
+    let mut worst = None;
+    while let Some(l) = hb.try_line("hb ") {
+        let w = l
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.parse::<u64>().ok());
+        worst = worst.max(w);
+    }
+    worst
+}
 use crate::workload::{Workload, WorkloadKind};
 
 /// Idle window over which context switches are counted (first run only).
@@ -335,6 +350,9 @@ fn one_run(ctx: &Ctx, sc: Ms, h: H, i: usize) -> Result<Value, Fail> {
         let per_s = s1.saturating_sub(s0) as f64 / t0.elapsed().as_secs_f64();
         idle_per_s = json!((per_s * 100.0).round() / 100.0);
     }
+    // Only the heartbeat's reports from here on count.
+    let _ = heartbeat_windows(&mut hb);
+    let mut hb_run = 0u64;
     let kills_before = vmstat_oom_kill()?;
     let psi_before = psi_some_total()?;
     let start = Instant::now();
@@ -375,6 +393,7 @@ fn one_run(ctx: &Ctx, sc: Ms, h: H, i: usize) -> Result<Value, Fail> {
     loop {
         std::thread::sleep(Duration::from_millis(5));
         let now = Instant::now();
+        hb_run = hb_run.max(heartbeat_windows(&mut hb).unwrap_or(0));
         if onset.is_none() && psi_some_total()? > psi_before {
             onset = Some(now);
         }
@@ -422,10 +441,20 @@ fn one_run(ctx: &Ctx, sc: Ms, h: H, i: usize) -> Result<Value, Fail> {
         .into_iter()
         .flatten()
         .min();
+    // The kill came before any memory stall: there is no "pressure → kill" to measure.
+    let kill_before_stall = kill.is_some_and(|k| onset.is_none_or(|o| o >= k));
     let kernel_kills = vmstat_oom_kill()?.saturating_sub(kills_before);
     let hb_alive = hb.try_exited().is_none();
+    // One more report, so the beats around the end of the run count too.
     let hb_worst = if hb_alive {
-        Some(heartbeat_worst(&mut hb)?)
+        hb.wait_line("hb ", Duration::from_secs(20))
+            .ok()
+            .and_then(|l| {
+                l.split_whitespace()
+                    .nth(2)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+            .map(|w| w.max(hb_run).max(heartbeat_windows(&mut hb).unwrap_or(0)))
     } else {
         None
     };
@@ -475,7 +504,8 @@ fn one_run(ctx: &Ctx, sc: Ms, h: H, i: usize) -> Result<Value, Fail> {
         "service_mib": if sc == Ms::Priority { avail / 2 } else { 0 },
         "job_mib": each,
         "start_to_kill_ms": ms(since(Some(start), kill)),
-        "pressure_to_kill_ms": ms(since(onset, kill)),
+        "pressure_to_kill_ms": ms(since(onset, kill).filter(|_| !kill_before_stall)),
+        "kill_before_stall": kill_before_stall,
         "start_to_pressure_ms": ms(since(Some(start), onset)),
         "handler_signal_ms": ms(since(onset, signal)),
         "kernel_kill_ms": ms(since(onset, kernel_kill)),

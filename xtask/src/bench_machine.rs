@@ -91,9 +91,11 @@ pub fn render(runs: usize, vm: &VmResult) -> String {
          Columns: *right victim* — the batch/build died and the service and session lived; \
          *start → kill* and *pressure → kill* — ms from the workload's start and from the first \
          rise of `some total` in `/proc/pressure/memory` to the first kill (handler log line, \
-         kernel `oom_kill`, or first death), median [min–max]; *kernel kills* — sum of \
+         kernel `oom_kill`, or first death), median [min–max] (a handler that kills before any \
+         memory stall has no pressure → kill: counted as \"killed before any stall\"); *kernel kills* — sum of \
          `/proc/vmstat oom_kill` rises over the runs; *heartbeat worst* — the protected 50 ms \
-         heartbeat's largest lateness, ms, worst run; *RSS / HWM* — the handler's VmRSS and \
+         heartbeat's largest lateness from the workload's start to the end of the run (from its \
+         per-second reports), ms, worst run; *RSS / HWM* — the handler's VmRSS and \
          VmHWM at the end of a run, MiB, median; *idle wakeups/s* — voluntary context switches \
          per second of all the handler's threads over 10 s with the machine at rest before the \
          first run's workload (same measure for every handler).\n"
@@ -149,6 +151,11 @@ pub fn render(runs: usize, vm: &VmResult) -> String {
             } else {
                 format!("{} / {}", mib(&rss), mib(&hwm))
             };
+            let early = rs.iter().filter(|r| r["kill_before_stall"] == true).count();
+            let mut pressure = fmt_ms(&stat(&rs, "pressure_to_kill_ms"), n);
+            if early > 0 {
+                pressure = format!("{pressure}; killed before any stall in {early}/{n}");
+            }
             let idle = rs
                 .iter()
                 .find_map(|r| r["idle_wakeups_per_s"].as_f64())
@@ -158,7 +165,7 @@ pub fn render(runs: usize, vm: &VmResult) -> String {
                 "| {h} | {n} | {right}/{n} ({}) | {} | {} | {kk} | {hk} | {hb_text} | {mem} | {idle} |",
                 victims.join(", "),
                 fmt_ms(&stat(&rs, "start_to_kill_ms"), n),
-                fmt_ms(&stat(&rs, "pressure_to_kill_ms"), n),
+                pressure,
             );
         }
         let _ = writeln!(s);
