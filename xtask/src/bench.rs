@@ -34,6 +34,7 @@ pub struct BenchArgs {
     #[arg(long)]
     no_micro: bool,
     /// Skip the VM (footprint and end-to-end); the report keeps only the micro-benchmarks.
+    /// With `--only`: re-render the machine-wide section from the last `--only` run's notes.
     #[arg(long)]
     no_vm: bool,
     /// Guest memory in MiB (10,000 memory cgroups need room of their own).
@@ -59,7 +60,12 @@ const MICRO_ARGS: [&str; 4] = ["--warm-up-time", "1", "--measurement-time", "2"]
 
 pub fn cmd_bench(args: &BenchArgs) -> Result<bool> {
     if args.only.is_some() {
-        return bench_machine::cmd_only(args.runs, &run_vm(args)?);
+        let vm = if args.no_vm {
+            bench_machine::load_notes()?
+        } else {
+            run_vm(args)?
+        };
+        return bench_machine::cmd_only(args.runs, &vm);
     }
     let mut micro = Vec::new();
     if !args.no_micro {
@@ -158,14 +164,14 @@ fn collect_micro(dir: &Path, out: &mut Vec<Micro>) -> Result<()> {
 pub(crate) struct VmResult {
     pub(crate) release: String,
     pub(crate) kernel: String,
-    e2e: Vec<Value>,
+    pub(crate) e2e: Vec<Value>,
     /// The machine-wide scenarios' runs (`kind: machine`).
     pub(crate) machine: Vec<Value>,
-    footprint: Vec<Value>,
+    pub(crate) footprint: Vec<Value>,
     pub(crate) unavailable: Vec<Value>,
     pub(crate) results: Vec<(String, String, String)>,
     pub(crate) peers: Vec<(String, String)>,
-    peer_problems: Vec<String>,
+    pub(crate) peer_problems: Vec<String>,
     pub(crate) memory_mib: u32,
 }
 
@@ -238,7 +244,8 @@ fn run_vm(args: &BenchArgs) -> Result<VmResult> {
         }),
         serde_json::to_string_pretty(&serde_json::json!({
             "e2e": v.e2e, "footprint": v.footprint, "unavailable": v.unavailable,
-            "machine": v.machine,
+            "machine": v.machine, "kernel": v.kernel, "release": v.release,
+            "memory_mib": v.memory_mib, "results": v.results, "peers": v.peers,
         }))
         .unwrap_or_default(),
     )?;

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::bench::{Stat, VmResult, fmt_ms, stat, today};
 use crate::repo_root;
-use crate::util::{self, Result};
+use crate::util::{self, Error, Result};
 
 /// The heading this module owns; `splice` replaces from it to the next `## ` heading.
 pub const HEADING: &str = "## Machine-wide: the whole guest out of memory (no swap, no limits)";
@@ -25,6 +25,44 @@ pub fn cmd_only(runs: usize, vm: &VmResult) -> Result<bool> {
     util::write(&path, splice(&doc, &render(runs, vm)))?;
     println!("xtask: replaced the machine-wide section of docs/benchmarks.md");
     Ok(true)
+}
+
+/// The last `--only` run's results (`.cache/oomkit-vm/bench-notes-only.json`), to re-render
+/// the section without booting a VM (`--only machine --no-vm`).
+pub fn load_notes() -> Result<VmResult> {
+    let path = crate::cache_dir().join("bench-notes-only.json");
+    let text = util::read_to_string(&path)?;
+    let j: Value =
+        serde_json::from_str(&text).map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+    let list = |k: &str| j[k].as_array().cloned().unwrap_or_default();
+    let str_of = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let (Some(kernel), Some(release)) = (j["kernel"].as_str(), j["release"].as_str()) else {
+        return Err(Error::msg(format!(
+            "{} predates the kernel and release fields: run `--only` with the VM once",
+            path.display()
+        )));
+    };
+    Ok(VmResult {
+        release: release.to_string(),
+        kernel: kernel.to_string(),
+        e2e: list("e2e"),
+        machine: list("machine"),
+        footprint: list("footprint"),
+        unavailable: list("unavailable"),
+        results: list("results")
+            .iter()
+            .map(|r| (str_of(&r[0]), str_of(&r[1]), str_of(&r[2])))
+            .collect(),
+        peers: list("peers")
+            .iter()
+            .map(|p| (str_of(&p[0]), str_of(&p[1])))
+            .collect(),
+        peer_problems: Vec::new(),
+        memory_mib: j["memory_mib"]
+            .as_u64()
+            .and_then(|m| u32::try_from(m).ok())
+            .unwrap_or(0),
+    })
 }
 
 /// `doc` with this module's section replaced by `section` (or inserted before the analysis
@@ -170,6 +208,14 @@ pub fn render(runs: usize, vm: &VmResult) -> String {
         }
         let _ = writeln!(s);
     }
+    let peers = peer_facts(&vm.machine);
+    if !peers.is_empty() {
+        let _ = writeln!(s, "What the peers did:\n");
+        for p in peers {
+            let _ = writeln!(s, "* {p}");
+        }
+        let _ = writeln!(s);
+    }
     let behind = behind(&vm.machine);
     let _ = writeln!(s, "### Where oomkit is behind in the machine-wide runs\n");
     if behind.is_empty() {
@@ -184,6 +230,42 @@ pub fn render(runs: usize, vm: &VmResult) -> String {
         let _ = writeln!(s);
     }
     s
+}
+
+/// Facts about the peers worth a sentence: a handler that never acted (the kernel did the
+/// killing), or that let the kernel kill beside it.
+fn peer_facts(all: &[Value]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (sc, title) in SCENARIOS {
+        for h in ["earlyoom", "oomd"] {
+            let rs = runs_of(all, sc, h);
+            if rs.is_empty() {
+                continue;
+            }
+            let acted = rs
+                .iter()
+                .filter(|r| r["handler_kills"].as_u64().unwrap_or(0) > 0)
+                .count();
+            let kk: u64 = rs
+                .iter()
+                .map(|r| r["kernel_oom_kills"].as_u64().unwrap_or(0))
+                .sum();
+            if acted == 0 {
+                out.push(format!(
+                    "{title}: {h} never acted in {} run(s); the kernel's OOM killer killed {kk} \
+                     time(s) instead.",
+                    rs.len()
+                ));
+            } else if kk > 0 {
+                out.push(format!(
+                    "{title}: {h} acted in {acted}/{} run(s), and the kernel's OOM killer still \
+                     killed {kk} time(s) beside it.",
+                    rs.len()
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// Plain sentences for every column where oomkit did worse than earlyoom (the issue's bar) or
@@ -328,5 +410,19 @@ mod tests {
         ] {
             assert!(b.contains(want), "{want} missing from {b}");
         }
+    }
+}
+
+#[cfg(test)]
+mod peer_tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_that_never_acted_is_named() {
+        let r = serde_json::json!({"scenario": "priority", "handler": "oomd", "handler_kills": 0,
+            "kernel_oom_kills": 1});
+        let f = peer_facts(&[r]);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].contains("oomd never acted"), "{f:?}");
     }
 }
