@@ -173,6 +173,8 @@ pub(crate) struct VmResult {
     pub(crate) peers: Vec<(String, String)>,
     pub(crate) peer_problems: Vec<String>,
     pub(crate) memory_mib: u32,
+    /// When the VM ran (UTC).
+    pub(crate) measured: String,
 }
 
 fn run_vm(args: &BenchArgs) -> Result<VmResult> {
@@ -223,6 +225,7 @@ fn run_vm(args: &BenchArgs) -> Result<VmResult> {
         peers: peers.versions,
         peer_problems: peers.problems,
         memory_mib: args.memory_mib,
+        measured: today(),
     };
     for (_, text) in &run.notes {
         let Ok(j) = serde_json::from_str::<Value>(text) else {
@@ -245,7 +248,7 @@ fn run_vm(args: &BenchArgs) -> Result<VmResult> {
         serde_json::to_string_pretty(&serde_json::json!({
             "e2e": v.e2e, "footprint": v.footprint, "unavailable": v.unavailable,
             "machine": v.machine, "kernel": v.kernel, "release": v.release,
-            "memory_mib": v.memory_mib, "results": v.results, "peers": v.peers,
+            "memory_mib": v.memory_mib, "measured": v.measured, "results": v.results, "peers": v.peers,
         }))
         .unwrap_or_default(),
     )?;
@@ -331,7 +334,7 @@ fn host_cpu() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
-pub(crate) fn today() -> String {
+fn today() -> String {
     util::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
         .map(|s| s.trim().to_string())
         .unwrap_or_default()

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use crate::bench::{Stat, VmResult, fmt_ms, stat, today};
+use crate::bench::{Stat, VmResult, fmt_ms, stat};
 use crate::repo_root;
 use crate::util::{self, Error, Result};
 
@@ -58,6 +58,7 @@ pub fn load_notes() -> Result<VmResult> {
             .map(|p| (str_of(&p[0]), str_of(&p[1])))
             .collect(),
         peer_problems: Vec::new(),
+        measured: str_of(&j["measured"]),
         memory_mib: j["memory_mib"]
             .as_u64()
             .and_then(|m| u32::try_from(m).ok())
@@ -106,9 +107,7 @@ pub fn render(runs: usize, vm: &VmResult) -> String {
          MemTotal {total} MiB, no swap, no `memory.high`/`memory.max` anywhere). **{runs} runs \
          per handler only**: the host (2 cores) was shared with other engineers' builds and VMs \
          during the run, so read these as indications, not as settled medians.\n",
-        today(),
-        vm.kernel,
-        vm.release
+        vm.measured, vm.kernel, vm.release
     );
     let _ = writeln!(
         s,
