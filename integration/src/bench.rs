@@ -34,6 +34,9 @@
 //!   and `batch` (grows by 2 towards 72, priority −100: the right victim). The kernel's OOM
 //!   killer picks the largest, the service.
 //!
+//! The machine-wide scenarios (the whole guest out of memory, no limits) are in
+//! [`crate::bench_machine`].
+//!
 //! Processes get distinct names (`comm`) by being exec'd through symlinks to the guest binary,
 //! so earlyoom's `--prefer`/`--avoid` regexes can tell them apart.
 
@@ -94,10 +97,13 @@ pub fn cases() -> Vec<TestCase> {
         c("bench_rest", 600, rest),
         c("bench_scale", 1800, scale),
     ]
+    .into_iter()
+    .chain(crate::bench_machine::cases())
+    .collect()
 }
 
 /// `oomkit.runs=N` from the kernel command line (default 5).
-fn runs() -> usize {
+pub(crate) fn runs() -> usize {
     std::fs::read_to_string("/proc/cmdline")
         .unwrap_or_default()
         .split_whitespace()
@@ -112,7 +118,7 @@ enum Sc {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum H {
+pub(crate) enum H {
     Kernel,
     Oomkit,
     Earlyoom,
@@ -129,7 +135,7 @@ impl Sc {
 }
 
 impl H {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             H::Kernel => "kernel",
             H::Oomkit => "oomkit",
@@ -141,7 +147,7 @@ impl H {
     fn wants_high(self) -> bool {
         matches!(self, H::Oomkit | H::Oomd)
     }
-    fn binary(self) -> Option<&'static str> {
+    pub(crate) fn binary(self) -> Option<&'static str> {
         match self {
             H::Kernel => None,
             H::Oomkit => Some(OOMKIT_BIN),
@@ -151,13 +157,13 @@ impl H {
     }
 }
 
-fn note(ctx: &Ctx, v: Value) {
+pub(crate) fn note(ctx: &Ctx, v: Value) {
     ctx.note(v.to_string());
 }
 
 /// The program at `/tmp/bench-bin/<name>`: a symlink to the guest binary, so a process exec'd
 /// through it is called `<name>`.
-fn named(name: &str) -> Result<PathBuf, Fail> {
+pub(crate) fn named(name: &str) -> Result<PathBuf, Fail> {
     let dir = Path::new("/tmp/bench-bin");
     std::fs::create_dir_all(dir).map_err(|e| Fail(format!("mkdir {}: {e}", dir.display())))?;
     let link = dir.join(name);
@@ -197,20 +203,20 @@ fn raise_nofile() {
 }
 
 /// A process name and its cgroup.
-type Named<'a> = (&'a str, &'a Path);
+pub(crate) type Named<'a> = (&'a str, &'a Path);
 
 /// A running handler: its process and its log (stderr, stdout discarded after `ready`).
-struct Running {
+pub(crate) struct Running {
     proc: Workload,
     log: PathBuf,
     offset: u64,
     pending: String,
     /// Lines seen so far with the time they were first seen.
-    lines: Vec<(Instant, String)>,
+    pub(crate) lines: Vec<(Instant, String)>,
 }
 
 impl Running {
-    fn start(ctx: &Ctx, prog: &Path, args: &[String], tag: &str) -> Result<Self, Fail> {
+    pub(crate) fn start(ctx: &Ctx, prog: &Path, args: &[String], tag: &str) -> Result<Self, Fail> {
         let (cg, _) = ctx.cgroup(&format!("handler-{tag}"))?;
         let log = PathBuf::from(format!("/tmp/bench-{}-{tag}.log", ctx.name()));
         let f = std::fs::File::create(&log)?;
@@ -226,7 +232,7 @@ impl Running {
     }
 
     /// Reads what the handler logged since the last call; new lines are stamped now.
-    fn poll(&mut self) {
+    pub(crate) fn poll(&mut self) {
         let Ok(mut f) = std::fs::File::open(&self.log) else {
             return;
         };
@@ -248,7 +254,12 @@ impl Running {
         }
     }
 
-    fn wait_for(&mut self, what: &str, timeout: Duration, pat: &str) -> Result<(), Fail> {
+    pub(crate) fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pat: &str,
+    ) -> Result<(), Fail> {
         let end = Instant::now() + timeout;
         loop {
             self.poll();
@@ -271,7 +282,7 @@ impl Running {
         }
     }
 
-    fn tail(&self, n: usize) -> String {
+    pub(crate) fn tail(&self, n: usize) -> String {
         let k = self.lines.len().saturating_sub(n);
         self.lines[k..]
             .iter()
@@ -280,7 +291,7 @@ impl Running {
             .join(" | ")
     }
 
-    fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.proc.pid()
     }
 }
@@ -288,7 +299,7 @@ impl Running {
 #[allow(clippy::too_many_arguments)]
 /// Starts handler `h` managing `managed` (filesystem path). `prefer`/`avoid`: process names and
 /// cgroups (below `managed`) the handler should kill first / spare.
-fn start_handler(
+pub(crate) fn start_handler(
     ctx: &Ctx,
     h: H,
     managed: &Path,
@@ -395,7 +406,7 @@ fn start_handler(
     }
 }
 
-fn stop(r: Option<Running>) {
+pub(crate) fn stop(r: Option<Running>) {
     if let Some(r) = r {
         if let Some(pid) = rustix::process::Pid::from_raw(r.pid()) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
@@ -406,7 +417,7 @@ fn stop(r: Option<Running>) {
 }
 
 /// Does this handler log line say a kill signal was sent?
-fn is_kill_line(h: H, l: &str) -> bool {
+pub(crate) fn is_kill_line(h: H, l: &str) -> bool {
     match h {
         H::Oomkit => l.contains("\"message\":\"action\"") && l.contains("kill"),
         H::Earlyoom => l.contains("sending SIG") && l.contains(" to process "),
@@ -418,7 +429,7 @@ fn is_kill_line(h: H, l: &str) -> bool {
     }
 }
 
-fn ms(d: Option<Duration>) -> Value {
+pub(crate) fn ms(d: Option<Duration>) -> Value {
     match d {
         Some(d) => json!((d.as_secs_f64() * 10_000.0).round() / 10.0),
         None => Value::Null,
@@ -633,7 +644,7 @@ fn one_run(ctx: &Ctx, sc: Sc, h: H, i: usize) -> Result<Value, Fail> {
 }
 
 /// `(VmRSS, VmHWM, VmLck)` in KiB and the context switches of all threads.
-fn proc_numbers(pid: i32) -> Result<(u64, u64, u64, u64, usize), Fail> {
+pub(crate) fn proc_numbers(pid: i32) -> Result<(u64, u64, u64, u64, usize), Fail> {
     let st = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib = |k: &str| {
         st.lines()

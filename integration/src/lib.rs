@@ -22,6 +22,7 @@
 //! Nothing here runs on the host except the unit tests of pure helpers.
 
 pub mod bench;
+pub mod bench_machine;
 pub mod cmdline;
 pub mod fixtures;
 pub mod harness;

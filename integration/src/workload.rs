@@ -19,7 +19,7 @@
 //! * `rate <step MiB> <MiB/s> <cap MiB>`: grow in steps at about that rate (a batch job or a
 //!   leak), printing `allocated <MiB>`, up to the cap (0: none), then hold;
 //! * `heartbeat <period ms>`: sleep one period at a time and measure how late each wakeup came;
-//!   print `hb <beats> <worst lateness µs>` every 20 beats (the "protected process" of the
+//!   print `hb <beats> <worst lateness µs> <worst of these 20 beats µs>` every 20 beats (the "protected process" of the
 //!   machine-wide scenarios);
 //! * `reread <MiB>`: read the first MiB of the scratch disk ([`SCRATCH_DISK`]) through the page
 //!   cache, over and over, printing `pass <n> <ms>` after each pass: a file-backed working set;
@@ -89,7 +89,7 @@ pub enum WorkloadKind {
 }
 
 impl WorkloadKind {
-    fn args(self) -> Vec<String> {
+    pub(crate) fn args(self) -> Vec<String> {
         match self {
             WorkloadKind::HogHold { mib, step_mib } => {
                 vec![
@@ -468,15 +468,19 @@ fn hog_rate(step: u64, rate: u64, cap: u64) -> Result<(), Fail> {
 fn heartbeat(period_ms: u64) -> Result<(), Fail> {
     let period = Duration::from_millis(period_ms.max(1));
     let mut worst = 0u64;
+    let mut window = 0u64;
     let mut beats = 0u64;
     let mut next = Instant::now() + period;
     loop {
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
         let late = Instant::now().saturating_duration_since(next);
-        worst = worst.max(u64::try_from(late.as_micros())?);
+        let late = u64::try_from(late.as_micros())?;
+        worst = worst.max(late);
+        window = window.max(late);
         beats += 1;
         if beats % 20 == 0 {
-            say(&format!("hb {beats} {worst}"));
+            say(&format!("hb {beats} {worst} {window}"));
+            window = 0;
         }
         // The next beat is one period after this one really happened: a stall is counted once.
         next = Instant::now() + period;

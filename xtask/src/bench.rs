@@ -7,7 +7,9 @@
 //! 2. One VM (`oomkit.mode=bench`, one kernel, default 6.1) with the peers packed in: the
 //!    footprint of each handler over 10,000 cgroups, and N runs of the limit and priority
 //!    scenarios with the kernel alone, earlyoom, oomd and oomkit (see
-//!    `integration/src/bench.rs` for what is measured and how).
+//!    `integration/src/bench.rs` for what is measured and how), and the machine-wide priority
+//!    and fork-storm scenarios with no limits at all (`integration/src/bench_machine.rs`,
+//!    rendered by `bench_machine.rs`; `--only machine` runs just those).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -18,7 +20,9 @@ use clap::Args;
 use serde_json::Value;
 
 use crate::util::{self, Error, Result};
-use crate::{VmOptions, bench_peers, bench_scale, guest, host, kernels, qemu, repo_root};
+use crate::{
+    VmOptions, bench_machine, bench_peers, bench_scale, guest, host, kernels, qemu, repo_root,
+};
 
 #[derive(Args, Clone)]
 pub struct BenchArgs {
@@ -32,6 +36,7 @@ pub struct BenchArgs {
     #[arg(long)]
     no_micro: bool,
     /// Skip the VM (footprint and end-to-end); the report keeps only the micro-benchmarks.
+    /// With `--only`: re-render the machine-wide section from the last `--only` run's notes.
     #[arg(long)]
     no_vm: bool,
     /// Guest memory in MiB (10,000 memory cgroups need room of their own).
@@ -46,8 +51,10 @@ pub struct BenchArgs {
     /// Do not install missing host tools.
     #[arg(long)]
     no_install: bool,
-    /// Only the guest cases whose name contains this (for trying one case; the report then
-    /// lacks the others' tables).
+    /// Only the guest cases whose name contains this. `machine` (the machine-wide scenarios)
+    /// skips the micro-benchmarks and replaces only the machine-wide section of the existing
+    /// docs/benchmarks.md (the other sections keep their last full run); any other value is for
+    /// trying one case (the report then lacks the others' tables).
     #[arg(long)]
     only: Option<String>,
 }
@@ -55,6 +62,18 @@ pub struct BenchArgs {
 const MICRO_ARGS: [&str; 4] = ["--warm-up-time", "1", "--measurement-time", "2"];
 
 pub fn cmd_bench(args: &BenchArgs) -> Result<bool> {
+    if args
+        .only
+        .as_deref()
+        .is_some_and(|o| o.starts_with("machine"))
+    {
+        let vm = if args.no_vm {
+            bench_machine::load_notes()?
+        } else {
+            run_vm(args)?
+        };
+        return bench_machine::cmd_only(args.runs, &vm);
+    }
     let mut micro = Vec::new();
     if !args.no_micro {
         run_micro()?;
@@ -150,19 +169,23 @@ fn collect_micro(dir: &Path, out: &mut Vec<Micro>) -> Result<()> {
     Ok(())
 }
 
-struct VmResult {
-    release: String,
-    kernel: String,
-    e2e: Vec<Value>,
-    footprint: Vec<Value>,
+pub(crate) struct VmResult {
+    pub(crate) release: String,
+    pub(crate) kernel: String,
+    pub(crate) e2e: Vec<Value>,
+    /// The machine-wide scenarios' runs (`kind: machine`).
+    pub(crate) machine: Vec<Value>,
+    pub(crate) footprint: Vec<Value>,
     /// `bench_rest` and `bench_scale` (see `bench_scale.rs`).
-    rest: Vec<Value>,
-    scale: Vec<Value>,
-    unavailable: Vec<Value>,
-    results: Vec<(String, String, String)>,
-    peers: Vec<(String, String)>,
-    peer_problems: Vec<String>,
-    memory_mib: u32,
+    pub(crate) rest: Vec<Value>,
+    pub(crate) scale: Vec<Value>,
+    pub(crate) unavailable: Vec<Value>,
+    pub(crate) results: Vec<(String, String, String)>,
+    pub(crate) peers: Vec<(String, String)>,
+    pub(crate) peer_problems: Vec<String>,
+    pub(crate) memory_mib: u32,
+    /// When the VM ran (UTC).
+    pub(crate) measured: String,
 }
 
 fn run_vm(args: &BenchArgs) -> Result<VmResult> {
@@ -204,6 +227,7 @@ fn run_vm(args: &BenchArgs) -> Result<VmResult> {
         release: run.guest_release.clone().unwrap_or_default(),
         kernel: format!("{} ({})", run.kernel.name, run.kernel.version),
         e2e: Vec::new(),
+        machine: Vec::new(),
         footprint: Vec::new(),
         rest: Vec::new(),
         scale: Vec::new(),
@@ -216,6 +240,7 @@ fn run_vm(args: &BenchArgs) -> Result<VmResult> {
         peers: peers.versions,
         peer_problems: peers.problems,
         memory_mib: args.memory_mib,
+        measured: today(),
     };
     for (_, text) in &run.notes {
         let Ok(j) = serde_json::from_str::<Value>(text) else {
@@ -226,15 +251,22 @@ fn run_vm(args: &BenchArgs) -> Result<VmResult> {
             Some("footprint") => v.footprint.push(j),
             Some("rest") => v.rest.push(j),
             Some("scale") => v.scale.push(j),
+            Some("machine") => v.machine.push(j),
             Some("unavailable") => v.unavailable.push(j),
             _ => {}
         }
     }
     util::write(
-        &crate::cache_dir().join("bench-notes.json"),
+        &crate::cache_dir().join(if args.only.is_some() {
+            "bench-notes-only.json"
+        } else {
+            "bench-notes.json"
+        }),
         serde_json::to_string_pretty(&serde_json::json!({
             "e2e": v.e2e, "footprint": v.footprint, "rest": v.rest, "scale": v.scale,
             "unavailable": v.unavailable,
+            "machine": v.machine, "kernel": v.kernel, "release": v.release,
+            "memory_mib": v.memory_mib, "measured": v.measured, "results": v.results, "peers": v.peers,
         }))
         .unwrap_or_default(),
     )?;
@@ -271,14 +303,14 @@ fn median(v: &mut [f64]) -> Option<f64> {
 }
 
 /// Median, min, max of a metric over the runs that have it, and how many do.
-struct Stat {
-    med: Option<f64>,
+pub(crate) struct Stat {
+    pub(crate) med: Option<f64>,
     min: f64,
-    max: f64,
-    n: usize,
+    pub(crate) max: f64,
+    pub(crate) n: usize,
 }
 
-fn stat(runs: &[&Value], key: &str) -> Stat {
+pub(crate) fn stat(runs: &[&Value], key: &str) -> Stat {
     let mut v: Vec<f64> = runs.iter().filter_map(|r| r[key].as_f64()).collect();
     let n = v.len();
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
@@ -291,7 +323,7 @@ fn stat(runs: &[&Value], key: &str) -> Stat {
     }
 }
 
-fn fmt_ms(s: &Stat, total: usize) -> String {
+pub(crate) fn fmt_ms(s: &Stat, total: usize) -> String {
     match s.med {
         None => "–".to_string(),
         Some(m) => {
@@ -667,6 +699,9 @@ fn render(args: &BenchArgs, micro: &[Micro], vm: Option<&VmResult>) -> String {
             );
             let _ = writeln!(s);
         }
+    }
+    if let Some(vm) = vm {
+        s.push_str(&bench_machine::render(args.runs, vm));
     }
     s.push_str(ANALYSIS);
     s

@@ -21,6 +21,7 @@
 
 mod apt;
 mod bench;
+mod bench_machine;
 mod bench_peers;
 mod bench_scale;
 mod bootstress;

@@ -448,7 +448,7 @@ pub fn idle_wakeups(ctx: &mut Ctx) -> TestResult {
 use crate::scenario::{Daemon, DaemonOpts, hier, parent_cgroup, timing};
 
 /// Waits for the heartbeat's next report and returns its worst lateness so far, µs.
-fn heartbeat_worst(hb: &mut Workload) -> Result<u64, Fail> {
+pub(crate) fn heartbeat_worst(hb: &mut Workload) -> Result<u64, Fail> {
     let mut last = None;
     while let Some(l) = hb.try_line("hb ") {
         last = Some(l);
@@ -465,7 +465,7 @@ fn heartbeat_worst(hb: &mut Workload) -> Result<u64, Fail> {
 
 /// The daemon's config body for the machine scenarios: default `[signals.machine]`, the
 /// priority-kill handler, `protected` globs and a low-priority glob.
-fn machine_config(protected: &[String], low: &str, granularity: &str) -> String {
+pub(crate) fn machine_config(protected: &[String], low: &str, granularity: &str) -> String {
     let mut rules = String::new();
     for p in protected {
         rules.push_str(&format!(
