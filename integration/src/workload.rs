@@ -354,7 +354,13 @@ fn run(args: &[String]) -> Result<(), Fail> {
     // Spawn::spawn_into placed us in the cgroup before exec; check rather than move.
     let own = std::fs::read_to_string("/proc/self/cgroup")
         .map_err(|e| Fail(format!("read /proc/self/cgroup: {e}")))?;
-    let own = own.trim().strip_prefix("0::").unwrap_or("");
+    // Only the final newline goes: a cgroup name may end in whitespace (`job `), and trimming
+    // it would misplace the workload (the adversarial tests use such names).
+    let own = own
+        .strip_suffix('\n')
+        .unwrap_or(&own)
+        .strip_prefix("0::")
+        .unwrap_or("");
     if !Path::new(cg).ends_with(own.trim_start_matches('/')) || own.is_empty() {
         return Err(Fail(format!("workload for {cg} runs in cgroup {own:?}")));
     }

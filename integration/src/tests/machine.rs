@@ -481,10 +481,17 @@ pub(crate) fn machine_config(protected: &[String], low: &str, granularity: &str)
     )
 }
 
-/// The daemon's machine trigger in an incident record, if that started it.
+/// The signals of the daemon's machine trigger in an incident record (`oomkit-incident/1`:
+/// `trigger.kind = "machine"`, each signal that fired a counter of 1), if that started it.
 fn machine_trigger(incident: &serde_json::Value) -> Option<String> {
-    let t = &incident["trigger"]["Machine"];
-    (!t.is_null()).then(|| t["signals"].to_string())
+    let t = &incident["trigger"];
+    (t["kind"] == "machine").then(|| {
+        ["low", "critical", "thrashing", "stalled"]
+            .into_iter()
+            .filter(|k| t["counters"][*k] == 1)
+            .collect::<Vec<_>>()
+            .join("+")
+    })
 }
 
 /// (a) A protected service holding half the headroom, a protected heartbeat, a batch job
