@@ -9,6 +9,9 @@
 
 use oomkit::reserve::{self, MlockMode, ReserveConfig};
 
+#[path = "common/skip.rs"]
+mod skip;
+
 fn kib(key: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = s.lines().find(|l| l.starts_with(key)).unwrap();
@@ -51,8 +54,10 @@ fn only_touched_pages_are_locked() {
         ..ReserveConfig::default()
     });
     if !rep.granted("mlockall") {
-        eprintln!("skipped: mlock not granted here:\n{rep}");
-        return;
+        return skip::skip_named(
+            "only_touched_pages_are_locked",
+            &format!("mlock not granted here: {rep}"),
+        );
     }
     let (lck, rss) = (kib("VmLck:"), kib("VmRSS:"));
     assert!(
