@@ -1,6 +1,6 @@
 //! A tokio adapter for [`Watcher`] (feature `tokio`).
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use tokio::io::Interest;
@@ -45,25 +45,7 @@ pub struct AsyncWatcher {
 impl AsyncWatcher {
     /// Registers `watcher`'s epoll fd with the current tokio reactor.
     pub fn new(watcher: Watcher) -> Result<Self> {
-        let dup = watcher
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| Error::Sys {
-                call: "dup",
-                source,
-            })?;
-        // `with_interest` is deprecated since tokio 1.54 in favour of the
-        // `unsafe` `register_with_interest`, because for an arbitrary `T`
-        // the fd could change or close under the registration. Here `T` is
-        // an `OwnedFd` that nothing else can reach: it stays open and the
-        // same until the `AsyncFd` is dropped, which is the invariant the
-        // unsafe variant asks for, so the safe call is sound.
-        #[allow(deprecated)]
-        let ready =
-            AsyncFd::with_interest(dup, Interest::READABLE).map_err(|source| Error::Sys {
-                call: "tokio AsyncFd registration",
-                source,
-            })?;
+        let ready = register_readable(watcher.as_fd())?;
         Ok(AsyncWatcher { watcher, ready })
     }
 
@@ -101,4 +83,25 @@ impl AsyncWatcher {
         }
         Ok(self.watcher.last_events())
     }
+}
+
+/// A private duplicate of `fd` registered with the current tokio reactor
+/// for readability: what [`AsyncWatcher`] and the OOM monitor's async
+/// adapter wait on.
+pub(crate) fn register_readable(fd: BorrowedFd<'_>) -> Result<AsyncFd<OwnedFd>> {
+    let dup = fd.try_clone_to_owned().map_err(|source| Error::Sys {
+        call: "dup",
+        source,
+    })?;
+    // `with_interest` is deprecated since tokio 1.54 in favour of the
+    // `unsafe` `register_with_interest`, because for an arbitrary `T` the fd
+    // could change or close under the registration. Here `T` is an `OwnedFd`
+    // that nothing else can reach: it stays open and the same until the
+    // `AsyncFd` is dropped, which is the invariant the unsafe variant asks
+    // for, so the safe call is sound.
+    #[allow(deprecated)]
+    AsyncFd::with_interest(dup, Interest::READABLE).map_err(|source| Error::Sys {
+        call: "tokio AsyncFd registration",
+        source,
+    })
 }

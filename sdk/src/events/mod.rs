@@ -106,7 +106,7 @@ mod psi;
 mod watcher;
 
 #[cfg(feature = "tokio")]
-mod async_watcher;
+pub(crate) mod async_watcher;
 
 use std::os::fd::AsFd;
 

@@ -2,7 +2,6 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use crate::error::{Error, Result};
@@ -26,21 +25,7 @@ pub struct AsyncOomMonitor {
 impl AsyncOomMonitor {
     /// Registers the monitor's fd with the current tokio reactor.
     pub fn new(monitor: OomMonitor) -> Result<Self> {
-        let dup = monitor
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| Error::Sys {
-                call: "dup",
-                source,
-            })?;
-        // See AsyncWatcher::new for why the deprecated safe call is sound
-        // for a private OwnedFd.
-        #[allow(deprecated)]
-        let ready =
-            AsyncFd::with_interest(dup, Interest::READABLE).map_err(|source| Error::Sys {
-                call: "tokio AsyncFd registration",
-                source,
-            })?;
+        let ready = crate::events::async_watcher::register_readable(monitor.as_fd())?;
         Ok(AsyncOomMonitor { monitor, ready })
     }
 
