@@ -34,11 +34,12 @@
 //!
 //! The test side ([`Workload`]) waits on those lines with deadlines instead of sleeping.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::Command;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use oomkit::Cgroup;
@@ -168,6 +169,21 @@ pub struct Workload {
     child: SpawnedChild,
     pid: i32,
     lines: mpsc::Receiver<String>,
+    /// The last stdout lines received, for failure messages.
+    recent: VecDeque<String>,
+    /// The last stderr lines (when stderr is not a log file given by the caller), for failure
+    /// messages: a workload that fails says why there.
+    stderr: Arc<Mutex<VecDeque<String>>>,
+}
+
+/// How many lines of each stream a failure message quotes.
+const TAIL_LINES: usize = 8;
+
+fn push_tail(q: &mut VecDeque<String>, line: String) {
+    if q.len() == TAIL_LINES {
+        q.pop_front();
+    }
+    q.push_back(line);
 }
 
 /// How long a workload may take to start and report `ready` (TCG is slow; exec of a static
@@ -216,9 +232,19 @@ impl Workload {
             .args(args)
             .stdin(null)
             .stdout(wr);
-        if let Some(err) = stderr {
-            spawn = spawn.stderr(err);
-        }
+        let err_tail = Arc::new(Mutex::new(VecDeque::new()));
+        let err_read = match stderr {
+            Some(err) => {
+                spawn = spawn.stderr(err);
+                None
+            }
+            None => {
+                let (er, ew) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                    .map_err(|e| Fail(format!("pipe: {e}")))?;
+                spawn = spawn.stderr(ew);
+                Some(er)
+            }
+        };
         let child = spawn
             .spawn_into(&cgroup)
             .map_err(|e| Fail(format!("spawn workload {what} into {}: {e}", cg.display())))?;
@@ -233,10 +259,26 @@ impl Workload {
                 }
             }
         });
+        if let Some(er) = err_read {
+            // Kept for failure messages and passed on to the runner's stderr (the console log)
+            // as before.
+            let tail = Arc::clone(&err_tail);
+            std::thread::spawn(move || {
+                for line in BufReader::new(std::fs::File::from(er)).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("{line}");
+                    if let Ok(mut q) = tail.lock() {
+                        push_tail(&mut q, line);
+                    }
+                }
+            });
+        }
         let mut w = Self {
             child,
             pid,
             lines: rx,
+            recent: VecDeque::new(),
+            stderr: err_tail,
         };
         w.wait_line("ready", READY_TIMEOUT)?;
         Ok(w)
@@ -255,20 +297,22 @@ impl Workload {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(l) => {
+                    push_tail(&mut self.recent, l.clone());
                     if let Some(rest) = l.strip_prefix(prefix) {
                         return Ok(rest.trim().to_string());
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let tail = self.tail();
                     return Err(Fail(format!(
-                        "workload {} printed no `{prefix}` within {timeout:?}",
+                        "workload {} printed no `{prefix}` within {timeout:?}; {tail}",
                         self.pid
                     )));
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = self.child.try_wait().ok().flatten();
+                    let tail = self.ended_tail();
                     return Err(Fail(format!(
-                        "workload {} ended before printing `{prefix}` (status {status:?})",
+                        "workload {} ended before printing `{prefix}`; {tail}",
                         self.pid
                     )));
                 }
@@ -280,6 +324,7 @@ impl Workload {
     /// waiting; lines before it that do not match are dropped.
     pub fn try_line(&mut self, prefix: &str) -> Option<String> {
         while let Ok(l) = self.lines.try_recv() {
+            push_tail(&mut self.recent, l.clone());
             if let Some(rest) = l.strip_prefix(prefix) {
                 return Some(rest.trim().to_string());
             }
@@ -303,7 +348,8 @@ impl Workload {
                 )));
             }
             match self.lines.recv_timeout(left.min(Duration::from_millis(50))) {
-                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Ok(l) => push_tail(&mut self.recent, l),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let st = self.child.wait().map_err(|e| Fail(e.to_string()))?;
                     return Ok(st);
@@ -315,6 +361,32 @@ impl Workload {
     /// Has it exited (reaped now if so)?
     pub fn try_exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
+    }
+
+    /// For failure messages: the exit status if it has ended, and the last lines it printed
+    /// on stdout and stderr.
+    pub fn tail(&mut self) -> String {
+        let status = self
+            .try_exited()
+            .map_or_else(|| "running".to_string(), |st| st.to_string());
+        let err = self
+            .stderr
+            .lock()
+            .map(|q| q.iter().cloned().collect::<Vec<_>>().join(" | "))
+            .unwrap_or_default();
+        let out = self.recent.iter().cloned().collect::<Vec<_>>().join(" | ");
+        format!("status {status}; last stdout [{out}]; stderr [{err}]")
+    }
+
+    /// [`Self::tail`] of a workload whose stdout closed: waits up to 2 s for it to be reaped
+    /// (stdout closes as it exits, just before the status is there), so the message says how
+    /// it ended (an exit code, or the signal that killed it).
+    fn ended_tail(&mut self) -> String {
+        let end = Instant::now() + Duration::from_secs(2);
+        while self.try_exited().is_none() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.tail()
     }
 }
 

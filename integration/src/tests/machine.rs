@@ -447,6 +447,105 @@ pub fn idle_wakeups(ctx: &mut Ctx) -> TestResult {
 
 use crate::scenario::{Daemon, DaemonOpts, hier, parent_cgroup, timing};
 
+/// What a failing end-to-end machine test attaches to its message, so one failure in a CI run
+/// can be diagnosed from the report alone: the kernel's OOM lines since the test began (from
+/// `/dev/kmsg`), the rise of `/proc/vmstat oom_kill`, the headroom, and the daemon's last log
+/// lines (its JSON log file, which is otherwise lost with the VM). A workload's own failure
+/// message already carries its exit status and last output ([`Workload::tail`]).
+struct Diag {
+    kmsg: Option<std::fs::File>,
+    oom_before: Option<u64>,
+    daemon_log: Option<std::path::PathBuf>,
+}
+
+impl Diag {
+    /// Starts reading the kernel log from its end (nothing is read from it until a failure).
+    fn open() -> Self {
+        use std::io::Seek;
+        use std::os::unix::fs::OpenOptionsExt;
+        let kmsg = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")
+            .and_then(|mut f| f.seek(std::io::SeekFrom::End(0)).map(|_| f))
+            .ok();
+        Diag {
+            kmsg,
+            oom_before: vmstat_oom_kill().ok(),
+            daemon_log: None,
+        }
+    }
+
+    /// The daemon whose log a failure quotes.
+    fn daemon(&mut self, d: &Daemon) {
+        self.daemon_log = Some(d.log.clone());
+    }
+
+    /// The kernel's OOM-killer lines logged since [`Self::open`], the last 10.
+    fn kernel_oom_lines(&mut self) -> Vec<String> {
+        use std::io::Read;
+        let mut out = Vec::new();
+        let Some(f) = self.kmsg.as_mut() else {
+            return vec!["(no /dev/kmsg)".into()];
+        };
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let rec = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let msg = rec
+                        .split_once(';')
+                        .map(|(_, m)| m.lines().next().unwrap_or("").to_string())
+                        .unwrap_or_default();
+                    if msg.contains("Killed process")
+                        || msg.starts_with("oom-kill:")
+                        || msg.contains("invoked oom-killer")
+                        || msg.starts_with("Memory cgroup out of memory")
+                    {
+                        out.push(msg);
+                    }
+                }
+                // Records overwritten while we were not reading: go on with the next.
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+                Err(_) => break,
+            }
+        }
+        let skip = out.len().saturating_sub(10);
+        out.split_off(skip)
+    }
+
+    /// `e` with the diagnostics appended.
+    fn attach(&mut self, e: Fail) -> Fail {
+        let kills = match (self.oom_before, vmstat_oom_kill().ok()) {
+            (Some(b), Some(n)) => format!("{}", n.saturating_sub(b)),
+            _ => "?".into(),
+        };
+        let avail = meminfo_mib().map_or_else(|_| "?".into(), |(_, a)| a.to_string());
+        let kernel = self.kernel_oom_lines();
+        let log = self.daemon_log.as_ref().map_or_else(
+            || "(no daemon)".to_string(),
+            |p| {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(12)..].join(" | ")
+            },
+        );
+        Fail(format!(
+            "{}\n  DIAG kernel OOM kills since the start: {kills}; MemAvailable now {avail} MiB; \
+             kernel log: [{}]\n  DIAG daemon log tail: [{log}]",
+            e.0,
+            kernel.join(" | ")
+        ))
+    }
+}
+
+/// Runs an end-to-end machine test with [`Diag`] attached to its failure.
+fn diagnosed(ctx: &mut Ctx, test: impl FnOnce(&mut Ctx, &mut Diag) -> TestResult) -> TestResult {
+    let mut diag = Diag::open();
+    test(ctx, &mut diag).map_err(|e| diag.attach(e))
+}
+
 /// Waits for the heartbeat's next report and returns its worst lateness so far, µs.
 pub(crate) fn heartbeat_worst(hb: &mut Workload) -> Result<u64, Fail> {
     let mut last = None;
@@ -498,6 +597,10 @@ fn machine_trigger(incident: &serde_json::Value) -> Option<String> {
 /// growing at 2 % of RAM per second. The batch job must die, the service live, and the kernel
 /// kill nothing.
 pub fn e2e_priority(ctx: &mut Ctx) -> TestResult {
+    diagnosed(ctx, e2e_priority_run)
+}
+
+fn e2e_priority_run(ctx: &mut Ctx, diag: &mut Diag) -> TestResult {
     let (total, avail) = meminfo_mib()?;
     let (machine_path, _) = parent_cgroup(ctx, "machine")?;
     let (service_path, _) = ctx.cgroup("machine/service")?;
@@ -509,6 +612,7 @@ pub fn e2e_priority(ctx: &mut Ctx) -> TestResult {
         "process",
     );
     let daemon = Daemon::start(ctx, &machine_path, &body, &DaemonOpts::default())?;
+    diag.daemon(&daemon);
     let mut service = ctx.spawn(
         &service_path,
         WorkloadKind::HogHold {
@@ -579,12 +683,17 @@ pub fn e2e_priority(ctx: &mut Ctx) -> TestResult {
 /// (b) A build of 20 allocating jobs beside a tiny protected session: the whole build goes in
 /// one action (granularity `cgroup`), the kernel kills nothing.
 pub fn e2e_fork_storm(ctx: &mut Ctx) -> TestResult {
+    diagnosed(ctx, e2e_fork_storm_run)
+}
+
+fn e2e_fork_storm_run(ctx: &mut Ctx, diag: &mut Diag) -> TestResult {
     let (total, avail) = meminfo_mib()?;
     let (machine_path, _) = parent_cgroup(ctx, "machine")?;
     let (session_path, _) = ctx.cgroup("machine/session")?;
     let (build_path, build) = ctx.cgroup("machine/build")?;
     let body = machine_config(&[hier(&session_path)], &hier(&build_path), "cgroup");
     let mut daemon = Daemon::start(ctx, &machine_path, &body, &DaemonOpts::default())?;
+    diag.daemon(&daemon);
     let mut hb = ctx.spawn(&session_path, WorkloadKind::Heartbeat { period_ms: 50 })?;
     heartbeat_worst(&mut hb)?;
     let before = vmstat_oom_kill()?;
@@ -646,6 +755,10 @@ pub const THRASH_BOUND: u64 = 8;
 /// scratch disk) while a leak grows: the leak dies before any pass slows past [`THRASH_BOUND`]
 /// times the cached pass; the kernel kills nothing.
 pub fn e2e_thrash(ctx: &mut Ctx) -> TestResult {
+    diagnosed(ctx, e2e_thrash_run)
+}
+
+fn e2e_thrash_run(ctx: &mut Ctx, diag: &mut Diag) -> TestResult {
     let (total, _) = meminfo_mib()?;
     let ws = total / 3;
     let (machine_path, _) = parent_cgroup(ctx, "machine")?;
@@ -653,6 +766,7 @@ pub fn e2e_thrash(ctx: &mut Ctx) -> TestResult {
     let (leak_path, _) = ctx.cgroup("machine/leak")?;
     let body = machine_config(&[hier(&reader_path)], "/nothing-low", "process");
     let mut daemon = Daemon::start(ctx, &machine_path, &body, &DaemonOpts::default())?;
+    diag.daemon(&daemon);
     let mut reader = ctx.spawn(&reader_path, WorkloadKind::Reread { mib: ws })?;
     reader.wait_line("pass 1", Duration::from_secs(60))?;
     let base: u64 = reader
@@ -733,13 +847,13 @@ fn any_kill(daemon: &Daemon) -> Result<Option<serde_json::Value>, Fail> {
 /// as deep toward `low` as that allows. Nothing needs to die: the daemon kills nothing, and
 /// neither does the kernel.
 pub fn e2e_no_kill(ctx: &mut Ctx) -> TestResult {
-    no_kill(ctx, false)
+    diagnosed(ctx, |ctx, diag| no_kill(ctx, false, diag))
 }
 
 /// (d) and (e) with `[signals] tripwire` on: the same, nothing killed, and the children's
 /// `memory.high` back to what it was once the daemon stopped.
 pub fn e2e_no_kill_tripwire(ctx: &mut Ctx) -> TestResult {
-    no_kill(ctx, true)
+    diagnosed(ctx, |ctx, diag| no_kill(ctx, true, diag))
 }
 
 /// A cgroup's `memory.high`, as the file says it.
@@ -756,7 +870,7 @@ fn high_events(cg: &std::path::Path) -> Result<u64, Fail> {
         .ok_or_else(|| Fail(format!("no `high` line in {}/memory.events", cg.display())))
 }
 
-fn no_kill(ctx: &mut Ctx, tripwire: bool) -> TestResult {
+fn no_kill(ctx: &mut Ctx, tripwire: bool, diag: &mut Diag) -> TestResult {
     let (total, avail) = meminfo_mib()?;
     let (machine_path, _) = parent_cgroup(ctx, "machine")?;
     let (steady_path, _) = ctx.cgroup("machine/steady")?;
@@ -782,6 +896,7 @@ fn no_kill(ctx: &mut Ctx, tripwire: bool) -> TestResult {
         );
     }
     let daemon = Daemon::start(ctx, &machine_path, &body, &DaemonOpts::default())?;
+    diag.daemon(&daemon);
     let before = vmstat_oom_kill()?;
     let stream_high_before = high_events(&stream_path)?;
     let mut wire = String::new();
@@ -882,6 +997,16 @@ fn no_kill(ctx: &mut Ctx, tripwire: bool) -> TestResult {
     let burst_mib = (mib_per_s * 6 / 10)
         .min(now_avail.saturating_sub(total * 8 / 100))
         .max(1);
+    ctx.note(format!(
+        "no-kill{}: bursts of {burst_mib} MiB (allocation {mib_per_s} MiB/s) from {now_avail} MiB \
+         available, tripwire {}",
+        if tripwire { " with tripwire" } else { "" },
+        if tripwire {
+            format!("{wire} bytes")
+        } else {
+            "off".into()
+        }
+    ));
     let mut burst = ctx.spawn(
         &burst_path,
         WorkloadKind::Burst {

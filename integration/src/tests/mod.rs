@@ -102,10 +102,11 @@ pub fn all() -> Vec<TestCase> {
             400,
             faults::no_major_fault_to_kill,
         ),
-        // Not in the suite: `machine::e2e_no_kill_tripwire` passed on all four kernels in its
-        // own runs, then failed once on 6.12 in a fresh-clone CI run (the burst workload ended
-        // before its first burst; cause not found, the guest keeps no daemon log). Restore it
-        // here once that is understood (integration/README.md, "The whole guest").
+        case(
+            "machine_e2e_no_kill_tripwire",
+            400,
+            machine::e2e_no_kill_tripwire,
+        ),
         // End to end: the `oomkit` daemon binary against workloads (see `crate::scenario`).
         case("e2e_priority", 90, e2e::priority),
         case("e2e_fork_storm", 90, e2e::fork_storm),
