@@ -834,6 +834,30 @@ fn e2e_thrash_run(ctx: &mut Ctx, diag: &mut Diag) -> TestResult {
     )))
 }
 
+/// The daemon's episodes so far, counted by how they ended (its `episode page faults` log
+/// line, one per episode), e.g. `Resolved 30, NoAction 2`: what a run that kills nothing did.
+fn episode_outcomes(daemon: &Daemon) -> String {
+    let mut counts: Vec<(String, u32)> = Vec::new();
+    for l in daemon.log_lines() {
+        if l["message"] != "episode page faults" {
+            continue;
+        }
+        let outcome = l["outcome"].as_str().unwrap_or("?").to_string();
+        match counts.iter_mut().find(|c| c.0 == outcome) {
+            Some(c) => c.1 += 1,
+            None => counts.push((outcome, 1)),
+        }
+    }
+    if counts.is_empty() {
+        return "none".into();
+    }
+    counts
+        .iter()
+        .map(|(o, n)| format!("{o} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The first incident with a victim, if the daemon killed anything.
 fn any_kill(daemon: &Daemon) -> Result<Option<serde_json::Value>, Fail> {
     Ok(daemon
@@ -1023,7 +1047,12 @@ fn no_kill(ctx: &mut Ctx, tripwire: bool, diag: &mut Diag) -> TestResult {
     let kills = vmstat_oom_kill()? - before;
     let killed = any_kill(&daemon)?;
     let stream_highs = high_events(&stream_path)? - stream_high_before;
+    let episodes = episode_outcomes(&daemon);
     let stopped = daemon.stop()?;
+    ctx.note(format!(
+        "no-kill{} daemon episodes by outcome: {episodes}",
+        if tripwire { " with tripwire" } else { "" }
+    ));
     ctx.note(format!(
         "e2e machine no-kill{}: {total} MiB RAM, steady {} MiB, 1 streamer pass, 3 bursts of \
          {burst_mib} MiB (allocation {mib_per_s} MiB/s, so {burst_mib} MiB is {:.2} s) held \
