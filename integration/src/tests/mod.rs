@@ -102,6 +102,9 @@ pub fn all() -> Vec<TestCase> {
             400,
             faults::no_major_fault_to_kill,
         ),
+        // Its one failure (6.12, a fresh-clone CI run) was the test's: a fast allocation let
+        // the burst outgrow the tripwire on its own child, and the daemon killed it as the
+        // tripwire intends; the burst now stays under the tripwire (see `no_kill`).
         case(
             "machine_e2e_no_kill_tripwire",
             400,
