@@ -659,15 +659,33 @@ fn machine_event(r: &mut Rig, signals: oomkit::events::Signals, s: oomkit::event
 fn machine_low_with_anon_growing_kills_the_lowest_tier_at_the_root() {
     use oomkit::events::Signals;
     let mut r = rig(EngineConfig::default(), two_jobs, None);
-    // LOW: anon grows as fast as the headroom shrinks: no progress.
+    // LOW: anon grows as fast as the headroom shrinks: no progress. The
+    // source held LOW for its minimum duration already, and the sample that
+    // fired it shows the churn: acted on at once, not one sample later.
     machine_event(&mut r, Signals::LOW, machine(90, 20, 20));
-    assert!(r.host().kills().is_empty(), "LOW is assessed, not urgent");
+    assert_eq!(
+        r.host().kills().len(),
+        1,
+        "LOW with anon eating the headroom is urgent"
+    );
     let eps = r.run(Duration::from_secs(5));
     let kills = r.kills();
     assert_eq!(kills.len(), 1, "{kills:?}");
     assert_eq!(kills[0].0, 200, "the largest process in the managed root");
     assert_eq!(eps[0].outcome, Some(Outcome::Acted));
     assert!(matches!(eps[0].trigger, Trigger::Machine { .. }));
+}
+
+#[test]
+fn machine_low_without_churn_is_assessed_first() {
+    use oomkit::events::Signals;
+    let mut r = rig(EngineConfig::default(), two_jobs, None);
+    // LOW while the headroom shrinks through page cache, anon stable.
+    let mut s = machine(90, 10, 0);
+    s.steal_rate = 40 << 20;
+    machine_event(&mut r, Signals::LOW, s);
+    assert!(r.host().kills().is_empty(), "not urgent without churn");
+    assert!(r.engine.in_episode(), "assessed");
 }
 
 #[test]

@@ -43,16 +43,24 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    /// True when reclaim has already failed (`max`/`oom` counters rose) or
-    /// the machine's headroom is under its critical level: no point waiting
-    /// for progress.
+    /// True when reclaim has already failed (`max`/`oom` counters rose), the
+    /// machine's headroom is under its critical level, or an acute machine
+    /// signal (`LOW`, `THRASHING`) fired with reclaim already churning: no
+    /// point waiting for progress. The last case is what the first machine
+    /// assessment would decide on the same sample one `sample_interval`
+    /// later; the source has already held the signal for its minimum
+    /// duration, so that wait only delayed the kill.
     pub fn is_urgent(&self) -> bool {
         match self {
             Trigger::MemoryEvents { delta, .. } => {
                 delta.oom.unwrap_or(0) > 0 || delta.max.unwrap_or(0) > 0
             }
             Trigger::Escalation { .. } => true,
-            Trigger::Machine { signals, .. } => signals.contains(Signals::CRITICAL),
+            Trigger::Machine { signals, sample } => {
+                signals.contains(Signals::CRITICAL)
+                    || (signals.intersects(Signals::LOW | Signals::THRASHING)
+                        && sample.churning(super::CHURN_RATIO))
+            }
             _ => false,
         }
     }

@@ -640,10 +640,32 @@ impl MachineMonitor {
         }
         if self.pending() {
             // Confirm (or drop) a pending signal within a fraction of its
-            // minimum duration.
-            dt = dt.min((cfg.min_duration / 4).max(cfg.min_interval));
+            // minimum duration, and read again right when it has held
+            // that long: a quarter-duration grid alone fired a held `LOW`
+            // up to a quarter too late.
+            let mut cap = (cfg.min_duration / 4).max(cfg.min_interval);
+            if let Some(due) = self.pending_due() {
+                cap = cap.min(due.max(cfg.min_interval));
+            }
+            dt = dt.min(cap);
         }
         dt
+    }
+
+    /// Time from the latest reading until the earliest pending signal has
+    /// held for `min_duration` (`None`: none pending, or already due).
+    fn pending_due(&self) -> Option<Duration> {
+        let last = self.last_at?;
+        [
+            (self.low.since, Signals::LOW),
+            (self.thrash.since, Signals::THRASHING),
+        ]
+        .into_iter()
+        .filter(|(_, sig)| !self.active.contains(*sig))
+        .filter_map(|(since, _)| since)
+        .map(|since| (since + self.cfg.min_duration).saturating_duration_since(last))
+        .filter(|d| !d.is_zero())
+        .min()
     }
 
     /// When the next reading is due (`None` before the first reading).
@@ -704,6 +726,28 @@ mod tests {
         let (m, _) = run(cfg, Duration::from_secs(600), |_| reading(900 * MIB));
         // 798 MiB above `low` at 100 MiB/s: one sample per ~8 s.
         assert!(m.samples() <= 77, "{} samples", m.samples());
+    }
+
+    #[test]
+    fn a_held_low_fires_right_after_its_minimum_duration() {
+        let mut cfg = MachineConfig::default();
+        let low = cfg.low.resolve(GIB);
+        let avail = low - 4 * MIB;
+        // A fill rate that spaces readings 90 ms apart (the gap down to
+        // `critical` at that rate), which does not divide `min_duration`:
+        // on that grid alone `LOW` would fire at 540 ms.
+        let gap = avail - cfg.critical.resolve(GIB);
+        cfg.max_fill_rate = gap * 100 / 9;
+        // Under `low` from t = 0 (read at once), staying there.
+        let (_, changes) = run(cfg, Duration::from_secs(3), |_| reading(avail));
+        let (at, c) = changes.first().copied().expect("LOW fired");
+        assert!(c.fired.contains(Signals::LOW), "{c:?}");
+        assert!(at >= cfg.min_duration, "fired at {at:?}");
+        assert!(
+            at <= cfg.min_duration + cfg.min_interval,
+            "fired at {at:?}, later than {:?} + one min_interval",
+            cfg.min_duration
+        );
     }
 
     #[test]
