@@ -194,6 +194,19 @@ pub fn validate(
                 );
             }
         }
+        let zero = |l: Level| matches!(l, Level::Bytes(0)) || l == Level::Fraction(0.0);
+        if zero(machine.low.0) && zero(machine.critical.0) {
+            warn.push(format!(
+                "signals.machine.low and signals.machine.critical are 0: the headroom signals \
+                 never fire, so a leak of anonymous memory is seen only {}; the kernel's OOM \
+                 killer will usually act first",
+                if machine.psi_window_ms == 0 {
+                    "if it thrashes the file working set (signals.machine.psi_window_ms is 0 too)"
+                } else {
+                    "by the PSI triggers, in its last seconds"
+                }
+            ));
+        }
         if machine.min_duration_ms > 5000 {
             warn.push(format!(
                 "signals.machine.min_duration_ms = {}: a leak of 20 MiB/s crosses from `low` to \
@@ -278,5 +291,21 @@ mod tests {
         let (mut bad, mut warn) = (Vec::new(), Vec::new());
         validate(&off, true, &mut bad, &mut warn);
         assert!(warn[0].contains("no cgroup event comes before"), "{warn:?}");
+        // Enabled, but with its headroom levels at 0: only thrashing (and PSI) can fire.
+        let blind = MachineSection {
+            low: LevelSetting(Level::Fraction(0.0)),
+            critical: LevelSetting(Level::Bytes(0)),
+            clear: LevelSetting(Level::Fraction(0.0)),
+            psi_window_ms: 0,
+            ..Default::default()
+        };
+        let (mut bad, mut warn) = (Vec::new(), Vec::new());
+        validate(&blind, true, &mut bad, &mut warn);
+        assert!(bad.is_empty(), "{bad:?}");
+        assert!(
+            warn.iter()
+                .any(|w| w.contains("headroom signals never fire") && w.contains("psi_window_ms")),
+            "{warn:?}"
+        );
     }
 }
