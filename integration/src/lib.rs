@@ -26,6 +26,7 @@ pub mod bench_machine;
 pub mod cmdline;
 pub mod fixtures;
 pub mod harness;
+pub mod kmsg;
 pub mod proto;
 pub mod runner;
 pub mod scenario;

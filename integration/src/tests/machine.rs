@@ -453,7 +453,7 @@ use crate::scenario::{Daemon, DaemonOpts, hier, parent_cgroup, timing};
 /// lines (its JSON log file, which is otherwise lost with the VM). A workload's own failure
 /// message already carries its exit status and last output ([`Workload::tail`]).
 struct Diag {
-    kmsg: Option<std::fs::File>,
+    kmsg: Option<crate::kmsg::KernelLog>,
     oom_before: Option<u64>,
     daemon_log: Option<std::path::PathBuf>,
 }
@@ -461,14 +461,7 @@ struct Diag {
 impl Diag {
     /// Starts reading the kernel log from its end (nothing is read from it until a failure).
     fn open() -> Self {
-        use std::io::Seek;
-        use std::os::unix::fs::OpenOptionsExt;
-        let kmsg = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open("/dev/kmsg")
-            .and_then(|mut f| f.seek(std::io::SeekFrom::End(0)).map(|_| f))
-            .ok();
+        let kmsg = crate::kmsg::KernelLog::open().ok();
         Diag {
             kmsg,
             oom_before: vmstat_oom_kill().ok(),
@@ -483,34 +476,10 @@ impl Diag {
 
     /// The kernel's OOM-killer lines logged since [`Self::open`], the last 10.
     fn kernel_oom_lines(&mut self) -> Vec<String> {
-        use std::io::Read;
-        let mut out = Vec::new();
-        let Some(f) = self.kmsg.as_mut() else {
+        let Some(k) = self.kmsg.as_mut() else {
             return vec!["(no /dev/kmsg)".into()];
         };
-        let mut buf = vec![0u8; 8192];
-        loop {
-            match f.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    let rec = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    let msg = rec
-                        .split_once(';')
-                        .map(|(_, m)| m.lines().next().unwrap_or("").to_string())
-                        .unwrap_or_default();
-                    if msg.contains("Killed process")
-                        || msg.starts_with("oom-kill:")
-                        || msg.contains("invoked oom-killer")
-                        || msg.starts_with("Memory cgroup out of memory")
-                    {
-                        out.push(msg);
-                    }
-                }
-                // Records overwritten while we were not reading: go on with the next.
-                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
-                Err(_) => break,
-            }
-        }
+        let mut out = k.oom_lines();
         let skip = out.len().saturating_sub(10);
         out.split_off(skip)
     }

@@ -25,6 +25,7 @@ use oomkit::spawn::{Placement, Spawn, SpawnedChild};
 
 use super::common::kernel_version;
 use crate::harness::{Ctx, Fail, Outcome, TestResult, write_file};
+use crate::kmsg::KernelLog;
 use crate::workload::WorkloadKind;
 use crate::{ensure, fail};
 
@@ -108,54 +109,6 @@ fn first_oom(ev: &MonitorEvent) -> Option<OomReport> {
     }
 }
 
-/// The OOM killer's lines in `/dev/kmsg`, read by the test itself (not through the SDK) to check
-/// the monitor's victims against what the kernel logged.
-struct RawLog {
-    f: std::fs::File,
-}
-
-impl RawLog {
-    fn open() -> Result<Self, Fail> {
-        use std::io::Seek;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open("/dev/kmsg")
-            .map_err(|e| Fail(format!("open /dev/kmsg: {e}")))?;
-        f.seek(std::io::SeekFrom::End(0))
-            .map_err(|e| Fail(format!("seek /dev/kmsg: {e}")))?;
-        Ok(RawLog { f })
-    }
-
-    /// The OOM-related messages logged since `open` (or the previous call).
-    fn oom_lines(&mut self) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 8192];
-        loop {
-            match self.f.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    let rec = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    let msg = rec
-                        .split_once(';')
-                        .map(|(_, m)| m.lines().next().unwrap_or("").to_string())
-                        .unwrap_or_default();
-                    if msg.contains("Killed process")
-                        || msg.starts_with("oom-kill:")
-                        || msg.starts_with("Tasks in ")
-                    {
-                        out.push(msg);
-                    }
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
-                Err(_) => break,
-            }
-        }
-        out
-    }
-}
-
 /// The kernel logged `Killed process <pid> (<comm>)` for every victim of the report.
 fn check_against_log(r: &OomReport, lines: &[String]) -> Result<(), Fail> {
     for v in &r.victims {
@@ -185,7 +138,7 @@ fn expect_sigkill(child: &mut SpawnedChild, who: &str) -> Result<(), Fail> {
 pub fn own_limit(ctx: &mut Ctx) -> TestResult {
     let (_, _, ctr_path, ctr) = pod_and_ctr(ctx, "ctr")?;
     ctr.set_memory_max(Limit::Bytes(32 << 20))?;
-    let mut raw = RawLog::open()?;
+    let mut raw = KernelLog::open()?;
     let mut m = OomMonitor::open(&ctr, MonitorOptions::default())?;
     ensure!(
         *m.kernel_log() == KernelLogAccess::Readable,
@@ -242,7 +195,7 @@ pub fn pod_limit(ctx: &mut Ctx) -> TestResult {
     let (pod_path, pod, ctr_path, ctr) = pod_and_ctr(ctx, "ctr")?;
     pod.set_memory_max(Limit::Bytes(32 << 20))?;
     ctr.set_memory_max(Limit::Bytes(256 << 20))?;
-    let mut raw = RawLog::open()?;
+    let mut raw = KernelLog::open()?;
     let mut m = OomMonitor::open(&ctr, MonitorOptions::default())?;
     let mut hog = spawn_workload(
         &ctr_path,
@@ -279,7 +232,7 @@ pub fn group_kill(ctx: &mut Ctx) -> TestResult {
     let (_, _, ctr_path, ctr) = pod_and_ctr(ctx, "ctr")?;
     ctr.set_memory_max(Limit::Bytes(32 << 20))?;
     ctr.set_oom_group(true)?;
-    let mut raw = RawLog::open()?;
+    let mut raw = KernelLog::open()?;
     let mut m = OomMonitor::open(&ctr, MonitorOptions::default())?;
     let mut sleepers = Vec::new();
     for _ in 0..2 {
