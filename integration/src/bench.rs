@@ -438,11 +438,26 @@ pub(crate) fn ms(d: Option<Duration>) -> Value {
 
 /// N runs of one scenario with one handler.
 fn e2e(ctx: &mut Ctx, sc: Sc, h: H) -> TestResult {
+    n_runs(ctx, sc.name(), h, "signal_ms", |ctx, i| {
+        one_run(ctx, sc, h, i)
+    })
+}
+
+/// The runs of one bench scenario with one handler (shared by the machine-wide cases): a
+/// handler whose binary is not in the initramfs is a skip with an `unavailable` note; else
+/// [`runs`] runs of `run`, each reported as a note, summed up as `victim:<summary_key>` per run.
+pub(crate) fn n_runs(
+    ctx: &mut Ctx,
+    scenario: &str,
+    h: H,
+    summary_key: &str,
+    mut run: impl FnMut(&Ctx, usize) -> Result<Value, Fail>,
+) -> TestResult {
     if let Some(b) = h.binary() {
         if !Path::new(b).exists() {
             note(
                 ctx,
-                json!({"kind": "unavailable", "scenario": sc.name(), "handler": h.name(),
+                json!({"kind": "unavailable", "scenario": scenario, "handler": h.name(),
                        "why": format!("{b} is not in the initramfs")}),
             );
             return Ok(Outcome::Skip(format!("{b} missing")));
@@ -451,18 +466,18 @@ fn e2e(ctx: &mut Ctx, sc: Sc, h: H) -> TestResult {
     let n = runs();
     let mut summary = Vec::new();
     for i in 0..n {
-        let r = one_run(ctx, sc, h, i)?;
+        let r = run(ctx, i)?;
         summary.push(format!(
             "{}:{}",
             r["victim"].as_str().unwrap_or("none"),
-            r["signal_ms"]
+            r[summary_key]
         ));
         note(ctx, r);
     }
     Ok(Outcome::Pass(format!(
         "{} × {} {}: {}",
         n,
-        sc.name(),
+        scenario,
         h.name(),
         summary.join(" ")
     )))

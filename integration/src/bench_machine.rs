@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::bench::{H, Named, Running, is_kill_line, ms, named, note, proc_numbers, runs, stop};
-use crate::harness::{Ctx, Fail, Outcome, TestCase, TestResult, write_file};
+use crate::bench::{H, Named, Running, is_kill_line, ms, named, proc_numbers, stop};
+use crate::harness::{Ctx, Fail, TestCase, TestResult, write_file};
 use crate::scenario::{OOMKIT_BIN, hier, parent_cgroup, set_trusted_xattr, vmstat_oom_kill};
 use crate::tests::machine::{heartbeat_worst, machine_config, meminfo_mib};
 
@@ -115,33 +115,10 @@ impl Ms {
 
 /// N runs of one machine-wide scenario with one handler.
 fn machine(ctx: &mut Ctx, sc: Ms, h: H) -> TestResult {
-    if let Some(b) = h.binary() {
-        if !Path::new(b).exists() {
-            note(
-                ctx,
-                json!({"kind": "unavailable", "scenario": format!("machine-{}", sc.name()),
-                       "handler": h.name(), "why": format!("{b} is not in the initramfs")}),
-            );
-            return Ok(Outcome::Skip(format!("{b} missing")));
-        }
-    }
-    let n = runs();
-    let mut summary = Vec::new();
-    for i in 0..n {
-        let r = one_run(ctx, sc, h, i)?;
-        summary.push(format!(
-            "{}:{}",
-            r["victim"].as_str().unwrap_or("none"),
-            r["pressure_to_kill_ms"]
-        ));
-        note(ctx, r);
-    }
-    Ok(Outcome::Pass(format!(
-        "{n} × machine {} {}: {}",
-        sc.name(),
-        h.name(),
-        summary.join(" ")
-    )))
+    let scenario = format!("machine-{}", sc.name());
+    crate::bench::n_runs(ctx, &scenario, h, "pressure_to_kill_ms", |ctx, i| {
+        one_run(ctx, sc, h, i)
+    })
 }
 
 /// `some total` (µs) of `/proc/pressure/memory`.
