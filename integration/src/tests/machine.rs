@@ -737,7 +737,11 @@ fn e2e_thrash_run(ctx: &mut Ctx, diag: &mut Diag) -> TestResult {
     let mut daemon = Daemon::start(ctx, &machine_path, &body, &DaemonOpts::default())?;
     diag.daemon(&daemon);
     let mut reader = ctx.spawn(&reader_path, WorkloadKind::Reread { mib: ws })?;
-    reader.wait_line("pass 1", Duration::from_secs(60))?;
+    // Pass 1 reads from the disk (cold), pass 2 from the cache.
+    let cold: u64 = reader
+        .wait_line("pass 1", Duration::from_secs(60))?
+        .parse()
+        .map_err(|e| Fail(format!("pass time: {e}")))?;
     let base: u64 = reader
         .wait_line("pass 2", Duration::from_secs(60))?
         .parse()
@@ -755,6 +759,8 @@ fn e2e_thrash_run(ctx: &mut Ctx, diag: &mut Diag) -> TestResult {
     )?;
     let mut worst = base;
     let mut slow = 0u32;
+    // When each pass ended (s after the leak started) and how long it took (ms).
+    let mut passes: Vec<String> = Vec::new();
     let end = Instant::now() + Duration::from_secs(150);
     while leak.try_exited().is_none() {
         ensure!(
@@ -770,11 +776,13 @@ fn e2e_thrash_run(ctx: &mut Ctx, diag: &mut Diag) -> TestResult {
                 .unwrap_or(0);
             worst = worst.max(ms);
             slow += u32::from(ms > 2 * base.max(1));
+            passes.push(format!("{:.1}s:{ms}", start.elapsed().as_secs_f64()));
         }
         ensure!(reader.try_exited().is_none(), "the re-reader died");
         std::thread::sleep(Duration::from_millis(20));
     }
     let took = start.elapsed();
+    let last_passes = passes[passes.len().saturating_sub(8)..].join(" ");
     let incident = daemon.wait_incident(
         "the incident record of the kill",
         Duration::from_secs(15),
@@ -782,9 +790,10 @@ fn e2e_thrash_run(ctx: &mut Ctx, diag: &mut Diag) -> TestResult {
     )?;
     let kills = vmstat_oom_kill()? - before;
     ctx.note(format!(
-        "e2e machine thrash: {total} MiB RAM, working set {ws} MiB (cached pass {base} ms), leak \
-         +{rate} MiB/s; leak killed {:.1} s after it started; worst pass before {worst} ms \
-         ({:.1}x), {slow} pass(es) over 2x; trigger {:?}; kernel kills {kills}",
+        "e2e machine thrash: {total} MiB RAM, working set {ws} MiB (cold pass {cold} ms, cached \
+         pass {base} ms), leak +{rate} MiB/s; leak killed {:.1} s after it started; worst pass \
+         before {worst} ms ({:.1}x), {slow} pass(es) over 2x; last passes (end:ms) \
+         [{last_passes}]; trigger {:?}; kernel kills {kills}",
         took.as_secs_f64(),
         worst as f64 / base.max(1) as f64,
         machine_trigger(&incident)
@@ -793,7 +802,8 @@ fn e2e_thrash_run(ctx: &mut Ctx, diag: &mut Diag) -> TestResult {
     ensure!(reader.try_exited().is_none(), "the re-reader died");
     ensure!(
         worst <= THRASH_BOUND * base.max(1),
-        "a pass took {worst} ms, over {THRASH_BOUND}x the cached {base} ms, before the leak died"
+        "a pass took {worst} ms, over {THRASH_BOUND}x the cached {base} ms (cold {cold} ms), \
+         before the leak died; last passes (end:ms) [{last_passes}]"
     );
     daemon.stop()?;
     Ok(Outcome::Pass(format!(
