@@ -720,6 +720,16 @@ fn e2e_fork_storm_run(ctx: &mut Ctx, diag: &mut Diag) -> TestResult {
 /// which slows passes without any thrashing.
 pub const THRASH_BOUND: u64 = 8;
 
+/// The slowest pass (ms) allowed before the leak dies: [`THRASH_BOUND`] times the cached pass,
+/// or twice the cold pass (the first, read from the disk) if that is more. The first thrashing
+/// pass reads the whole working set from the disk, so it takes as long as the cold pass, and
+/// up to twice that with reclaim and the leak competing for the one vCPU. Bounding it by the
+/// cached pass alone failed on a loaded host (fresh-clone CI on 6.12 and 7.2, and on 6.1 here:
+/// passes of 2.5-10 s), where the emulated disk slows far more than the cache.
+fn thrash_bound(cached: u64, cold: u64) -> u64 {
+    (THRASH_BOUND * cached.max(1)).max(2 * cold)
+}
+
 /// (c) A protected process re-reading a file-backed working set (a third of RAM, from the
 /// scratch disk) while a leak grows: the leak dies before any pass slows past [`THRASH_BOUND`]
 /// times the cached pass; the kernel kills nothing.
@@ -801,9 +811,10 @@ fn e2e_thrash_run(ctx: &mut Ctx, diag: &mut Diag) -> TestResult {
     ensure!(kills == 0, "the kernel OOM-killed {kills} times");
     ensure!(reader.try_exited().is_none(), "the re-reader died");
     ensure!(
-        worst <= THRASH_BOUND * base.max(1),
-        "a pass took {worst} ms, over {THRASH_BOUND}x the cached {base} ms (cold {cold} ms), \
-         before the leak died; last passes (end:ms) [{last_passes}]"
+        worst <= thrash_bound(base, cold),
+        "a pass took {worst} ms, over {} ms ({THRASH_BOUND}x the cached {base} ms or 2x the \
+         cold {cold} ms), before the leak died; last passes (end:ms) [{last_passes}]",
+        thrash_bound(base, cold)
     );
     daemon.stop()?;
     Ok(Outcome::Pass(format!(
