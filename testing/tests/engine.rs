@@ -799,6 +799,54 @@ fn machine_stall_alone_with_headroom_waits_for_a_sustained_stall() {
     assert_eq!(eps.last().and_then(|e| e.outcome), Some(Outcome::Resolved));
 }
 
+/// A machine episode driven through `ticks` ticks of 100 ms, the root's full stall at half of
+/// wall time (far above the threshold) and the machine source reporting `signals` with `s`.
+fn stall_for(
+    r: &mut Rig,
+    ticks: u32,
+    signals: oomkit::events::Signals,
+    s: oomkit::events::MachineSample,
+) {
+    for _ in 0..ticks {
+        let h = r.host();
+        h.cg("/").full_us += 50_000;
+        h.advance(Duration::from_millis(100));
+        let at = h.now();
+        r.engine.on_machine(signals, s);
+        r.engine.on_tick(at);
+    }
+}
+
+#[test]
+fn machine_sustained_stall_while_cold_cache_is_reclaimed_with_headroom_kills_nothing() {
+    use oomkit::events::Signals;
+    let cfg = EngineConfig {
+        stall_sustain: Duration::from_millis(500),
+        recheck: false,
+        ..EngineConfig::default()
+    };
+    // A backup streaming through the cache on a busy host: PSI stalls for
+    // seconds, the kernel reclaims cold cache, anon is stable, half of the
+    // machine is still available (measured on 7.2: 231 MiB of 460).
+    let mut r = rig(cfg.clone(), two_jobs, None);
+    let mut s = machine(230, 0, 0);
+    s.steal_rate = 140 << 20;
+    machine_event(&mut r, Signals::STALLED, s);
+    stall_for(&mut r, 15, Signals::STALLED, s);
+    assert!(r.host().kills().is_empty(), "{:?}", r.kills());
+    // The same sustained stall with the headroom under `low`: acted on.
+    let mut r = rig(cfg, two_jobs, None);
+    let mut low = machine(90, 0, 0);
+    low.steal_rate = 140 << 20;
+    machine_event(&mut r, Signals::STALLED, low);
+    stall_for(&mut r, 15, Signals::STALLED, low);
+    assert_eq!(
+        r.host().kills().len(),
+        1,
+        "a sustained stall at low headroom"
+    );
+}
+
 /// What a [`Recorder`] was told at each fire: (pid, signal, escalation).
 type Fired = std::rc::Rc<std::cell::RefCell<Vec<(Option<i32>, Option<i32>, u32)>>>;
 

@@ -208,10 +208,15 @@ impl<H: Host> Engine<H> {
             "assessing the machine"
         );
         // Stall alone (PSI) with headroom to spare is not an emergency: a
-        // burst stalls too. It acts only when sustained; low headroom and
-        // thrashing act as soon as reclaim churns.
+        // burst stalls too. It acts only when sustained, and then only if
+        // reclaim is not making progress or the headroom is low: a long
+        // stall while cold cache is reclaimed with the headroom to spare (a
+        // backup streaming through the cache on a slow or busy host) is the
+        // kernel doing its work, and no kill would shorten it. Low headroom
+        // and thrashing act as soon as reclaim churns.
         let acute = active.intersects(Signals::LOW | Signals::CRITICAL | Signals::THRASHING);
-        if active.contains(Signals::CRITICAL) || (acute && !progress) || sustained {
+        let stall_counts = sustained && (!progress || m.headroom < m.low);
+        if active.contains(Signals::CRITICAL) || (acute && !progress) || stall_counts {
             self.decide_and_act(at);
             return;
         }
