@@ -38,7 +38,7 @@ const REAL_CGROUP_TESTS_DIR: &str = "hosttests";
 
 const GUEST_BINARIES: [(&str, &str, &str); 7] = [
     (GUEST_PACKAGE, "--bin", GUEST_BIN),
-    ("oomkit-handlers", "--bin", "oomkit"),
+    ("oomkit-daemon", "--bin", "oomkit"),
     ("oomkit-examples", "--bin", "heap_victim"),
     ("oomkit-examples", "--example", "supervise"),
     ("oomkit-examples", "--example", "epoll_embed"),
