@@ -29,7 +29,7 @@ const GUEST_BIN: &str = "oomkit-guest";
 /// them with the opt-in set, on a cgroup2 mount that is the guest's own. (package, test target).
 const REAL_CGROUP_TESTS: [(&str, &str); 2] = [
     ("oomkit", "kill_group"),
-    ("oomkit-handlers", "daemon_signals"),
+    ("oomkit-daemon", "daemon_signals"),
 ];
 
 /// Where the host test binaries of [`REAL_CGROUP_TESTS`] go in the initramfs (the guest side
