@@ -21,7 +21,6 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use oomkit::Cgroup;
 use oomkit::engine::incident::{Incident, IncidentConfig};
@@ -32,7 +31,7 @@ use oomkit::engine::{
 use oomkit::events::PsiThreshold;
 use oomkit::reserve::{MlockMode, ReserveCgroup, ReserveConfig};
 
-use crate::config::{Config, ConfigErrors, Loaded, MlockSetting, PsiKind, PsiScope};
+use crate::config::{Config, ConfigErrors, Loaded, MlockSetting, PsiKind, PsiScope, ms};
 use crate::hooks::{PostKill, PreKillExec};
 use crate::incidents::IncidentWriter;
 use crate::metrics::Metrics;
@@ -191,8 +190,7 @@ pub fn runner_config(cfg: &Config, dry_run: bool) -> Result<RunnerConfig, Daemon
         None
     };
     let psi = cfg.signals.psi.as_ref().map(|p| {
-        let stall = Duration::from_millis(p.stall_ms);
-        let window = Duration::from_millis(p.window_ms);
+        let (stall, window) = (p.stall, p.window);
         PsiConfig {
             threshold: match p.kind {
                 PsiKind::Some => PsiThreshold::some(stall, window),
@@ -211,7 +209,7 @@ pub fn runner_config(cfg: &Config, dry_run: bool) -> Result<RunnerConfig, Daemon
     // The daemon writes incident records itself, from a thread (see `Observer`).
     rc.incidents = None;
     rc.watchdog = cfg.watchdog.enabled.then_some(WatchdogConfig {
-        timeout: Duration::from_millis(cfg.watchdog.timeout_ms),
+        timeout: cfg.watchdog.timeout,
     });
     rc.xattr_trust = cfg.xattr_trust();
     rc.depth = d.depth;
@@ -261,7 +259,10 @@ pub fn summary(loaded: &Loaded) -> String {
             .as_ref()
             .map_or("off".to_string(), |p| format!(
                 "{:?} {} ms / {} ms ({:?})",
-                p.kind, p.stall_ms, p.window_ms, p.scope
+                p.kind,
+                ms(p.stall),
+                ms(p.window),
+                p.scope
             )),
         {
             let m = &c.signals.machine;
@@ -280,11 +281,11 @@ pub fn summary(loaded: &Loaded) -> String {
         )),
         c.engine.dry_run,
         c.engine.progress_aware,
-        c.engine.kill_deadline_ms,
-        c.engine.cooldown_ms,
+        ms(c.engine.kill_deadline),
+        ms(c.engine.cooldown),
         if c.reserve.enabled { "on" } else { "off" },
         if c.watchdog.enabled {
-            format!("{} ms", c.watchdog.timeout_ms)
+            format!("{} ms", ms(c.watchdog.timeout))
         } else {
             "off".into()
         },
@@ -380,7 +381,7 @@ pub fn run_wrapped(
         runner.add_prekill_hook(Box::new(DumpWatch::new(dir.clone())));
     }
     if let Some(p) = current.hooks.pre_kill.clone() {
-        let deadline = Duration::from_millis(current.hooks.pre_kill_timeout_ms);
+        let deadline = current.hooks.pre_kill_timeout;
         match PreKillExec::start(p, deadline) {
             Ok(h) => runner.add_prekill_hook(Box::new(h)),
             Err(e) => tracing::warn!(error = %e, "the pre-kill hook is off"),
@@ -399,7 +400,7 @@ pub fn run_wrapped(
         .add_fd(clone_fd(&control.reload)?)
         .map_err(sdk("watching the reload pipe"))?;
     let post_kill = current.hooks.post_kill.clone().and_then(|p| {
-        let deadline = Duration::from_millis(current.hooks.post_kill_timeout_ms);
+        let deadline = current.hooks.post_kill_timeout;
         PostKill::start(p, deadline)
             .inspect_err(|e| tracing::warn!(error = %e, "the post-kill hook is off"))
             .ok()
@@ -647,17 +648,15 @@ fn reload(
 
 /// Sections a reload cannot apply, and whether each changed.
 pub fn restart_needed(old: &Config, new: &Config) -> [(&'static str, bool); 5] {
-    let differs =
-        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     // The tripwire is reloaded in place.
     let mut new_signals = new.signals.clone();
     new_signals.tripwire = old.signals.tripwire;
     [
-        ("daemon", differs(&old.daemon, &new.daemon)),
-        ("signals", differs(&old.signals, &new_signals)),
-        ("reserve", differs(&old.reserve, &new.reserve)),
-        ("watchdog", differs(&old.watchdog, &new.watchdog)),
-        ("hooks", differs(&old.hooks, &new.hooks)),
+        ("daemon", old.daemon != new.daemon),
+        ("signals", old.signals != new_signals),
+        ("reserve", old.reserve != new.reserve),
+        ("watchdog", old.watchdog != new.watchdog),
+        ("hooks", old.hooks != new.hooks),
     ]
 }
 

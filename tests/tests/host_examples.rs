@@ -24,7 +24,7 @@ fn victim(file: &str, cgroups: &[(&str, u64)]) -> PathBuf {
     }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file);
     let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{e}")).config;
-    let mut engine_cfg = cfg.engine.to_engine_config();
+    let mut engine_cfg = cfg.engine_config();
     engine_cfg.dry_run = true;
     let fs = CgroupFs::from_dir_unchecked(tmp.path());
     let mut host = KernelHost::new(fs, XattrTrust::TrustedOnly, 64, 64);
