@@ -53,6 +53,7 @@ use observer::Observer;
 pub use observer::log_victims;
 pub use probe::{Privileges, probe};
 use setup::start_tripwire;
+use setup::{add_prekill_hooks, start_incidents, start_post_kill};
 pub use setup::{incident_config, runner_config};
 
 /// Why the daemon stopped with an error.
@@ -224,22 +225,8 @@ pub fn run_wrapped(
     let handler = wrap(current.build_handler().map_err(DaemonError::Other)?);
     let rc = runner_config(&current, dry_run)?;
     let metrics = Arc::new(Metrics::new());
-    if let Some(addr) = &current.daemon.metrics_listen {
-        let addr: SocketAddr = addr
-            .parse()
-            .map_err(|e| DaemonError::Other(format!("daemon.metrics_listen `{addr}`: {e}")))?;
-        let local = crate::metrics::serve(addr, metrics.clone())
-            .map_err(|e| DaemonError::Other(format!("serving metrics on {addr}: {e}")))?;
-        tracing::info!(listen = %local, "serving /metrics and /healthz");
-    }
-    let incidents = incident_config(&current).and_then(|c| {
-        let dir = c.dir.clone();
-        IncidentWriter::start(c)
-            .inspect_err(
-                |e| tracing::warn!(dir = %dir.display(), error = %e, "incident records are off"),
-            )
-            .ok()
-    });
+    serve_metrics(&current, &metrics)?;
+    let incidents = start_incidents(&current);
     tracing::info!(
         root = %rc.root.display(),
         handler = current.handler.kind.name(),
@@ -247,16 +234,7 @@ pub fn run_wrapped(
         "starting"
     );
     let mut runner = Runner::new(rc, handler).map_err(sdk("starting the runner"))?;
-    if let Some(dir) = &current.daemon.diagnostics_dir {
-        runner.add_prekill_hook(Box::new(DumpWatch::new(dir.clone())));
-    }
-    if let Some(p) = current.hooks.pre_kill.clone() {
-        let deadline = current.hooks.pre_kill_timeout;
-        match PreKillExec::start(p, deadline) {
-            Ok(h) => runner.add_prekill_hook(Box::new(h)),
-            Err(e) => tracing::warn!(error = %e, "the pre-kill hook is off"),
-        }
-    }
+    add_prekill_hooks(&current, &mut runner);
     let degraded = runner.reserve_report().is_some_and(|r| r.degraded());
     if let Some(rep) = runner.reserve_report() {
         if rep.degraded() {
@@ -269,16 +247,10 @@ pub fn run_wrapped(
     let t_reload = runner
         .add_fd(clone_fd(&control.reload)?)
         .map_err(sdk("watching the reload pipe"))?;
-    let post_kill = current.hooks.post_kill.clone().and_then(|p| {
-        let deadline = current.hooks.post_kill_timeout;
-        PostKill::start(p, deadline)
-            .inspect_err(|e| tracing::warn!(error = %e, "the post-kill hook is off"))
-            .ok()
-    });
     let observer = Observer {
         metrics: metrics.clone(),
         incidents,
-        post_kill,
+        post_kill: start_post_kill(&current),
         reserve_degraded: degraded,
     };
     observer.after_turn(&runner, &[]);
@@ -315,8 +287,14 @@ pub fn run_wrapped(
         }
     }
     metrics.healthy.store(false, Ordering::Relaxed);
+    stop(runner, tripwire);
+    Ok(())
+}
+
+/// Gives back `memory.high` (the tripwire's), releases throttles and raised limits, and logs the
+/// lifetime counters: the way out of [`run`].
+fn stop(mut runner: Runner, mut tripwire: Option<Tripwire>) {
     notify(&[sd_notify::NotifyState::Stopping]);
-    // Give back memory.high, release throttles and raised limits before going away.
     if let Some(t) = &mut tripwire {
         t.restore_logged();
     }
@@ -330,6 +308,19 @@ pub fn run_wrapped(
         watchdog_fired = runner.watchdog_fired(),
         "stopped"
     );
+}
+
+/// Serves `/metrics` and `/healthz` on `daemon.metrics_listen`, if set.
+fn serve_metrics(cfg: &Config, metrics: &Arc<Metrics>) -> Result<(), DaemonError> {
+    let Some(addr) = &cfg.daemon.metrics_listen else {
+        return Ok(());
+    };
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|e| DaemonError::Other(format!("daemon.metrics_listen `{addr}`: {e}")))?;
+    let local = crate::metrics::serve(addr, metrics.clone())
+        .map_err(|e| DaemonError::Other(format!("serving metrics on {addr}: {e}")))?;
+    tracing::info!(listen = %local, "serving /metrics and /healthz");
     Ok(())
 }
 

@@ -111,3 +111,38 @@ pub(super) fn start_tripwire(cfg: &Config, dry_run: bool) -> Option<Tripwire> {
     );
     Some(t)
 }
+
+/// The incident writer thread (`None`: recording is off, or the folder is unusable, which is
+/// logged).
+pub(super) fn start_incidents(cfg: &Config) -> Option<IncidentWriter> {
+    incident_config(cfg).and_then(|c| {
+        let dir = c.dir.clone();
+        IncidentWriter::start(c)
+            .inspect_err(
+                |e| tracing::warn!(dir = %dir.display(), error = %e, "incident records are off"),
+            )
+            .ok()
+    })
+}
+
+/// The hooks that run before a kill: waiting for a heap profile in `diagnostics_dir`, and
+/// `hooks.pre_kill` (a failure to start it is logged).
+pub(super) fn add_prekill_hooks(cfg: &Config, runner: &mut Runner) {
+    if let Some(dir) = &cfg.daemon.diagnostics_dir {
+        runner.add_prekill_hook(Box::new(DumpWatch::new(dir.clone())));
+    }
+    if let Some(p) = cfg.hooks.pre_kill.clone() {
+        match PreKillExec::start(p, cfg.hooks.pre_kill_timeout) {
+            Ok(h) => runner.add_prekill_hook(Box::new(h)),
+            Err(e) => tracing::warn!(error = %e, "the pre-kill hook is off"),
+        }
+    }
+}
+
+/// `hooks.post_kill`'s runner (a failure to start it is logged).
+pub(super) fn start_post_kill(cfg: &Config) -> Option<PostKill> {
+    let p = cfg.hooks.post_kill.clone()?;
+    PostKill::start(p, cfg.hooks.post_kill_timeout)
+        .inspect_err(|e| tracing::warn!(error = %e, "the post-kill hook is off"))
+        .ok()
+}
