@@ -110,27 +110,6 @@ impl Incident {
         let t = ep.timings;
         let ms = |x| since(x, t.event_seen);
         let deadline = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let victims = ep
-            .victims
-            .iter()
-            .flatten()
-            .map(|v| {
-                let pid = match v.victim {
-                    Victim::Process { pid, .. } => Some(pid),
-                    Victim::Cgroup { .. } => None,
-                };
-                VictimEntry {
-                    kind: if pid.is_some() { "process" } else { "cgroup" }.into(),
-                    pid,
-                    comm: pid
-                        .and_then(|p| ep.top_processes.iter().flatten().find(|s| s.pid == p))
-                        .map(|s| s.comm().to_owned()),
-                    cgroup: path(v.victim.cgroup()),
-                    footprint_bytes: v.footprint,
-                    escalated: v.escalated,
-                }
-            })
-            .collect();
         let plan: Vec<StepRecord> = ep
             .plan
             .steps()
@@ -145,19 +124,7 @@ impl Incident {
         } else {
             Vec::new()
         };
-        let mut memory_stat = BTreeMap::new();
-        if let Ok(Value::Object(known)) = serde_json::to_value(&ep.scope_stat_before) {
-            for (k, v) in known {
-                if let Some(n) = v.as_u64() {
-                    memory_stat.insert(k, n);
-                }
-            }
-        }
-        for (k, v) in &ep.scope_stat_before.other {
-            memory_stat.insert(k.as_str().to_owned(), *v);
-        }
         let b = &ep.scope_before;
-        let sys = &ep.system_before;
         Incident {
             format: FORMAT.to_owned(),
             seq: 0,
@@ -175,17 +142,8 @@ impl Incident {
             }),
             reason: ep.plan.reason().to_owned(),
             plan,
-            refused: ep
-                .refusals
-                .iter()
-                .flatten()
-                .map(|r| RefusalRecord {
-                    action: r.action.name().to_owned(),
-                    cgroup: path(r.action.cgroup()),
-                    reason: r.reason.to_string(),
-                })
-                .collect(),
-            victims,
+            refused: refusals(ep, &path),
+            victims: victims(ep, &path),
             would_kill,
             escalations: ep.escalations,
             passed_over: ep.passed_over,
@@ -206,28 +164,9 @@ impl Incident {
                 b.pressure.as_ref(),
             ),
             after: None,
-            memory_stat,
-            system: SystemSample {
-                mem_total: sys.meminfo.as_ref().and_then(|m| m.mem_total),
-                mem_available: sys.meminfo.as_ref().and_then(|m| m.mem_available),
-                swap_free: sys.meminfo.as_ref().and_then(|m| m.swap_free),
-                psi_some_avg10: sys.pressure.map(|p| p.some.avg10),
-                psi_full_avg10: sys.pressure.and_then(|p| p.full.map(|f| f.avg10)),
-                oom_kill: sys.vmstat.as_ref().and_then(|v| v.oom_kill),
-            },
-            top_processes: ep
-                .top_processes
-                .iter()
-                .flatten()
-                .map(|p| ProcessEntry {
-                    pid: p.pid,
-                    comm: p.comm().to_owned(),
-                    rss_bytes: p.rss,
-                    swap_bytes: p.swap,
-                    oom_score_adj: p.oom_score_adj,
-                    uid: p.uid,
-                })
-                .collect(),
+            memory_stat: memory_stat(ep),
+            system: system_sample(ep),
+            top_processes: top_processes(ep),
             truncated: false,
         }
     }
@@ -259,4 +198,89 @@ impl Incident {
 /// The JSON record of an episode (kept for the embeddable `Runner`).
 pub fn to_json(ep: &Episode, tree: &Tree, handler: &str, dry_run: bool) -> Value {
     serde_json::to_value(Incident::from_episode(ep, tree, handler, dry_run)).unwrap_or(Value::Null)
+}
+
+/// The cgroup path of an id, as the record writes it.
+type PathOf<'a> = &'a dyn Fn(crate::engine::CgroupId) -> Option<String>;
+
+/// The steps no policy may take, and why.
+fn refusals(ep: &Episode, path: PathOf<'_>) -> Vec<RefusalRecord> {
+    ep.refusals
+        .iter()
+        .flatten()
+        .map(|r| RefusalRecord {
+            action: r.action.name().to_owned(),
+            cgroup: path(r.action.cgroup()),
+            reason: r.reason.to_string(),
+        })
+        .collect()
+}
+
+/// The victims, with the comm of a process victim from the episode's process samples.
+fn victims(ep: &Episode, path: PathOf<'_>) -> Vec<VictimEntry> {
+    ep.victims
+        .iter()
+        .flatten()
+        .map(|v| {
+            let pid = match v.victim {
+                Victim::Process { pid, .. } => Some(pid),
+                Victim::Cgroup { .. } => None,
+            };
+            VictimEntry {
+                kind: if pid.is_some() { "process" } else { "cgroup" }.into(),
+                pid,
+                comm: pid
+                    .and_then(|p| ep.top_processes.iter().flatten().find(|s| s.pid == p))
+                    .map(|s| s.comm().to_owned()),
+                cgroup: path(v.victim.cgroup()),
+                footprint_bytes: v.footprint,
+                escalated: v.escalated,
+            }
+        })
+        .collect()
+}
+
+/// The scope's `memory.stat` before acting: the known keys and any others the kernel wrote.
+fn memory_stat(ep: &Episode) -> BTreeMap<String, u64> {
+    let mut memory_stat = BTreeMap::new();
+    if let Ok(Value::Object(known)) = serde_json::to_value(&ep.scope_stat_before) {
+        for (k, v) in known {
+            if let Some(n) = v.as_u64() {
+                memory_stat.insert(k, n);
+            }
+        }
+    }
+    for (k, v) in &ep.scope_stat_before.other {
+        memory_stat.insert(k.as_str().to_owned(), *v);
+    }
+    memory_stat
+}
+
+/// The machine before acting: memory, PSI and the kernel's OOM kill count.
+fn system_sample(ep: &Episode) -> SystemSample {
+    let sys = &ep.system_before;
+    SystemSample {
+        mem_total: sys.meminfo.as_ref().and_then(|m| m.mem_total),
+        mem_available: sys.meminfo.as_ref().and_then(|m| m.mem_available),
+        swap_free: sys.meminfo.as_ref().and_then(|m| m.swap_free),
+        psi_some_avg10: sys.pressure.map(|p| p.some.avg10),
+        psi_full_avg10: sys.pressure.and_then(|p| p.full.map(|f| f.avg10)),
+        oom_kill: sys.vmstat.as_ref().and_then(|v| v.oom_kill),
+    }
+}
+
+/// The largest processes in scope when the handler decided.
+fn top_processes(ep: &Episode) -> Vec<ProcessEntry> {
+    ep.top_processes
+        .iter()
+        .flatten()
+        .map(|p| ProcessEntry {
+            pid: p.pid,
+            comm: p.comm().to_owned(),
+            rss_bytes: p.rss,
+            swap_bytes: p.swap,
+            oom_score_adj: p.oom_score_adj,
+            uid: p.uid,
+        })
+        .collect()
 }
