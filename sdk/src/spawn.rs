@@ -290,11 +290,10 @@ fn open_procs(cg: &Cgroup) -> Result<OwnedFd> {
         OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         Mode::empty(),
     )
-    .map_err(|e| match e {
-        Errno::NOENT | Errno::NODEV => Error::CgroupGone {
-            path: cg.path().to_owned(),
-        },
-        e => Error::io(cg.file_path(CGROUP_PROCS), Op::Open, io_err(e)),
+    .map_err(|e| {
+        crate::fs::cgroup_errno(cg.path(), e, |e| {
+            Error::io(cg.file_path(CGROUP_PROCS), Op::Open, io_err(e))
+        })
     })
 }
 

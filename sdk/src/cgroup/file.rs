@@ -29,15 +29,12 @@ impl CgroupFile {
 
     /// Writes `data` in one `write(2)` (PSI trigger registration).
     pub fn write(&self, data: &[u8]) -> Result<()> {
-        let n = rustix::io::write(&self.fd, data).map_err(|e| match e {
-            Errno::NODEV | Errno::NOENT => Error::CgroupGone {
-                path: self.path.clone(),
-            },
-            e => Error::Write {
+        let n = rustix::io::write(&self.fd, data).map_err(|e| {
+            fs::cgroup_errno(&self.path, e, |e| Error::Write {
                 path: self.path.clone(),
                 data: String::from_utf8_lossy(data).into_owned(),
                 source: io_err(e),
-            },
+            })
         })?;
         if n != data.len() {
             return Err(Error::Write {
@@ -50,12 +47,7 @@ impl CgroupFile {
     }
 
     fn err(&self, op: Op, e: Errno) -> Error {
-        match e {
-            Errno::NODEV | Errno::NOENT => Error::CgroupGone {
-                path: self.path.clone(),
-            },
-            e => Error::io(&self.path, op, io_err(e)),
-        }
+        fs::cgroup_errno(&self.path, e, |e| Error::io(&self.path, op, io_err(e)))
     }
 
     /// Opens a file that is not a cgroup control file (`/proc/pressure/memory`).

@@ -104,11 +104,10 @@ impl Cgroup {
             .map_err(|e| Error::io(&self.path, Op::ReadDir, io_err(e)))?;
         let mut out = Vec::new();
         while let Some(entry) = dir.read() {
-            let entry = entry.map_err(|e| match e {
-                Errno::NOENT | Errno::NODEV => Error::CgroupGone {
-                    path: self.path.clone(),
-                },
-                e => Error::io(&self.path, Op::ReadDir, io_err(e)),
+            let entry = entry.map_err(|e| {
+                fs::cgroup_errno(&self.path, e, |e| {
+                    Error::io(&self.path, Op::ReadDir, io_err(e))
+                })
             })?;
             let name = entry.file_name().to_bytes();
             if name == b"." || name == b".." {
@@ -146,10 +145,7 @@ impl Cgroup {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
             Mode::empty(),
         )
-        .map_err(|e| match e {
-            Errno::NOENT | Errno::NODEV => Error::CgroupGone { path: path.clone() },
-            e => Error::io(&path, Op::Open, io_err(e)),
-        })?;
+        .map_err(|e| fs::cgroup_errno(&path, e, |e| Error::io(&path, Op::Open, io_err(e))))?;
         Ok(Cgroup {
             dir,
             hierarchy_path: self.hierarchy_path.join(name),

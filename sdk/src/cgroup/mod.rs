@@ -153,15 +153,14 @@ impl Cgroup {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| match e {
-            Errno::NOENT | Errno::NODEV => Error::CgroupGone {
-                path: fs_path.to_owned(),
-            },
-            Errno::NOTDIR => Error::InvalidPath {
-                path: fs_path.to_owned(),
-                reason: "not a directory",
-            },
-            e => Error::io(fs_path, Op::Open, io_err(e)),
+        .map_err(|e| {
+            fs::cgroup_errno(fs_path, e, |e| match e {
+                Errno::NOTDIR => Error::InvalidPath {
+                    path: fs_path.to_owned(),
+                    reason: "not a directory",
+                },
+                e => Error::io(fs_path, Op::Open, io_err(e)),
+            })
         })?;
         let cg = Cgroup {
             dir,
@@ -241,12 +240,15 @@ impl Cgroup {
     }
 
     fn map_err(&self, name: &CStr, op: Op, e: Errno) -> Error {
+        self.file_errno(name, e, |e| Error::io(self.file_path(name), op, io_err(e)))
+    }
+
+    /// A control file's errno: `ENOENT` in a live cgroup is a file this kernel does not provide
+    /// ([`Cgroup::missing`] tells), the rest is [`fs::cgroup_errno`].
+    fn file_errno(&self, name: &CStr, e: Errno, other: impl FnOnce(Errno) -> Error) -> Error {
         match e {
             Errno::NOENT => self.missing(name),
-            Errno::NODEV => Error::CgroupGone {
-                path: self.path.clone(),
-            },
-            e => Error::io(self.file_path(name), op, io_err(e)),
+            e => fs::cgroup_errno(&self.path, e, other),
         }
     }
 
@@ -314,16 +316,12 @@ impl Cgroup {
 
     /// Writes `data` to a control file in one `write(2)`.
     pub fn write_raw(&self, name: &CStr, data: &[u8]) -> Result<()> {
-        let wrap = |e: Errno| match e {
-            Errno::NOENT => self.missing(name),
-            Errno::NODEV => Error::CgroupGone {
-                path: self.path.clone(),
-            },
-            e => Error::Write {
+        let wrap = |e: Errno| {
+            self.file_errno(name, e, |e| Error::Write {
                 path: self.file_path(name),
                 data: String::from_utf8_lossy(data).into_owned(),
                 source: io_err(e),
-            },
+            })
         };
         let fd = rustix::fs::openat(
             &self.dir,
