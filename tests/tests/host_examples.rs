@@ -142,4 +142,3 @@ fn systemd_host_takes_a_transient_unit_before_a_larger_session_and_spares_the_pl
     );
     assert_eq!(got, Path::new("/system.slice/run-r1234.service"));
 }
-
