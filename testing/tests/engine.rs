@@ -50,6 +50,18 @@ impl Handler for Largest {
     }
 }
 
+/// A [`rig`] over [`two_jobs`] with `memory.high` of `/batch` at `high_mib`.
+fn batch_over_high(cfg: EngineConfig, high_mib: u64) -> Rig {
+    rig(
+        cfg,
+        |h| {
+            two_jobs(h);
+            h.cg("/batch").high = Some(Limit::Bytes(high_mib << 20));
+        },
+        None,
+    )
+}
+
 /// A rig whose handler is [`Largest`] (or the forced action).
 fn rig(cfg: EngineConfig, setup: impl FnOnce(&mut FakeHost), force: Option<Action>) -> Rig {
     Rig::new(cfg, setup, Box::new(Largest { force }))
@@ -172,14 +184,7 @@ fn progress_holds_off_and_resolution_averts() {
         recheck: false,
         ..EngineConfig::default()
     };
-    let mut r = rig(
-        cfg,
-        |h| {
-            two_jobs(h);
-            h.cg("/batch").high = Some(Limit::Bytes(400 << 20));
-        },
-        None,
-    );
+    let mut r = batch_over_high(cfg, 400);
     r.event("/batch", ev(1, 0, 0));
     assert!(
         r.host().kills().is_empty(),
@@ -196,14 +201,7 @@ fn progress_holds_off_and_resolution_averts() {
 
 #[test]
 fn no_progress_kills_after_one_sample() {
-    let mut r = rig(
-        EngineConfig::default(),
-        |h| {
-            two_jobs(h);
-            h.cg("/batch").high = Some(Limit::Bytes(300 << 20));
-        },
-        None,
-    );
+    let mut r = batch_over_high(EngineConfig::default(), 300);
     r.event("/batch", ev(1, 0, 0));
     assert!(r.host().kills().is_empty());
     // Usage keeps rising, nothing reclaimed.
@@ -220,14 +218,7 @@ fn sustained_full_stall_kills_despite_progress() {
         recheck: false,
         ..EngineConfig::default()
     };
-    let mut r = rig(
-        cfg,
-        |h| {
-            two_jobs(h);
-            h.cg("/batch").high = Some(Limit::Bytes(300 << 20));
-        },
-        None,
-    );
+    let mut r = batch_over_high(cfg, 300);
     r.event("/batch", ev(1, 0, 0));
     // Each 100 ms: reclaim steals a little (progress) but every task is
     // stalled half the time (50% full stall, above the 10% threshold).
@@ -587,28 +578,20 @@ impl Handler for Ticker {
     }
 }
 
-#[test]
-fn quiet_tick_kills_run_as_episodes_and_shutdown_releases() {
+/// An engine over [`two_jobs`] whose [`Ticker`] works on the cgroup at `path`.
+fn ticking_on(path: &str) -> Engine<FakeHost> {
     let mut host = FakeHost::new();
     two_jobs(&mut host);
-    let mut e = Engine::new(
-        EngineConfig::default(),
-        host,
-        Box::new(Ticker {
-            ticks: 0,
-            target: None,
-        }),
-        Path::new("/"),
-    )
-    .unwrap();
-    let batch = e.add_cgroup(Path::new("/batch")).unwrap();
-    e.replace_handler(
-        Box::new(Ticker {
-            ticks: 0,
-            target: Some(batch),
-        }),
-        EngineConfig::default(),
-    );
+    let ticker = |target| Box::new(Ticker { ticks: 0, target });
+    let mut e = Engine::new(EngineConfig::default(), host, ticker(None), Path::new("/")).unwrap();
+    let id = e.add_cgroup(Path::new(path)).unwrap();
+    e.replace_handler(ticker(Some(id)), EngineConfig::default());
+    e
+}
+
+#[test]
+fn quiet_tick_kills_run_as_episodes_and_shutdown_releases() {
+    let mut e = ticking_on("/batch");
     let mut episodes = Vec::new();
     for _ in 0..6 {
         let wake = e.next_wake().expect("a handler that wants ticks gets them");
@@ -632,26 +615,7 @@ fn quiet_tick_kills_run_as_episodes_and_shutdown_releases() {
 
 #[test]
 fn quiet_tick_steps_obey_protection_rules() {
-    let mut host = FakeHost::new();
-    two_jobs(&mut host);
-    let mut e = Engine::new(
-        EngineConfig::default(),
-        host,
-        Box::new(Ticker {
-            ticks: 0,
-            target: None,
-        }),
-        Path::new("/"),
-    )
-    .unwrap();
-    let own = e.add_cgroup(Path::new("/system")).unwrap();
-    e.replace_handler(
-        Box::new(Ticker {
-            ticks: 0,
-            target: Some(own),
-        }),
-        EngineConfig::default(),
-    );
+    let mut e = ticking_on("/system");
     let wake = e.next_wake().unwrap();
     let now = e.host().now();
     e.host()
