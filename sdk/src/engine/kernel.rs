@@ -211,8 +211,9 @@ impl Observe for KernelHost {
 
     fn attach(&mut self, id: CgroupId, path: &Path) -> Result<XattrInfo> {
         let cg = self.fs.open_hierarchy(path)?;
+        let owner = cg.owner_uid().ok();
         if self.root_owner.is_none() {
-            self.root_owner = cg.owner_uid().ok();
+            self.root_owner = owner;
         }
         if self.has_cgroup_kill.is_none() {
             self.has_cgroup_kill = cg.has_file(files::CGROUP_KILL).ok();
@@ -247,7 +248,9 @@ impl Observe for KernelHost {
         // Whoever owns the parent directory chose this one's name (and
         // may own it): a tenant below a delegation boundary.
         let trusted_owner = |o: u32| o == 0 || Some(o) == self.root_owner;
-        let delegated = !cg.owner_uid().is_ok_and(trusted_owner)
+        // The parent's owner is read now (not cached): a delegation may
+        // have just changed it.
+        let delegated = !owner.is_some_and(trusted_owner)
             || cg
                 .path()
                 .parent()

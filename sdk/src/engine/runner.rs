@@ -157,6 +157,70 @@ fn raise_nofile_limit() {
     }
 }
 
+/// Lists the directories below `dir` (at `path`, `depth` levels below the
+/// root) down to `max` levels into `found`, parents before their children;
+/// a directory that cannot be listed goes to `unlisted` (nothing below it
+/// is judged gone). One `openat` and `getdents64` per directory, and at
+/// most `max` fds open at once.
+fn list_tree(
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    depth: u32,
+    max: u32,
+    found: &mut Vec<PathBuf>,
+    unlisted: &mut Vec<PathBuf>,
+) {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
+    use std::mem::MaybeUninit;
+    use std::os::unix::ffi::OsStrExt;
+    let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
+    let mut entries = RawDir::new(dir, &mut buf);
+    while let Some(entry) = entries.next() {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                if e != rustix::io::Errno::NOENT && e != rustix::io::Errno::NODEV {
+                    tracing::warn!(cgroup = %path.display(), error = %e, "listing a cgroup failed");
+                    unlisted.push(path.to_path_buf());
+                }
+                return;
+            }
+        };
+        let name = entry.file_name();
+        let bytes = name.to_bytes();
+        if bytes == b"." || bytes == b".." {
+            continue;
+        }
+        let is_dir = match entry.file_type() {
+            FileType::Directory => true,
+            FileType::Unknown => rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory),
+            _ => false,
+        };
+        if !is_dir {
+            continue;
+        }
+        let child = path.join(std::ffi::OsStr::from_bytes(bytes));
+        if depth < max {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+            match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+                Ok(fd) => {
+                    found.push(child.clone());
+                    list_tree(fd.as_fd(), &child, depth + 1, max, found, unlisted);
+                    continue;
+                }
+                // Removed meanwhile: its removal event follows.
+                Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NODEV) => continue,
+                Err(e) => {
+                    tracing::warn!(cgroup = %child.display(), error = %e, "listing a cgroup failed");
+                    unlisted.push(child.clone());
+                }
+            }
+        }
+        found.push(child);
+    }
+}
+
 fn find_fs(root: &Path) -> Result<CgroupFs> {
     let fs = CgroupFs::discover()?;
     fs.hierarchy_path(root)?;
@@ -320,7 +384,11 @@ impl Runner {
             self.machine_token = Some(tok);
         }
         self.rescan_pending();
-        self.apply_dir_changes();
+        // At start there are no events to keep handling in between: attach
+        // the whole tree now, so `new` returns with every cgroup watched.
+        while !self.dir_changes.is_empty() {
+            self.apply_dir_changes();
+        }
         Ok(())
     }
 
@@ -684,30 +752,18 @@ impl Runner {
         // Below a directory that could not be listed nothing is judged gone.
         let mut unlisted: Vec<PathBuf> = Vec::new();
         seen.insert(self.root_hier.clone());
-        let mut stack = vec![(root, self.root_hier.clone(), 0u32)];
-        while let Some((cg, path, depth)) = stack.pop() {
-            if depth >= self.depth {
-                continue;
-            }
-            let names = match cg.children() {
-                Ok(n) => n,
-                Err(e) => {
-                    if !e.is_gone() {
-                        tracing::warn!(cgroup = %path.display(), error = %e, "listing a cgroup failed");
-                        unlisted.push(path);
-                    }
-                    continue;
-                }
-            };
-            for name in names {
-                let child_path = path.join(&name);
-                seen.insert(child_path.clone());
-                self.dir_changes
-                    .push((DirChange::Created, child_path.clone()));
-                if let Ok(c) = cg.child(&name) {
-                    stack.push((c, child_path, depth + 1));
-                }
-            }
+        let mut found = Vec::with_capacity(self.engine.tree().len());
+        list_tree(
+            root.dir_fd(),
+            &self.root_hier,
+            1,
+            self.depth,
+            &mut found,
+            &mut unlisted,
+        );
+        for child_path in found {
+            seen.insert(child_path.clone());
+            self.dir_changes.push((DirChange::Created, child_path));
         }
         let tree = self.engine.tree();
         for id in tree.ids() {

@@ -1,6 +1,6 @@
 //! Child cgroups created and removed, through inotify.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::CStr;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -198,7 +198,24 @@ struct Node {
     wd: i32,
     parent: u32,
     depth: u32,
+    /// The next node whose (parent, name) has the same hash ([`NO_NODE`]
+    /// ends the chain), so [`DirWatch::find_child`] does not scan.
+    next_same: u32,
     name: ChildName,
+}
+
+/// The end of a chain of [`Node::next_same`].
+const NO_NODE: u32 = u32::MAX;
+
+/// FNV-1a of a node's parent and name: the key of the (parent, name)
+/// index. Collisions are resolved by comparing along the chain.
+fn name_key(parent: u32, name: &ChildName) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in parent.to_ne_bytes().iter().chain(name.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 // Transient, on the stack only: the size difference does not matter.
@@ -263,6 +280,12 @@ pub struct DirWatch {
     opts: DirWatchOptions,
     nodes: Vec<Option<Node>>,
     free: Vec<u32>,
+    /// Watch descriptor → node: an event finds its directory without a
+    /// scan (10,000 watched directories at depth 2).
+    by_wd: HashMap<i32, u32>,
+    /// [`name_key`] → first node of its chain: a new directory is checked
+    /// against the known ones without a scan.
+    by_name: HashMap<u64, u32>,
     buf: Box<[u8]>,
     pos: usize,
     filled: usize,
@@ -325,17 +348,22 @@ impl DirWatch {
             wd,
             parent: 0,
             depth: 0,
+            next_same: NO_NODE,
             name: ChildName {
                 len: 0,
                 bytes: [0; NAME_MAX + 1],
             },
         }));
+        let mut by_wd = HashMap::with_capacity(opts.max_dirs.max(1));
+        by_wd.insert(wd, 0);
         let mut w = DirWatch {
             inotify,
             path: path.to_owned(),
             opts,
             nodes,
             free: Vec::with_capacity(opts.max_dirs.max(1)),
+            by_wd,
+            by_name: HashMap::with_capacity(opts.max_dirs.max(1)),
             buf: vec![0u8; INOTIFY_BUF].into_boxed_slice(),
             pos: 0,
             filled: 0,
@@ -466,20 +494,53 @@ impl DirWatch {
     }
 
     fn find_wd(&self, wd: i32) -> Option<u32> {
-        self.nodes
-            .iter()
-            .position(|n| n.as_ref().is_some_and(|n| n.wd == wd))
-            .and_then(|i| u32::try_from(i).ok())
+        self.by_wd.get(&wd).copied()
     }
 
     fn find_child(&self, parent: u32, name: &ChildName) -> Option<u32> {
-        self.nodes
-            .iter()
-            .position(|n| {
-                n.as_ref()
-                    .is_some_and(|n| n.parent == parent && n.depth > 0 && n.name == *name)
-            })
-            .and_then(|i| u32::try_from(i).ok())
+        let mut i = self.by_name.get(&name_key(parent, name)).copied()?;
+        while i != NO_NODE {
+            let n = self.node(i)?;
+            if n.parent == parent && n.depth > 0 && n.name == *name {
+                return Some(i);
+            }
+            i = n.next_same;
+        }
+        None
+    }
+
+    /// Removes node `idx` from the (parent, name) and wd indexes.
+    fn unindex(&mut self, idx: u32) {
+        let Some((wd, key, next)) = self
+            .node(idx)
+            .map(|n| (n.wd, name_key(n.parent, &n.name), n.next_same))
+        else {
+            return;
+        };
+        if self.by_wd.get(&wd) == Some(&idx) {
+            self.by_wd.remove(&wd);
+        }
+        if idx == 0 {
+            return;
+        }
+        let mut prev = NO_NODE;
+        let mut i = self.by_name.get(&key).copied().unwrap_or(NO_NODE);
+        while i != NO_NODE && i != idx {
+            prev = i;
+            i = self.node(i).map_or(NO_NODE, |n| n.next_same);
+        }
+        if i != idx {
+            return;
+        }
+        if prev == NO_NODE {
+            if next == NO_NODE {
+                self.by_name.remove(&key);
+            } else {
+                self.by_name.insert(key, next);
+            }
+        } else if let Some(Some(p)) = self.nodes.get_mut(prev as usize) {
+            p.next_same = next;
+        }
     }
 
     fn root_gone(&mut self) {
@@ -532,6 +593,7 @@ impl DirWatch {
     }
 
     fn drop_node(&mut self, idx: u32) {
+        self.unindex(idx);
         if let Some(slot) = usize::try_from(idx)
             .ok()
             .and_then(|i| self.nodes.get_mut(i))
@@ -626,10 +688,12 @@ impl DirWatch {
                 }
             };
         let depth = self.node(parent).map_or(0, |n| n.depth) + 1;
+        let key = name_key(parent, &name);
         let node = Node {
             wd,
             parent,
             depth,
+            next_same: self.by_name.get(&key).copied().unwrap_or(NO_NODE),
             name,
         };
         let idx = match self.free.pop() {
@@ -644,6 +708,8 @@ impl DirWatch {
                 u32::try_from(self.nodes.len() - 1).unwrap_or(u32::MAX)
             }
         };
+        self.by_name.insert(key, idx);
+        self.by_wd.insert(wd, idx);
         if let Err(e) = self.scan(idx, report) {
             if e != Errno::NOENT {
                 self.push(EventKind::Failed(SourceFailure::io(Op::ReadDir, e)));
@@ -766,6 +832,59 @@ mod tests {
             .unwrap_err();
             assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
         }
+    }
+
+    /// Issue 12: the (parent, name) and wd indexes replace scans of every
+    /// node (quadratic when 10,000 children are watched at depth 2); they
+    /// must stay right through removals, re-creations and equal names
+    /// under different parents.
+    #[test]
+    fn node_indexes_follow_removals_and_equal_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        for p in ["a/x", "b/x", "c"] {
+            std::fs::create_dir_all(tmp.path().join(p)).unwrap();
+        }
+        let mut w = DirWatch::open_path(
+            tmp.path(),
+            DirWatchOptions {
+                depth: 3,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(w.watched_dirs(), 6);
+        let name = |s: &str| ChildName::new(s.as_bytes()).unwrap();
+        let a = w.find_child(0, &name("a")).unwrap();
+        let b = w.find_child(0, &name("b")).unwrap();
+        let ax = w.find_child(a, &name("x")).unwrap();
+        let bx = w.find_child(b, &name("x")).unwrap();
+        assert_ne!(ax, bx);
+        assert_eq!(w.rel_path(DirId(bx)).unwrap(), PathBuf::from("b/x"));
+        assert!(w.find_child(0, &name("x")).is_none());
+        for i in [a, b, ax, bx] {
+            let wd = w.node(i).unwrap().wd;
+            assert_eq!(w.find_wd(wd), Some(i));
+        }
+        // Removing a: its subtree leaves both indexes; b/x stays.
+        std::fs::remove_dir(tmp.path().join("a/x")).unwrap();
+        std::fs::remove_dir(tmp.path().join("a")).unwrap();
+        while w.next_event().is_some() {}
+        assert!(w.find_child(0, &name("a")).is_none());
+        assert!(w.find_child(a, &name("x")).is_none());
+        assert_eq!(w.find_child(b, &name("x")), Some(bx));
+        assert_eq!(w.watched_dirs(), 4);
+        // Re-created under the same name: found again, as a new watch.
+        std::fs::create_dir_all(tmp.path().join("a/x")).unwrap();
+        let mut created = 0;
+        while let Some(ev) = w.next_event() {
+            created +=
+                usize::from(matches!(ev, EventKind::Dir(d) if d.change == DirChange::Created));
+        }
+        assert!(created >= 2, "a and a/x reported");
+        let a2 = w.find_child(0, &name("a")).unwrap();
+        let ax2 = w.find_child(a2, &name("x")).unwrap();
+        assert_eq!(w.rel_path(DirId(ax2)).unwrap(), PathBuf::from("a/x"));
+        assert_eq!(w.watched_dirs(), 6);
     }
 
     #[test]
