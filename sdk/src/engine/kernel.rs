@@ -139,8 +139,9 @@ impl KernelHost {
                 let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
                     .current
                     .map_or(usize::MAX, |v| usize::try_from(v).unwrap_or(usize::MAX));
-                // A directory fd and a memory.events watch per cgroup, plus slack.
-                soft.saturating_sub(max_cgroups.saturating_mul(2).saturating_add(512))
+                // A directory fd per cgroup, plus slack (its memory.events.local
+                // is an inotify watch, not an fd, in a runner).
+                soft.saturating_sub(max_cgroups.saturating_add(512))
             },
             swap_on: proc::meminfo()
                 .ok()

@@ -9,9 +9,10 @@
 //!
 //! On start it enters reserve mode if asked (before allocating, so
 //! `mlockall(FUTURE)` covers everything that follows), opens the managed
-//! subtree, registers
-//! one `memory.events.local` watch per cgroup (so a `high` crossing is
-//! reported at the cgroup whose limit was crossed, not at every ancestor),
+//! subtree, watches
+//! `memory.events.local` of every cgroup (so a `high` crossing is
+//! reported at the cgroup whose limit was crossed, not at every ancestor;
+//! one inotify watch each, no fd, see [`LocalEvents`]),
 //! an optional PSI trigger, and a recursive directory watch that follows
 //! containers as they come and go. Then it waits: with nothing happening
 //! there is no timeout and no wakeup at all.
@@ -36,6 +37,7 @@ use crate::reserve::{self, MlockMode, ReserveConfig, ReserveReport};
 
 use super::host::{Act, Observe};
 use super::kernel::KernelHost;
+use super::local_events::{AddError, LocalEvents};
 use super::prekill::PrekillHook;
 use super::runner_config::MAX_DEPTH;
 pub use super::runner_config::{PsiConfig, RunnerConfig};
@@ -45,6 +47,8 @@ use super::{CgroupId, Engine, EngineConfig, EngineStats, Episode, Handler, Trigg
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Binding {
     MemoryEvents(CgroupId),
+    /// The inotify fd of every cgroup's `memory.events.local`.
+    LocalEvents,
     Psi(Option<CgroupId>),
     Machine,
     Dir,
@@ -95,6 +99,10 @@ pub struct Runner {
     watcher: Watcher,
     bindings: HashMap<Token, Binding>,
     events_token: HashMap<CgroupId, Token>,
+    /// `memory.events.local` by inotify (`None` with memory events off).
+    local: Option<LocalEvents>,
+    /// A cgroup got an fd because its inotify watch failed (logged once).
+    local_fallback: bool,
     dir_token: Option<Token>,
     machine_token: Option<Token>,
     victim: Option<(Token, Victim)>,
@@ -134,9 +142,9 @@ impl std::fmt::Debug for Runner {
     }
 }
 
-/// Raises the soft open-file limit to the hard limit: the runner holds
-/// three fds per cgroup (directory, `memory.current`, `memory.events.local`),
-/// and the usual soft limit of 1024 would cap it near 340 cgroups.
+/// Raises the soft open-file limit to the hard limit: the runner holds a
+/// directory fd per cgroup, and `memory.current` fds within what is left,
+/// and the usual soft limit of 1024 would cap it near 1,000 cgroups.
 fn raise_nofile_limit() {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let lim = getrlimit(Resource::Nofile);
@@ -319,7 +327,13 @@ impl Runner {
             engine,
             watcher: Watcher::with_capacity(n + EXTRA_SOURCES)?,
             bindings: HashMap::with_capacity(n + EXTRA_SOURCES),
-            events_token: HashMap::with_capacity(n),
+            events_token: HashMap::new(),
+            local: if cfg.memory_events {
+                Some(LocalEvents::new(n)?)
+            } else {
+                None
+            },
+            local_fallback: false,
             dir_token: None,
             machine_token: None,
             victim: None,
@@ -350,6 +364,16 @@ impl Runner {
     fn follow_tree(&mut self, cfg: &RunnerConfig) -> Result<()> {
         let root_cg = self.root_cgroup()?;
         crate::probe::Features::probe(&root_cg).log();
+        if let Some(local) = &self.local {
+            let fd = local
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| Error::sys("fcntl(F_DUPFD_CLOEXEC)", e))?;
+            let tok = Token(self.next_user);
+            self.next_user += 1;
+            self.watcher.add_fd(fd, Interest::READABLE, tok)?;
+            self.bindings.insert(tok, Binding::LocalEvents);
+        }
         if let Some(root) = self.engine.root() {
             self.watch_cgroup(root, &root_cg)?;
         }
@@ -411,6 +435,25 @@ impl Runner {
     fn watch_cgroup(&mut self, id: CgroupId, cg: &Cgroup) -> Result<()> {
         if !self.memory_events {
             return Ok(());
+        }
+        if let Some(local) = &mut self.local {
+            match local.add(id, cg) {
+                Ok(()) => return Ok(()),
+                // The mount root has no memory.events: nothing to watch there.
+                Err(AddError::Read(e)) if e.is_unsupported() => return Ok(()),
+                Err(AddError::Read(e)) => return Err(e),
+                Err(AddError::NoWatch(errno)) => {
+                    if !self.local_fallback {
+                        self.local_fallback = true;
+                        tracing::warn!(
+                            error = %errno,
+                            cgroup = %cg.path().display(),
+                            "no inotify watch for memory.events.local (fs.inotify.max_user_watches?); \
+                             such cgroups are watched with an fd each"
+                        );
+                    }
+                }
+            }
         }
         match self.watcher.add_memory_events(cg, Scope::Local) {
             Ok(tok) => {
@@ -490,7 +533,9 @@ impl Runner {
         }
         match self.engine.add_cgroup(hier) {
             Ok(id) => {
-                if self.events_token.contains_key(&id) {
+                if self.events_token.contains_key(&id)
+                    || self.local.as_ref().is_some_and(|l| l.contains(id))
+                {
                     return;
                 }
                 let Some(cg) = self.engine.host().cgroup_shared(id) else {
@@ -523,6 +568,9 @@ impl Runner {
             if let Some(tok) = self.events_token.remove(&id) {
                 self.bindings.remove(&tok);
                 let _ = self.watcher.remove(tok);
+            }
+            if let Some(local) = &mut self.local {
+                local.remove(id);
             }
             if let Some(p) = self.engine.tree().path(id) {
                 removed.insert(p.to_path_buf());
@@ -658,6 +706,12 @@ impl Runner {
                     },
                     seen,
                 ));
+            }
+            (Binding::LocalEvents, EventKind::Fd(_)) => {
+                if let Some(local) = &mut self.local {
+                    let host = self.engine.host();
+                    local.drain(|id| host.cgroup(id), seen, &mut self.triggers);
+                }
             }
             (Binding::Psi(cgroup), EventKind::Pressure(_)) => {
                 self.triggers.push((Trigger::Pressure { cgroup }, seen));

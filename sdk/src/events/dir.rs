@@ -459,27 +459,13 @@ impl DirWatch {
             }
         }
         let pos = self.pos;
-        let Some(h) = self.buf.get(pos..pos + EVENT_HEADER) else {
+        let Some((wd, mask, raw, len)) = self.buf.get(pos..self.filled).and_then(inotify_record)
+        else {
             self.pos = self.filled;
             return Record::Malformed;
         };
-        let word = |i: usize| -> [u8; 4] {
-            let mut w = [0u8; 4];
-            if let Some(s) = h.get(i..i + 4) {
-                w.copy_from_slice(s);
-            }
-            w
-        };
-        let wd = i32::from_ne_bytes(word(0));
-        let mask = ReadFlags::from_bits_retain(u32::from_ne_bytes(word(4)));
-        let len = u32::from_ne_bytes(word(12)) as usize;
-        let Some(raw) = self.buf.get(pos + EVENT_HEADER..pos + EVENT_HEADER + len) else {
-            self.pos = self.filled;
-            return Record::Malformed;
-        };
-        let name_len = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
-        let name = raw.get(..name_len).and_then(ChildName::new);
-        self.pos = pos + EVENT_HEADER + len;
+        let name = ChildName::new(raw);
+        self.pos = pos + len;
         Record::Event { wd, mask, name }
     }
 
@@ -765,8 +751,28 @@ impl DirWatch {
     }
 }
 
+/// The first `struct inotify_event` in `buf`: its wd, mask, name (up to
+/// the first NUL; empty for an event on the watched object itself) and
+/// its length in `buf`. `None` when `buf` does not hold a whole event.
+pub(crate) fn inotify_record(buf: &[u8]) -> Option<(i32, ReadFlags, &[u8], usize)> {
+    let h = buf.get(..EVENT_HEADER)?;
+    let word = |i: usize| -> [u8; 4] {
+        let mut w = [0u8; 4];
+        if let Some(s) = h.get(i..i + 4) {
+            w.copy_from_slice(s);
+        }
+        w
+    };
+    let wd = i32::from_ne_bytes(word(0));
+    let mask = ReadFlags::from_bits_retain(u32::from_ne_bytes(word(4)));
+    let len = u32::from_ne_bytes(word(12)) as usize;
+    let raw = buf.get(EVENT_HEADER..EVENT_HEADER.checked_add(len)?)?;
+    let name_len = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+    Some((wd, mask, raw.get(..name_len)?, EVENT_HEADER + len))
+}
+
 /// `/proc/self/fd/N` for `fd`, in `buf`.
-fn proc_fd_path<'b>(buf: &'b mut [u8; 32], fd: BorrowedFd<'_>) -> Option<&'b CStr> {
+pub(crate) fn proc_fd_path<'b>(buf: &'b mut [u8; 32], fd: BorrowedFd<'_>) -> Option<&'b CStr> {
     use std::os::fd::AsRawFd;
     let raw = u64::try_from(fd.as_raw_fd()).ok()?;
     let mut n = [0u8; 20];

@@ -98,7 +98,7 @@
 //! ```
 
 mod cgroup_events;
-mod dir;
+pub(crate) mod dir;
 mod headroom;
 mod machine;
 mod memory;
