@@ -54,7 +54,10 @@ pub struct BenchArgs {
     /// Only the guest cases whose name contains this. `machine` (the machine-wide scenarios)
     /// skips the micro-benchmarks and replaces only the machine-wide section of the existing
     /// docs/benchmarks.md (the other sections keep their last full run); any other value is for
-    /// trying one case (the report then lacks the others' tables).
+    /// trying one case (the report then lacks the others' tables). Several names separated by
+    /// commas select every case that contains one of them; `footprint,rest,scale` (any of these
+    /// three, alone or together) replaces only the footprint, at-rest and cost-per-cgroup sections
+    /// of the existing docs/benchmarks.md (and the scale plot), keeping the rest.
     #[arg(long)]
     only: Option<String>,
 }
@@ -75,6 +78,26 @@ pub fn cmd_bench(args: &BenchArgs) -> Result<bool> {
         return bench_machine::cmd_only(args.runs, &vm);
     }
     let mut micro = Vec::new();
+    if footprint_only(args.only.as_deref()) {
+        // The host selection column comes from criterion's `select` bench.
+        if !args.no_micro {
+            run_select_micro()?;
+        }
+        collect_micro(&criterion_dir(), &mut micro)?;
+        let vm = run_vm(args)?;
+        let path = repo_root().join("docs").join("benchmarks.md");
+        let doc = util::read_to_string(&path).unwrap_or_default();
+        let fresh = render(args, &micro, Some(&vm));
+        util::write(&path, splice_footprint(&doc, &fresh))?;
+        util::write(
+            &repo_root().join("docs").join("bench-scale.svg"),
+            bench_scale::svg(&vm.scale),
+        )?;
+        println!(
+            "xtask: replaced the footprint, at-rest and cost-per-cgroup sections of docs/benchmarks.md"
+        );
+        return Ok(true);
+    }
     if !args.no_micro {
         run_micro()?;
     }
@@ -93,6 +116,53 @@ pub fn cmd_bench(args: &BenchArgs) -> Result<bool> {
     }
     println!("xtask: wrote docs/benchmarks.md");
     Ok(true)
+}
+
+/// Whether `--only` names just the footprint cases (`footprint`, `rest`, `scale`, separated by
+/// commas), whose sections are spliced into the existing report.
+fn footprint_only(only: Option<&str>) -> bool {
+    only.is_some_and(|o| {
+        o.split(',')
+            .all(|p| matches!(p.trim(), "footprint" | "rest" | "scale"))
+    })
+}
+
+/// The first heading of the footprint sections, and the heading that follows them.
+const FOOTPRINT_FROM: &str = "## Footprint with 10,000 cgroups";
+const FOOTPRINT_TO: &str = "\n## Notes on this run";
+const MICRO_HEADING: &str = "\n## Micro-benchmarks";
+
+/// `doc` with its footprint sections (from [`FOOTPRINT_FROM`] up to the hand-written notes, or
+/// the micro-benchmarks) replaced by those of `fresh`; `fresh` whole when `doc` has none.
+fn splice_footprint(doc: &str, fresh: &str) -> String {
+    let section = |t: &str| -> Option<(usize, usize)> {
+        let at = t.find(FOOTPRINT_FROM)?;
+        let rest = &t[at..];
+        let end = rest
+            .find(FOOTPRINT_TO)
+            .or_else(|| rest.find(MICRO_HEADING))
+            .map_or(t.len(), |e| at + e + 1);
+        Some((at, end))
+    };
+    match (section(doc), section(fresh)) {
+        (Some((a, b)), Some((c, d))) => format!("{}{}{}", &doc[..a], &fresh[c..d], &doc[b..]),
+        _ => fresh.to_string(),
+    }
+}
+
+fn run_select_micro() -> Result<()> {
+    let mut cmd = Command::new(util::cargo());
+    cmd.args(["bench", "-p", "oomkit-handlers", "--bench", "select", "--"])
+        .args(MICRO_ARGS)
+        .arg("select_kernel_host/cgroup")
+        .current_dir(repo_root());
+    println!("==> cargo bench -p oomkit-handlers --bench select (select_kernel_host/cgroup)");
+    if !util::run_status(&mut cmd)? {
+        return Err(Error::msg(
+            "cargo bench -p oomkit-handlers --bench select failed",
+        ));
+    }
+    Ok(())
 }
 
 fn criterion_dir() -> PathBuf {
@@ -852,4 +922,30 @@ pub fn svg(e2e: &[Value]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn footprint_sections_are_spliced_and_the_rest_kept() {
+        assert!(footprint_only(Some("footprint,rest,scale")));
+        assert!(footprint_only(Some("scale")));
+        assert!(!footprint_only(Some("machine")));
+        assert!(!footprint_only(Some("scale,bench_e2e")));
+        assert!(!footprint_only(None));
+        let doc = "# t\n\n## End to end\nold e2e\n\n## Footprint with 10,000 cgroups\nold fp\n\n\
+                   ## Footprint at rest (100 cgroups)\nold rest\n\n## Notes on this run\nhand\n\n\
+                   ## Micro-benchmarks\nold micro\n";
+        let fresh = "# t\n\n## End to end\nnew e2e\n\n## Footprint with 10,000 cgroups\nnew fp\n\n\
+                     ## Cost per cgroup\nnew scale\n\n## Micro-benchmarks\nnew micro\n";
+        let out = splice_footprint(doc, fresh);
+        assert_eq!(
+            out,
+            "# t\n\n## End to end\nold e2e\n\n## Footprint with 10,000 cgroups\nnew fp\n\n\
+             ## Cost per cgroup\nnew scale\n\n## Notes on this run\nhand\n\n\
+             ## Micro-benchmarks\nold micro\n"
+        );
+    }
 }

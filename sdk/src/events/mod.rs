@@ -98,6 +98,7 @@
 //! ```
 
 mod cgroup_events;
+mod child_name;
 pub(crate) mod dir;
 mod headroom;
 mod machine;
