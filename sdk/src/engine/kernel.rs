@@ -6,7 +6,9 @@
 //! scan buffer, a `memory.stat` value with room for unknown keys, the system
 //! PSI file. Reads go through stack buffers.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{Mode, OFlags};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,8 +67,9 @@ pub struct KernelHost {
     fs: CgroupFs,
     cgroups: Vec<Option<Arc<Cgroup>>>,
     /// `memory.current` kept open per cgroup: one `pread` per read instead
-    /// of open + read + close (the snapshot reads it for every cgroup).
-    current: Vec<Option<CgroupFile>>,
+    /// of open + read + close (the snapshot reads it for every cgroup). A
+    /// bare fd: its path, for errors, is the cgroup's.
+    current: Vec<Option<OwnedFd>>,
     /// How many more `memory.current` fds may be kept open: what the
     /// open-file limit leaves after the fds every cgroup needs anyway.
     current_budget: usize,
@@ -238,7 +241,13 @@ impl Observe for KernelHost {
             }
         };
         self.current[i] = if self.present[i].current && self.current_budget > 0 {
-            let f = cg.open_file(files::MEMORY_CURRENT).ok();
+            let f = rustix::fs::openat(
+                cg.dir_fd(),
+                files::MEMORY_CURRENT,
+                OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::empty(),
+            )
+            .ok();
             if f.is_some() {
                 self.current_budget -= 1;
             }
@@ -280,17 +289,21 @@ impl Observe for KernelHost {
     fn read_usage(&mut self, id: CgroupId, out: &mut CgroupStats) -> Result<()> {
         let cg = self.cg(id)?;
         let has = self.present.get(id.index()).copied().unwrap_or_default();
-        out.current = match self.current.get(id.index()).and_then(Option::as_ref) {
-            Some(f) => {
-                let mut buf = [0u8; 32];
-                let data = f.read_into(&mut buf)?;
-                Some(
-                    crate::cgroup::parse::single_u64(data).map_err(|source| Error::Parse {
-                        path: f.path().to_owned(),
-                        source,
-                    })?,
-                )
-            }
+        // One `pread` of the kept fd: a number and a newline fit the buffer
+        // whole, so a short read is the whole file. Anything else (an
+        // error, an empty or a full buffer) goes the long way, which names
+        // the file and tells a removed cgroup apart.
+        let mut buf = [0u8; 32];
+        let quick = self
+            .current
+            .get(id.index())
+            .and_then(Option::as_ref)
+            .and_then(|f| rustix::io::pread(f, &mut buf, 0).ok())
+            .filter(|n| (1..buf.len()).contains(n))
+            .and_then(|n| buf.get(..n))
+            .and_then(|data| crate::cgroup::parse::single_u64(data).ok());
+        out.current = match quick {
+            Some(v) => Some(v),
             None => when(has.current, || cg.memory_current())?,
         };
         out.swap_current = if self.swap_on {

@@ -51,12 +51,6 @@ impl ChildName {
             .and_then(|b| CStr::from_bytes_with_nul(b).ok())
             .unwrap_or(c"")
     }
-
-    /// The empty name of a watch's root node (not a valid child name).
-    pub(crate) const EMPTY: ChildName = ChildName {
-        len: 0,
-        bytes: [0; NAME_MAX + 1],
-    };
 }
 
 impl PartialEq for ChildName {

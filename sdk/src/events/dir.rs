@@ -4,6 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::CStr;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
@@ -85,8 +86,9 @@ pub struct DirWatchOptions {
     /// children found by scanning a new directory, see below). Beyond it,
     /// events are dropped and [`EventKind::DirOverflow`] reported.
     pub queue: usize,
-    /// Directories to pre-allocate watch slots for (recursive watches);
-    /// more are possible but allocate.
+    /// Directories to pre-allocate watch slots for (recursive watches),
+    /// with 32 bytes of name each; more (or longer names) are possible but
+    /// allocate.
     pub max_dirs: usize,
 }
 
@@ -109,17 +111,25 @@ struct Node {
     /// The next node whose (parent, name) has the same hash ([`NO_NODE`]
     /// ends the chain), so [`DirWatch::find_child`] does not scan.
     next_same: u32,
-    name: ChildName,
+    /// The name, in [`DirWatch::names`]: a few bytes a directory instead
+    /// of an inline [`ChildName`] of 256.
+    name_at: u32,
+    name_len: u8,
 }
 
 /// The end of a chain of [`Node::next_same`].
 const NO_NODE: u32 = u32::MAX;
+/// Bytes of name room per directory reserved up front (cgroup names are
+/// short; systemd's scopes and slices are a few dozen bytes).
+const NAME_ROOM: usize = 32;
+/// Names of removed directories are reclaimed beyond this many bytes.
+const NAME_GARBAGE: usize = 4096;
 
 /// FNV-1a of a node's parent and name: the key of the (parent, name)
 /// index. Collisions are resolved by comparing along the chain.
-fn name_key(parent: u32, name: &ChildName) -> u64 {
+fn name_key(parent: u32, name: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in parent.to_ne_bytes().iter().chain(name.as_bytes()) {
+    for b in parent.to_ne_bytes().iter().chain(name) {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -156,8 +166,10 @@ enum Record {
 /// yours) holds the directory open they are delayed. The watch itself holds
 /// no fd of any watched directory for that reason.
 ///
-/// Names are carried inline ([`ChildName`]) and all buffers are allocated
-/// when the watch is created.
+/// Names are carried inline in events ([`ChildName`]) and all buffers are
+/// allocated when the watch is created (see
+/// [`DirWatchOptions::max_dirs`]); the names of watched directories are
+/// kept back to back in one table, which a burst of removals compacts.
 ///
 /// When a new directory appears in a recursive watch, it is watched and
 /// then listed, so children created before the watch was in place are
@@ -194,6 +206,10 @@ pub struct DirWatch {
     /// [`name_key`] → first node of its chain: a new directory is checked
     /// against the known ones without a scan.
     by_name: HashMap<u64, u32>,
+    /// The names of the watched directories, back to back; the bytes of
+    /// removed ones (`garbage`) are reclaimed when they are most of it.
+    names: Vec<u8>,
+    garbage: usize,
     buf: Box<[u8]>,
     pos: usize,
     filled: usize,
@@ -257,7 +273,8 @@ impl DirWatch {
             parent: 0,
             depth: 0,
             next_same: NO_NODE,
-            name: ChildName::EMPTY,
+            name_at: 0,
+            name_len: 0,
         }));
         let mut by_wd = HashMap::with_capacity(opts.max_dirs.max(1));
         by_wd.insert(wd, 0);
@@ -269,6 +286,8 @@ impl DirWatch {
             free: Vec::with_capacity(opts.max_dirs.max(1)),
             by_wd,
             by_name: HashMap::with_capacity(opts.max_dirs.max(1)),
+            names: Vec::with_capacity(opts.max_dirs.max(1).saturating_mul(NAME_ROOM)),
+            garbage: 0,
             buf: vec![0u8; INOTIFY_BUF].into_boxed_slice(),
             pos: 0,
             filled: 0,
@@ -296,12 +315,12 @@ impl DirWatch {
         let mut i = id.0;
         while i != 0 {
             let n = self.node(i)?;
-            chain.push(n.name);
+            chain.push(i);
             i = n.parent;
         }
         let mut p = PathBuf::new();
-        for name in chain.iter().rev() {
-            p.push(name.as_os_str());
+        for &c in chain.iter().rev() {
+            p.push(std::ffi::OsStr::from_bytes(self.name_of(c)));
         }
         Some(p)
     }
@@ -388,11 +407,22 @@ impl DirWatch {
         self.by_wd.get(&wd).copied()
     }
 
+    /// The name of node `i` (empty for the root or an unknown node).
+    fn name_of(&self, i: u32) -> &[u8] {
+        self.node(i)
+            .and_then(|n| {
+                let at = n.name_at as usize;
+                self.names.get(at..at + usize::from(n.name_len))
+            })
+            .unwrap_or(&[])
+    }
+
     fn find_child(&self, parent: u32, name: &ChildName) -> Option<u32> {
+        let name = name.as_bytes();
         let mut i = self.by_name.get(&name_key(parent, name)).copied()?;
         while i != NO_NODE {
             let n = self.node(i)?;
-            if n.parent == parent && n.depth > 0 && n.name == *name {
+            if n.parent == parent && n.depth > 0 && self.name_of(i) == name {
                 return Some(i);
             }
             i = n.next_same;
@@ -404,7 +434,7 @@ impl DirWatch {
     fn unindex(&mut self, idx: u32) {
         let Some((wd, key, next)) = self
             .node(idx)
-            .map(|n| (n.wd, name_key(n.parent, &n.name), n.next_same))
+            .map(|n| (n.wd, name_key(n.parent, self.name_of(idx)), n.next_same))
         else {
             return;
         };
@@ -485,6 +515,9 @@ impl DirWatch {
 
     fn drop_node(&mut self, idx: u32) {
         self.unindex(idx);
+        if idx != 0 {
+            self.garbage += self.name_of(idx).len();
+        }
         if let Some(slot) = usize::try_from(idx)
             .ok()
             .and_then(|i| self.nodes.get_mut(i))
@@ -493,6 +526,27 @@ impl DirWatch {
                 self.free.push(idx);
             }
         }
+        if self.garbage > NAME_GARBAGE && self.garbage * 2 > self.names.len() {
+            self.compact_names();
+        }
+    }
+
+    /// Copies the names of the watched directories into a new table
+    /// without the removed ones (one allocation, after a burst of
+    /// removals; never on creation).
+    fn compact_names(&mut self) {
+        let mut names = Vec::with_capacity(self.names.capacity());
+        for n in self.nodes.iter_mut().flatten() {
+            let at = n.name_at as usize;
+            let name = self
+                .names
+                .get(at..at + usize::from(n.name_len))
+                .unwrap_or(&[]);
+            n.name_at = u32::try_from(names.len()).unwrap_or(u32::MAX);
+            names.extend_from_slice(name);
+        }
+        self.names = names;
+        self.garbage = 0;
     }
 
     /// Stops watching `idx` and everything below it.
@@ -542,7 +596,7 @@ impl DirWatch {
         put(self.path.as_os_str().as_encoded_bytes())?;
         for &c in chain.get(..n)?.iter().rev() {
             put(b"/")?;
-            put(self.node(c)?.name.as_bytes())?;
+            put(self.name_of(c))?;
         }
         if let Some(name) = name {
             put(b"/")?;
@@ -579,14 +633,16 @@ impl DirWatch {
                 }
             };
         let depth = self.node(parent).map_or(0, |n| n.depth) + 1;
-        let key = name_key(parent, &name);
+        let key = name_key(parent, name.as_bytes());
         let node = Node {
             wd,
             parent,
             depth,
             next_same: self.by_name.get(&key).copied().unwrap_or(NO_NODE),
-            name,
+            name_at: u32::try_from(self.names.len()).unwrap_or(u32::MAX),
+            name_len: u8::try_from(name.as_bytes().len()).unwrap_or(u8::MAX),
         };
+        self.names.extend_from_slice(name.as_bytes());
         let idx = match self.free.pop() {
             Some(i) => {
                 if let Some(slot) = self.nodes.get_mut(i as usize) {

@@ -125,3 +125,40 @@ fn node_paths_are_built_on_the_stack() {
     assert_eq!(w.rel_path(DirId(b)).unwrap(), PathBuf::from("a/b"));
     assert_eq!(w.rel_path(DirId::ROOT).unwrap(), PathBuf::new());
 }
+
+/// The name table is compacted after a burst of removals, and the names
+/// of the directories still watched survive it.
+#[test]
+fn name_table_is_compacted_after_removals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let long = |i: usize| format!("kubepods-besteffort-pod{i:04}-0123456789abcdef.slice");
+    for i in 0..200 {
+        std::fs::create_dir(tmp.path().join(long(i))).unwrap();
+    }
+    let mut w = DirWatch::open_path(
+        tmp.path(),
+        DirWatchOptions {
+            depth: 2,
+            max_dirs: 256,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(w.watched_dirs(), 201);
+    let before = w.names.len();
+    for i in 0..150 {
+        std::fs::remove_dir(tmp.path().join(long(i))).unwrap();
+    }
+    while w.next_event().is_some() {}
+    assert_eq!(w.watched_dirs(), 51);
+    assert!(
+        w.names.len() < before / 2,
+        "compacted: {} of {before} bytes",
+        w.names.len()
+    );
+    for i in 150..200 {
+        let name = ChildName::new(long(i).as_bytes()).unwrap();
+        let idx = w.find_child(0, &name).unwrap();
+        assert_eq!(w.rel_path(DirId(idx)).unwrap(), PathBuf::from(long(i)));
+    }
+}
