@@ -783,14 +783,14 @@ const ANALYSIS: &str = r#"## Where oomkit is not at least as good as every peer,
 
 * **Selection at cgroup granularity reads every cgroup in scope.** Each decision snapshots the
   `memory.current` of every cgroup (`Engine::snapshot` → `KernelHost::read_usage`): one `pread`
-  on a kept fd (about 0.9 µs) as far as the open-file limit leaves room for those fds, else
-  `openat` + `read` + `close` (about 4 µs). The runner raises its soft limit to the hard limit,
-  but on this host the hard limit is 20,000, and the two fds every cgroup already holds (its
-  directory and `memory.events.local`) leave no room at 10,000 cgroups: the 10,000 row of
-  `select_kernel_host` is the uncached path. Meeting 10 ms whatever the limit needs fewer fds
-  per cgroup (one inotify watch per `memory.events.local` instead of an fd each, the directory
-  fd opened on demand), which is not done. Process granularity visits cgroups best-first and
-  stops early, but still reads `/proc` for the processes of the cgroups it visits.
+  on a kept fd as far as the open-file limit leaves room for those fds, else `openat` + `read`
+  + `close` (several times slower). The runner raises its soft limit to the hard limit (20,000
+  on this host); every cgroup holds one fd of its own (its directory; `memory.events.local` is
+  an inotify watch), so at 10,000 cgroups most `memory.current` fds fit, at 30,000 none do.
+  10 ms whatever the limit would need the directory fd opened on demand too, or a bound that
+  skips subtrees (a parent's `memory.current` bounds its children's; no help in a flat tree),
+  which is not done. Process granularity visits cgroups best-first and stops early, but still
+  reads `/proc` for the processes of the cgroups it visits.
 * **Footprint at rest: earlyoom is smaller.** earlyoom is a small C program that reads
   `/proc/meminfo` on a timer and watches no cgroup; oomkit is a static Rust binary (tracing,
   clap, toml, serde_json, globset) that watches every cgroup. Reserve mode
@@ -798,10 +798,12 @@ const ANALYSIS: &str = r#"## Where oomkit is not at least as good as every peer,
   locks only what that touched, so what stays resident (and locked) is the decision path and
   the tables of the cgroups it manages — see the breakdown in the guest case line. oomd does
   not lock anything.
-* **Per-cgroup cost.** oomkit holds two or three fds per watched cgroup (directory,
-  `memory.events.local`, and `memory.current` within the open-file budget) plus an inotify
-  watch; oomd holds one per cgroup of its rulesets; earlyoom none. Start-up attaches every
-  existing cgroup (open, xattrs, watch) in its first turn; see the cost-per-cgroup table.
+* **Per-cgroup cost.** oomkit holds one fd per watched cgroup (its directory) plus one for
+  `memory.current` within the open-file budget, and two inotify watches (the directory, at
+  `depth` > 1, and `memory.events.local`; a cgroup whose watch fails, e.g. at
+  `fs.inotify.max_user_watches`, 8192 by default before 5.11, gets an fd instead); oomd holds
+  one fd per cgroup of its rulesets; earlyoom none. Start-up attaches every existing cgroup
+  (open, xattrs, watches) before the `running` line; see the cost-per-cgroup table.
 * **Idle wakeups** (oomkit is best here). oomkit has no timer when nothing happens; earlyoom
   polls `/proc/meminfo` on a timer (its interval adapts to free memory) and oomd runs its
   ruleset every interval (1 s), reading its cgroups each time — see the wakeups column.
