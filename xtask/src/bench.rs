@@ -624,7 +624,11 @@ fn render(args: &BenchArgs, micro: &[Micro], vm: Option<&VmResult>) -> String {
             "10,000 child cgroups (memory controller on) under one parent; each handler is \
              started on it alone, left to settle (fd count and RSS unchanged for 2 s), then \
              `/proc/PID/status` (VmRSS, VmHWM, VmLck) and the voluntary + involuntary context \
-             switches of all its threads over 10 s of idleness.\n"
+             switches of all its threads over 10 s of idleness. The guest's \
+             `fs.inotify.max_user_watches` is raised to 1,048,576 first (its default in a 1 GiB \
+             guest is below the 20,000 watches oomkit uses here: the directory and \
+             `memory.events.local` of each cgroup; past the limit oomkit takes an fd per cgroup \
+             instead).\n"
         );
         let _ = writeln!(
             s,
