@@ -639,7 +639,7 @@ fn render(args: &BenchArgs, micro: &[Micro], vm: Option<&VmResult>) -> String {
             if let Some(f) = vm.footprint.iter().find(|f| f["handler"] == h) {
                 let mib = |k: &str| f[k].as_f64().unwrap_or(0.0) / 1024.0;
                 let watches = match h {
-                    "oomkit" => "every cgroup's memory.events.local (epoll) + inotify tree",
+                    "oomkit" => "every cgroup's memory.events.local and directory (inotify)",
                     "earlyoom" => "/proc/meminfo only (no cgroups)",
                     _ => "a ruleset on the 10,000 children, polled every interval",
                 };
