@@ -131,7 +131,8 @@ fn synthetic_tree(root: &Path, n: usize, procs: &str) {
         write(
             &d,
             "memory.current",
-            &format!("{}\n", (i as u64 + 1) * 4096),
+            // Above the loop's frees-nothing floor (4 MiB), all different.
+            &format!("{}\n", (4 << 20) + (i as u64 + 1) * 4096),
         );
         write(&d, "memory.swap.current", "0\n");
         write(&d, "memory.max", "max\n");
@@ -207,7 +208,7 @@ impl Observe for MemHost {
         if self.current.len() <= id.index() {
             self.current.resize(id.index() + 1, 0);
         }
-        self.current[id.index()] = (id.index() as u64 + 1) * 4096;
+        self.current[id.index()] = (4 << 20) + (id.index() as u64 + 1) * 4096;
         Ok(XattrInfo::default())
     }
 

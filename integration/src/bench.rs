@@ -691,9 +691,32 @@ fn fd_count(pid: i32) -> usize {
         .unwrap_or(0)
 }
 
+/// Inotify watches the scale cases allow: oomkit watches each cgroup's directory (at `depth` 2)
+/// and its `memory.events.local` without an fd, two watches a cgroup, and the default
+/// `fs.inotify.max_user_watches` of a 1 GiB guest (about 1 % of RAM, at least 8192) holds fewer
+/// than 20,000; a node with that many cgroups raises it as it raises the open-file limit.
+/// Beyond the limit oomkit falls back to an fd per cgroup (it logs that once).
+const INOTIFY_WATCHES: u64 = 1 << 20;
+
+/// Raises `fs.inotify.max_user_watches` to [`INOTIFY_WATCHES`]; returns the value before.
+fn raise_inotify_watches() -> Result<u64, Fail> {
+    let path = "/proc/sys/fs/inotify/max_user_watches";
+    let before: u64 = std::fs::read_to_string(path)?.trim().parse().unwrap_or(0);
+    if before < INOTIFY_WATCHES {
+        std::fs::write(path, INOTIFY_WATCHES.to_string())?;
+    }
+    Ok(before)
+}
+
 /// 10,000 cgroups; each handler's footprint and idle wakeups.
 fn footprint(ctx: &mut Ctx) -> TestResult {
     let (fleet, _) = parent_cgroup(ctx, "fleet")?;
+    let watches_before = raise_inotify_watches()?;
+    note(
+        ctx,
+        json!({"kind": "inotify", "max_user_watches_before": watches_before,
+               "max_user_watches": INOTIFY_WATCHES}),
+    );
     let t = Instant::now();
     for i in 0..FLEET {
         std::fs::create_dir(fleet.join(format!("c{i}")))?;
@@ -954,6 +977,7 @@ fn rest(ctx: &mut Ctx) -> TestResult {
 /// oomkit over 100 … 30,000 cgroups: how its costs grow with the tree.
 fn scale(ctx: &mut Ctx) -> TestResult {
     let (root, _) = parent_cgroup(ctx, "scale")?;
+    raise_inotify_watches()?;
     let mut made = 0;
     let mut done = Vec::new();
     for n in SCALE {

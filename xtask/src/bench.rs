@@ -54,7 +54,10 @@ pub struct BenchArgs {
     /// Only the guest cases whose name contains this. `machine` (the machine-wide scenarios)
     /// skips the micro-benchmarks and replaces only the machine-wide section of the existing
     /// docs/benchmarks.md (the other sections keep their last full run); any other value is for
-    /// trying one case (the report then lacks the others' tables).
+    /// trying one case (the report then lacks the others' tables). Several names separated by
+    /// commas select every case that contains one of them; `footprint,rest,scale` (any of these
+    /// three, alone or together) replaces only the footprint, at-rest and cost-per-cgroup sections
+    /// of the existing docs/benchmarks.md (and the scale plot), keeping the rest.
     #[arg(long)]
     only: Option<String>,
 }
@@ -75,6 +78,26 @@ pub fn cmd_bench(args: &BenchArgs) -> Result<bool> {
         return bench_machine::cmd_only(args.runs, &vm);
     }
     let mut micro = Vec::new();
+    if footprint_only(args.only.as_deref()) {
+        // The host selection column comes from criterion's `select` bench.
+        if !args.no_micro {
+            run_select_micro()?;
+        }
+        collect_micro(&criterion_dir(), &mut micro)?;
+        let vm = run_vm(args)?;
+        let path = repo_root().join("docs").join("benchmarks.md");
+        let doc = util::read_to_string(&path).unwrap_or_default();
+        let fresh = render(args, &micro, Some(&vm));
+        util::write(&path, splice_footprint(&doc, &fresh))?;
+        util::write(
+            &repo_root().join("docs").join("bench-scale.svg"),
+            bench_scale::svg(&vm.scale),
+        )?;
+        println!(
+            "xtask: replaced the footprint, at-rest and cost-per-cgroup sections of docs/benchmarks.md"
+        );
+        return Ok(true);
+    }
     if !args.no_micro {
         run_micro()?;
     }
@@ -93,6 +116,53 @@ pub fn cmd_bench(args: &BenchArgs) -> Result<bool> {
     }
     println!("xtask: wrote docs/benchmarks.md");
     Ok(true)
+}
+
+/// Whether `--only` names just the footprint cases (`footprint`, `rest`, `scale`, separated by
+/// commas), whose sections are spliced into the existing report.
+fn footprint_only(only: Option<&str>) -> bool {
+    only.is_some_and(|o| {
+        o.split(',')
+            .all(|p| matches!(p.trim(), "footprint" | "rest" | "scale"))
+    })
+}
+
+/// The first heading of the footprint sections, and the heading that follows them.
+const FOOTPRINT_FROM: &str = "## Footprint with 10,000 cgroups";
+const FOOTPRINT_TO: &str = "\n## Notes on this run";
+const MICRO_HEADING: &str = "\n## Micro-benchmarks";
+
+/// `doc` with its footprint sections (from [`FOOTPRINT_FROM`] up to the hand-written notes, or
+/// the micro-benchmarks) replaced by those of `fresh`; `fresh` whole when `doc` has none.
+fn splice_footprint(doc: &str, fresh: &str) -> String {
+    let section = |t: &str| -> Option<(usize, usize)> {
+        let at = t.find(FOOTPRINT_FROM)?;
+        let rest = &t[at..];
+        let end = rest
+            .find(FOOTPRINT_TO)
+            .or_else(|| rest.find(MICRO_HEADING))
+            .map_or(t.len(), |e| at + e + 1);
+        Some((at, end))
+    };
+    match (section(doc), section(fresh)) {
+        (Some((a, b)), Some((c, d))) => format!("{}{}{}", &doc[..a], &fresh[c..d], &doc[b..]),
+        _ => fresh.to_string(),
+    }
+}
+
+fn run_select_micro() -> Result<()> {
+    let mut cmd = Command::new(util::cargo());
+    cmd.args(["bench", "-p", "oomkit-handlers", "--bench", "select", "--"])
+        .args(MICRO_ARGS)
+        .arg("select_kernel_host/cgroup")
+        .current_dir(repo_root());
+    println!("==> cargo bench -p oomkit-handlers --bench select (select_kernel_host/cgroup)");
+    if !util::run_status(&mut cmd)? {
+        return Err(Error::msg(
+            "cargo bench -p oomkit-handlers --bench select failed",
+        ));
+    }
+    Ok(())
 }
 
 fn criterion_dir() -> PathBuf {
@@ -554,7 +624,11 @@ fn render(args: &BenchArgs, micro: &[Micro], vm: Option<&VmResult>) -> String {
             "10,000 child cgroups (memory controller on) under one parent; each handler is \
              started on it alone, left to settle (fd count and RSS unchanged for 2 s), then \
              `/proc/PID/status` (VmRSS, VmHWM, VmLck) and the voluntary + involuntary context \
-             switches of all its threads over 10 s of idleness.\n"
+             switches of all its threads over 10 s of idleness. The guest's \
+             `fs.inotify.max_user_watches` is raised to 1,048,576 first (its default in a 1 GiB \
+             guest is below the 20,000 watches oomkit uses here: the directory and \
+             `memory.events.local` of each cgroup; past the limit oomkit takes an fd per cgroup \
+             instead).\n"
         );
         let _ = writeln!(
             s,
@@ -565,7 +639,7 @@ fn render(args: &BenchArgs, micro: &[Micro], vm: Option<&VmResult>) -> String {
             if let Some(f) = vm.footprint.iter().find(|f| f["handler"] == h) {
                 let mib = |k: &str| f[k].as_f64().unwrap_or(0.0) / 1024.0;
                 let watches = match h {
-                    "oomkit" => "every cgroup's memory.events.local (epoll) + inotify tree",
+                    "oomkit" => "every cgroup's memory.events.local and directory (inotify)",
                     "earlyoom" => "/proc/meminfo only (no cgroups)",
                     _ => "a ruleset on the 10,000 children, polled every interval",
                 };
@@ -713,14 +787,14 @@ const ANALYSIS: &str = r#"## Where oomkit is not at least as good as every peer,
 
 * **Selection at cgroup granularity reads every cgroup in scope.** Each decision snapshots the
   `memory.current` of every cgroup (`Engine::snapshot` → `KernelHost::read_usage`): one `pread`
-  on a kept fd (about 0.9 µs) as far as the open-file limit leaves room for those fds, else
-  `openat` + `read` + `close` (about 4 µs). The runner raises its soft limit to the hard limit,
-  but on this host the hard limit is 20,000, and the two fds every cgroup already holds (its
-  directory and `memory.events.local`) leave no room at 10,000 cgroups: the 10,000 row of
-  `select_kernel_host` is the uncached path. Meeting 10 ms whatever the limit needs fewer fds
-  per cgroup (one inotify watch per `memory.events.local` instead of an fd each, the directory
-  fd opened on demand), which is not done. Process granularity visits cgroups best-first and
-  stops early, but still reads `/proc` for the processes of the cgroups it visits.
+  on a kept fd as far as the open-file limit leaves room for those fds, else `openat` + `read`
+  + `close` (several times slower). The runner raises its soft limit to the hard limit (20,000
+  on this host); every cgroup holds one fd of its own (its directory; `memory.events.local` is
+  an inotify watch), so at 10,000 cgroups most `memory.current` fds fit, at 30,000 none do.
+  10 ms whatever the limit would need the directory fd opened on demand too, or a bound that
+  skips subtrees (a parent's `memory.current` bounds its children's; no help in a flat tree),
+  which is not done. Process granularity visits cgroups best-first and stops early, but still
+  reads `/proc` for the processes of the cgroups it visits.
 * **Footprint at rest: earlyoom is smaller.** earlyoom is a small C program that reads
   `/proc/meminfo` on a timer and watches no cgroup; oomkit is a static Rust binary (tracing,
   clap, toml, serde_json, globset) that watches every cgroup. Reserve mode
@@ -728,10 +802,12 @@ const ANALYSIS: &str = r#"## Where oomkit is not at least as good as every peer,
   locks only what that touched, so what stays resident (and locked) is the decision path and
   the tables of the cgroups it manages — see the breakdown in the guest case line. oomd does
   not lock anything.
-* **Per-cgroup cost.** oomkit holds two or three fds per watched cgroup (directory,
-  `memory.events.local`, and `memory.current` within the open-file budget) plus an inotify
-  watch; oomd holds one per cgroup of its rulesets; earlyoom none. Start-up attaches every
-  existing cgroup (open, xattrs, watch) in its first turn; see the cost-per-cgroup table.
+* **Per-cgroup cost.** oomkit holds one fd per watched cgroup (its directory) plus one for
+  `memory.current` within the open-file budget, and two inotify watches (the directory, at
+  `depth` > 1, and `memory.events.local`; a cgroup whose watch fails, e.g. at
+  `fs.inotify.max_user_watches`, 8192 by default before 5.11, gets an fd instead); oomd holds
+  one fd per cgroup of its rulesets; earlyoom none. Start-up attaches every existing cgroup
+  (open, xattrs, watches) before the `running` line; see the cost-per-cgroup table.
 * **Idle wakeups** (oomkit is best here). oomkit has no timer when nothing happens; earlyoom
   polls `/proc/meminfo` on a timer (its interval adapts to free memory) and oomd runs its
   ruleset every interval (1 s), reading its cgroups each time — see the wakeups column.
@@ -852,4 +928,30 @@ pub fn svg(e2e: &[Value]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn footprint_sections_are_spliced_and_the_rest_kept() {
+        assert!(footprint_only(Some("footprint,rest,scale")));
+        assert!(footprint_only(Some("scale")));
+        assert!(!footprint_only(Some("machine")));
+        assert!(!footprint_only(Some("scale,bench_e2e")));
+        assert!(!footprint_only(None));
+        let doc = "# t\n\n## End to end\nold e2e\n\n## Footprint with 10,000 cgroups\nold fp\n\n\
+                   ## Footprint at rest (100 cgroups)\nold rest\n\n## Notes on this run\nhand\n\n\
+                   ## Micro-benchmarks\nold micro\n";
+        let fresh = "# t\n\n## End to end\nnew e2e\n\n## Footprint with 10,000 cgroups\nnew fp\n\n\
+                     ## Cost per cgroup\nnew scale\n\n## Micro-benchmarks\nnew micro\n";
+        let out = splice_footprint(doc, fresh);
+        assert_eq!(
+            out,
+            "# t\n\n## End to end\nold e2e\n\n## Footprint with 10,000 cgroups\nnew fp\n\n\
+             ## Cost per cgroup\nnew scale\n\n## Notes on this run\nhand\n\n\
+             ## Micro-benchmarks\nold micro\n"
+        );
+    }
 }

@@ -166,7 +166,9 @@ pub fn render(
          memory locked). Selection (VM): the snapshot and `decide` of that warm-up decision over \
          the whole tree, from its log line, under TCG. Selection (host): the criterion \
          micro-benchmark `select_kernel_host/cgroup/N` (real `KernelHost`, plain files). Per \
-         cgroup: the increase over the 100-cgroup row divided by the added cgroups.\n"
+         cgroup: the increase over the 100-cgroup row divided by the added cgroups. \
+         `fs.inotify.max_user_watches` raised as above; the guest's hard open-file limit \
+         bounds how many `memory.current` fds are kept.\n"
     );
     let _ = writeln!(
         s,

@@ -55,10 +55,14 @@ fn guest_main() -> i32 {
             i32::from(failed > 0)
         }
         "bench" => {
-            // `cargo xtask bench --only NAME`: the cases whose name contains NAME.
+            // `cargo xtask bench --only NAME[,NAME…]`: the cases whose name contains one NAME.
             let cases: Vec<_> = oomkit_integration::bench::cases()
                 .into_iter()
-                .filter(|c| args.filter.as_deref().is_none_or(|f| c.name.contains(f)))
+                .filter(|c| {
+                    args.filter
+                        .as_deref()
+                        .is_none_or(|f| f.split(',').any(|p| c.name.contains(p)))
+                })
                 .collect();
             let (_, failed, _) = runner::run_list(&mut proto, "bench", &cases);
             i32::from(failed > 0)

@@ -6,7 +6,9 @@
 //! scan buffer, a `memory.stat` value with room for unknown keys, the system
 //! PSI file. Reads go through stack buffers.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{Mode, OFlags};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,8 +67,9 @@ pub struct KernelHost {
     fs: CgroupFs,
     cgroups: Vec<Option<Arc<Cgroup>>>,
     /// `memory.current` kept open per cgroup: one `pread` per read instead
-    /// of open + read + close (the snapshot reads it for every cgroup).
-    current: Vec<Option<CgroupFile>>,
+    /// of open + read + close (the snapshot reads it for every cgroup). A
+    /// bare fd: its path, for errors, is the cgroup's.
+    current: Vec<Option<OwnedFd>>,
     /// How many more `memory.current` fds may be kept open: what the
     /// open-file limit leaves after the fds every cgroup needs anyway.
     current_budget: usize,
@@ -139,8 +142,9 @@ impl KernelHost {
                 let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
                     .current
                     .map_or(usize::MAX, |v| usize::try_from(v).unwrap_or(usize::MAX));
-                // A directory fd and a memory.events watch per cgroup, plus slack.
-                soft.saturating_sub(max_cgroups.saturating_mul(2).saturating_add(512))
+                // A directory fd per cgroup, plus slack (its memory.events.local
+                // is an inotify watch, not an fd, in a runner).
+                soft.saturating_sub(max_cgroups.saturating_add(512))
             },
             swap_on: proc::meminfo()
                 .ok()
@@ -211,8 +215,9 @@ impl Observe for KernelHost {
 
     fn attach(&mut self, id: CgroupId, path: &Path) -> Result<XattrInfo> {
         let cg = self.fs.open_hierarchy(path)?;
+        let owner = cg.owner_uid().ok();
         if self.root_owner.is_none() {
-            self.root_owner = cg.owner_uid().ok();
+            self.root_owner = owner;
         }
         if self.has_cgroup_kill.is_none() {
             self.has_cgroup_kill = cg.has_file(files::CGROUP_KILL).ok();
@@ -236,7 +241,13 @@ impl Observe for KernelHost {
             }
         };
         self.current[i] = if self.present[i].current && self.current_budget > 0 {
-            let f = cg.open_file(files::MEMORY_CURRENT).ok();
+            let f = rustix::fs::openat(
+                cg.dir_fd(),
+                files::MEMORY_CURRENT,
+                OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::empty(),
+            )
+            .ok();
             if f.is_some() {
                 self.current_budget -= 1;
             }
@@ -247,7 +258,9 @@ impl Observe for KernelHost {
         // Whoever owns the parent directory chose this one's name (and
         // may own it): a tenant below a delegation boundary.
         let trusted_owner = |o: u32| o == 0 || Some(o) == self.root_owner;
-        let delegated = !cg.owner_uid().is_ok_and(trusted_owner)
+        // The parent's owner is read now (not cached): a delegation may
+        // have just changed it.
+        let delegated = !owner.is_some_and(trusted_owner)
             || cg
                 .path()
                 .parent()
@@ -276,17 +289,21 @@ impl Observe for KernelHost {
     fn read_usage(&mut self, id: CgroupId, out: &mut CgroupStats) -> Result<()> {
         let cg = self.cg(id)?;
         let has = self.present.get(id.index()).copied().unwrap_or_default();
-        out.current = match self.current.get(id.index()).and_then(Option::as_ref) {
-            Some(f) => {
-                let mut buf = [0u8; 32];
-                let data = f.read_into(&mut buf)?;
-                Some(
-                    crate::cgroup::parse::single_u64(data).map_err(|source| Error::Parse {
-                        path: f.path().to_owned(),
-                        source,
-                    })?,
-                )
-            }
+        // One `pread` of the kept fd: a number and a newline fit the buffer
+        // whole, so a short read is the whole file. Anything else (an
+        // error, an empty or a full buffer) goes the long way, which names
+        // the file and tells a removed cgroup apart.
+        let mut buf = [0u8; 32];
+        let quick = self
+            .current
+            .get(id.index())
+            .and_then(Option::as_ref)
+            .and_then(|f| rustix::io::pread(f, &mut buf, 0).ok())
+            .filter(|n| (1..buf.len()).contains(n))
+            .and_then(|n| buf.get(..n))
+            .and_then(|data| crate::cgroup::parse::single_u64(data).ok());
+        out.current = match quick {
+            Some(v) => Some(v),
             None => when(has.current, || cg.memory_current())?,
         };
         out.swap_current = if self.swap_on {

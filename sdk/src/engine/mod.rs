@@ -38,6 +38,7 @@ mod host;
 pub mod incident;
 mod incident_config;
 mod kernel;
+mod local_events;
 mod plan;
 mod prekill;
 mod quiet;

@@ -9,9 +9,10 @@
 //!
 //! On start it enters reserve mode if asked (before allocating, so
 //! `mlockall(FUTURE)` covers everything that follows), opens the managed
-//! subtree, registers
-//! one `memory.events.local` watch per cgroup (so a `high` crossing is
-//! reported at the cgroup whose limit was crossed, not at every ancestor),
+//! subtree, watches
+//! `memory.events.local` of every cgroup (so a `high` crossing is
+//! reported at the cgroup whose limit was crossed, not at every ancestor;
+//! one inotify watch each, no fd, see [`LocalEvents`]),
 //! an optional PSI trigger, and a recursive directory watch that follows
 //! containers as they come and go. Then it waits: with nothing happening
 //! there is no timeout and no wakeup at all.
@@ -29,22 +30,23 @@ use std::time::{Duration, Instant};
 
 use crate::cgroup::{Cgroup, CgroupFs};
 use crate::error::{Error, Result};
-use crate::events::{
-    DirChange, DirWatchOptions, EventKind, Interest, Scope, Source, Token, Watcher,
-};
+use crate::events::{DirChange, DirWatchOptions, EventKind, Interest, Source, Token, Watcher};
 use crate::reserve::{self, MlockMode, ReserveConfig, ReserveReport};
 
 use super::host::{Act, Observe};
 use super::kernel::KernelHost;
+use super::local_events::LocalEvents;
 use super::prekill::PrekillHook;
 use super::runner_config::MAX_DEPTH;
 pub use super::runner_config::{PsiConfig, RunnerConfig};
-use super::watchdog::{Target, Watchdog, WatchdogConfig};
+use super::watchdog::{Watchdog, WatchdogConfig};
 use super::{CgroupId, Engine, EngineConfig, EngineStats, Episode, Handler, Trigger, Victim};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Binding {
     MemoryEvents(CgroupId),
+    /// The inotify fd of every cgroup's `memory.events.local`.
+    LocalEvents,
     Psi(Option<CgroupId>),
     Machine,
     Dir,
@@ -95,6 +97,10 @@ pub struct Runner {
     watcher: Watcher,
     bindings: HashMap<Token, Binding>,
     events_token: HashMap<CgroupId, Token>,
+    /// `memory.events.local` by inotify (`None` with memory events off).
+    local: Option<LocalEvents>,
+    /// A cgroup got an fd because its inotify watch failed (logged once).
+    local_fallback: bool,
     dir_token: Option<Token>,
     machine_token: Option<Token>,
     victim: Option<(Token, Victim)>,
@@ -134,9 +140,9 @@ impl std::fmt::Debug for Runner {
     }
 }
 
-/// Raises the soft open-file limit to the hard limit: the runner holds
-/// three fds per cgroup (directory, `memory.current`, `memory.events.local`),
-/// and the usual soft limit of 1024 would cap it near 340 cgroups.
+/// Raises the soft open-file limit to the hard limit: the runner holds a
+/// directory fd per cgroup, and `memory.current` fds within what is left,
+/// and the usual soft limit of 1024 would cap it near 1,000 cgroups.
 fn raise_nofile_limit() {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let lim = getrlimit(Resource::Nofile);
@@ -255,7 +261,13 @@ impl Runner {
             engine,
             watcher: Watcher::with_capacity(n + EXTRA_SOURCES)?,
             bindings: HashMap::with_capacity(n + EXTRA_SOURCES),
-            events_token: HashMap::with_capacity(n),
+            events_token: HashMap::new(),
+            local: if cfg.memory_events {
+                Some(LocalEvents::new(n)?)
+            } else {
+                None
+            },
+            local_fallback: false,
             dir_token: None,
             machine_token: None,
             victim: None,
@@ -286,6 +298,16 @@ impl Runner {
     fn follow_tree(&mut self, cfg: &RunnerConfig) -> Result<()> {
         let root_cg = self.root_cgroup()?;
         crate::probe::Features::probe(&root_cg).log();
+        if let Some(local) = &self.local {
+            let fd = local
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| Error::sys("fcntl(F_DUPFD_CLOEXEC)", e))?;
+            let tok = Token(self.next_user);
+            self.next_user += 1;
+            self.watcher.add_fd(fd, Interest::READABLE, tok)?;
+            self.bindings.insert(tok, Binding::LocalEvents);
+        }
         if let Some(root) = self.engine.root() {
             self.watch_cgroup(root, &root_cg)?;
         }
@@ -320,7 +342,11 @@ impl Runner {
             self.machine_token = Some(tok);
         }
         self.rescan_pending();
-        self.apply_dir_changes();
+        // At start there are no events to keep handling in between: attach
+        // the whole tree now, so `new` returns with every cgroup watched.
+        while !self.dir_changes.is_empty() {
+            self.apply_dir_changes();
+        }
         Ok(())
     }
 
@@ -338,129 +364,6 @@ impl Runner {
 
     fn root_cgroup(&self) -> Result<Cgroup> {
         self.engine.host().fs().open_hierarchy(&self.root_hier)
-    }
-
-    fn watch_cgroup(&mut self, id: CgroupId, cg: &Cgroup) -> Result<()> {
-        if !self.memory_events {
-            return Ok(());
-        }
-        match self.watcher.add_memory_events(cg, Scope::Local) {
-            Ok(tok) => {
-                self.bindings.insert(tok, Binding::MemoryEvents(id));
-                self.events_token.insert(id, tok);
-                // Room for the victim's pidfd and caller fds, so the turn
-                // that kills never grows the table.
-                self.bindings.reserve(EXTRA_SOURCES);
-                Ok(())
-            }
-            // The mount root has no memory.events: nothing to watch there.
-            Err(e) if e.is_unsupported() => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Gives the watchdog the whole table again (after a reload changed
-    /// classes: a cgroup protected by the reload must be protected from
-    /// the watchdog too).
-    fn republish_targets(&self) {
-        let Some(wd) = &self.watchdog else { return };
-        if let Ok(mut t) = wd.shared().targets.lock() {
-            t.clear();
-        }
-        let ids: Vec<CgroupId> = self.engine.tree().ids().collect();
-        for id in ids {
-            self.publish_target(id);
-        }
-    }
-
-    fn publish_target(&self, id: CgroupId) {
-        let Some(wd) = &self.watchdog else { return };
-        let (Some(class), Some(path), Some(dup)) = (
-            self.engine.tree().class(id),
-            self.engine.tree().path(id),
-            self.engine.host().cgroup_shared(id),
-        ) else {
-            return;
-        };
-        if let Ok(mut t) = wd.shared().targets.lock() {
-            t.push(Target {
-                cg: dup,
-                path: path.to_path_buf(),
-                priority: class.priority,
-                protected: class.protected,
-            });
-        }
-    }
-
-    fn add_child(&mut self, hier: &Path) {
-        if let Some(id) = self.engine.tree().lookup(hier) {
-            if hier == self.root_hier || self.handle_is_current(id, hier) {
-                return;
-            }
-            // Re-created at a known path, its removal lost: rebind.
-            tracing::info!(cgroup = %hier.display(), "cgroup re-created; attaching the new one");
-            let mut removed = HashSet::new();
-            self.remove_child(hier, &mut removed);
-            self.forget_targets(&mut removed);
-        }
-        // A hard cap: each tracked cgroup holds fds, and the fds a kill
-        // needs (pidfds, cgroup files) must still be there.
-        let missing = hier
-            .ancestors()
-            .take_while(|a| self.engine.tree().lookup(a).is_none())
-            .count();
-        if self.engine.tree().len() + missing > self.engine.config().max_cgroups {
-            if self.over_cap.is_empty() {
-                tracing::warn!(
-                    max_cgroups = self.engine.config().max_cgroups,
-                    cgroup = %hier.display(),
-                    "max_cgroups reached: further cgroups stay untracked (and no group kill covers them)"
-                );
-            }
-            self.over_cap.insert(hier.to_path_buf());
-            return;
-        }
-        match self.engine.add_cgroup(hier) {
-            Ok(id) => {
-                if self.events_token.contains_key(&id) {
-                    return;
-                }
-                let Some(cg) = self.engine.host().cgroup_shared(id) else {
-                    return;
-                };
-                if let Err(e) = self.watch_cgroup(id, &cg) {
-                    if !e.is_gone() {
-                        tracing::warn!(error = %e, "watching a new cgroup failed");
-                    }
-                }
-                self.publish_target(id);
-            }
-            Err(e) if e.is_gone() => {}
-            Err(e) => {
-                tracing::warn!(cgroup = %hier.display(), error = %e, "adding a cgroup failed")
-            }
-        }
-    }
-
-    /// Removes `hier` and its subtree from the tree and the event sources;
-    /// their paths go to `removed` for the watchdog's table.
-    fn remove_child(&mut self, hier: &Path, removed: &mut HashSet<PathBuf>) {
-        if !self.over_cap.is_empty() {
-            self.over_cap.retain(|p| !p.starts_with(hier));
-        }
-        let Some(top) = self.engine.tree().lookup(hier) else {
-            return;
-        };
-        for id in self.engine.tree().subtree(top) {
-            if let Some(tok) = self.events_token.remove(&id) {
-                self.bindings.remove(&tok);
-                let _ = self.watcher.remove(tok);
-            }
-            if let Some(p) = self.engine.tree().path(id) {
-                removed.insert(p.to_path_buf());
-            }
-        }
-        self.engine.remove_cgroup(hier);
     }
 
     /// Adds a hook the loop runs before kills (see [`PrekillHook`]).
@@ -591,6 +494,12 @@ impl Runner {
                     seen,
                 ));
             }
+            (Binding::LocalEvents, EventKind::Fd(_)) => {
+                if let Some(local) = &mut self.local {
+                    let host = self.engine.host();
+                    local.drain(|id| host.cgroup(id), seen, &mut self.triggers);
+                }
+            }
             (Binding::Psi(cgroup), EventKind::Pressure(_)) => {
                 self.triggers.push((Trigger::Pressure { cgroup }, seen));
             }
@@ -637,102 +546,6 @@ impl Runner {
             _ => {}
         }
         false
-    }
-
-    /// Applies up to [`DIR_CHANGES_PER_TURN`] queued directory changes, in
-    /// order; removals are batched (one pass over the watchdog's table).
-    fn apply_dir_changes(&mut self) {
-        let k = self.dir_changes.len().min(DIR_CHANGES_PER_TURN);
-        let batch: Vec<(DirChange, PathBuf)> = self.dir_changes.drain(..k).collect();
-        let mut removed: HashSet<PathBuf> = HashSet::new();
-        for (change, path) in &batch {
-            match change {
-                DirChange::Created => {
-                    if !removed.is_empty() {
-                        // A re-creation after a removal in this batch: the
-                        // removal must reach the watchdog first.
-                        self.forget_targets(&mut removed);
-                    }
-                    self.add_child(path);
-                }
-                DirChange::Removed => self.remove_child(path, &mut removed),
-            }
-        }
-        self.forget_targets(&mut removed);
-    }
-
-    /// Drops the watchdog targets of removed paths, in one pass.
-    fn forget_targets(&mut self, removed: &mut HashSet<PathBuf>) {
-        if removed.is_empty() {
-            return;
-        }
-        if let Some(wd) = &self.watchdog {
-            if let Ok(mut t) = wd.shared().targets.lock() {
-                t.retain(|t| !removed.contains(&t.path));
-            }
-        }
-        removed.clear();
-    }
-
-    /// Lists the tree below the root, to `depth`, after the directory
-    /// watch lost events (overflow) and at start: queues what is missing as
-    /// created and what is gone as removed, so no stale entry keeps its fds
-    /// or its path bound to a dead directory.
-    fn rescan_pending(&mut self) {
-        let Ok(root) = self.root_cgroup() else { return };
-        let mut seen: HashSet<PathBuf> = HashSet::with_capacity(self.engine.tree().len());
-        // Below a directory that could not be listed nothing is judged gone.
-        let mut unlisted: Vec<PathBuf> = Vec::new();
-        seen.insert(self.root_hier.clone());
-        let mut stack = vec![(root, self.root_hier.clone(), 0u32)];
-        while let Some((cg, path, depth)) = stack.pop() {
-            if depth >= self.depth {
-                continue;
-            }
-            let names = match cg.children() {
-                Ok(n) => n,
-                Err(e) => {
-                    if !e.is_gone() {
-                        tracing::warn!(cgroup = %path.display(), error = %e, "listing a cgroup failed");
-                        unlisted.push(path);
-                    }
-                    continue;
-                }
-            };
-            for name in names {
-                let child_path = path.join(&name);
-                seen.insert(child_path.clone());
-                self.dir_changes
-                    .push((DirChange::Created, child_path.clone()));
-                if let Ok(c) = cg.child(&name) {
-                    stack.push((c, child_path, depth + 1));
-                }
-            }
-        }
-        let tree = self.engine.tree();
-        for id in tree.ids() {
-            let Some(p) = tree.path(id) else { continue };
-            if !seen.contains(p) && !unlisted.iter().any(|u| p.starts_with(u)) {
-                self.dir_changes.push((DirChange::Removed, p.to_path_buf()));
-            }
-        }
-    }
-
-    /// Whether the handle the host holds for `id` is the directory now at
-    /// `hier` (not a removed one whose path was reused).
-    fn handle_is_current(&self, id: CgroupId, hier: &Path) -> bool {
-        let Some(cg) = self.engine.host().cgroup_shared(id) else {
-            return false;
-        };
-        let Ok(fs_path) = self.engine.host().fs().fs_path(hier) else {
-            return true;
-        };
-        match (rustix::fs::fstat(cg.dir_fd()), rustix::fs::stat(&fs_path)) {
-            (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
-            (Err(_), _) => false,
-            // Gone again: its removal event follows.
-            (_, Err(_)) => true,
-        }
     }
 
     /// Runs the warm-up decision (if asked for) when the tree has grown by
@@ -885,6 +698,9 @@ impl AsFd for Runner {
         self.watcher.as_fd()
     }
 }
+
+#[path = "runner_tree.rs"]
+mod tree_follow;
 
 #[cfg(test)]
 #[path = "runner_tests.rs"]

@@ -253,3 +253,61 @@ fn the_tree_is_capped_at_max_cgroups() {
     assert_eq!(runner.engine().tree().len(), 4);
     assert_eq!(runner.untracked_over_cap(), 7);
 }
+
+/// Issue 12: `memory.events.local` is watched through one inotify fd (an
+/// `IN_MODIFY` per change), not an fd per cgroup; a change of one cgroup's
+/// counters is a trigger at that cgroup, and a removed cgroup's watch goes.
+#[test]
+fn memory_events_come_through_one_inotify_fd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let events = |dir: &Path, max: u64| {
+        write(
+            dir,
+            "memory.events.local",
+            &format!("low 0\nhigh 0\nmax {max}\noom {max}\noom_kill 0\n"),
+        )
+    };
+    cgroup(root);
+    for name in ["a", "b", "c"] {
+        cgroup(&root.join(name));
+        events(&root.join(name), 0);
+    }
+    let fs = CgroupFs::from_dir_unchecked(root);
+    let mut cfg = config(root);
+    cfg.memory_events = true;
+    let mut runner = Runner::with_fs(cfg, Box::new(Classes { protect: None }), fs).unwrap();
+    let id = |r: &Runner, name: &str| r.engine.tree().lookup(&Path::new("/").join(name)).unwrap();
+    let (a, b) = (id(&runner, "a"), id(&runner, "b"));
+    let local = runner.local.as_ref().unwrap();
+    assert!(local.contains(a) && local.contains(b));
+    assert!(
+        runner.events_token.is_empty(),
+        "no cgroup holds an fd for its events"
+    );
+
+    events(&root.join("b"), 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut triggered = Vec::new();
+    while triggered.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "b's change never became a trigger"
+        );
+        let turn = runner.run_once(Some(Duration::from_millis(200))).unwrap();
+        triggered.extend(turn.finished.iter().map(|ep| ep.trigger));
+    }
+    match triggered[0] {
+        Trigger::MemoryEvents { cgroup, delta } => {
+            assert_eq!(cgroup, b);
+            assert_eq!(delta.max, Some(1));
+        }
+        other => panic!("unexpected trigger {other:?}"),
+    }
+
+    std::fs::remove_dir_all(root.join("a")).unwrap();
+    run_until(&mut runner, "a removed", |r| {
+        r.engine.tree().lookup(Path::new("/a")).is_none()
+    });
+    assert!(!runner.local.as_ref().unwrap().contains(a));
+}

@@ -67,8 +67,23 @@ pub(crate) struct Node {
     children: Vec<CgroupId>,
     /// Position in the parent's `children`.
     pos: u32,
+    /// The next node whose path has the same hash ([`NO_NODE`] ends the
+    /// chain): the path index holds no second copy of every path.
+    next_same: u32,
     generation: u32,
     live: bool,
+}
+
+/// The end of a chain of [`Node::next_same`].
+const NO_NODE: u32 = u32::MAX;
+
+/// The key of a path in the path index (collisions are resolved along the
+/// chain by comparing paths).
+fn path_key(path: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    path.hash(&mut h);
+    h.finish()
 }
 
 /// The managed cgroups.
@@ -76,7 +91,9 @@ pub(crate) struct Node {
 pub struct Tree {
     nodes: Vec<Node>,
     free: Vec<u32>,
-    by_path: HashMap<PathBuf, CgroupId>,
+    /// [`path_key`] → first node of its chain.
+    by_path: HashMap<u64, u32>,
+    live: usize,
 }
 
 impl Tree {
@@ -86,6 +103,7 @@ impl Tree {
             nodes: Vec::with_capacity(n),
             free: Vec::with_capacity(n),
             by_path: HashMap::with_capacity(n),
+            live: 0,
         }
     }
 
@@ -96,16 +114,18 @@ impl Tree {
         parent: Option<CgroupId>,
         class: Class,
     ) -> CgroupId {
-        if let Some(id) = self.by_path.get(&path) {
-            return *id;
+        if let Some(id) = self.lookup(&path) {
+            return id;
         }
+        let key = path_key(&path);
+        let next_same = self.by_path.get(&key).copied().unwrap_or(NO_NODE);
         let parent = parent.filter(|p| self.node(*p).is_some());
         let depth = parent.and_then(|p| self.node(p)).map_or(0, |p| p.depth + 1);
         let pos = parent
             .and_then(|p| self.node(p))
             .map_or(0, |p| p.children.len() as u32);
         let node = |generation| Node {
-            path: path.clone(),
+            path,
             parent,
             depth,
             class,
@@ -113,6 +133,7 @@ impl Tree {
             xattr: Default::default(),
             children: Vec::new(),
             pos,
+            next_same,
             generation,
             live: true,
         };
@@ -130,7 +151,8 @@ impl Tree {
                 }
             }
         };
-        self.by_path.insert(path, id);
+        self.by_path.insert(key, id.idx);
+        self.live += 1;
         if let Some(p) = parent.and_then(|p| self.node_mut(p)) {
             p.children.push(id);
         }
@@ -158,13 +180,41 @@ impl Tree {
             }
         }
         for c in &gone {
+            self.unindex(c.idx);
             let n = &mut self.nodes[c.index()];
             n.live = false;
             n.children = Vec::new();
-            self.by_path.remove(&n.path);
+            n.path = PathBuf::new();
+            self.live -= 1;
             self.free.push(c.idx);
         }
         gone
+    }
+
+    /// Takes live node `idx` out of its path chain.
+    fn unindex(&mut self, idx: u32) {
+        let Some(n) = self.nodes.get(idx as usize) else {
+            return;
+        };
+        let (key, next) = (path_key(&n.path), n.next_same);
+        let mut prev = NO_NODE;
+        let mut i = self.by_path.get(&key).copied().unwrap_or(NO_NODE);
+        while i != NO_NODE && i != idx {
+            prev = i;
+            i = self.nodes.get(i as usize).map_or(NO_NODE, |n| n.next_same);
+        }
+        if i != idx {
+            return;
+        }
+        if prev == NO_NODE {
+            if next == NO_NODE {
+                self.by_path.remove(&key);
+            } else {
+                self.by_path.insert(key, next);
+            }
+        } else if let Some(p) = self.nodes.get_mut(prev as usize) {
+            p.next_same = next;
+        }
     }
 
     /// The children of a cgroup (empty for an unknown id).
@@ -202,7 +252,17 @@ impl Tree {
 
     /// The id of a path, if managed.
     pub fn lookup(&self, path: &Path) -> Option<CgroupId> {
-        self.by_path.get(path).copied()
+        let mut i = self.by_path.get(&path_key(path)).copied()?;
+        while let Some(n) = self.nodes.get(i as usize) {
+            if n.live && n.path == path {
+                return Some(CgroupId {
+                    idx: i,
+                    generation: n.generation,
+                });
+            }
+            i = n.next_same;
+        }
+        None
     }
 
     /// All live ids, in slot order.
@@ -219,12 +279,12 @@ impl Tree {
 
     /// Number of live cgroups.
     pub fn len(&self) -> usize {
-        self.by_path.len()
+        self.live
     }
 
     /// True when nothing is managed.
     pub fn is_empty(&self) -> bool {
-        self.by_path.is_empty()
+        self.live == 0
     }
 
     /// The hierarchy path of a cgroup.

@@ -1,15 +1,17 @@
 //! Child cgroups created and removed, through inotify.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::CStr;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
 use rustix::io::Errno;
 
+pub use super::child_name::ChildName;
 use crate::cgroup::Cgroup;
 use crate::error::{Error, Op, Result};
 use crate::util::{fmt_u64, io_err};
@@ -27,99 +29,6 @@ const EVENT_HEADER: usize = 16;
 /// Read buffer for the inotify fd: room for at least 15 events with names of
 /// `NAME_MAX` bytes (the kernel refuses a buffer too small for one).
 const INOTIFY_BUF: usize = 4096;
-
-/// A directory entry name held inline (no heap), NUL-terminated so it can be
-/// passed to `openat` as it is.
-#[derive(Clone, Copy)]
-pub struct ChildName {
-    len: u8,
-    bytes: [u8; NAME_MAX + 1],
-}
-
-impl ChildName {
-    /// A name of at most [`NAME_MAX`] bytes with no `/` or NUL.
-    pub fn new(name: &[u8]) -> Option<Self> {
-        if name.is_empty() || name.len() > NAME_MAX || name.iter().any(|b| *b == 0 || *b == b'/') {
-            return None;
-        }
-        let mut bytes = [0u8; NAME_MAX + 1];
-        bytes.get_mut(..name.len())?.copy_from_slice(name);
-        Some(ChildName {
-            len: u8::try_from(name.len()).ok()?,
-            bytes,
-        })
-    }
-
-    /// The name's bytes (no terminator).
-    pub fn as_bytes(&self) -> &[u8] {
-        self.bytes.get(..usize::from(self.len)).unwrap_or(&[])
-    }
-
-    /// The name as an `OsStr`: exactly its bytes, UTF-8 or not (a tenant
-    /// chooses its cgroups' names).
-    pub fn as_os_str(&self) -> &std::ffi::OsStr {
-        std::os::unix::ffi::OsStrExt::from_bytes(self.as_bytes())
-    }
-
-    /// The name as UTF-8, if it is (cgroup names nearly always are; use
-    /// [`as_os_str`](Self::as_os_str) for paths).
-    pub fn as_str(&self) -> Option<&str> {
-        std::str::from_utf8(self.as_bytes()).ok()
-    }
-
-    /// The name as a C string, for `openat`.
-    pub fn as_c_str(&self) -> &CStr {
-        self.bytes
-            .get(..=usize::from(self.len))
-            .and_then(|b| CStr::from_bytes_with_nul(b).ok())
-            .unwrap_or(c"")
-    }
-}
-
-impl PartialEq for ChildName {
-    fn eq(&self, o: &Self) -> bool {
-        self.as_bytes() == o.as_bytes()
-    }
-}
-
-impl Eq for ChildName {}
-
-impl std::hash::Hash for ChildName {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        self.as_bytes().hash(h);
-    }
-}
-
-impl PartialEq<str> for ChildName {
-    fn eq(&self, o: &str) -> bool {
-        self.as_bytes() == o.as_bytes()
-    }
-}
-
-impl PartialEq<&str> for ChildName {
-    fn eq(&self, o: &&str) -> bool {
-        self.as_bytes() == o.as_bytes()
-    }
-}
-
-impl std::fmt::Debug for ChildName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(&String::from_utf8_lossy(self.as_bytes()), f)
-    }
-}
-
-impl std::fmt::Display for ChildName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&String::from_utf8_lossy(self.as_bytes()), f)
-    }
-}
-
-#[cfg(feature = "serde")]
-impl serde::Serialize for ChildName {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&String::from_utf8_lossy(self.as_bytes()))
-    }
-}
 
 /// A directory watched by a [`DirWatch`]: [`DirId::ROOT`] for the directory
 /// the watch was created on, others for nested directories of a recursive
@@ -177,8 +86,9 @@ pub struct DirWatchOptions {
     /// children found by scanning a new directory, see below). Beyond it,
     /// events are dropped and [`EventKind::DirOverflow`] reported.
     pub queue: usize,
-    /// Directories to pre-allocate watch slots for (recursive watches);
-    /// more are possible but allocate.
+    /// Directories to pre-allocate watch slots for (recursive watches),
+    /// with 32 bytes of name each; more (or longer names) are possible but
+    /// allocate.
     pub max_dirs: usize,
 }
 
@@ -198,7 +108,32 @@ struct Node {
     wd: i32,
     parent: u32,
     depth: u32,
-    name: ChildName,
+    /// The next node whose (parent, name) has the same hash ([`NO_NODE`]
+    /// ends the chain), so [`DirWatch::find_child`] does not scan.
+    next_same: u32,
+    /// The name, in [`DirWatch::names`]: a few bytes a directory instead
+    /// of an inline [`ChildName`] of 256.
+    name_at: u32,
+    name_len: u8,
+}
+
+/// The end of a chain of [`Node::next_same`].
+const NO_NODE: u32 = u32::MAX;
+/// Bytes of name room per directory reserved up front (cgroup names are
+/// short; systemd's scopes and slices are a few dozen bytes).
+const NAME_ROOM: usize = 32;
+/// Names of removed directories are reclaimed beyond this many bytes.
+const NAME_GARBAGE: usize = 4096;
+
+/// FNV-1a of a node's parent and name: the key of the (parent, name)
+/// index. Collisions are resolved by comparing along the chain.
+fn name_key(parent: u32, name: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in parent.to_ne_bytes().iter().chain(name) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 // Transient, on the stack only: the size difference does not matter.
@@ -231,8 +166,10 @@ enum Record {
 /// yours) holds the directory open they are delayed. The watch itself holds
 /// no fd of any watched directory for that reason.
 ///
-/// Names are carried inline ([`ChildName`]) and all buffers are allocated
-/// when the watch is created.
+/// Names are carried inline in events ([`ChildName`]) and all buffers are
+/// allocated when the watch is created (see
+/// [`DirWatchOptions::max_dirs`]); the names of watched directories are
+/// kept back to back in one table, which a burst of removals compacts.
 ///
 /// When a new directory appears in a recursive watch, it is watched and
 /// then listed, so children created before the watch was in place are
@@ -263,6 +200,16 @@ pub struct DirWatch {
     opts: DirWatchOptions,
     nodes: Vec<Option<Node>>,
     free: Vec<u32>,
+    /// Watch descriptor → node: an event finds its directory without a
+    /// scan (10,000 watched directories at depth 2).
+    by_wd: HashMap<i32, u32>,
+    /// [`name_key`] → first node of its chain: a new directory is checked
+    /// against the known ones without a scan.
+    by_name: HashMap<u64, u32>,
+    /// The names of the watched directories, back to back; the bytes of
+    /// removed ones (`garbage`) are reclaimed when they are most of it.
+    names: Vec<u8>,
+    garbage: usize,
     buf: Box<[u8]>,
     pos: usize,
     filled: usize,
@@ -325,17 +272,22 @@ impl DirWatch {
             wd,
             parent: 0,
             depth: 0,
-            name: ChildName {
-                len: 0,
-                bytes: [0; NAME_MAX + 1],
-            },
+            next_same: NO_NODE,
+            name_at: 0,
+            name_len: 0,
         }));
+        let mut by_wd = HashMap::with_capacity(opts.max_dirs.max(1));
+        by_wd.insert(wd, 0);
         let mut w = DirWatch {
             inotify,
             path: path.to_owned(),
             opts,
             nodes,
             free: Vec::with_capacity(opts.max_dirs.max(1)),
+            by_wd,
+            by_name: HashMap::with_capacity(opts.max_dirs.max(1)),
+            names: Vec::with_capacity(opts.max_dirs.max(1).saturating_mul(NAME_ROOM)),
+            garbage: 0,
             buf: vec![0u8; INOTIFY_BUF].into_boxed_slice(),
             pos: 0,
             filled: 0,
@@ -363,12 +315,12 @@ impl DirWatch {
         let mut i = id.0;
         while i != 0 {
             let n = self.node(i)?;
-            chain.push(n.name);
+            chain.push(i);
             i = n.parent;
         }
         let mut p = PathBuf::new();
-        for name in chain.iter().rev() {
-            p.push(name.as_os_str());
+        for &c in chain.iter().rev() {
+            p.push(std::ffi::OsStr::from_bytes(self.name_of(c)));
         }
         Some(p)
     }
@@ -431,27 +383,13 @@ impl DirWatch {
             }
         }
         let pos = self.pos;
-        let Some(h) = self.buf.get(pos..pos + EVENT_HEADER) else {
+        let Some((wd, mask, raw, len)) = self.buf.get(pos..self.filled).and_then(inotify_record)
+        else {
             self.pos = self.filled;
             return Record::Malformed;
         };
-        let word = |i: usize| -> [u8; 4] {
-            let mut w = [0u8; 4];
-            if let Some(s) = h.get(i..i + 4) {
-                w.copy_from_slice(s);
-            }
-            w
-        };
-        let wd = i32::from_ne_bytes(word(0));
-        let mask = ReadFlags::from_bits_retain(u32::from_ne_bytes(word(4)));
-        let len = u32::from_ne_bytes(word(12)) as usize;
-        let Some(raw) = self.buf.get(pos + EVENT_HEADER..pos + EVENT_HEADER + len) else {
-            self.pos = self.filled;
-            return Record::Malformed;
-        };
-        let name_len = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
-        let name = raw.get(..name_len).and_then(ChildName::new);
-        self.pos = pos + EVENT_HEADER + len;
+        let name = ChildName::new(raw);
+        self.pos = pos + len;
         Record::Event { wd, mask, name }
     }
 
@@ -466,20 +404,64 @@ impl DirWatch {
     }
 
     fn find_wd(&self, wd: i32) -> Option<u32> {
-        self.nodes
-            .iter()
-            .position(|n| n.as_ref().is_some_and(|n| n.wd == wd))
-            .and_then(|i| u32::try_from(i).ok())
+        self.by_wd.get(&wd).copied()
+    }
+
+    /// The name of node `i` (empty for the root or an unknown node).
+    fn name_of(&self, i: u32) -> &[u8] {
+        self.node(i)
+            .and_then(|n| {
+                let at = n.name_at as usize;
+                self.names.get(at..at + usize::from(n.name_len))
+            })
+            .unwrap_or(&[])
     }
 
     fn find_child(&self, parent: u32, name: &ChildName) -> Option<u32> {
-        self.nodes
-            .iter()
-            .position(|n| {
-                n.as_ref()
-                    .is_some_and(|n| n.parent == parent && n.depth > 0 && n.name == *name)
-            })
-            .and_then(|i| u32::try_from(i).ok())
+        let name = name.as_bytes();
+        let mut i = self.by_name.get(&name_key(parent, name)).copied()?;
+        while i != NO_NODE {
+            let n = self.node(i)?;
+            if n.parent == parent && n.depth > 0 && self.name_of(i) == name {
+                return Some(i);
+            }
+            i = n.next_same;
+        }
+        None
+    }
+
+    /// Removes node `idx` from the (parent, name) and wd indexes.
+    fn unindex(&mut self, idx: u32) {
+        let Some((wd, key, next)) = self
+            .node(idx)
+            .map(|n| (n.wd, name_key(n.parent, self.name_of(idx)), n.next_same))
+        else {
+            return;
+        };
+        if self.by_wd.get(&wd) == Some(&idx) {
+            self.by_wd.remove(&wd);
+        }
+        if idx == 0 {
+            return;
+        }
+        let mut prev = NO_NODE;
+        let mut i = self.by_name.get(&key).copied().unwrap_or(NO_NODE);
+        while i != NO_NODE && i != idx {
+            prev = i;
+            i = self.node(i).map_or(NO_NODE, |n| n.next_same);
+        }
+        if i != idx {
+            return;
+        }
+        if prev == NO_NODE {
+            if next == NO_NODE {
+                self.by_name.remove(&key);
+            } else {
+                self.by_name.insert(key, next);
+            }
+        } else if let Some(Some(p)) = self.nodes.get_mut(prev as usize) {
+            p.next_same = next;
+        }
     }
 
     fn root_gone(&mut self) {
@@ -532,6 +514,10 @@ impl DirWatch {
     }
 
     fn drop_node(&mut self, idx: u32) {
+        self.unindex(idx);
+        if idx != 0 {
+            self.garbage += self.name_of(idx).len();
+        }
         if let Some(slot) = usize::try_from(idx)
             .ok()
             .and_then(|i| self.nodes.get_mut(i))
@@ -540,6 +526,27 @@ impl DirWatch {
                 self.free.push(idx);
             }
         }
+        if self.garbage > NAME_GARBAGE && self.garbage * 2 > self.names.len() {
+            self.compact_names();
+        }
+    }
+
+    /// Copies the names of the watched directories into a new table
+    /// without the removed ones (one allocation, after a burst of
+    /// removals; never on creation).
+    fn compact_names(&mut self) {
+        let mut names = Vec::with_capacity(self.names.capacity());
+        for n in self.nodes.iter_mut().flatten() {
+            let at = n.name_at as usize;
+            let name = self
+                .names
+                .get(at..at + usize::from(n.name_len))
+                .unwrap_or(&[]);
+            n.name_at = u32::try_from(names.len()).unwrap_or(u32::MAX);
+            names.extend_from_slice(name);
+        }
+        self.names = names;
+        self.garbage = 0;
     }
 
     /// Stops watching `idx` and everything below it.
@@ -589,7 +596,7 @@ impl DirWatch {
         put(self.path.as_os_str().as_encoded_bytes())?;
         for &c in chain.get(..n)?.iter().rev() {
             put(b"/")?;
-            put(self.node(c)?.name.as_bytes())?;
+            put(self.name_of(c))?;
         }
         if let Some(name) = name {
             put(b"/")?;
@@ -626,12 +633,16 @@ impl DirWatch {
                 }
             };
         let depth = self.node(parent).map_or(0, |n| n.depth) + 1;
+        let key = name_key(parent, name.as_bytes());
         let node = Node {
             wd,
             parent,
             depth,
-            name,
+            next_same: self.by_name.get(&key).copied().unwrap_or(NO_NODE),
+            name_at: u32::try_from(self.names.len()).unwrap_or(u32::MAX),
+            name_len: u8::try_from(name.as_bytes().len()).unwrap_or(u8::MAX),
         };
+        self.names.extend_from_slice(name.as_bytes());
         let idx = match self.free.pop() {
             Some(i) => {
                 if let Some(slot) = self.nodes.get_mut(i as usize) {
@@ -644,6 +655,8 @@ impl DirWatch {
                 u32::try_from(self.nodes.len() - 1).unwrap_or(u32::MAX)
             }
         };
+        self.by_name.insert(key, idx);
+        self.by_wd.insert(wd, idx);
         if let Err(e) = self.scan(idx, report) {
             if e != Errno::NOENT {
                 self.push(EventKind::Failed(SourceFailure::io(Op::ReadDir, e)));
@@ -699,8 +712,28 @@ impl DirWatch {
     }
 }
 
+/// The first `struct inotify_event` in `buf`: its wd, mask, name (up to
+/// the first NUL; empty for an event on the watched object itself) and
+/// its length in `buf`. `None` when `buf` does not hold a whole event.
+pub(crate) fn inotify_record(buf: &[u8]) -> Option<(i32, ReadFlags, &[u8], usize)> {
+    let h = buf.get(..EVENT_HEADER)?;
+    let word = |i: usize| -> [u8; 4] {
+        let mut w = [0u8; 4];
+        if let Some(s) = h.get(i..i + 4) {
+            w.copy_from_slice(s);
+        }
+        w
+    };
+    let wd = i32::from_ne_bytes(word(0));
+    let mask = ReadFlags::from_bits_retain(u32::from_ne_bytes(word(4)));
+    let len = u32::from_ne_bytes(word(12)) as usize;
+    let raw = buf.get(EVENT_HEADER..EVENT_HEADER.checked_add(len)?)?;
+    let name_len = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+    Some((wd, mask, raw.get(..name_len)?, EVENT_HEADER + len))
+}
+
 /// `/proc/self/fd/N` for `fd`, in `buf`.
-fn proc_fd_path<'b>(buf: &'b mut [u8; 32], fd: BorrowedFd<'_>) -> Option<&'b CStr> {
+pub(crate) fn proc_fd_path<'b>(buf: &'b mut [u8; 32], fd: BorrowedFd<'_>) -> Option<&'b CStr> {
     use std::os::fd::AsRawFd;
     let raw = u64::try_from(fd.as_raw_fd()).ok()?;
     let mut n = [0u8; 20];
@@ -721,78 +754,5 @@ impl AsFd for DirWatch {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn child_names() {
-        assert!(ChildName::new(b"").is_none());
-        assert!(ChildName::new(b"a/b").is_none());
-        assert!(ChildName::new(b"a\0b").is_none());
-        assert!(ChildName::new(&[b'x'; NAME_MAX + 1]).is_none());
-        let long = ChildName::new(&[b'x'; NAME_MAX]).unwrap();
-        assert_eq!(long.as_bytes().len(), NAME_MAX);
-        assert_eq!(long.as_c_str().to_bytes().len(), NAME_MAX);
-        let n = ChildName::new(b"docker-abc.scope").unwrap();
-        assert_eq!(n, "docker-abc.scope");
-        assert_eq!(n.as_str(), Some("docker-abc.scope"));
-        assert_eq!(n.as_c_str(), c"docker-abc.scope");
-        assert_eq!(format!("{n:?}"), "\"docker-abc.scope\"");
-    }
-
-    #[test]
-    fn proc_fd_paths() {
-        let f = std::fs::File::open("/").unwrap();
-        let mut b = [0u8; 32];
-        let p = proc_fd_path(&mut b, f.as_fd()).unwrap();
-        use std::os::fd::AsRawFd;
-        assert_eq!(
-            p.to_str().unwrap(),
-            format!("/proc/self/fd/{}", f.as_raw_fd())
-        );
-    }
-
-    #[test]
-    fn depth_is_validated() {
-        let tmp = tempfile::tempdir().unwrap();
-        for depth in [0, MAX_DEPTH + 1] {
-            let e = DirWatch::open_path(
-                tmp.path(),
-                DirWatchOptions {
-                    depth,
-                    ..Default::default()
-                },
-            )
-            .unwrap_err();
-            assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
-        }
-    }
-
-    #[test]
-    fn node_paths_are_built_on_the_stack() {
-        let tmp = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(tmp.path().join("a/b")).unwrap();
-        let w = DirWatch::open_path(
-            tmp.path(),
-            DirWatchOptions {
-                depth: 3,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(w.watched_dirs(), 3);
-        let b = w
-            .nodes
-            .iter()
-            .position(|n| n.as_ref().is_some_and(|n| n.depth == 2))
-            .unwrap() as u32;
-        let mut pb = [0u8; PATH_MAX];
-        let p = w.node_path(&mut pb, b, None).unwrap();
-        assert_eq!(
-            p.to_str().unwrap(),
-            tmp.path().join("a/b").to_str().unwrap()
-        );
-        assert_eq!(w.rel_path(DirId(b)).unwrap(), PathBuf::from("a/b"));
-        assert_eq!(w.rel_path(DirId::ROOT).unwrap(), PathBuf::new());
-    }
-}
+#[path = "dir_tests.rs"]
+mod tests;

@@ -89,9 +89,6 @@ pub struct MemoryEventsWatch {
     file: CgroupFile,
     scope: Scope,
     last: MemoryEvents,
-    /// Allocated once at creation (boxed to keep the source small in the
-    /// watcher's slab).
-    buf: Box<[u8; BUF]>,
 }
 
 impl MemoryEventsWatch {
@@ -108,14 +105,15 @@ impl MemoryEventsWatch {
             file,
             scope,
             last: MemoryEvents::default(),
-            buf: Box::new([0; BUF]),
         };
         w.last = w.read_raw().map_err(|e| e.into_error(w.file.path()))?;
         Ok(w)
     }
 
     fn read_raw(&mut self) -> Result<MemoryEvents, ReadFail> {
-        let data = pread_all(&self.file, &mut self.buf[..])?;
+        // On the stack: a buffer per watch would cost 1 KiB per cgroup.
+        let mut buf = [0u8; BUF];
+        let data = pread_all(&self.file, &mut buf[..])?;
         parse::memory_events(data).map_err(|e| ReadFail::Failed(SourceFailure::Parse(e)))
     }
 

@@ -98,7 +98,8 @@
 //! ```
 
 mod cgroup_events;
-mod dir;
+mod child_name;
+pub(crate) mod dir;
 mod headroom;
 mod machine;
 mod memory;

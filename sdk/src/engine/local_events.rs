@@ -1,0 +1,222 @@
+//! `memory.events.local` of every managed cgroup through one inotify fd.
+//!
+//! Why: an fd per cgroup polled for `POLLPRI` cost 10,000 fds at 10,000
+//! cgroups. When a counter changes, the kernel's `cgroup_file_notify()`
+//! wakes pollers and also raises inotify `IN_MODIFY` on the file (from a
+//! workqueue, after the pollers; rate-limited to about one per 10 ms per
+//! file, like the wakeup). One inotify watch per file carries the same
+//! signal without an fd. After each `IN_MODIFY` the file is read through
+//! the cgroup's directory fd (`openat` + `pread` + `close`) and compared
+//! with the last counters, as [`MemoryEventsWatch`](crate::events::MemoryEventsWatch)
+//! does with its own fd.
+//!
+//! A watch can fail where an fd would not: the per-user inotify watch
+//! limit (`fs.inotify.max_user_watches`, 8192 by default before 5.11, and
+//! shared with every other process of the user) gives `ENOSPC`. The runner
+//! then watches that cgroup with an fd ([`add`](LocalEvents::add) says
+//! so), so no cgroup goes unwatched.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
+use rustix::io::Errno;
+
+use crate::cgroup::{Cgroup, MemoryEvents};
+use crate::error::{Error, Result};
+use crate::events::dir::{inotify_record, proc_fd_path};
+use crate::util::io_err;
+
+use super::trigger::Trigger;
+use super::types::CgroupId;
+
+/// Read buffer for the inotify fd: `IN_MODIFY` of a watched file carries
+/// no name, so 16 bytes an event — 256 events a read.
+const BUF: usize = 4096;
+
+#[derive(Debug, Clone, Copy)]
+struct Watched {
+    id: CgroupId,
+    wd: i32,
+    last: MemoryEvents,
+}
+
+/// Why [`LocalEvents::add`] did not watch a cgroup.
+#[derive(Debug)]
+pub(crate) enum AddError {
+    /// No inotify watch could be added (watch limit, no such file on this
+    /// filesystem …): watch the cgroup some other way.
+    NoWatch(Errno),
+    /// The file could not be read (gone, unsupported, malformed).
+    Read(Error),
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct LocalEvents {
+    inotify: OwnedFd,
+    /// By cgroup slot (`CgroupId::index`).
+    slots: Vec<Option<Watched>>,
+    by_wd: HashMap<i32, u32>,
+    buf: Box<[u8]>,
+}
+
+impl LocalEvents {
+    /// One inotify instance, tables with room for `n` cgroups.
+    pub(crate) fn new(n: usize) -> Result<Self> {
+        let inotify = inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC)
+            .map_err(|e| Error::sys("inotify_init1", io_err(e)))?;
+        Ok(LocalEvents {
+            inotify,
+            slots: Vec::with_capacity(n),
+            by_wd: HashMap::with_capacity(n),
+            buf: vec![0u8; BUF].into_boxed_slice(),
+        })
+    }
+
+    /// Watches `memory.events.local` of `cg` as cgroup `id` (the file of
+    /// the very directory `cg` holds open, through `/proc/self/fd`), and
+    /// reads its counters as the baseline.
+    pub(crate) fn add(&mut self, id: CgroupId, cg: &Cgroup) -> std::result::Result<(), AddError> {
+        let last = cg.memory_events_local().map_err(AddError::Read)?;
+        let mut b = [0u8; 32];
+        let dir = proc_fd_path(&mut b, cg.dir_fd()).ok_or(AddError::NoWatch(Errno::NAMETOOLONG))?;
+        let mut path = Vec::with_capacity(dir.to_bytes().len() + 24);
+        path.extend_from_slice(dir.to_bytes());
+        path.extend_from_slice(b"/memory.events.local");
+        let path = std::ffi::CString::new(path).map_err(|_| AddError::NoWatch(Errno::INVAL))?;
+        let wd = inotify::add_watch(&self.inotify, path.as_c_str(), WatchFlags::MODIFY)
+            .map_err(AddError::NoWatch)?;
+        let i = id.index();
+        if self.slots.len() <= i {
+            self.slots.resize(i + 1, None);
+        }
+        if let Some(old) = self.slots[i].take() {
+            self.forget(old);
+        }
+        self.slots[i] = Some(Watched { id, wd, last });
+        self.by_wd.insert(wd, id.idx);
+        Ok(())
+    }
+
+    /// True when `id` is watched here.
+    pub(crate) fn contains(&self, id: CgroupId) -> bool {
+        self.get(id).is_some()
+    }
+
+    fn get(&self, id: CgroupId) -> Option<&Watched> {
+        self.slots
+            .get(id.index())
+            .and_then(Option::as_ref)
+            .filter(|w| w.id == id)
+    }
+
+    /// Stops watching `id` (removed from the tree).
+    pub(crate) fn remove(&mut self, id: CgroupId) {
+        let Some(slot) = self.slots.get_mut(id.index()) else {
+            return;
+        };
+        if slot.is_some_and(|w| w.id == id) {
+            if let Some(w) = slot.take() {
+                self.forget(w);
+            }
+        }
+    }
+
+    fn forget(&mut self, w: Watched) {
+        if self.by_wd.get(&w.wd) == Some(&w.id.idx) {
+            self.by_wd.remove(&w.wd);
+        }
+        // Fails with EINVAL when the kernel dropped the watch already.
+        let _ = inotify::remove_watch(&self.inotify, w.wd);
+    }
+
+    /// Reads every queued inotify event and, for each watched file that
+    /// changed, re-reads it and pushes a trigger with the counters that
+    /// rose. `cgroup` gives the handle of a managed cgroup. After a queue
+    /// overflow every watched file is read again. Allocation-free.
+    pub(crate) fn drain<'c>(
+        &mut self,
+        cgroup: impl Fn(CgroupId) -> Option<&'c Cgroup>,
+        seen: Instant,
+        out: &mut Vec<(Trigger, Instant)>,
+    ) {
+        let mut overflow = false;
+        loop {
+            let n = match rustix::io::read(&self.inotify, &mut self.buf[..]) {
+                Ok(0) | Err(Errno::AGAIN) => break,
+                Ok(n) => n,
+                Err(Errno::INTR) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the memory.events.local inotify fd failed");
+                    break;
+                }
+            };
+            let mut pos = 0;
+            while let Some((wd, mask, _, len)) = self.buf.get(pos..n).and_then(inotify_record) {
+                pos += len;
+                if mask.contains(ReadFlags::QUEUE_OVERFLOW) {
+                    overflow = true;
+                    continue;
+                }
+                let Some(slot) = self.by_wd.get(&wd).copied() else {
+                    continue;
+                };
+                if mask.contains(ReadFlags::IGNORED) {
+                    // The file is gone (its cgroup removed): the directory
+                    // watch removes the cgroup.
+                    self.by_wd.remove(&wd);
+                    continue;
+                }
+                if mask.contains(ReadFlags::MODIFY) {
+                    self.refresh(slot as usize, &cgroup, seen, out);
+                }
+            }
+        }
+        if overflow {
+            tracing::warn!("memory.events.local inotify queue overflowed; reading every cgroup");
+            for i in 0..self.slots.len() {
+                self.refresh(i, &cgroup, seen, out);
+            }
+        }
+    }
+
+    fn refresh<'c>(
+        &mut self,
+        slot: usize,
+        cgroup: &impl Fn(CgroupId) -> Option<&'c Cgroup>,
+        seen: Instant,
+        out: &mut Vec<(Trigger, Instant)>,
+    ) {
+        let Some(w) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(cg) = cgroup(w.id) else { return };
+        match cg.memory_events_local() {
+            Ok(current) => {
+                let delta = current.delta_since(&w.last);
+                w.last = current;
+                if delta.any() {
+                    out.push((
+                        Trigger::MemoryEvents {
+                            cgroup: w.id,
+                            delta,
+                        },
+                        seen,
+                    ));
+                }
+            }
+            // Removed meanwhile: its removal follows.
+            Err(e) if e.is_gone() => {}
+            Err(e) => tracing::warn!(error = %e, "reading memory.events.local failed"),
+        }
+    }
+}
+
+impl AsFd for LocalEvents {
+    /// The inotify fd (readable when a watched file changed).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inotify.as_fd()
+    }
+}

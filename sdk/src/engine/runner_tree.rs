@@ -1,0 +1,315 @@
+//! How the [`Runner`] keeps its tree in step with the cgroup filesystem:
+//! the walk at start (and after the directory watch lost events), the
+//! directory changes applied a bounded number per turn, each cgroup's
+//! `memory.events.local` watch, and the watchdog's copy of the table.
+//! Off the decision path: nothing here runs between an event and a kill.
+
+use std::collections::HashSet;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+use crate::cgroup::Cgroup;
+use crate::error::Result;
+use crate::events::{DirChange, Scope};
+
+use super::super::CgroupId;
+use super::super::local_events::AddError;
+use super::super::watchdog::Target;
+use super::{Binding, DIR_CHANGES_PER_TURN, EXTRA_SOURCES, Runner};
+
+/// Lists the directories below `dir` (at `path`, `depth` levels below the
+/// root) down to `max` levels into `found`, parents before their children;
+/// a directory that cannot be listed goes to `unlisted` (nothing below it
+/// is judged gone). One `openat` and `getdents64` per directory, and at
+/// most `max` fds open at once.
+fn list_tree(
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    depth: u32,
+    max: u32,
+    found: &mut Vec<PathBuf>,
+    unlisted: &mut Vec<PathBuf>,
+) {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
+    use std::mem::MaybeUninit;
+    use std::os::unix::ffi::OsStrExt;
+    let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
+    let mut entries = RawDir::new(dir, &mut buf);
+    while let Some(entry) = entries.next() {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                if e != rustix::io::Errno::NOENT && e != rustix::io::Errno::NODEV {
+                    tracing::warn!(cgroup = %path.display(), error = %e, "listing a cgroup failed");
+                    unlisted.push(path.to_path_buf());
+                }
+                return;
+            }
+        };
+        let name = entry.file_name();
+        let bytes = name.to_bytes();
+        if bytes == b"." || bytes == b".." {
+            continue;
+        }
+        let is_dir = match entry.file_type() {
+            FileType::Directory => true,
+            FileType::Unknown => rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory),
+            _ => false,
+        };
+        if !is_dir {
+            continue;
+        }
+        let child = path.join(std::ffi::OsStr::from_bytes(bytes));
+        if depth < max {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+            match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+                Ok(fd) => {
+                    found.push(child.clone());
+                    list_tree(fd.as_fd(), &child, depth + 1, max, found, unlisted);
+                    continue;
+                }
+                // Removed meanwhile: its removal event follows.
+                Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NODEV) => continue,
+                Err(e) => {
+                    tracing::warn!(cgroup = %child.display(), error = %e, "listing a cgroup failed");
+                    unlisted.push(child.clone());
+                }
+            }
+        }
+        found.push(child);
+    }
+}
+
+impl Runner {
+    pub(super) fn watch_cgroup(&mut self, id: CgroupId, cg: &Cgroup) -> Result<()> {
+        if !self.memory_events {
+            return Ok(());
+        }
+        if let Some(local) = &mut self.local {
+            match local.add(id, cg) {
+                Ok(()) => return Ok(()),
+                // The mount root has no memory.events: nothing to watch there.
+                Err(AddError::Read(e)) if e.is_unsupported() => return Ok(()),
+                Err(AddError::Read(e)) => return Err(e),
+                Err(AddError::NoWatch(errno)) => {
+                    if !self.local_fallback {
+                        self.local_fallback = true;
+                        tracing::warn!(
+                            error = %errno,
+                            cgroup = %cg.path().display(),
+                            "no inotify watch for memory.events.local (fs.inotify.max_user_watches?); \
+                             such cgroups are watched with an fd each"
+                        );
+                    }
+                }
+            }
+        }
+        match self.watcher.add_memory_events(cg, Scope::Local) {
+            Ok(tok) => {
+                self.bindings.insert(tok, Binding::MemoryEvents(id));
+                self.events_token.insert(id, tok);
+                // Room for the victim's pidfd and caller fds, so the turn
+                // that kills never grows the table.
+                self.bindings.reserve(EXTRA_SOURCES);
+                Ok(())
+            }
+            // The mount root has no memory.events: nothing to watch there.
+            Err(e) if e.is_unsupported() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the watchdog the whole table again (after a reload changed
+    /// classes: a cgroup protected by the reload must be protected from
+    /// the watchdog too).
+    pub(super) fn republish_targets(&self) {
+        let Some(wd) = &self.watchdog else { return };
+        if let Ok(mut t) = wd.shared().targets.lock() {
+            t.clear();
+        }
+        let ids: Vec<CgroupId> = self.engine.tree().ids().collect();
+        for id in ids {
+            self.publish_target(id);
+        }
+    }
+
+    pub(super) fn publish_target(&self, id: CgroupId) {
+        let Some(wd) = &self.watchdog else { return };
+        let (Some(class), Some(path), Some(dup)) = (
+            self.engine.tree().class(id),
+            self.engine.tree().path(id),
+            self.engine.host().cgroup_shared(id),
+        ) else {
+            return;
+        };
+        if let Ok(mut t) = wd.shared().targets.lock() {
+            t.push(Target {
+                cg: dup,
+                path: path.to_path_buf(),
+                priority: class.priority,
+                protected: class.protected,
+            });
+        }
+    }
+
+    pub(super) fn add_child(&mut self, hier: &Path) {
+        if let Some(id) = self.engine.tree().lookup(hier) {
+            if hier == self.root_hier || self.handle_is_current(id, hier) {
+                return;
+            }
+            // Re-created at a known path, its removal lost: rebind.
+            tracing::info!(cgroup = %hier.display(), "cgroup re-created; attaching the new one");
+            let mut removed = HashSet::new();
+            self.remove_child(hier, &mut removed);
+            self.forget_targets(&mut removed);
+        }
+        // A hard cap: each tracked cgroup holds fds, and the fds a kill
+        // needs (pidfds, cgroup files) must still be there.
+        let missing = hier
+            .ancestors()
+            .take_while(|a| self.engine.tree().lookup(a).is_none())
+            .count();
+        if self.engine.tree().len() + missing > self.engine.config().max_cgroups {
+            if self.over_cap.is_empty() {
+                tracing::warn!(
+                    max_cgroups = self.engine.config().max_cgroups,
+                    cgroup = %hier.display(),
+                    "max_cgroups reached: further cgroups stay untracked (and no group kill covers them)"
+                );
+            }
+            self.over_cap.insert(hier.to_path_buf());
+            return;
+        }
+        match self.engine.add_cgroup(hier) {
+            Ok(id) => {
+                if self.events_token.contains_key(&id)
+                    || self.local.as_ref().is_some_and(|l| l.contains(id))
+                {
+                    return;
+                }
+                let Some(cg) = self.engine.host().cgroup_shared(id) else {
+                    return;
+                };
+                if let Err(e) = self.watch_cgroup(id, &cg) {
+                    if !e.is_gone() {
+                        tracing::warn!(error = %e, "watching a new cgroup failed");
+                    }
+                }
+                self.publish_target(id);
+            }
+            Err(e) if e.is_gone() => {}
+            Err(e) => {
+                tracing::warn!(cgroup = %hier.display(), error = %e, "adding a cgroup failed")
+            }
+        }
+    }
+
+    /// Removes `hier` and its subtree from the tree and the event sources;
+    /// their paths go to `removed` for the watchdog's table.
+    pub(super) fn remove_child(&mut self, hier: &Path, removed: &mut HashSet<PathBuf>) {
+        if !self.over_cap.is_empty() {
+            self.over_cap.retain(|p| !p.starts_with(hier));
+        }
+        let Some(top) = self.engine.tree().lookup(hier) else {
+            return;
+        };
+        for id in self.engine.tree().subtree(top) {
+            if let Some(tok) = self.events_token.remove(&id) {
+                self.bindings.remove(&tok);
+                let _ = self.watcher.remove(tok);
+            }
+            if let Some(local) = &mut self.local {
+                local.remove(id);
+            }
+            if let Some(p) = self.engine.tree().path(id) {
+                removed.insert(p.to_path_buf());
+            }
+        }
+        self.engine.remove_cgroup(hier);
+    }
+
+    /// Applies up to [`DIR_CHANGES_PER_TURN`] queued directory changes, in
+    /// order; removals are batched (one pass over the watchdog's table).
+    pub(super) fn apply_dir_changes(&mut self) {
+        let k = self.dir_changes.len().min(DIR_CHANGES_PER_TURN);
+        let batch: Vec<(DirChange, PathBuf)> = self.dir_changes.drain(..k).collect();
+        let mut removed: HashSet<PathBuf> = HashSet::new();
+        for (change, path) in &batch {
+            match change {
+                DirChange::Created => {
+                    if !removed.is_empty() {
+                        // A re-creation after a removal in this batch: the
+                        // removal must reach the watchdog first.
+                        self.forget_targets(&mut removed);
+                    }
+                    self.add_child(path);
+                }
+                DirChange::Removed => self.remove_child(path, &mut removed),
+            }
+        }
+        self.forget_targets(&mut removed);
+    }
+
+    /// Drops the watchdog targets of removed paths, in one pass.
+    pub(super) fn forget_targets(&mut self, removed: &mut HashSet<PathBuf>) {
+        if removed.is_empty() {
+            return;
+        }
+        if let Some(wd) = &self.watchdog {
+            if let Ok(mut t) = wd.shared().targets.lock() {
+                t.retain(|t| !removed.contains(&t.path));
+            }
+        }
+        removed.clear();
+    }
+
+    /// Lists the tree below the root, to `depth`, after the directory
+    /// watch lost events (overflow) and at start: queues what is missing as
+    /// created and what is gone as removed, so no stale entry keeps its fds
+    /// or its path bound to a dead directory.
+    pub(super) fn rescan_pending(&mut self) {
+        let Ok(root) = self.root_cgroup() else { return };
+        let mut seen: HashSet<PathBuf> = HashSet::with_capacity(self.engine.tree().len());
+        // Below a directory that could not be listed nothing is judged gone.
+        let mut unlisted: Vec<PathBuf> = Vec::new();
+        seen.insert(self.root_hier.clone());
+        let mut found = Vec::with_capacity(self.engine.tree().len());
+        list_tree(
+            root.dir_fd(),
+            &self.root_hier,
+            1,
+            self.depth,
+            &mut found,
+            &mut unlisted,
+        );
+        for child_path in found {
+            seen.insert(child_path.clone());
+            self.dir_changes.push((DirChange::Created, child_path));
+        }
+        let tree = self.engine.tree();
+        for id in tree.ids() {
+            let Some(p) = tree.path(id) else { continue };
+            if !seen.contains(p) && !unlisted.iter().any(|u| p.starts_with(u)) {
+                self.dir_changes.push((DirChange::Removed, p.to_path_buf()));
+            }
+        }
+    }
+
+    /// Whether the handle the host holds for `id` is the directory now at
+    /// `hier` (not a removed one whose path was reused).
+    pub(super) fn handle_is_current(&self, id: CgroupId, hier: &Path) -> bool {
+        let Some(cg) = self.engine.host().cgroup_shared(id) else {
+            return false;
+        };
+        let Ok(fs_path) = self.engine.host().fs().fs_path(hier) else {
+            return true;
+        };
+        match (rustix::fs::fstat(cg.dir_fd()), rustix::fs::stat(&fs_path)) {
+            (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+            (Err(_), _) => false,
+            // Gone again: its removal event follows.
+            (_, Err(_)) => true,
+        }
+    }
+}

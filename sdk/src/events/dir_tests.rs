@@ -1,0 +1,164 @@
+//! DirWatch unit tests: names, paths built on the stack, the node indexes.
+
+use super::*;
+
+#[test]
+fn child_names() {
+    assert!(ChildName::new(b"").is_none());
+    assert!(ChildName::new(b"a/b").is_none());
+    assert!(ChildName::new(b"a\0b").is_none());
+    assert!(ChildName::new(&[b'x'; NAME_MAX + 1]).is_none());
+    let long = ChildName::new(&[b'x'; NAME_MAX]).unwrap();
+    assert_eq!(long.as_bytes().len(), NAME_MAX);
+    assert_eq!(long.as_c_str().to_bytes().len(), NAME_MAX);
+    let n = ChildName::new(b"docker-abc.scope").unwrap();
+    assert_eq!(n, "docker-abc.scope");
+    assert_eq!(n.as_str(), Some("docker-abc.scope"));
+    assert_eq!(n.as_c_str(), c"docker-abc.scope");
+    assert_eq!(format!("{n:?}"), "\"docker-abc.scope\"");
+}
+
+#[test]
+fn proc_fd_paths() {
+    let f = std::fs::File::open("/").unwrap();
+    let mut b = [0u8; 32];
+    let p = proc_fd_path(&mut b, f.as_fd()).unwrap();
+    use std::os::fd::AsRawFd;
+    assert_eq!(
+        p.to_str().unwrap(),
+        format!("/proc/self/fd/{}", f.as_raw_fd())
+    );
+}
+
+#[test]
+fn depth_is_validated() {
+    let tmp = tempfile::tempdir().unwrap();
+    for depth in [0, MAX_DEPTH + 1] {
+        let e = DirWatch::open_path(
+            tmp.path(),
+            DirWatchOptions {
+                depth,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+    }
+}
+
+/// Issue 12: the (parent, name) and wd indexes replace scans of every
+/// node (quadratic when 10,000 children are watched at depth 2); they
+/// must stay right through removals, re-creations and equal names
+/// under different parents.
+#[test]
+fn node_indexes_follow_removals_and_equal_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    for p in ["a/x", "b/x", "c"] {
+        std::fs::create_dir_all(tmp.path().join(p)).unwrap();
+    }
+    let mut w = DirWatch::open_path(
+        tmp.path(),
+        DirWatchOptions {
+            depth: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(w.watched_dirs(), 6);
+    let name = |s: &str| ChildName::new(s.as_bytes()).unwrap();
+    let a = w.find_child(0, &name("a")).unwrap();
+    let b = w.find_child(0, &name("b")).unwrap();
+    let ax = w.find_child(a, &name("x")).unwrap();
+    let bx = w.find_child(b, &name("x")).unwrap();
+    assert_ne!(ax, bx);
+    assert_eq!(w.rel_path(DirId(bx)).unwrap(), PathBuf::from("b/x"));
+    assert!(w.find_child(0, &name("x")).is_none());
+    for i in [a, b, ax, bx] {
+        let wd = w.node(i).unwrap().wd;
+        assert_eq!(w.find_wd(wd), Some(i));
+    }
+    // Removing a: its subtree leaves both indexes; b/x stays.
+    std::fs::remove_dir(tmp.path().join("a/x")).unwrap();
+    std::fs::remove_dir(tmp.path().join("a")).unwrap();
+    while w.next_event().is_some() {}
+    assert!(w.find_child(0, &name("a")).is_none());
+    assert!(w.find_child(a, &name("x")).is_none());
+    assert_eq!(w.find_child(b, &name("x")), Some(bx));
+    assert_eq!(w.watched_dirs(), 4);
+    // Re-created under the same name: found again, as a new watch.
+    std::fs::create_dir_all(tmp.path().join("a/x")).unwrap();
+    let mut created = 0;
+    while let Some(ev) = w.next_event() {
+        created += usize::from(matches!(ev, EventKind::Dir(d) if d.change == DirChange::Created));
+    }
+    assert!(created >= 2, "a and a/x reported");
+    let a2 = w.find_child(0, &name("a")).unwrap();
+    let ax2 = w.find_child(a2, &name("x")).unwrap();
+    assert_eq!(w.rel_path(DirId(ax2)).unwrap(), PathBuf::from("a/x"));
+    assert_eq!(w.watched_dirs(), 6);
+}
+
+#[test]
+fn node_paths_are_built_on_the_stack() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("a/b")).unwrap();
+    let w = DirWatch::open_path(
+        tmp.path(),
+        DirWatchOptions {
+            depth: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(w.watched_dirs(), 3);
+    let b = w
+        .nodes
+        .iter()
+        .position(|n| n.as_ref().is_some_and(|n| n.depth == 2))
+        .unwrap() as u32;
+    let mut pb = [0u8; PATH_MAX];
+    let p = w.node_path(&mut pb, b, None).unwrap();
+    assert_eq!(
+        p.to_str().unwrap(),
+        tmp.path().join("a/b").to_str().unwrap()
+    );
+    assert_eq!(w.rel_path(DirId(b)).unwrap(), PathBuf::from("a/b"));
+    assert_eq!(w.rel_path(DirId::ROOT).unwrap(), PathBuf::new());
+}
+
+/// The name table is compacted after a burst of removals, and the names
+/// of the directories still watched survive it.
+#[test]
+fn name_table_is_compacted_after_removals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let long = |i: usize| format!("kubepods-besteffort-pod{i:04}-0123456789abcdef.slice");
+    for i in 0..200 {
+        std::fs::create_dir(tmp.path().join(long(i))).unwrap();
+    }
+    let mut w = DirWatch::open_path(
+        tmp.path(),
+        DirWatchOptions {
+            depth: 2,
+            max_dirs: 256,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(w.watched_dirs(), 201);
+    let before = w.names.len();
+    for i in 0..150 {
+        std::fs::remove_dir(tmp.path().join(long(i))).unwrap();
+    }
+    while w.next_event().is_some() {}
+    assert_eq!(w.watched_dirs(), 51);
+    assert!(
+        w.names.len() < before / 2,
+        "compacted: {} of {before} bytes",
+        w.names.len()
+    );
+    for i in 150..200 {
+        let name = ChildName::new(long(i).as_bytes()).unwrap();
+        let idx = w.find_child(0, &name).unwrap();
+        assert_eq!(w.rel_path(DirId(idx)).unwrap(), PathBuf::from(long(i)));
+    }
+}
