@@ -134,6 +134,16 @@ pub fn all() -> Vec<TestCase> {
             adversarial::self_set_user_xattrs,
         ),
         case(
+            "adversarial_group_kill_spares_unkillable",
+            120,
+            adversarial::group_kill_spares_unkillable,
+        ),
+        case(
+            "adversarial_fds_exhausted_by_cgroups",
+            180,
+            adversarial::fds_exhausted_by_cgroups,
+        ),
+        case(
             "adversarial_churn_without_pressure",
             300,
             adversarial::churn_without_pressure,

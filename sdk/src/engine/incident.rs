@@ -153,6 +153,12 @@ pub struct VictimEntry {
     pub footprint_bytes: u64,
     /// It did not exit before its deadline.
     pub escalated: bool,
+    /// A cgroup: processes with `oom_score_adj -1000` left alive, because
+    /// the group was killed member by member, skipping them, instead of
+    /// with `cgroup.kill`. Absent (0) in records written before it existed,
+    /// and 0 when the whole group was killed.
+    #[serde(default)]
+    pub spared: u32,
 }
 
 /// Milliseconds from the first event to each moment (`None`: did not happen).
@@ -355,9 +361,9 @@ impl Incident {
             .iter()
             .flatten()
             .map(|v| {
-                let pid = match v.victim {
-                    Victim::Process { pid, .. } => Some(pid),
-                    Victim::Cgroup { .. } => None,
+                let (pid, spared) = match v.victim {
+                    Victim::Process { pid, .. } => (Some(pid), 0),
+                    Victim::Cgroup { spared, .. } => (None, spared),
                 };
                 VictimEntry {
                     kind: if pid.is_some() { "process" } else { "cgroup" }.into(),
@@ -368,6 +374,7 @@ impl Incident {
                     cgroup: path(v.victim.cgroup()),
                     footprint_bytes: v.footprint,
                     escalated: v.escalated,
+                    spared,
                 }
             })
             .collect();

@@ -105,8 +105,12 @@ pub struct Runner {
     root_hier: PathBuf,
     /// How deep below the root cgroups are followed.
     depth: u32,
-    /// Cgroups left untracked because the tree is at `max_cgroups`.
+    /// Cgroups left untracked because the tree is at its cap.
     over_cap: HashSet<PathBuf>,
+    /// How many cgroups the open-file limit lets the tree hold while
+    /// leaving fds for decisions and kills (`kill::reserve`); the cap is
+    /// this or `max_cgroups`, whichever is lower.
+    fd_cap: usize,
     memory_events: bool,
     next_user: u64,
     dir_changes: Vec<(DirChange, PathBuf)>,
@@ -266,6 +270,8 @@ impl Runner {
             root_hier,
             depth: cfg.depth,
             over_cap: HashSet::new(),
+            // Directory, memory.events.local and (budgeted) memory.current.
+            fd_cap: crate::kill::tracked_cap_now(usize::MAX, 3),
             memory_events: cfg.memory_events,
             next_user: USER_TOKEN_BASE,
             dir_changes: Vec::with_capacity(TURN_ROOM),
@@ -409,12 +415,14 @@ impl Runner {
             .ancestors()
             .take_while(|a| self.engine.tree().lookup(a).is_none())
             .count();
-        if self.engine.tree().len() + missing > self.engine.config().max_cgroups {
+        let cap = self.engine.config().max_cgroups.min(self.fd_cap);
+        if self.engine.tree().len() + missing > cap {
             if self.over_cap.is_empty() {
                 tracing::warn!(
                     max_cgroups = self.engine.config().max_cgroups,
+                    open_file_cap = self.fd_cap,
                     cgroup = %hier.display(),
-                    "max_cgroups reached: further cgroups stay untracked (and no group kill covers them)"
+                    "cgroup cap reached (max_cgroups, or what the open-file limit holds with fds kept for kills): further cgroups stay untracked (and no group kill covers them)"
                 );
             }
             self.over_cap.insert(hier.to_path_buf());
