@@ -144,6 +144,12 @@ pub fn all() -> Vec<TestCase> {
             adversarial::fds_exhausted_by_cgroups,
         ),
         case(
+            "adversarial_d_state_victim",
+            120,
+            adversarial::d_state_victim,
+        ),
+        case("adversarial_comm_spoof", 120, adversarial::comm_spoof),
+        case(
             "adversarial_churn_without_pressure",
             300,
             adversarial::churn_without_pressure,
