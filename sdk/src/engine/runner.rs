@@ -111,6 +111,10 @@ pub struct Runner {
     /// leaving fds for decisions and kills (`kill::reserve`); the cap is
     /// this or `max_cgroups`, whichever is lower.
     fd_cap: usize,
+    /// When untracked cgroups are next compared with tracked ones (`over_cap`).
+    next_rebalance: Instant,
+    /// Where the next comparison starts among the untracked.
+    rebalance_cursor: usize,
     memory_events: bool,
     next_user: u64,
     dir_changes: Vec<(DirChange, PathBuf)>,
@@ -272,6 +276,8 @@ impl Runner {
             over_cap: HashSet::new(),
             // Directory, memory.events.local and (budgeted) memory.current.
             fd_cap: crate::kill::tracked_cap_now(usize::MAX, 3),
+            next_rebalance: Instant::now(),
+            rebalance_cursor: 0,
             memory_events: cfg.memory_events,
             next_user: USER_TOKEN_BASE,
             dir_changes: Vec::with_capacity(TURN_ROOM),
@@ -575,6 +581,7 @@ impl Runner {
         }
         // Off the hot path from here.
         self.apply_dir_changes();
+        self.rebalance_over_cap(Instant::now());
         self.warm_up_if_grown();
         while let Some(ep) = self.engine.take_finished() {
             self.record(&ep);
@@ -893,6 +900,9 @@ impl AsFd for Runner {
         self.watcher.as_fd()
     }
 }
+
+#[path = "over_cap.rs"]
+mod over_cap;
 
 #[cfg(test)]
 #[path = "runner_tests.rs"]
