@@ -319,6 +319,20 @@ fn protection_rules_refuse_forbidden_targets() {
             },
         ),
         (
+            "freeze an ancestor of own cgroup",
+            Action::Freeze {
+                cgroup: probe.id("/system"),
+                frozen: true,
+            },
+        ),
+        (
+            "throttle an ancestor of own cgroup",
+            Action::SetHigh {
+                cgroup: probe.id("/system"),
+                limit: Limit::Bytes(1 << 20),
+            },
+        ),
+        (
             "unlimited max",
             Action::RaiseMax {
                 cgroup: probe.id("/batch"),
