@@ -108,8 +108,8 @@ pub struct GlobError {
     pub source: globset::Error,
 }
 
-/// Builds a glob whose `*` does not cross `/`.
-pub(crate) fn path_glob(glob: &str) -> Result<Glob, globset::Error> {
+/// Builds a glob whose `*` does not cross `/` (the daemon checks config globs with it).
+pub fn path_glob(glob: &str) -> Result<Glob, globset::Error> {
     GlobBuilder::new(glob).literal_separator(true).build()
 }
 

@@ -1,4 +1,4 @@
-//! Handlers built on the oomkit SDK, and the `oomkit` node daemon.
+//! Policies built on the oomkit SDK: who dies (or is squeezed) when memory runs out.
 //!
 //! The SDK's [`oomkit::engine::Engine`] owns the hard, policy-free part of
 //! userspace OOM handling (episodes, progress awareness, re-check, one kill
@@ -14,26 +14,18 @@
 //! - [`heap_profile::HeapProfile`]: before killing, ask the victim for a
 //!   heap profile, with a moment of headroom to write it.
 //!
-//! [`config`] reads the daemon's TOML file and builds these handlers;
-//! [`daemon`] runs them. Signal handling lives in the binary only.
+//! A container runtime or shim links this crate without the daemon's
+//! dependencies (no CLI parser, TOML reader, log subscriber, signal or
+//! metrics crates; `cargo xtask deploy-check` keeps it so). The `oomkit`
+//! daemon that reads a config file and runs these policies is the
+//! `oomkit-daemon` crate.
 #![deny(missing_docs)]
 
 pub mod classify;
-pub mod config;
-mod config_safety;
-pub mod daemon;
-pub mod dropin;
 pub mod heap_profile;
-pub mod hooks;
-pub mod incidents;
-pub mod logging;
-pub mod machine_config;
-pub mod metrics;
-pub mod plot;
 pub mod podinfo;
 pub mod priority;
 pub mod throttle;
-pub mod tripwire;
 
 pub use classify::{Classifier, QosClass, QosPriorities, Rule};
 pub use heap_profile::{DumpWatch, HeapProfile, HeapProfileConfig};

@@ -10,7 +10,7 @@
 //!   then RSS, locked memory and context switches over an idle period from `/proc/PID/status`
 //!   (all threads).
 //! * `bench_rest`: [`REST_CGROUPS`] empty cgroups; oomkit with the shipped
-//!   `handlers/configs/priority-kill.toml` (root and incident folder pointed at the test), earlyoom
+//!   `daemon/configs/priority-kill.toml` (root and incident folder pointed at the test), earlyoom
 //!   and oomd as in the footprint case; each one's resident set from `/proc/PID/smaps_rollup`
 //!   (`Rss`), `VmLck`, fds and start-up, one after the other.
 //! * `bench_scale`: oomkit alone over 100 … 30,000 empty cgroups ([`SCALE`]): start-up (spawn to
@@ -758,7 +758,7 @@ pub const REST_CGROUPS: usize = 100;
 /// Tree sizes of the scale case.
 pub const SCALE: [usize; 4] = [100, 1_000, 10_000, 30_000];
 /// The daemon's shipped configuration, measured as a node would run it.
-const SHIPPED_CONFIG: &str = include_str!("../../handlers/configs/priority-kill.toml");
+const SHIPPED_CONFIG: &str = include_str!("../../daemon/configs/priority-kill.toml");
 
 /// `Rss` of `/proc/PID/smaps_rollup` in KiB (every resident page mapped, as `ps` and peers count).
 fn smaps_rss(pid: i32) -> Result<u64, Fail> {

@@ -1,5 +1,5 @@
 //! The example configs for a Kubernetes node (`deploy/kubernetes/oomkit.toml`) and a desktop
-//! (`handlers/configs/desktop.toml`) on the real `KernelHost` over synthetic trees named as the
+//! (`daemon/configs/desktop.toml`) on the real `KernelHost` over synthetic trees named as the
 //! kubelet and systemd name them: pod slices by UID, applications by scope. Each must pick the
 //! victim its comments promise. (The desktop's choice depends on its rules matching the scope
 //! names; the node's BestEffort rule agrees with the QoS tier, so that test shows the pick, and
@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use oomkit::cgroup::{CgroupFs, MemoryEvents};
 use oomkit::engine::{Action, CgroupMeta, Engine, KernelHost, Trigger, XattrTrust};
+use oomkit_daemon::config::Config;
 use oomkit_handlers::classify::Source;
-use oomkit_handlers::config::Config;
 use oomkit_tests::SyntheticTree;
 
 /// The cgroup the config at `file` (relative to the repository) kills first among `cgroups`
@@ -102,7 +102,7 @@ fn kubernetes_node_takes_a_besteffort_pod_by_its_uid_named_slice() {
 fn desktop_kills_the_application_scope_not_the_session() {
     let user = "/user.slice/user-1000.slice";
     let got = victim(
-        "handlers/configs/desktop.toml",
+        "daemon/configs/desktop.toml",
         &[
             (&format!("{user}/session-2.scope"), 2000),
             (&format!("{user}/user@1000.service/init.scope"), 50),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use oomkit::cgroup::{CgroupFs, MemoryEvents};
 use oomkit::engine::{Action, Engine, KernelHost, Outcome, Trigger, XattrTrust};
-use oomkit_handlers::config::Config;
+use oomkit_daemon::config::Config;
 use oomkit_tests::SyntheticTree;
 
 const BATCH: &str = "/batch.slice/job1.slice";
@@ -18,7 +18,7 @@ const KUBELET: &str = "/system.slice/kubelet.service";
 
 fn config(name: &str) -> Config {
     let file = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../handlers/configs")
+        .join("../daemon/configs")
         .join(name);
     Config::load(&file).unwrap_or_else(|e| panic!("{e}")).config
 }

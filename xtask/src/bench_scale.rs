@@ -50,7 +50,7 @@ pub fn render(
         "100 empty child cgroups; each handler started on them alone, left to settle (fds and \
          RSS unchanged for 2 s), then its resident set from `/proc/PID/smaps_rollup` (`Rss`: \
          every resident page it maps, the same count for all three) and `VmLck`, fds and threads \
-         from `/proc/PID/status`. oomkit runs the shipped `handlers/configs/priority-kill.toml` \
+         from `/proc/PID/status`. oomkit runs the shipped `daemon/configs/priority-kill.toml` \
          (`max_cgroups = 4096`, `mlock = \"resident\"`, watchdog on), only its root and incident \
          folder moved to the test's; the `oomkit-mlock-all` row is the same with `mlock = \"all\"` \
          (`MCL_CURRENT | MCL_FUTURE`, the default before), for comparison. Start-up: from spawn \

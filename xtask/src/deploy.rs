@@ -14,6 +14,9 @@
 //!   overlay registry, exactly what a `cargo install` from crates.io would build.
 //!   `--allow-dirty` lets a developer run this on uncommitted work; a CI clone is clean anyway.
 //!
+//! * `cargo tree -p oomkit-handlers -e normal`: the policy crate a runtime links must not pull
+//!   in the daemon's dependencies (CLI, TOML, log subscriber, signals, systemd, metrics).
+//!
 //! Missing tools are installed: `systemd` with apt-get, the Python packages with pip.
 
 use std::path::{Path, PathBuf};
@@ -30,7 +33,8 @@ type Check = fn() -> Result<()>;
 /// Runs every check, appending a summary line per check to `lines` and the names of failed ones
 /// to `failed`.
 pub fn checks(lines: &mut Vec<String>, failed: &mut Vec<&'static str>) {
-    let steps: [(&'static str, Check); 4] = [
+    let steps: [(&'static str, Check); 5] = [
+        ("policy deps", policy_deps),
         ("systemd unit", systemd_unit),
         ("k8s manifests", kubernetes),
         ("metrics text", metrics_text),
@@ -54,18 +58,72 @@ pub fn checks(lines: &mut Vec<String>, failed: &mut Vec<&'static str>) {
     }
 }
 
+/// The policy crate, and the daemon-only crates it must never depend on (normal edges).
+const POLICY_CRATE: &str = "oomkit-handlers";
+const DAEMON_ONLY: &[&str] = &[
+    "clap",
+    "clap_complete",
+    "clap_mangen",
+    "toml",
+    "tracing-subscriber",
+    "signal-hook",
+    "sd-notify",
+    "prometheus-client",
+    "parse-size",
+    "humantime",
+    "oomkit-daemon",
+];
+
+/// `cargo tree -p oomkit-handlers -e normal` names none of [`DAEMON_ONLY`].
+fn policy_deps() -> Result<()> {
+    let out = util::output(
+        Command::new(util::cargo())
+            .args([
+                "tree",
+                "-p",
+                POLICY_CRATE,
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+            ])
+            .args(["--format", "{p}"])
+            .current_dir(repo_root()),
+    )?;
+    let found = daemon_only_in(&out);
+    if found.is_empty() {
+        println!(
+            "xtask: {POLICY_CRATE} depends on none of {}",
+            DAEMON_ONLY.join(", ")
+        );
+        Ok(())
+    } else {
+        Err(Error::msg(format!(
+            "{POLICY_CRATE} depends on daemon-only crates: {}",
+            found.join(", ")
+        )))
+    }
+}
+
+/// The [`DAEMON_ONLY`] crates among `cargo tree --prefix none --format {p}` lines
+/// (`name vX.Y.Z [(path)]`).
+fn daemon_only_in(tree: &str) -> Vec<&'static str> {
+    let names: std::collections::BTreeSet<&str> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    DAEMON_ONLY
+        .iter()
+        .copied()
+        .filter(|d| names.contains(d))
+        .collect()
+}
+
 /// Builds the daemon and returns its path.
 fn oomkit_binary() -> Result<PathBuf> {
     util::run(
         Command::new(util::cargo())
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "oomkit-handlers",
-                "--bin",
-                "oomkit",
-            ])
+            .args(["build", "--quiet", "-p", "oomkit-daemon", "--bin", "oomkit"])
             .current_dir(repo_root()),
     )?;
     Ok(repo_root().join("target/debug/oomkit"))
@@ -299,10 +357,12 @@ fn forget_overlay_unpacks() -> Result<()> {
             .flatten()
         {
             let name = pkg.file_name().to_string_lossy().into_owned();
-            let ours = ["oomkit-handlers-", "oomkit-"].iter().any(|p| {
-                name.strip_prefix(p)
-                    .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
-            });
+            let ours = ["oomkit-handlers-", "oomkit-daemon-", "oomkit-"]
+                .iter()
+                .any(|p| {
+                    name.strip_prefix(p)
+                        .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+                });
             if ours {
                 util::remove_dir_all_if_exists(&pkg.path())?;
             }
@@ -331,5 +391,12 @@ mod tests {
             kustomization_files(text),
             vec!["daemonset.yaml".to_string(), "oomkit.toml".to_string()]
         );
+    }
+
+    #[test]
+    fn daemon_only_crates_are_found_by_exact_name() {
+        let tree = "oomkit-handlers v0.1.0 (/src/handlers)\nglobset v0.4.16\nclap_lex v0.7.5\ntoml v0.9.2\n";
+        assert_eq!(daemon_only_in(tree), vec!["toml"]);
+        assert!(daemon_only_in("oomkit-handlers v0.1.0\nglobset v0.4.16\n").is_empty());
     }
 }

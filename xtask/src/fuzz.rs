@@ -108,7 +108,7 @@ fn seed_dir(target: &str) -> Result<PathBuf> {
     util::create_dir_all(&dir)?;
     let mut files = Vec::new();
     if target == "config" {
-        collect(&root.join("handlers").join("configs"), &mut files)?;
+        collect(&root.join("daemon").join("configs"), &mut files)?;
     } else {
         collect(&root.join("sdk").join("fixtures"), &mut files)?;
         files.retain(|p| {

@@ -25,7 +25,7 @@ const GUEST_BIN: &str = "oomkit-guest";
 /// the embedding examples (`epoll_embed`, `tokio_embed`, `custom_handler`).
 const GUEST_BINARIES: [(&str, &str, &str); 7] = [
     (GUEST_PACKAGE, "--bin", GUEST_BIN),
-    ("oomkit-handlers", "--bin", "oomkit"),
+    ("oomkit-daemon", "--bin", "oomkit"),
     ("oomkit-examples", "--bin", "heap_victim"),
     ("oomkit-examples", "--example", "supervise"),
     ("oomkit-examples", "--example", "epoll_embed"),

@@ -1,5 +1,5 @@
 //! Reported skips for host tests (`#[path]`-included by the tests that can
-//! skip, in `sdk/tests/` and `handlers/tests/`, and by `xtask`, which counts
+//! skip, in `sdk/tests/` and `daemon/tests/`, and by `xtask`, which counts
 //! them).
 //!
 //! libtest has no runtime skip: a test that returns early counts as passed.

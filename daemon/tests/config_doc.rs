@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-use oomkit_handlers::config::Config;
+use oomkit_daemon::config::Config;
 
 fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -113,7 +113,7 @@ fn config_default_names_every_key_and_parses_to_the_defaults() {
         assert!(set, "`oomkit config default` does not show {k}");
     }
     let parsed = Config::parse(Path::new("default"), &text).unwrap().config;
-    let d = oomkit_handlers::daemon::default_config();
+    let d = oomkit_daemon::daemon::default_config();
     for (name, a, b) in [
         (
             "daemon",

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use oomkit_handlers::daemon::{Unsupported, check_root};
+use oomkit_daemon::daemon::{Unsupported, check_root};
 
 fn oomkit(args: &[&str], cfg: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_oomkit"))

@@ -33,12 +33,12 @@ use oomkit::events::PsiThreshold;
 use oomkit::reserve::{MlockMode, ReserveCgroup, ReserveConfig};
 
 use crate::config::{Config, ConfigErrors, Loaded, MlockSetting, PsiKind, PsiScope};
-use crate::heap_profile::DumpWatch;
 use crate::hooks::{PostKill, PreKillExec};
 use crate::incidents::IncidentWriter;
 use crate::metrics::Metrics;
-use crate::podinfo::pod_info;
 use crate::tripwire::Tripwire;
+use oomkit_handlers::heap_profile::DumpWatch;
+use oomkit_handlers::podinfo::pod_info;
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]

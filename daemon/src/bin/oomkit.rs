@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Everything but process-wide signal setup lives in the library
-//! (`oomkit_handlers::daemon`). Here, SIGTERM/SIGINT and SIGHUP are turned
+//! (`oomkit_daemon::daemon`). Here, SIGTERM/SIGINT and SIGHUP are turned
 //! into bytes on two socket pairs (`signal_hook::low_level::pipe`: the
 //! handler only does an async-signal-safe `write`); the read ends join the
 //! runner's epoll, so the loop sees a signal like any other event.
@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use oomkit::engine::{CgroupMeta, Class, Handler, Plan, View};
-use oomkit_handlers::config::Config;
-use oomkit_handlers::daemon::{self, Control, exit};
+use oomkit_daemon::config::Config;
+use oomkit_daemon::daemon::{self, Control, exit};
 
 /// Userspace out-of-memory handling on cgroup v2.
 #[derive(Debug, Parser)]
@@ -164,7 +164,7 @@ fn incident_dir(dir: Option<PathBuf>, config: Option<PathBuf>) -> Result<PathBuf
 
 fn incidents(dir: Option<PathBuf>, config: Option<PathBuf>, what: IncidentsCmd) -> ExitCode {
     use oomkit::engine::incident::read_one;
-    use oomkit_handlers::{incidents, plot};
+    use oomkit_daemon::{incidents, plot};
     let result = incident_dir(dir, config).and_then(|dir| match what {
         IncidentsCmd::List => incidents::list(&dir),
         IncidentsCmd::Show { id, json } => {
@@ -206,7 +206,7 @@ fn main() -> ExitCode {
         Command::Config {
             what: ConfigCmd::Default,
         } => {
-            out(oomkit_handlers::config::DEFAULT_TOML);
+            out(oomkit_daemon::config::DEFAULT_TOML);
             ExitCode::SUCCESS
         }
         Command::Completions { shell } => {
@@ -225,7 +225,7 @@ fn main() -> ExitCode {
             }
         }
         Command::MetricsSample => {
-            out(&oomkit_handlers::metrics::Metrics::new().render());
+            out(&oomkit_daemon::metrics::Metrics::new().render());
             ExitCode::SUCCESS
         }
         Command::CheckConfig { file } => match daemon::check_config(&file) {
@@ -280,7 +280,7 @@ fn run(file: PathBuf, dry_run: bool, stall: Option<Duration>) -> ExitCode {
         }
     };
     let d = &loaded.config.daemon;
-    if let Err(e) = oomkit_handlers::logging::init(d.log_format, &d.log_level) {
+    if let Err(e) = oomkit_daemon::logging::init(d.log_format, &d.log_level) {
         eprintln!("oomkit: {e}");
         return ExitCode::FAILURE;
     }

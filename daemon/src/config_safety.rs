@@ -181,7 +181,7 @@ fn check_rules(c: &Config, f: &mut Findings) {
             );
         }
         if r.protected {
-            let Ok(g) = crate::classify::path_glob(&r.glob) else {
+            let Ok(g) = oomkit_handlers::classify::path_glob(&r.glob) else {
                 continue;
             };
             let m = g.compile_matcher();

@@ -16,7 +16,7 @@ use std::time::{Instant, UNIX_EPOCH};
 use oomkit::Cgroup;
 use oomkit::engine::incident::{Incident, IncidentConfig, IncidentSink, Sample};
 
-use crate::podinfo::pod_info;
+use oomkit_handlers::podinfo::pod_info;
 
 /// Records the writer may be behind by before new ones are dropped.
 pub const QUEUE: usize = 64;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use oomkit::engine::incident::Incident;
-use oomkit_handlers::hooks::{self, HookOutcome};
+use oomkit_daemon::hooks::{self, HookOutcome};
 
 fn script(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
     let p = dir.join(name);

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use oomkit::engine::{CgroupMeta, Class};
-use oomkit_handlers::config::{Config, ConfigErrors};
+use oomkit_daemon::config::{Config, ConfigErrors};
 
 fn errors(text: &str) -> ConfigErrors {
     Config::parse(Path::new("/etc/oomkit.toml"), text).unwrap_err()
@@ -89,7 +89,7 @@ fn sizes_are_bounded_with_file_and_line() {
         format!("[engine]\nmax_cgroups = 100000000000\n{HANDLER}"),
     )
     .unwrap();
-    let e = oomkit_handlers::daemon::check_config(&f).unwrap_err();
+    let e = oomkit_daemon::daemon::check_config(&f).unwrap_err();
     assert!(
         e.to_string().contains(":2:1: key `engine.max_cgroups`"),
         "{e}"

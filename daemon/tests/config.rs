@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use oomkit_handlers::config::{Config, ConfigErrors, HandlerKind, LogFormat, locate, parse_size};
-use oomkit_handlers::daemon::{self, Privileges};
+use oomkit_daemon::config::{Config, ConfigErrors, HandlerKind, LogFormat, locate, parse_size};
+use oomkit_daemon::daemon::{self, Privileges};
 use oomkit_handlers::priority::Granularity;
 
 fn configs() -> Vec<PathBuf> {

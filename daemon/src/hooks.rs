@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use oomkit::engine::incident::Incident;
 use oomkit::kill::Pidfd;
 
-use crate::podinfo::pod_info;
+use oomkit_handlers::podinfo::pod_info;
 
 /// Records the post-kill hook may be behind by before new ones are dropped.
 pub const QUEUE: usize = 16;

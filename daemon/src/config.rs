@@ -21,10 +21,10 @@ use std::time::Duration;
 use oomkit::engine::{EngineConfig, XattrTrust};
 use serde::Deserialize;
 
-use crate::classify::{Classifier, QosPriorities, Rule};
-use crate::heap_profile::{HeapProfile, HeapProfileConfig};
-use crate::priority::{Granularity, PriorityKill, PriorityKillConfig};
-use crate::throttle::{Throttle, ThrottleConfig};
+use oomkit_handlers::classify::{Classifier, QosPriorities, Rule};
+use oomkit_handlers::heap_profile::{HeapProfile, HeapProfileConfig};
+use oomkit_handlers::priority::{Granularity, PriorityKill, PriorityKillConfig};
+use oomkit_handlers::throttle::{Throttle, ThrottleConfig};
 
 // ---------------------------------------------------------------------------
 // Values with units
@@ -583,7 +583,7 @@ impl Default for QosSection {
             best_effort: q.best_effort,
             burstable: q.burstable,
             guaranteed: q.guaranteed,
-            roots: crate::classify::DEFAULT_KUBE_ROOTS
+            roots: oomkit_handlers::classify::DEFAULT_KUBE_ROOTS
                 .iter()
                 .map(PathBuf::from)
                 .collect(),
@@ -1183,7 +1183,7 @@ impl Config {
         // [handler]
         let h = &self.handler;
         for (i, rule) in h.rules.iter().enumerate() {
-            if let Err(e) = crate::classify::path_glob(&rule.glob) {
+            if let Err(e) = oomkit_handlers::classify::path_glob(&rule.glob) {
                 err(
                     &format!("handler.rules[{i}].glob"),
                     format!("bad glob: {e}"),
@@ -1249,7 +1249,7 @@ impl Config {
                 );
             }
             for (i, g) in p.cgroups.iter().enumerate() {
-                if let Err(e) = crate::classify::path_glob(g) {
+                if let Err(e) = oomkit_handlers::classify::path_glob(g) {
                     err(
                         &format!("handler.heap_profile.cgroups[{i}]"),
                         format!("bad glob: {e}"),
@@ -1337,7 +1337,7 @@ impl Config {
     }
 
     /// The classifier from `[handler]` rules and QoS settings.
-    pub fn classifier(&self) -> Result<Classifier, crate::classify::GlobError> {
+    pub fn classifier(&self) -> Result<Classifier, oomkit_handlers::classify::GlobError> {
         let h = &self.handler;
         let rules = h
             .rules
