@@ -22,6 +22,15 @@ fn cgroup2_mount() -> Option<PathBuf> {
     })
 }
 
+/// The daemon under test: cargo's build of it, or `OOMKIT_TEST_DAEMON` where this test runs away
+/// from the build tree (the VM suite runs it in the guest against `/bin/oomkit`, the same build).
+fn daemon_bin() -> PathBuf {
+    std::env::var_os("OOMKIT_TEST_DAEMON").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_oomkit")),
+        PathBuf::from,
+    )
+}
+
 /// The test's cgroup: removed on drop, also when an assertion panics.
 struct TestCgroup(PathBuf);
 
@@ -110,7 +119,7 @@ fn run_reload_and_stop() {
     std::fs::write(&cfg, body("priority-kill")).unwrap();
     let log = dir.path().join("log");
     let mut daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_oomkit"))
+        Command::new(daemon_bin())
             .args(["run", "--config"])
             .arg(&cfg)
             .stderr(std::fs::File::create(&log).unwrap())

@@ -23,6 +23,19 @@ const GUEST_BIN: &str = "oomkit-guest";
 /// All are built in one cargo invocation, static, like the guest binary. `supervise` is an
 /// example of the SDK (`examples/examples/supervise.rs`) that the VM tests run for real, as are
 /// the embedding examples (`epoll_embed`, `tokio_embed`, `custom_handler`).
+/// Host test binaries whose real-cgroup tests are opt-in on the host (`OOMKIT_HOST_CGROUP_TESTS=1`,
+/// because they would write into the host's cgroup2 mount): built static like the guest binaries
+/// and packed under [`REAL_CGROUP_TESTS_DIR`], where the guest test `host_tests_real_cgroup` runs
+/// them with the opt-in set, on a cgroup2 mount that is the guest's own. (package, test target).
+const REAL_CGROUP_TESTS: [(&str, &str); 2] = [
+    ("oomkit", "kill_group"),
+    ("oomkit-daemon", "daemon_signals"),
+];
+
+/// Where the host test binaries of [`REAL_CGROUP_TESTS`] go in the initramfs (the guest side
+/// reads the same path: `integration/src/tests/hosttests.rs`).
+const REAL_CGROUP_TESTS_DIR: &str = "hosttests";
+
 const GUEST_BINARIES: [(&str, &str, &str); 7] = [
     (GUEST_PACKAGE, "--bin", GUEST_BIN),
     ("oomkit-daemon", "--bin", "oomkit"),
@@ -53,9 +66,11 @@ sync
 poweroff -f
 "#;
 
-/// Build the guest binary and pack the initramfs; returns the cpio path.
+/// Build the guest binary and pack the initramfs (with the host tests of
+/// [`REAL_CGROUP_TESTS`]); returns the cpio path.
 pub fn build_initramfs() -> Result<PathBuf> {
-    build_initramfs_at("initramfs", None)
+    let tests = build_real_cgroup_tests()?;
+    pack_initramfs("initramfs", None, &tests)
 }
 
 /// Like [`build_initramfs`], in `.cache/oomkit-vm/<name>/` (so it does not race with a
@@ -66,6 +81,15 @@ pub fn build_initramfs() -> Result<PathBuf> {
 /// runs from one checkout never boot a half-written initramfs (a VM already booting keeps the
 /// file it opened).
 pub fn build_initramfs_at(name: &str, overlay: Option<&Path>) -> Result<PathBuf> {
+    pack_initramfs(name, overlay, &[])
+}
+
+/// [`build_initramfs_at`], plus `tests` (name, executable) under `/hosttests`.
+fn pack_initramfs(
+    name: &str,
+    overlay: Option<&Path>,
+    tests: &[(String, PathBuf)],
+) -> Result<PathBuf> {
     let binaries = build_guest_binaries()?;
     let dir = cache_dir().join(name);
     let root = dir.join(format!("root.{}", std::process::id()));
@@ -76,6 +100,13 @@ pub fn build_initramfs_at(name: &str, overlay: Option<&Path>) -> Result<PathBuf>
     copy_exec(Path::new(host::BUSYBOX), &root.join("bin/busybox"))?;
     for (name, exe) in &binaries {
         copy_exec(exe, &root.join("bin").join(name))?;
+    }
+    if !tests.is_empty() {
+        let dir = root.join(REAL_CGROUP_TESTS_DIR);
+        util::create_dir_all(&dir)?;
+        for (name, exe) in tests {
+            copy_exec(exe, &dir.join(name))?;
+        }
     }
     util::write(&root.join("init"), INIT)?;
     set_mode(&root.join("init"), 0o755)?;
@@ -210,6 +241,69 @@ fn build_guest_binaries() -> Result<Vec<(&'static str, PathBuf)>> {
             )));
         }
         found.push((bin, exe));
+    }
+    Ok(found)
+}
+
+/// `cargo test --no-run` the host test targets of [`REAL_CGROUP_TESTS`], static and in the release
+/// profile like the guest binaries (so their dependencies, and the daemon binary that
+/// `daemon_signals` runs, are the ones already built); returns (target name, executable).
+fn build_real_cgroup_tests() -> Result<Vec<(String, PathBuf)>> {
+    let names: Vec<&str> = REAL_CGROUP_TESTS.iter().map(|(_, t)| *t).collect();
+    println!(
+        "xtask: building host tests {} for the guest (static, --target {GUEST_TARGET})",
+        names.join(", ")
+    );
+    let mut args = vec!["test", "--no-run", "--release"];
+    for (package, test) in REAL_CGROUP_TESTS {
+        args.extend(["--package", package, "--test", test]);
+    }
+    args.extend([
+        "--target",
+        GUEST_TARGET,
+        "--message-format=json-render-diagnostics",
+    ]);
+    let out = Command::new(util::cargo())
+        .args(&args)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env(
+            "RUSTFLAGS",
+            "-C target-feature=+crt-static -C strip=debuginfo",
+        )
+        .current_dir(repo_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context(|| "cannot run cargo test --no-run".to_string())?;
+    if !out.status.success() {
+        return Err(Error::msg(format!(
+            "building the host tests for the guest ({}) failed",
+            names.join(", ")
+        )));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let artifacts: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["profile"]["test"] == true)
+        .collect();
+    let mut found = Vec::new();
+    for (_, test) in REAL_CGROUP_TESTS {
+        let exe = artifacts
+            .iter()
+            .filter(|v| v["target"]["name"] == test)
+            .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+            .ok_or_else(|| {
+                Error::msg(format!(
+                    "cargo test --no-run reported no executable for {test}"
+                ))
+            })?;
+        if !util::elf_is_static(&exe)? {
+            return Err(Error::msg(format!(
+                "{} is not statically linked",
+                exe.display()
+            )));
+        }
+        found.push((test.to_string(), exe));
     }
     Ok(found)
 }

@@ -10,6 +10,7 @@ pub mod common;
 pub mod e2e;
 pub mod events;
 pub mod faults;
+pub mod hosttests;
 pub mod kill;
 pub mod machine;
 pub mod ops;
@@ -39,6 +40,8 @@ pub fn all() -> Vec<TestCase> {
         case("smoke_psi_files", 30, smoke::psi_files),
         case("smoke_hog_oom_killed", 90, smoke::hog_oom_killed),
         case("probe_features", 30, probe::features_match_kernel),
+        // The host tests that are opt-in on the host (they write into a cgroup2 mount).
+        case("host_tests_real_cgroup", 240, hosttests::real_cgroup),
         case("events_memory_high", 60, events::memory_high),
         case("events_memory_max_oom", 60, events::memory_max_oom),
         case("events_oom_group_kill", 60, events::oom_group_kill),
