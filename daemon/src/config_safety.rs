@@ -10,7 +10,7 @@
 
 use std::path::{Component, Path};
 
-use crate::config::Config;
+use crate::config::{Config, ms};
 
 /// Problems found: errors refuse the config, warnings are reported.
 #[derive(Debug, Default)]
@@ -129,18 +129,18 @@ fn check_engine(c: &Config, f: &mut Findings) {
             "is 0: any victim counts as having given its memory back, even one still dying".into(),
         );
     }
-    if e.progress_aware && e.stall_sustain_ms == 0 {
+    if e.progress_aware && e.stall_sustain.is_zero() {
         f.warn(
             "engine.stall_sustain_ms",
             "is 0: the engine acts at the first stall, whatever the reclaim progress".into(),
         );
     }
-    if (1..MIN_KILL_DEADLINE_MS).contains(&e.kill_deadline_ms) {
+    if (1..MIN_KILL_DEADLINE_MS).contains(&ms(e.kill_deadline)) {
         f.error(
             "engine.kill_deadline_ms",
             format!(
                 "must be at least {MIN_KILL_DEADLINE_MS} ms (got {} ms): a victim needs time to exit before the next one is chosen",
-                e.kill_deadline_ms
+                ms(e.kill_deadline)
             ),
         );
     }
@@ -242,12 +242,12 @@ fn never_matching_pod_glob(glob: &str) -> Option<String> {
 /// `[handler.priority_kill]`: the victim's deadline.
 fn check_priority_kill(c: &Config, f: &mut Findings) {
     if let Some(p) = &c.handler.priority_kill {
-        if (1..MIN_KILL_DEADLINE_MS).contains(&p.kill_deadline_ms) {
+        if (1..MIN_KILL_DEADLINE_MS).contains(&ms(p.kill_deadline)) {
             f.error(
                 "handler.priority_kill.kill_deadline_ms",
                 format!(
                     "must be 0 (use [engine] kill_deadline_ms) or at least {MIN_KILL_DEADLINE_MS} ms (got {} ms)",
-                    p.kill_deadline_ms
+                    ms(p.kill_deadline)
                 ),
             );
         }
@@ -288,7 +288,7 @@ fn check_heap_profile(c: &Config, f: &mut Findings) {
             "a process chooses its own comm: any process of any tenant can match, and get the dump headroom and delay; add `cgroups` globs".into(),
         );
     }
-    let sig = p.signal.0;
+    let sig = p.signal;
     let core = [
         libc::SIGQUIT,
         libc::SIGILL,

@@ -204,6 +204,20 @@ pub fn show(i: &Incident) -> String {
         counters.join(", ")
     );
     let _ = writeln!(s, "  reason    {}", i.reason);
+    show_actions(&mut s, i);
+    show_victims(&mut s, i);
+    show_timings(&mut s, i);
+    if let Some(e) = &i.error {
+        let _ = writeln!(s, "  error     {e}");
+    }
+    if i.truncated {
+        let _ = writeln!(s, "  (parts dropped to fit incident_max_bytes)");
+    }
+    s
+}
+
+/// The plan's steps and the refused ones.
+fn show_actions(s: &mut String, i: &Incident) {
     for step in &i.plan {
         let _ = writeln!(
             s,
@@ -222,6 +236,10 @@ pub fn show(i: &Incident) -> String {
             r.reason
         );
     }
+}
+
+/// One line per victim, with its pod and container where the path shows them.
+fn show_victims(s: &mut String, i: &Incident) {
     for v in &i.victims {
         let pod = v
             .cgroup
@@ -249,6 +267,10 @@ pub fn show(i: &Incident) -> String {
                 .unwrap_or_default(),
         );
     }
+}
+
+/// The episode's timings and the samples before and after.
+fn show_timings(s: &mut String, i: &Incident) {
     let t = &i.timings_ms;
     let _ = writeln!(
         s,
@@ -275,11 +297,4 @@ pub fn show(i: &Incident) -> String {
                 .map_or("-".into(), |v| format!("{v:.2}%")),
         );
     }
-    if let Some(e) = &i.error {
-        let _ = writeln!(s, "  error     {e}");
-    }
-    if i.truncated {
-        let _ = writeln!(s, "  (parts dropped to fit incident_max_bytes)");
-    }
-    s
 }

@@ -66,7 +66,7 @@ pub fn parse_level(s: &str) -> Result<Level, String> {
 }
 
 /// `[signals.machine]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MachineSection {
     /// Watch the machine's headroom, refaults and PSI.

@@ -53,12 +53,36 @@ pub const OUTCOMES: [&str; 8] = [
 /// Every kill reason (the trigger of the episode).
 pub const REASONS: [&str; 5] = ["high", "max", "oom", "pressure", "escalation"];
 
+/// A counter family with one label whose values are known up front: each is created at zero,
+/// so `rate()` works from the first scrape.
+#[derive(Debug, Clone)]
+struct Labelled {
+    label: &'static str,
+    family: Family<Labels, Counter>,
+}
+
+impl Labelled {
+    fn new(label: &'static str, values: &[&'static str]) -> Labelled {
+        let family = Family::default();
+        for v in values {
+            drop(family.get_or_create(&vec![(label, *v)]));
+        }
+        Labelled { label, family }
+    }
+
+    fn inc_by(&self, value: &'static str, n: u64) {
+        self.family
+            .get_or_create(&vec![(self.label, value)])
+            .inc_by(n);
+    }
+}
+
 /// The daemon's metrics.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    episodes: Family<Labels, Counter>,
-    kills: Family<Labels, Counter>,
+    episodes: Labelled,
+    kills: Labelled,
     kernel_oom_kills: Counter,
     watchdog_actions: Counter,
     event_to_kill: Histogram,
@@ -114,8 +138,8 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("oomkit");
         let m = Metrics {
-            episodes: Family::default(),
-            kills: Family::default(),
+            episodes: Labelled::new("outcome", &OUTCOMES),
+            kills: Labelled::new("reason", &REASONS),
             kernel_oom_kills: Counter::default(),
             watchdog_actions: Counter::default(),
             // 1 ms … ~16 s.
@@ -126,67 +150,69 @@ impl Metrics {
             healthy: AtomicBool::new(true),
             registry: Registry::default(),
         };
-        registry.register("episodes", "Episodes ended, by outcome", m.episodes.clone());
-        registry.register(
-            "kills",
-            "Victims killed by oomkit, by the trigger of the episode",
-            m.kills.clone(),
-        );
-        registry.register(
-            "kernel_oom_kills",
-            "Kernel OOM kills seen in the managed tree (memory.events oom_kill)",
-            m.kernel_oom_kills.clone(),
-        );
-        registry.register(
-            "watchdog_actions",
-            "Times the watchdog acted because the main loop stalled",
-            m.watchdog_actions.clone(),
-        );
+        for (name, help, family) in [
+            ("episodes", "Episodes ended, by outcome", &m.episodes),
+            (
+                "kills",
+                "Victims killed by oomkit, by the trigger of the episode",
+                &m.kills,
+            ),
+        ] {
+            registry.register(name, help, family.family.clone());
+        }
+        for (name, help, counter) in [
+            (
+                "kernel_oom_kills",
+                "Kernel OOM kills seen in the managed tree (memory.events oom_kill)",
+                &m.kernel_oom_kills,
+            ),
+            (
+                "watchdog_actions",
+                "Times the watchdog acted because the main loop stalled",
+                &m.watchdog_actions,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         registry.register(
             "event_to_kill_seconds",
             "Time from the first event of an episode to the first kill signal",
             m.event_to_kill.clone(),
         );
-        registry.register(
-            "managed_cgroups",
-            "Cgroups in the managed tree",
-            m.managed_cgroups.clone(),
-        );
-        registry.register(
-            "reserve_degraded",
-            "1 when reserve mode did not get everything it asked for",
-            m.reserve_degraded.clone(),
-        );
-        registry.register(
-            "last_reload_success",
-            "1 when the last configuration reload succeeded (or none was asked for), 0 when it failed",
-            m.last_reload_success.clone(),
-        );
+        for (name, help, gauge) in [
+            (
+                "managed_cgroups",
+                "Cgroups in the managed tree",
+                &m.managed_cgroups,
+            ),
+            (
+                "reserve_degraded",
+                "1 when reserve mode did not get everything it asked for",
+                &m.reserve_degraded,
+            ),
+            (
+                "last_reload_success",
+                "1 when the last configuration reload succeeded (or none was asked for), 0 when it failed",
+                &m.last_reload_success,
+            ),
+        ] {
+            registry.register(name, help, gauge.clone());
+        }
         registry.register(
             "build",
             "The running oomkit's version",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
-        for o in OUTCOMES {
-            drop(m.episodes.get_or_create(&vec![("outcome", o)]));
-        }
-        for r in REASONS {
-            drop(m.kills.get_or_create(&vec![("reason", r)]));
-        }
         m.last_reload_success.set(1);
         Metrics { registry, ..m }
     }
 
     /// Counts one ended episode: its outcome, its kills and its event-to-kill time.
     pub fn episode(&self, ep: &Episode) {
-        self.episodes
-            .get_or_create(&vec![("outcome", outcome_label(ep))])
-            .inc();
+        self.episodes.inc_by(outcome_label(ep), 1);
         let kills = ep.victims.iter().flatten().count() as u64;
         if kills > 0 && !matches!(ep.outcome, Some(oomkit::engine::Outcome::DryRun)) {
-            self.kills
-                .get_or_create(&vec![("reason", reason_label(&ep.trigger))])
-                .inc_by(kills);
+            self.kills.inc_by(reason_label(&ep.trigger), kills);
         }
         if let Some(ms) = ep.timings.ms_since_event(ep.timings.signal_sent) {
             self.event_to_kill.observe(ms / 1000.0);

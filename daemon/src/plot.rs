@@ -59,19 +59,9 @@ fn marks(i: &Incident) -> Vec<(&'static str, String, f64)> {
 
 type Series = (&'static str, &'static str, fn(&Sample) -> Option<f64>);
 
-/// The SVG document.
-pub fn svg(i: &Incident) -> String {
-    let samples: Vec<&Sample> = std::iter::once(&i.before).chain(i.after.as_ref()).collect();
-    let marks = marks(i);
-    let t_end = samples
-        .iter()
-        .filter_map(|s| s.at_ms)
-        .chain(marks.iter().map(|m| m.2))
-        .chain(i.timings_ms.ended)
-        .fold(1.0_f64, f64::max)
-        * 1.08;
-    let x = |ms: f64| LEFT + (W - LEFT - RIGHT) * (ms / t_end);
-    let panels: [(&str, &str, Vec<Series>); 3] = [
+/// The three panels: title, unit, and each series' name, colour and value of a sample.
+fn panels() -> [(&'static str, &'static str, Vec<Series>); 3] {
+    [
         (
             "memory",
             "MiB",
@@ -103,9 +93,41 @@ pub fn svg(i: &Incident) -> String {
                 s.headroom_bytes.map(|b| b as f64 / 1048576.0)
             })],
         ),
-    ];
+    ]
+}
+
+/// The SVG document.
+pub fn svg(i: &Incident) -> String {
+    let samples: Vec<&Sample> = std::iter::once(&i.before).chain(i.after.as_ref()).collect();
+    let marks = marks(i);
+    let t_end = samples
+        .iter()
+        .filter_map(|s| s.at_ms)
+        .chain(marks.iter().map(|m| m.2))
+        .chain(i.timings_ms.ended)
+        .fold(1.0_f64, f64::max)
+        * 1.08;
+    let x = |ms: f64| LEFT + (W - LEFT - RIGHT) * (ms / t_end);
     let height = TOP + 3.0 * (PANEL_H + GAP) + 40.0;
     let mut s = String::with_capacity(8192);
+    header(&mut s, i, height);
+    for (n, (title, unit, series)) in panels().iter().enumerate() {
+        let top = TOP + n as f64 * (PANEL_H + GAP);
+        panel(&mut s, top, (title, unit), series, &samples, &x);
+    }
+    mark_lines(&mut s, &marks, &x);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="end">ms from the first event</text>"#,
+        W - RIGHT,
+        height - 6.0
+    );
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The document's start: size, background, title and subtitle.
+fn header(s: &mut String, i: &Incident, height: f64) {
     let _ = write!(
         s,
         r#"<?xml version="1.0" encoding="UTF-8"?>
@@ -127,58 +149,70 @@ pub fn svg(i: &Incident) -> String {
             i.reason
         )),
     );
-    for (n, (title, unit, series)) in panels.iter().enumerate() {
-        let top = TOP + n as f64 * (PANEL_H + GAP);
-        let bottom = top + PANEL_H;
-        let vmax = samples
+}
+
+/// One panel at `top`: frame, axis labels, and each series as a line with dots.
+fn panel(
+    s: &mut String,
+    top: f64,
+    (title, unit): (&str, &str),
+    series: &[Series],
+    samples: &[&Sample],
+    x: &dyn Fn(f64) -> f64,
+) {
+    let bottom = top + PANEL_H;
+    let vmax = samples
+        .iter()
+        .flat_map(|smp| series.iter().filter_map(move |(_, _, f)| f(smp)))
+        .fold(0.0_f64, f64::max)
+        .max(1e-9)
+        * 1.15;
+    let y = |v: f64| bottom - PANEL_H * (v / vmax);
+    let _ = writeln!(
+        s,
+        r##"<g class="panel" data-panel="{}"><rect x="{LEFT}" y="{top}" width="{}" height="{PANEL_H}" fill="none" stroke="#999"/><text x="{}" y="{}" text-anchor="end">{}</text><text x="{}" y="{}" text-anchor="end">{:.1}</text><text x="{}" y="{bottom}" text-anchor="end">0</text>"##,
+        xml_escape(title),
+        W - LEFT - RIGHT,
+        LEFT - 8.0,
+        top + PANEL_H / 2.0,
+        xml_escape(&format!("{title} ({unit})")),
+        LEFT - 8.0,
+        top + 10.0,
+        vmax,
+        LEFT - 8.0,
+    );
+    for (k, (name, colour, f)) in series.iter().enumerate() {
+        let pts: Vec<(f64, f64)> = samples
             .iter()
-            .flat_map(|smp| series.iter().filter_map(move |(_, _, f)| f(smp)))
-            .fold(0.0_f64, f64::max)
-            .max(1e-9)
-            * 1.15;
-        let y = |v: f64| bottom - PANEL_H * (v / vmax);
-        let _ = writeln!(
-            s,
-            r##"<g class="panel" data-panel="{}"><rect x="{LEFT}" y="{top}" width="{}" height="{PANEL_H}" fill="none" stroke="#999"/><text x="{}" y="{}" text-anchor="end">{}</text><text x="{}" y="{}" text-anchor="end">{:.1}</text><text x="{}" y="{bottom}" text-anchor="end">0</text>"##,
-            xml_escape(title),
-            W - LEFT - RIGHT,
-            LEFT - 8.0,
-            top + PANEL_H / 2.0,
-            xml_escape(&format!("{title} ({unit})")),
-            LEFT - 8.0,
-            top + 10.0,
-            vmax,
-            LEFT - 8.0,
-        );
-        for (k, (name, colour, f)) in series.iter().enumerate() {
-            let pts: Vec<(f64, f64)> = samples
-                .iter()
-                .filter_map(|smp| Some((x(smp.at_ms?), y(f(smp)?))))
-                .collect();
-            if pts.len() > 1 {
-                let p: Vec<String> = pts.iter().map(|(a, b)| format!("{a:.1},{b:.1}")).collect();
-                let _ = writeln!(
-                    s,
-                    r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"/>"#,
-                    p.join(" ")
-                );
-            }
-            for (a, b) in &pts {
-                let _ = writeln!(
-                    s,
-                    r#"<circle cx="{a:.1}" cy="{b:.1}" r="3.5" fill="{colour}"/>"#
-                );
-            }
+            .filter_map(|smp| Some((x(smp.at_ms?), y(f(smp)?))))
+            .collect();
+        if pts.len() > 1 {
+            let p: Vec<String> = pts.iter().map(|(a, b)| format!("{a:.1},{b:.1}")).collect();
             let _ = writeln!(
                 s,
-                r#"<text x="{}" y="{}" fill="{colour}">{}</text>"#,
-                W - RIGHT - 150.0,
-                top + 16.0 + 14.0 * k as f64,
-                xml_escape(name)
+                r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"/>"#,
+                p.join(" ")
             );
         }
-        let _ = writeln!(s, "</g>");
+        for (a, b) in &pts {
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{a:.1}" cy="{b:.1}" r="3.5" fill="{colour}"/>"#
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" fill="{colour}">{}</text>"#,
+            W - RIGHT - 150.0,
+            top + 16.0 + 14.0 * k as f64,
+            xml_escape(name)
+        );
     }
+    let _ = writeln!(s, "</g>");
+}
+
+/// A dashed vertical line with a label per mark (decided, signal sent, …).
+fn mark_lines(s: &mut String, marks: &[(&str, String, f64)], x: &dyn Fn(f64) -> f64) {
     let axis_top = TOP - 6.0;
     let axis_bottom = TOP + 3.0 * (PANEL_H + GAP) - GAP;
     for (k, (key, label, ms)) in marks.iter().enumerate() {
@@ -192,14 +226,6 @@ pub fn svg(i: &Incident) -> String {
             xml_escape(&format!("{label} {ms:.0} ms"))
         );
     }
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="end">ms from the first event</text>"#,
-        W - RIGHT,
-        height - 6.0
-    );
-    s.push_str("</svg>\n");
-    s
 }
 
 #[cfg(test)]

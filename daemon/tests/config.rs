@@ -78,7 +78,7 @@ fn the_priority_kill_example_maps_onto_the_runner() {
         Granularity::Tree
     );
     assert_eq!(
-        c.handler.priority_kill.as_ref().unwrap().min_victim_bytes.0,
+        c.handler.priority_kill.as_ref().unwrap().min_victim_bytes,
         64 << 20
     );
     let rc = daemon::runner_config(&c, true).unwrap();
@@ -108,7 +108,7 @@ fn minimal_config_uses_defaults() {
     assert_eq!(l.config.daemon.root, PathBuf::from("/sys/fs/cgroup"));
     assert!(l.config.signals.memory_events);
     assert!(l.config.watchdog.enabled);
-    assert_eq!(l.config.watchdog.timeout_ms, 2000);
+    assert_eq!(l.config.watchdog.timeout, Duration::from_millis(2000));
     let e = l.config.engine_config();
     let d = oomkit::engine::EngineConfig::default();
     assert_eq!(e.kill_deadline, d.kill_deadline);
@@ -242,9 +242,9 @@ fn signal_names_and_sizes_parse() {
     let text = "[daemon]\ndiagnostics_dir = \"/d\"\n[handler]\nkind = \"heap-profile\"\n[handler.heap_profile]\nsignal = \"usr1\"\nheadroom = \"1GiB\"\nbudget = 2147483648\n";
     let c = Config::parse(Path::new("x"), text).unwrap().config;
     let h = c.handler.heap_profile.unwrap();
-    assert_eq!(h.signal.0, libc::SIGUSR1);
-    assert_eq!(h.headroom.0, 1 << 30);
-    assert_eq!(h.budget.0, 2 << 30);
+    assert_eq!(h.signal, libc::SIGUSR1);
+    assert_eq!(h.headroom_bytes, 1 << 30);
+    assert_eq!(h.budget_bytes, 2 << 30);
     // As Kubernetes writes them: Ki/Mi/Gi binary, k/M/G decimal.
     assert_eq!(parse_size("64Mi"), Ok(64 << 20));
     assert_eq!(parse_size("64Ki"), Ok(64 << 10));
@@ -283,10 +283,10 @@ fn incidents_are_on_by_default_and_off_with_an_empty_dir() {
 fn durations_take_units_or_milliseconds() {
     let text = "[engine]\nkill_deadline_ms = \"5s\"\ncooldown_ms = \"250ms\"\nstall_sustain_ms = 1500\n[watchdog]\ntimeout_ms = \"2s\"\n[handler]\nkind = \"priority-kill\"\n";
     let c = Config::parse(Path::new("x"), text).unwrap().config;
-    assert_eq!(c.engine.kill_deadline_ms, 5000);
-    assert_eq!(c.engine.cooldown_ms, 250);
-    assert_eq!(c.engine.stall_sustain_ms, 1500);
-    assert_eq!(c.watchdog.timeout_ms, 2000);
+    assert_eq!(c.engine.kill_deadline, Duration::from_millis(5000));
+    assert_eq!(c.engine.cooldown, Duration::from_millis(250));
+    assert_eq!(c.engine.stall_sustain, Duration::from_millis(1500));
+    assert_eq!(c.watchdog.timeout, Duration::from_millis(2000));
     let msg =
         errors("[engine]\ncooldown_ms = \"soon\"\n[handler]\nkind = \"throttle\"\n").to_string();
     assert!(

@@ -113,24 +113,22 @@ impl Throttled {
     }
 }
 
+/// Plans `memory.high = limit` on `cgroup`.
+fn push_high(plan: &mut Plan, cgroup: CgroupId, limit: Limit) {
+    let _ = plan.push(Action::SetHigh { cgroup, limit }, Duration::ZERO);
+}
+
+/// Plans freezing (or thawing) `cgroup`.
+fn push_freeze(plan: &mut Plan, cgroup: CgroupId, frozen: bool) {
+    let _ = plan.push(Action::Freeze { cgroup, frozen }, Duration::ZERO);
+}
+
 /// Plans what undoes a throttle: thaw (if frozen), then the original `memory.high`.
 fn push_restore(plan: &mut Plan, t: &Throttled) {
     if t.frozen {
-        let _ = plan.push(
-            Action::Freeze {
-                cgroup: t.cgroup,
-                frozen: false,
-            },
-            Duration::ZERO,
-        );
+        push_freeze(plan, t.cgroup, false);
     }
-    let _ = plan.push(
-        Action::SetHigh {
-            cgroup: t.cgroup,
-            limit: t.original,
-        },
-        Duration::ZERO,
-    );
+    push_high(plan, t.cgroup, t.original);
 }
 
 /// The throttle handler. See the module docs.
@@ -227,21 +225,9 @@ impl Throttle {
         self.active[i].killed = true;
         true
     }
-}
-
-impl Handler for Throttle {
-    fn name(&self) -> &'static str {
-        "throttle"
-    }
-
-    fn classify(&mut self, meta: &CgroupMeta<'_>) -> Class {
-        self.chooser.classifier_mut().classify(meta)
-    }
-
-    fn decide(&mut self, view: &mut View<'_>, plan: &mut Plan) {
-        let now = view.now();
+    /// Forgets stale entries in scope: gone, or the step was refused or not applied.
+    fn forget_stale(&mut self, view: &mut View<'_>) {
         let scope = view.scope();
-        // Forget stale entries in scope: gone, or the step was refused or not applied.
         let mut i = 0;
         while i < self.active.len() {
             let t = self.active[i];
@@ -254,7 +240,13 @@ impl Handler for Throttle {
                 i += 1;
             }
         }
-        // 1. A throttle past its deadline that has not contained its cgroup: kill.
+    }
+
+    /// Plans a kill for the first throttle in scope past `kill_after` that has not contained
+    /// its cgroup; true if it did.
+    fn kill_overdue(&mut self, view: &mut View<'_>, plan: &mut Plan) -> bool {
+        let now = view.now();
+        let scope = view.scope();
         for i in 0..self.active.len() {
             let t = self.active[i];
             let in_scope = scope.is_some_and(|s| view.is_within(t.cgroup, s));
@@ -265,10 +257,14 @@ impl Handler for Throttle {
                 && !self.contained(view, &t)
                 && self.kill(view, i, plan)
             {
-                return;
+                return true;
             }
         }
-        // 2. Squeeze the lowest-tier, largest leaf that can still be squeezed.
+        false
+    }
+
+    /// The lowest-tier, largest cgroup that can still be squeezed.
+    fn squeeze_target(&mut self, view: &mut View<'_>) -> Option<CgroupId> {
         let floor = self.cfg.floor_bytes;
         let freeze = self.cfg.freeze_at_floor;
         let fraction = self.cfg.step_fraction;
@@ -282,103 +278,175 @@ impl Handler for Throttle {
             let cur = v.stats(id).and_then(|s| s.current).unwrap_or(0);
             freeze || (cur as f64 * fraction) as u64 > floor
         };
-        let Some(choice) = self
-            .chooser
+        self.chooser
             .choose_where(view, Granularity::Cgroup, squeezable)
-        else {
+            .map(|c| c.cgroup)
+    }
+
+    /// The next step on throttle `i` (usage `current`): a lower `memory.high`, else a freeze at
+    /// the floor. False when it is too soon or nothing is left to do.
+    fn step(&mut self, view: &View<'_>, i: usize, current: u64, plan: &mut Plan) -> bool {
+        let now = view.now();
+        let t = self.active[i];
+        if now.saturating_duration_since(t.last_step) < self.cfg.step_interval {
+            return false;
+        }
+        let next = self.step_down(current, t.limit);
+        if next < t.limit {
+            push_high(plan, t.cgroup, Limit::Bytes(next));
+            self.active[i].limit = next;
+        } else if self.cfg.freeze_at_floor && !t.frozen {
+            push_freeze(plan, t.cgroup, true);
+            self.active[i].frozen = true;
+        } else {
+            return false;
+        }
+        self.active[i].last_step = now;
+        let _ = write!(
+            plan.reason_writer(),
+            "throttle step: memory.high {} MiB",
+            self.active[i].limit >> 20
+        );
+        true
+    }
+
+    /// Starts throttling `id` (usage `current`) with its first step. False when the table is
+    /// full (the kernel's limits stay the backstop) or nothing can be lowered or frozen.
+    fn start(&mut self, view: &mut View<'_>, id: CgroupId, current: u64, plan: &mut Plan) -> bool {
+        if self.active.len() == self.active.capacity() {
+            return false;
+        }
+        let now = view.now();
+        let original = view.detail(id).and_then(|s| s.high).unwrap_or(Limit::Max);
+        let from = original.bytes().unwrap_or(u64::MAX);
+        let next = self.step_down(current, from);
+        let lowered = next < current.min(from);
+        let frozen = !lowered && self.cfg.freeze_at_floor;
+        if lowered {
+            push_high(plan, id, Limit::Bytes(next));
+        } else if frozen {
+            push_freeze(plan, id, true);
+        } else {
+            return false;
+        }
+        self.active.push(Throttled {
+            cgroup: id,
+            started: now,
+            last_step: now,
+            original,
+            usage_at_start: current,
+            limit: if lowered { next } else { from },
+            frozen,
+            killed: false,
+        });
+        let _ = write!(
+            plan.reason_writer(),
+            "throttle start: memory.high {} MiB (usage {} MiB) on ",
+            next >> 20,
+            current >> 20
+        );
+        true
+    }
+
+    /// One quiet tick for throttle `i`: thaw when the root is calm, kill when it was throttled
+    /// too long without containing it, else raise its limit a step (or give the original
+    /// back).
+    fn release_step(
+        &mut self,
+        view: &mut View<'_>,
+        i: usize,
+        root_calm: bool,
+        plan: &mut Plan,
+    ) -> Release {
+        let now = view.now();
+        let t = self.active[i];
+        if view.stats(t.cgroup).is_none() {
+            return Release::Drop;
+        }
+        if t.killed {
+            push_restore(plan, &t);
+            return Release::Drop;
+        }
+        if !Self::applied(view, &t) {
+            return Release::Drop;
+        }
+        if now.saturating_duration_since(t.last_step) < self.cfg.step_interval {
+            return Release::Keep;
+        }
+        if t.frozen {
+            if root_calm {
+                push_freeze(plan, t.cgroup, false);
+                self.active[i].frozen = false;
+                self.active[i].last_step = now;
+            }
+            return Release::Keep;
+        }
+        if !self.contained(view, &t) {
+            // Throttled too long without containing it: the loop runs a
+            // kill planned here as an episode of its own (a reclaiming
+            // cgroup looks like progress, so `decide` may never be asked).
+            if now.saturating_duration_since(t.started) >= self.cfg.kill_after
+                && plan.is_empty()
+                && self.kill(view, i, plan)
+            {
+                return Release::Killed;
+            }
+            return Release::Keep;
+        }
+        let up = (t.limit as f64 / self.cfg.step_fraction) as u64;
+        if up >= t.usage_at_start || t.original.bytes().is_some_and(|o| up >= o) {
+            push_high(plan, t.cgroup, t.original);
+            return Release::Drop;
+        }
+        push_high(plan, t.cgroup, Limit::Bytes(up));
+        self.active[i].limit = up;
+        self.active[i].last_step = now;
+        Release::Keep
+    }
+}
+
+/// What a quiet tick did with one throttle.
+enum Release {
+    /// Still throttled: look at the next one.
+    Keep,
+    /// Released or gone: forget it.
+    Drop,
+    /// A kill was planned: the tick ends.
+    Killed,
+}
+
+impl Handler for Throttle {
+    fn name(&self) -> &'static str {
+        "throttle"
+    }
+
+    fn classify(&mut self, meta: &CgroupMeta<'_>) -> Class {
+        self.chooser.classifier_mut().classify(meta)
+    }
+
+    fn decide(&mut self, view: &mut View<'_>, plan: &mut Plan) {
+        self.forget_stale(view);
+        // 1. A throttle past its deadline that has not contained its cgroup: kill.
+        if self.kill_overdue(view, plan) {
+            return;
+        }
+        // 2. Squeeze the lowest-tier, largest leaf that can still be squeezed.
+        let Some(id) = self.squeeze_target(view) else {
             return;
         };
-        let id = choice.cgroup;
         let current = view.stats(id).and_then(|s| s.current).unwrap_or(0);
-        match self.find(id) {
-            Some(i) => {
-                let t = self.active[i];
-                if now.saturating_duration_since(t.last_step) < self.cfg.step_interval {
-                    return;
-                }
-                let next = self.step_down(current, t.limit);
-                if next < t.limit {
-                    let _ = plan.push(
-                        Action::SetHigh {
-                            cgroup: id,
-                            limit: Limit::Bytes(next),
-                        },
-                        Duration::ZERO,
-                    );
-                    self.active[i].limit = next;
-                } else if freeze && !t.frozen {
-                    let _ = plan.push(
-                        Action::Freeze {
-                            cgroup: id,
-                            frozen: true,
-                        },
-                        Duration::ZERO,
-                    );
-                    self.active[i].frozen = true;
-                } else {
-                    return;
-                }
-                self.active[i].last_step = now;
-                let _ = write!(
-                    plan.reason_writer(),
-                    "throttle step: memory.high {} MiB",
-                    self.active[i].limit >> 20
-                );
+        let acted = match self.find(id) {
+            Some(i) => self.step(view, i, current, plan),
+            None => self.start(view, id, current, plan),
+        };
+        if acted {
+            if let Some(p) = view.path(id) {
+                let _ = write!(plan.reason_writer(), "{}", p.display());
             }
-            None => {
-                if self.active.len() == self.active.capacity() {
-                    return; // table full: the kernel's limits stay the backstop
-                }
-                let original = view.detail(id).and_then(|s| s.high).unwrap_or(Limit::Max);
-                let from = original.bytes().unwrap_or(u64::MAX);
-                let next = self.step_down(current, from);
-                let lowered = next < current.min(from);
-                let frozen = !lowered && freeze;
-                if !lowered && !frozen {
-                    return;
-                }
-                if lowered {
-                    let _ = plan.push(
-                        Action::SetHigh {
-                            cgroup: id,
-                            limit: Limit::Bytes(next),
-                        },
-                        Duration::ZERO,
-                    );
-                } else if frozen {
-                    let _ = plan.push(
-                        Action::Freeze {
-                            cgroup: id,
-                            frozen: true,
-                        },
-                        Duration::ZERO,
-                    );
-                }
-                self.active.push(Throttled {
-                    cgroup: id,
-                    started: now,
-                    last_step: now,
-                    original,
-                    usage_at_start: current,
-                    limit: if lowered { next } else { from },
-                    frozen,
-                    killed: false,
-                });
-                let _ = write!(
-                    plan.reason_writer(),
-                    "throttle start: memory.high {} MiB (usage {} MiB) on ",
-                    next >> 20,
-                    current >> 20
-                );
-            }
-        }
-        if let Some(p) = view.path(id) {
-            let _ = write!(plan.reason_writer(), "{}", p.display());
         }
     }
 
     fn on_quiet_tick(&mut self, view: &mut View<'_>, plan: &mut Plan) {
-        let now = view.now();
         let root_calm = match view
             .scope()
             .and_then(|s| view.detail(s))
@@ -392,75 +460,13 @@ impl Handler for Throttle {
             if plan.len() + 2 > oomkit::engine::MAX_STEPS {
                 break;
             }
-            let t = self.active[i];
-            if view.stats(t.cgroup).is_none() {
-                self.active.swap_remove(i);
-                continue;
-            }
-            if t.killed {
-                push_restore(plan, &t);
-                self.active.swap_remove(i);
-                continue;
-            }
-            if !Self::applied(view, &t) {
-                self.active.swap_remove(i);
-                continue;
-            }
-            if now.saturating_duration_since(t.last_step) < self.cfg.step_interval {
-                i += 1;
-                continue;
-            }
-            if t.frozen {
-                if root_calm {
-                    let _ = plan.push(
-                        Action::Freeze {
-                            cgroup: t.cgroup,
-                            frozen: false,
-                        },
-                        Duration::ZERO,
-                    );
-                    self.active[i].frozen = false;
-                    self.active[i].last_step = now;
+            match self.release_step(view, i, root_calm, plan) {
+                Release::Keep => i += 1,
+                Release::Drop => {
+                    self.active.swap_remove(i);
                 }
-                i += 1;
-                continue;
+                Release::Killed => return,
             }
-            if !self.contained(view, &t) {
-                // Throttled too long without containing it: the loop runs a
-                // kill planned here as an episode of its own (a reclaiming
-                // cgroup looks like progress, so `decide` may never be asked).
-                if now.saturating_duration_since(t.started) >= self.cfg.kill_after
-                    && plan.is_empty()
-                    && self.kill(view, i, plan)
-                {
-                    return;
-                }
-                i += 1;
-                continue;
-            }
-            let up = (t.limit as f64 / self.cfg.step_fraction) as u64;
-            let done = up >= t.usage_at_start || t.original.bytes().is_some_and(|o| up >= o);
-            if done {
-                let _ = plan.push(
-                    Action::SetHigh {
-                        cgroup: t.cgroup,
-                        limit: t.original,
-                    },
-                    Duration::ZERO,
-                );
-                self.active.swap_remove(i);
-                continue;
-            }
-            let _ = plan.push(
-                Action::SetHigh {
-                    cgroup: t.cgroup,
-                    limit: Limit::Bytes(up),
-                },
-                Duration::ZERO,
-            );
-            self.active[i].limit = up;
-            self.active[i].last_step = now;
-            i += 1;
         }
         if !plan.is_empty() {
             plan.set_reason("throttle release");

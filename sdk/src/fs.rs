@@ -6,14 +6,47 @@
 //! reported as too large rather than silently cut. The three readers
 //! below differ only in how they get there (`pread` at offset 0 for fds
 //! kept open and re-read, `read` for seq files opened once, `read` to the
-//! end into a `Vec` where the size is unknown). Mapping an errno to an
-//! [`crate::Error`] is the caller's: the same `ENOENT` means "file not
-//! provided" in a live cgroup, "cgroup gone" for a kept fd, and "process
-//! gone" under `/proc/PID`.
+//! end into a `Vec` where the size is unknown).
+//!
+//! The same `ENOENT` means "file not provided" in a live cgroup, "cgroup
+//! gone" for a kept fd or a directory, and "process gone" under `/proc/PID`.
+//! [`cgroup_errno`] is the one mapping to [`Error`] for cgroup directories
+//! and files (only "file not provided" is decided before it, by `Cgroup`,
+//! which can look at `cgroup.procs`), and [`proc_errno`] the one for
+//! `/proc/PID`. Not here: the event sources' allocation-free `ReadFail`
+//! (`events/mod.rs`), the directory watch's own inotify errors
+//! (`events/dir.rs`), and `unlinkat`/`fgetxattr` on a cgroup's directory fd,
+//! where `ENOENT` names a child, not the cgroup.
 
 use std::os::fd::AsFd;
+use std::path::Path;
 
 use rustix::io::Errno;
+
+use crate::error::Error;
+
+/// The one errno → [`Error`] mapping for a cgroup's directory or files: a
+/// removed cgroup's kept fds answer `ENODEV` and a path into it `ENOENT`,
+/// both [`Error::CgroupGone`] for `cgroup`; any other errno is `other(e)`
+/// (an I/O error naming the file and the operation, a failed write with its
+/// data, or what that call's errno means, e.g. PSI's `EOPNOTSUPP`).
+pub(crate) fn cgroup_errno(cgroup: &Path, e: Errno, other: impl FnOnce(Errno) -> Error) -> Error {
+    match e {
+        Errno::NODEV | Errno::NOENT => Error::CgroupGone {
+            path: cgroup.to_owned(),
+        },
+        e => other(e),
+    }
+}
+
+/// The same for `/proc/PID` (`pid` `None`: `/proc/self`, which cannot be gone): `ENOENT` and
+/// `ESRCH` are [`Error::ProcessGone`]; any other errno is `other(e)`.
+pub(crate) fn proc_errno(pid: Option<i32>, e: Errno, other: impl FnOnce(Errno) -> Error) -> Error {
+    match (e, pid) {
+        (Errno::NOENT | Errno::SRCH, Some(pid)) => Error::ProcessGone { pid },
+        (e, _) => other(e),
+    }
+}
 
 /// Why a whole-file read into a fixed buffer gave no reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -163,55 +163,27 @@ impl Spawn {
         for a in &self.args {
             arg_c.push(cstring(a, "argument")?);
         }
-        let env_c: Vec<CString> = match &self.env {
-            Some(vars) => vars
-                .iter()
-                .map(|(k, v)| {
-                    let mut kv = k.clone();
-                    kv.push("=");
-                    kv.push(v);
-                    cstring(&kv, "environment variable")
-                })
-                .collect::<Result<_>>()?,
-            None => std::env::vars_os()
-                .filter_map(|(k, v)| {
-                    let mut kv = k;
-                    kv.push("=");
-                    kv.push(v);
-                    CString::new(kv.as_bytes()).ok()
-                })
-                .collect(),
-        };
+        let env_c = self.environment()?;
         let argv = null_terminated(&arg_c);
         let envp = null_terminated(&env_c);
         // Stdio sources above 2, so that installing one never clobbers another.
-        let mut high: [Option<OwnedFd>; 3] = [None, None, None];
-        for (slot, fd) in high.iter_mut().zip(self.stdio.iter()) {
-            if let Some(fd) = fd {
-                *slot = Some(
-                    rustix::io::fcntl_dupfd_cloexec(fd, 3)
-                        .map_err(|e| Error::sys("fcntl(F_DUPFD_CLOEXEC)", io_err(e)))?,
-                );
-            }
-        }
+        let high = self.stdio_above_2()?;
         let stdio: [RawFd; 3] = [0, 1, 2].map(|i| {
             high.get(i)
                 .and_then(|f| f.as_ref())
                 .map_or(-1, |f| f.as_raw_fd())
         });
-
-        let try_clone3 = matches!(self.placement, Placement::Auto | Placement::Clone3);
-        if try_clone3 {
+        let plan = |procs_fd: RawFd, err_fd: RawFd| sys::ExecPlan {
+            path: &path_c,
+            argv: &argv,
+            envp: &envp,
+            stdio,
+            procs_fd,
+            err_fd,
+        };
+        if matches!(self.placement, Placement::Auto | Placement::Clone3) {
             let (rd, wr) = error_pipe()?;
-            let plan = sys::ExecPlan {
-                path: &path_c,
-                argv: &argv,
-                envp: &envp,
-                stdio,
-                procs_fd: -1,
-                err_fd: wr.as_raw_fd(),
-            };
-            match sys::clone3_into_cgroup(cg.dir_fd().into(), &plan) {
+            match sys::clone3_into_cgroup(cg.dir_fd().into(), &plan(-1, wr.as_raw_fd())) {
                 Ok((pid, pidfd)) => {
                     drop(wr);
                     check_exec(&rd, pid, cg, &path)?;
@@ -222,53 +194,16 @@ impl Spawn {
                         status: None,
                     });
                 }
-                Err(e)
-                    if self.placement == Placement::Auto
-                        && matches!(
-                            e.raw_os_error(),
-                            Some(libc::ENOSYS) | Some(libc::E2BIG) | Some(libc::EINVAL)
-                        ) =>
-                {
-                    tracing::debug!(error = %e, "clone3(CLONE_INTO_CGROUP) unavailable, writing cgroup.procs from the child");
-                }
-                Err(e) => {
-                    return Err(match e.raw_os_error() {
-                        Some(libc::ENODEV) | Some(libc::ENOENT) => Error::CgroupGone {
-                            path: cg.path().to_owned(),
-                        },
-                        _ => Error::Sys {
-                            call: "clone3(CLONE_INTO_CGROUP)",
-                            source: e,
-                        },
-                    });
-                }
+                Err(e) => self.clone3_failed(e, cg)?,
             }
         }
-        let procs = rustix::fs::openat(
-            cg.dir_fd(),
-            CGROUP_PROCS,
-            OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::empty(),
-        )
-        .map_err(|e| match e {
-            Errno::NOENT | Errno::NODEV => Error::CgroupGone {
-                path: cg.path().to_owned(),
-            },
-            e => Error::io(cg.file_path(CGROUP_PROCS), Op::Open, io_err(e)),
-        })?;
+        let procs = open_procs(cg)?;
         let (rd, wr) = error_pipe()?;
-        let plan = sys::ExecPlan {
-            path: &path_c,
-            argv: &argv,
-            envp: &envp,
-            stdio,
-            procs_fd: procs.as_raw_fd(),
-            err_fd: wr.as_raw_fd(),
-        };
-        let pid = sys::fork_exec(&plan).map_err(|e| Error::Sys {
-            call: "fork",
-            source: e,
-        })?;
+        let pid =
+            sys::fork_exec(&plan(procs.as_raw_fd(), wr.as_raw_fd())).map_err(|e| Error::Sys {
+                call: "fork",
+                source: e,
+            })?;
         drop(wr);
         check_exec(&rd, pid, cg, &path)?;
         // A pidfd for the fallback too (5.3+); without one, PID-based calls.
@@ -282,6 +217,84 @@ impl Spawn {
             status: None,
         })
     }
+
+    /// The child's environment as `KEY=value` C strings: the configured one, else ours (minus
+    /// variables with a NUL byte, which no C string can hold).
+    fn environment(&self) -> Result<Vec<CString>> {
+        match &self.env {
+            Some(vars) => vars
+                .iter()
+                .map(|(k, v)| {
+                    let mut kv = k.clone();
+                    kv.push("=");
+                    kv.push(v);
+                    cstring(&kv, "environment variable")
+                })
+                .collect::<Result<_>>(),
+            None => Ok(std::env::vars_os()
+                .filter_map(|(k, v)| {
+                    let mut kv = k;
+                    kv.push("=");
+                    kv.push(v);
+                    CString::new(kv.as_bytes()).ok()
+                })
+                .collect()),
+        }
+    }
+
+    /// Duplicates of the configured stdio fds numbered 3 and up, so that the child installing
+    /// one as 0, 1 or 2 never clobbers another.
+    fn stdio_above_2(&self) -> Result<[Option<OwnedFd>; 3]> {
+        let mut high: [Option<OwnedFd>; 3] = [None, None, None];
+        for (slot, fd) in high.iter_mut().zip(self.stdio.iter()) {
+            if let Some(fd) = fd {
+                *slot = Some(
+                    rustix::io::fcntl_dupfd_cloexec(fd, 3)
+                        .map_err(|e| Error::sys("fcntl(F_DUPFD_CLOEXEC)", io_err(e)))?,
+                );
+            }
+        }
+        Ok(high)
+    }
+
+    /// What a failed `clone3(CLONE_INTO_CGROUP)` means: with [`Placement::Auto`], a kernel or
+    /// sandbox without it falls back to writing `cgroup.procs` (`Ok`); anything else is the
+    /// error.
+    fn clone3_failed(&self, e: std::io::Error, cg: &Cgroup) -> Result<()> {
+        if self.placement == Placement::Auto
+            && matches!(
+                e.raw_os_error(),
+                Some(libc::ENOSYS) | Some(libc::E2BIG) | Some(libc::EINVAL)
+            )
+        {
+            tracing::debug!(error = %e, "clone3(CLONE_INTO_CGROUP) unavailable, writing cgroup.procs from the child");
+            return Ok(());
+        }
+        Err(match e.raw_os_error() {
+            Some(libc::ENODEV) | Some(libc::ENOENT) => Error::CgroupGone {
+                path: cg.path().to_owned(),
+            },
+            _ => Error::Sys {
+                call: "clone3(CLONE_INTO_CGROUP)",
+                source: e,
+            },
+        })
+    }
+}
+
+/// `cgroup.procs` of `cg`, open for the child to write its own PID into (the fallback).
+fn open_procs(cg: &Cgroup) -> Result<OwnedFd> {
+    rustix::fs::openat(
+        cg.dir_fd(),
+        CGROUP_PROCS,
+        OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        crate::fs::cgroup_errno(cg.path(), e, |e| {
+            Error::io(cg.file_path(CGROUP_PROCS), Op::Open, io_err(e))
+        })
+    })
 }
 
 /// A process started by [`Spawn::spawn_into`]. Dropping it neither kills

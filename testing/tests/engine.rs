@@ -1,4 +1,5 @@
 //! Policy tests of the loop against a fake host: no kernel needed.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -49,6 +50,18 @@ impl Handler for Largest {
     }
 }
 
+/// A [`rig`] over [`two_jobs`] with `memory.high` of `/batch` at `high_mib`.
+fn batch_over_high(cfg: EngineConfig, high_mib: u64) -> Rig {
+    rig(
+        cfg,
+        |h| {
+            two_jobs(h);
+            h.cg("/batch").high = Some(Limit::Bytes(high_mib << 20));
+        },
+        None,
+    )
+}
+
 /// A rig whose handler is [`Largest`] (or the forced action).
 fn rig(cfg: EngineConfig, setup: impl FnOnce(&mut FakeHost), force: Option<Action>) -> Rig {
     Rig::new(cfg, setup, Box::new(Largest { force }))
@@ -58,6 +71,85 @@ fn two_jobs(h: &mut FakeHost) {
     h.cg("/batch").procs = vec![proc(100, 300), proc(101, 50)];
     h.cg("/svc").procs = vec![proc(200, 500)];
     h.cg("/system/oomkit").procs = vec![proc(4242, 5)];
+}
+
+/// A heap-profile-like handler for PID 100 in scope: raise `memory.max` to 600 MiB (if `raise`),
+/// ask for a dump with signal 12 and wait `capture_wait`, then kill (if `kill`).
+struct Profile {
+    raise: bool,
+    capture_wait: Duration,
+    kill: bool,
+}
+
+impl Handler for Profile {
+    fn name(&self) -> &'static str {
+        "profile"
+    }
+    fn decide(&mut self, view: &mut View<'_>, plan: &mut Plan) {
+        let cgroup = view.scope().unwrap();
+        if self.raise {
+            let _ = plan.push(
+                Action::RaiseMax {
+                    cgroup,
+                    limit: 600 << 20,
+                    duration: Duration::from_secs(10),
+                },
+                Duration::ZERO,
+            );
+        }
+        let _ = plan.push(
+            Action::CaptureDiagnostics {
+                cgroup,
+                pid: 100,
+                signal: 12,
+            },
+            self.capture_wait,
+        );
+        if self.kill {
+            let _ = plan.push(Action::KillProcess { cgroup, pid: 100 }, Duration::ZERO);
+        }
+    }
+}
+
+/// An engine (no re-check) over [`two_jobs`] with `/batch` limited to 360 MiB, running `h`.
+fn batch_with_a_limit(h: Profile) -> (Engine<FakeHost>, CgroupId) {
+    let mut host = FakeHost::new();
+    two_jobs(&mut host);
+    host.cg("/batch").max = Some(Limit::Bytes(360 << 20));
+    let cfg = EngineConfig {
+        recheck: false,
+        ..EngineConfig::default()
+    };
+    let mut e = Engine::new(cfg, host, Box::new(h), Path::new("/")).unwrap();
+    let batch = e.add_cgroup(Path::new("/batch")).unwrap();
+    (e, batch)
+}
+
+/// A `max` event on `cgroup`, now.
+fn fire(e: &mut Engine<FakeHost>, cgroup: CgroupId) {
+    let at = e.host().now();
+    e.on_event(
+        Trigger::MemoryEvents {
+            cgroup,
+            delta: ev(0, 1, 1),
+        },
+        at,
+    );
+}
+
+/// One second of 20 ms ticks.
+fn tick_for_a_second(e: &mut Engine<FakeHost>) {
+    for _ in 0..50 {
+        e.host().advance(Duration::from_millis(20));
+        let at = e.host().now();
+        e.on_tick(at);
+    }
+}
+
+/// [`fire`], then [`tick_for_a_second`].
+fn raise_and_tick(e: &mut Engine<FakeHost>, cgroup: CgroupId) {
+    fire(e, cgroup);
+    tick_for_a_second(e);
 }
 
 #[test]
@@ -92,14 +184,7 @@ fn progress_holds_off_and_resolution_averts() {
         recheck: false,
         ..EngineConfig::default()
     };
-    let mut r = rig(
-        cfg,
-        |h| {
-            two_jobs(h);
-            h.cg("/batch").high = Some(Limit::Bytes(400 << 20));
-        },
-        None,
-    );
+    let mut r = batch_over_high(cfg, 400);
     r.event("/batch", ev(1, 0, 0));
     assert!(
         r.host().kills().is_empty(),
@@ -116,14 +201,7 @@ fn progress_holds_off_and_resolution_averts() {
 
 #[test]
 fn no_progress_kills_after_one_sample() {
-    let mut r = rig(
-        EngineConfig::default(),
-        |h| {
-            two_jobs(h);
-            h.cg("/batch").high = Some(Limit::Bytes(300 << 20));
-        },
-        None,
-    );
+    let mut r = batch_over_high(EngineConfig::default(), 300);
     r.event("/batch", ev(1, 0, 0));
     assert!(r.host().kills().is_empty());
     // Usage keeps rising, nothing reclaimed.
@@ -140,14 +218,7 @@ fn sustained_full_stall_kills_despite_progress() {
         recheck: false,
         ..EngineConfig::default()
     };
-    let mut r = rig(
-        cfg,
-        |h| {
-            two_jobs(h);
-            h.cg("/batch").high = Some(Limit::Bytes(300 << 20));
-        },
-        None,
-    );
+    let mut r = batch_over_high(cfg, 300);
     r.event("/batch", ev(1, 0, 0));
     // Each 100 ms: reclaim steals a little (progress) but every task is
     // stalled half the time (50% full stall, above the 10% threshold).
@@ -426,60 +497,12 @@ fn kill_tree_honours_oom_group_ancestors() {
 
 #[test]
 fn raised_limit_is_restored_when_the_episode_ends() {
-    struct Profile;
-    impl Handler for Profile {
-        fn name(&self) -> &'static str {
-            "profile"
-        }
-        fn decide(&mut self, view: &mut View<'_>, plan: &mut Plan) {
-            let cg = view.scope().unwrap();
-            let _ = plan.push(
-                Action::RaiseMax {
-                    cgroup: cg,
-                    limit: 600 << 20,
-                    duration: Duration::from_secs(10),
-                },
-                Duration::ZERO,
-            );
-            let _ = plan.push(
-                Action::CaptureDiagnostics {
-                    cgroup: cg,
-                    pid: 100,
-                    signal: 12,
-                },
-                Duration::from_secs(2),
-            );
-            let _ = plan.push(
-                Action::KillProcess {
-                    cgroup: cg,
-                    pid: 100,
-                },
-                Duration::ZERO,
-            );
-        }
-    }
-    let mut host = FakeHost::new();
-    two_jobs(&mut host);
-    host.cg("/batch").max = Some(Limit::Bytes(360 << 20));
-    let cfg = EngineConfig {
-        recheck: false,
-        ..EngineConfig::default()
-    };
-    let mut e = Engine::new(cfg, host, Box::new(Profile), Path::new("/")).unwrap();
-    let batch = e.add_cgroup(Path::new("/batch")).unwrap();
-    let at = e.host().now();
-    e.on_event(
-        Trigger::MemoryEvents {
-            cgroup: batch,
-            delta: ev(0, 1, 1),
-        },
-        at,
-    );
-    for _ in 0..50 {
-        e.host().advance(Duration::from_millis(20));
-        let at = e.host().now();
-        e.on_tick(at);
-    }
+    let (mut e, batch) = batch_with_a_limit(Profile {
+        raise: true,
+        capture_wait: Duration::from_secs(2),
+        kill: true,
+    });
+    raise_and_tick(&mut e, batch);
     let log: Vec<(&str, i32)> = e.host().log.iter().map(|l| (l.0, l.1)).collect();
     assert_eq!(
         log,
@@ -569,28 +592,20 @@ impl Handler for Ticker {
     }
 }
 
-#[test]
-fn quiet_tick_kills_run_as_episodes_and_shutdown_releases() {
+/// An engine over [`two_jobs`] whose [`Ticker`] works on the cgroup at `path`.
+fn ticking_on(path: &str) -> Engine<FakeHost> {
     let mut host = FakeHost::new();
     two_jobs(&mut host);
-    let mut e = Engine::new(
-        EngineConfig::default(),
-        host,
-        Box::new(Ticker {
-            ticks: 0,
-            target: None,
-        }),
-        Path::new("/"),
-    )
-    .unwrap();
-    let batch = e.add_cgroup(Path::new("/batch")).unwrap();
-    e.replace_handler(
-        Box::new(Ticker {
-            ticks: 0,
-            target: Some(batch),
-        }),
-        EngineConfig::default(),
-    );
+    let ticker = |target| Box::new(Ticker { ticks: 0, target });
+    let mut e = Engine::new(EngineConfig::default(), host, ticker(None), Path::new("/")).unwrap();
+    let id = e.add_cgroup(Path::new(path)).unwrap();
+    e.replace_handler(ticker(Some(id)), EngineConfig::default());
+    e
+}
+
+#[test]
+fn quiet_tick_kills_run_as_episodes_and_shutdown_releases() {
+    let mut e = ticking_on("/batch");
     let mut episodes = Vec::new();
     for _ in 0..6 {
         let wake = e.next_wake().expect("a handler that wants ticks gets them");
@@ -614,26 +629,7 @@ fn quiet_tick_kills_run_as_episodes_and_shutdown_releases() {
 
 #[test]
 fn quiet_tick_steps_obey_protection_rules() {
-    let mut host = FakeHost::new();
-    two_jobs(&mut host);
-    let mut e = Engine::new(
-        EngineConfig::default(),
-        host,
-        Box::new(Ticker {
-            ticks: 0,
-            target: None,
-        }),
-        Path::new("/"),
-    )
-    .unwrap();
-    let own = e.add_cgroup(Path::new("/system")).unwrap();
-    e.replace_handler(
-        Box::new(Ticker {
-            ticks: 0,
-            target: Some(own),
-        }),
-        EngineConfig::default(),
-    );
+    let mut e = ticking_on("/system");
     let wake = e.next_wake().unwrap();
     let now = e.host().now();
     e.host()
@@ -870,25 +866,12 @@ fn prekill_hook_that_never_finishes_only_delays_the_kill() {
 
 #[test]
 fn prekill_hooks_fire_before_the_diagnostics_signal_and_not_again() {
-    struct Profile;
-    impl Handler for Profile {
-        fn name(&self) -> &'static str {
-            "profile"
-        }
-        fn decide(&mut self, view: &mut View<'_>, plan: &mut Plan) {
-            let cgroup = view.scope().unwrap();
-            let _ = plan.push(
-                Action::CaptureDiagnostics {
-                    cgroup,
-                    pid: 100,
-                    signal: 12,
-                },
-                Duration::from_secs(2),
-            );
-            let _ = plan.push(Action::KillProcess { cgroup, pid: 100 }, Duration::ZERO);
-        }
-    }
-    let mut r = Rig::new(EngineConfig::default(), two_jobs, Box::new(Profile));
+    let profile = Profile {
+        raise: false,
+        capture_wait: Duration::from_secs(2),
+        kill: true,
+    };
+    let mut r = Rig::new(EngineConfig::default(), two_jobs, Box::new(profile));
     let (hook, seen) = recorder(Some(Duration::from_secs(5)), Some(2));
     r.engine.add_prekill_hook(hook);
     r.event("/batch", ev(0, 1, 1));
@@ -989,61 +972,21 @@ fn a_watchdog_kill_is_the_episodes_kill() {
 /// runtime) is kept.
 #[test]
 fn a_limit_changed_meanwhile_is_not_overwritten() {
-    struct Raise;
-    impl Handler for Raise {
-        fn name(&self) -> &'static str {
-            "raise"
-        }
-        fn decide(&mut self, view: &mut View<'_>, plan: &mut Plan) {
-            let cg = view.scope().unwrap();
-            let _ = plan.push(
-                Action::RaiseMax {
-                    cgroup: cg,
-                    limit: 600 << 20,
-                    duration: Duration::from_secs(10),
-                },
-                Duration::ZERO,
-            );
-            // A step that waits, so the raise lasts a while.
-            let _ = plan.push(
-                Action::CaptureDiagnostics {
-                    cgroup: cg,
-                    pid: 100,
-                    signal: 12,
-                },
-                Duration::from_millis(500),
-            );
-        }
-    }
-    let mut host = FakeHost::new();
-    two_jobs(&mut host);
-    host.cg("/batch").max = Some(Limit::Bytes(360 << 20));
-    let cfg = EngineConfig {
-        recheck: false,
-        ..EngineConfig::default()
-    };
-    let mut e = Engine::new(cfg, host, Box::new(Raise), Path::new("/")).unwrap();
+    // A step that waits, so the raise lasts a while.
+    let (mut e, batch) = batch_with_a_limit(Profile {
+        raise: true,
+        capture_wait: Duration::from_millis(500),
+        kill: false,
+    });
     // A dump that takes its whole deadline (a pre-kill hook that never
     // finishes), so the raise lasts while the operator changes the limit.
     let (hook, _seen) = recorder(Some(Duration::from_millis(500)), None);
     e.add_prekill_hook(hook);
-    let batch = e.add_cgroup(Path::new("/batch")).unwrap();
-    let at = e.host().now();
-    e.on_event(
-        Trigger::MemoryEvents {
-            cgroup: batch,
-            delta: ev(0, 1, 1),
-        },
-        at,
-    );
+    fire(&mut e, batch);
     assert_eq!(e.host_mut().cg("/batch").max, Some(Limit::Bytes(600 << 20)));
     // The operator sets its own limit while the raise lasts.
     e.host_mut().cg("/batch").max = Some(Limit::Bytes(1 << 30));
-    for _ in 0..50 {
-        e.host().advance(Duration::from_millis(20));
-        let at = e.host().now();
-        e.on_tick(at);
-    }
+    tick_for_a_second(&mut e);
     assert_eq!(
         e.host_mut().cg("/batch").max,
         Some(Limit::Bytes(1 << 30)),

@@ -24,7 +24,7 @@ fn victim(file: &str, cgroups: &[(&str, u64)]) -> PathBuf {
     }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file);
     let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{e}")).config;
-    let mut engine_cfg = cfg.engine.to_engine_config();
+    let mut engine_cfg = cfg.engine_config();
     engine_cfg.dry_run = true;
     let fs = CgroupFs::from_dir_unchecked(tmp.path());
     let mut host = KernelHost::new(fs, XattrTrust::TrustedOnly, 64, 64);
@@ -127,4 +127,18 @@ fn desktop_kills_the_application_scope_not_the_session() {
         )),
         "the largest application, not the session (2000 MiB) or the shell (1500 MiB)"
     );
+}
+
+#[test]
+fn systemd_host_takes_a_transient_unit_before_a_larger_session_and_spares_the_plumbing() {
+    let got = victim(
+        "daemon/configs/systemd-host.toml",
+        &[
+            ("/system.slice/systemd-journald.service", 3000),
+            ("/system.slice/nginx.service", 1200),
+            ("/user.slice/user-1000.slice/session-2.scope", 900),
+            ("/system.slice/run-r1234.service", 300),
+        ],
+    );
+    assert_eq!(got, Path::new("/system.slice/run-r1234.service"));
 }

@@ -34,7 +34,7 @@ fn victim(name: &str, batch_mib: u64) -> (Outcome, PathBuf) {
     t.cgroup(&format!("{BURST}/cri-c.scope"), 1500).unwrap();
     t.cgroup(&format!("{GUAR}/cri-d.scope"), 2500).unwrap();
     let cfg = config(name);
-    let mut engine_cfg = cfg.engine.to_engine_config();
+    let mut engine_cfg = cfg.engine_config();
     engine_cfg.dry_run = true;
     let fs = CgroupFs::from_dir_unchecked(tmp.path());
     let mut host = KernelHost::new(fs, XattrTrust::TrustedOnly, 64, 64);

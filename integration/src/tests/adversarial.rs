@@ -263,7 +263,11 @@ pub fn churn_without_pressure(ctx: &mut Ctx) -> TestResult {
         Duration::from_millis(50),
         || Ok((fds(daemon.pid()) <= fds_before + 2).then_some(())),
     )?;
-    ensure!(ended(&mut bystander).is_none(), "the bystander died");
+    ensure!(
+        ended(&mut bystander).is_none(),
+        "the bystander died; daemon log: {}",
+        daemon.log_tail(15)
+    );
     let stopped = daemon.stop()?;
     ensure!(
         stopped["kills"] == 0 && stopped["watchdog_fired"] == 0,

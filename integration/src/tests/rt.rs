@@ -101,6 +101,25 @@ fn wait_monitor<T>(
     }
 }
 
+/// Starts the workload's hog in the container: 64 MiB in 4 MiB steps, then it holds.
+fn spawn_hog(ctr_path: &Path, ctr: &Cgroup) -> Result<SpawnedChild, Fail> {
+    spawn_workload(ctr_path, ctr, &["hog", "64", "4", "hold"], Placement::Auto)
+}
+
+/// The kernel log and a monitor on `ctr`, both opened before the test's workload starts.
+fn watch(ctr: &Cgroup) -> Result<(RawLog, OomMonitor), Fail> {
+    let raw = RawLog::open()?;
+    let m = OomMonitor::open(ctr, MonitorOptions::default())?;
+    Ok((raw, m))
+}
+
+/// The monitor's first OOM report (waiting up to 45 s), once `hog` died of SIGKILL.
+fn oom_of(m: &mut OomMonitor, hog: &mut SpawnedChild) -> Result<OomReport, Fail> {
+    let (r, _) = wait_monitor(m, Duration::from_secs(45), first_oom)?;
+    expect_sigkill(hog, "hog")?;
+    Ok(r)
+}
+
 fn first_oom(ev: &MonitorEvent) -> Option<OomReport> {
     match ev {
         MonitorEvent::Oom(r) => Some(r.clone()),
@@ -185,27 +204,20 @@ fn expect_sigkill(child: &mut SpawnedChild, who: &str) -> Result<(), Fail> {
 pub fn own_limit(ctx: &mut Ctx) -> TestResult {
     let (_, _, ctr_path, ctr) = pod_and_ctr(ctx, "ctr")?;
     ctr.set_memory_max(Limit::Bytes(32 << 20))?;
-    let mut raw = RawLog::open()?;
-    let mut m = OomMonitor::open(&ctr, MonitorOptions::default())?;
+    let (mut raw, mut m) = watch(&ctr)?;
     ensure!(
         *m.kernel_log() == KernelLogAccess::Readable,
         "kernel log not readable as root: {:?}",
         m.kernel_log()
     );
-    let mut hog = spawn_workload(
-        &ctr_path,
-        &ctr,
-        &["hog", "64", "4", "hold"],
-        Placement::Auto,
-    )?;
+    let mut hog = spawn_hog(&ctr_path, &ctr)?;
     ensure!(
         hog.placement() == Placement::Clone3,
         "spawn fell back to {:?} on Linux {:?} (CLONE_INTO_CGROUP is 5.7+)",
         hog.placement(),
         kernel_version()
     );
-    let (r, _) = wait_monitor(&mut m, Duration::from_secs(45), first_oom)?;
-    expect_sigkill(&mut hog, "hog")?;
+    let r = oom_of(&mut m, &mut hog)?;
     let lines = raw.oom_lines();
     ctx.note(format!("kernel log: {}", lines.join(" | ")));
     ensure!(r.level == Level::Container, "level {:?}: {r}", r.level);
@@ -242,16 +254,9 @@ pub fn pod_limit(ctx: &mut Ctx) -> TestResult {
     let (pod_path, pod, ctr_path, ctr) = pod_and_ctr(ctx, "ctr")?;
     pod.set_memory_max(Limit::Bytes(32 << 20))?;
     ctr.set_memory_max(Limit::Bytes(256 << 20))?;
-    let mut raw = RawLog::open()?;
-    let mut m = OomMonitor::open(&ctr, MonitorOptions::default())?;
-    let mut hog = spawn_workload(
-        &ctr_path,
-        &ctr,
-        &["hog", "64", "4", "hold"],
-        Placement::Auto,
-    )?;
-    let (r, _) = wait_monitor(&mut m, Duration::from_secs(45), first_oom)?;
-    expect_sigkill(&mut hog, "hog")?;
+    let (mut raw, mut m) = watch(&ctr)?;
+    let mut hog = spawn_hog(&ctr_path, &ctr)?;
+    let r = oom_of(&mut m, &mut hog)?;
     let pod_hier = pod.hierarchy_path().to_path_buf();
     ensure!(
         r.level == Level::Pod { path: pod_hier },
@@ -279,8 +284,7 @@ pub fn group_kill(ctx: &mut Ctx) -> TestResult {
     let (_, _, ctr_path, ctr) = pod_and_ctr(ctx, "ctr")?;
     ctr.set_memory_max(Limit::Bytes(32 << 20))?;
     ctr.set_oom_group(true)?;
-    let mut raw = RawLog::open()?;
-    let mut m = OomMonitor::open(&ctr, MonitorOptions::default())?;
+    let (mut raw, mut m) = watch(&ctr)?;
     let mut sleepers = Vec::new();
     for _ in 0..2 {
         sleepers.push(spawn_workload(
@@ -290,14 +294,8 @@ pub fn group_kill(ctx: &mut Ctx) -> TestResult {
             Placement::Auto,
         )?);
     }
-    let mut hog = spawn_workload(
-        &ctr_path,
-        &ctr,
-        &["hog", "64", "4", "hold"],
-        Placement::Auto,
-    )?;
-    let (r, _) = wait_monitor(&mut m, Duration::from_secs(45), first_oom)?;
-    expect_sigkill(&mut hog, "hog")?;
+    let mut hog = spawn_hog(&ctr_path, &ctr)?;
+    let r = oom_of(&mut m, &mut hog)?;
     for s in &mut sleepers {
         expect_sigkill(s, "sleeper")?;
     }
@@ -625,12 +623,7 @@ fn embed_example(ctx: &mut Ctx, bin: &str) -> TestResult {
     let ctr_s = ctr_path.display().to_string();
     let mut ex = Example::start(bin, &[&pod_s, &ctr_s])?;
     ex.wait_for("watching", Duration::from_secs(20))?;
-    let mut hog = spawn_workload(
-        &ctr_path,
-        &ctr,
-        &["hog", "64", "4", "hold"],
-        Placement::Auto,
-    )?;
+    let mut hog = spawn_hog(&ctr_path, &ctr)?;
     let report = ex.wait_for("OOM in", Duration::from_secs(45))?;
     expect_sigkill(&mut hog, "hog")?;
     let want = format!("killed {} (ctr)", hog.pid());
@@ -738,12 +731,7 @@ pub fn no_kernel_log_permission(ctx: &mut Ctx) -> TestResult {
             matches!(&access, KernelLogAccess::Unavailable(why) if why.contains("/dev/kmsg")),
             "kernel log access as uid 65534 with dmesg_restrict: {access:?}"
         );
-        let mut hog = spawn_workload(
-            &ctr_path,
-            &ctr,
-            &["hog", "64", "4", "hold"],
-            Placement::Auto,
-        )?;
+        let mut hog = spawn_hog(&ctr_path, &ctr)?;
         let r = match t.join() {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => fail!("monitor thread: {e}"),

@@ -403,10 +403,8 @@ mod tests {
         assert_eq!(pick(&shared, &[t("svc", 10, false)]), Some(0));
     }
 
-    /// Issue 10, defect 3: one action per stall, however long it lasts (it
-    /// used to act again every two timeouts: 10 actions in a 1 s stall).
-    #[test]
-    fn one_action_per_stall() {
+    /// A watchdog with a 50 ms timeout whose action sends the time it acted.
+    fn watched() -> (Watchdog, mpsc::Receiver<Instant>) {
         let (tx, rx) = mpsc::channel();
         let action: Action = Box::new(move |_s: &Shared| {
             let _ = tx.send(Instant::now());
@@ -419,6 +417,14 @@ mod tests {
             Some(action),
         )
         .unwrap();
+        (wd, rx)
+    }
+
+    /// Issue 10, defect 3: one action per stall, however long it lasts (it
+    /// used to act again every two timeouts: 10 actions in a 1 s stall).
+    #[test]
+    fn one_action_per_stall() {
+        let (wd, rx) = watched();
         wd.shared().set_pressure_check(Box::new(|_| true));
         wd.busy();
         rx.recv_timeout(Duration::from_secs(10))
@@ -441,18 +447,7 @@ mod tests {
     /// churn, a slow disk) is not a reason to kill.
     #[test]
     fn no_action_without_pressure() {
-        let (tx, rx) = mpsc::channel();
-        let action: Action = Box::new(move |_s: &Shared| {
-            let _ = tx.send(());
-        });
-        let wd = Watchdog::spawn(
-            WatchdogConfig {
-                timeout: Duration::from_millis(50),
-            },
-            None,
-            Some(action),
-        )
-        .unwrap();
+        let (wd, rx) = watched();
         let (ptx, prx) = mpsc::channel();
         wd.shared().set_pressure_check(Box::new(move |_| {
             let _ = ptx.send(());
@@ -473,18 +468,7 @@ mod tests {
 
     #[test]
     fn acts_once_when_the_loop_stays_busy_and_never_when_idle() {
-        let (tx, rx) = mpsc::channel();
-        let action: Action = Box::new(move |_s: &Shared| {
-            let _ = tx.send(Instant::now());
-        });
-        let wd = Watchdog::spawn(
-            WatchdogConfig {
-                timeout: Duration::from_millis(50),
-            },
-            None,
-            Some(action),
-        )
-        .unwrap();
+        let (wd, rx) = watched();
         wd.shared().set_pressure_check(Box::new(|_| true));
         // Idle: the watchdog sleeps on the eventfd and cannot fire.
         assert_eq!(wd.fired(), 0);

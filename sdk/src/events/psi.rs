@@ -252,19 +252,18 @@ impl PsiTrigger {
                 what: "PSI trigger",
                 reason: format!("`{threshold}` does not fit in {TRIGGER_MAX} bytes"),
             })?;
-        let wrap = |e: Errno| match e {
-            // PSI disabled at boot (`psi=0`).
-            Errno::OPNOTSUPP => Error::Unsupported {
-                path: trigger.path().to_owned(),
-            },
-            Errno::NODEV | Errno::NOENT => Error::CgroupGone {
-                path: trigger.path().to_owned(),
-            },
-            e => Error::Write {
-                path: trigger.path().to_owned(),
-                data: threshold.to_string(),
-                source: io_err(e),
-            },
+        let wrap = |e: Errno| {
+            crate::fs::cgroup_errno(trigger.path(), e, |e| match e {
+                // PSI disabled at boot (`psi=0`).
+                Errno::OPNOTSUPP => Error::Unsupported {
+                    path: trigger.path().to_owned(),
+                },
+                e => Error::Write {
+                    path: trigger.path().to_owned(),
+                    data: threshold.to_string(),
+                    source: io_err(e),
+                },
+            })
         };
         let n = rustix::io::write(&trigger, data).map_err(wrap)?;
         if n != data.len() {

@@ -57,15 +57,20 @@
 //! }
 //! # }
 //! ```
+//!
+//! This file opens and drives the monitor; `counting` turns counters and the kernel log into
+//! reports, `parent_base` derives a gone container's final counters from its parent's, `kmsg`
+//! reads `/dev/kmsg`, `report` holds the types reported, `exit` the exit reason.
 
+mod counting;
 mod exit;
 mod kmsg;
+mod parent_base;
 mod report;
 
 #[cfg(feature = "tokio")]
 mod async_monitor;
 
-use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -86,6 +91,7 @@ pub use kmsg::{KernelLogAccess, KillRecord};
 pub use report::{FinalCounters, FinalReport, Level, MonitorEvent, OomReport, VictimsStatus};
 
 use kmsg::KernelLog;
+use parent_base::ParentBase;
 
 /// How an [`OomMonitor`] watches.
 #[derive(Debug, Clone)]
@@ -118,101 +124,6 @@ struct LevelWatch {
     cg: Cgroup,
     /// `memory.events.local` at the last report (or at open).
     base: MemoryEvents,
-}
-
-/// The parent's `memory.events` (hierarchical and local) and each other
-/// child's, taken when the monitor opened.
-///
-/// The parent's hierarchical counters are its own local ones plus every
-/// child's (removed children included: the parent keeps counting what they
-/// raised). So if the container's directory is gone at the last read, its
-/// final counters are its counters at open plus the parent's rise, minus the
-/// parent's own (local) rise, minus each other child's rise — exact unless a
-/// sibling was removed meanwhile (its last counters are unknown), which is
-/// checked.
-#[derive(Debug)]
-struct ParentBase {
-    cg: Cgroup,
-    hier: MemoryEvents,
-    local: MemoryEvents,
-    siblings: Vec<(OsString, MemoryEvents)>,
-    own_name: OsString,
-}
-
-/// More siblings than this and the derivation is not prepared (each would
-/// be read at open and at the end).
-const MAX_SIBLINGS: usize = 256;
-
-impl ParentBase {
-    fn take(container: &Cgroup) -> Option<ParentBase> {
-        let cg = container.parent().ok()??;
-        if cg.is_mount_root() {
-            return None;
-        }
-        let own_name = container.path().file_name()?.to_owned();
-        let names = cg.children().ok()?;
-        if names.len() > MAX_SIBLINGS {
-            return None;
-        }
-        let mut siblings = Vec::with_capacity(names.len());
-        for n in names.into_iter().filter(|n| *n != own_name) {
-            let ev = cg.child(&n).ok()?.memory_events().ok()?;
-            siblings.push((n, ev));
-        }
-        Some(ParentBase {
-            hier: cg.memory_events().ok()?,
-            local: cg.memory_events_local().ok()?,
-            cg,
-            siblings,
-            own_name,
-        })
-    }
-
-    /// The container's counters now, from the parent's (see the type docs);
-    /// `None` when a sibling was removed meanwhile or a read failed.
-    fn derive(&self, container_at_open: &MemoryEvents) -> Option<MemoryEvents> {
-        let hier = self.cg.memory_events().ok()?;
-        let local = self.cg.memory_events_local().ok()?;
-        let names = self.cg.children().ok()?;
-        if self.siblings.iter().any(|(n, _)| !names.contains(n)) {
-            return None;
-        }
-        let mut out = MemoryEvents::default();
-        for k in MemoryEventKind::ALL {
-            let (Some(h1), Some(h0), Some(l1), Some(l0), Some(c0)) = (
-                hier.get(k),
-                self.hier.get(k),
-                local.get(k),
-                self.local.get(k),
-                container_at_open.get(k),
-            ) else {
-                continue;
-            };
-            let mut v =
-                i128::from(c0) + i128::from(h1) - i128::from(h0) - i128::from(l1) + i128::from(l0);
-            // Every other child now (a child created since counts from 0; a
-            // new cgroup under our old name is another cgroup).
-            for n in names.iter() {
-                let now = self
-                    .cg
-                    .child(n)
-                    .ok()?
-                    .memory_events()
-                    .ok()?
-                    .get(k)
-                    .unwrap_or(0);
-                let before = self
-                    .siblings
-                    .iter()
-                    .find(|(s, _)| s == n && *n != self.own_name)
-                    .and_then(|(_, e)| e.get(k))
-                    .unwrap_or(0);
-                v -= i128::from(now) - i128::from(before);
-            }
-            *out.slot(k) = Some(u64::try_from(v).ok()?);
-        }
-        Some(out)
-    }
 }
 
 /// A report collecting its counters and victims.
@@ -505,200 +416,6 @@ impl OomMonitor {
         }
         let oom = self.take_report();
         Ok((oom, self.final_report()))
-    }
-
-    /// Re-reads the container's `memory.events`; starts or extends the
-    /// pending report when an OOM counter rose.
-    fn read_counters(&mut self) -> Result<()> {
-        if self.gone {
-            return Ok(());
-        }
-        let ch = match self.hier.refresh() {
-            Ok(c) => c,
-            Err(e) if e.is_gone() => {
-                self.gone = true;
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        };
-        let Some(ch) = ch else { return Ok(()) };
-        let oomish = [
-            MemoryEventKind::Oom,
-            MemoryEventKind::OomKill,
-            MemoryEventKind::OomGroupKill,
-        ]
-        .iter()
-        .any(|k| ch.rose_by(*k) > 0);
-        if !oomish {
-            self.quiet.accumulate(&ch.delta);
-            return Ok(());
-        }
-        match &mut self.pending {
-            Some(p) => p.rose.accumulate(&ch.delta),
-            None => {
-                let mut rose = std::mem::take(&mut self.quiet);
-                rose.accumulate(&ch.delta);
-                let level = self.level_from_counters(&rose);
-                self.pending = Some(Pending {
-                    rose,
-                    level,
-                    victims: Vec::new(),
-                    lines: 0,
-                    group: self.group_kill_possible(),
-                    first_seen: SystemTime::now(),
-                    deadline: Instant::now() + self.opts.victim_grace,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether the container or an ancestor up to the boundary has
-    /// `memory.oom.group` set (an unreadable file counts as no).
-    fn group_kill_possible(&self) -> bool {
-        self.levels
-            .iter()
-            .any(|l| l.cg.oom_group().unwrap_or(false))
-    }
-
-    /// The lowest level whose own `oom` counter rose since the last report.
-    fn level_from_counters(&mut self, rose: &MemoryEvents) -> Level {
-        let mut found = None;
-        for (i, l) in self.levels.iter_mut().enumerate() {
-            let Ok(now) = l.cg.memory_events_local() else {
-                continue;
-            };
-            let d = now.delta_since(&l.base).oom.unwrap_or(0);
-            l.base = now;
-            if d > 0 && found.is_none() {
-                found = Some(i);
-            }
-        }
-        match found {
-            Some(i) => self.level_at(i),
-            None if rose.oom.unwrap_or(0) > 0 => Level::Inside,
-            None => Level::Outside,
-        }
-    }
-
-    fn level_at(&self, i: usize) -> Level {
-        let path = self
-            .levels
-            .get(i)
-            .map(|l| l.cg.hierarchy_path().to_path_buf())
-            .unwrap_or_default();
-        match i {
-            0 => Level::Container,
-            1 => Level::Pod { path },
-            _ => Level::Ancestor {
-                path,
-                generations: u32::try_from(i).unwrap_or(u32::MAX),
-            },
-        }
-    }
-
-    /// The level the kernel log names (`oom_memcg`), when it does.
-    fn level_from_log(&self, oom_memcg: &Path) -> Level {
-        if let Some(i) = self
-            .levels
-            .iter()
-            .position(|l| l.cg.hierarchy_path() == oom_memcg)
-        {
-            return self.level_at(i);
-        }
-        if oom_memcg.starts_with(self.container.hierarchy_path()) {
-            Level::Inside
-        } else {
-            Level::Outside
-        }
-    }
-
-    /// Moves the logged kills of the container's processes into the
-    /// pending report (starting one if the log was faster than the counter).
-    fn collect_victims(&mut self) {
-        let kills = self.log.take_kills_in(self.container.hierarchy_path());
-        if kills.is_empty() {
-            return;
-        }
-        if self.pending.is_none() {
-            let rose = std::mem::take(&mut self.quiet);
-            let level = self.level_from_counters(&rose);
-            self.pending = Some(Pending {
-                rose,
-                level,
-                victims: Vec::new(),
-                lines: 0,
-                group: self.group_kill_possible(),
-                first_seen: SystemTime::now(),
-                deadline: Instant::now() + self.opts.victim_grace,
-            });
-        }
-        let logged_level = kills
-            .iter()
-            .find_map(|k| k.oom_memcg.as_deref())
-            .map(|m| self.level_from_log(m));
-        if let Some(p) = &mut self.pending {
-            if let Some(l) = logged_level {
-                p.level = l;
-            }
-            for k in kills {
-                p.lines += 1;
-                if !p.victims.iter().any(|v| v.pid == k.pid) {
-                    p.victims.push(k);
-                }
-            }
-        }
-    }
-
-    fn take_report(&mut self) -> Option<OomReport> {
-        let p = self.pending.take()?;
-        let expected = p.rose.oom_kill.unwrap_or(0);
-        let victims_status = match self.log.access() {
-            KernelLogAccess::Readable if p.lines >= expected => VictimsStatus::Complete,
-            KernelLogAccess::Readable => VictimsStatus::Incomplete {
-                missing: expected - p.lines,
-            },
-            KernelLogAccess::Off => VictimsStatus::NotRead,
-            KernelLogAccess::Unavailable(why) => VictimsStatus::Unavailable(why.clone()),
-        };
-        Some(OomReport {
-            cgroup: self.container.hierarchy_path().to_path_buf(),
-            level: p.level,
-            rose: p.rose,
-            victims: p.victims,
-            victims_status,
-            first_seen: p.first_seen,
-            reported: SystemTime::now(),
-        })
-    }
-
-    fn final_report(&mut self) -> FinalReport {
-        self.finished = true;
-        let last = *self.hier.last();
-        FinalReport {
-            cgroup: self.container.hierarchy_path().to_path_buf(),
-            counters: if self.gone {
-                match self.parent.as_ref().and_then(|p| p.derive(&self.start)) {
-                    Some(events) => FinalCounters::Derived {
-                        events,
-                        since_start: events.delta_since(&self.start),
-                        from: self
-                            .parent
-                            .as_ref()
-                            .map(|p| p.cg.hierarchy_path().to_path_buf())
-                            .unwrap_or_default(),
-                        last_seen: last,
-                    },
-                    None => FinalCounters::Gone { last_seen: last },
-                }
-            } else {
-                FinalCounters::Read {
-                    events: last,
-                    since_start: last.delta_since(&self.start),
-                }
-            },
-            at: SystemTime::now(),
-        }
     }
 
     #[cfg(test)]

@@ -133,9 +133,10 @@ impl ProcDir {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| match e {
-            Errno::NOENT | Errno::SRCH => Error::ProcessGone { pid },
-            e => Error::io(format!("/proc/{pid}"), Op::Open, io_err(e)),
+        .map_err(|e| {
+            fs::proc_errno(Some(pid), e, |e| {
+                Error::io(format!("/proc/{pid}"), Op::Open, io_err(e))
+            })
         })?;
         Ok(ProcDir { fd, pid: Some(pid) })
     }
@@ -169,10 +170,9 @@ impl ProcDir {
     }
 
     fn err(&self, name: &CStr, op: Op, e: Errno) -> Error {
-        match (e, self.pid) {
-            (Errno::NOENT | Errno::SRCH, Some(pid)) => Error::ProcessGone { pid },
-            (e, pid) => Error::io(proc_path(pid, name), op, io_err(e)),
-        }
+        fs::proc_errno(self.pid, e, |e| {
+            Error::io(proc_path(self.pid, name), op, io_err(e))
+        })
     }
 
     fn parse_err(&self, name: &CStr, source: ParseError) -> Error {
@@ -271,13 +271,12 @@ impl ProcDir {
         }
         b[n..n + d.len()].copy_from_slice(d);
         let data = &b[..n + d.len()];
-        let wrap = |e: Errno| match (e, self.pid) {
-            (Errno::NOENT | Errno::SRCH, Some(pid)) => Error::ProcessGone { pid },
-            (e, pid) => Error::Write {
-                path: proc_path(pid, name),
+        let wrap = |e: Errno| {
+            fs::proc_errno(self.pid, e, |e| Error::Write {
+                path: proc_path(self.pid, name),
                 data: String::from_utf8_lossy(data).into_owned(),
                 source: io_err(e),
-            },
+            })
         };
         let fd = rustix::fs::openat(
             &self.fd,
