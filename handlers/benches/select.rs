@@ -258,7 +258,10 @@ impl Act for MemHost {
     }
 
     fn kill_cgroup(&mut self, id: CgroupId) -> oomkit::Result<Victim> {
-        Ok(Victim::Cgroup { cgroup: id })
+        Ok(Victim::Cgroup {
+            cgroup: id,
+            spared: 0,
+        })
     }
 
     fn set_high(&mut self, _id: CgroupId, _limit: Limit) -> oomkit::Result<()> {

@@ -7,7 +7,9 @@
 //! get a moment — and, at their limit, a little memory — to write it.
 //!
 //! This handler wraps [`PriorityKill`] for the victim choice, and when the
-//! victim matches a configured cgroup glob or `comm` it prepends:
+//! victim's cgroup matches a configured glob and its `comm` a configured
+//! name (each only if configured; the cgroup narrows the name, because a
+//! process chooses its own `comm`) it prepends:
 //!
 //! 1. [`Action::RaiseMax`] on the victim's cgroup and its limited ancestors
 //!    up to the episode's scope: `memory.max` + `headroom`, for `raise_for`.
@@ -42,9 +44,10 @@ use crate::priority::{Choice, PriorityKill};
 pub struct HeapProfileConfig {
     /// The signal asking for a profile (`libc::SIGUSR2` by default).
     pub signal: i32,
-    /// Globs on the victim's cgroup hierarchy path.
+    /// Globs on the victim's cgroup hierarchy path (empty: any cgroup).
     pub cgroups: Vec<String>,
-    /// `comm` values (the kernel's 15-byte process name) of the victim.
+    /// `comm` values (the kernel's 15-byte process name) of the victim
+    /// (empty: any name); with `cgroups`, both must match.
     pub comms: Vec<String>,
     /// Extra `memory.max` given while it writes the profile, bytes (0: none).
     pub headroom_bytes: u64,
@@ -128,15 +131,18 @@ impl HeapProfile {
         &self.cfg
     }
 
+    /// Whether the victim is asked: its cgroup matches a glob (if any are
+    /// configured) AND its `comm` is listed (if any are). A process sets
+    /// its own `comm` (`prctl(PR_SET_NAME)`), so a name alone never lets a
+    /// process of another cgroup in; the cgroup, which the operator
+    /// placed it in, is what a tenant cannot forge.
     fn matches(&self, view: &View<'_>, choice: &Choice, comm: &str) -> bool {
-        if self.cfg.cgroups.is_empty() && self.cfg.comms.is_empty() {
-            return true;
-        }
-        if self.cfg.comms.iter().any(|c| c == comm) {
-            return true;
-        }
-        view.path(choice.cgroup)
-            .is_some_and(|p| self.set.is_match(p))
+        let cgroup_ok = self.cfg.cgroups.is_empty()
+            || view
+                .path(choice.cgroup)
+                .is_some_and(|p| self.set.is_match(p));
+        let comm_ok = self.cfg.comms.is_empty() || self.cfg.comms.iter().any(|c| c == comm);
+        cgroup_ok && comm_ok
     }
 
     /// Headroom that can be granted now, and records the grant.

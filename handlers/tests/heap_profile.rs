@@ -37,7 +37,7 @@ fn cfg() -> HeapProfileConfig {
     HeapProfileConfig {
         signal: libc::SIGUSR2,
         cgroups: vec!["/apps/*".into()],
-        comms: vec!["heap_victim".into()],
+        comms: vec!["web".into(), "heap_victim".into()],
         headroom_bytes: 64 * MIB,
         budget_bytes: 100 * MIB,
         raise_for: Duration::from_secs(5),
@@ -106,17 +106,33 @@ fn raise_then_capture_then_kill_then_restore() {
     );
 }
 
+/// Issue 10, defect 17 (third point): a process names itself (`comm` is
+/// set with `prctl(PR_SET_NAME)`), so a listed name outside the configured
+/// cgroups gets no headroom and no dump delay: it is simply killed.
 #[test]
-fn matches_by_comm_outside_the_globs() {
+fn a_listed_comm_outside_the_globs_is_just_killed() {
     let mut r = Rig::new(eager(), node, handler(cfg(), Granularity::Process));
-    // Without the larger `other`, the victim is `heap_victim`: its cgroup
-    // matches no glob, its comm does.
+    // Without the larger `other`, the victim is `heap_victim`: its comm is
+    // listed, its cgroup matches no glob.
     r.host().cg("/jobs/y").procs.clear();
     r.event("/jobs", urgent());
     r.run(Duration::from_secs(20));
-    let l = log(&mut r);
+    assert_eq!(log(&mut r), vec![("kill_process", 200, "/jobs/x".into())]);
+}
+
+/// With names only (no `cgroups`), the name decides (check-config warns).
+#[test]
+fn comms_alone_match_anywhere() {
+    let only_comms = HeapProfileConfig {
+        cgroups: Vec::new(),
+        ..cfg()
+    };
+    let mut r = Rig::new(eager(), node, handler(only_comms, Granularity::Process));
+    r.host().cg("/jobs/y").procs.clear();
+    r.event("/jobs", urgent());
+    r.run(Duration::from_secs(20));
     assert_eq!(
-        l,
+        log(&mut r),
         vec![
             ("signal", 200, "/jobs/x".into()),
             ("kill_process", 200, "/jobs/x".into()),

@@ -60,6 +60,10 @@ pub enum WorkloadKind {
     ForkStorm,
     /// Sleep until killed.
     Sleep,
+    /// Allocate `mib` MiB, then wait in D state (`wait_for_vfork_done`, uninterruptible but
+    /// killable) on a `CLONE_VFORK` child that freed its copy and never execs; the child
+    /// says `dstate` and sleeps.
+    DState { mib: u64 },
     /// Fork `children` processes, each allocating `mib` MiB and holding it.
     ForkAlloc { children: u32, mib: u64 },
     /// Grow in `step_mib` steps at about `mib_per_s`, up to `cap_mib` (0: until killed), then
@@ -143,6 +147,7 @@ impl WorkloadKind {
             ],
             WorkloadKind::ForkStorm => vec!["forkstorm".into()],
             WorkloadKind::Sleep => vec!["sleep".into()],
+            WorkloadKind::DState { mib } => vec!["dstate".into(), mib.to_string()],
             WorkloadKind::ForkAlloc { children, mib } => {
                 vec!["forkalloc".into(), children.to_string(), mib.to_string()]
             }
@@ -461,6 +466,7 @@ fn run(args: &[String]) -> Result<(), Fail> {
         ("burst", [mib, hold, pause]) => burst(mib.parse()?, hold.parse()?, pause.parse()?),
         ("forkstorm", []) => forkstorm(),
         ("sleep", []) => sleep_forever(),
+        ("dstate", [mib]) => dstate(mib.parse()?),
         ("forkalloc", [n, mib]) => forkalloc(n.parse()?, mib.parse()?),
         ("latency", [period, kib, duration]) => {
             latency(period.parse()?, kib.parse()?, duration.parse()?)
@@ -743,6 +749,45 @@ fn latency(period_ms: u64, kib: u64, duration_ms: u64) -> Result<(), Fail> {
         at(0.99),
         samples.last().copied().unwrap_or(0)
     ));
+    sleep_forever()
+}
+
+fn dstate(mib: u64) -> Result<(), Fail> {
+    let mut held = Vec::new();
+    touch(mib, &mut held);
+    // clone(CLONE_VFORK) without CLONE_VM: the child gets a copy-on-write copy (as with fork),
+    // and this process waits in `wait_for_vfork_done` — state D, killable — until the child
+    // execs or exits, which it never does.
+    // SAFETY: a raw clone without CLONE_VM and without a new stack behaves as fork; this
+    // process is single-threaded (the workload never spawns threads), so the child may run
+    // arbitrary code.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::CLONE_VFORK | libc::SIGCHLD,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Err(Fail(format!(
+            "clone(CLONE_VFORK): {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    if pid == 0 {
+        // The child: give back its copy of the memory (so the parent is the largest), say so
+        // and sleep; the parent stays in D state meanwhile.
+        drop(held);
+        say(&format!("dstate {}", std::process::id()));
+        let _ = sleep_forever();
+        std::process::exit(0);
+    }
+    // Released only when the child dies.
+    std::hint::black_box(&held);
+    say("released");
     sleep_forever()
 }
 

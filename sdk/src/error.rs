@@ -144,6 +144,8 @@ pub enum Op {
     ReadDir,
     /// Extended attribute read.
     GetXattr,
+    /// Extended attribute write or removal.
+    SetXattr,
     /// `stat`/`statx`.
     Stat,
     /// `epoll_ctl` registration or `poll` on the file.
@@ -158,6 +160,7 @@ impl fmt::Display for Op {
             Op::Write => "write",
             Op::ReadDir => "reading directory",
             Op::GetXattr => "reading xattr",
+            Op::SetXattr => "writing xattr",
             Op::Stat => "stat",
             Op::Watch => "watch",
         })

@@ -362,3 +362,42 @@ fn real_scan_and_member_kill() {
     kill::kill_cgroup(&r.cg, &Default::default()).unwrap();
     sh.wait().unwrap();
 }
+
+/// Issue 10, defect 8: `cgroup.kill` takes every process, but the kernel's
+/// own group OOM kill spares `oom_score_adj -1000`; so a group listing such
+/// a process is never given to `cgroup.kill`, and the fallback does not
+/// signal it (here it is also not a member of the synthetic cgroup, so
+/// nothing is signalled at all; the VM test `adversarial_group_kill_spares_
+/// unkillable` kills the rest of a real group).
+#[test]
+fn synthetic_unkillable_member_is_never_given_to_cgroup_kill() {
+    let (d, cg) = synthetic("victim");
+    let leaf = d.path().join("victim");
+    write(&leaf, "cgroup.kill", "");
+    write(&leaf, "cgroup.events", "populated 1\nfrozen 0\n");
+    let mut a = sleeper();
+    let adj = format!("/proc/{}/oom_score_adj", a.id());
+    if std::fs::write(&adj, "-1000").is_err() {
+        a.kill().unwrap();
+        a.wait().unwrap();
+        skip::skip("lowering oom_score_adj to -1000 needs CAP_SYS_RESOURCE");
+        return;
+    }
+    write(&leaf, "cgroup.procs", &format!("{}\n", a.id()));
+    let opts = GroupKillOptions {
+        deadline: Duration::from_millis(200),
+        freeze_timeout: Duration::from_millis(20),
+        ..GroupKillOptions::default()
+    };
+    let out = kill::kill_cgroup(&cg, &opts).unwrap();
+    assert_eq!(out.path, GroupKillPath::FreezeAndSignal, "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(leaf.join("cgroup.kill")).unwrap(),
+        "",
+        "cgroup.kill not written"
+    );
+    assert_eq!(out.signalled, 0);
+    assert!(a.try_wait().unwrap().is_none(), "the -1000 process lives");
+    a.kill().unwrap();
+    a.wait().unwrap();
+}

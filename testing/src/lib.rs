@@ -3,8 +3,9 @@
 //! Cgroups are keyed by hierarchy path; `memory.current` of a cgroup is the
 //! sum of its processes' RSS, its own extra `current`, and its
 //! descendants'. Killed processes exit when the loop next asks (unless
-//! listed in [`FakeHost::stuck`]); every effect is appended to
-//! [`FakeHost::log`].
+//! listed in [`FakeHost::stuck`]); a group kill spares processes with
+//! `oom_score_adj -1000`, as the kernel host does; every effect is appended
+//! to [`FakeHost::log`].
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -62,6 +63,9 @@ pub struct FakeHost {
     pub kill_errno: Vec<(i32, rustix::io::Errno)>,
     /// PIDs a watchdog killed, reported to the loop one at a time.
     pub external_kills: Vec<i32>,
+    /// Raises of `memory.max` recorded on cgroups (`Act::mark_raised`):
+    /// `(old, raised)` by path; they outlive an engine, as the xattr does.
+    pub raised_marks: HashMap<PathBuf, (Limit, Limit)>,
 }
 
 /// A process sample with `rss_mib` MiB resident.
@@ -77,6 +81,11 @@ pub fn proc(pid: i32, rss_mib: u64) -> ProcSample {
         kernel_thread: false,
         comm,
     }
+}
+
+/// Whether a group kill spares `p` (`oom_score_adj -1000`).
+fn unkillable(p: &ProcSample) -> bool {
+    p.oom_score_adj <= -1000
 }
 
 impl Default for FakeHost {
@@ -101,6 +110,7 @@ impl FakeHost {
             not_member: Vec::new(),
             kill_errno: Vec::new(),
             external_kills: Vec::new(),
+            raised_marks: HashMap::new(),
         }
     }
     /// The cgroup at `path`, created if new.
@@ -217,6 +227,10 @@ impl Observe for FakeHost {
         self.external_kills.pop()
     }
 
+    fn raised_mark(&mut self, id: CgroupId) -> Option<(Limit, Limit)> {
+        self.raised_marks.get(self.path(id)).copied()
+    }
+
     fn child_dirs(&self, id: CgroupId) -> Option<usize> {
         let p = self.ids.get(&id)?;
         Some(
@@ -256,8 +270,23 @@ impl Act for FakeHost {
 
     fn kill_cgroup(&mut self, id: CgroupId) -> oomkit::Result<Victim> {
         let p = self.path(id).to_owned();
-        self.log.push(("kill_cgroup", 0, p));
-        let v = Victim::Cgroup { cgroup: id };
+        self.log.push(("kill_cgroup", 0, p.clone()));
+        // As the kernel host: processes with oom_score_adj -1000 are spared.
+        let (mut total, mut spared) = (0u32, 0u32);
+        for c in self.cgs.iter().filter(|(c, _)| c.starts_with(&p)) {
+            total += c.1.procs.len() as u32;
+            spared += c.1.procs.iter().filter(|x| unkillable(x)).count() as u32;
+        }
+        if spared > 0 && spared == total {
+            return Err(oomkit::Error::InvalidArgument {
+                what: "cgroup to kill",
+                reason: format!(
+                    "{} holds only processes with oom_score_adj -1000",
+                    p.display()
+                ),
+            });
+        }
+        let v = Victim::Cgroup { cgroup: id, spared };
         self.pending_exit.push(v);
         Ok(v)
     }
@@ -275,11 +304,11 @@ impl Act for FakeHost {
                 }
                 Ok(true)
             }
-            Victim::Cgroup { cgroup } => {
+            Victim::Cgroup { cgroup, .. } => {
                 let p = self.path(cgroup).to_owned();
                 for (path, c) in self.cgs.iter_mut() {
                     if path.starts_with(&p) {
-                        c.procs.clear();
+                        c.procs.retain(unkillable);
                         c.current = 0;
                     }
                 }
@@ -311,6 +340,17 @@ impl Act for FakeHost {
         ));
         self.cg(p.to_str().unwrap_or("/")).max = Some(limit);
         Ok(())
+    }
+
+    fn mark_raised(&mut self, id: CgroupId, old: Limit, raised: Limit) -> oomkit::Result<()> {
+        let p = self.path(id).to_owned();
+        self.raised_marks.insert(p, (old, raised));
+        Ok(())
+    }
+
+    fn clear_raised(&mut self, id: CgroupId) {
+        let p = self.path(id).to_owned();
+        self.raised_marks.remove(&p);
     }
 
     fn set_frozen(&mut self, id: CgroupId, frozen: bool) -> oomkit::Result<()> {

@@ -390,6 +390,20 @@ fn protection_rules_refuse_forbidden_targets() {
             },
         ),
         (
+            "freeze an ancestor of own cgroup",
+            Action::Freeze {
+                cgroup: probe.id("/system"),
+                frozen: true,
+            },
+        ),
+        (
+            "throttle an ancestor of own cgroup",
+            Action::SetHigh {
+                cgroup: probe.id("/system"),
+                limit: Limit::Bytes(1 << 20),
+            },
+        ),
+        (
             "unlimited max",
             Action::RaiseMax {
                 cgroup: probe.id("/batch"),
@@ -1139,4 +1153,211 @@ fn tables_grow_past_their_initial_room() {
     let kills = r.host().kills();
     assert_eq!(kills.len(), 1, "{kills:?}");
     assert_eq!(kills[0].1, 1000 + n as i32 - 1, "{kills:?}");
+}
+
+/// Kills the largest cgroup holding processes that is not excluded.
+struct LargestGroup;
+
+impl Handler for LargestGroup {
+    fn name(&self) -> &'static str {
+        "largest-group"
+    }
+    fn decide(&mut self, view: &mut View<'_>, plan: &mut Plan) {
+        let ids: Vec<CgroupId> = view.cgroups().to_vec();
+        let mut best: Option<(u64, CgroupId)> = None;
+        for id in ids {
+            let busy = view.processes(id).is_ok_and(|p| !p.is_empty());
+            if !busy
+                || view.excluded().has_cgroup(id)
+                || view.class(id).is_some_and(|c| c.protected)
+            {
+                continue;
+            }
+            let used = view.stats(id).and_then(|s| s.current).unwrap_or(0);
+            if best.is_none_or(|(u, _)| used > u) {
+                best = Some((used, id));
+            }
+        }
+        let best = best.map(|(_, id)| id);
+        if let Some(cgroup) = best {
+            let _ = plan.push(Action::KillCgroup { cgroup }, Duration::ZERO);
+            plan.set_reason("largest group");
+        }
+    }
+}
+
+/// A process with `oom_score_adj -1000`.
+fn unkillable(pid: i32, rss_mib: u64) -> ProcSample {
+    let mut p = proc(pid, rss_mib);
+    p.oom_score_adj = -1000;
+    p
+}
+
+/// Issue 10, defect 8: a group kill spares processes with
+/// `oom_score_adj -1000` as the kernel's own group kill does (the host
+/// kills member by member, skipping them): the episode ends once the rest
+/// have exited, without escalating, and the incident says how many were
+/// spared. A group holding only such processes is passed over for the
+/// next candidate.
+#[test]
+fn group_kills_spare_unkillable_processes_and_say_so() {
+    let mut r = Rig::new(
+        EngineConfig::default(),
+        |h| {
+            h.cg("/batch").procs = vec![proc(100, 300), unkillable(101, 50)];
+            h.cg("/svc").procs = vec![proc(200, 100)];
+        },
+        Box::new(LargestGroup),
+    );
+    r.event("/", ev(0, 1, 1));
+    let eps = r.run(Duration::from_secs(10));
+    assert_eq!(eps.len(), 1, "{eps:?}");
+    assert_eq!(eps[0].outcome, Some(Outcome::Acted), "{eps:?}");
+    assert_eq!(eps[0].escalations, 0, "{eps:?}");
+    let batch = r.id("/batch");
+    let v: Vec<Victim> = eps[0].victims.iter().flatten().map(|v| v.victim).collect();
+    assert_eq!(
+        v,
+        vec![Victim::Cgroup {
+            cgroup: batch,
+            spared: 1
+        }]
+    );
+    let pids: Vec<i32> = r.host().cg("/batch").procs.iter().map(|p| p.pid).collect();
+    assert_eq!(pids, vec![101], "the -1000 process survives, the rest died");
+    let inc = oomkit::engine::incident::Incident::from_episode(
+        &eps[0],
+        r.engine.tree(),
+        "largest-group",
+        false,
+    );
+    assert_eq!(inc.victims.len(), 1);
+    assert_eq!(inc.victims[0].kind, "cgroup");
+    assert_eq!(inc.victims[0].spared, 1, "{inc:?}");
+
+    // Only -1000 processes in the largest group: it is passed over.
+    let mut r = Rig::new(
+        EngineConfig::default(),
+        |h| {
+            h.cg("/batch").procs = vec![unkillable(100, 300)];
+            h.cg("/svc").procs = vec![proc(200, 100)];
+        },
+        Box::new(LargestGroup),
+    );
+    r.event("/", ev(0, 1, 1));
+    let eps = r.run(Duration::from_secs(10));
+    assert_eq!(eps.len(), 1, "{eps:?}");
+    assert_eq!(eps[0].outcome, Some(Outcome::Acted), "{eps:?}");
+    assert_eq!(eps[0].passed_over, 1, "{eps:?}");
+    let svc = r.id("/svc");
+    let v: Vec<Victim> = eps[0].victims.iter().flatten().map(|v| v.victim).collect();
+    assert_eq!(
+        v,
+        vec![Victim::Cgroup {
+            cgroup: svc,
+            spared: 0
+        }]
+    );
+    assert_eq!(r.host().cg("/batch").procs.len(), 1, "never killed");
+}
+
+/// Raises `memory.max` of the scope to 600 MiB for 10 s, then waits on a
+/// diagnostics step (a heap dump).
+struct RaiseForDump;
+
+impl Handler for RaiseForDump {
+    fn name(&self) -> &'static str {
+        "raise-for-dump"
+    }
+    fn decide(&mut self, view: &mut View<'_>, plan: &mut Plan) {
+        let Some(cg) = view.scope() else { return };
+        let _ = plan.push(
+            Action::RaiseMax {
+                cgroup: cg,
+                limit: 600 << 20,
+                duration: Duration::from_secs(10),
+            },
+            Duration::ZERO,
+        );
+        let _ = plan.push(
+            Action::CaptureDiagnostics {
+                cgroup: cg,
+                pid: 100,
+                signal: 12,
+            },
+            Duration::from_millis(500),
+        );
+    }
+}
+
+/// Issue 10, defect 17 (second point): a raise is recorded on the cgroup
+/// before it is written, the record goes when the limit is restored, and a
+/// record a dead run left behind makes the next run restore the limit when
+/// it attaches the cgroup (only if the file still holds the raised value).
+#[test]
+fn a_limit_raised_before_a_restart_is_restored_at_start() {
+    let mut host = FakeHost::new();
+    two_jobs(&mut host);
+    host.cg("/batch").max = Some(Limit::Bytes(360 << 20));
+    let cfg = EngineConfig {
+        recheck: false,
+        ..EngineConfig::default()
+    };
+    let mut e = Engine::new(cfg.clone(), host, Box::new(RaiseForDump), Path::new("/")).unwrap();
+    // A dump that takes its whole deadline, so the raise lasts a while.
+    let (hook, _seen) = recorder(Some(Duration::from_millis(500)), None);
+    e.add_prekill_hook(hook);
+    let batch = e.add_cgroup(Path::new("/batch")).unwrap();
+    let at = e.host().now();
+    e.on_event(
+        Trigger::MemoryEvents {
+            cgroup: batch,
+            delta: ev(0, 1, 1),
+        },
+        at,
+    );
+    assert_eq!(e.host_mut().cg("/batch").max, Some(Limit::Bytes(600 << 20)));
+    assert_eq!(
+        e.host().raised_marks.get(Path::new("/batch")),
+        Some(&(Limit::Bytes(360 << 20), Limit::Bytes(600 << 20))),
+        "the raise is recorded on the cgroup"
+    );
+    for _ in 0..800 {
+        e.host().advance(Duration::from_millis(20));
+        let at = e.host().now();
+        e.on_tick(at);
+    }
+    assert_eq!(e.host_mut().cg("/batch").max, Some(Limit::Bytes(360 << 20)));
+    assert!(e.host().raised_marks.is_empty(), "restored: record removed");
+
+    // What a run that died while two limits were raised leaves behind; an
+    // operator has since changed the second one.
+    let mut host = FakeHost::new();
+    two_jobs(&mut host);
+    host.cg("/batch").max = Some(Limit::Bytes(600 << 20));
+    host.cg("/svc").max = Some(Limit::Bytes(1 << 30));
+    host.raised_marks.insert(
+        PathBuf::from("/batch"),
+        (Limit::Bytes(360 << 20), Limit::Bytes(600 << 20)),
+    );
+    host.raised_marks
+        .insert(PathBuf::from("/svc"), (Limit::Max, Limit::Bytes(700 << 20)));
+    let mut e = Engine::new(cfg, host, Box::new(RaiseForDump), Path::new("/")).unwrap();
+    e.add_cgroup(Path::new("/batch")).unwrap();
+    e.add_cgroup(Path::new("/svc")).unwrap();
+    assert_eq!(
+        e.host_mut().cg("/batch").max,
+        Some(Limit::Bytes(360 << 20)),
+        "the raise of the dead run is restored"
+    );
+    assert_eq!(
+        e.host_mut().cg("/svc").max,
+        Some(Limit::Bytes(1 << 30)),
+        "a limit changed since stands"
+    );
+    assert!(
+        e.host().raised_marks.is_empty(),
+        "{:?}",
+        e.host().raised_marks
+    );
 }

@@ -17,7 +17,7 @@ use oomkit::cgroup::Limit;
 
 use crate::harness::{Ctx, Fail, Outcome, TestResult, write_file};
 use crate::scenario::{
-    BATCH_CAP, Daemon, DaemonOpts, MACHINE_HIGH, MACHINE_MAX, SERVICE, ended, parent_cgroup,
+    BATCH_CAP, Daemon, DaemonOpts, MACHINE_HIGH, MACHINE_MAX, SERVICE, ended, hier, parent_cgroup,
     set_trusted_xattr, vmstat_oom_kill,
 };
 use crate::workload::WorkloadKind;
@@ -289,4 +289,342 @@ pub fn churn_without_pressure(ctx: &mut Ctx) -> TestResult {
 
 fn daemon_incidents(ctx: &Ctx) -> PathBuf {
     crate::scenario::daemon_dir(ctx).join("incidents")
+}
+
+/// Issue 10, defect 8: a tenant job cgroup holds a process the operator
+/// exempted (`oom_score_adj -1000`) beside a hog, and the handler kills by
+/// cgroup. `cgroup.kill` would take both; oomkit kills the group member by
+/// member, sparing the exempted process as the kernel's own group kill
+/// does, and the incident says so (`victims[0].spared`). The service ranked
+/// above lives and the kernel OOM killer never fires.
+pub fn group_kill_spares_unkillable(ctx: &mut Ctx) -> TestResult {
+    let (machine_path, machine) = parent_cgroup(ctx, "machine")?;
+    machine.set_memory_max(Limit::Bytes(MACHINE_MAX * MIB))?;
+    machine.set_memory_high(Limit::Bytes(MACHINE_HIGH * MIB))?;
+    let (service_path, _) = ctx.cgroup("machine/service")?;
+    set_trusted_xattr(&service_path, "oomkit.priority", "50")?;
+    let (job, _) = ctx.cgroup("machine/job")?;
+    let body = "[engine]\nsample_interval_ms = 100\nkill_deadline_ms = 5000\ncooldown_ms = 250\n\n\
+                [signals]\nmemory_events = true\n\n[watchdog]\nenabled = true\n\n\
+                [handler]\nkind = \"priority-kill\"\ndefault_priority = 0\n\n\
+                [handler.priority_kill]\ngranularity = \"cgroup\"\n";
+    let mut daemon = Daemon::start(ctx, &machine_path, body, &DaemonOpts::default())?;
+    let vm_before = vmstat_oom_kill()?;
+    let mut service = ctx.spawn(
+        &service_path,
+        WorkloadKind::HogHold {
+            mib: SERVICE,
+            step_mib: 8,
+        },
+    )?;
+    service.wait_line("done", Duration::from_secs(30))?;
+    let mut exempt = ctx.spawn(&job, WorkloadKind::Sleep)?;
+    let adj = format!("/proc/{}/oom_score_adj", exempt.pid());
+    write_file(Path::new(&adj), "-1000")?;
+    let mut hog = ctx.spawn(
+        &job,
+        WorkloadKind::HogHold {
+            mib: BATCH_CAP,
+            step_mib: 2,
+        },
+    )?;
+    let inc = daemon.wait_incident("the incident of the kill", Duration::from_secs(60), |i| {
+        i["outcome"] == "acted"
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ended(&mut hog).is_none() {
+        if Instant::now() > deadline {
+            fail!("the hog did not die after the incident {inc}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ensure!(
+        ended(&mut hog).as_deref() == Some("SIGKILL"),
+        "the hog was not SIGKILLed: {inc}"
+    );
+    ensure!(
+        ended(&mut exempt).is_none(),
+        "the oom_score_adj -1000 process died: {inc}"
+    );
+    ensure!(
+        ended(&mut service).is_none(),
+        "the service (tier 50) died: {inc}"
+    );
+    ensure!(
+        inc["victims"][0]["kind"] == "cgroup" && inc["victims"][0]["spared"] == 1,
+        "the incident does not record a group kill sparing one process: {inc}"
+    );
+    ensure!(
+        vmstat_oom_kill()? == vm_before,
+        "the kernel OOM killer fired"
+    );
+    let stopped = daemon.stop()?;
+    ensure!(stopped["kills"] == 1, "daemon counters: {stopped}");
+    ensure!(
+        ended(&mut exempt).is_none(),
+        "the oom_score_adj -1000 process died after the episode"
+    );
+    Ok(Outcome::Pass(format!(
+        "group kill of {}: hog SIGKILLed, the -1000 process spared and recorded, service alive",
+        job.display()
+    )))
+}
+
+/// Issue 10, defect 6: a tenant creates more cgroups than the daemon's
+/// open-file limit can hold (each tracked cgroup holds fds). The daemon
+/// caps the tree below what the limit holds, with a warning, so the fds a
+/// decision and a kill need are still there: the job that grows is killed.
+/// (Before, the tree took every fd and `pidfd_open` failed with `EMFILE`.)
+pub fn fds_exhausted_by_cgroups(ctx: &mut Ctx) -> TestResult {
+    const NOFILE: u64 = 1024;
+    const FLOOD: usize = 600;
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let (machine_path, machine) = parent_cgroup(ctx, "machine")?;
+    machine.set_memory_max(Limit::Bytes(MACHINE_MAX * MIB))?;
+    machine.set_memory_high(Limit::Bytes(MACHINE_HIGH * MIB))?;
+    let (service_path, _) = ctx.cgroup("machine/service")?;
+    set_trusted_xattr(&service_path, "oomkit.priority", "50")?;
+    let (job, _) = ctx.cgroup("machine/job")?;
+    let flood = machine_path.join("flood");
+    mkdir(&flood)?;
+    write_file(&flood.join("cgroup.subtree_control"), "+memory +pids")?;
+    let body = "[engine]\nsample_interval_ms = 100\nkill_deadline_ms = 5000\ncooldown_ms = 250\n\
+                max_cgroups = 4096\n\n\
+                [signals]\nmemory_events = true\n\n[watchdog]\nenabled = true\n\n\
+                [handler]\nkind = \"priority-kill\"\ndefault_priority = 0\n\n\
+                [handler.priority_kill]\ngranularity = \"process\"\n";
+    // The daemon inherits a low open-file limit (soft = hard), ours is restored after.
+    let ours = getrlimit(Resource::Nofile);
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(NOFILE),
+            maximum: Some(NOFILE),
+        },
+    )
+    .map_err(|e| Fail(format!("setrlimit NOFILE {NOFILE}: {e}")))?;
+    let started = Daemon::start(ctx, &machine_path, body, &DaemonOpts::default());
+    setrlimit(Resource::Nofile, ours)
+        .map_err(|e| Fail(format!("restoring our open-file limit: {e}")))?;
+    let mut daemon = started?;
+    // The job is tracked; now the flood, more cgroups than the fds hold.
+    for i in 0..FLOOD {
+        mkdir(&flood.join(format!("c{i}")))?;
+    }
+    daemon.wait_log("the cap warning", Duration::from_secs(60), |l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("cgroup cap reached"))
+    })?;
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", daemon.pid())).map_or(0, Iterator::count);
+    ensure!(
+        (fds as u64) < NOFILE - 64,
+        "the daemon holds {fds} of {NOFILE} fds after the flood"
+    );
+    let vm_before = vmstat_oom_kill()?;
+    let mut service = ctx.spawn(
+        &service_path,
+        WorkloadKind::HogHold {
+            mib: SERVICE,
+            step_mib: 8,
+        },
+    )?;
+    service.wait_line("done", Duration::from_secs(30))?;
+    let mut hog = ctx.spawn(
+        &job,
+        WorkloadKind::HogHold {
+            mib: BATCH_CAP,
+            step_mib: 2,
+        },
+    )?;
+    let hog_pid = hog.pid();
+    let inc = daemon.wait_incident("the incident of the kill", Duration::from_secs(60), |i| {
+        i["outcome"] == "acted"
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ended(&mut hog).is_none() {
+        if Instant::now() > deadline {
+            fail!("the hog did not die after the incident {inc}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ensure!(
+        ended(&mut hog).as_deref() == Some("SIGKILL") && inc["victims"][0]["pid"] == hog_pid,
+        "the hog was not oomkit's victim: {inc}"
+    );
+    ensure!(
+        ended(&mut service).is_none(),
+        "the service (tier 50) died: {inc}"
+    );
+    ensure!(
+        vmstat_oom_kill()? == vm_before,
+        "the kernel OOM killer fired"
+    );
+    let stopped = daemon.stop()?;
+    ensure!(stopped["kills"] == 1, "daemon counters: {stopped}");
+    for i in 0..FLOOD {
+        let _ = std::fs::remove_dir(flood.join(format!("c{i}")));
+    }
+    Ok(Outcome::Pass(format!(
+        "{FLOOD} cgroups against an open-file limit of {NOFILE}: the daemon held {fds} fds, \
+         the hog was killed, the service lives"
+    )))
+}
+
+/// The state letter of `/proc/PID/stat` (after the parenthesised comm).
+fn proc_state(pid: i32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Issue 10, standing defences: the tenant's largest process sits in D state
+/// (waiting in `wait_for_vfork_done` on a child that never execs) when the
+/// machine runs short. oomkit's SIGKILL reaches it (the wait is killable), so
+/// it dies within the kill deadline; the service ranked above lives, a
+/// protected process lives, and the kernel OOM killer never fires.
+pub fn d_state_victim(ctx: &mut Ctx) -> TestResult {
+    let (machine_path, machine) = parent_cgroup(ctx, "machine")?;
+    machine.set_memory_max(Limit::Bytes(MACHINE_MAX * MIB))?;
+    machine.set_memory_high(Limit::Bytes(MACHINE_HIGH * MIB))?;
+    let (service_path, _) = ctx.cgroup("machine/service")?;
+    set_trusted_xattr(&service_path, "oomkit.priority", "50")?;
+    let (vital_path, _) = ctx.cgroup("machine/vital")?;
+    let (job, _) = ctx.cgroup("machine/tenant")?;
+    let body = format!(
+        "[engine]\nsample_interval_ms = 100\nkill_deadline_ms = 3000\ncooldown_ms = 250\n\n\
+         [signals]\nmemory_events = true\n\n[watchdog]\nenabled = true\n\n\
+         [handler]\nkind = \"priority-kill\"\ndefault_priority = 0\n\n\
+         [[handler.rules]]\nglob = \"{}\"\nprotected = true\n\n\
+         [handler.priority_kill]\ngranularity = \"process\"\n",
+        hier(&vital_path)
+    );
+    let mut daemon = Daemon::start(ctx, &machine_path, &body, &DaemonOpts::default())?;
+    let mut vital = ctx.spawn(&vital_path, WorkloadKind::Sleep)?;
+    // 40 MiB, then D state; the machine is not short yet (40 < 80 MiB).
+    let mut stuck = ctx.spawn(&job, WorkloadKind::DState { mib: 40 })?;
+    let stuck_pid = stuck.pid();
+    stuck.wait_line("dstate", Duration::from_secs(30))?;
+    crate::harness::wait_for(
+        "the tenant's process to be in D state",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || Ok((proc_state(stuck_pid) == Some('D')).then_some(())),
+    )?;
+    let vm_before = vmstat_oom_kill()?;
+    // Now the service grows past memory.high.
+    let mut service = ctx.spawn(
+        &service_path,
+        WorkloadKind::HogHold {
+            mib: SERVICE,
+            step_mib: 8,
+        },
+    )?;
+    let inc = daemon.wait_incident("the incident of the kill", Duration::from_secs(60), |i| {
+        i["outcome"] == "acted"
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ended(&mut stuck).is_none() {
+        if Instant::now() > deadline {
+            fail!(
+                "the D-state process (state {:?}) outlived the kill by 10 s: {inc}",
+                proc_state(stuck_pid)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ensure!(
+        ended(&mut stuck).as_deref() == Some("SIGKILL") && inc["victims"][0]["pid"] == stuck_pid,
+        "the D-state process was not oomkit's victim: {inc}"
+    );
+    service.wait_line("done", Duration::from_secs(30))?;
+    ensure!(
+        ended(&mut service).is_none(),
+        "the service (tier 50) died: {inc}"
+    );
+    ensure!(ended(&mut vital).is_none(), "the protected process died");
+    ensure!(
+        vmstat_oom_kill()? == vm_before,
+        "the kernel OOM killer fired"
+    );
+    let escalations = inc["escalations"].clone();
+    let stopped = daemon.stop()?;
+    Ok(Outcome::Pass(format!(
+        "D-state victim SIGKILLed (escalations {escalations}), service and protected process alive; daemon: {stopped}"
+    )))
+}
+
+/// Issue 10, standing defences: a tenant's process names itself like a
+/// protected one (`sshd`: the workload sets its `comm` with
+/// `prctl(PR_SET_NAME)` to its cgroup's name). Protection goes by cgroup,
+/// never by name: the spoofer is killed, the real `sshd` lives.
+pub fn comm_spoof(ctx: &mut Ctx) -> TestResult {
+    let (machine_path, machine) = parent_cgroup(ctx, "machine")?;
+    machine.set_memory_max(Limit::Bytes(MACHINE_MAX * MIB))?;
+    machine.set_memory_high(Limit::Bytes(MACHINE_HIGH * MIB))?;
+    let (sshd_path, _) = ctx.cgroup("machine/sshd")?;
+    let (tenant, _) = ctx.cgroup("machine/tenant")?;
+    let spoof_path = tenant.join("sshd");
+    mkdir(&spoof_path)?;
+    let body = format!(
+        "[engine]\nsample_interval_ms = 100\nkill_deadline_ms = 5000\ncooldown_ms = 250\n\n\
+         [signals]\nmemory_events = true\n\n[watchdog]\nenabled = true\n\n\
+         [handler]\nkind = \"priority-kill\"\ndefault_priority = 0\n\n\
+         [[handler.rules]]\nglob = \"{}\"\nprotected = true\n\n\
+         [handler.priority_kill]\ngranularity = \"process\"\n",
+        hier(&sshd_path)
+    );
+    let mut daemon = Daemon::start(ctx, &machine_path, &body, &DaemonOpts::default())?;
+    let vm_before = vmstat_oom_kill()?;
+    // The real sshd is the largest process, so only its protection saves it.
+    let mut sshd = ctx.spawn(
+        &sshd_path,
+        WorkloadKind::HogHold {
+            mib: SERVICE,
+            step_mib: 8,
+        },
+    )?;
+    sshd.wait_line("done", Duration::from_secs(30))?;
+    let mut spoofer = ctx.spawn(
+        &spoof_path,
+        WorkloadKind::HogHold {
+            mib: BATCH_CAP,
+            step_mib: 2,
+        },
+    )?;
+    let spoofer_pid = spoofer.pid();
+    let comm = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim_end().to_string())
+    };
+    ensure!(
+        comm(spoofer_pid).ok().as_deref() == Some("sshd")
+            && comm(sshd.pid()).ok().as_deref() == Some("sshd"),
+        "both processes should be named sshd: {:?} {:?}",
+        comm(spoofer_pid),
+        comm(sshd.pid())
+    );
+    let inc = daemon.wait_incident("the incident of the kill", Duration::from_secs(60), |i| {
+        i["outcome"] == "acted"
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ended(&mut spoofer).is_none() && ended(&mut sshd).is_none() {
+        if Instant::now() > deadline {
+            fail!("nobody died after the incident {inc}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ensure!(ended(&mut sshd).is_none(), "the protected sshd died: {inc}");
+    ensure!(
+        ended(&mut spoofer).as_deref() == Some("SIGKILL")
+            && inc["victims"][0]["pid"] == spoofer_pid,
+        "the spoofer was not oomkit's victim: {inc}"
+    );
+    ensure!(
+        vmstat_oom_kill()? == vm_before,
+        "the kernel OOM killer fired"
+    );
+    let stopped = daemon.stop()?;
+    ensure!(stopped["kills"] == 1, "daemon counters: {stopped}");
+    Ok(Outcome::Pass(
+        "a tenant process named sshd was killed, the protected sshd (larger) lives".into(),
+    ))
 }

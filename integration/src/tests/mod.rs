@@ -141,6 +141,22 @@ pub fn all() -> Vec<TestCase> {
             adversarial::self_set_user_xattrs,
         ),
         case(
+            "adversarial_group_kill_spares_unkillable",
+            120,
+            adversarial::group_kill_spares_unkillable,
+        ),
+        case(
+            "adversarial_fds_exhausted_by_cgroups",
+            180,
+            adversarial::fds_exhausted_by_cgroups,
+        ),
+        case(
+            "adversarial_d_state_victim",
+            120,
+            adversarial::d_state_victim,
+        ),
+        case("adversarial_comm_spoof", 120, adversarial::comm_spoof),
+        case(
             "adversarial_churn_without_pressure",
             300,
             adversarial::churn_without_pressure,

@@ -211,6 +211,31 @@ impl Cgroup {
         }
     }
 
+    /// Sets an extended attribute of the cgroup directory
+    /// ([`fsetxattr(2)`](https://man7.org/linux/man-pages/man2/fsetxattr.2.html));
+    /// `trusted.*` needs `CAP_SYS_ADMIN`.
+    pub fn set_xattr(&self, name: &str, value: &[u8]) -> Result<()> {
+        let c = to_cstring(&self.path, OsStr::new(name))?;
+        rustix::fs::fsetxattr(
+            &self.dir,
+            c.as_c_str(),
+            value,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .map_err(|e| self.map_err_path(&self.path, Op::SetXattr, e))
+    }
+
+    /// Removes an extended attribute of the cgroup directory
+    /// ([`fremovexattr(2)`](https://man7.org/linux/man-pages/man2/fremovexattr.2.html));
+    /// one that is not set is no error.
+    pub fn remove_xattr(&self, name: &str) -> Result<()> {
+        let c = to_cstring(&self.path, OsStr::new(name))?;
+        match rustix::fs::fremovexattr(&self.dir, c.as_c_str()) {
+            Ok(()) | Err(Errno::NODATA) => Ok(()),
+            Err(e) => Err(self.map_err_path(&self.path, Op::SetXattr, e)),
+        }
+    }
+
     /// Reads an extended attribute of the cgroup directory (`trusted.*` or
     /// `user.*`), `None` if it is not set.
     pub fn xattr(&self, name: &str) -> Result<Option<Vec<u8>>> {

@@ -194,6 +194,16 @@ impl<H: Host> Engine<H> {
         wait: &mut Option<Wait>,
     ) -> Result<()> {
         let victim = r?;
+        if let Victim::Cgroup { cgroup, spared } = victim {
+            if spared > 0 {
+                tracing::warn!(
+                    episode = self.episode.id,
+                    cgroup = %self.tree.path(cgroup).map(Path::display).map(|d| d.to_string()).unwrap_or_default(),
+                    spared,
+                    "group kill spared processes with oom_score_adj -1000 (killed member by member)"
+                );
+            }
+        }
         let sent = self.host.now();
         self.stats.kills += 1;
         self.episode.timings.signal_sent.get_or_insert(sent);
@@ -319,7 +329,7 @@ impl<H: Host> Engine<H> {
             self.episode.mark_escalated(victim);
             match victim {
                 Victim::Process { pid, .. } => self.excluded.add_pid(pid),
-                Victim::Cgroup { cgroup } => self.excluded.add_cgroup(cgroup),
+                Victim::Cgroup { cgroup, .. } => self.excluded.add_cgroup(cgroup),
             }
             self.host.release_victim(&victim);
             self.stats.escalations += 1;

@@ -67,6 +67,7 @@ impl<H: Host> Engine<H> {
         };
         let class = classify(&mut *self.handler, &mut self.tree, id, x);
         self.snap.reserve_for(self.tree.len(), id.index());
+        self.recover_raise(id);
         tracing::debug!(cgroup = %path.display(), priority = class.priority, protected = class.protected, "cgroup added");
         Ok(id)
     }

@@ -42,6 +42,12 @@ pub enum Victim {
     Cgroup {
         /// The cgroup.
         cgroup: CgroupId,
+        /// Processes with `oom_score_adj -1000` the kill left alive: the
+        /// group was killed member by member, skipping them, as the
+        /// kernel's own group OOM kill does, instead of with `cgroup.kill`.
+        /// 0 when the whole group was killed. The victim has exited once
+        /// only these are left.
+        spared: u32,
     },
 }
 
@@ -49,7 +55,7 @@ impl Victim {
     /// The victim's cgroup.
     pub fn cgroup(&self) -> CgroupId {
         match *self {
-            Victim::Process { cgroup, .. } | Victim::Cgroup { cgroup } => cgroup,
+            Victim::Process { cgroup, .. } | Victim::Cgroup { cgroup, .. } => cgroup,
         }
     }
 }
@@ -123,6 +129,13 @@ pub trait Observe {
     fn child_dirs(&self, _id: CgroupId) -> Option<usize> {
         None
     }
+
+    /// The record [`Act::mark_raised`] left on `id` — `(old, raised)` — if
+    /// any: a raise a previous run did not restore (it died). By default none.
+    fn raised_mark(&mut self, id: CgroupId) -> Option<(Limit, Limit)> {
+        let _ = id;
+        None
+    }
 }
 
 /// Refuses an acting method a host does not implement.
@@ -143,7 +156,9 @@ pub trait Act {
         Err(cannot("kill_process"))
     }
 
-    /// Kills every process in the cgroup and its descendants.
+    /// Kills every process in the cgroup and its descendants, except those
+    /// with `oom_score_adj -1000` (counted in [`Victim::Cgroup`]'s
+    /// `spared`). A group holding nothing else signals nothing: an error.
     fn kill_cgroup(&mut self, id: CgroupId) -> Result<Victim> {
         let _ = id;
         Err(cannot("kill_cgroup"))
@@ -177,6 +192,20 @@ pub trait Act {
     fn set_max(&mut self, id: CgroupId, limit: Limit) -> Result<()> {
         let _ = (id, limit);
         Err(cannot("set_max"))
+    }
+
+    /// Records on the cgroup, where only a privileged process can write and
+    /// where it outlives this process, that its `memory.max` is being raised
+    /// from `old` to `raised`, so the next run restores it if this one dies
+    /// first. By default nothing is recorded.
+    fn mark_raised(&mut self, id: CgroupId, old: Limit, raised: Limit) -> Result<()> {
+        let _ = (id, old, raised);
+        Ok(())
+    }
+
+    /// Removes the record of [`Act::mark_raised`]. By default nothing.
+    fn clear_raised(&mut self, id: CgroupId) {
+        let _ = id;
     }
 
     /// Writes `cgroup.freeze`.

@@ -24,6 +24,10 @@ use super::types::{CgroupId, CgroupStats, ProcSample, SystemStats, XattrInfo};
 
 const VICTIM_SLOTS: usize = 8;
 
+/// Where a raised `memory.max` is recorded (`old raised`) until restored:
+/// on the cgroup, in a namespace only a privileged process can write.
+const RAISED_XATTR: &str = "trusted.oomkit.raised";
+
 /// Which optional files a cgroup has, learnt once at attach: the mount root
 /// lacks `memory.current` and the limits, old kernels lack others. Skipping
 /// them keeps the hot path free of the (allocating) `Unsupported` errors.
@@ -91,6 +95,8 @@ pub struct KernelHost {
     root_owner: Option<u32>,
     has_cgroup_kill: Option<bool>,
     mrelease: bool,
+    /// Placeholder fds closed just before a kill's opens (see `kill::reserve`).
+    fd_reserve: kill::FdReserve,
     watchdog: Option<Arc<super::watchdog::Shared>>,
 }
 
@@ -150,6 +156,7 @@ impl KernelHost {
                 .ok()
                 .and_then(|m| m.swap_total)
                 .is_none_or(|t| t > 0),
+            fd_reserve: kill::FdReserve::new(kill::RESERVED_FDS),
             victims: Default::default(),
             scan: Vec::with_capacity(max_processes),
             stat: MemoryStat {
@@ -383,6 +390,14 @@ impl Observe for KernelHost {
         self.watchdog.as_ref()?.take_kill()
     }
 
+    fn raised_mark(&mut self, id: CgroupId) -> Option<(Limit, Limit)> {
+        let v = self.cg(id).ok()?.xattr(RAISED_XATTR).ok()??;
+        let s = std::str::from_utf8(&v).ok()?;
+        let (old, raised) = s.split_once(' ')?;
+        let parse = |t: &str| crate::cgroup::parse::limit(t.as_bytes()).ok();
+        Some((parse(old)?, parse(raised)?))
+    }
+
     fn child_dirs(&self, id: CgroupId) -> Option<usize> {
         self.cg(id).ok()?.children().ok().map(|c| c.len())
     }
@@ -399,6 +414,7 @@ impl Act for KernelHost {
     }
 
     fn kill_process(&mut self, id: CgroupId, pid: i32) -> Result<Victim> {
+        let _fds = self.fd_reserve.release();
         let slot = self.free_slot().ok_or(Error::TooManyVictims {
             limit: VICTIM_SLOTS,
         })?;
@@ -426,28 +442,52 @@ impl Act for KernelHost {
     }
 
     fn kill_cgroup(&mut self, id: CgroupId) -> Result<Victim> {
+        let _fds = self.fd_reserve.release();
         let cg = self.cg(id)?;
-        if self.has_cgroup_kill == Some(true) {
+        // `cgroup.kill` takes every process; the kernel's own group OOM kill
+        // spares `oom_score_adj -1000`, and so do we: a subtree holding one
+        // is killed member by member, skipping it. (Only a privileged
+        // process can lower a score to -1000, so a tenant cannot slip one in
+        // between this count and the write.)
+        let unkillable = kill::members(cg)?.unkillable;
+        if self.has_cgroup_kill == Some(true) && unkillable == 0 {
             // The fallback below checks this itself; `cgroup.kill` must too.
             kill::check_group_target(cg)?;
             // Non-blocking: the loop waits for `populated 0` itself.
             cg.write_kill()?;
-        } else {
-            // Before 5.14: freeze, pidfd-kill every member, thaw, repeat.
-            let out = kill::kill_cgroup(
-                cg,
-                &GroupKillOptions {
-                    use_cgroup_kill: false,
-                    mrelease: self.mrelease,
-                    deadline: Duration::from_secs(1),
-                    freeze_timeout: Duration::from_millis(100),
-                },
-            )?;
-            if let Some(e) = out.first_error {
-                tracing::warn!(error = %e, "group kill fallback met an error");
-            }
+            return Ok(Victim::Cgroup {
+                cgroup: id,
+                spared: 0,
+            });
         }
-        Ok(Victim::Cgroup { cgroup: id })
+        // Before 5.14, or sparing: freeze, pidfd-kill every member, thaw, repeat.
+        let out = kill::kill_cgroup(
+            cg,
+            &GroupKillOptions {
+                use_cgroup_kill: false,
+                mrelease: self.mrelease,
+                deadline: Duration::from_secs(1),
+                freeze_timeout: Duration::from_millis(100),
+                spare_unkillable: true,
+            },
+        )?;
+        if let Some(e) = out.first_error {
+            tracing::warn!(error = %e, "group kill fallback met an error");
+        }
+        if out.signalled == 0 && out.spared > 0 {
+            return Err(Error::InvalidArgument {
+                what: "cgroup to kill",
+                reason: format!(
+                    "{} holds only processes with oom_score_adj -1000 ({})",
+                    cg.hierarchy_path().display(),
+                    out.spared
+                ),
+            });
+        }
+        Ok(Victim::Cgroup {
+            cgroup: id,
+            spared: u32::try_from(out.spared).unwrap_or(u32::MAX),
+        })
     }
 
     fn victim_exited(&mut self, victim: &Victim) -> Result<bool> {
@@ -458,7 +498,16 @@ impl Act for KernelHost {
                     None => Ok(true),
                 }
             }
-            Victim::Cgroup { cgroup } => match self.cgroup(cgroup) {
+            // Only the spared processes may be left: done once nobody else is.
+            Victim::Cgroup { cgroup, spared } if spared > 0 => match self.cgroup(cgroup) {
+                Some(cg) => match kill::members(cg) {
+                    Ok(m) => Ok(m.total == m.unkillable),
+                    Err(e) if e.is_gone() => Ok(true),
+                    Err(e) => Err(e),
+                },
+                None => Ok(true),
+            },
+            Victim::Cgroup { cgroup, .. } => match self.cgroup(cgroup) {
                 Some(cg) => match cg.cgroup_events() {
                     Ok(e) => Ok(e.populated == Some(false)),
                     Err(e) if e.is_gone() => Ok(true),
@@ -500,11 +549,25 @@ impl Act for KernelHost {
         self.cg(id)?.set_frozen(frozen)
     }
 
+    fn mark_raised(&mut self, id: CgroupId, old: Limit, raised: Limit) -> Result<()> {
+        self.cg(id)?
+            .set_xattr(RAISED_XATTR, format!("{old} {raised}").as_bytes())
+    }
+
+    fn clear_raised(&mut self, id: CgroupId) {
+        if let Ok(cg) = self.cg(id) {
+            if let Err(e) = cg.remove_xattr(RAISED_XATTR) {
+                tracing::warn!(error = %e, "removing the record of a raised memory.max failed");
+            }
+        }
+    }
+
     fn signal(&mut self, id: CgroupId, pid: i32, signal: i32) -> Result<()> {
         let sig = Signal::from_raw(signal).ok_or_else(|| Error::InvalidArgument {
             what: "signal",
             reason: format!("{signal} is not a signal number"),
         })?;
+        let _fds = self.fd_reserve.release();
         let cg = self.cg(id)?;
         Pidfd::open_in(cg, pid)?.send_signal(sig)
     }

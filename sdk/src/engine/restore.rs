@@ -8,11 +8,16 @@
 //! The loop never removes `memory.max` (see `guard`); this module only ever
 //! writes back a value that was there before.
 //!
-//! If the daemon dies while a limit is raised, the raised value stays: the
-//! old one lived only in this process. The raise is bounded by the
-//! handler's `raise_for` and budget, and whoever manages the cgroup (the
-//! runtime, systemd's `MemoryMax=`) sets its limit again on its next
-//! update; oomkit does not guess at start which limits it raised before.
+//! If the daemon dies while a limit is raised, the next run puts it back:
+//! before writing the raise, the loop records `old raised` on the cgroup
+//! itself ([`Act::mark_raised`]: the `trusted.oomkit.raised` xattr, which
+//! only a process with `CAP_SYS_ADMIN` can write, so a tenant can neither
+//! forge nor remove it). Every cgroup the loop attaches is checked for that
+//! record: if `memory.max` still holds the raised value, the old one is
+//! written back; either way the record is removed. A restore in this run
+//! removes it too.
+//!
+//! [`Act::mark_raised`]: super::Act::mark_raised
 
 use std::time::Instant;
 
@@ -66,6 +71,7 @@ impl<H: Host> Engine<H> {
                 continue;
             }
             *slot = None;
+            self.host.clear_raised(r.cgroup);
             // Someone else (an operator, the runtime) may have set a limit
             // meanwhile: theirs stands.
             let mut st = CgroupStats::default();
@@ -97,7 +103,15 @@ impl<H: Host> Engine<H> {
         if old.bytes().is_some_and(|b| b >= limit) {
             return Ok(());
         }
-        self.host.set_max(cgroup, Limit::Bytes(limit))?;
+        // Recorded first: a death between the two leaves a record whose
+        // value the file does not hold, which the next run only removes.
+        if let Err(e) = self.host.mark_raised(cgroup, old, Limit::Bytes(limit)) {
+            tracing::warn!(error = %e, "recording the raise of memory.max failed; a restart will not restore it");
+        }
+        if let Err(e) = self.host.set_max(cgroup, Limit::Bytes(limit)) {
+            self.host.clear_raised(cgroup);
+            return Err(e);
+        }
         self.restores.remember(Restore {
             cgroup,
             limit: old,
@@ -105,5 +119,34 @@ impl<H: Host> Engine<H> {
             at: until,
         });
         Ok(())
+    }
+
+    /// A cgroup just attached: puts back a `memory.max` a previous run
+    /// raised and did not restore (it died), if the file still holds the
+    /// raised value, and removes the record either way.
+    pub(super) fn recover_raise(&mut self, cgroup: CgroupId) {
+        let Some((old, raised)) = self.host.raised_mark(cgroup) else {
+            return;
+        };
+        let mut st = CgroupStats::default();
+        match self.host.read_detail(cgroup, &mut st) {
+            Ok(()) if st.max == Some(raised) => match self.host.set_max(cgroup, old) {
+                Ok(()) => tracing::warn!(
+                    cgroup = %self.tree.path(cgroup).map(|p| p.display().to_string()).unwrap_or_default(),
+                    restored = %old,
+                    "memory.max raised by a previous run restored"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "restoring a memory.max raised by a previous run failed")
+                }
+            },
+            Ok(()) => {
+                tracing::info!("memory.max raised by a previous run was changed since; leaving it")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading memory.max raised by a previous run failed")
+            }
+        }
+        self.host.clear_raised(cgroup);
     }
 }

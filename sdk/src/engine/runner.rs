@@ -111,8 +111,16 @@ pub struct Runner {
     root_hier: PathBuf,
     /// How deep below the root cgroups are followed.
     depth: u32,
-    /// Cgroups left untracked because the tree is at `max_cgroups`.
+    /// Cgroups left untracked because the tree is at its cap.
     over_cap: HashSet<PathBuf>,
+    /// How many cgroups the open-file limit lets the tree hold while
+    /// leaving fds for decisions and kills (`kill::reserve`); the cap is
+    /// this or `max_cgroups`, whichever is lower.
+    fd_cap: usize,
+    /// When untracked cgroups are next compared with tracked ones (`over_cap`).
+    next_rebalance: Instant,
+    /// Where the next comparison starts among the untracked.
+    rebalance_cursor: usize,
     memory_events: bool,
     next_user: u64,
     dir_changes: Vec<(DirChange, PathBuf)>,
@@ -278,6 +286,11 @@ impl Runner {
             root_hier,
             depth: cfg.depth,
             over_cap: HashSet::new(),
+            // Directory and (budgeted) memory.current; memory.events.local is
+            // an inotify watch (an fd of its own only where the watch fails).
+            fd_cap: crate::kill::tracked_cap_now(usize::MAX, 2),
+            next_rebalance: Instant::now(),
+            rebalance_cursor: 0,
             memory_events: cfg.memory_events,
             next_user: USER_TOKEN_BASE,
             dir_changes: Vec::with_capacity(TURN_ROOM),
@@ -470,6 +483,7 @@ impl Runner {
         }
         // Off the hot path from here.
         self.apply_dir_changes();
+        self.rebalance_over_cap(Instant::now());
         self.warm_up_if_grown();
         while let Some(ep) = self.engine.take_finished() {
             self.record(&ep);
@@ -701,6 +715,9 @@ impl AsFd for Runner {
 
 #[path = "runner_tree.rs"]
 mod tree_follow;
+
+#[path = "over_cap.rs"]
+mod over_cap;
 
 #[cfg(test)]
 #[path = "runner_tests.rs"]

@@ -311,3 +311,41 @@ fn memory_events_come_through_one_inotify_fd() {
     });
     assert!(!runner.local.as_ref().unwrap().contains(a));
 }
+
+/// Issue 10, defect 6: at the cap, which cgroups are tracked goes by usage,
+/// not by who came first: an untracked cgroup that grows takes the place
+/// of the smallest tracked leaf (a tenant cannot hide a hog behind
+/// thousands of empty cgroups made first).
+#[test]
+fn at_the_cap_a_larger_untracked_cgroup_takes_a_smaller_ones_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    cgroup(root);
+    for i in 0..10 {
+        cgroup(&root.join(format!("c{i}")));
+    }
+    let fs = CgroupFs::from_dir_unchecked(root);
+    let mut cfg = config(root);
+    cfg.engine.max_cgroups = 4;
+    let mut runner = Runner::with_fs(cfg, Box::new(Classes { protect: None }), fs).unwrap();
+    runner.rescan_pending();
+    runner.apply_dir_changes();
+    let hier = runner.root_hier.clone();
+    let big = (0..10)
+        .map(|i| format!("c{i}"))
+        .find(|n| runner.engine().tree().lookup(&hier.join(n)).is_none())
+        .unwrap();
+    // Equal usage everywhere: nothing moves.
+    runner.next_rebalance = Instant::now();
+    runner.rebalance_over_cap(Instant::now());
+    assert!(runner.engine().tree().lookup(&hier.join(&big)).is_none());
+    write(&root.join(&big), "memory.current", "104857600\n");
+    runner.next_rebalance = Instant::now();
+    runner.rebalance_over_cap(Instant::now());
+    assert!(
+        runner.engine().tree().lookup(&hier.join(&big)).is_some(),
+        "the 100 MiB cgroup is tracked now"
+    );
+    assert_eq!(runner.engine().tree().len(), 4, "still at the cap");
+    assert_eq!(runner.untracked_over_cap(), 7);
+}

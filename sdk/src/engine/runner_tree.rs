@@ -170,12 +170,14 @@ impl Runner {
             .ancestors()
             .take_while(|a| self.engine.tree().lookup(a).is_none())
             .count();
-        if self.engine.tree().len() + missing > self.engine.config().max_cgroups {
+        let cap = self.engine.config().max_cgroups.min(self.fd_cap);
+        if self.engine.tree().len() + missing > cap {
             if self.over_cap.is_empty() {
                 tracing::warn!(
                     max_cgroups = self.engine.config().max_cgroups,
+                    open_file_cap = self.fd_cap,
                     cgroup = %hier.display(),
-                    "max_cgroups reached: further cgroups stay untracked (and no group kill covers them)"
+                    "cgroup cap reached (max_cgroups, or what the open-file limit holds with fds kept for kills): further cgroups stay untracked (and no group kill covers them)"
                 );
             }
             self.over_cap.insert(hier.to_path_buf());

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 
-use super::{Membership, Mrelease, Pidfd, Signal, timespec};
+use super::{Membership, Mrelease, OOM_SCORE_ADJ_MIN, Pidfd, Signal, timespec};
 use crate::cgroup::files::CGROUP_EVENTS;
 use crate::cgroup::{Cgroup, CgroupEvents, parse};
 use crate::error::{Error, Result};
@@ -34,16 +34,23 @@ pub struct GroupKillOptions {
     /// Fallback: how long each round waits for `frozen 1` before signalling
     /// anyway.
     pub freeze_timeout: Duration,
+    /// Spare processes with `oom_score_adj -1000`, as the kernel's own
+    /// group OOM kill does: a subtree holding one is killed member by
+    /// member (the fallback), skipping them, instead of with `cgroup.kill`,
+    /// which takes every process.
+    pub spare_unkillable: bool,
 }
 
 impl Default for GroupKillOptions {
-    /// `cgroup.kill` if present, mrelease, 5 s deadline, 100 ms freeze wait.
+    /// `cgroup.kill` if present, mrelease, 5 s deadline, 100 ms freeze wait,
+    /// processes with `oom_score_adj -1000` spared.
     fn default() -> Self {
         GroupKillOptions {
             use_cgroup_kill: true,
             mrelease: true,
             deadline: Duration::from_secs(5),
             freeze_timeout: Duration::from_millis(100),
+            spare_unkillable: true,
         }
     }
 }
@@ -89,6 +96,11 @@ pub struct GroupKillOutcome {
     pub signalled_after: Option<Duration>,
     /// From the start to the group being seen empty.
     pub emptied_after: Option<Duration>,
+    /// Members with `oom_score_adj -1000` left alive (in the last round),
+    /// with [`GroupKillOptions::spare_unkillable`]. When not 0 the group
+    /// never empties: the kill returns once every other member was
+    /// signalled and has exited (or the deadline passed).
+    pub spared: usize,
     /// The first unexpected per-process error (signalling or checking a
     /// member failed other than by the process being gone).
     pub first_error: Option<Error>,
@@ -217,6 +229,12 @@ fn wait_empty(cg: &Cgroup, deadline: Instant) -> Result<bool> {
 /// frozen process dies only once thawed or, from 5.x, on a fatal signal).
 /// Optionally `process_mrelease` each victim. Then wait for `populated 0`.
 ///
+/// With [`GroupKillOptions::spare_unkillable`] (the default), processes
+/// with `oom_score_adj -1000` are spared as the kernel's own group OOM kill
+/// spares them: a subtree holding one is never given to `cgroup.kill`; the
+/// fallback skips them ([`GroupKillOutcome::spared`]) and returns once the
+/// others have exited, without waiting for a `populated 0` that cannot come.
+///
 /// Refuses ([`Error::InvalidArgument`]) a cgroup containing this process
 /// or PID 1. A cgroup that vanishes meanwhile counts as emptied.
 pub fn kill_cgroup(cg: &Cgroup, opts: &GroupKillOptions) -> Result<GroupKillOutcome> {
@@ -231,13 +249,14 @@ pub fn kill_cgroup(cg: &Cgroup, opts: &GroupKillOptions) -> Result<GroupKillOutc
         froze: None,
         not_members: 0,
         mreleased: 0,
+        spared: 0,
         emptied: false,
         signalled_after: None,
         emptied_after: None,
         first_error: None,
     };
     let mut used_kill = false;
-    if opts.use_cgroup_kill {
+    if opts.use_cgroup_kill && !(opts.spare_unkillable && members(cg)?.unkillable > 0) {
         match cg.write_kill() {
             Ok(()) => used_kill = true,
             Err(e) if e.is_unsupported() => {}
@@ -288,7 +307,7 @@ pub fn kill_cgroup(cg: &Cgroup, opts: &GroupKillOptions) -> Result<GroupKillOutc
             }
             Err(e) => return Err(e),
         }
-        if out.emptied {
+        if out.emptied || out.spared > 0 {
             return Ok(out);
         }
     }
@@ -338,6 +357,7 @@ fn fallback(
             }
         }
         let mut pending = 0usize;
+        let mut spared = 0usize;
         let mut fresh: Vec<Pidfd> = Vec::new();
         let r = walk(
             cg,
@@ -368,6 +388,19 @@ fn fallback(
                             continue;
                         }
                     }
+                    if opts.spare_unkillable {
+                        match unkillable(&p) {
+                            Ok(true) => {
+                                spared += 1;
+                                continue;
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                note(out, e);
+                                continue;
+                            }
+                        }
+                    }
                     match p.send_signal(Signal::KILL) {
                         Ok(()) => {
                             out.signalled += 1;
@@ -390,6 +423,7 @@ fn fallback(
             }
         }
         r?;
+        out.spared = spared;
         if opts.mrelease {
             for v in &fresh {
                 if v.try_mrelease() == Mrelease::Done {
@@ -412,6 +446,50 @@ fn fallback(
             return Ok(());
         }
     }
+}
+
+/// Whether the pinned process has `oom_score_adj -1000`: read from
+/// `/proc/PID/oom_score_adj`, then the pidfd is checked alive, so the value
+/// read was that process's (a dead one is [`Error::ProcessGone`]).
+fn unkillable(p: &Pidfd) -> Result<bool> {
+    let adj = ProcDir::open(p.pid())?.oom_score_adj()?;
+    if !p.is_alive()? {
+        return Err(Error::ProcessGone { pid: p.pid() });
+    }
+    Ok(adj <= OOM_SCORE_ADJ_MIN)
+}
+
+/// The processes of a subtree: how many, and how many of them have
+/// `oom_score_adj -1000`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Members {
+    /// Every listed process still alive when read.
+    pub(crate) total: usize,
+    /// Those with `oom_score_adj -1000`.
+    pub(crate) unkillable: usize,
+}
+
+/// Counts the processes of `cg` and its descendants, and those of them with
+/// `oom_score_adj -1000` (a process that exits meanwhile is not counted).
+pub(crate) fn members(cg: &Cgroup) -> Result<Members> {
+    let mut m = Members::default();
+    walk(
+        cg,
+        &mut Vec::new(),
+        &mut |_, list| {
+            for &pid in list {
+                let Ok(adj) = ProcDir::open(pid).and_then(|d| d.oom_score_adj()) else {
+                    continue;
+                };
+                m.total += 1;
+                if adj <= OOM_SCORE_ADJ_MIN {
+                    m.unkillable += 1;
+                }
+            }
+        },
+        true,
+    )?;
+    Ok(m)
 }
 
 fn note(out: &mut GroupKillOutcome, e: Error) {

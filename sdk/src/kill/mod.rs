@@ -32,6 +32,7 @@
 //! ```
 
 mod group;
+mod reserve;
 mod signal;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -41,10 +42,12 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags};
 
+pub(crate) use group::members;
 pub use group::{
     GroupKillOptions, GroupKillOutcome, GroupKillPath, check_group_target, kill_cgroup,
     wait_for_cgroup_events,
 };
+pub(crate) use reserve::{FdReserve, RESERVED_FDS, tracked_cap_now};
 pub use signal::Signal;
 
 use crate::cgroup::Cgroup;
@@ -123,7 +126,7 @@ pub fn never_kill(
 }
 
 /// `OOM_SCORE_ADJ_MIN`: the kernel never picks such a process; neither do we.
-const OOM_SCORE_ADJ_MIN: i16 = -1000;
+pub(crate) const OOM_SCORE_ADJ_MIN: i16 = -1000;
 
 fn is_guarded(pid: i32) -> bool {
     pid == 1 || pid == rustix::process::getpid().as_raw_nonzero().get()

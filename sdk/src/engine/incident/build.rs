@@ -222,9 +222,9 @@ fn victims(ep: &Episode, path: PathOf<'_>) -> Vec<VictimEntry> {
         .iter()
         .flatten()
         .map(|v| {
-            let pid = match v.victim {
-                Victim::Process { pid, .. } => Some(pid),
-                Victim::Cgroup { .. } => None,
+            let (pid, spared) = match v.victim {
+                Victim::Process { pid, .. } => (Some(pid), 0),
+                Victim::Cgroup { spared, .. } => (None, spared),
             };
             VictimEntry {
                 kind: if pid.is_some() { "process" } else { "cgroup" }.into(),
@@ -235,6 +235,7 @@ fn victims(ep: &Episode, path: PathOf<'_>) -> Vec<VictimEntry> {
                 cgroup: path(v.victim.cgroup()),
                 footprint_bytes: v.footprint,
                 escalated: v.escalated,
+                spared,
             }
         })
         .collect()

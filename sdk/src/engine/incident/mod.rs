@@ -154,6 +154,12 @@ pub struct VictimEntry {
     pub footprint_bytes: u64,
     /// It did not exit before its deadline.
     pub escalated: bool,
+    /// A cgroup: processes with `oom_score_adj -1000` left alive, because
+    /// the group was killed member by member, skipping them, instead of
+    /// with `cgroup.kill`. Absent (0) in records written before it existed,
+    /// and 0 when the whole group was killed.
+    #[serde(default)]
+    pub spared: u32,
 }
 
 /// Milliseconds from the first event to each moment (`None`: did not happen).
