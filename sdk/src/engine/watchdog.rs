@@ -6,7 +6,8 @@
 //! longer than the timeout — stuck in a handler, in D state on a read, or
 //! starved — the watchdog applies a simple, safe policy on its own: kill
 //! the largest process of the lowest-priority unprotected cgroup, never
-//! anything in oomkit's own cgroup or its ancestors. Everything it needs is
+//! anything in oomkit's own cgroup or its ancestors, and never a process
+//! whose kill would free (nearly) nothing (the engine's rule). Everything it needs is
 //! allocated when it starts; the kernel OOM killer stays the last fallback.
 //!
 //! A busy loop alone is no reason to kill: cgroup churn or a slow disk
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{EventfdFlags, PollFd, PollFlags, eventfd, poll};
 
 use crate::cgroup::Cgroup;
+use crate::engine::MIN_VICTIM_FREE;
 use crate::error::{Error, Result};
 use crate::kill::Pidfd;
 use crate::proc::{self, ProcessInfo};
@@ -313,6 +315,18 @@ fn pick(s: &Shared, targets: &[Target]) -> Option<usize> {
     best.map(|(_, _, i)| i)
 }
 
+/// The process the watchdog kills in its target: the largest that may be
+/// killed at all, if its kill frees at least [`MIN_VICTIM_FREE`] — the
+/// engine's own rule (`guard.rs`): a sleeper whose kill frees nothing is
+/// no answer to a stall, whatever made the loop busy.
+fn victim(procs: &[ProcessInfo], own: i32) -> Option<&ProcessInfo> {
+    procs
+        .iter()
+        .filter(|p| crate::kill::never_kill(p.pid, own, p.kernel_thread, p.oom_score_adj).is_none())
+        .filter(|p| p.rss + p.swap >= MIN_VICTIM_FREE)
+        .max_by_key(|p| p.rss + p.swap)
+}
+
 /// Kill the largest process of the lowest-priority unprotected cgroup.
 fn default_action(s: &Shared) {
     tracing::error!("watchdog: the main loop is stalled; acting on its own");
@@ -332,13 +346,11 @@ fn default_action(s: &Shared) {
         tracing::error!(error = %e, cgroup = %t.path.display(), "watchdog: scanning the target failed");
         return;
     }
-    let own = std::process::id() as i32;
-    let victim = procs
-        .iter()
-        .filter(|p| crate::kill::never_kill(p.pid, own, p.kernel_thread, p.oom_score_adj).is_none())
-        .max_by_key(|p| p.rss + p.swap);
-    let Some(v) = victim else {
-        tracing::error!(cgroup = %t.path.display(), "watchdog: no killable process in the target");
+    let Some(v) = victim(&procs, std::process::id() as i32) else {
+        tracing::error!(
+            cgroup = %t.path.display(),
+            "watchdog: no process in the target may be killed and would free memory; leaving it to the kernel OOM killer"
+        );
         return;
     };
     match Pidfd::open_in(&t.cg, v.pid).and_then(|fd| {
@@ -401,6 +413,24 @@ mod tests {
         // With the leaf gone, the higher-priority cgroup is all that is left.
         assert_eq!(pick(&shared, &targets[..1]), None);
         assert_eq!(pick(&shared, &[t("svc", 10, false)]), Some(0));
+    }
+
+    /// The watchdog's victim frees something: a sleeper under
+    /// `MIN_VICTIM_FREE` is never chosen (a loaded fresh-clone CI run saw a
+    /// bystander sleeper die in `adversarial_churn_without_pressure`), nor an
+    /// `oom_score_adj -1000` process, nor oomkit itself.
+    #[test]
+    fn the_victim_frees_something() {
+        let p = |pid: i32, mib: u64, adj: i16| ProcessInfo {
+            pid,
+            rss: mib << 20,
+            oom_score_adj: adj,
+            ..ProcessInfo::default()
+        };
+        assert_eq!(victim(&[p(10, 1, 0), p(11, 3, 0)], 1), None, "sleepers");
+        let procs = [p(10, 1, 0), p(11, 64, -1000), p(12, 9, 0), p(1, 90, 0)];
+        assert_eq!(victim(&procs, 1).map(|v| v.pid), Some(12));
+        assert_eq!(victim(&procs, 12).map(|v| v.pid), None, "itself");
     }
 
     /// A watchdog with a 50 ms timeout whose action sends the time it acted.
