@@ -88,6 +88,71 @@ pub struct Features {
     pub cgroup_psi: Support,
 }
 
+/// `oom_group_kill` in `memory.events` of `cg` (5.17+).
+fn probe_oom_group_kill(cg: &Cgroup) -> Support {
+    match cg.memory_events() {
+        Ok(ev) => Support::from_bool(ev.oom_group_kill.is_some()),
+        Err(_) => Support::Unknown,
+    }
+}
+
+/// Per-cgroup PSI of `cg`: `memory.pressure` readable and
+/// `cgroup.pressure` not 0.
+fn probe_cgroup_psi(cg: &Cgroup) -> Support {
+    match cg.memory_pressure() {
+        Ok(_) => match cg.read_into(CGROUP_PRESSURE, &mut [0u8; 16]) {
+            Ok(d) => Support::from_bool(d.trim_ascii() != b"0"),
+            // Before 6.1 there is no switch: PSI is on when readable.
+            Err(e) if e.is_unsupported() => Support::Yes,
+            Err(_) => Support::Unknown,
+        },
+        Err(e) if e.is_unsupported() => Support::No,
+        Err(crate::Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            Support::No
+        }
+        Err(_) => Support::Unknown,
+    }
+}
+
+/// `pidfd_open(2)` of this process.
+fn probe_pidfd_open() -> Support {
+    match Pidfd::open(rustix::process::getpid().as_raw_nonzero().get()) {
+        Ok(_) => Support::Yes,
+        Err(e) if e.is_unsupported() => Support::No,
+        Err(_) => Support::Unknown,
+    }
+}
+
+/// `process_mrelease(2)` with an invalid fd.
+fn probe_process_mrelease() -> Support {
+    match crate::sys::process_mrelease_probe().raw_os_error() {
+        Some(libc::EBADF) => Support::Yes,
+        Some(libc::ENOSYS) => Support::No,
+        _ => Support::Unknown,
+    }
+}
+
+/// `PR_GET_IO_FLUSHER`.
+fn probe_io_flusher() -> Support {
+    match rustix::process::is_io_flusher() {
+        // Even PR_GET_IO_FLUSHER needs CAP_SYS_RESOURCE: EPERM
+        // means the kernel knows the option; EINVAL that it does not.
+        Ok(_) | Err(Errno::PERM) => Support::Yes,
+        Err(Errno::INVAL) => Support::No,
+        Err(_) => Support::Unknown,
+    }
+}
+
+/// `/proc/pressure/memory` readable.
+fn probe_system_psi() -> Support {
+    match std::fs::read("/proc/pressure/memory") {
+        Ok(_) => Support::Yes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Support::No,
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Support::No,
+        Err(_) => Support::Unknown,
+    }
+}
+
 impl Features {
     /// Probes the kernel, and the cgroup files of `cg` (preferably a
     /// non-root cgroup with the memory controller enabled).
@@ -112,53 +177,17 @@ impl Features {
                 Support::Unknown
             }
         };
-        let oom_group_kill = match cg.memory_events() {
-            Ok(ev) => Support::from_bool(ev.oom_group_kill.is_some()),
-            Err(_) => Support::Unknown,
-        };
-        let cgroup_psi = match cg.memory_pressure() {
-            Ok(_) => match cg.read_into(CGROUP_PRESSURE, &mut [0u8; 16]) {
-                Ok(d) => Support::from_bool(d.trim_ascii() != b"0"),
-                // Before 6.1 there is no switch: PSI is on when readable.
-                Err(e) if e.is_unsupported() => Support::Yes,
-                Err(_) => Support::Unknown,
-            },
-            Err(e) if e.is_unsupported() => Support::No,
-            Err(crate::Error::Io { source, .. })
-                if source.raw_os_error() == Some(libc::EOPNOTSUPP) =>
-            {
-                Support::No
-            }
-            Err(_) => Support::Unknown,
-        };
+        let oom_group_kill = probe_oom_group_kill(cg);
+        let cgroup_psi = probe_cgroup_psi(cg);
         Features {
             kernel_release: rustix::system::uname()
                 .release()
                 .to_string_lossy()
                 .into_owned(),
-            pidfd_open: match Pidfd::open(rustix::process::getpid().as_raw_nonzero().get()) {
-                Ok(_) => Support::Yes,
-                Err(e) if e.is_unsupported() => Support::No,
-                Err(_) => Support::Unknown,
-            },
-            process_mrelease: match crate::sys::process_mrelease_probe().raw_os_error() {
-                Some(libc::EBADF) => Support::Yes,
-                Some(libc::ENOSYS) => Support::No,
-                _ => Support::Unknown,
-            },
-            io_flusher: match rustix::process::is_io_flusher() {
-                // Even PR_GET_IO_FLUSHER needs CAP_SYS_RESOURCE: EPERM
-                // means the kernel knows the option; EINVAL that it does not.
-                Ok(_) | Err(Errno::PERM) => Support::Yes,
-                Err(Errno::INVAL) => Support::No,
-                Err(_) => Support::Unknown,
-            },
-            system_psi: match std::fs::read("/proc/pressure/memory") {
-                Ok(_) => Support::Yes,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Support::No,
-                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Support::No,
-                Err(_) => Support::Unknown,
-            },
+            pidfd_open: probe_pidfd_open(),
+            process_mrelease: probe_process_mrelease(),
+            io_flusher: probe_io_flusher(),
+            system_psi: probe_system_psi(),
             memory_controller,
             cgroup_kill: non_root(CGROUP_KILL),
             cgroup_freeze: non_root(CGROUP_FREEZE),
