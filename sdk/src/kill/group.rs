@@ -241,7 +241,44 @@ pub fn kill_cgroup(cg: &Cgroup, opts: &GroupKillOptions) -> Result<GroupKillOutc
     check_group_target(cg)?;
     let start = Instant::now();
     let deadline = start + opts.deadline;
-    let mut out = GroupKillOutcome {
+    let mut out = new_outcome(start);
+    let mut pids = Vec::new();
+    if try_cgroup_kill(cg, opts)? {
+        out.signalled_after = Some(start.elapsed());
+        match after_cgroup_kill(cg, opts, &mut out, &mut pids) {
+            Ok(()) => {}
+            Err(e) if e.is_gone() => {
+                mark_emptied(&mut out);
+                return Ok(out);
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        out.path = GroupKillPath::FreezeAndSignal;
+        match fallback(cg, opts, deadline, &mut out, &mut pids) {
+            Ok(()) => {}
+            Err(e) if e.is_gone() => {
+                mark_emptied(&mut out);
+                return Ok(out);
+            }
+            Err(e) => return Err(e),
+        }
+        if out.emptied || out.spared > 0 {
+            return Ok(out);
+        }
+    }
+    match wait_empty(cg, deadline) {
+        Ok(true) => mark_emptied(&mut out),
+        Ok(false) => {}
+        Err(e) if e.is_gone() => mark_emptied(&mut out),
+        Err(e) => return Err(e),
+    }
+    Ok(out)
+}
+
+/// The outcome before anything was done, on the `cgroup.kill` path.
+fn new_outcome(start: Instant) -> GroupKillOutcome {
+    GroupKillOutcome {
         path: GroupKillPath::CgroupKill,
         started_at: start,
         signalled: 0,
@@ -254,76 +291,58 @@ pub fn kill_cgroup(cg: &Cgroup, opts: &GroupKillOptions) -> Result<GroupKillOutc
         signalled_after: None,
         emptied_after: None,
         first_error: None,
-    };
-    let mut used_kill = false;
+    }
+}
+
+/// The group is empty (or gone) now.
+fn mark_emptied(out: &mut GroupKillOutcome) {
+    out.emptied = true;
+    out.emptied_after = Some(out.started_at.elapsed());
+}
+
+/// Writes `cgroup.kill` when asked to and allowed (no process to spare
+/// below); false when the kernel lacks it, so the fallback runs.
+fn try_cgroup_kill(cg: &Cgroup, opts: &GroupKillOptions) -> Result<bool> {
     if opts.use_cgroup_kill && !(opts.spare_unkillable && members(cg)?.unkillable > 0) {
         match cg.write_kill() {
-            Ok(()) => used_kill = true,
+            Ok(()) => return Ok(true),
             Err(e) if e.is_unsupported() => {}
             Err(e) => return Err(e),
         }
     }
-    let mut pids = Vec::new();
-    if used_kill {
-        out.signalled_after = Some(start.elapsed());
-        let mut seen = 0;
-        let mut mreleased = 0;
-        let r = walk(
-            cg,
-            &mut pids,
-            &mut |_, list| {
-                seen += list.len();
-                if opts.mrelease {
-                    for &pid in list {
-                        if let Ok(p) = Pidfd::open(pid) {
-                            if p.try_mrelease() == Mrelease::Done {
-                                mreleased += 1;
-                            }
+    Ok(false)
+}
+
+/// After `cgroup.kill`: counts the processes it signalled and, if asked,
+/// `process_mrelease`s each.
+fn after_cgroup_kill(
+    cg: &Cgroup,
+    opts: &GroupKillOptions,
+    out: &mut GroupKillOutcome,
+    pids: &mut Vec<i32>,
+) -> Result<()> {
+    let mut seen = 0;
+    let mut mreleased = 0;
+    let r = walk(
+        cg,
+        pids,
+        &mut |_, list| {
+            seen += list.len();
+            if opts.mrelease {
+                for &pid in list {
+                    if let Ok(p) = Pidfd::open(pid) {
+                        if p.try_mrelease() == Mrelease::Done {
+                            mreleased += 1;
                         }
                     }
                 }
-            },
-            true,
-        );
-        out.signalled = seen;
-        out.mreleased = mreleased;
-        match r {
-            Ok(()) => {}
-            Err(e) if e.is_gone() => {
-                out.emptied = true;
-                out.emptied_after = Some(start.elapsed());
-                return Ok(out);
             }
-            Err(e) => return Err(e),
-        }
-    } else {
-        out.path = GroupKillPath::FreezeAndSignal;
-        match fallback(cg, opts, deadline, &mut out, &mut pids) {
-            Ok(()) => {}
-            Err(e) if e.is_gone() => {
-                out.emptied = true;
-                out.emptied_after = Some(start.elapsed());
-                return Ok(out);
-            }
-            Err(e) => return Err(e),
-        }
-        if out.emptied || out.spared > 0 {
-            return Ok(out);
-        }
-    }
-    match wait_empty(cg, deadline) {
-        Ok(true) => {
-            out.emptied = true;
-            out.emptied_after = Some(start.elapsed());
-        }
-        Ok(false) => {}
-        Err(e) if e.is_gone() => {
-            out.emptied = true;
-            out.emptied_after = Some(start.elapsed());
-        }
-        Err(e) => return Err(e),
-    }
-    Ok(out)
+        },
+        true,
+    );
+    out.signalled = seen;
+    out.mreleased = mreleased;
+    r
 }
 
 fn fallback(
@@ -333,29 +352,13 @@ fn fallback(
     out: &mut GroupKillOutcome,
     pids: &mut Vec<i32>,
 ) -> Result<()> {
-    let start = out.started_at;
     // Victims signalled so far, kept open: a PID listed again is skipped
     // while its pinned process is still dying, and treated as a newcomer
     // once that process has exited (PID reuse).
     let mut victims: Vec<Pidfd> = Vec::new();
     loop {
         out.rounds += 1;
-        let frozen = match cg.set_frozen(true) {
-            Ok(()) => true,
-            Err(e) if e.is_unsupported() => false,
-            Err(e) => return Err(e),
-        };
-        if frozen {
-            let until = (Instant::now() + opts.freeze_timeout).min(deadline);
-            let ok = match wait_for_cgroup_events(cg, until, |e| e.frozen == Some(true)) {
-                Ok(b) => b,
-                Err(e) if e.is_unsupported() => false,
-                Err(e) => return Err(e),
-            };
-            if out.rounds == 1 {
-                out.froze = Some(ok);
-            }
-        }
+        let frozen = freeze(cg, opts, deadline, out)?;
         let mut pending = 0usize;
         let mut spared = 0usize;
         let mut fresh: Vec<Pidfd> = Vec::new();
@@ -364,51 +367,14 @@ fn fallback(
             pids,
             &mut |member_of, list| {
                 for &pid in list {
-                    if let Some(v) = victims.iter().find(|v| v.pid() == pid) {
-                        if v.is_alive().unwrap_or(false) {
-                            pending += 1;
-                            continue;
-                        }
-                    }
-                    let p = match Pidfd::open(pid) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            note(out, e);
-                            continue;
-                        }
-                    };
-                    match p.membership(member_of) {
-                        Ok(Membership::Member) => {}
-                        Ok(Membership::Elsewhere) => {
-                            out.not_members += 1;
-                            continue;
-                        }
-                        Err(e) => {
-                            note(out, e);
-                            continue;
-                        }
-                    }
-                    if opts.spare_unkillable {
-                        match unkillable(&p) {
-                            Ok(true) => {
-                                spared += 1;
-                                continue;
-                            }
-                            Ok(false) => {}
-                            Err(e) => {
-                                note(out, e);
-                                continue;
-                            }
-                        }
-                    }
-                    match p.send_signal(Signal::KILL) {
-                        Ok(()) => {
-                            out.signalled += 1;
-                            out.signalled_after = Some(start.elapsed());
+                    match signal_member(pid, member_of, &victims, opts, out) {
+                        Listed::Dying => pending += 1,
+                        Listed::Spared => spared += 1,
+                        Listed::Skipped => {}
+                        Listed::Signalled(p) => {
                             pending += 1;
                             fresh.push(p);
                         }
-                        Err(e) => note(out, e),
                     }
                 }
             },
@@ -438,12 +404,106 @@ fn fallback(
         }
         let until = (Instant::now() + ROUND_WAIT).min(deadline);
         if wait_empty(cg, until)? {
-            out.emptied = true;
-            out.emptied_after = Some(start.elapsed());
+            mark_emptied(out);
             return Ok(());
         }
         if Instant::now() >= deadline {
             return Ok(());
+        }
+    }
+}
+
+/// Freezes the subtree (if `cgroup.freeze` exists) and waits for
+/// `frozen 1`, so nobody forks while the round signals; true when frozen
+/// (and so to be thawed). The first round records whether the freeze took.
+fn freeze(
+    cg: &Cgroup,
+    opts: &GroupKillOptions,
+    deadline: Instant,
+    out: &mut GroupKillOutcome,
+) -> Result<bool> {
+    let frozen = match cg.set_frozen(true) {
+        Ok(()) => true,
+        Err(e) if e.is_unsupported() => false,
+        Err(e) => return Err(e),
+    };
+    if frozen {
+        let until = (Instant::now() + opts.freeze_timeout).min(deadline);
+        let ok = match wait_for_cgroup_events(cg, until, |e| e.frozen == Some(true)) {
+            Ok(b) => b,
+            Err(e) if e.is_unsupported() => false,
+            Err(e) => return Err(e),
+        };
+        if out.rounds == 1 {
+            out.froze = Some(ok);
+        }
+    }
+    Ok(frozen)
+}
+
+/// What one fallback round did with one listed PID.
+enum Listed {
+    /// A victim of an earlier round, still dying.
+    Dying,
+    /// Spared (`oom_score_adj -1000`).
+    Spared,
+    /// Not signalled: exited, not a member, or an error (noted).
+    Skipped,
+    /// SIGKILLed now.
+    Signalled(Pidfd),
+}
+
+/// Pins `pid`, checks it is a member of the cgroup that listed it (and
+/// not one to spare), and SIGKILLs it.
+fn signal_member(
+    pid: i32,
+    member_of: &Cgroup,
+    victims: &[Pidfd],
+    opts: &GroupKillOptions,
+    out: &mut GroupKillOutcome,
+) -> Listed {
+    if let Some(v) = victims.iter().find(|v| v.pid() == pid) {
+        if v.is_alive().unwrap_or(false) {
+            return Listed::Dying;
+        }
+    }
+    let p = match Pidfd::open(pid) {
+        Ok(p) => p,
+        Err(e) => {
+            note(out, e);
+            return Listed::Skipped;
+        }
+    };
+    match p.membership(member_of) {
+        Ok(Membership::Member) => {}
+        Ok(Membership::Elsewhere) => {
+            out.not_members += 1;
+            return Listed::Skipped;
+        }
+        Err(e) => {
+            note(out, e);
+            return Listed::Skipped;
+        }
+    }
+    if opts.spare_unkillable {
+        match unkillable(&p) {
+            Ok(true) => return Listed::Spared,
+            Ok(false) => {}
+            Err(e) => {
+                note(out, e);
+                return Listed::Skipped;
+            }
+        }
+    }
+    match p.send_signal(Signal::KILL) {
+        Ok(()) => {
+            out.signalled += 1;
+            out.signalled_after = Some(out.started_at.elapsed());
+            Listed::Signalled(p)
+        }
+        Err(e) => {
+            note(out, e);
+            Listed::Skipped
         }
     }
 }

@@ -137,76 +137,93 @@ impl MachineMonitor {
         s.critical = cfg.critical.resolve(total);
         s.anon = r.anon;
         s.file = r.file;
-        // Rates over at least `rate_window`.
-        match self.rate_mark {
-            None => {
-                self.rate_mark = Some(Mark {
-                    at: now,
-                    reading: *r,
-                })
-            }
-            Some(m) => {
-                let dt = now.saturating_duration_since(m.at);
-                if dt >= cfg.rate_window {
-                    let secs = dt.as_secs_f64();
-                    let per_s = |a: u64, b: u64| (b.saturating_sub(a) as f64 / secs) as u64;
-                    let signed = |a: u64, b: u64| ((a as f64 - b as f64) / secs) as i64;
-                    s.fill_rate = signed(m.reading.headroom(), r.headroom());
-                    s.anon_rate = signed(r.anon, m.reading.anon);
-                    s.refault_rate = per_s(m.reading.refaults, r.refaults);
-                    s.activate_rate = match (m.reading.activations, r.activations) {
-                        (Some(a), Some(b)) => per_s(a, b),
-                        _ => 0,
-                    };
-                    s.steal_rate = per_s(m.reading.steal, r.steal);
-                    s.scan_rate = per_s(m.reading.scan, r.scan);
-                    self.rate_mark = Some(Mark {
-                        at: now,
-                        reading: *r,
-                    });
-                }
-            }
-        }
-        // PSI shares over at least `stall_window`.
-        match self.stall_mark {
-            None => {
-                self.stall_mark = Some(Mark {
-                    at: now,
-                    reading: *r,
-                })
-            }
-            Some(m) => {
-                let dt = now.saturating_duration_since(m.at);
-                if dt >= cfg.stall_window {
-                    let us = dt.as_micros() as f64;
-                    let share = |a: Option<u64>, b: Option<u64>| match (a, b) {
-                        (Some(a), Some(b)) => (b.saturating_sub(a) as f64 / us).min(1.0) as f32,
-                        _ => 0.0,
-                    };
-                    s.some_share = share(m.reading.some_us, r.some_us);
-                    s.full_share = share(m.reading.full_us, r.full_us);
-                    self.stall_mark = Some(Mark {
-                        at: now,
-                        reading: *r,
-                    });
-                }
-            }
-        }
-        let s = *s;
+        self.update_rates(now, r);
+        self.update_stall_shares(now, r);
+        let s = self.sample;
         let before = self.active;
-        let clear = cfg.clear.resolve(total).max(s.low);
+        self.judge_headroom(now, &s);
+        self.judge_thrashing(now, &s);
+        self.judge_stall(&s);
+        let after = self.active;
+        (after != before).then_some(MachineChange {
+            fired: Signals(after.0 & !before.0),
+            cleared: Signals(before.0 & !after.0),
+            active: after,
+            sample: s,
+        })
+    }
 
-        // CRITICAL: at once; clears above `clear`.
+    /// Rates over at least `rate_window`, from the reference reading.
+    fn update_rates(&mut self, now: Instant, r: &MachineReading) {
+        let Some(m) = self.rate_mark else {
+            self.rate_mark = Some(Mark {
+                at: now,
+                reading: *r,
+            });
+            return;
+        };
+        let dt = now.saturating_duration_since(m.at);
+        if dt < self.cfg.rate_window {
+            return;
+        }
+        let s = &mut self.sample;
+        let secs = dt.as_secs_f64();
+        let per_s = |a: u64, b: u64| (b.saturating_sub(a) as f64 / secs) as u64;
+        let signed = |a: u64, b: u64| ((a as f64 - b as f64) / secs) as i64;
+        s.fill_rate = signed(m.reading.headroom(), r.headroom());
+        s.anon_rate = signed(r.anon, m.reading.anon);
+        s.refault_rate = per_s(m.reading.refaults, r.refaults);
+        s.activate_rate = match (m.reading.activations, r.activations) {
+            (Some(a), Some(b)) => per_s(a, b),
+            _ => 0,
+        };
+        s.steal_rate = per_s(m.reading.steal, r.steal);
+        s.scan_rate = per_s(m.reading.scan, r.scan);
+        self.rate_mark = Some(Mark {
+            at: now,
+            reading: *r,
+        });
+    }
+
+    /// PSI shares over at least `stall_window`, from the reference reading.
+    fn update_stall_shares(&mut self, now: Instant, r: &MachineReading) {
+        let Some(m) = self.stall_mark else {
+            self.stall_mark = Some(Mark {
+                at: now,
+                reading: *r,
+            });
+            return;
+        };
+        let dt = now.saturating_duration_since(m.at);
+        if dt < self.cfg.stall_window {
+            return;
+        }
+        let us = dt.as_micros() as f64;
+        let share = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => (b.saturating_sub(a) as f64 / us).min(1.0) as f32,
+            _ => 0.0,
+        };
+        self.sample.some_share = share(m.reading.some_us, r.some_us);
+        self.sample.full_share = share(m.reading.full_us, r.full_us);
+        self.stall_mark = Some(Mark {
+            at: now,
+            reading: *r,
+        });
+    }
+
+    /// CRITICAL and LOW, from the headroom; both clear above `clear`.
+    fn judge_headroom(&mut self, now: Instant, s: &MachineSample) {
+        let clear = self.cfg.clear.resolve(s.total).max(s.low);
+        // CRITICAL: at once.
         if s.headroom < s.critical {
             self.active.set(Signals::CRITICAL, true);
         } else if s.headroom >= clear {
             self.active.set(Signals::CRITICAL, false);
         }
-
-        // LOW: held for `min_duration`; clears above `clear`.
+        // LOW: held for `min_duration`.
         if s.headroom < s.low {
             let since = *self.low.since.get_or_insert(now);
-            if now.saturating_duration_since(since) >= cfg.min_duration {
+            if now.saturating_duration_since(since) >= self.cfg.min_duration {
                 self.active.set(Signals::LOW, true);
             }
         } else {
@@ -215,9 +232,12 @@ impl MachineMonitor {
                 self.active.set(Signals::LOW, false);
             }
         }
+    }
 
-        // THRASHING: refaults close to the reclaim rate, and enough of them.
-        let min_rate = cfg.thrash_min_rate.resolve(total) as f64;
+    /// THRASHING: refaults close to the reclaim rate, and enough of them.
+    fn judge_thrashing(&mut self, now: Instant, s: &MachineSample) {
+        let cfg = self.cfg;
+        let min_rate = cfg.thrash_min_rate.resolve(s.total) as f64;
         let refault = s.refault_rate as f64;
         let steal = s.steal_rate as f64;
         if refault >= min_rate && refault >= cfg.thrash_ratio * steal && refault > 0.0 {
@@ -231,22 +251,16 @@ impl MachineMonitor {
                 self.active.set(Signals::THRASHING, false);
             }
         }
+    }
 
-        // STALLED: the PSI share over the stall window (itself the smoothing).
+    /// STALLED: the PSI share over the stall window (itself the smoothing).
+    fn judge_stall(&mut self, s: &MachineSample) {
         let (some, full) = (f64::from(s.some_share), f64::from(s.full_share));
-        if some >= cfg.stall_some || full >= cfg.stall_full {
+        if some >= self.cfg.stall_some || full >= self.cfg.stall_full {
             self.active.set(Signals::STALLED, true);
-        } else if some < cfg.stall_some / 2.0 && full < cfg.stall_full / 2.0 {
+        } else if some < self.cfg.stall_some / 2.0 && full < self.cfg.stall_full / 2.0 {
             self.active.set(Signals::STALLED, false);
         }
-
-        let after = self.active;
-        (after != before).then_some(MachineChange {
-            fired: Signals(after.0 & !before.0),
-            cleared: Signals(before.0 & !after.0),
-            active: after,
-            sample: s,
-        })
     }
 
     /// How long after the latest reading the next one is due: the time the
