@@ -199,50 +199,12 @@ fn build_guest_binaries() -> Result<Vec<(&'static str, PathBuf)>> {
     for (package, selector, bin) in GUEST_BINARIES {
         args.extend(["--package", package, selector, bin]);
     }
-    args.extend([
-        "--target",
-        GUEST_TARGET,
-        "--message-format=json-render-diagnostics",
-    ]);
-    let out = Command::new(util::cargo())
-        .args(&args)
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env(
-            "RUSTFLAGS",
-            "-C target-feature=+crt-static -C strip=debuginfo",
-        )
-        .current_dir(repo_root())
-        .stderr(Stdio::inherit())
-        .output()
-        .context(|| "cannot run cargo build".to_string())?;
-    if !out.status.success() {
-        return Err(Error::msg(format!(
-            "building the guest binaries ({}) failed",
-            names.join(", ")
-        )));
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let artifacts: Vec<serde_json::Value> = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["reason"] == "compiler-artifact")
-        .collect();
-    let mut found = Vec::new();
-    for (_, _, bin) in GUEST_BINARIES {
-        let exe = artifacts
-            .iter()
-            .filter(|v| v["target"]["name"] == bin)
-            .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-            .ok_or_else(|| Error::msg(format!("cargo build reported no executable for {bin}")))?;
-        if !util::elf_is_static(&exe)? {
-            return Err(Error::msg(format!(
-                "{} is not statically linked",
-                exe.display()
-            )));
-        }
-        found.push((bin, exe));
-    }
-    Ok(found)
+    let found = build_static(args, "the guest binaries", &names, false)?;
+    Ok(GUEST_BINARIES
+        .iter()
+        .map(|(_, _, bin)| *bin)
+        .zip(found.into_iter().map(|(_, exe)| exe))
+        .collect())
 }
 
 /// `cargo test --no-run` the host test targets of [`REAL_CGROUP_TESTS`], static and in the release
@@ -258,6 +220,19 @@ fn build_real_cgroup_tests() -> Result<Vec<(String, PathBuf)>> {
     for (package, test) in REAL_CGROUP_TESTS {
         args.extend(["--package", package, "--test", test]);
     }
+    build_static(args, "the host tests for the guest", &names, true)
+}
+
+/// Run cargo with `args` (`build …` or `test --no-run …`) for [`GUEST_TARGET`], static
+/// (`+crt-static`), and return (name, executable) of each target in `names`, in that order,
+/// from cargo's JSON messages (so `CARGO_TARGET_DIR` and friends are honoured). `tests`: take
+/// the test harness executables, not the plain ones.
+fn build_static(
+    mut args: Vec<&str>,
+    what: &str,
+    names: &[&str],
+    tests: bool,
+) -> Result<Vec<(String, PathBuf)>> {
     args.extend([
         "--target",
         GUEST_TARGET,
@@ -273,10 +248,10 @@ fn build_real_cgroup_tests() -> Result<Vec<(String, PathBuf)>> {
         .current_dir(repo_root())
         .stderr(Stdio::inherit())
         .output()
-        .context(|| "cannot run cargo test --no-run".to_string())?;
+        .context(|| format!("cannot run cargo {}", args[0]))?;
     if !out.status.success() {
         return Err(Error::msg(format!(
-            "building the host tests for the guest ({}) failed",
+            "building {what} ({}) failed",
             names.join(", ")
         )));
     }
@@ -284,17 +259,18 @@ fn build_real_cgroup_tests() -> Result<Vec<(String, PathBuf)>> {
     let artifacts: Vec<serde_json::Value> = stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["reason"] == "compiler-artifact" && v["profile"]["test"] == true)
+        .filter(|v| v["reason"] == "compiler-artifact" && (!tests || v["profile"]["test"] == true))
         .collect();
     let mut found = Vec::new();
-    for (_, test) in REAL_CGROUP_TESTS {
+    for name in names {
         let exe = artifacts
             .iter()
-            .filter(|v| v["target"]["name"] == test)
+            .filter(|v| v["target"]["name"] == *name)
             .find_map(|v| v["executable"].as_str().map(PathBuf::from))
             .ok_or_else(|| {
                 Error::msg(format!(
-                    "cargo test --no-run reported no executable for {test}"
+                    "cargo {} reported no executable for {name}",
+                    args[0]
                 ))
             })?;
         if !util::elf_is_static(&exe)? {
@@ -303,7 +279,7 @@ fn build_real_cgroup_tests() -> Result<Vec<(String, PathBuf)>> {
                 exe.display()
             )));
         }
-        found.push((test.to_string(), exe));
+        found.push((name.to_string(), exe));
     }
     Ok(found)
 }
