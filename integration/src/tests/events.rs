@@ -197,13 +197,24 @@ pub fn psi_trigger(ctx: &mut Ctx) -> TestResult {
             }
         }
     }
-    // Pressure: a hog over memory.high (no swap) is throttled, which is a memory stall.
+    // Pressure: a hog over memory.high (no swap) is throttled, which is a memory stall. A hog
+    // alone stalls only while it charges its last pages, a second or two: on a loaded TCG host
+    // that stall can fall between the trigger's windows. A burst beside it charges and frees
+    // again and again, so every window has its stall until the trigger fires.
     let started = Instant::now();
     let _hog = ctx.spawn(
         &path,
         WorkloadKind::HogHold {
             mib: 32,
             step_mib: 4,
+        },
+    )?;
+    let _burst = ctx.spawn(
+        &path,
+        WorkloadKind::Burst {
+            mib: 8,
+            hold_ms: 50,
+            pause_ms: 50,
         },
     )?;
     let deadline = started + Duration::from_secs(20);
