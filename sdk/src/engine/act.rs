@@ -128,6 +128,7 @@ impl<H: Host> Engine<H> {
             }
             Action::KillTree { cgroup } => {
                 let target = self.oom_group_target(cgroup);
+                self.usage_now(target);
                 let footprint = self.tree.stats(target).map_or(0, CgroupStats::footprint);
                 let r = self.host.kill_cgroup(target);
                 self.start_kill(r, footprint, scope, deadline, wait)

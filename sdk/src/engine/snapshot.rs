@@ -5,6 +5,14 @@
 //! (`memory.current`, `memory.swap.current`) for every cgroup in scope, and
 //! the detail (limits, `memory.events.local`, `memory.stat`, PSI, processes)
 //! only where a decision needs it — read lazily through [`View`].
+//!
+//! A handler that does not need every cgroup's usage (one that orders by
+//! tier first, then size) says so with [`Handler::usage_on_demand`]: then
+//! the snapshot reads only the scope, and [`View::usage`] reads a cgroup
+//! the first time the handler asks in this decision. At 10,000 cgroups the
+//! reads, not the policy, are what a decision costs.
+//!
+//! [`Handler::usage_on_demand`]: super::Handler::usage_on_demand
 
 use std::path::Path;
 use std::time::Instant;
@@ -67,6 +75,8 @@ pub(crate) struct Snapshot {
     pub(crate) proc_index: Vec<(CgroupId, u32, u32)>,
     /// Position in `proc_index` by cgroup slot, so lookups are O(1).
     pub(crate) proc_slot: Vec<Option<u32>>,
+    /// One bit per cgroup slot: its usage was read for this snapshot.
+    fresh: Vec<u64>,
     pub(crate) system: SystemStats,
 }
 
@@ -78,7 +88,21 @@ impl Snapshot {
             procs: Vec::with_capacity(procs),
             proc_index: Vec::with_capacity(cgroups),
             proc_slot: vec![None; cgroups],
+            fresh: vec![0; cgroups.div_ceil(64)],
             system: SystemStats::default(),
+        }
+    }
+
+    /// True when the usage of `id` was read for this snapshot.
+    pub(crate) fn is_fresh(&self, id: CgroupId) -> bool {
+        self.fresh
+            .get(id.index() / 64)
+            .is_some_and(|w| w & (1 << (id.index() % 64)) != 0)
+    }
+
+    fn set_fresh(&mut self, id: CgroupId) {
+        if let Some(w) = self.fresh.get_mut(id.index() / 64) {
+            *w |= 1 << (id.index() % 64);
         }
     }
 
@@ -94,6 +118,9 @@ impl Snapshot {
         if self.proc_slot.len() <= slot {
             self.proc_slot.resize(slot + 1, None);
         }
+        if self.fresh.len() <= slot / 64 {
+            self.fresh.resize(slot / 64 + 1, 0);
+        }
     }
 
     pub(crate) fn reset(&mut self) {
@@ -106,8 +133,31 @@ impl Snapshot {
             }
         }
         self.proc_index.clear();
+        self.fresh.fill(0);
         self.system = SystemStats::default();
     }
+}
+
+/// Reads the usage of `id` into its tree node unless this snapshot already
+/// has it (a read that fails leaves `current` at `None`: gone, or
+/// unreadable). The one place the loop and [`View::usage`] read usage.
+pub(crate) fn read_usage_once(
+    tree: &mut Tree,
+    snap: &mut Snapshot,
+    host: &mut dyn Observe,
+    id: CgroupId,
+) {
+    if snap.is_fresh(id) {
+        return;
+    }
+    let Some(n) = tree.node_mut(id) else { return };
+    if let Err(e) = host.read_usage(id, &mut n.stats) {
+        if !e.is_gone() {
+            tracing::debug!(error = %e, "reading usage failed");
+        }
+        n.stats.current = None;
+    }
+    snap.set_fresh(id);
 }
 
 /// What a handler sees when deciding: the trigger, the cgroups in scope
@@ -142,9 +192,20 @@ impl View<'_> {
         &self.snap.in_scope
     }
 
-    /// Stats of a cgroup (`current` and `swap_current` for all in scope;
-    /// more after [`View::detail`]).
+    /// Stats of a cgroup (`current` and `swap_current` for all in scope,
+    /// unless the handler reads usage on demand: then only after
+    /// [`View::usage`]; more after [`View::detail`]).
     pub fn stats(&self, id: CgroupId) -> Option<&CgroupStats> {
+        self.tree.stats(id)
+    }
+
+    /// Stats of a cgroup with `current` and `swap_current` read for this
+    /// decision: read now unless already read (see
+    /// [`Handler::usage_on_demand`](super::Handler::usage_on_demand)).
+    /// `current` is `None` when the cgroup vanished or its file could not
+    /// be read. No allocation.
+    pub fn usage(&mut self, id: CgroupId) -> Option<&CgroupStats> {
+        read_usage_once(self.tree, self.snap, self.host, id);
         self.tree.stats(id)
     }
 
@@ -172,18 +233,20 @@ impl View<'_> {
         self.tree.parent(id)
     }
 
+    /// The child cgroups of a cgroup (in scope when it is), in no
+    /// particular order.
+    pub fn children(&self, id: CgroupId) -> &[CgroupId] {
+        self.tree.children(id)
+    }
+
     /// True when `a` is `b` or below it.
     pub fn is_within(&self, a: CgroupId, b: CgroupId) -> bool {
         self.tree.is_within(a, b)
     }
 
-    /// True when the cgroup has no children in the tree.
+    /// True when the cgroup has no children in the tree. O(1).
     pub fn is_leaf(&self, id: CgroupId) -> bool {
-        !self
-            .snap
-            .in_scope
-            .iter()
-            .any(|c| self.tree.parent(*c) == Some(id))
+        self.tree.children(id).is_empty()
     }
 
     /// System-wide numbers.
