@@ -98,7 +98,7 @@ fn reference(view: &mut View<'_>, granularity: Granularity, min: u64) -> Option<
             if ids.iter().any(|&c| view.parent(c) == Some(id)) {
                 continue; // not a leaf
             }
-            let st = *view.usage(id).unwrap();
+            let st = view.usage(id).unwrap();
             if st.current.is_none() {
                 continue;
             }

@@ -48,6 +48,12 @@ impl<H: Host> Engine<H> {
         let _ = self.host.read_system(&mut self.snap.system);
     }
 
+    /// Reads the detail of `id` into the tree (errors leave it as it was).
+    pub(super) fn read_detail(&mut self, id: CgroupId) -> Option<()> {
+        let st = self.tree.detail_mut(id)?;
+        self.host.read_detail(id, st).ok()
+    }
+
     /// Reads the usage of `id` for this decision unless the snapshot has it
     /// (a handler reading usage on demand may not have read a cgroup the
     /// loop needs: a plan's target, the tree a kill widens to).
@@ -63,9 +69,7 @@ impl<H: Host> Engine<H> {
             return;
         };
         self.snapshot(scope);
-        if let Some(n) = self.tree.node_mut(scope) {
-            let _ = self.host.read_detail(scope, &mut n.stats);
-        }
+        self.read_detail(scope);
         let trigger = self.episode.trigger;
         let trigger = if self.episode.escalations > 0 {
             Trigger::Escalation {
@@ -148,7 +152,7 @@ impl<H: Host> Engine<H> {
 
     pub(super) fn record_before(&mut self, scope: CgroupId) {
         if let Some(s) = self.tree.stats(scope) {
-            self.episode.scope_before = *s;
+            self.episode.scope_before = s;
         }
         self.episode.system_before = self.snap.system;
         if self

@@ -147,16 +147,17 @@ pub(crate) fn read_usage_once(
     host: &mut dyn Observe,
     id: CgroupId,
 ) {
-    if snap.is_fresh(id) {
+    if snap.is_fresh(id) || tree.node(id).is_none() {
         return;
     }
-    let Some(n) = tree.node_mut(id) else { return };
-    if let Err(e) = host.read_usage(id, &mut n.stats) {
+    let mut st = CgroupStats::default();
+    if let Err(e) = host.read_usage(id, &mut st) {
         if !e.is_gone() {
             tracing::debug!(error = %e, "reading usage failed");
         }
-        n.stats.current = None;
+        st.current = None;
     }
+    tree.set_usage(id, &st);
     snap.set_fresh(id);
 }
 
@@ -194,8 +195,9 @@ impl View<'_> {
 
     /// Stats of a cgroup (`current` and `swap_current` for all in scope,
     /// unless the handler reads usage on demand: then only after
-    /// [`View::usage`]; more after [`View::detail`]).
-    pub fn stats(&self, id: CgroupId) -> Option<&CgroupStats> {
+    /// [`View::usage`]; more after [`View::detail`], kept for the few
+    /// cgroups read in detail lately).
+    pub fn stats(&self, id: CgroupId) -> Option<CgroupStats> {
         self.tree.stats(id)
     }
 
@@ -204,18 +206,20 @@ impl View<'_> {
     /// [`Handler::usage_on_demand`](super::Handler::usage_on_demand)).
     /// `current` is `None` when the cgroup vanished or its file could not
     /// be read. No allocation.
-    pub fn usage(&mut self, id: CgroupId) -> Option<&CgroupStats> {
+    pub fn usage(&mut self, id: CgroupId) -> Option<CgroupStats> {
         read_usage_once(self.tree, self.snap, self.host, id);
         self.tree.stats(id)
     }
 
-    /// Reads the detail (limits, events, oom.group, pgsteal, PSI) of a cgroup.
-    pub fn detail(&mut self, id: CgroupId) -> Option<&CgroupStats> {
-        let node = self.tree.node_mut(id)?;
-        if self.host.read_detail(id, &mut node.stats).is_err() {
+    /// Reads the detail (limits, events, oom.group, pgsteal, PSI) of a
+    /// cgroup; its stats with it. `None` when it is not managed or the read
+    /// failed.
+    pub fn detail(&mut self, id: CgroupId) -> Option<CgroupStats> {
+        let st = self.tree.detail_mut(id)?;
+        if self.host.read_detail(id, st).is_err() {
             return None;
         }
-        Some(&node.stats)
+        self.tree.stats(id)
     }
 
     /// The class (priority, protection) of a cgroup.
