@@ -717,8 +717,9 @@ fn render(args: &BenchArgs, micro: &[Micro], vm: Option<&VmResult>) -> String {
         let _ = writeln!(
             s,
             "* Selection over 10,000 cgroups under 10 ms: {verdict} for the real host — {} at \
-             cgroup granularity, {} at process granularity (10 processes per cgroup, 100,000 \
-             process reads); the policy alone (in-memory host) takes {} / {}.",
+             cgroup granularity, {} at process granularity (10 processes per cgroup, each far \
+             smaller than its cgroup: every process of the lowest tier's 1,000 cgroups is read); \
+             the policy alone (in-memory host) takes {} / {}.",
             fmt_ns(kc),
             sel("select_kernel_host/process/10000").map_or("–".into(), fmt_ns),
             sel("select_mem_host/cgroup/10000").map_or("–".into(), fmt_ns),
