@@ -60,8 +60,12 @@ fn footprint(view: &mut View<'_>, id: CgroupId) -> Option<u64> {
 
 impl Descent {
     pub(super) fn with_capacity(n: usize) -> Self {
+        let mut marks = Vec::with_capacity(n);
+        // Written, not left to a zeroed allocation: a search may mark any
+        // slot, and its page must not first be allocated during an OOM.
+        marks.resize(n, (0, 0));
         Descent {
-            marks: vec![(0, 0); n],
+            marks,
             round: 0,
             cands: Vec::with_capacity(n),
             heap: BinaryHeap::with_capacity(n),

@@ -73,8 +73,10 @@ pub(crate) struct Snapshot {
     /// (cgroup, start, len) into `procs`.
     /// (cgroup, start, len) into `procs`, in the order read.
     pub(crate) proc_index: Vec<(CgroupId, u32, u32)>,
-    /// Position in `proc_index` by cgroup slot, so lookups are O(1).
-    pub(crate) proc_slot: Vec<Option<u32>>,
+    /// Position in `proc_index` plus one by cgroup slot (0: none), so
+    /// lookups are O(1); zeroed, so a slot never asked about is never
+    /// written (its page stays unallocated).
+    pub(crate) proc_slot: Vec<u32>,
     /// One bit per cgroup slot: its usage was read for this snapshot.
     fresh: Vec<u64>,
     pub(crate) system: SystemStats,
@@ -87,7 +89,7 @@ impl Snapshot {
             in_scope: Vec::with_capacity(cgroups),
             procs: Vec::with_capacity(procs),
             proc_index: Vec::with_capacity(cgroups),
-            proc_slot: vec![None; cgroups],
+            proc_slot: vec![0; cgroups],
             fresh: vec![0; cgroups.div_ceil(64)],
             system: SystemStats::default(),
         }
@@ -116,7 +118,7 @@ impl Snapshot {
             self.proc_index.reserve(cgroups - self.proc_index.len());
         }
         if self.proc_slot.len() <= slot {
-            self.proc_slot.resize(slot + 1, None);
+            self.proc_slot.resize(slot + 1, 0);
         }
         if self.fresh.len() <= slot / 64 {
             self.fresh.resize(slot / 64 + 1, 0);
@@ -129,7 +131,7 @@ impl Snapshot {
         self.procs.clear();
         for (id, _, _) in &self.proc_index {
             if let Some(s) = self.proc_slot.get_mut(id.index()) {
-                *s = None;
+                *s = 0;
             }
         }
         self.proc_index.clear();
@@ -275,8 +277,7 @@ impl View<'_> {
             .snap
             .proc_slot
             .get(id.index())
-            .copied()
-            .flatten()
+            .and_then(|&i| i.checked_sub(1))
             .and_then(|i| self.snap.proc_index.get(i as usize))
             .filter(|(c, _, _)| *c == id);
         if let Some(&(_, start, len)) = cached {
@@ -292,13 +293,13 @@ impl View<'_> {
             }
         }
         let len = self.snap.procs.len() - start;
-        let at = self.snap.proc_index.len() as u32;
+        let at = self.snap.proc_index.len() as u32 + 1;
         self.snap.proc_index.push((id, start as u32, len as u32));
         if self.snap.proc_slot.len() <= id.index() {
-            self.snap.proc_slot.resize(id.index() + 1, None);
+            self.snap.proc_slot.resize(id.index() + 1, 0);
         }
         if let Some(s) = self.snap.proc_slot.get_mut(id.index()) {
-            *s = Some(at);
+            *s = at;
         }
         Ok(&self.snap.procs[start..])
     }
