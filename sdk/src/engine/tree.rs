@@ -63,7 +63,9 @@ pub enum XattrTrust {
 
 #[derive(Debug)]
 pub(crate) struct Node {
-    pub(crate) path: PathBuf,
+    /// Exactly as long as the path (no spare capacity): one heap block of
+    /// the path's size per cgroup.
+    pub(crate) path: Box<Path>,
     pub(crate) parent: Option<CgroupId>,
     pub(crate) depth: u16,
     pub(crate) class: Class,
@@ -211,6 +213,7 @@ impl Tree {
         let pos = parent
             .and_then(|p| self.node(p))
             .map_or(0, |p| p.children.len() as u32);
+        let path = path.into_boxed_path();
         let node = |generation| Node {
             path,
             parent,
@@ -271,7 +274,7 @@ impl Tree {
             let n = &mut self.nodes[c.index()];
             n.live = false;
             n.children = Vec::new();
-            n.path = PathBuf::new();
+            n.path = Box::from(Path::new(""));
             self.live -= 1;
             self.free.push(c.idx);
         }
@@ -341,7 +344,7 @@ impl Tree {
     pub fn lookup(&self, path: &Path) -> Option<CgroupId> {
         let mut i = self.by_path.get(&path_key(path)).copied()?;
         while let Some(n) = self.nodes.get(i as usize) {
-            if n.live && n.path == path {
+            if n.live && *n.path == *path {
                 return Some(CgroupId {
                     idx: i,
                     generation: n.generation,
@@ -376,7 +379,7 @@ impl Tree {
 
     /// The hierarchy path of a cgroup.
     pub fn path(&self, id: CgroupId) -> Option<&Path> {
-        self.node(id).map(|n| n.path.as_path())
+        self.node(id).map(|n| &*n.path)
     }
 
     /// The parent of a cgroup (`None` for the managed root).
