@@ -327,3 +327,51 @@ fn cgroup_selection_skips_subtrees_that_cannot_win() {
     assert_eq!(reads, 13, "reads of one decision");
     let _: CgroupId = victim;
 }
+
+/// The search's marks are cleared every 255 tiers searched: with a size
+/// floor no candidate reaches, each decision marks all 6 tiers, and 100
+/// decisions go through the clearing twice, still picking what a full scan
+/// picks.
+#[test]
+fn fast_selection_survives_many_rounds() {
+    let seen: Seen = Arc::default();
+    let min = 1 << 40;
+    let compare = Compare {
+        fast: PriorityKill::new(
+            PriorityKillConfig {
+                granularity: Granularity::Cgroup,
+                min_victim_bytes: min,
+                ..PriorityKillConfig::default()
+            },
+            Classifier::new(vec![], None, 0).unwrap(),
+        ),
+        granularity: Granularity::Cgroup,
+        min,
+        seen: seen.clone(),
+    };
+    let mut cfg = eager();
+    cfg.dry_run = true;
+    // Higher tiers hold larger leaves: a stale mark taken for one of this
+    // round's would pick a leaf of the wrong tier.
+    let setup = |h: &mut FakeHost| {
+        for t in 0..6 {
+            h.cg(&format!("/t{t}")).xattr.priority = Some(t * 10);
+            for i in 0..7 {
+                let pid = 1000 + t * 10 + i;
+                h.cg(&format!("/t{t}/c{i}")).procs = vec![proc(pid, 4 + 8 * t as u64 + i as u64)];
+            }
+        }
+    };
+    let mut r = Rig::new(cfg, setup, Box::new(compare));
+    for _ in 0..100 {
+        r.event("/", urgent());
+        r.run(Duration::from_secs(5));
+        r.host().advance(Duration::from_secs(60));
+    }
+    let seen = seen.lock().unwrap();
+    assert!(seen.len() >= 100, "{} decisions", seen.len());
+    for (i, (fast, slow)) in seen.iter().enumerate() {
+        assert!(fast.is_some(), "decision {i}: a victim below the floor");
+        assert_eq!(fast, slow, "decision {i}");
+    }
+}

@@ -30,7 +30,21 @@ use oomkit::engine::{CgroupId, View};
 use super::Choice;
 
 /// A cgroup on the way to a candidate, not a candidate itself.
-const ON_WAY: u32 = u32::MAX;
+const ON_WAY: u32 = POS;
+
+/// The low 24 bits of a mark: a candidate's position in the view's
+/// cgroups, or [`ON_WAY`]; the high 8 bits: the round that wrote it.
+const POS: u32 = (1 << 24) - 1;
+
+/// The last round before the marks are cleared and counting starts again.
+const LAST_ROUND: u32 = 255;
+
+/// No round (rounds start at 1); not zero, so the table is written when made.
+const UNMARKED: u32 = ON_WAY;
+
+fn mark(round: u32, pos: u32) -> u32 {
+    (round << 24) | pos
+}
 
 /// A cgroup to look at, by the most it can hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -42,10 +56,10 @@ struct Entry {
 /// The scratch of one search, sized once.
 #[derive(Debug, Clone)]
 pub(super) struct Descent {
-    /// Per cgroup slot: (round, position in the view's cgroups, or
-    /// [`ON_WAY`]). A slot marked with the current round leads to a
+    /// Per cgroup slot, 4 bytes: the round and position of [`mark`]. A
+    /// slot marked with the current round leads to a
     /// candidate of the tier being searched.
-    marks: Vec<(u32, u32)>,
+    marks: Vec<u32>,
     round: u32,
     /// The candidates: (tier, position in the view's cgroups).
     cands: Vec<(i32, u32)>,
@@ -60,10 +74,9 @@ fn footprint(view: &mut View<'_>, id: CgroupId) -> Option<u64> {
 
 impl Descent {
     pub(super) fn with_capacity(n: usize) -> Self {
-        let mut marks = Vec::with_capacity(n);
         // Written, not left to a zeroed allocation: a search may mark any
         // slot, and its page must not first be allocated during an OOM.
-        marks.resize(n, (0, 0));
+        let marks = vec![UNMARKED; n];
         Descent {
             marks,
             round: 0,
@@ -76,7 +89,7 @@ impl Descent {
     pub(super) fn try_with_capacity(n: usize) -> Result<Self, TryReserveError> {
         let mut marks = Vec::new();
         marks.try_reserve_exact(n)?;
-        marks.resize(n, (0, 0));
+        marks.resize(n, UNMARKED);
         let mut cands = Vec::new();
         cands.try_reserve_exact(n)?;
         let mut heap = Vec::new();
@@ -105,7 +118,7 @@ impl Descent {
         self.cands.clear();
         for pos in 0..view.cgroups().len() {
             let id = view.cgroups()[pos];
-            if id.index() >= self.marks.len() {
+            if id.index() >= self.marks.len() || pos >= ON_WAY as usize {
                 return Err(TooMany);
             }
             if let Some(priority) = candidate(view, id) {
@@ -137,9 +150,9 @@ impl Descent {
     }
 
     fn next_round(&mut self) -> u32 {
-        self.round = self.round.wrapping_add(1);
-        if self.round == 0 {
-            self.marks.fill((0, 0));
+        self.round += 1;
+        if self.round > LAST_ROUND {
+            self.marks.fill(UNMARKED);
             self.round = 1;
         }
         self.round
@@ -152,17 +165,17 @@ impl Descent {
         for k in range {
             let pos = self.cands[k].1;
             let id = view.cgroups()[pos as usize];
-            self.marks[id.index()] = (round, pos);
+            self.marks[id.index()] = mark(round, pos);
             let mut cur = id;
             while cur != scope {
                 let Some(p) = view.parent(cur) else { break };
                 let Some(m) = self.marks.get_mut(p.index()) else {
                     break;
                 };
-                if m.0 == round {
+                if *m >> 24 == round {
                     break;
                 }
-                *m = (round, ON_WAY);
+                *m = mark(round, ON_WAY);
                 cur = p;
             }
         }
@@ -187,7 +200,7 @@ impl Descent {
             if bound < floor || best.is_some_and(|(b, _)| bound < b.footprint) {
                 break; // nothing left can be as large
             }
-            let pos = self.marks[id.index()].1;
+            let pos = self.marks[id.index()] & POS;
             if pos != ON_WAY {
                 // A candidate: its bound is its own footprint.
                 let better = best.is_none_or(|(b, at)| {
@@ -217,10 +230,11 @@ impl Descent {
     /// by its footprint (not at all when unreadable: gone), a cgroup on
     /// the way by its own, or by its parent's `bound` when unreadable.
     fn push(&mut self, view: &mut View<'_>, id: CgroupId, round: u32, bound: u64) {
-        let Some(&(r, pos)) = self.marks.get(id.index()) else {
+        let Some(&m) = self.marks.get(id.index()) else {
             return;
         };
-        if r != round {
+        let pos = m & POS;
+        if m >> 24 != round {
             return;
         }
         let bound = match (footprint(view, id), pos) {
