@@ -102,9 +102,9 @@ impl Descent {
         })
     }
 
-    /// The candidates are the view's cgroups for which `candidate` is
-    /// true. `None` when there is none, or when a cgroup's slot is past the
-    /// table (the caller then scans everything).
+    /// The victim among the view's cgroups to which `candidate` gives a
+    /// tier (`None`: there is none, or none could be read). `TooMany` when
+    /// a cgroup's slot is past the table: the caller then scans everything.
     pub(super) fn choose(
         &mut self,
         view: &mut View<'_>,
