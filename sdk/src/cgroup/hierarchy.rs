@@ -101,12 +101,12 @@ impl Cgroup {
         )
         .map_err(|e| self.map_err(c".", Op::ReadDir, e))?;
         let mut dir = rustix::fs::Dir::read_from(&dup)
-            .map_err(|e| Error::io(&self.path, Op::ReadDir, io_err(e)))?;
+            .map_err(|e| Error::io(&*self.path, Op::ReadDir, io_err(e)))?;
         let mut out = Vec::new();
         while let Some(entry) = dir.read() {
             let entry = entry.map_err(|e| {
                 fs::cgroup_errno(&self.path, e, |e| {
-                    Error::io(&self.path, Op::ReadDir, io_err(e))
+                    Error::io(&*self.path, Op::ReadDir, io_err(e))
                 })
             })?;
             let name = entry.file_name().to_bytes();
@@ -148,8 +148,8 @@ impl Cgroup {
         .map_err(|e| fs::cgroup_errno(&path, e, |e| Error::io(&path, Op::Open, io_err(e))))?;
         Ok(Cgroup {
             dir,
-            hierarchy_path: self.hierarchy_path.join(name),
-            path,
+            hierarchy_path: self.hierarchy_path.join(name).into(),
+            path: path.into(),
             verified: self.verified,
         })
     }
@@ -174,8 +174,8 @@ impl Cgroup {
         .map_err(|e| self.map_err_path(path, Op::Open, e))?;
         Ok(Some(Cgroup {
             dir,
-            path: path.to_owned(),
-            hierarchy_path: hierarchy_path.to_owned(),
+            path: path.into(),
+            hierarchy_path: hierarchy_path.into(),
             verified: self.verified,
         }))
     }
@@ -205,7 +205,7 @@ impl Cgroup {
     fn map_err_path(&self, path: &Path, op: Op, e: Errno) -> Error {
         match e {
             Errno::NODEV => Error::CgroupGone {
-                path: self.path.clone(),
+                path: self.path.to_path_buf(),
             },
             e => Error::io(path, op, io_err(e)),
         }

@@ -136,16 +136,16 @@ impl Runner {
 
     pub(super) fn publish_target(&self, id: CgroupId) {
         let Some(wd) = &self.watchdog else { return };
-        let (Some(class), Some(path), Some(dup)) = (
+        let (Some(class), Some(path), Some(cg)) = (
             self.engine.tree().class(id),
             self.engine.tree().path(id),
-            self.engine.host().cgroup_shared(id),
+            self.engine.host().parked(id),
         ) else {
             return;
         };
         if let Ok(mut t) = wd.shared().targets.lock() {
             t.push(Target {
-                cg: dup,
+                cg,
                 path: path.to_path_buf(),
                 priority: class.priority,
                 protected: class.protected,
@@ -155,7 +155,7 @@ impl Runner {
 
     pub(super) fn add_child(&mut self, hier: &Path) {
         if let Some(id) = self.engine.tree().lookup(hier) {
-            if hier == self.root_hier || self.handle_is_current(id, hier) {
+            if hier == self.root_hier || self.handle_is_current(id) {
                 return;
             }
             // Re-created at a known path, its removal lost: rebind.
@@ -190,7 +190,7 @@ impl Runner {
                 {
                     return;
                 }
-                let Some(cg) = self.engine.host().cgroup_shared(id) else {
+                let Ok(cg) = self.engine.host_mut().take_attached(id) else {
                     return;
                 };
                 if let Err(e) = self.watch_cgroup(id, &cg) {
@@ -298,20 +298,10 @@ impl Runner {
         }
     }
 
-    /// Whether the handle the host holds for `id` is the directory now at
-    /// `hier` (not a removed one whose path was reused).
-    pub(super) fn handle_is_current(&self, id: CgroupId, hier: &Path) -> bool {
-        let Some(cg) = self.engine.host().cgroup_shared(id) else {
-            return false;
-        };
-        let Ok(fs_path) = self.engine.host().fs().fs_path(hier) else {
-            return true;
-        };
-        match (rustix::fs::fstat(cg.dir_fd()), rustix::fs::stat(&fs_path)) {
-            (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
-            (Err(_), _) => false,
-            // Gone again: its removal event follows.
-            (_, Err(_)) => true,
-        }
+    /// Whether the cgroup the host knows as `id` is the directory now at
+    /// its path (not a removed one whose path was reused): opening it
+    /// checks the directory's identity.
+    pub(super) fn handle_is_current(&self, id: CgroupId) -> bool {
+        self.engine.host().handle(id).is_ok()
     }
 }
