@@ -254,6 +254,22 @@ impl Cgroup {
         }
     }
 
+    /// Whether the directory may have an extended attribute whose name
+    /// contains `needle` (`flistxattr(2)`, one call for all of them): false
+    /// only when the list, read whole, has none. The list holds only the
+    /// names this process may read (`trusted.*` needs `CAP_SYS_ADMIN`).
+    pub(crate) fn may_have_xattr(&self, needle: &[u8]) -> bool {
+        let mut buf = [0u8; 1024];
+        match rustix::fs::flistxattr(&self.dir, &mut buf[..]) {
+            Ok(n) => buf[..n]
+                .split(|b| *b == 0)
+                .any(|name| name.windows(needle.len()).any(|w| w == needle)),
+            Err(Errno::OPNOTSUPP) => false,
+            // Too many names for the buffer (ERANGE), or unknown: read them.
+            Err(_) => true,
+        }
+    }
+
     /// The owner (uid) of the cgroup directory: delegated cgroups belong to
     /// the user they were delegated to.
     pub fn owner_uid(&self) -> Result<u32> {

@@ -46,13 +46,23 @@ pub(crate) struct ParkedCgroup {
 impl Cgroup {
     /// What it takes to open this cgroup again later without keeping its
     /// fd (`fstat(2)` of the directory for its identity).
+    #[cfg(test)]
     pub(crate) fn park(&self) -> Result<ParkedCgroup> {
-        let st = rustix::fs::fstat(&self.dir).map_err(|e| {
+        Ok(self.park_as(&self.dir_stat()?))
+    }
+
+    /// `fstat(2)` of the directory.
+    pub(crate) fn dir_stat(&self) -> Result<rustix::fs::Stat> {
+        rustix::fs::fstat(&self.dir).map_err(|e| {
             fs::cgroup_errno(&self.path, e, |e| {
                 Error::io(&*self.path, Op::Stat, io_err(e))
             })
-        })?;
-        Ok(ParkedCgroup {
+        })
+    }
+
+    /// [`Cgroup::park`] with the directory's `fstat` already taken.
+    pub(crate) fn park_as(&self, st: &rustix::fs::Stat) -> ParkedCgroup {
+        ParkedCgroup {
             path: self.path.clone(),
             hierarchy_path: self.hierarchy_path.clone(),
             #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
@@ -60,7 +70,7 @@ impl Cgroup {
             #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
             ino: st.st_ino as u64,
             verified: self.verified,
-        })
+        }
     }
 }
 
@@ -161,5 +171,28 @@ mod tests {
         std::fs::remove_dir(dir.path().join("a")).unwrap();
         let e = parked.open().unwrap_err();
         assert!(e.is_gone(), "{e}");
+    }
+
+    #[test]
+    fn the_xattr_list_tells_unmarked_directories() {
+        let (dir, fs) = fixture();
+        let cg = fs.open(dir.path().join("a")).unwrap();
+        assert!(!cg.may_have_xattr(b"oomkit."));
+        rustix::fs::setxattr(
+            dir.path().join("a").as_path(),
+            "user.other",
+            b"1",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        assert!(!cg.may_have_xattr(b"oomkit."), "another key is no mark");
+        rustix::fs::setxattr(
+            dir.path().join("a").as_path(),
+            "user.oomkit.priority",
+            b"5",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        assert!(cg.may_have_xattr(b"oomkit."));
     }
 }

@@ -10,10 +10,12 @@
 //! (`ParkedCgroup::open` says why the `fstat`). The handle of the cgroup
 //! attached last stays open until the next attach, so attaching (xattrs,
 //! a raised limit's record, its event watch) opens each directory once.
+//! Also here: which optional files a cgroup has ([`Present`]), learnt at
+//! attach so no read goes through its directory to find a file missing.
 
 use std::ops::Deref;
 
-use crate::cgroup::{Cgroup, ParkedCgroup};
+use crate::cgroup::{Cgroup, ParkedCgroup, files};
 use crate::error::{Error, Result};
 
 use super::types::CgroupId;
@@ -53,17 +55,16 @@ impl Handles {
         }
     }
 
-    /// Records `cg` as cgroup `id` (its directory stays open until the
-    /// next attach).
-    pub(crate) fn insert(&mut self, id: CgroupId, cg: Cgroup) -> Result<()> {
-        let parked = cg.park()?;
+    /// Records `cg` as cgroup `id`, `st` its directory's `fstat` (it stays
+    /// open until the next attach).
+    pub(crate) fn insert(&mut self, id: CgroupId, cg: Cgroup, st: &rustix::fs::Stat) {
+        let parked = cg.park_as(st);
         let i = id.index();
         if self.parked.len() <= i {
             self.parked.resize_with(i + 1, || None);
         }
         self.parked[i] = Some(parked);
         self.last = Some((id, cg));
-        Ok(())
     }
 
     /// Forgets cgroup `id`.
@@ -112,5 +113,42 @@ impl Handles {
     /// The parked cgroup `id` (no fd), for another thread to open on demand.
     pub(crate) fn parked(&self, id: CgroupId) -> Option<&ParkedCgroup> {
         self.parked.get(id.index()).and_then(Option::as_ref)
+    }
+}
+
+/// Which optional files a cgroup has, learnt once at attach: the mount root
+/// lacks `memory.current` and the limits, old kernels lack others. Skipping
+/// them keeps the hot path free of the (allocating) `Unsupported` errors.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Present {
+    pub(crate) current: bool,
+    pub(crate) swap: bool,
+    pub(crate) high: bool,
+    pub(crate) max: bool,
+    pub(crate) oom_group: bool,
+    pub(crate) events_local: bool,
+    pub(crate) cgroup_events: bool,
+    pub(crate) pressure: bool,
+    pub(crate) stat: bool,
+    /// Some xattr named `oomkit.*` was listed at attach (per cgroup, not
+    /// learnt from a sibling).
+    pub(crate) marked: bool,
+}
+
+impl Present {
+    pub(crate) fn probe(cg: &Cgroup) -> Self {
+        let has = |f| cg.has_file(f).unwrap_or(false);
+        Present {
+            current: has(files::MEMORY_CURRENT),
+            swap: has(files::MEMORY_SWAP_CURRENT),
+            high: has(files::MEMORY_HIGH),
+            max: has(files::MEMORY_MAX),
+            oom_group: has(files::MEMORY_OOM_GROUP),
+            events_local: has(files::MEMORY_EVENTS_LOCAL),
+            cgroup_events: has(files::CGROUP_EVENTS),
+            pressure: has(files::MEMORY_PRESSURE),
+            stat: has(files::MEMORY_STAT),
+            marked: false,
+        }
     }
 }

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::kill::{self, GroupKillOptions, Pidfd, Signal};
 use crate::proc::{self, ProcessInfo};
 
-use super::handles::{Handle, Handles};
+use super::handles::{Handle, Handles, Present};
 use super::host::{Act, Observe, Victim};
 use super::tree::XattrTrust;
 use super::types::{CgroupId, CgroupStats, ProcSample, SystemStats, XattrInfo};
@@ -30,39 +30,6 @@ const VICTIM_SLOTS: usize = 8;
 /// Where a raised `memory.max` is recorded (`old raised`) until restored:
 /// on the cgroup, in a namespace only a privileged process can write.
 const RAISED_XATTR: &str = "trusted.oomkit.raised";
-
-/// Which optional files a cgroup has, learnt once at attach: the mount root
-/// lacks `memory.current` and the limits, old kernels lack others. Skipping
-/// them keeps the hot path free of the (allocating) `Unsupported` errors.
-#[derive(Debug, Clone, Copy, Default)]
-struct Present {
-    current: bool,
-    swap: bool,
-    high: bool,
-    max: bool,
-    oom_group: bool,
-    events_local: bool,
-    cgroup_events: bool,
-    pressure: bool,
-    stat: bool,
-}
-
-impl Present {
-    fn probe(cg: &Cgroup) -> Self {
-        let has = |f| cg.has_file(f).unwrap_or(false);
-        Present {
-            current: has(files::MEMORY_CURRENT),
-            swap: has(files::MEMORY_SWAP_CURRENT),
-            high: has(files::MEMORY_HIGH),
-            max: has(files::MEMORY_MAX),
-            oom_group: has(files::MEMORY_OOM_GROUP),
-            events_local: has(files::MEMORY_EVENTS_LOCAL),
-            cgroup_events: has(files::CGROUP_EVENTS),
-            pressure: has(files::MEMORY_PRESSURE),
-            stat: has(files::MEMORY_STAT),
-        }
-    }
-}
 
 fn when<T>(present: bool, read: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
     if present { read().map(Some) } else { Ok(None) }
@@ -245,17 +212,28 @@ impl Observe for KernelHost {
 
     fn attach(&mut self, id: CgroupId, path: &Path) -> Result<XattrInfo> {
         let cg = self.fs.open_hierarchy(path)?;
-        let owner = cg.owner_uid().ok();
+        // One fstat: the owner, and the identity the handle is parked with.
+        let st = cg.dir_stat()?;
+        let owner = Some(st.st_uid);
         if self.root_owner.is_none() {
             self.root_owner = owner;
         }
         if self.has_cgroup_kill.is_none() {
             self.has_cgroup_kill = cg.has_file(files::CGROUP_KILL).ok();
         }
-        let priority = trusted_xattr(&cg, "oomkit.priority", self.trust, self.root_owner)
+        // Most cgroups carry no oomkit xattr: one flistxattr instead of a
+        // read per key (priority, protected, a raised limit's record).
+        let marked = cg.may_have_xattr(b"oomkit.");
+        let read = |key| {
+            if marked {
+                trusted_xattr(&cg, key, self.trust, self.root_owner)
+            } else {
+                None
+            }
+        };
+        let priority = read("oomkit.priority")
             .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<i32>().ok());
-        let protected = trusted_xattr(&cg, "oomkit.protected", self.trust, self.root_owner)
-            .is_some_and(|v| v.trim_ascii() == b"1");
+        let protected = read("oomkit.protected").is_some_and(|v| v.trim_ascii() == b"1");
         let i = id.index();
         if self.present.len() <= i {
             self.present.resize_with(i + 1, Present::default);
@@ -269,6 +247,7 @@ impl Observe for KernelHost {
                 found
             }
         };
+        self.present[i].marked = marked;
         self.current[i] = if self.present[i].current && self.current_budget > 0 {
             let f = rustix::fs::openat(
                 cg.dir_fd(),
@@ -289,14 +268,13 @@ impl Observe for KernelHost {
         let trusted_owner = |o: u32| o == 0 || Some(o) == self.root_owner;
         // The parent's owner is read now (not cached): a delegation may
         // have just changed it.
+        // `..` of the open directory: its very parent, without a path walk.
         let delegated = !owner.is_some_and(trusted_owner)
-            || cg
-                .path()
-                .parent()
-                .and_then(|p| rustix::fs::stat(p).ok())
-                .is_some_and(|st| !trusted_owner(st.st_uid));
+            || (cg.path().parent().is_some()
+                && rustix::fs::statat(cg.dir_fd(), c"..", rustix::fs::AtFlags::empty())
+                    .is_ok_and(|st| !trusted_owner(st.st_uid)));
         let delegated = delegated && self.root_owner.is_some();
-        self.cgroups.insert(id, cg)?;
+        self.cgroups.insert(id, cg, &st);
         Ok(XattrInfo {
             priority,
             protected,
@@ -414,6 +392,9 @@ impl Observe for KernelHost {
     }
 
     fn raised_mark(&mut self, id: CgroupId) -> Option<(Limit, Limit)> {
+        if !self.present.get(id.index()).is_some_and(|p| p.marked) {
+            return None;
+        }
         let v = self.cg(id).ok()?.xattr(RAISED_XATTR).ok()??;
         let s = std::str::from_utf8(&v).ok()?;
         let (old, raised) = s.split_once(' ')?;

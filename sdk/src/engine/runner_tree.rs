@@ -20,8 +20,9 @@ use super::{Binding, DIR_CHANGES_PER_TURN, EXTRA_SOURCES, Runner};
 /// Lists the directories below `dir` (at `path`, `depth` levels below the
 /// root) down to `max` levels into `found`, parents before their children;
 /// a directory that cannot be listed goes to `unlisted` (nothing below it
-/// is judged gone). One `openat` and `getdents64` per directory, and at
-/// most `max` fds open at once.
+/// is judged gone). One `openat` and `getdents64` per directory that may
+/// have subdirectories (a leaf is told by its link count, one `statat`),
+/// and at most `max` fds open at once.
 fn list_tree(
     dir: BorrowedFd<'_>,
     path: &Path,
@@ -61,7 +62,12 @@ fn list_tree(
             continue;
         }
         let child = path.join(std::ffi::OsStr::from_bytes(bytes));
-        if depth < max {
+        // A link count of 2 (kernfs counts subdirectories): nothing below.
+        let leaf = || {
+            rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| st.st_nlink == 2)
+        };
+        if depth < max && !leaf() {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
             match rustix::fs::openat(dir, name, flags, Mode::empty()) {
                 Ok(fd) => {
