@@ -686,6 +686,18 @@ pub(crate) fn proc_numbers(pid: i32) -> Result<(u64, u64, u64, u64, usize), Fail
     Ok((rss, hwm, lck, sw, threads))
 }
 
+/// CPU seconds `(user, system)` of `pid` so far, from `/proc/PID/stat` (`utime`, `stime`, in
+/// clock ticks of 1/100 s).
+fn cpu_seconds(pid: i32) -> (f64, f64) {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised comm: state is field 3, utime 14, stime 15.
+    let rest = st.rsplit_once(')').map_or("", |r| r.1);
+    let mut f = rest.split_whitespace().skip(11);
+    let mut tick = || f.next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
+    let user = tick();
+    (user, tick())
+}
+
 fn fd_count(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
@@ -1043,6 +1055,10 @@ fn scale(ctx: &mut Ctx) -> TestResult {
         v["selection_ms"] = json!(selection_us.map(|u| (u / 10.0).round() / 100.0));
         v["created_s"] = json!((created.as_secs_f64() * 10.0).round() / 10.0);
         v["guest_mib"] = json!(guest_mib());
+        // Where start-up went: oomkit's own CPU time by now (it is idle once settled).
+        let (user, sys) = cpu_seconds(pid);
+        v["cpu_user_s"] = json!(user);
+        v["cpu_sys_s"] = json!(sys);
         done.push(format!(
             "{n}: start {:.2} s, Rss {} KiB, fds {}, selection {:?} ms",
             startup.as_secs_f64(),

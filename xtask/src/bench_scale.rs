@@ -239,6 +239,26 @@ pub fn render(
                 .join("; ")
         );
     }
+    let cpu: Vec<String> = rows
+        .iter()
+        .filter_map(|v| {
+            Some(format!(
+                "{}: {:.2} + {:.2} s",
+                v["cgroups"],
+                f(v, "cpu_user_s")?,
+                f(v, "cpu_sys_s")?
+            ))
+        })
+        .collect();
+    if !cpu.is_empty() {
+        let _ = writeln!(
+            s,
+            "\noomkit's own CPU time once settled (user + system, `/proc/PID/stat`; start-up and \
+             the warm-up decision, nothing after): {}. Start-up beyond it is waiting (a loaded \
+             host's TCG guest shares its CPU).",
+            cpu.join("; ")
+        );
+    }
     let _ = writeln!(s, "\n![cost per cgroup](bench-scale.svg)\n");
     if let Some(v) = rows.iter().find(|v| v["cgroups"] == 10_000) {
         let rss = f(v, "rss_kib").unwrap_or(f64::MAX);
