@@ -254,8 +254,8 @@ pub fn render(
         let _ = writeln!(
             s,
             "\noomkit's own CPU time once settled (user + system, `/proc/PID/stat`; start-up and \
-             the warm-up decision, nothing after): {}. Start-up beyond it is waiting (a loaded \
-             host's TCG guest shares its CPU).",
+             the warm-up decision, nothing after; as the guest counts it, so it grows with the \
+             host's load like the wall time): {}.",
             cpu.join("; ")
         );
     }
