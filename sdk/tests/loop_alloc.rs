@@ -117,6 +117,20 @@ fn event_to_kill_makes_no_heap_allocation() {
     host.set_own_cgroup(Some("/oomkit.service".into()));
     let mut engine = Engine::new(cfg, host, Box::new(Largest), Path::new("/")).unwrap();
     let rootid = engine.root().unwrap();
+    // A second cgroup attached after the root: the host keeps only the last
+    // attached directory open, so every read and the kill in the root go
+    // through the on-demand open (`ParkedCgroup::open`), which must not
+    // allocate either.
+    let other = root.join("other");
+    std::fs::create_dir(&other).unwrap();
+    for (f, v) in [
+        ("cgroup.procs", ""),
+        ("memory.current", "4096\n"),
+        ("memory.events.local", events(0).as_str()),
+    ] {
+        write(&other, f, v);
+    }
+    engine.add_cgroup(Path::new("/other")).unwrap();
     let cg = fs.root().unwrap();
     let mut watch = MemoryEventsWatch::open(&cg, Scope::Local).unwrap();
 
