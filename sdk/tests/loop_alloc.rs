@@ -133,6 +133,20 @@ fn event_to_kill(on_demand: bool) {
     let mut engine =
         Engine::new(cfg, host, Box::new(Largest { on_demand }), Path::new("/")).unwrap();
     let rootid = engine.root().unwrap();
+    // A second cgroup attached after the root: the host keeps only the last
+    // attached directory open, so every read and the kill in the root go
+    // through the on-demand open (`ParkedCgroup::open`), which must not
+    // allocate either.
+    let other = root.join("other");
+    std::fs::create_dir(&other).unwrap();
+    for (f, v) in [
+        ("cgroup.procs", ""),
+        ("memory.current", "4096\n"),
+        ("memory.events.local", events(0).as_str()),
+    ] {
+        write(&other, f, v);
+    }
+    engine.add_cgroup(Path::new("/other")).unwrap();
     let cg = fs.root().unwrap();
     let mut watch = MemoryEventsWatch::open(&cg, Scope::Local).unwrap();
 

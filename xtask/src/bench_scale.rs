@@ -213,6 +213,52 @@ pub fn render(
             u["why"].as_str().unwrap_or("?")
         );
     }
+    let _ = writeln!(s);
+    // Which guest each row ran in: the 30,000 point has a VM of its own with more memory.
+    let mut guests: Vec<(u64, Vec<String>)> = Vec::new();
+    for v in &rows {
+        let m = v["guest_mib"].as_u64().unwrap_or(0);
+        let n = v["cgroups"].to_string();
+        match guests.iter_mut().find(|g| g.0 == m) {
+            Some(g) => g.1.push(n),
+            None => guests.push((m, vec![n])),
+        }
+    }
+    if guests.len() > 1 || guests.iter().any(|g| g.0 > 0) {
+        let _ = writeln!(
+            s,
+            "Guest memory (`MemTotal`): {}. The 30,000 point runs in a VM of its own \
+             (`cargo xtask bench --scale-memory-mib`, 3 GiB by default): in the 1 GiB guest of \
+             the other rows the kernel's own cost of 30,000 memory cgroups left no room and the \
+             guest panicked (\"Out of memory and no killable processes\") while oomkit attached \
+             them.",
+            guests
+                .iter()
+                .map(|(m, ns)| format!("{} cgroups in {m} MiB", ns.join(", ")))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    let cpu: Vec<String> = rows
+        .iter()
+        .filter_map(|v| {
+            Some(format!(
+                "{}: {:.2} + {:.2} s",
+                v["cgroups"],
+                f(v, "cpu_user_s")?,
+                f(v, "cpu_sys_s")?
+            ))
+        })
+        .collect();
+    if !cpu.is_empty() {
+        let _ = writeln!(
+            s,
+            "\noomkit's own CPU time once settled (user + system, `/proc/PID/stat`; start-up and \
+             the warm-up decision, nothing after; as the guest counts it, so it grows with the \
+             host's load like the wall time): {}.",
+            cpu.join("; ")
+        );
+    }
     let _ = writeln!(s, "\n![cost per cgroup](bench-scale.svg)\n");
     if let Some(v) = rows.iter().find(|v| v["cgroups"] == 10_000) {
         let rss = f(v, "rss_kib").unwrap_or(f64::MAX);
