@@ -36,8 +36,9 @@
 //! [`verify`] reads the state back for tests and logs.
 //!
 //! The file answers "which protections did the handler get?"; its child
-//! modules hold the longer answers: `mlock` the `mlockall` step, `stack`
-//! the memory touched up front, `state` the read-back.
+//! modules hold the longer answers: `mlock` the `mlockall` step, `exe` the
+//! parts of the program's file left unlocked, `stack` the memory touched up
+//! front, `state` the read-back.
 
 use std::fmt;
 
@@ -47,6 +48,7 @@ use crate::cgroup::{Cgroup, Limit};
 use crate::error::{Error, Result};
 use crate::proc::ProcDir;
 
+mod exe;
 mod mlock;
 mod stack;
 mod state;
@@ -72,7 +74,8 @@ pub enum MlockMode {
     /// still counts every mapping in `VmLck`).
     AllOnFault,
     /// `mlock(2)` of the program's own file mappings (code, read-only data)
-    /// whole, and elsewhere of the pages resident when the lock is taken
+    /// whole but for the unwind tables and what only start-up reads
+    /// (`.eh_frame`, `.gcc_except_table`, `.rela.dyn`, …), and elsewhere of the pages resident when the lock is taken
     /// (the present bit of `/proc/self/pagemap`: heap, stacks, tables, shared
     /// libraries), then `MCL_FUTURE` for everything mapped later. Take it
     /// after touching the hot path (see the module docs).
