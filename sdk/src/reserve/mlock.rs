@@ -171,8 +171,8 @@ pub fn drop_start_up_pages() -> std::io::Result<usize> {
 
 /// Locks the program's own file mappings whole (its code and read-only
 /// data, faulted in if needed) but for its unwind and start-up tables
-/// (`exe`), and of every other mapping the pages that
-/// are resident now: the present bit (63) of each page's
+/// (`exe`), and of every other mapping the pages that are resident now:
+/// the present bit (63) of each page's
 /// `/proc/self/pagemap` entry, readable without privileges, over every
 /// mapping of `/proc/self/maps` except the kernel's special ones; runs of
 /// present pages are `mlock`ed one range at a time.
