@@ -924,12 +924,23 @@ fn breakdown(pid: i32) -> Value {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
     let mut out = serde_json::Map::new();
     let mut kind = String::new();
+    // Every mapping with resident pages: "kind perms size_kib rss_kib" (the anonymous ones are
+    // told apart by their size: thread stacks, large allocations).
+    let mut maps: Vec<String> = Vec::new();
+    let mut head = String::new();
     for line in smaps.lines() {
         let mut f = line.split_whitespace();
         let first = f.next().unwrap_or("");
         if first.contains('-') && !first.ends_with(':') {
             let perms = f.next().unwrap_or("");
             let name = f.nth(3).unwrap_or("");
+            let size = first
+                .split_once('-')
+                .and_then(|(a, b)| {
+                    let h = |x| u64::from_str_radix(x, 16).ok();
+                    Some(h(b)?.saturating_sub(h(a)?) >> 10)
+                })
+                .unwrap_or(0);
             kind = match name {
                 "" => "anon".into(),
                 "[heap]" => "heap".into(),
@@ -942,12 +953,17 @@ fn breakdown(pid: i32) -> Value {
                 n if n.starts_with('[') => "other".into(),
                 _ => "other files".into(),
             };
+            head = format!("{kind} {perms} {size}");
         } else if first == "Rss:" {
             let kib: u64 = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
             let e = out.entry(kind.clone()).or_insert(json!(0));
             *e = json!(e.as_u64().unwrap_or(0) + kib);
+            if kib > 0 {
+                maps.push(format!("{head} {kib}"));
+            }
         }
     }
+    out.insert("mappings".into(), json!(maps));
     Value::Object(out)
 }
 

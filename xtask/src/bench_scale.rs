@@ -124,7 +124,7 @@ pub fn render(
             };
             let mut parts: Vec<(&String, u64)> = b
                 .iter()
-                .map(|(k, x)| (k, x.as_u64().unwrap_or(0)))
+                .filter_map(|(k, x)| Some((k, x.as_u64()?)))
                 .collect();
             parts.sort_by_key(|p| std::cmp::Reverse(p.1));
             let _ = writeln!(
@@ -138,6 +138,24 @@ pub fn render(
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            // The anonymous mappings one by one ("anon rw-p <size KiB> <Rss KiB>").
+            let anon: Vec<String> = b["mappings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m.as_str()?.strip_prefix("anon "))
+                .filter_map(|m| {
+                    let mut f = m.split_whitespace().skip(1);
+                    Some(format!("{}/{}", f.next()?, f.next()?))
+                })
+                .collect();
+            if !anon.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "  Its anonymous mappings {label} (size/Rss KiB): {}.",
+                    anon.join(", ")
+                );
+            }
         }
         for h in ["earlyoom", "oomd"] {
             if let Some(p) = get(h).and_then(|p| f(p, "rss_kib")) {

@@ -159,6 +159,12 @@ pub(crate) struct Watchdog {
     thread: Option<JoinHandle<()>>,
 }
 
+/// The watchdog thread's stack (half of the 256 KiB it had): its deepest
+/// path (scan one cgroup's processes, kill one, log a line) has no
+/// recursion, and its largest stack buffer is 16 KiB (reading a `/proc`
+/// file).
+const WATCHDOG_STACK: usize = 128 << 10;
+
 fn micros(epoch: Instant) -> u64 {
     (epoch.elapsed().as_micros() as u64).max(1)
 }
@@ -178,7 +184,9 @@ impl Watchdog {
         let mut action = action.unwrap_or_else(|| Box::new(default_action));
         let thread = std::thread::Builder::new()
             .name("oomkit-watchdog".into())
-            .stack_size(256 << 10)
+            // Started after the memory lock, under `MCL_FUTURE`: every page
+            // of its stack is resident and locked from the start.
+            .stack_size(WATCHDOG_STACK)
             .spawn(move || run(&s, &w, cfg.timeout, &mut action))
             .map_err(|e| Error::sys("spawning the watchdog thread", e))?;
         Ok(Watchdog {
