@@ -21,6 +21,9 @@
 //!   session protected, batch/build at −100; process granularity for priority, cgroup
 //!   granularity for the fork storm).
 //!
+//! Every run starts with the machine at rest (`some avg10` under 1 %), so no handler acts on the
+//! previous run's pressure.
+//!
 //! Per run (one JSON `NOTE` of kind `machine`): the time from the workload's start and from the
 //! onset of pressure (the first rise of `some total` in `/proc/pressure/memory` after the
 //! workload started) to the first kill (the handler's log line, the kernel's `oom_kill` in
@@ -121,19 +124,27 @@ fn machine(ctx: &mut Ctx, sc: Ms, h: H) -> TestResult {
     })
 }
 
-/// `some total` (µs) of `/proc/pressure/memory`.
-fn psi_some_total() -> Result<u64, Fail> {
+/// Field `key` (`total`, `avg10`, ...) of the `some` line of `/proc/pressure/memory`.
+fn psi_some<T: std::str::FromStr>(key: &str) -> Result<T, Fail> {
     let text = std::fs::read_to_string("/proc/pressure/memory")
         .map_err(|e| Fail(format!("read /proc/pressure/memory: {e}")))?;
     text.lines()
         .find(|l| l.starts_with("some "))
-        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("total=")))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        })
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| {
             Fail(format!(
-                "/proc/pressure/memory has no `some total=`: {text}"
+                "/proc/pressure/memory has no `some {key}=`: {text}"
             ))
         })
+}
+
+/// `some total` (µs) of `/proc/pressure/memory`.
+fn psi_some_total() -> Result<u64, Fail> {
+    psi_some("total")
 }
 
 /// Voluntary context switches of all threads of `pid`.
@@ -275,7 +286,23 @@ fn start(
     }
 }
 
+/// Most `some avg10` a run may start with: a machine at rest.
+const CALM_AVG10: f64 = 1.0;
+
+/// Waits until the machine is at rest again: the previous run's stall has decayed out of
+/// `some avg10`. Without it a handler that reads averages (oomd's `pressure_above`) sees
+/// the previous run's pressure and acts on the next run's first workload.
+fn wait_calm() -> Result<(), Fail> {
+    crate::harness::wait_for(
+        "memory `some avg10` to decay under 1 % before the run",
+        Duration::from_secs(180),
+        Duration::from_millis(250),
+        || Ok((psi_some::<f64>("avg10")? < CALM_AVG10).then_some(())),
+    )
+}
+
 fn one_run(ctx: &Ctx, sc: Ms, h: H, i: usize) -> Result<Value, Fail> {
+    wait_calm()?;
     let (total, avail) = meminfo_mib()?;
     let (run_path, _) = parent_cgroup(ctx, &format!("r{i}"))?;
     let machine = run_path.join("machine");

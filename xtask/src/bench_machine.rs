@@ -126,7 +126,8 @@ pub fn render(runs: usize, vm: &VmResult) -> String {
          xattrs (oomd has no available-memory detector; what it does with pressure alone is the \
          result); oomkit with the default `[signals.machine]`, priority-kill, service and session \
          protected, batch/build at −100 (process granularity for priority, cgroup granularity \
-         for the fork storm).\n\n\
+         for the fork storm). Every run starts with the machine at rest: once `some avg10` of \
+         `/proc/pressure/memory` is under 1 %, so no handler sees the previous run's pressure.\n\n\
          Columns: *right victim* — the batch/build died and the service and session lived; \
          *start → kill* and *pressure → kill* — ms from the workload's start and from the first \
          rise of `some total` in `/proc/pressure/memory` to the first kill (handler log line, \
