@@ -1,19 +1,21 @@
 //! Victim selection: priority-kill's `decide` driven through an [`Engine`]
-//! over 100, 1,000 and 10,000 leaf cgroups of 10 processes each, from the
-//! event to the decided plan (dry run: nothing is killed).
+//! over 100, 1,000 and 10,000 leaf cgroups of 10 processes each, spread
+//! over 10 tiers (`/t0` … `/t9`, priorities −50 … 40), from the event to
+//! the decided plan (dry run: nothing is killed).
 //!
 //! Two hosts:
 //! - `kernel_host`: the real [`KernelHost`] on a synthetic tree in a
-//!   temporary folder (plain files stand in for cgroupfs). Every
-//!   `cgroup.procs` lists the same 10 real sleeping child processes, so
-//!   process granularity reads `/proc` for real: 10 × N process reads.
-//!   This is the whole hot path: snapshot of every cgroup in scope
-//!   (`memory.current`, `memory.swap.current`), system numbers, the
+//!   temporary folder (plain files stand in for cgroupfs; a tier's
+//!   `memory.current` is the sum of its leaves', as the kernel charges
+//!   them). Every `cgroup.procs` lists the same 10 real child processes
+//!   holding 5 MiB each, so process granularity reads `/proc` for real.
+//!   This is the whole hot path: the snapshot, the usage the handler reads
+//!   (at cgroup granularity: the lowest tier's), system numbers, the
 //!   handler, the loop's protection filter.
 //! - `mem_host`: an in-memory host (the policy and the loop alone, no
 //!   I/O), to separate the cost of reading from the cost of deciding.
 //!
-//! Goal: under 10 ms for 10,000 cgroups.
+//! Goal: under 10 ms for 10,000 cgroups at cgroup granularity.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::path::{Path, PathBuf};
@@ -33,6 +35,12 @@ const PROCS: usize = 10;
 
 fn leaf_path(i: usize) -> String {
     format!("/t{}/c{i}", i % TIERS)
+}
+
+/// What leaf `i` holds: all different, and more than its processes
+/// together (10 of up to 6 MiB; a process never holds more than its cgroup).
+fn leaf_usage(i: usize) -> u64 {
+    (64 << 20) + (i as u64 + 1) * 4096
 }
 
 fn handler(n: usize, granularity: Granularity) -> PriorityKill {
@@ -76,8 +84,14 @@ fn oom_event(root: CgroupId) -> Trigger {
 }
 
 /// Runs `iters` decisions; each event comes a second after the last one,
-/// past the cooldown.
-fn decide_n<H: Host>(engine: &mut Engine<H>, iters: u64, clock: &mut Instant) -> Duration {
+/// past the cooldown. At cgroup granularity each must pick the largest leaf
+/// of the lowest tier, `/t0/c{n - 10}`, whatever it skipped reading.
+fn decide_n<H: Host>(
+    engine: &mut Engine<H>,
+    iters: u64,
+    clock: &mut Instant,
+    victim: Option<&str>,
+) -> Duration {
     let root = engine.root().unwrap();
     let mut total = Duration::ZERO;
     for _ in 0..iters {
@@ -88,6 +102,11 @@ fn decide_n<H: Host>(engine: &mut Engine<H>, iters: u64, clock: &mut Instant) ->
         total += t.elapsed();
         let ep = engine.take_finished().expect("the episode ended");
         assert_eq!(ep.outcome, Some(Outcome::DryRun), "{ep:?}");
+        if let Some(want) = victim {
+            let got = ep.plan.steps().next().map(|s| s.action.cgroup());
+            let got = got.and_then(|id| engine.tree().path(id));
+            assert_eq!(got, Some(Path::new(want)), "the victim");
+        }
     }
     total
 }
@@ -118,22 +137,22 @@ fn synthetic_tree(root: &Path, n: usize, procs: &str) {
         )
         .unwrap(),
     );
-    for t in 0..TIERS {
+    // As the kernel charges them: a tier holds what its leaves hold.
+    let mut tier_usage = [0u64; TIERS];
+    for i in 0..n {
+        tier_usage[i % TIERS] += leaf_usage(i);
+    }
+    for (t, usage) in tier_usage.iter().enumerate() {
         let d = root.join(format!("t{t}"));
         std::fs::create_dir(&d).unwrap();
         write(&d, "cgroup.procs", "");
-        write(&d, "memory.current", "1\n");
+        write(&d, "memory.current", &format!("{usage}\n"));
     }
     for i in 0..n {
         let d = root.join(&leaf_path(i)[1..]);
         std::fs::create_dir(&d).unwrap();
         write(&d, "cgroup.procs", procs);
-        write(
-            &d,
-            "memory.current",
-            // Above the loop's frees-nothing floor (4 MiB), all different.
-            &format!("{}\n", (4 << 20) + (i as u64 + 1) * 4096),
-        );
+        write(&d, "memory.current", &format!("{}\n", leaf_usage(i)));
         write(&d, "memory.swap.current", "0\n");
         write(&d, "memory.max", "max\n");
         write(&d, "memory.high", "max\n");
@@ -153,13 +172,28 @@ fn raise_nofile() {
 
 fn bench_kernel_host(c: &mut Criterion) {
     raise_nofile();
+    // Processes that hold 5 MiB each (a shell variable), above the loop's
+    // frees-nothing floor, then wait on a pipe nobody writes.
     let sleepers = Sleepers(
         (0..PROCS)
             .map(|_| {
-                std::process::Command::new("sleep")
-                    .arg("100000")
+                let mut c = std::process::Command::new("sh")
+                    .args([
+                        "-c",
+                        "v=$(head -c 5242880 /dev/zero | tr '\\000' x); echo ready; read x",
+                    ])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
                     .spawn()
-                    .unwrap()
+                    .unwrap();
+                let mut line = String::new();
+                std::io::BufRead::read_line(
+                    &mut std::io::BufReader::new(c.stdout.as_mut().unwrap()),
+                    &mut line,
+                )
+                .unwrap();
+                assert_eq!(line.trim(), "ready");
+                c
             })
             .collect(),
     );
@@ -187,8 +221,9 @@ fn bench_kernel_host(c: &mut Criterion) {
                 engine.add_cgroup(Path::new(&leaf_path(i))).unwrap();
             }
             let mut clock = Instant::now();
+            let victim = (gran == Granularity::Cgroup).then(|| format!("/t0/c{}", n - TIERS));
             g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
-                b.iter_custom(|iters| decide_n(&mut engine, iters, &mut clock))
+                b.iter_custom(|iters| decide_n(&mut engine, iters, &mut clock, victim.as_deref()))
             });
         }
     }
@@ -196,19 +231,34 @@ fn bench_kernel_host(c: &mut Criterion) {
     drop(sleepers);
 }
 
-/// The host of `mem_host`: everything in memory, indexed by id.
+/// The host of `mem_host`: everything in memory, indexed by id. A leaf
+/// holds what `synthetic_tree` gives it; a parent what its children hold.
 #[derive(Default)]
 struct MemHost {
     current: Vec<u64>,
+    slots: std::collections::HashMap<PathBuf, usize>,
     procs_base: i32,
 }
 
 impl Observe for MemHost {
-    fn attach(&mut self, id: CgroupId, _path: &Path) -> oomkit::Result<XattrInfo> {
+    fn attach(&mut self, id: CgroupId, path: &Path) -> oomkit::Result<XattrInfo> {
         if self.current.len() <= id.index() {
             self.current.resize(id.index() + 1, 0);
         }
-        self.current[id.index()] = (4 << 20) + (id.index() as u64 + 1) * 4096;
+        self.slots.insert(path.to_owned(), id.index());
+        let leaf = path
+            .file_name()
+            .and_then(|n| n.to_str()?.strip_prefix('c')?.parse::<usize>().ok());
+        if let Some(i) = leaf {
+            self.current[id.index()] = leaf_usage(i);
+            let mut up = path.parent();
+            while let Some(p) = up {
+                if let Some(&slot) = self.slots.get(p) {
+                    self.current[slot] += leaf_usage(i);
+                }
+                up = p.parent();
+            }
+        }
         Ok(XattrInfo::default())
     }
 
@@ -228,7 +278,8 @@ impl Observe for MemHost {
         for k in 0..PROCS {
             out.push(ProcSample {
                 pid: self.procs_base + (id.index() * PROCS + k) as i32,
-                rss: ((id.index() * PROCS + k) as u64) << 12,
+                // Above the frees-nothing floor (4 MiB), all different.
+                rss: (4 << 20) + ((id.index() % 1000 * PROCS + k) as u64) * 64,
                 swap: 0,
                 oom_score_adj: 0,
                 uid: 1000,
@@ -304,8 +355,9 @@ fn bench_mem_host(c: &mut Criterion) {
                 engine.add_cgroup(Path::new(&leaf_path(i))).unwrap();
             }
             let mut clock = Instant::now();
+            let victim = (gran == Granularity::Cgroup).then(|| format!("/t0/c{}", n - TIERS));
             g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
-                b.iter_custom(|iters| decide_n(&mut engine, iters, &mut clock))
+                b.iter_custom(|iters| decide_n(&mut engine, iters, &mut clock, victim.as_deref()))
             });
         }
     }

@@ -202,6 +202,11 @@ impl Handler for HeapProfile {
         self.inner.classify(meta)
     }
 
+    /// As its inner priority-kill: it reads usage only through it.
+    fn usage_on_demand(&self) -> bool {
+        self.inner.usage_on_demand()
+    }
+
     fn decide(&mut self, view: &mut View<'_>, plan: &mut Plan) {
         let Some(choice) = self.inner.choose(view) else {
             return;

@@ -15,8 +15,11 @@
 //!
 //! [`PriorityKill::decide`](oomkit::engine::Handler::decide) runs on the hot
 //! path, when memory is short: it walks `view.cgroups()` by index, keeps its
-//! scratch (a per-slot "has children" table) pre-sized at construction, and
-//! formats its reason into the plan's inline buffer — it does not allocate.
+//! scratch pre-sized at construction, and formats its reason into the
+//! plan's inline buffer — it does not allocate. It reads usage on demand
+//! ([`Handler::usage_on_demand`]): at cgroup granularity only the lowest
+//! tiers, and within a tier only the subtrees that can hold the largest
+//! (see [`descent`]).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -25,6 +28,10 @@ use oomkit::engine::{Action, CgroupId, CgroupMeta, Class, Handler, Plan, View};
 use oomkit::kill::never_kill;
 
 use crate::classify::Classifier;
+
+mod descent;
+
+use descent::Descent;
 
 /// How much one kill takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -103,22 +110,26 @@ fn better(min: u64, a: &Choice, b: &Choice) -> bool {
     a.footprint > b.footprint
 }
 
+/// A cgroup whose processes may be victims: (cgroup, tier, the most a
+/// process in it can free, position in the view's order).
+type Candidate = (CgroupId, i32, u64, u32);
+
 /// The priority-kill handler. See the module docs.
 #[derive(Debug, Clone)]
 pub struct PriorityKill {
     cfg: PriorityKillConfig,
     classifier: Classifier,
-    /// Per slot index: true when some in-scope cgroup has it as parent.
-    has_child: Vec<bool>,
+    /// Cgroup granularity: the best-first search's scratch (pre-sized).
+    descent: Descent,
     /// Process granularity: the candidate cgroups, best first (pre-sized).
-    order: Vec<(CgroupId, i32, u64)>,
+    order: Vec<Candidate>,
 }
 
 impl PriorityKill {
     /// A handler classifying with `classifier`.
     pub fn new(cfg: PriorityKillConfig, classifier: Classifier) -> Self {
         PriorityKill {
-            has_child: vec![false; cfg.max_cgroups],
+            descent: Descent::with_capacity(cfg.max_cgroups),
             order: Vec::with_capacity(cfg.max_cgroups),
             cfg,
             classifier,
@@ -132,13 +143,11 @@ impl PriorityKill {
         cfg: PriorityKillConfig,
         classifier: Classifier,
     ) -> Result<Self, std::collections::TryReserveError> {
-        let mut has_child = Vec::new();
-        has_child.try_reserve_exact(cfg.max_cgroups)?;
-        has_child.resize(cfg.max_cgroups, false);
+        let descent = Descent::try_with_capacity(cfg.max_cgroups)?;
         let mut order = Vec::new();
         order.try_reserve_exact(cfg.max_cgroups)?;
         Ok(PriorityKill {
-            has_child,
+            descent,
             order,
             cfg,
             classifier,
@@ -169,45 +178,19 @@ impl PriorityKill {
         granularity: Granularity,
         keep: impl Fn(&View<'_>, CgroupId) -> bool,
     ) -> Option<Choice> {
-        let n = view.cgroups().len();
         if granularity == Granularity::Process {
             return self.choose_process(view, keep);
         }
-        self.mark_parents(view);
         let min = self.cfg.min_victim_bytes;
-        let mut best: Option<Choice> = None;
-        for i in 0..n {
-            let id = view.cgroups()[i];
-            let Some(class) = view.class(id) else {
-                continue;
-            };
-            if class.protected || below_excluded(view, id) || !keep(view, id) {
-                continue;
-            }
-            match granularity {
-                Granularity::Process => {}
-                Granularity::Cgroup | Granularity::Tree => {
-                    if !self.is_leaf(view, id) {
-                        continue;
-                    }
-                    let Some(st) = view.stats(id) else { continue };
-                    if st.current.is_none() {
-                        continue; // gone, or unreadable
-                    }
-                    let c = Choice {
-                        cgroup: id,
-                        pid: None,
-                        priority: class.priority,
-                        footprint: st.footprint(),
-                        comm: [0; 16],
-                    };
-                    if best.is_none_or(|b| better(min, &c, &b)) {
-                        best = Some(c);
-                    }
-                }
-            }
+        let candidate = |v: &View<'_>, id: CgroupId| {
+            let class = v.class(id)?;
+            let ok = !class.protected && v.is_leaf(id) && !below_excluded(v, id) && keep(v, id);
+            ok.then_some(class.priority)
+        };
+        match self.descent.choose(view, min, candidate) {
+            Ok(c) => c,
+            Err(descent::TooMany) => scan_leaves(view, min, candidate),
         }
-        best
     }
 
     /// Process granularity without reading every process of the scope:
@@ -226,50 +209,24 @@ impl PriorityKill {
         // view for `processes()` below.
         let excluded = view.excluded().clone();
         let own_pid = view.own_pid();
-        self.order.clear();
-        for i in 0..view.cgroups().len() {
-            let id = view.cgroups()[i];
-            let Some(class) = view.class(id) else {
-                continue;
-            };
-            if class.protected || below_excluded(view, id) || !keep(view, id) {
-                continue;
-            }
-            // Unknown usage (the mount root has no memory.current): no bound.
-            let bound = view.stats(id).map_or(u64::MAX, |st| {
-                st.current.map_or(u64::MAX, |_| st.footprint())
-            });
-            if bound == 0 {
-                continue;
-            }
-            self.order.push((id, class.priority, bound));
-        }
-        let as_choice = |&(cgroup, priority, footprint): &(CgroupId, i32, u64)| Choice {
+        self.order_by_bound(view, keep);
+        let as_choice = |&(cgroup, priority, footprint, _): &Candidate| Choice {
             cgroup,
             pid: None,
             priority,
             footprint,
             comm: [0; 16],
         };
-        self.order.sort_unstable_by(|a, b| {
-            let (a, b) = (as_choice(a), as_choice(b));
-            if better(min, &a, &b) {
-                std::cmp::Ordering::Less
-            } else if better(min, &b, &a) {
-                std::cmp::Ordering::Greater
-            } else {
-                std::cmp::Ordering::Equal
-            }
-        });
-        let mut best: Option<Choice> = None;
+        // (choice, position of its cgroup in the view's order)
+        let mut best: Option<(Choice, u32)> = None;
         for k in 0..self.order.len() {
             let entry = self.order[k];
-            if let Some(b) = best {
-                if !better(min, &as_choice(&entry), &b) {
-                    break; // no process here (nor in any later cgroup) can win
+            if let Some((b, _)) = best {
+                if better(min, &b, &as_choice(&entry)) {
+                    break; // no process here (nor in any later cgroup) can win or tie
                 }
             }
-            let (id, priority, _) = entry;
+            let (id, priority, _, pos) = entry;
             let Ok(procs) = view.processes(id) else {
                 continue;
             };
@@ -286,35 +243,58 @@ impl PriorityKill {
                     footprint: p.footprint(),
                     comm: p.comm,
                 };
-                if best.is_none_or(|b| better(min, &c, &b)) {
-                    best = Some(c);
+                // A tie goes to the cgroup first in the view's order, and
+                // within it to the first process listed.
+                let wins = best.is_none_or(|(b, at)| {
+                    better(min, &c, &b) || (!better(min, &b, &c) && pos < at)
+                });
+                if wins {
+                    best = Some((c, pos));
                 }
             }
         }
-        best
+        best.map(|(c, _)| c)
     }
 
-    fn mark_parents(&mut self, view: &View<'_>) {
-        let ids = view.cgroups();
-        for id in ids {
-            if let Some(slot) = self.has_child.get_mut(id.index()) {
-                *slot = false;
+    /// Fills `order` with the cgroups whose processes may be victims, best
+    /// bound first (among equals, the view's order).
+    fn order_by_bound(&mut self, view: &mut View<'_>, keep: impl Fn(&View<'_>, CgroupId) -> bool) {
+        let min = self.cfg.min_victim_bytes;
+        self.order.clear();
+        for i in 0..view.cgroups().len() {
+            let id = view.cgroups()[i];
+            let Some(class) = view.class(id) else {
+                continue;
+            };
+            if class.protected || below_excluded(view, id) || !keep(view, id) {
+                continue;
             }
-        }
-        for id in ids {
-            if let Some(p) = view.parent(*id) {
-                if let Some(slot) = self.has_child.get_mut(p.index()) {
-                    *slot = true;
-                }
+            // Unknown usage (the mount root has no memory.current): no bound.
+            let bound = view.usage(id).map_or(u64::MAX, |st| {
+                st.current.map_or(u64::MAX, |_| st.footprint())
+            });
+            if bound == 0 {
+                continue;
             }
+            self.order.push((id, class.priority, bound, i as u32));
         }
-    }
-
-    fn is_leaf(&self, view: &View<'_>, id: CgroupId) -> bool {
-        match self.has_child.get(id.index()) {
-            Some(has) => !has,
-            None => view.is_leaf(id),
-        }
+        let key = |&(cgroup, priority, footprint, _): &Candidate| Choice {
+            cgroup,
+            pid: None,
+            priority,
+            footprint,
+            comm: [0; 16],
+        };
+        self.order.sort_unstable_by(|a, b| {
+            let (ca, cb) = (key(a), key(b));
+            if better(min, &ca, &cb) {
+                std::cmp::Ordering::Less
+            } else if better(min, &cb, &ca) {
+                std::cmp::Ordering::Greater
+            } else {
+                a.3.cmp(&b.3)
+            }
+        });
     }
 
     /// Appends the kill of `choice` to `plan` with this handler's
@@ -370,6 +350,37 @@ pub(crate) fn write_reason(view: &View<'_>, choice: &Choice, plan: &mut Plan) {
     }
 }
 
+/// Every candidate leaf read, the best kept: what [`descent`] finds
+/// without reading them all, for cgroups past its table.
+fn scan_leaves(
+    view: &mut View<'_>,
+    min: u64,
+    candidate: impl Fn(&View<'_>, CgroupId) -> Option<i32>,
+) -> Option<Choice> {
+    let mut best: Option<Choice> = None;
+    for i in 0..view.cgroups().len() {
+        let id = view.cgroups()[i];
+        let Some(priority) = candidate(view, id) else {
+            continue;
+        };
+        let Some(st) = view.usage(id) else { continue };
+        if st.current.is_none() {
+            continue; // gone, or unreadable
+        }
+        let c = Choice {
+            cgroup: id,
+            pid: None,
+            priority,
+            footprint: st.footprint(),
+            comm: [0; 16],
+        };
+        if best.is_none_or(|b| better(min, &c, &b)) {
+            best = Some(c);
+        }
+    }
+    best
+}
+
 /// True when `id` or one of its ancestors is excluded for this episode.
 pub(crate) fn below_excluded(view: &View<'_>, id: CgroupId) -> bool {
     let mut cur = Some(id);
@@ -395,5 +406,9 @@ impl Handler for PriorityKill {
         if let Some(c) = self.choose(view) {
             self.plan_kill(view, &c, plan);
         }
+    }
+
+    fn usage_on_demand(&self) -> bool {
+        true
     }
 }

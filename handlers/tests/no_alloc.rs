@@ -53,12 +53,17 @@ impl Handler for Measured {
         self.counts.0.fetch_add(n as u64, Ordering::Relaxed);
         self.counts.1.fetch_add(1, Ordering::Relaxed);
     }
+    fn usage_on_demand(&self) -> bool {
+        self.inner.usage_on_demand()
+    }
 }
 
-/// `FakeHost` with processes served from storage built before measuring.
+/// `FakeHost` with processes and usage served from storage built before
+/// measuring (the decision reads usage as it goes).
 struct Prefilled {
     fake: FakeHost,
     procs: HashMap<CgroupId, Vec<ProcSample>>,
+    usage: HashMap<CgroupId, u64>,
 }
 
 impl Observe for Prefilled {
@@ -75,6 +80,7 @@ impl Observe for Prefilled {
             .map(|c| c.procs.clone())
             .unwrap_or_default();
         self.procs.insert(id, procs);
+        self.usage.insert(id, self.fake.usage_of(path));
         Ok(x)
     }
 
@@ -83,7 +89,9 @@ impl Observe for Prefilled {
     }
 
     fn read_usage(&mut self, id: CgroupId, out: &mut CgroupStats) -> oomkit::Result<()> {
-        self.fake.read_usage(id, out)
+        out.current = self.usage.get(&id).copied();
+        out.swap_current = Some(0);
+        Ok(())
     }
 
     fn read_detail(&mut self, id: CgroupId, out: &mut CgroupStats) -> oomkit::Result<()> {
@@ -182,6 +190,7 @@ fn measure(granularity: Granularity) -> (u64, u64, usize) {
     let host = Prefilled {
         fake,
         procs: HashMap::new(),
+        usage: HashMap::new(),
     };
     let rules = vec![Rule {
         glob: "/system.slice/svc[0-3].service".into(),

@@ -192,8 +192,9 @@ fn hog(cg: &Path, name: &str, mib: u64, step: u64, grow: bool) -> Result<Workloa
     Ok(w)
 }
 
-/// Raise `RLIMIT_NOFILE` (inherited by the handlers started from here): watching 10,000 cgroups
-/// takes two fds each in oomkit (directory + `memory.events.local`), far over the default 1024.
+/// Raise `RLIMIT_NOFILE` (inherited by the handlers started from here): oomkit keeps a
+/// `memory.current` fd per cgroup as far as the limit leaves room (oomd an fd per cgroup of its
+/// ruleset), far over the default 1024 at 10,000 cgroups.
 fn raise_nofile() {
     let lim = rustix::process::Rlimit {
         current: Some(1 << 16),
@@ -685,6 +686,18 @@ pub(crate) fn proc_numbers(pid: i32) -> Result<(u64, u64, u64, u64, usize), Fail
     Ok((rss, hwm, lck, sw, threads))
 }
 
+/// CPU seconds `(user, system)` of `pid` so far, from `/proc/PID/stat` (`utime`, `stime`, in
+/// clock ticks of 1/100 s).
+fn cpu_seconds(pid: i32) -> (f64, f64) {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised comm: state is field 3, utime 14, stime 15.
+    let rest = st.rsplit_once(')').map_or("", |r| r.1);
+    let mut f = rest.split_whitespace().skip(11);
+    let mut tick = || f.next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
+    let user = tick();
+    (user, tick())
+}
+
 fn fd_count(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
@@ -748,7 +761,7 @@ fn footprint(ctx: &mut Ctx) -> TestResult {
         };
         let Some(mut r) = r else { continue };
         let pid = r.pid();
-        // Settled: the fd count (oomkit: two per cgroup) and RSS stop changing for 2 s.
+        // Settled: the fd count (oomkit: about one per cgroup) and RSS stop changing for 2 s.
         let mut last = (0usize, 0u64);
         let mut stable_since = Instant::now();
         let deadline = Instant::now() + Duration::from_secs(300);
@@ -795,6 +808,30 @@ fn footprint(ctx: &mut Ctx) -> TestResult {
 pub const REST_CGROUPS: usize = 100;
 /// Tree sizes of the scale case.
 pub const SCALE: [usize; 4] = [100, 1_000, 10_000, 30_000];
+
+/// `oomkit.scale=N,N,…` from the kernel command line (default [`SCALE`]): the xtask runs
+/// the 30,000-cgroup point in a guest of its own with more memory (30,000 memory cgroups
+/// cost the kernel more than a 1 GiB guest has beside its workloads).
+fn scale_sizes() -> Vec<usize> {
+    std::fs::read_to_string("/proc/cmdline")
+        .unwrap_or_default()
+        .split_whitespace()
+        .find_map(|w| {
+            let list = w.strip_prefix("oomkit.scale=")?;
+            list.split(',').map(|n| n.parse().ok()).collect()
+        })
+        .unwrap_or_else(|| SCALE.to_vec())
+}
+
+/// `MemTotal` of the guest in MiB (0 if unreadable).
+fn guest_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib / 1024)
+}
 /// The daemon's shipped configuration, measured as a node would run it.
 const SHIPPED_CONFIG: &str = include_str!("../../daemon/configs/priority-kill.toml");
 
@@ -887,12 +924,23 @@ fn breakdown(pid: i32) -> Value {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
     let mut out = serde_json::Map::new();
     let mut kind = String::new();
+    // Every mapping with resident pages: "kind perms size_kib rss_kib" (the anonymous ones are
+    // told apart by their size: thread stacks, large allocations).
+    let mut maps: Vec<String> = Vec::new();
+    let mut head = String::new();
     for line in smaps.lines() {
         let mut f = line.split_whitespace();
         let first = f.next().unwrap_or("");
         if first.contains('-') && !first.ends_with(':') {
             let perms = f.next().unwrap_or("");
             let name = f.nth(3).unwrap_or("");
+            let size = first
+                .split_once('-')
+                .and_then(|(a, b)| {
+                    let h = |x| u64::from_str_radix(x, 16).ok();
+                    Some(h(b)?.saturating_sub(h(a)?) >> 10)
+                })
+                .unwrap_or(0);
             kind = match name {
                 "" => "anon".into(),
                 "[heap]" => "heap".into(),
@@ -905,12 +953,17 @@ fn breakdown(pid: i32) -> Value {
                 n if n.starts_with('[') => "other".into(),
                 _ => "other files".into(),
             };
+            head = format!("{kind} {perms} {size}");
         } else if first == "Rss:" {
             let kib: u64 = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
             let e = out.entry(kind.clone()).or_insert(json!(0));
             *e = json!(e.as_u64().unwrap_or(0) + kib);
+            if kib > 0 {
+                maps.push(format!("{head} {kib}"));
+            }
         }
     }
+    out.insert("mappings".into(), json!(maps));
     Value::Object(out)
 }
 
@@ -980,7 +1033,7 @@ fn scale(ctx: &mut Ctx) -> TestResult {
     raise_inotify_watches()?;
     let mut made = 0;
     let mut done = Vec::new();
-    for n in SCALE {
+    for n in scale_sizes() {
         let t = Instant::now();
         while made < n {
             if let Err(e) = std::fs::create_dir(root.join(format!("c{made}"))) {
@@ -1017,6 +1070,11 @@ fn scale(ctx: &mut Ctx) -> TestResult {
         v["startup_s"] = json!((startup.as_secs_f64() * 100.0).round() / 100.0);
         v["selection_ms"] = json!(selection_us.map(|u| (u / 10.0).round() / 100.0));
         v["created_s"] = json!((created.as_secs_f64() * 10.0).round() / 10.0);
+        v["guest_mib"] = json!(guest_mib());
+        // Where start-up went: oomkit's own CPU time by now (it is idle once settled).
+        let (user, sys) = cpu_seconds(pid);
+        v["cpu_user_s"] = json!(user);
+        v["cpu_sys_s"] = json!(sys);
         done.push(format!(
             "{n}: start {:.2} s, Rss {} KiB, fds {}, selection {:?} ms",
             startup.as_secs_f64(),

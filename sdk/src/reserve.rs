@@ -16,6 +16,9 @@
 //!    [`MlockMode::Resident`]: `mlock(2)` of exactly the pages resident now
 //!    plus `MCL_FUTURE` — checked against `RLIMIT_MEMLOCK` first, raising
 //!    the soft limit when allowed;
+//!    with [`MlockMode::Resident`], no transparent huge pages for the
+//!    process (`PR_SET_THP_DISABLE`), so a touched byte costs a page, not
+//!    2 MiB;
 //! 3. pre-fault a region of the calling thread's stack;
 //! 4. `oom_score_adj` −1000 (the kernel OOM killer never picks us);
 //! 5. nice and optional `SCHED_FIFO` for the calling thread;
@@ -36,8 +39,9 @@
 //! [`verify`] reads the state back for tests and logs.
 //!
 //! The file answers "which protections did the handler get?"; its child
-//! modules hold the longer answers: `mlock` the `mlockall` step, `stack`
-//! the memory touched up front, `state` the read-back.
+//! modules hold the longer answers: `mlock` the `mlockall` step, `exe` the
+//! parts of the program's file left unlocked, `stack` the memory touched up
+//! front, `state` the read-back.
 
 use std::fmt;
 
@@ -47,6 +51,7 @@ use crate::cgroup::{Cgroup, Limit};
 use crate::error::{Error, Result};
 use crate::proc::ProcDir;
 
+mod exe;
 mod mlock;
 mod stack;
 mod state;
@@ -72,7 +77,8 @@ pub enum MlockMode {
     /// still counts every mapping in `VmLck`).
     AllOnFault,
     /// `mlock(2)` of the program's own file mappings (code, read-only data)
-    /// whole, and elsewhere of the pages resident when the lock is taken
+    /// whole but for the unwind tables and what only start-up reads
+    /// (`.eh_frame`, `.gcc_except_table`, `.rela.dyn`, …), and elsewhere of the pages resident when the lock is taken
     /// (the present bit of `/proc/self/pagemap`: heap, stacks, tables, shared
     /// libraries), then `MCL_FUTURE` for everything mapped later. Take it
     /// after touching the hot path (see the module docs).
@@ -151,8 +157,8 @@ pub enum StepStatus {
 /// One step of [`enter`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
-    /// Short name: `cgroup`, `mlockall`, `stack`, `oom_score_adj`, `nice`,
-    /// `sched_fifo`, `io_flusher`.
+    /// Short name: `cgroup`, `malloc_arenas`, `thp`, `mlockall`, `stack`,
+    /// `oom_score_adj`, `nice`, `sched_fifo`, `io_flusher`.
     pub name: &'static str,
     /// What happened.
     pub status: StepStatus,
@@ -233,6 +239,7 @@ pub fn enter(cfg: &ReserveConfig) -> ReserveReport {
     let mut r = ReserveReport::default();
     r.push("cgroup", step_cgroup(cfg.cgroup.as_ref()));
     r.push("malloc_arenas", step_malloc_arenas(cfg.mlock));
+    r.push("thp", step_thp(cfg.mlock));
     r.push(
         "mlockall",
         if cfg.defer_mlock && cfg.mlock != MlockMode::Off {
@@ -258,6 +265,19 @@ fn step_malloc_arenas(mlock: MlockMode) -> StepStatus {
         StepStatus::Granted("one malloc arena for all threads".into())
     } else {
         StepStatus::Skipped("not glibc".into())
+    }
+}
+
+fn step_thp(mlock: MlockMode) -> StepStatus {
+    if mlock != MlockMode::Resident {
+        return StepStatus::Skipped("only with MlockMode::Resident".into());
+    }
+    // Before the warm-up: what it touches is what gets locked, and with
+    // THP on `always` one touched byte of a large table is a resident (and
+    // then locked) 2 MiB huge page.
+    match crate::sys::disable_thp() {
+        Ok(()) => StepStatus::Granted("PR_SET_THP_DISABLE (inherited by children)".into()),
+        Err(e) => StepStatus::Denied(format!("PR_SET_THP_DISABLE: {e}")),
     }
 }
 

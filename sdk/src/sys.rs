@@ -43,6 +43,21 @@ pub(crate) fn limit_malloc_arenas(n: i32) -> bool {
     }
 }
 
+/// [`prctl(2)`](https://man7.org/linux/man-pages/man2/prctl.2.html)
+/// `PR_SET_THP_DISABLE`: no transparent huge pages for this process from
+/// now on (inherited by children, kept across `execve`). With THP on
+/// `always`, touching one byte of a large allocation can fault in 2 MiB.
+pub(crate) fn disable_thp() -> io::Result<()> {
+    // SAFETY: PR_SET_THP_DISABLE takes integers only and touches no memory
+    // of ours.
+    let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// [`sched_setscheduler(2)`](https://man7.org/linux/man-pages/man2/sched_setscheduler.2.html)
 /// for the calling thread with `SCHED_FIFO` at `priority`, or back to
 /// `SCHED_OTHER` when `priority` is `None`.

@@ -28,8 +28,11 @@ mod counting;
 #[global_allocator]
 static GLOBAL: counting::Counting = counting::Counting;
 
-/// Kills the largest process in scope, without allocating.
-struct Largest;
+/// Kills the largest process in scope, without allocating; with
+/// `on_demand` the loop reads usage only as asked (as priority-kill does).
+struct Largest {
+    on_demand: bool,
+}
 
 impl Handler for Largest {
     fn name(&self) -> &'static str {
@@ -53,6 +56,9 @@ impl Handler for Largest {
             plan.set_reason("largest process");
         }
     }
+    fn usage_on_demand(&self) -> bool {
+        self.on_demand
+    }
 }
 
 /// Kills and reaps the child if the test fails before the loop does.
@@ -75,6 +81,15 @@ fn events(oom: u64) -> String {
 
 #[test]
 fn event_to_kill_makes_no_heap_allocation() {
+    event_to_kill(false);
+}
+
+#[test]
+fn event_to_kill_makes_no_heap_allocation_reading_usage_on_demand() {
+    event_to_kill(true);
+}
+
+fn event_to_kill(on_demand: bool) {
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     if !own.lines().any(|l| l == "0::/") {
         // The README's allocation-free claim rests on this test: it must run in CI.
@@ -115,8 +130,23 @@ fn event_to_kill_makes_no_heap_allocation() {
     // This test process is in "/" too; pretend oomkit lives elsewhere, or the
     // loop (rightly) refuses to kill anything in its own cgroup.
     host.set_own_cgroup(Some("/oomkit.service".into()));
-    let mut engine = Engine::new(cfg, host, Box::new(Largest), Path::new("/")).unwrap();
+    let mut engine =
+        Engine::new(cfg, host, Box::new(Largest { on_demand }), Path::new("/")).unwrap();
     let rootid = engine.root().unwrap();
+    // A second cgroup attached after the root: the host keeps only the last
+    // attached directory open, so every read and the kill in the root go
+    // through the on-demand open (`ParkedCgroup::open`), which must not
+    // allocate either.
+    let other = root.join("other");
+    std::fs::create_dir(&other).unwrap();
+    for (f, v) in [
+        ("cgroup.procs", ""),
+        ("memory.current", "4096\n"),
+        ("memory.events.local", events(0).as_str()),
+    ] {
+        write(&other, f, v);
+    }
+    engine.add_cgroup(Path::new("/other")).unwrap();
     let cg = fs.root().unwrap();
     let mut watch = MemoryEventsWatch::open(&cg, Scope::Local).unwrap();
 

@@ -1,7 +1,8 @@
 //! `MlockMode::Resident` locks what the process has touched, not its
 //! address space: a large allocation of which little is touched adds only
 //! the touched pages to `VmLck`, and memory mapped afterwards is locked and
-//! resident (`MCL_FUTURE`).
+//! resident (`MCL_FUTURE`); the program's code is locked whole, its unwind
+//! tables are not.
 //!
 //! `harness = false`: locking is process-wide, and libtest's worker threads
 //! would hold stacks and arenas of their own.
@@ -82,4 +83,40 @@ fn only_touched_pages_are_locked() {
          VmRSS {rss} -> {rss2} kB"
     );
     std::hint::black_box(&room);
+    code_locked_unwind_tables_not();
+}
+
+/// The program's own file after the lock: its code whole, but not the
+/// pages of its unwind tables and start-up sections (`.eh_frame`,
+/// `.rela.dyn`, …), which are left out as mappings of their own.
+fn code_locked_unwind_tables_not() {
+    let exe = std::fs::read_link("/proc/self/exe").unwrap();
+    let exe = exe.to_str().unwrap();
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let (mut code, mut unlocked) = (Vec::new(), Vec::new());
+    let mut current: Option<String> = None;
+    for line in smaps.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            let locked = flags.split_whitespace().any(|f| f == "lo");
+            if let Some(head) = current.take() {
+                if head.split_whitespace().nth(1) == Some("r-xp") {
+                    code.push((head.clone(), locked));
+                }
+                if !locked {
+                    unlocked.push(head);
+                }
+            }
+        } else if line.split_whitespace().nth(5) == Some(exe) {
+            current = Some(line.to_string());
+        }
+    }
+    assert!(!code.is_empty(), "no code mapping of {exe} in smaps");
+    assert!(
+        code.iter().all(|(_, locked)| *locked),
+        "the code is locked whole: {code:?}"
+    );
+    assert!(
+        !unlocked.is_empty(),
+        "the unwind tables and start-up sections of {exe} are left unlocked"
+    );
 }

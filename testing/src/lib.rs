@@ -66,6 +66,8 @@ pub struct FakeHost {
     /// Raises of `memory.max` recorded on cgroups (`Act::mark_raised`):
     /// `(old, raised)` by path; they outlive an engine, as the xattr does.
     pub raised_marks: HashMap<PathBuf, (Limit, Limit)>,
+    /// How many times `read_usage` was called (what a decision read).
+    pub usage_reads: usize,
 }
 
 /// A process sample with `rss_mib` MiB resident.
@@ -111,6 +113,7 @@ impl FakeHost {
             kill_errno: Vec::new(),
             external_kills: Vec::new(),
             raised_marks: HashMap::new(),
+            usage_reads: 0,
         }
     }
     /// The cgroup at `path`, created if new.
@@ -161,6 +164,7 @@ impl Observe for FakeHost {
     }
 
     fn read_usage(&mut self, id: CgroupId, out: &mut CgroupStats) -> oomkit::Result<()> {
+        self.usage_reads += 1;
         let p = self.path(id).to_owned();
         if !self.cgs.contains_key(&p) {
             return Err(oomkit::Error::CgroupGone { path: p });

@@ -124,7 +124,7 @@ pub fn render(
             };
             let mut parts: Vec<(&String, u64)> = b
                 .iter()
-                .map(|(k, x)| (k, x.as_u64().unwrap_or(0)))
+                .filter_map(|(k, x)| Some((k, x.as_u64()?)))
                 .collect();
             parts.sort_by_key(|p| std::cmp::Reverse(p.1));
             let _ = writeln!(
@@ -138,6 +138,24 @@ pub fn render(
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            // The anonymous mappings one by one ("anon rw-p <size KiB> <Rss KiB>").
+            let anon: Vec<String> = b["mappings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m.as_str()?.strip_prefix("anon "))
+                .filter_map(|m| {
+                    let mut f = m.split_whitespace().skip(1);
+                    Some(format!("{}/{}", f.next()?, f.next()?))
+                })
+                .collect();
+            if !anon.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "  Its anonymous mappings {label} (size/Rss KiB): {}.",
+                    anon.join(", ")
+                );
+            }
         }
         for h in ["earlyoom", "oomd"] {
             if let Some(p) = get(h).and_then(|p| f(p, "rss_kib")) {
@@ -211,6 +229,52 @@ pub fn render(
             "| {} | could not run: {} | | | | | | | | |",
             u["cgroups"],
             u["why"].as_str().unwrap_or("?")
+        );
+    }
+    let _ = writeln!(s);
+    // Which guest each row ran in: the 30,000 point has a VM of its own with more memory.
+    let mut guests: Vec<(u64, Vec<String>)> = Vec::new();
+    for v in &rows {
+        let m = v["guest_mib"].as_u64().unwrap_or(0);
+        let n = v["cgroups"].to_string();
+        match guests.iter_mut().find(|g| g.0 == m) {
+            Some(g) => g.1.push(n),
+            None => guests.push((m, vec![n])),
+        }
+    }
+    if guests.len() > 1 || guests.iter().any(|g| g.0 > 0) {
+        let _ = writeln!(
+            s,
+            "Guest memory (`MemTotal`): {}. The 30,000 point runs in a VM of its own \
+             (`cargo xtask bench --scale-memory-mib`, 3 GiB by default): in the 1 GiB guest of \
+             the other rows the kernel's own cost of 30,000 memory cgroups left no room and the \
+             guest panicked (\"Out of memory and no killable processes\") while oomkit attached \
+             them.",
+            guests
+                .iter()
+                .map(|(m, ns)| format!("{} cgroups in {m} MiB", ns.join(", ")))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    let cpu: Vec<String> = rows
+        .iter()
+        .filter_map(|v| {
+            Some(format!(
+                "{}: {:.2} + {:.2} s",
+                v["cgroups"],
+                f(v, "cpu_user_s")?,
+                f(v, "cpu_sys_s")?
+            ))
+        })
+        .collect();
+    if !cpu.is_empty() {
+        let _ = writeln!(
+            s,
+            "\noomkit's own CPU time once settled (user + system, `/proc/PID/stat`; start-up and \
+             the warm-up decision, nothing after; as the guest counts it, so it grows with the \
+             host's load like the wall time): {}.",
+            cpu.join("; ")
         );
     }
     let _ = writeln!(s, "\n![cost per cgroup](bench-scale.svg)\n");

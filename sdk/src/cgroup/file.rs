@@ -47,7 +47,7 @@ impl CgroupFile {
     }
 
     fn err(&self, op: Op, e: Errno) -> Error {
-        fs::cgroup_errno(&self.path, e, |e| Error::io(&self.path, op, io_err(e)))
+        fs::cgroup_errno(&self.path, e, |e| Error::io(&*self.path, op, io_err(e)))
     }
 
     /// Opens a file that is not a cgroup control file (`/proc/pressure/memory`).

@@ -101,12 +101,12 @@ impl Cgroup {
         )
         .map_err(|e| self.map_err(c".", Op::ReadDir, e))?;
         let mut dir = rustix::fs::Dir::read_from(&dup)
-            .map_err(|e| Error::io(&self.path, Op::ReadDir, io_err(e)))?;
+            .map_err(|e| Error::io(&*self.path, Op::ReadDir, io_err(e)))?;
         let mut out = Vec::new();
         while let Some(entry) = dir.read() {
             let entry = entry.map_err(|e| {
                 fs::cgroup_errno(&self.path, e, |e| {
-                    Error::io(&self.path, Op::ReadDir, io_err(e))
+                    Error::io(&*self.path, Op::ReadDir, io_err(e))
                 })
             })?;
             let name = entry.file_name().to_bytes();
@@ -148,8 +148,8 @@ impl Cgroup {
         .map_err(|e| fs::cgroup_errno(&path, e, |e| Error::io(&path, Op::Open, io_err(e))))?;
         Ok(Cgroup {
             dir,
-            hierarchy_path: self.hierarchy_path.join(name),
-            path,
+            hierarchy_path: self.hierarchy_path.join(name).into(),
+            path: path.into(),
             verified: self.verified,
         })
     }
@@ -174,8 +174,8 @@ impl Cgroup {
         .map_err(|e| self.map_err_path(path, Op::Open, e))?;
         Ok(Some(Cgroup {
             dir,
-            path: path.to_owned(),
-            hierarchy_path: hierarchy_path.to_owned(),
+            path: path.into(),
+            hierarchy_path: hierarchy_path.into(),
             verified: self.verified,
         }))
     }
@@ -205,7 +205,7 @@ impl Cgroup {
     fn map_err_path(&self, path: &Path, op: Op, e: Errno) -> Error {
         match e {
             Errno::NODEV => Error::CgroupGone {
-                path: self.path.clone(),
+                path: self.path.to_path_buf(),
             },
             e => Error::io(path, op, io_err(e)),
         }
@@ -251,6 +251,22 @@ impl Cgroup {
                 Err(Errno::RANGE) if buf.len() < 65536 => buf.resize(buf.len() * 4, 0),
                 Err(e) => return Err(self.map_err_path(&self.path, Op::GetXattr, e)),
             }
+        }
+    }
+
+    /// Whether the directory may have an extended attribute whose name
+    /// contains `needle` (`flistxattr(2)`, one call for all of them): false
+    /// only when the list, read whole, has none. The list holds only the
+    /// names this process may read (`trusted.*` needs `CAP_SYS_ADMIN`).
+    pub(crate) fn may_have_xattr(&self, needle: &[u8]) -> bool {
+        let mut buf = [0u8; 1024];
+        match rustix::fs::flistxattr(&self.dir, &mut buf[..]) {
+            Ok(n) => buf[..n]
+                .split(|b| *b == 0)
+                .any(|name| name.windows(needle.len()).any(|w| w == needle)),
+            Err(Errno::OPNOTSUPP) => false,
+            // Too many names for the buffer (ERANGE), or unknown: read them.
+            Err(_) => true,
         }
     }
 

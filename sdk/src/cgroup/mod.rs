@@ -26,6 +26,7 @@ pub mod mount;
 mod file;
 mod hierarchy;
 mod memory;
+mod parked;
 #[cfg(feature = "parsers")]
 pub mod parse;
 #[cfg(not(feature = "parsers"))]
@@ -36,11 +37,13 @@ use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
 pub use mount::CgroupFs;
+pub(crate) use parked::ParkedCgroup;
 pub use types::*;
 
 use crate::error::{Error, Op, ParseError, ParseErrorKind, Result};
@@ -100,8 +103,10 @@ const SMALL_READ: usize = 8192;
 #[derive(Debug)]
 pub struct Cgroup {
     dir: OwnedFd,
-    path: PathBuf,
-    hierarchy_path: PathBuf,
+    // Shared, so a handle opened again on demand (`ParkedCgroup::open`)
+    // allocates nothing.
+    path: Arc<Path>,
+    hierarchy_path: Arc<Path>,
     verified: bool,
 }
 
@@ -164,8 +169,8 @@ impl Cgroup {
         })?;
         let cg = Cgroup {
             dir,
-            path: fs_path.to_owned(),
-            hierarchy_path,
+            path: fs_path.into(),
+            hierarchy_path: hierarchy_path.into(),
             verified: verify,
         };
         if verify {
@@ -176,12 +181,12 @@ impl Cgroup {
 
     fn check_magic(&self) -> Result<()> {
         let st = rustix::fs::fstatfs(&self.dir)
-            .map_err(|e| Error::io(&self.path, Op::Stat, io_err(e)))?;
+            .map_err(|e| Error::io(&*self.path, Op::Stat, io_err(e)))?;
         #[allow(clippy::unnecessary_cast)]
         let magic = (st.f_type as u64) & 0xffff_ffff;
         if magic != CGROUP2_SUPER_MAGIC {
             return Err(Error::InvalidPath {
-                path: self.path.clone(),
+                path: self.path.to_path_buf(),
                 reason: "not on a cgroup2 filesystem",
             });
         }
@@ -201,7 +206,7 @@ impl Cgroup {
 
     /// True for the root of the mount (which lacks `memory.current`, `memory.max` …).
     pub fn is_mount_root(&self) -> bool {
-        self.path.parent().is_none() || self.hierarchy_path == Path::new("/")
+        self.path.parent().is_none() || *self.hierarchy_path == *Path::new("/")
     }
 
     /// The directory fd.
@@ -215,7 +220,7 @@ impl Cgroup {
             dir: self
                 .dir
                 .try_clone()
-                .map_err(|e| Error::io(&self.path, Op::Open, e))?,
+                .map_err(|e| Error::io(&*self.path, Op::Open, e))?,
             path: self.path.clone(),
             hierarchy_path: self.hierarchy_path.clone(),
             verified: self.verified,
@@ -234,7 +239,7 @@ impl Cgroup {
                 path: self.file_path(name),
             },
             Err(_) => Error::CgroupGone {
-                path: self.path.clone(),
+                path: self.path.to_path_buf(),
             },
         }
     }

@@ -122,13 +122,14 @@ impl<H: Host> Engine<H> {
                 self.start_kill(r, footprint, scope, deadline, wait)
             }
             Action::KillCgroup { cgroup } => {
-                let footprint = self.tree.stats(cgroup).map_or(0, CgroupStats::footprint);
+                let footprint = self.tree.stats(cgroup).map_or(0, |s| s.footprint());
                 let r = self.host.kill_cgroup(cgroup);
                 self.start_kill(r, footprint, scope, deadline, wait)
             }
             Action::KillTree { cgroup } => {
                 let target = self.oom_group_target(cgroup);
-                let footprint = self.tree.stats(target).map_or(0, CgroupStats::footprint);
+                self.usage_now(target);
+                let footprint = self.tree.stats(target).map_or(0, |s| s.footprint());
                 let r = self.host.kill_cgroup(target);
                 self.start_kill(r, footprint, scope, deadline, wait)
             }

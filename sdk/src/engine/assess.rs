@@ -41,11 +41,21 @@ impl<H: Host> Engine<H> {
         matches!(self.episode.trigger, Trigger::Machine { .. })
     }
 
+    /// Reads the usage and the detail of `scope` into the tree; a failed
+    /// usage read leaves its usage as it was, and is returned.
+    fn read_scope(&mut self, scope: CgroupId) -> crate::Result<()> {
+        let mut st = CgroupStats::default();
+        let usage = self.host.read_usage(scope, &mut st);
+        if usage.is_ok() {
+            self.tree.set_usage(scope, &st);
+        }
+        self.read_detail(scope);
+        usage
+    }
+
     pub(super) fn sample(&mut self, scope: CgroupId, at: Instant) -> Option<Sample> {
-        let node = self.tree.node_mut(scope)?;
-        let _ = self.host.read_usage(scope, &mut node.stats);
-        let _ = self.host.read_detail(scope, &mut node.stats);
-        let st = node.stats;
+        let _ = self.read_scope(scope);
+        let st = self.tree.stats(scope)?;
         let full_us = match st.pressure {
             Some(p) => p.full.map(|f| f.total_us),
             None => {
@@ -132,7 +142,7 @@ impl<H: Host> Engine<H> {
             _ => false,
         };
         let progress = (falling || reclaiming) && !self.machine_churning();
-        let stats = self.tree.stats(scope).copied().unwrap_or_default();
+        let stats = self.tree.stats(scope).unwrap_or_default();
         let over_limit = stats
             .effective_limit()
             .is_some_and(|l| now.current as f64 >= l as f64 * self.cfg.resolved_usage_ratio);
@@ -241,15 +251,15 @@ impl<H: Host> Engine<H> {
         if self.machine_episode() {
             return self.machine.is_some_and(|(active, _)| active.is_empty());
         }
-        let Some(node) = self.tree.node_mut(scope) else {
+        let Some(before) = self.tree.stats(scope) else {
             return true;
         };
-        let before = node.stats;
-        if self.host.read_usage(scope, &mut node.stats).is_err() {
+        if self.read_scope(scope).is_err() {
             return false;
         }
-        let _ = self.host.read_detail(scope, &mut node.stats);
-        let now = node.stats;
+        let Some(now) = self.tree.stats(scope) else {
+            return true;
+        };
         // Usage criterion: back well under the effective limit.
         if let (Some(limit), Some(cur)) = (now.effective_limit(), now.current) {
             if (cur as f64) < limit as f64 * self.cfg.resolved_usage_ratio {

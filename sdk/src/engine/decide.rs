@@ -8,7 +8,7 @@ use super::guard::FREES_NOTHING;
 use super::handler::Handler;
 use super::host::Host;
 use super::plan::Plan;
-use super::snapshot::View;
+use super::snapshot::{View, read_usage_once};
 use super::trigger::Trigger;
 use super::types::CgroupId;
 use super::{Engine, Outcome, Phase};
@@ -18,33 +18,47 @@ use super::{Engine, Outcome, Phase};
 const DECIDE_ROUNDS: usize = 4;
 
 impl<H: Host> Engine<H> {
-    /// Fills the snapshot for `scope`: usage of every cgroup in it, system numbers.
+    /// Fills the snapshot for `scope`: the cgroups in it (parents before
+    /// children, walked from `scope` down: no pass over the whole tree),
+    /// their usage (only the scope's when the handler reads usage on
+    /// demand), system numbers.
     pub(super) fn snapshot(&mut self, scope: CgroupId) {
         self.snap.reset();
         self.snap.scope = Some(scope);
-        for id in self.tree.ids() {
-            if self.tree.is_within(id, scope)
-                && self.snap.in_scope.len() < self.snap.in_scope.capacity()
-            {
-                self.snap.in_scope.push(id);
-            }
+        if self.tree.node(scope).is_some() {
+            self.snap.in_scope.push(scope);
         }
-        let tree = &self.tree;
-        self.snap
-            .in_scope
-            .sort_unstable_by_key(|id| tree.node(*id).map_or(0, |n| n.depth));
-        for i in 0..self.snap.in_scope.len() {
+        // Breadth first, with `in_scope` itself as the queue.
+        let mut i = 0;
+        while i < self.snap.in_scope.len() {
             let id = self.snap.in_scope[i];
-            if let Some(n) = self.tree.node_mut(id) {
-                if let Err(e) = self.host.read_usage(id, &mut n.stats) {
-                    if !e.is_gone() {
-                        tracing::debug!(error = %e, "reading usage failed");
-                    }
-                    n.stats.current = None;
+            for &c in self.tree.children(id) {
+                if self.snap.in_scope.len() < self.snap.in_scope.capacity() {
+                    self.snap.in_scope.push(c);
                 }
             }
+            i += 1;
+        }
+        let every = !self.handler.usage_on_demand();
+        let n = if every { self.snap.in_scope.len() } else { 1 };
+        for i in 0..n.min(self.snap.in_scope.len()) {
+            let id = self.snap.in_scope[i];
+            read_usage_once(&mut self.tree, &mut self.snap, &mut self.host, id);
         }
         let _ = self.host.read_system(&mut self.snap.system);
+    }
+
+    /// Reads the detail of `id` into the tree (errors leave it as it was).
+    pub(super) fn read_detail(&mut self, id: CgroupId) -> Option<()> {
+        let st = self.tree.detail_mut(id)?;
+        self.host.read_detail(id, st).ok()
+    }
+
+    /// Reads the usage of `id` for this decision unless the snapshot has it
+    /// (a handler reading usage on demand may not have read a cgroup the
+    /// loop needs: a plan's target, the tree a kill widens to).
+    pub(super) fn usage_now(&mut self, id: CgroupId) {
+        read_usage_once(&mut self.tree, &mut self.snap, &mut self.host, id);
     }
 
     /// Asks the handler for a plan for the episode's scope, filters it
@@ -55,9 +69,7 @@ impl<H: Host> Engine<H> {
             return;
         };
         self.snapshot(scope);
-        if let Some(n) = self.tree.node_mut(scope) {
-            let _ = self.host.read_detail(scope, &mut n.stats);
-        }
+        self.read_detail(scope);
         let trigger = self.episode.trigger;
         let trigger = if self.episode.escalations > 0 {
             Trigger::Escalation {
@@ -140,7 +152,7 @@ impl<H: Host> Engine<H> {
 
     pub(super) fn record_before(&mut self, scope: CgroupId) {
         if let Some(s) = self.tree.stats(scope) {
-            self.episode.scope_before = *s;
+            self.episode.scope_before = s;
         }
         self.episode.system_before = self.snap.system;
         if self

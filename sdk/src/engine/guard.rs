@@ -30,6 +30,13 @@ impl<H: Host> Engine<H> {
     /// Removes steps no policy may take. Returns nothing: refusals are recorded.
     pub(super) fn filter_plan(&mut self) {
         let own_pid = self.host.own_pid();
+        // What the refusal rules read of a target is from this decision.
+        for i in 0..self.plan.len() {
+            let target = self.plan.steps().nth(i).map(|s| s.action.cgroup());
+            if let Some(cg) = target {
+                self.usage_now(cg);
+            }
+        }
         let mut kept = Plan::new();
         let _ = std::fmt::Write::write_str(&mut kept.reason_writer(), self.plan.reason());
         let plan = self.plan.clone();

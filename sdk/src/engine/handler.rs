@@ -45,6 +45,15 @@ pub trait Handler: Send {
     fn wants_ticks(&self) -> bool {
         false
     }
+
+    /// Whether this handler reads usage through [`View::usage`] as it
+    /// needs it, instead of the loop reading every cgroup in scope before
+    /// asking. A handler that ranks by tier before size reads only the
+    /// tiers it gets to; with `false` (the default) [`View::stats`] has
+    /// every cgroup's usage.
+    fn usage_on_demand(&self) -> bool {
+        false
+    }
 }
 
 impl<H: Handler + ?Sized> Handler for Box<H> {
@@ -65,5 +74,8 @@ impl<H: Handler + ?Sized> Handler for Box<H> {
     }
     fn wants_ticks(&self) -> bool {
         (**self).wants_ticks()
+    }
+    fn usage_on_demand(&self) -> bool {
+        (**self).usage_on_demand()
     }
 }

@@ -2,9 +2,11 @@
 //! onto the SDK's primitives.
 //!
 //! Everything it needs on the hot path is opened or allocated when a cgroup
-//! is attached: a directory fd per cgroup, a pidfd slot table, a process
-//! scan buffer, a `memory.stat` value with room for unknown keys, the system
-//! PSI file. Reads go through stack buffers.
+//! is attached: a pidfd slot table, a process scan buffer, a `memory.stat`
+//! value with room for unknown keys, the system PSI file, `memory.current`
+//! fds as far as the open-file limit leaves room. A cgroup's directory is
+//! not kept open: it is opened on demand (`handles`), allocation-free, for
+//! the reads and the kill that need it. Reads go through stack buffers.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -13,11 +15,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cgroup::{Cgroup, CgroupFile, CgroupFs, Limit, MemoryStat, files};
+use crate::cgroup::{Cgroup, CgroupFile, CgroupFs, Limit, MemoryStat, ParkedCgroup, files};
 use crate::error::{Error, Result};
 use crate::kill::{self, GroupKillOptions, Pidfd, Signal};
 use crate::proc::{self, ProcessInfo};
 
+use super::handles::{Handle, Handles, Present};
 use super::host::{Act, Observe, Victim};
 use super::tree::XattrTrust;
 use super::types::{CgroupId, CgroupStats, ProcSample, SystemStats, XattrInfo};
@@ -28,39 +31,6 @@ const VICTIM_SLOTS: usize = 8;
 /// on the cgroup, in a namespace only a privileged process can write.
 const RAISED_XATTR: &str = "trusted.oomkit.raised";
 
-/// Which optional files a cgroup has, learnt once at attach: the mount root
-/// lacks `memory.current` and the limits, old kernels lack others. Skipping
-/// them keeps the hot path free of the (allocating) `Unsupported` errors.
-#[derive(Debug, Clone, Copy, Default)]
-struct Present {
-    current: bool,
-    swap: bool,
-    high: bool,
-    max: bool,
-    oom_group: bool,
-    events_local: bool,
-    cgroup_events: bool,
-    pressure: bool,
-    stat: bool,
-}
-
-impl Present {
-    fn probe(cg: &Cgroup) -> Self {
-        let has = |f| cg.has_file(f).unwrap_or(false);
-        Present {
-            current: has(files::MEMORY_CURRENT),
-            swap: has(files::MEMORY_SWAP_CURRENT),
-            high: has(files::MEMORY_HIGH),
-            max: has(files::MEMORY_MAX),
-            oom_group: has(files::MEMORY_OOM_GROUP),
-            events_local: has(files::MEMORY_EVENTS_LOCAL),
-            cgroup_events: has(files::CGROUP_EVENTS),
-            pressure: has(files::MEMORY_PRESSURE),
-            stat: has(files::MEMORY_STAT),
-        }
-    }
-}
-
 fn when<T>(present: bool, read: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
     if present { read().map(Some) } else { Ok(None) }
 }
@@ -69,7 +39,7 @@ fn when<T>(present: bool, read: impl FnOnce() -> Result<T>) -> Result<Option<T>>
 #[derive(Debug)]
 pub struct KernelHost {
     fs: CgroupFs,
-    cgroups: Vec<Option<Arc<Cgroup>>>,
+    cgroups: Handles,
     /// `memory.current` kept open per cgroup: one `pread` per read instead
     /// of open + read + close (the snapshot reads it for every cgroup). A
     /// bare fd: its path, for errors, is the cgroup's.
@@ -121,15 +91,6 @@ fn trusted_xattr(
     None
 }
 
-/// The handle of an attached cgroup (a field-level borrow, so callers can
-/// borrow the host's other buffers mutably at the same time).
-fn attached(cgroups: &[Option<Arc<Cgroup>>], id: CgroupId) -> Result<&Cgroup> {
-    cgroups
-        .get(id.index())
-        .and_then(Option::as_deref)
-        .ok_or(Error::CgroupDetached { index: id.index() })
-}
-
 impl KernelHost {
     /// A host for cgroups under `fs`.
     pub fn new(fs: CgroupFs, trust: XattrTrust, max_cgroups: usize, max_processes: usize) -> Self {
@@ -140,7 +101,7 @@ impl KernelHost {
         let system_psi = CgroupFile::open_path("/proc/pressure/memory", false).ok();
         KernelHost {
             fs,
-            cgroups: Vec::with_capacity(max_cgroups),
+            cgroups: Handles::with_capacity(max_cgroups),
             present: Vec::with_capacity(max_cgroups),
             probed: None,
             current: Vec::with_capacity(max_cgroups),
@@ -148,8 +109,9 @@ impl KernelHost {
                 let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
                     .current
                     .map_or(usize::MAX, |v| usize::try_from(v).unwrap_or(usize::MAX));
-                // A directory fd per cgroup, plus slack (its memory.events.local
-                // is an inotify watch, not an fd, in a runner).
+                // One fd per cgroup left for what a runner may need besides
+                // (an fd for memory.events.local where its inotify watch
+                // fails), plus slack for on-demand opens and kills.
                 soft.saturating_sub(max_cgroups.saturating_add(512))
             },
             swap_on: proc::meminfo()
@@ -191,14 +153,42 @@ impl KernelHost {
         self.mrelease = on;
     }
 
-    /// The cgroup handle of an attached id.
-    pub fn cgroup(&self, id: CgroupId) -> Option<&Cgroup> {
-        self.cgroups.get(id.index()).and_then(Option::as_deref)
+    /// Opens the directory of an attached cgroup (its fd lives as long as
+    /// the handle): [`Error::CgroupDetached`] for an id not attached,
+    /// [`Error::CgroupGone`] for a cgroup removed meanwhile, or replaced by
+    /// a new one at its path. No fd is kept per cgroup.
+    pub fn cgroup(&self, id: CgroupId) -> Result<Cgroup> {
+        match self.cgroups.get(id)? {
+            Handle::Kept(cg) => cg.try_clone(),
+            Handle::Opened(cg) => Ok(cg),
+        }
     }
 
-    /// A shared handle of an attached cgroup (no new fd).
+    /// [`KernelHost::cgroup`] in an `Arc`, for a handle shared with another
+    /// thread (`None` when it is detached or gone).
     pub fn cgroup_shared(&self, id: CgroupId) -> Option<Arc<Cgroup>> {
-        self.cgroups.get(id.index()).and_then(Clone::clone)
+        self.cgroup(id).ok().map(Arc::new)
+    }
+
+    /// The open handle of a cgroup (the kept one of the cgroup attached
+    /// last, or opened now).
+    pub(crate) fn handle(&self, id: CgroupId) -> Result<Handle<'_>> {
+        self.cgroups.get(id)
+    }
+
+    /// The handle of `id`, moving out the one kept since its attach (so
+    /// the runner's own use right after attaching opens nothing and keeps
+    /// no fd).
+    pub(crate) fn take_attached(&mut self, id: CgroupId) -> Result<Cgroup> {
+        match self.cgroups.take_last(id) {
+            Some(cg) => Ok(cg),
+            None => self.cgroup(id),
+        }
+    }
+
+    /// Cgroup `id` without an fd, for the watchdog thread to open when it acts.
+    pub(crate) fn parked(&self, id: CgroupId) -> Option<ParkedCgroup> {
+        self.cgroups.parked(id).cloned()
     }
 
     /// The cgroup filesystem.
@@ -206,8 +196,8 @@ impl KernelHost {
         &self.fs
     }
 
-    fn cg(&self, id: CgroupId) -> Result<&Cgroup> {
-        attached(&self.cgroups, id)
+    fn cg(&self, id: CgroupId) -> Result<Handle<'_>> {
+        self.cgroups.get(id)
     }
 
     fn free_slot(&self) -> Option<usize> {
@@ -222,20 +212,30 @@ impl Observe for KernelHost {
 
     fn attach(&mut self, id: CgroupId, path: &Path) -> Result<XattrInfo> {
         let cg = self.fs.open_hierarchy(path)?;
-        let owner = cg.owner_uid().ok();
+        // One fstat: the owner, and the identity the handle is parked with.
+        let st = cg.dir_stat()?;
+        let owner = Some(st.st_uid);
         if self.root_owner.is_none() {
             self.root_owner = owner;
         }
         if self.has_cgroup_kill.is_none() {
             self.has_cgroup_kill = cg.has_file(files::CGROUP_KILL).ok();
         }
-        let priority = trusted_xattr(&cg, "oomkit.priority", self.trust, self.root_owner)
+        // Most cgroups carry no oomkit xattr: one flistxattr instead of a
+        // read per key (priority, protected, a raised limit's record).
+        let marked = cg.may_have_xattr(b"oomkit.");
+        let read = |key| {
+            if marked {
+                trusted_xattr(&cg, key, self.trust, self.root_owner)
+            } else {
+                None
+            }
+        };
+        let priority = read("oomkit.priority")
             .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<i32>().ok());
-        let protected = trusted_xattr(&cg, "oomkit.protected", self.trust, self.root_owner)
-            .is_some_and(|v| v.trim_ascii() == b"1");
+        let protected = read("oomkit.protected").is_some_and(|v| v.trim_ascii() == b"1");
         let i = id.index();
-        if self.cgroups.len() <= i {
-            self.cgroups.resize_with(i + 1, || None);
+        if self.present.len() <= i {
             self.present.resize_with(i + 1, Present::default);
             self.current.resize_with(i + 1, || None);
         }
@@ -247,6 +247,7 @@ impl Observe for KernelHost {
                 found
             }
         };
+        self.present[i].marked = marked;
         self.current[i] = if self.present[i].current && self.current_budget > 0 {
             let f = rustix::fs::openat(
                 cg.dir_fd(),
@@ -267,14 +268,13 @@ impl Observe for KernelHost {
         let trusted_owner = |o: u32| o == 0 || Some(o) == self.root_owner;
         // The parent's owner is read now (not cached): a delegation may
         // have just changed it.
+        // `..` of the open directory: its very parent, without a path walk.
         let delegated = !owner.is_some_and(trusted_owner)
-            || cg
-                .path()
-                .parent()
-                .and_then(|p| rustix::fs::stat(p).ok())
-                .is_some_and(|st| !trusted_owner(st.st_uid));
+            || (cg.path().parent().is_some()
+                && rustix::fs::statat(cg.dir_fd(), c"..", rustix::fs::AtFlags::empty())
+                    .is_ok_and(|st| !trusted_owner(st.st_uid)));
         let delegated = delegated && self.root_owner.is_some();
-        self.cgroups[i] = Some(Arc::new(cg));
+        self.cgroups.insert(id, cg, &st);
         Ok(XattrInfo {
             priority,
             protected,
@@ -283,9 +283,7 @@ impl Observe for KernelHost {
     }
 
     fn detach(&mut self, id: CgroupId) {
-        if let Some(slot) = self.cgroups.get_mut(id.index()) {
-            *slot = None;
-        }
+        self.cgroups.remove(id);
         if let Some(slot) = self.current.get_mut(id.index()) {
             if slot.take().is_some() {
                 self.current_budget += 1;
@@ -294,7 +292,9 @@ impl Observe for KernelHost {
     }
 
     fn read_usage(&mut self, id: CgroupId, out: &mut CgroupStats) -> Result<()> {
-        let cg = self.cg(id)?;
+        if !self.cgroups.contains(id) {
+            return Err(Error::CgroupDetached { index: id.index() });
+        }
         let has = self.present.get(id.index()).copied().unwrap_or_default();
         // One `pread` of the kept fd: a number and a newline fit the buffer
         // whole, so a short read is the whole file. Anything else (an
@@ -309,12 +309,13 @@ impl Observe for KernelHost {
             .filter(|n| (1..buf.len()).contains(n))
             .and_then(|n| buf.get(..n))
             .and_then(|data| crate::cgroup::parse::single_u64(data).ok());
+        // The directory is opened only when a file must be read through it.
         out.current = match quick {
             Some(v) => Some(v),
-            None => when(has.current, || cg.memory_current())?,
+            None => when(has.current, || self.cg(id)?.memory_current())?,
         };
         out.swap_current = if self.swap_on {
-            when(has.swap, || cg.swap_current())?
+            when(has.swap, || self.cg(id)?.swap_current())?
         } else {
             has.swap.then_some(0)
         };
@@ -322,7 +323,7 @@ impl Observe for KernelHost {
     }
 
     fn read_detail(&mut self, id: CgroupId, out: &mut CgroupStats) -> Result<()> {
-        let cg = attached(&self.cgroups, id)?;
+        let cg = self.cgroups.get(id)?;
         let has = self.present.get(id.index()).copied().unwrap_or_default();
         out.high = when(has.high, || cg.memory_high())?;
         out.max = when(has.max, || cg.memory_max())?;
@@ -343,8 +344,8 @@ impl Observe for KernelHost {
     }
 
     fn read_processes(&mut self, id: CgroupId, out: &mut Vec<ProcSample>) -> Result<()> {
-        let cg = attached(&self.cgroups, id)?;
-        proc::scan_into(cg, &mut self.scan)?;
+        let cg = self.cgroups.get(id)?;
+        proc::scan_into(&cg, &mut self.scan)?;
         for p in &self.scan {
             let mut comm = [0u8; 16];
             let b = p.comm.as_bytes();
@@ -391,6 +392,9 @@ impl Observe for KernelHost {
     }
 
     fn raised_mark(&mut self, id: CgroupId) -> Option<(Limit, Limit)> {
+        if !self.present.get(id.index()).is_some_and(|p| p.marked) {
+            return None;
+        }
         let v = self.cg(id).ok()?.xattr(RAISED_XATTR).ok()??;
         let s = std::str::from_utf8(&v).ok()?;
         let (old, raised) = s.split_once(' ')?;
@@ -418,8 +422,9 @@ impl Act for KernelHost {
         let slot = self.free_slot().ok_or(Error::TooManyVictims {
             limit: VICTIM_SLOTS,
         })?;
-        let cg = self.cg(id)?;
-        let fd = Pidfd::open_in(cg, pid)?;
+        // Opened after the reserve's fds are closed: room even at EMFILE.
+        let cg = self.cgroups.get(id)?;
+        let fd = Pidfd::open_in(&cg, pid)?;
         fd.kill()?;
         if self.mrelease {
             // Reaps the address space now, as the kernel's oom_reaper does.
@@ -444,6 +449,7 @@ impl Act for KernelHost {
     fn kill_cgroup(&mut self, id: CgroupId) -> Result<Victim> {
         let _fds = self.fd_reserve.release();
         let cg = self.cg(id)?;
+        let cg = &*cg;
         // `cgroup.kill` takes every process; the kernel's own group OOM kill
         // spares `oom_score_adj -1000`, and so do we: a subtree holding one
         // is killed member by member, skipping it. (Only a privileged
@@ -499,22 +505,20 @@ impl Act for KernelHost {
                 }
             }
             // Only the spared processes may be left: done once nobody else is.
-            Victim::Cgroup { cgroup, spared } if spared > 0 => match self.cgroup(cgroup) {
-                Some(cg) => match kill::members(cg) {
+            Victim::Cgroup { cgroup, spared } if spared > 0 => {
+                match self.cg(cgroup).and_then(|cg| kill::members(&cg)) {
                     Ok(m) => Ok(m.total == m.unkillable),
                     Err(e) if e.is_gone() => Ok(true),
                     Err(e) => Err(e),
-                },
-                None => Ok(true),
-            },
-            Victim::Cgroup { cgroup, .. } => match self.cgroup(cgroup) {
-                Some(cg) => match cg.cgroup_events() {
+                }
+            }
+            Victim::Cgroup { cgroup, .. } => {
+                match self.cg(cgroup).and_then(|cg| cg.cgroup_events()) {
                     Ok(e) => Ok(e.populated == Some(false)),
                     Err(e) if e.is_gone() => Ok(true),
                     Err(e) => Err(e),
-                },
-                None => Ok(true),
-            },
+                }
+            }
         }
     }
 
@@ -569,6 +573,6 @@ impl Act for KernelHost {
         })?;
         let _fds = self.fd_reserve.release();
         let cg = self.cg(id)?;
-        Pidfd::open_in(cg, pid)?.send_signal(sig)
+        Pidfd::open_in(&cg, pid)?.send_signal(sig)
     }
 }

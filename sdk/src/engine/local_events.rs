@@ -6,7 +6,9 @@
 //! workqueue, after the pollers; rate-limited to about one per 10 ms per
 //! file, like the wakeup). One inotify watch per file carries the same
 //! signal without an fd. After each `IN_MODIFY` the file is read through
-//! the cgroup's directory fd (`openat` + `pread` + `close`) and compared
+//! the cgroup's directory, opened for it (`KernelHost` keeps no directory
+//! fd: `openat` + `fstat` of the directory, `openat` + `pread` of the file,
+//! `close` of both), and compared
 //! with the last counters, as [`MemoryEventsWatch`](crate::events::MemoryEventsWatch)
 //! does with its own fd.
 //!
@@ -28,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::events::dir::{inotify_record, proc_fd_path};
 use crate::util::io_err;
 
+use super::kernel::KernelHost;
 use super::trigger::Trigger;
 use super::types::CgroupId;
 
@@ -134,11 +137,11 @@ impl LocalEvents {
 
     /// Reads every queued inotify event and, for each watched file that
     /// changed, re-reads it and pushes a trigger with the counters that
-    /// rose. `cgroup` gives the handle of a managed cgroup. After a queue
-    /// overflow every watched file is read again. Allocation-free.
-    pub(crate) fn drain<'c>(
+    /// rose, through `host`'s handle of the cgroup. After a queue overflow
+    /// every watched file is read again. Allocation-free.
+    pub(crate) fn drain(
         &mut self,
-        cgroup: impl Fn(CgroupId) -> Option<&'c Cgroup>,
+        host: &KernelHost,
         seen: Instant,
         out: &mut Vec<(Trigger, Instant)>,
     ) {
@@ -170,30 +173,29 @@ impl LocalEvents {
                     continue;
                 }
                 if mask.contains(ReadFlags::MODIFY) {
-                    self.refresh(slot as usize, &cgroup, seen, out);
+                    self.refresh(slot as usize, host, seen, out);
                 }
             }
         }
         if overflow {
             tracing::warn!("memory.events.local inotify queue overflowed; reading every cgroup");
             for i in 0..self.slots.len() {
-                self.refresh(i, &cgroup, seen, out);
+                self.refresh(i, host, seen, out);
             }
         }
     }
 
-    fn refresh<'c>(
+    fn refresh(
         &mut self,
         slot: usize,
-        cgroup: &impl Fn(CgroupId) -> Option<&'c Cgroup>,
+        host: &KernelHost,
         seen: Instant,
         out: &mut Vec<(Trigger, Instant)>,
     ) {
         let Some(w) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        let Some(cg) = cgroup(w.id) else { return };
-        match cg.memory_events_local() {
+        match host.handle(w.id).and_then(|cg| cg.memory_events_local()) {
             Ok(current) => {
                 let delta = current.delta_since(&w.last);
                 w.last = current;

@@ -33,6 +33,7 @@ mod decide;
 mod episode;
 mod guard;
 mod handler;
+mod handles;
 mod host;
 #[cfg(feature = "serde")]
 pub mod incident;

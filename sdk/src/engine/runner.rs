@@ -147,9 +147,10 @@ impl std::fmt::Debug for Runner {
     }
 }
 
-/// Raises the soft open-file limit to the hard limit: the runner holds a
-/// directory fd per cgroup, and `memory.current` fds within what is left,
-/// and the usual soft limit of 1024 would cap it near 1,000 cgroups.
+/// Raises the soft open-file limit to the hard limit: the runner keeps a
+/// `memory.current` fd per cgroup within what the limit leaves (and an fd
+/// for `memory.events.local` where its inotify watch fails), and the usual
+/// soft limit of 1024 would leave most cgroups to the slower path.
 fn raise_nofile_limit() {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let lim = getrlimit(Resource::Nofile);
@@ -285,9 +286,11 @@ impl Runner {
             root_hier,
             depth: cfg.depth,
             over_cap: HashSet::new(),
-            // Directory and (budgeted) memory.current; memory.events.local is
-            // an inotify watch (an fd of its own only where the watch fails).
-            fd_cap: crate::kill::tracked_cap_now(usize::MAX, 2),
+            // No fd is needed per cgroup: the directory is opened on demand,
+            // memory.current kept within the host's budget, memory.events.local
+            // an inotify watch. One each bounds the fds of cgroups whose
+            // watch fails (an fd of their own).
+            fd_cap: crate::kill::tracked_cap_now(usize::MAX, 1),
             next_rebalance: Instant::now(),
             rebalance_cursor: 0,
             memory_events: cfg.memory_events,

@@ -20,8 +20,9 @@ use super::{Binding, DIR_CHANGES_PER_TURN, EXTRA_SOURCES, Runner};
 /// Lists the directories below `dir` (at `path`, `depth` levels below the
 /// root) down to `max` levels into `found`, parents before their children;
 /// a directory that cannot be listed goes to `unlisted` (nothing below it
-/// is judged gone). One `openat` and `getdents64` per directory, and at
-/// most `max` fds open at once.
+/// is judged gone). One `openat` and `getdents64` per directory that may
+/// have subdirectories (a leaf is told by its link count, one `statat`),
+/// and at most `max` fds open at once.
 fn list_tree(
     dir: BorrowedFd<'_>,
     path: &Path,
@@ -61,7 +62,12 @@ fn list_tree(
             continue;
         }
         let child = path.join(std::ffi::OsStr::from_bytes(bytes));
-        if depth < max {
+        // A link count of 2 (kernfs counts subdirectories): nothing below.
+        let leaf = || {
+            rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| st.st_nlink == 2)
+        };
+        if depth < max && !leaf() {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
             match rustix::fs::openat(dir, name, flags, Mode::empty()) {
                 Ok(fd) => {
@@ -136,16 +142,16 @@ impl Runner {
 
     pub(super) fn publish_target(&self, id: CgroupId) {
         let Some(wd) = &self.watchdog else { return };
-        let (Some(class), Some(path), Some(dup)) = (
+        let (Some(class), Some(path), Some(cg)) = (
             self.engine.tree().class(id),
             self.engine.tree().path(id),
-            self.engine.host().cgroup_shared(id),
+            self.engine.host().parked(id),
         ) else {
             return;
         };
         if let Ok(mut t) = wd.shared().targets.lock() {
             t.push(Target {
-                cg: dup,
+                cg,
                 path: path.to_path_buf(),
                 priority: class.priority,
                 protected: class.protected,
@@ -155,7 +161,7 @@ impl Runner {
 
     pub(super) fn add_child(&mut self, hier: &Path) {
         if let Some(id) = self.engine.tree().lookup(hier) {
-            if hier == self.root_hier || self.handle_is_current(id, hier) {
+            if hier == self.root_hier || self.handle_is_current(id) {
                 return;
             }
             // Re-created at a known path, its removal lost: rebind.
@@ -190,7 +196,7 @@ impl Runner {
                 {
                     return;
                 }
-                let Some(cg) = self.engine.host().cgroup_shared(id) else {
+                let Ok(cg) = self.engine.host_mut().take_attached(id) else {
                     return;
                 };
                 if let Err(e) = self.watch_cgroup(id, &cg) {
@@ -298,20 +304,10 @@ impl Runner {
         }
     }
 
-    /// Whether the handle the host holds for `id` is the directory now at
-    /// `hier` (not a removed one whose path was reused).
-    pub(super) fn handle_is_current(&self, id: CgroupId, hier: &Path) -> bool {
-        let Some(cg) = self.engine.host().cgroup_shared(id) else {
-            return false;
-        };
-        let Ok(fs_path) = self.engine.host().fs().fs_path(hier) else {
-            return true;
-        };
-        match (rustix::fs::fstat(cg.dir_fd()), rustix::fs::stat(&fs_path)) {
-            (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
-            (Err(_), _) => false,
-            // Gone again: its removal event follows.
-            (_, Err(_)) => true,
-        }
+    /// Whether the cgroup the host knows as `id` is the directory now at
+    /// its path (not a removed one whose path was reused): opening it
+    /// checks the directory's identity.
+    pub(super) fn handle_is_current(&self, id: CgroupId) -> bool {
+        self.engine.host().handle(id).is_ok()
     }
 }

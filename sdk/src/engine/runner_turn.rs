@@ -148,7 +148,7 @@ impl Runner {
             (Binding::LocalEvents, EventKind::Fd(_)) => {
                 if let Some(local) = &mut self.local {
                     let host = self.engine.host();
-                    local.drain(|id| host.cgroup(id), seen, &mut self.triggers);
+                    local.drain(host, seen, &mut self.triggers);
                 }
             }
             (Binding::Psi(cgroup), EventKind::Pressure(_)) => {

@@ -5,6 +5,14 @@
 //! (`memory.current`, `memory.swap.current`) for every cgroup in scope, and
 //! the detail (limits, `memory.events.local`, `memory.stat`, PSI, processes)
 //! only where a decision needs it — read lazily through [`View`].
+//!
+//! A handler that does not need every cgroup's usage (one that orders by
+//! tier first, then size) says so with [`Handler::usage_on_demand`]: then
+//! the snapshot reads only the scope, and [`View::usage`] reads a cgroup
+//! the first time the handler asks in this decision. At 10,000 cgroups the
+//! reads, not the policy, are what a decision costs.
+//!
+//! [`Handler::usage_on_demand`]: super::Handler::usage_on_demand
 
 use std::path::Path;
 use std::time::Instant;
@@ -65,8 +73,12 @@ pub(crate) struct Snapshot {
     /// (cgroup, start, len) into `procs`.
     /// (cgroup, start, len) into `procs`, in the order read.
     pub(crate) proc_index: Vec<(CgroupId, u32, u32)>,
-    /// Position in `proc_index` by cgroup slot, so lookups are O(1).
-    pub(crate) proc_slot: Vec<Option<u32>>,
+    /// Position in `proc_index` plus one by cgroup slot (0: none), so
+    /// lookups are O(1); zeroed, so a slot never asked about is never
+    /// written (its page stays unallocated).
+    pub(crate) proc_slot: Vec<u32>,
+    /// One bit per cgroup slot: its usage was read for this snapshot.
+    fresh: Vec<u64>,
     pub(crate) system: SystemStats,
 }
 
@@ -77,8 +89,22 @@ impl Snapshot {
             in_scope: Vec::with_capacity(cgroups),
             procs: Vec::with_capacity(procs),
             proc_index: Vec::with_capacity(cgroups),
-            proc_slot: vec![None; cgroups],
+            proc_slot: vec![0; cgroups],
+            fresh: vec![0; cgroups.div_ceil(64)],
             system: SystemStats::default(),
+        }
+    }
+
+    /// True when the usage of `id` was read for this snapshot.
+    pub(crate) fn is_fresh(&self, id: CgroupId) -> bool {
+        self.fresh
+            .get(id.index() / 64)
+            .is_some_and(|w| w & (1 << (id.index() % 64)) != 0)
+    }
+
+    fn set_fresh(&mut self, id: CgroupId) {
+        if let Some(w) = self.fresh.get_mut(id.index() / 64) {
+            *w |= 1 << (id.index() % 64);
         }
     }
 
@@ -92,7 +118,10 @@ impl Snapshot {
             self.proc_index.reserve(cgroups - self.proc_index.len());
         }
         if self.proc_slot.len() <= slot {
-            self.proc_slot.resize(slot + 1, None);
+            self.proc_slot.resize(slot + 1, 0);
+        }
+        if self.fresh.len() <= slot / 64 {
+            self.fresh.resize(slot / 64 + 1, 0);
         }
     }
 
@@ -102,12 +131,36 @@ impl Snapshot {
         self.procs.clear();
         for (id, _, _) in &self.proc_index {
             if let Some(s) = self.proc_slot.get_mut(id.index()) {
-                *s = None;
+                *s = 0;
             }
         }
         self.proc_index.clear();
+        self.fresh.fill(0);
         self.system = SystemStats::default();
     }
+}
+
+/// Reads the usage of `id` into its tree node unless this snapshot already
+/// has it (a read that fails leaves `current` at `None`: gone, or
+/// unreadable). The one place the loop and [`View::usage`] read usage.
+pub(crate) fn read_usage_once(
+    tree: &mut Tree,
+    snap: &mut Snapshot,
+    host: &mut dyn Observe,
+    id: CgroupId,
+) {
+    if snap.is_fresh(id) || tree.node(id).is_none() {
+        return;
+    }
+    let mut st = CgroupStats::default();
+    if let Err(e) = host.read_usage(id, &mut st) {
+        if !e.is_gone() {
+            tracing::debug!(error = %e, "reading usage failed");
+        }
+        st.current = None;
+    }
+    tree.set_usage(id, &st);
+    snap.set_fresh(id);
 }
 
 /// What a handler sees when deciding: the trigger, the cgroups in scope
@@ -142,19 +195,33 @@ impl View<'_> {
         &self.snap.in_scope
     }
 
-    /// Stats of a cgroup (`current` and `swap_current` for all in scope;
-    /// more after [`View::detail`]).
-    pub fn stats(&self, id: CgroupId) -> Option<&CgroupStats> {
+    /// Stats of a cgroup (`current` and `swap_current` for all in scope,
+    /// unless the handler reads usage on demand: then only after
+    /// [`View::usage`]; more after [`View::detail`], kept for the few
+    /// cgroups read in detail lately).
+    pub fn stats(&self, id: CgroupId) -> Option<CgroupStats> {
         self.tree.stats(id)
     }
 
-    /// Reads the detail (limits, events, oom.group, pgsteal, PSI) of a cgroup.
-    pub fn detail(&mut self, id: CgroupId) -> Option<&CgroupStats> {
-        let node = self.tree.node_mut(id)?;
-        if self.host.read_detail(id, &mut node.stats).is_err() {
+    /// Stats of a cgroup with `current` and `swap_current` read for this
+    /// decision: read now unless already read (see
+    /// [`Handler::usage_on_demand`](super::Handler::usage_on_demand)).
+    /// `current` is `None` when the cgroup vanished or its file could not
+    /// be read. No allocation.
+    pub fn usage(&mut self, id: CgroupId) -> Option<CgroupStats> {
+        read_usage_once(self.tree, self.snap, self.host, id);
+        self.tree.stats(id)
+    }
+
+    /// Reads the detail (limits, events, oom.group, pgsteal, PSI) of a
+    /// cgroup; its stats with it. `None` when it is not managed or the read
+    /// failed.
+    pub fn detail(&mut self, id: CgroupId) -> Option<CgroupStats> {
+        let st = self.tree.detail_mut(id)?;
+        if self.host.read_detail(id, st).is_err() {
             return None;
         }
-        Some(&node.stats)
+        self.tree.stats(id)
     }
 
     /// The class (priority, protection) of a cgroup.
@@ -172,18 +239,20 @@ impl View<'_> {
         self.tree.parent(id)
     }
 
+    /// The child cgroups of a cgroup (in scope when it is), in no
+    /// particular order.
+    pub fn children(&self, id: CgroupId) -> &[CgroupId] {
+        self.tree.children(id)
+    }
+
     /// True when `a` is `b` or below it.
     pub fn is_within(&self, a: CgroupId, b: CgroupId) -> bool {
         self.tree.is_within(a, b)
     }
 
-    /// True when the cgroup has no children in the tree.
+    /// True when the cgroup has no children in the tree. O(1).
     pub fn is_leaf(&self, id: CgroupId) -> bool {
-        !self
-            .snap
-            .in_scope
-            .iter()
-            .any(|c| self.tree.parent(*c) == Some(id))
+        self.tree.children(id).is_empty()
     }
 
     /// System-wide numbers.
@@ -208,8 +277,7 @@ impl View<'_> {
             .snap
             .proc_slot
             .get(id.index())
-            .copied()
-            .flatten()
+            .and_then(|&i| i.checked_sub(1))
             .and_then(|i| self.snap.proc_index.get(i as usize))
             .filter(|(c, _, _)| *c == id);
         if let Some(&(_, start, len)) = cached {
@@ -225,13 +293,13 @@ impl View<'_> {
             }
         }
         let len = self.snap.procs.len() - start;
-        let at = self.snap.proc_index.len() as u32;
+        let at = self.snap.proc_index.len() as u32 + 1;
         self.snap.proc_index.push((id, start as u32, len as u32));
         if self.snap.proc_slot.len() <= id.index() {
-            self.snap.proc_slot.resize(id.index() + 1, None);
+            self.snap.proc_slot.resize(id.index() + 1, 0);
         }
         if let Some(s) = self.snap.proc_slot.get_mut(id.index()) {
-            *s = Some(at);
+            *s = at;
         }
         Ok(&self.snap.procs[start..])
     }

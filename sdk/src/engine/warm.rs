@@ -57,9 +57,7 @@ impl<H: Host> Engine<H> {
         let _ = self.sample(root, at);
         let started = self.host.now();
         self.snapshot(root);
-        if let Some(n) = self.tree.node_mut(root) {
-            let _ = self.host.read_detail(root, &mut n.stats);
-        }
+        self.read_detail(root);
         self.plan.clear();
         self.ask_handler(&trigger, at, |h, view, plan| h.decide(view, plan));
         let selection = self.host.now().saturating_duration_since(started);

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{EventfdFlags, PollFd, PollFlags, eventfd, poll};
 
-use crate::cgroup::Cgroup;
+use crate::cgroup::ParkedCgroup;
 use crate::engine::MIN_VICTIM_FREE;
 use crate::error::{Error, Result};
 use crate::kill::Pidfd;
@@ -50,7 +50,8 @@ impl Default for WatchdogConfig {
 /// A cgroup the watchdog may choose from.
 #[derive(Debug)]
 pub(crate) struct Target {
-    pub(crate) cg: Arc<Cgroup>,
+    /// Opened when the watchdog acts (no fd held meanwhile).
+    pub(crate) cg: ParkedCgroup,
     pub(crate) path: PathBuf,
     pub(crate) priority: i32,
     pub(crate) protected: bool,
@@ -158,6 +159,12 @@ pub(crate) struct Watchdog {
     thread: Option<JoinHandle<()>>,
 }
 
+/// The watchdog thread's stack (half of the 256 KiB it had): its deepest
+/// path (scan one cgroup's processes, kill one, log a line) has no
+/// recursion, and its largest stack buffer is 16 KiB (reading a `/proc`
+/// file).
+const WATCHDOG_STACK: usize = 128 << 10;
+
 fn micros(epoch: Instant) -> u64 {
     (epoch.elapsed().as_micros() as u64).max(1)
 }
@@ -177,7 +184,9 @@ impl Watchdog {
         let mut action = action.unwrap_or_else(|| Box::new(default_action));
         let thread = std::thread::Builder::new()
             .name("oomkit-watchdog".into())
-            .stack_size(256 << 10)
+            // Started after the memory lock, under `MCL_FUTURE`: every page
+            // of its stack is resident and locked from the start.
+            .stack_size(WATCHDOG_STACK)
             .spawn(move || run(&s, &w, cfg.timeout, &mut action))
             .map_err(|e| Error::sys("spawning the watchdog thread", e))?;
         Ok(Watchdog {
@@ -299,10 +308,11 @@ fn pick(s: &Shared, targets: &[Target]) -> Option<usize> {
         if t.protected || contains(s.own_cgroup.as_deref(), &t.path) {
             continue;
         }
-        let Ok(cur) = t.cg.memory_current() else {
+        let Ok(cg) = t.cg.open() else { continue };
+        let Ok(cur) = cg.memory_current() else {
             continue;
         };
-        if !matches!(t.cg.for_each_pid(|_| {}), Ok(n) if n > 0) {
+        if !matches!(cg.for_each_pid(|_| {}), Ok(n) if n > 0) {
             continue;
         }
         let better = best.is_none_or(|(p, c, _)| {
@@ -341,8 +351,15 @@ fn default_action(s: &Shared) {
         return;
     };
     let t = &targets[i];
+    let cg = match t.cg.open() {
+        Ok(cg) => cg,
+        Err(e) => {
+            tracing::error!(error = %e, cgroup = %t.path.display(), "watchdog: opening the target failed");
+            return;
+        }
+    };
     let mut procs: Vec<ProcessInfo> = Vec::with_capacity(256);
-    if let Err(e) = proc::scan_into(&t.cg, &mut procs) {
+    if let Err(e) = proc::scan_into(&cg, &mut procs) {
         tracing::error!(error = %e, cgroup = %t.path.display(), "watchdog: scanning the target failed");
         return;
     }
@@ -353,7 +370,7 @@ fn default_action(s: &Shared) {
         );
         return;
     };
-    match Pidfd::open_in(&t.cg, v.pid).and_then(|fd| {
+    match Pidfd::open_in(&cg, v.pid).and_then(|fd| {
         fd.kill()?;
         let _ = fd.try_mrelease();
         Ok(())
@@ -393,7 +410,7 @@ mod tests {
         mk("svc", 2000, "88\n");
         let fs = crate::cgroup::CgroupFs::from_dir_unchecked(dir.path());
         let t = |rel: &str, priority: i32, protected: bool| Target {
-            cg: Arc::new(fs.open(dir.path().join(rel)).unwrap()),
+            cg: fs.open(dir.path().join(rel)).unwrap().park().unwrap(),
             path: PathBuf::from("/").join(rel),
             priority,
             protected,

@@ -226,13 +226,17 @@ impl DirWatch {
         }
     }
 
-    /// Lists directory `idx`: reports its subdirectories (if `report`) and
+    /// Lists directory `idx` (unless its link count says it has no
+    /// subdirectories, see [`may_have_subdirs`]): reports its subdirectories (if `report`) and
     /// watches those within the depth.
     pub(super) fn scan(&mut self, idx: u32, report: bool) -> rustix::io::Result<()> {
         let mut pb = [0u8; PATH_MAX];
         let path = self
             .node_path(&mut pb, idx, None)
             .ok_or(Errno::NAMETOOLONG)?;
+        if !may_have_subdirs(path) {
+            return Ok(());
+        }
         let fd = rustix::fs::openat(
             rustix::fs::CWD,
             path,
@@ -272,4 +276,15 @@ impl DirWatch {
         }
         Ok(())
     }
+}
+
+/// False when a directory's link count says it has no subdirectories: 2
+/// (itself and `.`), as kernfs (cgroupfs) and tmpfs count them. One
+/// `stat(2)` instead of `openat` + `getdents64` + `close` for each leaf of
+/// a tree of thousands of cgroups. Filesystems that do not count (btrfs
+/// reports 1) and a failed `stat` say "maybe": the directory is listed. A
+/// subdirectory created after the `stat` is reported by the watch, which is
+/// in place before the listing.
+fn may_have_subdirs(path: &CStr) -> bool {
+    rustix::fs::stat(path).map_or(true, |st| st.st_nlink != 2)
 }

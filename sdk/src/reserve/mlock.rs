@@ -170,8 +170,9 @@ pub fn drop_start_up_pages() -> std::io::Result<usize> {
 }
 
 /// Locks the program's own file mappings whole (its code and read-only
-/// data, faulted in if needed), and of every other mapping the pages that
-/// are resident now: the present bit (63) of each page's
+/// data, faulted in if needed) but for its unwind and start-up tables
+/// (`exe`), and of every other mapping the pages that are resident now:
+/// the present bit (63) of each page's
 /// `/proc/self/pagemap` entry, readable without privileges, over every
 /// mapping of `/proc/self/maps` except the kernel's special ones; runs of
 /// present pages are `mlock`ed one range at a time.
@@ -183,6 +184,11 @@ fn lock_resident() -> std::result::Result<(usize, usize, Option<String>), String
     let exe = std::fs::read_link("/proc/self/exe")
         .map(|p| p.into_os_string().into_encoded_bytes())
         .unwrap_or_default();
+    // Unreadable section headers only cost memory: everything is locked.
+    let cold = std::fs::File::open("/proc/self/exe")
+        .map_err(|e| format!("/proc/self/exe: {e}"))
+        .and_then(|f| super::exe::cold_ranges(&f))
+        .unwrap_or_default();
     let mut resident = Resident {
         pagemap,
         page: rustix::param::page_size(),
@@ -190,29 +196,39 @@ fn lock_resident() -> std::result::Result<(usize, usize, Option<String>), String
         ranges: Vec::new(),
     };
     for line in maps.split(|b| *b == b'\n') {
-        let Some((start, end, name)) = lockable_mapping(line) else {
+        let Some(m) = lockable_mapping(line) else {
             continue;
         };
         // The program's own code and read-only data are locked whole: a
         // warm-up cannot reach every line of the kill path (error and log
         // branches), and a page of it read back from disk during an OOM is
-        // the stall reserve mode exists to prevent.
-        if !exe.is_empty() && name == exe.as_slice() {
-            resident.ranges.push((start, end));
+        // the stall reserve mode exists to prevent. Only the unwind and
+        // start-up sections are left out (`exe`).
+        if !exe.is_empty() && m.name == exe.as_slice() {
+            let hot = super::exe::hot_parts(m.start, m.end, m.offset, &cold, resident.page);
+            resident.ranges.extend(hot);
             continue;
         }
-        resident.add_present_runs(start, end)?;
+        resident.add_present_runs(m.start, m.end)?;
     }
     mlock_ranges(&resident.ranges)
 }
 
-/// Start, end and name of a readable mapping of a `/proc/self/maps` line,
-/// `None` for the kernel's special mappings, unreadable ones and lines
-/// that do not parse.
-fn lockable_mapping(line: &[u8]) -> Option<(usize, usize, &[u8])> {
+/// A readable mapping of `/proc/self/maps`.
+struct Mapping<'a> {
+    start: usize,
+    end: usize,
+    /// Offset in the mapped file.
+    offset: u64,
+    name: &'a [u8],
+}
+
+/// The readable mapping of a `/proc/self/maps` line, `None` for the
+/// kernel's special mappings, unreadable ones and lines that do not parse.
+fn lockable_mapping(line: &[u8]) -> Option<Mapping<'_>> {
     let mut f = line.split(|b| *b == b' ').filter(|x| !x.is_empty());
-    let (range, perms) = (f.next()?, f.next()?);
-    let name = f.nth(3).unwrap_or_default();
+    let (range, perms, offset) = (f.next()?, f.next()?, f.next()?);
+    let name = f.nth(2).unwrap_or_default();
     if matches!(
         name,
         b"[vdso]" | b"[vvar]" | b"[vvar_vclock]" | b"[vsyscall]"
@@ -222,7 +238,12 @@ fn lockable_mapping(line: &[u8]) -> Option<(usize, usize, &[u8])> {
     }
     let dash = range.iter().position(|b| *b == b'-')?;
     let hex = |s: &[u8]| usize::from_str_radix(std::str::from_utf8(s).ok()?, 16).ok();
-    Some((hex(&range[..dash])?, hex(&range[dash + 1..])?, name))
+    Some(Mapping {
+        start: hex(&range[..dash])?,
+        end: hex(&range[dash + 1..])?,
+        offset: u64::from_str_radix(std::str::from_utf8(offset).ok()?, 16).ok()?,
+        name,
+    })
 }
 
 /// The ranges to lock, gathered from `/proc/self/pagemap`.
