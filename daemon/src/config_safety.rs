@@ -184,10 +184,9 @@ fn check_rules(c: &Config, f: &mut Findings) {
             let Ok(g) = oomkit_handlers::classify::path_glob(&r.glob) else {
                 continue;
             };
-            let m = g.compile_matcher();
             let one = format!("/{PROBE}");
             let two = format!("/{PROBE}/{PROBE}");
-            if m.is_match(&one) || m.is_match(&two) {
+            if g.is_match(&one) || g.is_match(&two) {
                 f.warn(
                     &format!("handler.rules[{i}]"),
                     format!(

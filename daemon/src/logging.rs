@@ -14,33 +14,58 @@
 //!   its own), each line prefixed with its syslog priority (`<3>` error …
 //!   `<7>` debug), which journald reads into the entry's priority, so
 //!   `journalctl -p warning -u oomkit` works.
+//!
+//! The level filter is `tracing-subscriber`'s `Targets` (`info`,
+//! `oomkit=debug,info`), not its `EnvFilter`: the latter's span and field
+//! directives need a regex engine, which was a sixth of the daemon's code,
+//! all of it locked in RAM (docs/benchmarks.md, "Footprint at rest").
 
 use std::io::{IsTerminal, Write};
 
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields};
 use tracing_subscriber::fmt::{FmtContext, MakeWriter};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
+
+/// Parses a log filter: comma-separated `LEVEL` (the default) and
+/// `TARGET=LEVEL` directives (`oomkit=debug,info`); levels `off`, `error`,
+/// `warn`, `info`, `debug`, `trace`.
+pub fn parse_filter(filter: &str) -> Result<Targets, String> {
+    filter
+        .parse::<Targets>()
+        .map_err(|e| format!("`{filter}`: {e} (expected e.g. `info` or `oomkit=debug,info`)"))
+}
 
 /// Sets up `tracing` output on stderr in `format`. `RUST_LOG`, when set,
 /// overrides `level`.
 pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
     let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::try_new(v),
-        _ => tracing_subscriber::EnvFilter::try_new(level),
-    }
-    .map_err(|e| format!("log filter: {e}"))?;
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(OneLine(std::io::stderr));
+        Ok(v) if !v.is_empty() => parse_filter(&v).map_err(|e| format!("RUST_LOG: {e}"))?,
+        _ => parse_filter(level).map_err(|e| format!("log filter: {e}"))?,
+    };
+    let b = tracing_subscriber::fmt().with_writer(OneLine(std::io::stderr));
     let r = match format {
-        LogFormat::Text => b.with_ansi(std::io::stderr().is_terminal()).try_init(),
-        LogFormat::Json => b.json().flatten_event(true).try_init(),
+        LogFormat::Text => b
+            .with_ansi(std::io::stderr().is_terminal())
+            .finish()
+            .with(filter)
+            .try_init(),
+        LogFormat::Json => b
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(filter)
+            .try_init(),
         LogFormat::Journald => b
             .with_ansi(false)
             .event_format(Journald(format::format().without_time().with_ansi(false)))
+            .finish()
+            .with(filter)
             .try_init(),
     };
     r.map_err(|e| format!("logging: {e}"))
@@ -130,6 +155,21 @@ impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for OneLine<M> {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn filters_take_levels_and_targets() {
+        use tracing::level_filters::LevelFilter;
+        let t = parse_filter("oomkit=debug,info").unwrap();
+        assert_eq!(t.default_level(), Some(LevelFilter::INFO));
+        assert!(t.would_enable("oomkit::engine", &Level::DEBUG));
+        assert!(!t.would_enable("other", &Level::DEBUG));
+        assert_eq!(
+            parse_filter("warn").unwrap().default_level(),
+            Some(LevelFilter::WARN)
+        );
+        let e = parse_filter("oomkit=loud").unwrap_err();
+        assert!(e.contains("oomkit=loud"), "{e}");
+    }
 
     #[test]
     fn multi_line_events_become_one_line() {

@@ -34,8 +34,9 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use oomkit::engine::{CgroupMeta, Class};
+
+use crate::glob::{PathGlob, PatternError};
 
 /// A Kubernetes pod QoS class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,12 +106,13 @@ pub struct GlobError {
     pub glob: String,
     /// What is wrong with it.
     #[source]
-    pub source: globset::Error,
+    pub source: PatternError,
 }
 
-/// Builds a glob whose `*` does not cross `/` (the daemon checks config globs with it).
-pub fn path_glob(glob: &str) -> Result<Glob, globset::Error> {
-    GlobBuilder::new(glob).literal_separator(true).build()
+/// Compiles a glob on hierarchy paths ([`crate::glob`]; the daemon checks
+/// config globs with it).
+pub fn path_glob(glob: &str) -> Result<PathGlob, PatternError> {
+    PathGlob::new(glob)
 }
 
 /// Where a cgroup's class came from (for logs and tests).
@@ -132,7 +134,8 @@ pub enum Source {
 #[derive(Debug, Clone)]
 pub struct Classifier {
     rules: Vec<Rule>,
-    set: GlobSet,
+    /// `rules[i].glob`, compiled.
+    globs: Vec<PathGlob>,
     qos: Option<QosPriorities>,
     kube_roots: Vec<PathBuf>,
     default_priority: i32,
@@ -147,7 +150,7 @@ impl Default for Classifier {
     fn default() -> Self {
         Classifier {
             rules: Vec::new(),
-            set: GlobSet::empty(),
+            globs: Vec::new(),
             qos: Some(QosPriorities::default()),
             kube_roots: default_kube_roots(),
             default_priority: 0,
@@ -164,24 +167,21 @@ impl Classifier {
         qos: Option<QosPriorities>,
         default_priority: i32,
     ) -> Result<Self, GlobError> {
-        let mut b = GlobSetBuilder::new();
-        for (index, r) in rules.iter().enumerate() {
-            let g = path_glob(&r.glob).map_err(|source| GlobError {
-                index,
-                glob: r.glob.clone(),
-                source,
-            })?;
-            b.add(g);
-        }
-        let set = b.build().map_err(|source| GlobError {
-            index: 0,
-            glob: String::new(),
-            source,
-        })?;
+        let globs = rules
+            .iter()
+            .enumerate()
+            .map(|(index, r)| {
+                path_glob(&r.glob).map_err(|source| GlobError {
+                    index,
+                    glob: r.glob.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Classifier {
             scratch: Vec::with_capacity(rules.len()),
             rules,
-            set,
+            globs,
             qos,
             kube_roots: default_kube_roots(),
             default_priority,
@@ -206,8 +206,12 @@ impl Classifier {
         let mut protected = meta.xattr_protected || inherited.is_some_and(|c| c.protected);
 
         self.scratch.clear();
-        self.set.matches_into(meta.path, &mut self.scratch);
-        self.scratch.sort_unstable();
+        let matching = self
+            .globs
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.is_match(meta.path));
+        self.scratch.extend(matching.map(|(i, _)| i));
         let first_rule = self.scratch.first().copied();
         // Protection from any matching rule, priority from the first one that has one.
         for &i in &self.scratch {

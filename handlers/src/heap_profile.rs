@@ -23,20 +23,20 @@
 //! 3. The kill [`PriorityKill`] planned.
 //!
 //! A victim that does not match, and every escalation (the victim already
-//! had its chance), is simply killed. Glob matching uses a set compiled at
-//! construction (and warmed once there, so steady-state matching does not
-//! allocate); `decide` itself allocates nothing.
+//! had its chance), is simply killed. Globs are compiled at construction
+//! ([`crate::glob`]; matching allocates nothing); `decide` itself allocates
+//! nothing.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use globset::{GlobSet, GlobSetBuilder};
 use oomkit::engine::{
     Action, CgroupMeta, Class, Handler, Plan, PrekillHook, PrekillTarget, Trigger, View,
 };
 
 use crate::classify::path_glob;
+use crate::glob::{PathGlob, PatternError};
 use crate::priority::{Choice, PriorityKill};
 
 /// Settings of [`HeapProfile`].
@@ -83,7 +83,7 @@ pub struct HeapGlobError {
     pub glob: String,
     /// What is wrong with it.
     #[source]
-    pub source: globset::Error,
+    pub source: PatternError,
 }
 
 /// How many raises may be outstanding at once (the loop restores at most 4 limits per episode).
@@ -95,7 +95,8 @@ const GRANTS: usize = 8;
 pub struct HeapProfile {
     cfg: HeapProfileConfig,
     inner: PriorityKill,
-    set: GlobSet,
+    /// `cfg.cgroups`, compiled.
+    globs: Vec<PathGlob>,
     /// Headroom granted: (bytes, until).
     grants: [Option<(u64, Instant)>; GRANTS],
 }
@@ -103,25 +104,22 @@ pub struct HeapProfile {
 impl HeapProfile {
     /// Wraps `inner` (which picks the victim).
     pub fn new(cfg: HeapProfileConfig, inner: PriorityKill) -> Result<Self, HeapGlobError> {
-        let mut b = GlobSetBuilder::new();
-        for (index, g) in cfg.cgroups.iter().enumerate() {
-            b.add(path_glob(g).map_err(|source| HeapGlobError {
-                index,
-                glob: g.clone(),
-                source,
-            })?);
-        }
-        let set = b.build().map_err(|source| HeapGlobError {
-            index: 0,
-            glob: String::new(),
-            source,
-        })?;
-        // Warm the matcher's lazily built caches off the hot path.
-        let _ = set.is_match("/warm/up");
+        let globs = cfg
+            .cgroups
+            .iter()
+            .enumerate()
+            .map(|(index, g)| {
+                path_glob(g).map_err(|source| HeapGlobError {
+                    index,
+                    glob: g.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(HeapProfile {
             cfg,
             inner,
-            set,
+            globs,
             grants: [None; GRANTS],
         })
     }
@@ -140,7 +138,7 @@ impl HeapProfile {
         let cgroup_ok = self.cfg.cgroups.is_empty()
             || view
                 .path(choice.cgroup)
-                .is_some_and(|p| self.set.is_match(p));
+                .is_some_and(|p| self.globs.iter().any(|g| g.is_match(p)));
         let comm_ok = self.cfg.comms.is_empty() || self.cfg.comms.iter().any(|c| c == comm);
         cgroup_ok && comm_ok
     }

@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 
 pub mod classify;
+pub mod glob;
 pub mod heap_profile;
 pub mod podinfo;
 pub mod priority;

@@ -85,7 +85,7 @@ fn daemon(d: &DaemonSection, f: &mut Findings) {
     if d.incidents().is_some() && d.incident_max_bytes.0 < 4096 {
         f.err("daemon.incident_max_bytes", "must be at least 4096 bytes");
     }
-    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&d.log_level) {
+    if let Err(e) = crate::logging::parse_filter(&d.log_level) {
         f.err("daemon.log_level", format!("not a log filter: {e}"));
     }
 }
