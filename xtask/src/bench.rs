@@ -852,7 +852,7 @@ const ANALYSIS: &str = r#"## Where oomkit is not at least as good as every peer,
   reads `/proc` for the processes of the cgroups it visits.
 * **Footprint at rest: earlyoom is smaller.** earlyoom is a small C program that reads
   `/proc/meminfo` on a timer and watches no cgroup; oomkit is a static Rust binary (tracing,
-  clap, toml, serde_json, globset) that watches every cgroup. Reserve mode
+  clap, toml, serde_json) that watches every cgroup. Reserve mode
   (`mlock = "resident"`) drops the pages of start-up code, runs one decision over the tree, and
   locks only what that touched, so what stays resident (and locked) is the decision path and
   the tables of the cgroups it manages — see the breakdown in the guest case line. oomd does
