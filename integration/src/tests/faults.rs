@@ -17,6 +17,10 @@
 //! Two runs: `mlock = "off"` first, which must see major faults (else the squeeze or the
 //! measurement is broken and the second run would prove nothing), then the default reserve mode
 //! (`resident`: what the warm-up decision touched is locked), which must see none.
+//!
+//! The `off` run also notes how deep the episode wrote into the daemon's main stack (soft-dirty
+//! bits of `/proc/PID/pagemap`, cleared after the squeeze; page granular), beside how deep its
+//! resident stack (the start-up prefault) reaches: what the stack prefault must cover.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -162,6 +166,9 @@ fn run(ctx: &Ctx, bin: &Path, mlock: &str) -> Result<(Value, u64), Fail> {
     daemon_cgroup.set_memory_high(Limit::Bytes(0))?;
     daemon_cgroup.set_memory_high(Limit::Max)?;
     let squeezed = daemon_cgroup.memory_current()?;
+    // Only the control run: soft-dirty tracking write-protects every page once, which the
+    // locked run must not meet.
+    let soft_dirty = mlock == "off" && clear_soft_dirty(daemon.pid());
 
     // (2) The machine fills up; (3) the service, then the batch job growing into the limits.
     let filler_mib = mem_available_mib()?.saturating_sub(LEAVE_MIB + SERVICE_MIB);
@@ -205,6 +212,16 @@ fn run(ctx: &Ctx, bin: &Path, mlock: &str) -> Result<(Value, u64), Fail> {
     .map_err(|e| Fail(format!("{}; daemon log: {}", e.0, tail(&log))))?;
     let steal = (vmstat("pgsteal_file") + vmstat("pgsteal_kswapd") + vmstat("pgsteal_direct"))
         .saturating_sub(steal_before);
+    let stack = if soft_dirty {
+        match stack_depths(daemon.pid()) {
+            Ok((written, resident)) => {
+                json!({"written_in_episode_kib": written, "resident_kib": resident})
+            }
+            Err(e) => json!({"error": e.0}),
+        }
+    } else {
+        Value::Null
+    };
     let batch_end = ended(&mut batch);
     let service_end = ended(&mut service);
     let filler_end = ended(&mut filler);
@@ -222,6 +239,7 @@ fn run(ctx: &Ctx, bin: &Path, mlock: &str) -> Result<(Value, u64), Fail> {
         "outcome": ended_line["outcome"],
         "daemon_kib_before_squeeze": before >> 10, "daemon_kib_after": squeezed >> 10,
         "filler_mib": filler_mib, "pages_reclaimed_meanwhile": steal,
+        "main_stack_below_top": stack,
         "batch": batch_end, "service": service_end, "filler": filler_end,
         "secs": start.elapsed().as_secs_f64(),
     }));
@@ -236,6 +254,45 @@ fn run(ctx: &Ctx, bin: &Path, mlock: &str) -> Result<(Value, u64), Fail> {
         tail(&log)
     );
     Ok((ended_line, steal))
+}
+
+/// Starts soft-dirty tracking of `pid` (`/proc/PID/clear_refs` 4): from now on bit 55 of its
+/// `/proc/PID/pagemap` entries marks the pages it writes. `false` if the kernel cannot.
+fn clear_soft_dirty(pid: i32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "4").is_ok()
+}
+
+/// How far below the top of its main stack `pid` wrote since [`clear_soft_dirty`], and how far
+/// its resident stack reaches (KiB, page granular; the top holds arguments and environment).
+fn stack_depths(pid: i32) -> Result<(u64, u64), Fail> {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let range = maps
+        .lines()
+        .find(|l| l.ends_with("[stack]"))
+        .and_then(|l| l.split(' ').next())
+        .ok_or_else(|| Fail(format!("no [stack] in /proc/{pid}/maps")))?;
+    let hex = |s: &str| u64::from_str_radix(s, 16).map_err(|e| Fail(format!("{range}: {e}")));
+    let (start, end) = match range.split_once('-') {
+        Some((a, b)) => (hex(a)?, hex(b)?),
+        None => fail!("{range}: not START-END"),
+    };
+    let mut entries = vec![0u8; ((end - start) / 4096 * 8) as usize];
+    std::fs::File::open(format!("/proc/{pid}/pagemap"))?
+        .read_exact_at(&mut entries, start / 4096 * 8)?;
+    // The lowest page with `bit` set, as KiB below the top.
+    let lowest = |bit: u32| {
+        entries
+            .chunks_exact(8)
+            .position(|e| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(e);
+                u64::from_le_bytes(b) & (1 << bit) != 0
+            })
+            .map_or(0, |i| (end - start - i as u64 * 4096) >> 10)
+    };
+    // Bit 55: soft-dirty; bit 63: present.
+    Ok((lowest(55), lowest(63)))
 }
 
 pub fn no_major_fault_to_kill(ctx: &mut Ctx) -> TestResult {
