@@ -143,7 +143,11 @@ mod tests {
         let mut buf = [0u8; 64];
         assert_eq!(pread_one_piece(&f, &mut buf), Ok(13));
         assert_eq!(&buf[..13], b"low 0\nhigh 3\n");
-        assert_eq!(pread_one_piece(&f, &mut buf), Ok(13), "again, from offset 0");
+        assert_eq!(
+            pread_one_piece(&f, &mut buf),
+            Ok(13),
+            "again, from offset 0"
+        );
         let mut exact = [0u8; 13];
         assert_eq!(pread_one_piece(&f, &mut exact), Err(ReadError::TooLarge));
     }

@@ -158,6 +158,16 @@ impl Cgroup {
         Ok(cg)
     }
 
+    /// A handle of `dir`, opened by the caller at `fs_path` (no check).
+    fn from_parts(dir: OwnedFd, fs_path: PathBuf, hierarchy_path: PathBuf, verify: bool) -> Self {
+        Cgroup {
+            dir,
+            path: fs_path.into(),
+            hierarchy_path: hierarchy_path.into(),
+            verified: verify,
+        }
+    }
+
     /// [`Cgroup::open_dir`] without the cgroup2 check (`fstatfs(2)`): the
     /// caller makes it, or knows the directory's device passed it.
     fn open_dir_unchecked(fs_path: &Path, hierarchy_path: PathBuf, verify: bool) -> Result<Self> {

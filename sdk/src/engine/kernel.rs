@@ -58,9 +58,9 @@ pub struct KernelHost {
     /// siblings have the same controllers (their parent's
     /// `cgroup.subtree_control`), so the next sibling skips nine `stat`s.
     probed: Option<(PathBuf, Present)>,
-    /// Within a batch of attaches (`begin_batch`): the owner of the parent
-    /// directory last read, by the parent's path.
-    batch: Option<batch::ParentOwner>,
+    /// Within a batch of attaches (`begin_batch`): the parent directory of
+    /// the last attach, open, and its owner.
+    batch: Option<Option<batch::BatchParent>>,
     victims: [Option<Pidfd>; VICTIM_SLOTS],
     scan: Vec<ProcessInfo>,
     stat: MemoryStat,
@@ -221,14 +221,14 @@ impl Observe for KernelHost {
     fn attach(&mut self, id: CgroupId, path: &Path) -> Result<XattrInfo> {
         // One fstat: the owner, the identity the handle is parked with, and
         // the device (the cgroup2 check is made once per device).
-        let (cg, st) = self.fs.open_hierarchy_stat(path, self.checked_dev)?;
+        let (cg, st) = self.open_for_attach(path)?;
         #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
         {
             self.checked_dev = Some(st.st_dev as u64);
         }
-        if matches!(&self.batch, Some(Some((p, _))) if p.as_path() == cg.path()) {
-            // The cached parent attached (again): read its owner again.
-            self.forget_parent_owner();
+        if self.is_batch_parent(path) {
+            // The kept parent attached (again): open and read it again.
+            self.forget_parent();
         }
         let owner = Some(st.st_uid);
         if self.root_owner.is_none() {
@@ -296,7 +296,7 @@ impl Observe for KernelHost {
 
     fn detach(&mut self, id: CgroupId) {
         // A directory removed: a parent re-created at a cached path is another.
-        self.forget_parent_owner();
+        self.forget_parent();
         self.cgroups.remove(id);
         if let Some(slot) = self.current.get_mut(id.index()) {
             if slot.take().is_some() {

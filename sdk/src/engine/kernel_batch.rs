@@ -14,57 +14,105 @@
 //! batch. Outside a batch (`Engine::add_cgroup` used directly) the owner
 //! is read for each child, as before.
 
-use std::path::PathBuf;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags};
 
 use crate::cgroup::Cgroup;
+use crate::error::Result;
 
 use super::KernelHost;
 
-/// The parent directory whose owner was read last in a batch, and that owner.
-pub(super) type ParentOwner = Option<(PathBuf, u32)>;
+/// The parent directory of the batch's last attach: open, with its owner.
+#[derive(Debug)]
+pub(super) struct BatchParent {
+    /// Its hierarchy path.
+    hier: PathBuf,
+    /// `..` of the first child attached under it in this batch.
+    fd: OwnedFd,
+    uid: u32,
+}
 
 impl KernelHost {
     /// Starts a batch of attaches (the runner's directory changes of one
-    /// turn): within it, the owner of a parent directory is read once for
-    /// all its children attached, not once each (see [`Self::end_batch`]).
+    /// turn): within it, the parent directory of the cgroups attached is
+    /// opened and its owner read once for all its children, not once each
+    /// (see the module docs and [`Self::end_batch`]).
     pub(crate) fn begin_batch(&mut self) {
         self.batch = Some(None);
     }
 
-    /// Ends the batch: the next attach reads its parent's owner again, so
-    /// a delegation (a `chown` of the parent) is seen by the first attach
-    /// after the batch it happened in.
+    /// Ends the batch and closes the parent it kept: the next attach reads
+    /// its parent's owner again, so a delegation (a `chown` of the parent)
+    /// is seen by the first attach after the batch it happened in.
     pub(crate) fn end_batch(&mut self) {
         self.batch = None;
     }
 
-    pub(super) fn forget_parent_owner(&mut self) {
+    pub(super) fn forget_parent(&mut self) {
         if let Some(slot) = &mut self.batch {
             *slot = None;
         }
+    }
+
+    /// Whether `path` is the parent kept in this batch.
+    pub(super) fn is_batch_parent(&self, path: &Path) -> bool {
+        matches!(&self.batch, Some(Some(p)) if p.hier == path)
+    }
+
+    /// Opens the cgroup at hierarchy path `path` for its attach, with its
+    /// directory's `fstat`: within a batch, through the parent kept open
+    /// (`openat` of one name, not of the whole path); otherwise, or when
+    /// the name is not there (removed, or the parent moved), by path, which
+    /// tells a removed cgroup apart.
+    pub(super) fn open_for_attach(&mut self, path: &Path) -> Result<(Cgroup, rustix::fs::Stat)> {
+        if let Some(Some(p)) = &self.batch {
+            if path.parent() == Some(p.hier.as_path()) {
+                if let Some(found) =
+                    self.fs
+                        .open_hierarchy_stat_in(p.fd.as_fd(), path, self.checked_dev)?
+                {
+                    return Ok(found);
+                }
+            }
+        }
+        self.fs.open_hierarchy_stat(path, self.checked_dev)
     }
 
     /// The owner of the parent directory of `cg` (`None`: the mount root,
     /// or it could not be read). Read now through `..` of the open
     /// directory (its very parent, without a path walk), except that
     /// within a batch it is read once per parent: its owner as of the
-    /// batch's first child under it.
+    /// batch's first child under it, whose `..` is kept open for the
+    /// siblings' attaches.
     pub(super) fn parent_owner(&mut self, cg: &Cgroup) -> Option<u32> {
-        let parent = cg.path().parent()?;
-        if let Some(Some((p, uid))) = &self.batch {
-            if &**p == parent {
-                return Some(*uid);
+        let parent = cg.hierarchy_path().parent()?;
+        let Some(slot) = &mut self.batch else {
+            return rustix::fs::statat(cg.dir_fd(), c"..", rustix::fs::AtFlags::empty())
+                .ok()
+                .map(|st| st.st_uid);
+        };
+        if let Some(p) = slot {
+            if p.hier == parent {
+                return Some(p.uid);
             }
         }
-        let uid = rustix::fs::statat(cg.dir_fd(), c"..", rustix::fs::AtFlags::empty())
-            .ok()?
-            .st_uid;
-        if let Some(slot) = &mut self.batch {
-            *slot = Some((parent.to_path_buf(), uid));
-        }
+        let fd = rustix::fs::openat(
+            cg.dir_fd(),
+            c"..",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let uid = rustix::fs::fstat(&fd).ok()?.st_uid;
+        *slot = Some(BatchParent {
+            hier: parent.to_path_buf(),
+            fd,
+            uid,
+        });
         Some(uid)
     }
-
 }
 
 #[cfg(test)]
@@ -95,7 +143,9 @@ mod tests {
         let fs = CgroupFs::from_dir_unchecked(root);
         let mut host = KernelHost::new(fs, XattrTrust::TrustedAndOwnedUser, 8, 8);
         let attach = |h: &mut KernelHost, i: u32, p: &str| {
-            h.attach(CgroupId::for_tests(i), Path::new(p)).unwrap().delegated
+            h.attach(CgroupId::for_tests(i), Path::new(p))
+                .unwrap()
+                .delegated
         };
         assert!(!attach(&mut host, 0, "/"));
         assert!(!attach(&mut host, 1, "/p"));
@@ -106,7 +156,10 @@ mod tests {
         assert!(!attach(&mut host, 3, "/p/b"), "one reading per batch");
         host.end_batch();
         host.begin_batch();
-        assert!(attach(&mut host, 4, "/p/c"), "the next batch reads it again");
+        assert!(
+            attach(&mut host, 4, "/p/c"),
+            "the next batch reads it again"
+        );
         host.end_batch();
         // Outside a batch: read for each child.
         chown(root.join("p"), Some(0), None).unwrap();
@@ -126,7 +179,9 @@ mod tests {
         let fs = CgroupFs::from_dir_unchecked(root);
         let mut host = KernelHost::new(fs, XattrTrust::TrustedAndOwnedUser, 8, 8);
         let attach = |h: &mut KernelHost, i: u32, p: &str| {
-            h.attach(CgroupId::for_tests(i), Path::new(p)).unwrap().delegated
+            h.attach(CgroupId::for_tests(i), Path::new(p))
+                .unwrap()
+                .delegated
         };
         assert!(!attach(&mut host, 0, "/"));
         assert!(!attach(&mut host, 1, "/p"));
