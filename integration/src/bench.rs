@@ -1071,6 +1071,13 @@ fn scale(ctx: &mut Ctx) -> TestResult {
         v["selection_ms"] = json!(selection_us.map(|u| (u / 10.0).round() / 100.0));
         v["created_s"] = json!((created.as_secs_f64() * 10.0).round() / 10.0);
         v["guest_mib"] = json!(guest_mib());
+        // Where start-up went, by the daemon's own phase log line (ms).
+        let mut phases = serde_json::Map::new();
+        for k in ["open", "dir_watch", "walk", "attach", "warm_up", "lock"] {
+            let field = format!("{k}_ms");
+            phases.insert(k.into(), json!(log_field(&r, "start-up phases", &field)));
+        }
+        v["phases_ms"] = Value::Object(phases);
         // Where start-up went: oomkit's own CPU time by now (it is idle once settled).
         let (user, sys) = cpu_seconds(pid);
         v["cpu_user_s"] = json!(user);

@@ -75,6 +75,27 @@ pub(crate) fn pread_all(fd: impl AsFd, buf: &mut [u8]) -> Result<usize, ReadErro
     }
 }
 
+/// Reads the whole file behind `fd` with one `pread(2)` at offset 0, for a
+/// file the kernel generates in one piece: a cgroup control file without a
+/// list (`memory.events.local`, one `seq_file` record), whose first read
+/// returns all of it when the buffer has room. A read that fills the
+/// buffer is [`ReadError::TooLarge`]. One system call instead of two
+/// ([`pread_all`] reads again to see the end): issue 12, start-up reads
+/// this file of every cgroup. Not for lists (`cgroup.procs`) or `/proc`
+/// files, which may come in several pieces.
+pub(crate) fn pread_one_piece(fd: impl AsFd, buf: &mut [u8]) -> Result<usize, ReadError> {
+    let fd = fd.as_fd();
+    let len = buf.len();
+    loop {
+        match rustix::io::pread(fd, &mut *buf, 0) {
+            Ok(n) if n < len => return Ok(n),
+            Ok(_) => return Err(ReadError::TooLarge),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(ReadError::Os(e)),
+        }
+    }
+}
+
 /// Reads from the current offset with `read(2)` until the end of the file
 /// or a full `buf`; the length read and whether `buf` filled up.
 pub(crate) fn read_prefix(fd: impl AsFd, buf: &mut [u8]) -> Result<(usize, bool), Errno> {
@@ -114,6 +135,21 @@ mod tests {
         let mut f = tempfile::tempfile().unwrap_or_else(|e| panic!("tempfile: {e}"));
         std::io::Write::write_all(&mut f, data).unwrap_or_else(|e| panic!("write: {e}"));
         f
+    }
+
+    #[test]
+    fn pread_one_piece_reads_the_whole_small_file_and_refuses_a_full_buffer() {
+        let f = file(b"low 0\nhigh 3\n");
+        let mut buf = [0u8; 64];
+        assert_eq!(pread_one_piece(&f, &mut buf), Ok(13));
+        assert_eq!(&buf[..13], b"low 0\nhigh 3\n");
+        assert_eq!(
+            pread_one_piece(&f, &mut buf),
+            Ok(13),
+            "again, from offset 0"
+        );
+        let mut exact = [0u8; 13];
+        assert_eq!(pread_one_piece(&f, &mut exact), Err(ReadError::TooLarge));
     }
 
     #[test]

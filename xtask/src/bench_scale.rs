@@ -277,6 +277,28 @@ pub fn render(
             cpu.join("; ")
         );
     }
+    let phases: Vec<String> = rows
+        .iter()
+        .filter_map(|v| {
+            let p = v["phases_ms"].as_object()?;
+            let part = |k: &str| p.get(k).and_then(Value::as_f64).map(|x| format!("{k} {x}"));
+            let parts: Vec<String> = ["open", "dir_watch", "walk", "attach", "warm_up", "lock"]
+                .iter()
+                .filter_map(|k| part(k))
+                .collect();
+            (!parts.is_empty()).then(|| format!("{}: {}", v["cgroups"], parts.join(", ")))
+        })
+        .collect();
+    if !phases.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nWhere start-up went (ms, the daemon's `start-up phases` log line: engine and \
+             tables set up, the directory watch created, the walk of what exists, every cgroup \
+             attached and its `memory.events.local` watched, the warm-up decision, the deferred \
+             lock): {}.",
+            phases.join("; ")
+        );
+    }
     let _ = writeln!(s, "\n![cost per cgroup](bench-scale.svg)\n");
     if let Some(v) = rows.iter().find(|v| v["cgroups"] == 10_000) {
         let rss = f(v, "rss_kib").unwrap_or(f64::MAX);

@@ -55,7 +55,13 @@ impl Cgroup {
 
     /// `memory.events.local`: counters of this cgroup alone.
     pub fn memory_events_local(&self) -> Result<MemoryEvents> {
-        self.read_parsed(MEMORY_EVENTS_LOCAL, parse::memory_events)
+        // One seq_file record: one `pread` reads it whole.
+        let mut buf = [0u8; SMALL_READ];
+        let data = self.read_one_piece(MEMORY_EVENTS_LOCAL, &mut buf)?;
+        parse::memory_events(data).map_err(|source| Error::Parse {
+            path: self.file_path(MEMORY_EVENTS_LOCAL),
+            source,
+        })
     }
 
     /// `memory.stat`.

@@ -151,6 +151,26 @@ impl Cgroup {
     }
 
     pub(crate) fn open_dir(fs_path: &Path, hierarchy_path: PathBuf, verify: bool) -> Result<Self> {
+        let cg = Self::open_dir_unchecked(fs_path, hierarchy_path, verify)?;
+        if verify {
+            cg.check_magic()?;
+        }
+        Ok(cg)
+    }
+
+    /// A handle of `dir`, opened by the caller at `fs_path` (no check).
+    fn from_parts(dir: OwnedFd, fs_path: PathBuf, hierarchy_path: PathBuf, verify: bool) -> Self {
+        Cgroup {
+            dir,
+            path: fs_path.into(),
+            hierarchy_path: hierarchy_path.into(),
+            verified: verify,
+        }
+    }
+
+    /// [`Cgroup::open_dir`] without the cgroup2 check (`fstatfs(2)`): the
+    /// caller makes it, or knows the directory's device passed it.
+    fn open_dir_unchecked(fs_path: &Path, hierarchy_path: PathBuf, verify: bool) -> Result<Self> {
         mount::check_clean_absolute(fs_path)?;
         let dir = rustix::fs::openat(
             rustix::fs::CWD,
@@ -167,16 +187,12 @@ impl Cgroup {
                 e => Error::io(fs_path, Op::Open, io_err(e)),
             })
         })?;
-        let cg = Cgroup {
+        Ok(Cgroup {
             dir,
             path: fs_path.into(),
             hierarchy_path: hierarchy_path.into(),
             verified: verify,
-        };
-        if verify {
-            cg.check_magic()?;
-        }
-        Ok(cg)
+        })
     }
 
     fn check_magic(&self) -> Result<()> {
@@ -289,6 +305,20 @@ impl Cgroup {
     pub fn read_into<'b>(&self, name: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8]> {
         let fd = self.open_flags(name, OFlags::RDONLY)?;
         match fs::pread_all(&fd, buf) {
+            Ok(n) => Ok(&buf[..n]),
+            Err(ReadError::TooLarge) => Err(Error::Parse {
+                path: self.file_path(name),
+                source: ParseError::new(1, ParseErrorKind::TooLarge),
+            }),
+            Err(ReadError::Os(e)) => Err(self.map_err(name, Op::Read, e)),
+        }
+    }
+
+    /// [`Cgroup::read_into`] for a control file the kernel generates in one
+    /// piece (see `fs::pread_one_piece`): one `pread` instead of two.
+    pub(crate) fn read_one_piece<'b>(&self, name: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8]> {
+        let fd = self.open_flags(name, OFlags::RDONLY)?;
+        match fs::pread_one_piece(&fd, buf) {
             Ok(n) => Ok(&buf[..n]),
             Err(ReadError::TooLarge) => Err(Error::Parse {
                 path: self.file_path(name),

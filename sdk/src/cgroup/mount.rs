@@ -181,6 +181,64 @@ impl CgroupFs {
         Cgroup::open_dir(&fs, hierarchy_path.to_path_buf(), self.verify)
     }
 
+    /// [`CgroupFs::open_hierarchy`] with the directory's `fstat(2)`, for a
+    /// caller that needs it anyway (identity, owner): the cgroup2 check
+    /// (`fstatfs(2)`) is skipped when the directory is on `checked_dev`, a
+    /// device that passed it before (one device, one superblock: the same
+    /// cgroup2 filesystem). Attaching 10,000 cgroups then checks the mount
+    /// once, not 10,000 times.
+    pub(crate) fn open_hierarchy_stat(
+        &self,
+        hierarchy_path: &Path,
+        checked_dev: Option<u64>,
+    ) -> Result<(Cgroup, rustix::fs::Stat)> {
+        let fs = self.fs_path(hierarchy_path)?;
+        let cg = Cgroup::open_dir_unchecked(&fs, hierarchy_path.to_path_buf(), self.verify)?;
+        let st = cg.dir_stat()?;
+        #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+        let dev = st.st_dev as u64;
+        if self.verify && checked_dev != Some(dev) {
+            cg.check_magic()?;
+        }
+        Ok((cg, st))
+    }
+
+    /// [`CgroupFs::open_hierarchy_stat`] through `parent`, the open
+    /// directory of the cgroup's parent: `openat(2)` of its last name
+    /// instead of the whole path. `Ok(None)` when that fails (the name is
+    /// not there, or is no directory): the caller opens by path, whose
+    /// error names the cgroup.
+    pub(crate) fn open_hierarchy_stat_in(
+        &self,
+        parent: std::os::fd::BorrowedFd<'_>,
+        hierarchy_path: &Path,
+        checked_dev: Option<u64>,
+    ) -> Result<Option<(Cgroup, rustix::fs::Stat)>> {
+        let fs = self.fs_path(hierarchy_path)?;
+        let Some(name) = fs.file_name() else {
+            return Ok(None);
+        };
+        let Ok(c) = std::ffi::CString::new(name.as_encoded_bytes()) else {
+            return Ok(None);
+        };
+        let flags = rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::CLOEXEC
+            | rustix::fs::OFlags::NOFOLLOW;
+        let Ok(dir) = rustix::fs::openat(parent, c.as_c_str(), flags, rustix::fs::Mode::empty())
+        else {
+            return Ok(None);
+        };
+        let cg = Cgroup::from_parts(dir, fs, hierarchy_path.to_path_buf(), self.verify);
+        let st = cg.dir_stat()?;
+        #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+        let dev = st.st_dev as u64;
+        if self.verify && checked_dev != Some(dev) {
+            cg.check_magic()?;
+        }
+        Ok(Some((cg, st)))
+    }
+
     /// The root of the mount.
     pub fn root(&self) -> Result<Cgroup> {
         Cgroup::open_dir(&self.mount_point, self.root.clone(), self.verify)

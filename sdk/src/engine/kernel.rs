@@ -39,6 +39,9 @@ fn when<T>(present: bool, read: impl FnOnce() -> Result<T>) -> Result<Option<T>>
 #[derive(Debug)]
 pub struct KernelHost {
     fs: CgroupFs,
+    /// The device of the cgroup2 filesystem, once an attached directory
+    /// passed the `fstatfs(2)` check on it.
+    checked_dev: Option<u64>,
     cgroups: Handles,
     /// `memory.current` kept open per cgroup: one `pread` per read instead
     /// of open + read + close (the snapshot reads it for every cgroup). A
@@ -55,6 +58,9 @@ pub struct KernelHost {
     /// siblings have the same controllers (their parent's
     /// `cgroup.subtree_control`), so the next sibling skips nine `stat`s.
     probed: Option<(PathBuf, Present)>,
+    /// Within a batch of attaches (`begin_batch`): the parent directory of
+    /// the last attach, open, and its owner.
+    batch: Option<Option<batch::BatchParent>>,
     victims: [Option<Pidfd>; VICTIM_SLOTS],
     scan: Vec<ProcessInfo>,
     stat: MemoryStat,
@@ -101,9 +107,11 @@ impl KernelHost {
         let system_psi = CgroupFile::open_path("/proc/pressure/memory", false).ok();
         KernelHost {
             fs,
+            checked_dev: None,
             cgroups: Handles::with_capacity(max_cgroups),
             present: Vec::with_capacity(max_cgroups),
             probed: None,
+            batch: None,
             current: Vec::with_capacity(max_cgroups),
             current_budget: {
                 let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
@@ -211,9 +219,17 @@ impl Observe for KernelHost {
     }
 
     fn attach(&mut self, id: CgroupId, path: &Path) -> Result<XattrInfo> {
-        let cg = self.fs.open_hierarchy(path)?;
-        // One fstat: the owner, and the identity the handle is parked with.
-        let st = cg.dir_stat()?;
+        // One fstat: the owner, the identity the handle is parked with, and
+        // the device (the cgroup2 check is made once per device).
+        let (cg, st) = self.open_for_attach(path)?;
+        #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+        {
+            self.checked_dev = Some(st.st_dev as u64);
+        }
+        if self.is_batch_parent(path) {
+            // The kept parent attached (again): open and read it again.
+            self.forget_parent();
+        }
         let owner = Some(st.st_uid);
         if self.root_owner.is_none() {
             self.root_owner = owner;
@@ -265,14 +281,10 @@ impl Observe for KernelHost {
         };
         // Whoever owns the parent directory chose this one's name (and
         // may own it): a tenant below a delegation boundary.
-        let trusted_owner = |o: u32| o == 0 || Some(o) == self.root_owner;
-        // The parent's owner is read now (not cached): a delegation may
-        // have just changed it.
-        // `..` of the open directory: its very parent, without a path walk.
+        let root_owner = self.root_owner;
+        let trusted_owner = |o: u32| o == 0 || Some(o) == root_owner;
         let delegated = !owner.is_some_and(trusted_owner)
-            || (cg.path().parent().is_some()
-                && rustix::fs::statat(cg.dir_fd(), c"..", rustix::fs::AtFlags::empty())
-                    .is_ok_and(|st| !trusted_owner(st.st_uid)));
+            || self.parent_owner(&cg).is_some_and(|o| !trusted_owner(o));
         let delegated = delegated && self.root_owner.is_some();
         self.cgroups.insert(id, cg, &st);
         Ok(XattrInfo {
@@ -283,6 +295,8 @@ impl Observe for KernelHost {
     }
 
     fn detach(&mut self, id: CgroupId) {
+        // A directory removed: a parent re-created at a cached path is another.
+        self.forget_parent();
         self.cgroups.remove(id);
         if let Some(slot) = self.current.get_mut(id.index()) {
             if slot.take().is_some() {
@@ -576,3 +590,6 @@ impl Act for KernelHost {
         Pidfd::open_in(&cg, pid)?.send_signal(sig)
     }
 }
+
+#[path = "kernel_batch.rs"]
+mod batch;

@@ -135,6 +135,27 @@ pub struct Runner {
     episode_faults: u64,
     faults_to_kill: u64,
     kill_sent: bool,
+    /// Where [`Runner::new`]'s time went (logged once, `start-up phases`).
+    phases: StartPhases,
+}
+
+/// How long each phase of [`Runner::new`] took, for the `start-up phases`
+/// log line: what a start over thousands of cgroups spends where.
+#[derive(Debug, Default, Clone, Copy)]
+struct StartPhases {
+    /// Engine, host and tables set up, the root attached.
+    open: Duration,
+    /// The directory watch created (watches every directory within `depth`
+    /// whose children it follows).
+    dir_watch: Duration,
+    /// The walk listing what exists.
+    walk: Duration,
+    /// Every cgroup attached and its `memory.events.local` watched.
+    attach: Duration,
+    /// The warm-up decision.
+    warm_up: Duration,
+    /// The deferred `mlock` after it.
+    lock: Duration,
 }
 
 impl std::fmt::Debug for Runner {
@@ -222,11 +243,14 @@ impl Runner {
         if cfg.raise_nofile {
             raise_nofile_limit();
         }
+        let t = Instant::now();
         let mut r = Self::open(&mut cfg, handler, fs, root_hier)?;
+        r.phases.open = t.elapsed();
         r.reserve = reserve;
         r.follow_tree(&cfg)?;
         r.relock = deferred;
         r.warm_up_if_grown();
+        r.log_phases();
         // The watchdog starts once the tree is known: attaching 10,000
         // cgroups is not a stall, and its target table is filled here.
         if let Some(w) = cfg.watchdog {
@@ -304,6 +328,7 @@ impl Runner {
             episode_faults: 0,
             faults_to_kill: 0,
             kill_sent: false,
+            phases: StartPhases::default(),
         })
     }
 
@@ -326,6 +351,7 @@ impl Runner {
         if let Some(root) = self.engine.root() {
             self.watch_cgroup(root, &root_cg)?;
         }
+        let t = Instant::now();
         // First the watch (so nothing created from now on is missed), then
         // a walk of what exists (duplicates are ignored).
         let tok = self.watcher.add_dir_watch(
@@ -339,6 +365,7 @@ impl Runner {
         )?;
         self.bindings.insert(tok, Binding::Dir);
         self.dir_token = Some(tok);
+        self.phases.dir_watch = t.elapsed();
         if let Some(psi) = cfg.psi {
             let tok = if psi.system {
                 self.watcher
@@ -356,13 +383,32 @@ impl Runner {
             self.bindings.insert(tok, Binding::Machine);
             self.machine_token = Some(tok);
         }
+        let t = Instant::now();
         self.rescan_pending();
+        self.phases.walk = t.elapsed();
+        let t = Instant::now();
         // At start there are no events to keep handling in between: attach
         // the whole tree now, so `new` returns with every cgroup watched.
         while !self.dir_changes.is_empty() {
             self.apply_dir_changes();
         }
+        self.phases.attach = t.elapsed();
         Ok(())
+    }
+
+    fn log_phases(&self) {
+        let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
+        let p = &self.phases;
+        tracing::info!(
+            cgroups = self.engine.tree().len(),
+            open_ms = ms(p.open),
+            dir_watch_ms = ms(p.dir_watch),
+            walk_ms = ms(p.walk),
+            attach_ms = ms(p.attach),
+            warm_up_ms = ms(p.warm_up),
+            lock_ms = ms(p.lock),
+            "start-up phases"
+        );
     }
 
     /// Starts the watchdog thread (an explicit step: it is a thread, and

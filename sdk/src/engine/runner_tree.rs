@@ -243,6 +243,7 @@ impl Runner {
         let k = self.dir_changes.len().min(DIR_CHANGES_PER_TURN);
         let batch: Vec<(DirChange, PathBuf)> = self.dir_changes.drain(..k).collect();
         let mut removed: HashSet<PathBuf> = HashSet::new();
+        self.engine.host_mut().begin_batch();
         for (change, path) in &batch {
             match change {
                 DirChange::Created => {
@@ -256,6 +257,7 @@ impl Runner {
                 DirChange::Removed => self.remove_child(path, &mut removed),
             }
         }
+        self.engine.host_mut().end_batch();
         self.forget_targets(&mut removed);
     }
 

@@ -218,14 +218,20 @@ impl Runner {
                 Err(e) => tracing::debug!(error = %e, "dropping start-up pages failed"),
             }
         }
+        let t = Instant::now();
         if self.engine.warm_up().is_none() {
             return;
+        }
+        if last == 0 {
+            self.phases.warm_up = t.elapsed();
         }
         self.warmed = Some(now);
         // Lock what the warm-up touched (the first time: the deferred step).
         if let Some(lock) = &self.relock {
+            let t = Instant::now();
             let step = reserve::lock_memory(lock);
             if last == 0 {
+                self.phases.lock = t.elapsed();
                 tracing::info!(status = ?step.status, "reserve mode: memory locked after the warm-up");
             } else {
                 tracing::debug!(status = ?step.status, cgroups = now, "memory locked again after the tree grew");

@@ -6,6 +6,7 @@
 
 use std::ffi::CStr;
 use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use rustix::fs::inotify;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
@@ -172,6 +173,19 @@ impl DirWatch {
     /// children that appeared before the watch was in place (reporting them
     /// if `report`).
     pub(super) fn watch_child(&mut self, parent: u32, name: ChildName, report: bool) {
+        self.watch_child_in(parent, name, report, None);
+    }
+
+    /// [`Self::watch_child`] from a listing of the parent: `parent_fd` is
+    /// the parent's open directory, through which the child's link count
+    /// is read (one path component to look up instead of the whole path).
+    fn watch_child_in(
+        &mut self,
+        parent: u32,
+        name: ChildName,
+        report: bool,
+        parent_fd: Option<BorrowedFd<'_>>,
+    ) {
         if self.find_child(parent, &name).is_some() {
             return;
         }
@@ -219,7 +233,18 @@ impl DirWatch {
         };
         self.by_name.insert(key, idx);
         self.by_wd.insert(wd, idx);
-        if let Err(e) = self.scan(idx, report) {
+        // The link count is read after the watch is in place: a
+        // subdirectory created after it is reported by the watch.
+        let leaf = parent_fd.map(|fd| {
+            let mut nb = [0u8; NAME_MAX + 1];
+            let st = name_cstr(&mut nb, &name)
+                .and_then(|c| rustix::fs::statat(fd, c, AtFlags::SYMLINK_NOFOLLOW).ok());
+            st.is_some_and(|st| st.st_nlink == 2)
+        });
+        if leaf == Some(true) {
+            return;
+        }
+        if let Err(e) = self.scan_known(idx, report, leaf.is_some()) {
             if e != Errno::NOENT {
                 self.push(EventKind::Failed(SourceFailure::io(Op::ReadDir, e)));
             }
@@ -230,11 +255,17 @@ impl DirWatch {
     /// subdirectories, see [`may_have_subdirs`]): reports its subdirectories (if `report`) and
     /// watches those within the depth.
     pub(super) fn scan(&mut self, idx: u32, report: bool) -> rustix::io::Result<()> {
+        self.scan_known(idx, report, false)
+    }
+
+    /// [`Self::scan`]; `checked`: the link count was read already and said
+    /// it may have subdirectories.
+    fn scan_known(&mut self, idx: u32, report: bool, checked: bool) -> rustix::io::Result<()> {
         let mut pb = [0u8; PATH_MAX];
         let path = self
             .node_path(&mut pb, idx, None)
             .ok_or(Errno::NAMETOOLONG)?;
-        if !may_have_subdirs(path) {
+        if !checked && !may_have_subdirs(path) {
             return Ok(());
         }
         let fd = rustix::fs::openat(
@@ -271,11 +302,19 @@ impl DirWatch {
                 }));
             }
             if depth < self.opts.depth {
-                self.watch_child(idx, name, report);
+                self.watch_child_in(idx, name, report, Some(fd.as_fd()));
             }
         }
         Ok(())
     }
+}
+
+/// `name` as a C string in `buf` (a [`ChildName`] holds no NUL).
+fn name_cstr<'b>(buf: &'b mut [u8; NAME_MAX + 1], name: &ChildName) -> Option<&'b CStr> {
+    let b = name.as_bytes();
+    buf.get_mut(..b.len())?.copy_from_slice(b);
+    *buf.get_mut(b.len())? = 0;
+    CStr::from_bytes_with_nul(buf.get(..=b.len())?).ok()
 }
 
 /// False when a directory's link count says it has no subdirectories: 2
