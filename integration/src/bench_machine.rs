@@ -61,7 +61,7 @@ fn heartbeat_windows(hb: &mut Workload, late: &mut Vec<(Instant, u64)>) -> Optio
         };
         let w = rest
             .split_whitespace()
-            .nth(1)
+            .nth(2)
             .and_then(|v| v.parse::<u64>().ok());
         worst = worst.max(w);
     }
