@@ -68,12 +68,14 @@ fn heartbeat_windows(hb: &mut Workload, late: &mut Vec<(Instant, u64)>) -> Optio
     worst
 }
 
-/// The heartbeat's late beats, worst first (at most 8): when each stall began, in ms from
+/// How far on either side of the first kill a heartbeat stall counts as "near the kill".
+const NEAR_KILL: Duration = Duration::from_secs(2);
+
+/// The heartbeat's late beats (those of at least 2 ms): when each stall began, in ms from
 /// `at` (the first kill; negative: before it), and how long it was (ms). A beat's line is
 /// read within the bench's 5 ms poll of its wake-up, and its stall began `late` before that.
-fn late_beats(late: &[(Instant, u64)], at: Instant) -> Value {
-    let mut v: Vec<(f64, f64)> = late
-        .iter()
+fn late_beats(late: &[(Instant, u64)], at: Instant) -> Vec<(f64, f64)> {
+    late.iter()
         .map(|&(t, us)| {
             let began = t.checked_sub(Duration::from_micros(us)).unwrap_or(t);
             let rel = match began.checked_duration_since(at) {
@@ -82,10 +84,21 @@ fn late_beats(late: &[(Instant, u64)], at: Instant) -> Value {
             };
             ((rel * 1000.0).round(), (us as f64 / 100.0).round() / 10.0)
         })
-        .collect();
+        .collect()
+}
+
+/// The worst stall (ms) that began within [`NEAR_KILL`] of the first kill (0: none of 2 ms or
+/// more), and the eight worst of the run, worst first.
+fn near_and_worst(mut v: Vec<(f64, f64)>) -> (f64, Value) {
+    let near_ms = NEAR_KILL.as_secs_f64() * 1000.0;
+    let near = v
+        .iter()
+        .filter(|(rel, _)| rel.abs() <= near_ms)
+        .map(|&(_, late)| late)
+        .fold(0.0, f64::max);
     v.sort_by(|a, b| b.1.total_cmp(&a.1));
     v.truncate(8);
-    json!(v)
+    (near, json!(v))
 }
 use crate::workload::{Workload, WorkloadKind};
 
@@ -497,6 +510,7 @@ fn one_run(ctx: &Ctx, sc: Ms, h: H, i: usize) -> Result<Value, Fail> {
     } else {
         None
     };
+    let (hb_near, hb_late) = near_and_worst(late_beats(&late, kill.unwrap_or(start)));
     let service_alive = service.as_mut().is_none_or(|s| s.try_exited().is_none());
     let left = procs(&grow_cg).len();
     let grow_dead = match sc {
@@ -556,7 +570,8 @@ fn one_run(ctx: &Ctx, sc: Ms, h: H, i: usize) -> Result<Value, Fail> {
         "handler_kills": handler_kills,
         "hb_worst_ms": hb_worst.map(|w| (w as f64 / 100.0).round() / 10.0),
         "hb_before_ms": (hb_before as f64 / 100.0).round() / 10.0,
-        "hb_late": late_beats(&late, kill.unwrap_or(start)),
+        "hb_near_kill_ms": kill.map(|_| hb_near),
+        "hb_late": hb_late,
         "rss_kib": rss,
         "hwm_kib": hwm,
         "idle_wakeups_per_s": idle_per_s,
