@@ -68,8 +68,11 @@ fn heartbeat_windows(hb: &mut Workload, late: &mut Vec<(Instant, u64)>) -> Optio
     worst
 }
 
-/// How far on either side of the first kill a heartbeat stall counts as "near the kill".
-const NEAR_KILL: Duration = Duration::from_secs(2);
+/// The stalls "near the kill" began from this long before the first kill: the handler's last
+/// decision (oomkit samples fastest and holds `low` for 500 ms there) …
+const NEAR_BEFORE: Duration = Duration::from_secs(1);
+/// … to this long after it (the victim's exit and the reaping of its memory).
+const NEAR_AFTER: Duration = Duration::from_secs(2);
 
 /// The heartbeat's late beats (those of at least 2 ms): when each stall began, in ms from
 /// `at` (the first kill; negative: before it), and how long it was (ms). A beat's line is
@@ -87,13 +90,16 @@ fn late_beats(late: &[(Instant, u64)], at: Instant) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// The worst stall (ms) that began within [`NEAR_KILL`] of the first kill (0: none of 2 ms or
-/// more), and the eight worst of the run, worst first.
+/// The worst stall (ms) that began from [`NEAR_BEFORE`] before to [`NEAR_AFTER`] after the
+/// first kill (0: none of 2 ms or more), and the eight worst of the run, worst first.
 fn near_and_worst(mut v: Vec<(f64, f64)>) -> (f64, Value) {
-    let near_ms = NEAR_KILL.as_secs_f64() * 1000.0;
+    let (before, after) = (
+        NEAR_BEFORE.as_secs_f64() * 1000.0,
+        NEAR_AFTER.as_secs_f64() * 1000.0,
+    );
     let near = v
         .iter()
-        .filter(|(rel, _)| rel.abs() <= near_ms)
+        .filter(|&&(rel, _)| rel >= -before && rel <= after)
         .map(|&(_, late)| late)
         .fold(0.0, f64::max);
     v.sort_by(|a, b| b.1.total_cmp(&a.1));

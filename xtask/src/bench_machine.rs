@@ -136,8 +136,8 @@ pub fn render(runs: usize, vm: &VmResult) -> String {
          `/proc/vmstat oom_kill` rises over the runs; *heartbeat worst* — the protected 50 ms \
          heartbeat's largest lateness from the workload's start to the end of the run (from its \
          per-second reports), ms, worst run (each run's in brackets); *heartbeat near the kill* \
-         — the largest lateness of a beat whose stall began within 2 s of the first kill, ms, \
-         worst run (each run's in brackets; 0: no beat 2 ms late), which tells a stall around \
+         — the largest lateness of a beat whose stall began from 1 s before to 2 s after the \
+         first kill (the handler's last decision, the victim's exit and reaping), ms, worst run (each run's in brackets; 0: no beat 2 ms late), which tells a stall around \
          the handler's action from one elsewhere in the run (the kernel-alone row shows what \
          the guest and the shared host cause with no handler at all); *RSS / HWM* — the handler's VmRSS and \
          VmHWM at the end of a run, MiB, median; *idle wakeups/s* — voluntary context switches \
