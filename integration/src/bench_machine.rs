@@ -45,17 +45,66 @@ use crate::scenario::{OOMKIT_BIN, hier, parent_cgroup, set_trusted_xattr, vmstat
 use crate::tests::machine::{heartbeat_worst, machine_config, meminfo_mib};
 
 /// The worst lateness (µs) in the heartbeat's reports printed since the last call
-/// (`hb <beats> <worst> <worst of the last 20 beats>`), if it printed any.
-fn heartbeat_windows(hb: &mut Workload) -> Option<u64> {
+/// (`hb <beats> <worst> <worst of the last 20 beats>`), if it printed any; each late beat's
+/// own line (`hbl <late>`) goes into `late` with the time it was read.
+fn heartbeat_windows(hb: &mut Workload, late: &mut Vec<(Instant, u64)>) -> Option<u64> {
     let mut worst = None;
-    while let Some(l) = hb.try_line("hb ") {
-        let w = l
+    while let Some(l) = hb.try_next_line() {
+        if let Some(v) = l.strip_prefix("hbl ") {
+            if let Ok(us) = v.trim().parse::<u64>() {
+                late.push((Instant::now(), us));
+            }
+            continue;
+        }
+        let Some(rest) = l.strip_prefix("hb ") else {
+            continue;
+        };
+        let w = rest
             .split_whitespace()
             .nth(2)
             .and_then(|v| v.parse::<u64>().ok());
         worst = worst.max(w);
     }
     worst
+}
+
+/// The stalls "near the kill" began from this long before the first kill: the handler's last
+/// decision (oomkit samples fastest and holds `low` for 500 ms there) …
+const NEAR_BEFORE: Duration = Duration::from_secs(1);
+/// … to this long after it (the victim's exit and the reaping of its memory).
+const NEAR_AFTER: Duration = Duration::from_secs(2);
+
+/// The heartbeat's late beats (those of at least 2 ms): when each stall began, in ms from
+/// `at` (the first kill; negative: before it), and how long it was (ms). A beat's line is
+/// read within the bench's 5 ms poll of its wake-up, and its stall began `late` before that.
+fn late_beats(late: &[(Instant, u64)], at: Instant) -> Vec<(f64, f64)> {
+    late.iter()
+        .map(|&(t, us)| {
+            let began = t.checked_sub(Duration::from_micros(us)).unwrap_or(t);
+            let rel = match began.checked_duration_since(at) {
+                Some(d) => d.as_secs_f64(),
+                None => -at.duration_since(began).as_secs_f64(),
+            };
+            ((rel * 1000.0).round(), (us as f64 / 100.0).round() / 10.0)
+        })
+        .collect()
+}
+
+/// The worst stall (ms) that began from [`NEAR_BEFORE`] before to [`NEAR_AFTER`] after the
+/// first kill (0: none of 2 ms or more), and the eight worst of the run, worst first.
+fn near_and_worst(mut v: Vec<(f64, f64)>) -> (f64, Value) {
+    let (before, after) = (
+        NEAR_BEFORE.as_secs_f64() * 1000.0,
+        NEAR_AFTER.as_secs_f64() * 1000.0,
+    );
+    let near = v
+        .iter()
+        .filter(|&&(rel, _)| rel >= -before && rel <= after)
+        .map(|&(_, late)| late)
+        .fold(0.0, f64::max);
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v.truncate(8);
+    (near, json!(v))
 }
 use crate::workload::{Workload, WorkloadKind};
 
@@ -355,7 +404,9 @@ fn one_run(ctx: &Ctx, sc: Ms, h: H, i: usize) -> Result<Value, Fail> {
         idle_per_s = json!((per_s * 100.0).round() / 100.0);
     }
     // Only the heartbeat's reports from here on count.
-    let _ = heartbeat_windows(&mut hb);
+    let mut late = Vec::new();
+    let _ = heartbeat_windows(&mut hb, &mut late);
+    late.clear();
     let mut hb_run = 0u64;
     let kills_before = vmstat_oom_kill()?;
     let psi_before = psi_some_total()?;
@@ -397,7 +448,7 @@ fn one_run(ctx: &Ctx, sc: Ms, h: H, i: usize) -> Result<Value, Fail> {
     loop {
         std::thread::sleep(Duration::from_millis(5));
         let now = Instant::now();
-        hb_run = hb_run.max(heartbeat_windows(&mut hb).unwrap_or(0));
+        hb_run = hb_run.max(heartbeat_windows(&mut hb, &mut late).unwrap_or(0));
         if onset.is_none() && psi_some_total()? > psi_before {
             onset = Some(now);
         }
@@ -458,10 +509,14 @@ fn one_run(ctx: &Ctx, sc: Ms, h: H, i: usize) -> Result<Value, Fail> {
                     .nth(2)
                     .and_then(|v| v.parse::<u64>().ok())
             })
-            .map(|w| w.max(hb_run).max(heartbeat_windows(&mut hb).unwrap_or(0)))
+            .map(|w| {
+                w.max(hb_run)
+                    .max(heartbeat_windows(&mut hb, &mut late).unwrap_or(0))
+            })
     } else {
         None
     };
+    let (hb_near, hb_late) = near_and_worst(late_beats(&late, kill.unwrap_or(start)));
     let service_alive = service.as_mut().is_none_or(|s| s.try_exited().is_none());
     let left = procs(&grow_cg).len();
     let grow_dead = match sc {
@@ -521,6 +576,8 @@ fn one_run(ctx: &Ctx, sc: Ms, h: H, i: usize) -> Result<Value, Fail> {
         "handler_kills": handler_kills,
         "hb_worst_ms": hb_worst.map(|w| (w as f64 / 100.0).round() / 10.0),
         "hb_before_ms": (hb_before as f64 / 100.0).round() / 10.0,
+        "hb_near_kill_ms": kill.map(|_| hb_near),
+        "hb_late": hb_late,
         "rss_kib": rss,
         "hwm_kib": hwm,
         "idle_wakeups_per_s": idle_per_s,

@@ -325,6 +325,13 @@ impl Workload {
         }
     }
 
+    /// The next already-printed stdout line, whatever it starts with, without waiting.
+    pub fn try_next_line(&mut self) -> Option<String> {
+        let l = self.lines.try_recv().ok()?;
+        push_tail(&mut self.recent, l.clone());
+        Some(l)
+    }
+
     /// The rest of the next already-printed stdout line starting with `prefix`, without
     /// waiting; lines before it that do not match are dropped.
     pub fn try_line(&mut self, prefix: &str) -> Option<String> {
@@ -549,6 +556,10 @@ fn hog_rate(step: u64, rate: u64, cap: u64) -> Result<(), Fail> {
     sleep_forever()
 }
 
+/// A beat at least this late (µs) is reported on its own line (`hbl <late>`) when it happens
+/// (an unloaded guest's beats are well under it).
+const LATE_REPORT_US: u64 = 2_000;
+
 fn heartbeat(period_ms: u64) -> Result<(), Fail> {
     let period = Duration::from_millis(period_ms.max(1));
     let mut worst = 0u64;
@@ -562,6 +573,10 @@ fn heartbeat(period_ms: u64) -> Result<(), Fail> {
         worst = worst.max(late);
         window = window.max(late);
         beats += 1;
+        if late >= LATE_REPORT_US {
+            // At once, so the reader can place the stall in time (the bench's timeline).
+            say(&format!("hbl {late}"));
+        }
         if beats % 20 == 0 {
             say(&format!("hb {beats} {worst} {window}"));
             window = 0;

@@ -135,7 +135,11 @@ pub fn render(runs: usize, vm: &VmResult) -> String {
          memory stall has no pressure → kill: counted as \"killed before any stall\"); *kernel kills* — sum of \
          `/proc/vmstat oom_kill` rises over the runs; *heartbeat worst* — the protected 50 ms \
          heartbeat's largest lateness from the workload's start to the end of the run (from its \
-         per-second reports), ms, worst run; *RSS / HWM* — the handler's VmRSS and \
+         per-second reports), ms, worst run (each run's in brackets); *heartbeat near the kill* \
+         — the largest lateness of a beat whose stall began from 1 s before to 2 s after the \
+         first kill (the handler's last decision, the victim's exit and reaping), ms, worst run (each run's in brackets; 0: no beat 2 ms late), which tells a stall around \
+         the handler's action from one elsewhere in the run (the kernel-alone row shows what \
+         the guest and the shared host cause with no handler at all); *RSS / HWM* — the handler's VmRSS and \
          VmHWM at the end of a run, MiB, median; *idle wakeups/s* — voluntary context switches \
          per second of all the handler's threads over 10 s with the machine at rest before the \
          first run's workload (same measure for every handler).\n"
@@ -144,9 +148,9 @@ pub fn render(runs: usize, vm: &VmResult) -> String {
         let _ = writeln!(s, "### Machine-wide {title}\n");
         let _ = writeln!(
             s,
-            "| handler | runs | right victim | start → kill | pressure → kill | kernel kills | handler kill actions | heartbeat worst (ms) | RSS / HWM (MiB) | idle wakeups/s |"
+            "| handler | runs | right victim | start → kill | pressure → kill | kernel kills | handler kill actions | heartbeat worst (ms) | heartbeat near the kill (ms) | RSS / HWM (MiB) | idle wakeups/s |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
         for h in HANDLERS {
             let rs = runs_of(&vm.machine, sc, h);
             if rs.is_empty() {
@@ -156,7 +160,7 @@ pub fn render(runs: usize, vm: &VmResult) -> String {
                     .iter()
                     .find(|(n, _, _)| *n == name)
                     .map_or_else(|| "no result".into(), |(_, st, d)| format!("{st}: {d}"));
-                let _ = writeln!(s, "| {h} | 0 | could not run: {why} | | | | | | | |");
+                let _ = writeln!(s, "| {h} | 0 | could not run: {why} | | | | | | | | |");
                 continue;
             }
             let n = rs.len();
@@ -183,7 +187,13 @@ pub fn render(runs: usize, vm: &VmResult) -> String {
             } else if hb.n < n {
                 format!("{:.0} ({} of {n} runs: heartbeat died)", hb.max, n - hb.n)
             } else {
-                format!("{:.0}", hb.max)
+                format!("{:.0} ({})", hb.max, per_run(&rs, "hb_worst_ms"))
+            };
+            let near = stat(&rs, "hb_near_kill_ms");
+            let near_text = if near.n == 0 {
+                "–".to_string()
+            } else {
+                format!("{:.0} ({})", near.max, per_run(&rs, "hb_near_kill_ms"))
             };
             let (rss, hwm) = (stat(&rs, "rss_kib"), stat(&rs, "hwm_kib"));
             let mem = if h == "kernel" {
@@ -202,7 +212,7 @@ pub fn render(runs: usize, vm: &VmResult) -> String {
                 .map_or("–".into(), |v| format!("{v:.2}"));
             let _ = writeln!(
                 s,
-                "| {h} | {n} | {right}/{n} ({}) | {} | {} | {kk} | {hk} | {hb_text} | {mem} | {idle} |",
+                "| {h} | {n} | {right}/{n} ({}) | {} | {} | {kk} | {hk} | {hb_text} | {near_text} | {mem} | {idle} |",
                 victims.join(", "),
                 fmt_ms(&stat(&rs, "start_to_kill_ms"), n),
                 pressure,
@@ -271,6 +281,14 @@ fn peer_facts(all: &[Value]) -> Vec<String> {
 }
 
 /// Plain sentences for every column where oomkit did worse than earlyoom (the issue's bar) or
+/// Each run's value of `key`, rounded to ms, in run order ("–" where a run has none).
+fn per_run(rs: &[&Value], key: &str) -> String {
+    rs.iter()
+        .map(|r| r[key].as_f64().map_or("–".into(), |v| format!("{v:.0}")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// missed an absolute target (right victim every run, 0 kernel kills, heartbeat ≤ 20 ms).
 fn behind(all: &[Value]) -> Vec<String> {
     let mut out = Vec::new();
