@@ -854,9 +854,10 @@ const ANALYSIS: &str = r#"## Where oomkit is not at least as good as every peer,
   `/proc/meminfo` on a timer and watches no cgroup; oomkit is a static Rust binary (tracing,
   clap, toml, serde_json) that watches every cgroup. Reserve mode
   (`mlock = "resident"`) drops the pages of start-up code, runs one decision over the tree, and
-  locks only what that touched, so what stays resident (and locked) is the decision path and
-  the tables of the cgroups it manages — see the breakdown in the guest case line. oomd does
-  not lock anything.
+  locks the program's code (but for its unwind tables and the start-up-only code `daemon/cold.ld`
+  gathers) and of the rest only what that decision touched, so what stays resident (and
+  locked) is the decision path and the tables of the cgroups it manages — see the breakdown in
+  the guest case line. oomd does not lock anything.
 * **Per-cgroup cost.** oomkit holds one fd per watched cgroup (its directory) plus one for
   `memory.current` within the open-file budget, and two inotify watches (the directory, at
   `depth` > 1, and `memory.events.local`; a cgroup whose watch fails, e.g. at
