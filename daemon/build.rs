@@ -7,6 +7,9 @@ fn main() {
     println!("cargo:rerun-if-changed=cold.ld");
     let linux = std::env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux");
     if let (true, Ok(dir)) = (linux, std::env::var("CARGO_MANIFEST_DIR")) {
-        println!("cargo:rustc-link-arg-bins=-Wl,-T,{dir}/cold.ld");
+        // `-T` and the path as two arguments of the compiler driver: a comma in the path would
+        // split a `-Wl,` list.
+        println!("cargo:rustc-link-arg-bins=-T");
+        println!("cargo:rustc-link-arg-bins={dir}/cold.ld");
     }
 }
