@@ -78,7 +78,9 @@ pub enum MlockMode {
     AllOnFault,
     /// `mlock(2)` of the program's own file mappings (code, read-only data)
     /// whole but for the unwind tables and what only start-up reads
-    /// (`.eh_frame`, `.gcc_except_table`, `.rela.dyn`, …), and elsewhere of the pages resident when the lock is taken
+    /// (`.eh_frame`, `.gcc_except_table`, `.rela.dyn`, …, and a section
+    /// `.text.oomkit_cold` of start-up-only code if the program links one),
+    /// and elsewhere of the pages resident when the lock is taken
     /// (the present bit of `/proc/self/pagemap`: heap, stacks, tables, shared
     /// libraries), then `MCL_FUTURE` for everything mapped later. Take it
     /// after touching the hot path (see the module docs).

@@ -851,12 +851,15 @@ const ANALYSIS: &str = r#"## Where oomkit is not at least as good as every peer,
   which is not done. Process granularity visits cgroups best-first and stops early, but still
   reads `/proc` for the processes of the cgroups it visits.
 * **Footprint at rest: earlyoom is smaller.** earlyoom is a small C program that reads
-  `/proc/meminfo` on a timer and watches no cgroup; oomkit is a static Rust binary (tracing,
-  clap, toml, serde_json) that watches every cgroup. Reserve mode
-  (`mlock = "resident"`) drops the pages of start-up code, runs one decision over the tree, and
-  locks only what that touched, so what stays resident (and locked) is the decision path and
-  the tables of the cgroups it manages — see the breakdown in the guest case line. oomd does
-  not lock anything.
+  `/proc/meminfo` on a timer and watches no cgroup; oomkit is a static Rust binary (its own
+  glibc, std, tracing, clap, toml, serde_json) that watches every cgroup. Reserve mode
+  (`mlock = "resident"`) locks the program's code (a page of it read back from disk
+  between event and kill is the stall reserve mode exists to prevent; `reserve_no_major_fault_to_kill`
+  checks 0 major faults on four kernels), what one warm-up decision over the tree touched, and
+  what is allocated after; it leaves out the unwind and start-up tables and the code that only
+  start-up, reloads, scrapes and the CLI run (`daemon/cold.ld` gathers it into a section of its
+  own at link time). The code is most of what is resident (see the at-rest breakdown). oomd
+  does not lock anything.
 * **Per-cgroup cost.** oomkit holds one fd per watched cgroup (its directory) plus one for
   `memory.current` within the open-file budget, and two inotify watches (the directory, at
   `depth` > 1, and `memory.events.local`; a cgroup whose watch fails, e.g. at

@@ -8,12 +8,16 @@
 //! backtrace is taken) and what the dynamic loader or a static-PIE start-up reads once
 //! (`.rela.dyn`, `.dynsym`, …): together about as much as `.rodata` itself. Those sections are
 //! found in the ELF section headers of `/proc/self/exe` (plain reads, no parsing library) and
-//! their whole pages are left out of the lock.
+//! their whole pages are left out of the lock. A program may also gather the code it runs only at
+//! start-up into a section of its own, `.text.oomkit_cold` (the daemon does, with a linker
+//! script: `daemon/cold.ld` says what goes there and why none of it runs between event and
+//! kill); its whole pages are left out too.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-/// Sections no decision reads: unwinding, and the start-up relocation and symbol tables.
+/// Sections no decision reads: unwinding, the start-up relocation and symbol tables, and a
+/// program's own start-up code if it gathered it into `.text.oomkit_cold`.
 const COLD_SECTIONS: &[&[u8]] = &[
     b".eh_frame",
     b".eh_frame_hdr",
@@ -27,6 +31,9 @@ const COLD_SECTIONS: &[&[u8]] = &[
     b".gnu.version",
     b".gnu.version_r",
     b".debug_gdb_scripts",
+    // Code that never runs between an event and its kill, gathered at link time by a binary
+    // that asks for it (the daemon's `cold.ld`: command line, configuration, metrics encoding).
+    b".text.oomkit_cold",
 ];
 
 /// `SHT_NOBITS`: a section with no bytes in the file (`.bss`).
