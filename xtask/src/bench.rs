@@ -63,7 +63,8 @@ pub struct BenchArgs {
     /// trying one case (the report then lacks the others' tables). Several names separated by
     /// commas select every case that contains one of them; `footprint,rest,scale` (any of these
     /// three, alone or together) replaces only the footprint, at-rest and cost-per-cgroup sections
-    /// of the existing docs/benchmarks.md (and the scale plot), keeping the rest.
+    /// of the existing docs/benchmarks.md (and the scale plot), keeping the rest; `micro` runs
+    /// only the criterion micro-benchmarks (no VM) and replaces only their section.
     #[arg(long)]
     only: Option<String>,
 }
@@ -84,6 +85,18 @@ pub fn cmd_bench(args: &BenchArgs) -> Result<bool> {
         return bench_machine::cmd_only(args.runs, &vm);
     }
     let mut micro = Vec::new();
+    if args.only.as_deref().map(str::trim) == Some("micro") {
+        if !args.no_micro {
+            run_micro()?;
+        }
+        collect_micro(&criterion_dir(), &mut micro)?;
+        let path = repo_root().join("docs").join("benchmarks.md");
+        let doc = util::read_to_string(&path).unwrap_or_default();
+        let fresh = render(args, &micro, None);
+        util::write(&path, splice_micro(&doc, &fresh))?;
+        println!("xtask: replaced the micro-benchmark section of docs/benchmarks.md");
+        return Ok(true);
+    }
     if footprint_only(args.only.as_deref()) {
         // The host selection column comes from criterion's `select` bench.
         if !args.no_micro {
@@ -153,6 +166,22 @@ fn splice_footprint(doc: &str, fresh: &str) -> String {
     match (section(doc), section(fresh)) {
         (Some((a, b)), Some((c, d))) => format!("{}{}{}", &doc[..a], &fresh[c..d], &doc[b..]),
         _ => fresh.to_string(),
+    }
+}
+
+/// `doc` with its micro-benchmark section (from its heading to the next `## ` heading) taken
+/// from `fresh`; `doc` unchanged if either lacks one.
+fn splice_micro(doc: &str, fresh: &str) -> String {
+    let section = |t: &str| -> Option<(usize, usize)> {
+        let at = t.find(MICRO_HEADING)? + 1;
+        let end = t[at + 1..]
+            .find("\n## ")
+            .map_or(t.len(), |e| at + 1 + e + 1);
+        Some((at, end))
+    };
+    match (section(doc), section(fresh)) {
+        (Some((a, b)), Some((c, d))) => format!("{}{}{}", &doc[..a], &fresh[c..d], &doc[b..]),
+        _ => doc.to_string(),
     }
 }
 
@@ -991,6 +1020,25 @@ pub fn svg(e2e: &[Value]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn micro_section_is_spliced_and_the_rest_kept() {
+        let doc = "# t\n\n## Footprint\nfp\n\n## Micro-benchmarks (host)\nold\n\n### Goals\nold goal\n\n\
+                   ## Machine-wide\nmachine\n";
+        let fresh =
+            "# t\n\n## Micro-benchmarks (host)\nnew\n\n### Goals\nnew goal\n\n## Where\nw\n";
+        assert_eq!(
+            splice_micro(doc, fresh),
+            "# t\n\n## Footprint\nfp\n\n## Micro-benchmarks (host)\nnew\n\n### Goals\nnew goal\n\n\
+             ## Machine-wide\nmachine\n"
+        );
+        let fresh_last = "# t\n\n## Micro-benchmarks (host)\nnew\n";
+        assert_eq!(
+            splice_micro(doc, fresh_last),
+            "# t\n\n## Footprint\nfp\n\n## Micro-benchmarks (host)\nnew\n## Machine-wide\nmachine\n"
+        );
+        assert_eq!(splice_micro(doc, "# t\n"), doc);
+    }
 
     #[test]
     fn footprint_sections_are_spliced_and_the_rest_kept() {
