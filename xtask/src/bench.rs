@@ -208,12 +208,16 @@ fn criterion_dir() -> PathBuf {
 }
 
 fn run_micro() -> Result<()> {
-    for (pkg, benches) in [
-        ("oomkit", vec!["parse", "snapshot", "watcher"]),
-        ("oomkit-handlers", vec!["select"]),
+    // `parse` measures the raw parsers, which the SDK exports only with its `parsers` feature.
+    for (pkg, features, benches) in [
+        ("oomkit", "parsers", vec!["parse", "snapshot", "watcher"]),
+        ("oomkit-handlers", "", vec!["select"]),
     ] {
         let mut cmd = Command::new(util::cargo());
         cmd.args(["bench", "-p", pkg]);
+        if !features.is_empty() {
+            cmd.args(["--features", features]);
+        }
         for b in &benches {
             cmd.args(["--bench", b]);
         }
