@@ -173,27 +173,13 @@ fn machine(ctx: &mut Ctx, sc: Ms, h: H) -> TestResult {
     })
 }
 
-/// Field `key` (`total`, `avg10`, ...) of the `some` line of `/proc/pressure/memory`.
-fn psi_some<T: std::str::FromStr>(key: &str) -> Result<T, Fail> {
-    let text = std::fs::read_to_string("/proc/pressure/memory")
+/// The `some` line of `/proc/pressure/memory`.
+fn psi_some() -> Result<oomkit::cgroup::PressureLine, Fail> {
+    let text = std::fs::read("/proc/pressure/memory")
         .map_err(|e| Fail(format!("read /proc/pressure/memory: {e}")))?;
-    text.lines()
-        .find(|l| l.starts_with("some "))
-        .and_then(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        })
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| {
-            Fail(format!(
-                "/proc/pressure/memory has no `some {key}=`: {text}"
-            ))
-        })
-}
-
-/// `some total` (µs) of `/proc/pressure/memory`.
-fn psi_some_total() -> Result<u64, Fail> {
-    psi_some("total")
+    oomkit::cgroup::parse::pressure(&text)
+        .map(|p| p.some)
+        .map_err(|e| Fail(format!("/proc/pressure/memory: {e}")))
 }
 
 /// Voluntary context switches of all threads of `pid`.
@@ -346,7 +332,7 @@ fn wait_calm() -> Result<(), Fail> {
         "memory `some avg10` to decay under 1 % before the run",
         Duration::from_secs(180),
         Duration::from_millis(250),
-        || Ok((psi_some::<f64>("avg10")? < CALM_AVG10).then_some(())),
+        || Ok((psi_some()?.avg10 < CALM_AVG10).then_some(())),
     )
 }
 
@@ -409,7 +395,7 @@ fn one_run(ctx: &Ctx, sc: Ms, h: H, i: usize) -> Result<Value, Fail> {
     late.clear();
     let mut hb_run = 0u64;
     let kills_before = vmstat_oom_kill()?;
-    let psi_before = psi_some_total()?;
+    let psi_before = psi_some()?.total_us;
     let start = Instant::now();
     let (mut batch, each) = match sc {
         Ms::Priority => (
@@ -449,7 +435,7 @@ fn one_run(ctx: &Ctx, sc: Ms, h: H, i: usize) -> Result<Value, Fail> {
         std::thread::sleep(Duration::from_millis(5));
         let now = Instant::now();
         hb_run = hb_run.max(heartbeat_windows(&mut hb, &mut late).unwrap_or(0));
-        if onset.is_none() && psi_some_total()? > psi_before {
+        if onset.is_none() && psi_some()?.total_us > psi_before {
             onset = Some(now);
         }
         if kernel_kill.is_none() && vmstat_oom_kill()? > kills_before {

@@ -207,22 +207,9 @@ impl MemInfo {
                 Err(_) => return None,
             }
         }
-        let text = &self.buf[..len];
-        let key = b"MemAvailable:";
-        let at = text.windows(key.len()).position(|w| w == key)? + key.len();
-        let digits = text[at..]
-            .iter()
-            .skip_while(|b| b.is_ascii_whitespace())
-            .take_while(|b| b.is_ascii_digit());
-        let mut kib: Option<u64> = None;
-        for d in digits {
-            kib = Some(
-                kib.unwrap_or(0)
-                    .checked_mul(10)?
-                    .checked_add(u64::from(d - b'0'))?,
-            );
-        }
-        kib
+        let text = oomkit::proc::parse::complete_lines(&self.buf[..len]);
+        let m = oomkit::proc::parse::meminfo(text).ok()?;
+        m.mem_available.map(|b| b >> 10)
     }
 }
 
