@@ -303,22 +303,25 @@ impl Cgroup {
     /// Reads a whole control file into `buf`, returning the filled part. No
     /// allocation; a file larger than `buf` is a [`ParseErrorKind::TooLarge`] error.
     pub fn read_into<'b>(&self, name: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8]> {
-        let fd = self.open_flags(name, OFlags::RDONLY)?;
-        match fs::pread_all(&fd, buf) {
-            Ok(n) => Ok(&buf[..n]),
-            Err(ReadError::TooLarge) => Err(Error::Parse {
-                path: self.file_path(name),
-                source: ParseError::new(1, ParseErrorKind::TooLarge),
-            }),
-            Err(ReadError::Os(e)) => Err(self.map_err(name, Op::Read, e)),
-        }
+        self.read_with(name, buf, |fd, b| fs::pread_all(fd, b))
     }
 
     /// [`Cgroup::read_into`] for a control file the kernel generates in one
     /// piece (see `fs::pread_one_piece`): one `pread` instead of two.
     pub(crate) fn read_one_piece<'b>(&self, name: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8]> {
+        self.read_with(name, buf, |fd, b| fs::pread_one_piece(fd, b))
+    }
+
+    /// Opens control file `name` and fills `buf` with `read`, mapping a full
+    /// buffer and an OS error to this cgroup's errors naming the file.
+    fn read_with<'b>(
+        &self,
+        name: &CStr,
+        buf: &'b mut [u8],
+        read: impl FnOnce(&OwnedFd, &mut [u8]) -> std::result::Result<usize, ReadError>,
+    ) -> Result<&'b [u8]> {
         let fd = self.open_flags(name, OFlags::RDONLY)?;
-        match fs::pread_one_piece(&fd, buf) {
+        match read(&fd, buf) {
             Ok(n) => Ok(&buf[..n]),
             Err(ReadError::TooLarge) => Err(Error::Parse {
                 path: self.file_path(name),
