@@ -163,10 +163,7 @@ fn splice_footprint(doc: &str, fresh: &str) -> String {
             .map_or(t.len(), |e| at + e + 1);
         Some((at, end))
     };
-    match (section(doc), section(fresh)) {
-        (Some((a, b)), Some((c, d))) => format!("{}{}{}", &doc[..a], &fresh[c..d], &doc[b..]),
-        _ => fresh.to_string(),
-    }
+    splice(doc, fresh, section).unwrap_or_else(|| fresh.to_string())
 }
 
 /// `doc` with its micro-benchmark section (from its heading to the next `## ` heading) taken
@@ -179,10 +176,18 @@ fn splice_micro(doc: &str, fresh: &str) -> String {
             .map_or(t.len(), |e| at + 1 + e + 1);
         Some((at, end))
     };
-    match (section(doc), section(fresh)) {
-        (Some((a, b)), Some((c, d))) => format!("{}{}{}", &doc[..a], &fresh[c..d], &doc[b..]),
-        _ => doc.to_string(),
-    }
+    splice(doc, fresh, section).unwrap_or_else(|| doc.to_string())
+}
+
+/// `doc` with the byte range `section` finds in it replaced by the range it finds in `fresh`
+/// (`None`: either has none).
+fn splice(
+    doc: &str,
+    fresh: &str,
+    section: impl Fn(&str) -> Option<(usize, usize)>,
+) -> Option<String> {
+    let ((a, b), (c, d)) = (section(doc)?, section(fresh)?);
+    Some(format!("{}{}{}", &doc[..a], &fresh[c..d], &doc[b..]))
 }
 
 fn run_select_micro() -> Result<()> {
