@@ -130,66 +130,63 @@ mod tests {
         std::fs::write(p.join("cgroup.procs"), "").unwrap();
     }
 
+    /// A tree of `children` under a temporary root, and a host on it with
+    /// the root and `/p` attached (outside a batch).
+    fn host_with(children: &[&str]) -> (tempfile::TempDir, KernelHost) {
+        let tmp = tempfile::tempdir().unwrap();
+        dir(tmp.path());
+        for c in children {
+            dir(&tmp.path().join(c));
+        }
+        let fs = CgroupFs::from_dir_unchecked(tmp.path());
+        let mut host = KernelHost::new(fs, XattrTrust::TrustedAndOwnedUser, 8, 8);
+        assert!(!delegated(&mut host, 0, "/"));
+        assert!(!delegated(&mut host, 1, "/p"));
+        (tmp, host)
+    }
+
+    /// Attaches `p` as cgroup `i`: whether its name was a tenant's.
+    fn delegated(h: &mut KernelHost, i: u32, p: &str) -> bool {
+        h.attach(CgroupId::for_tests(i), Path::new(p))
+            .unwrap()
+            .delegated
+    }
+
     /// Root runs the host tests: the tree is root's, a tenant gets
     /// uid 4242 by `chown`.
     #[test]
     fn a_parent_chowned_between_batches_delegates_the_next_child() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path();
-        dir(root);
-        for c in ["p", "p/a", "p/b", "p/c"] {
-            dir(&root.join(c));
-        }
-        let fs = CgroupFs::from_dir_unchecked(root);
-        let mut host = KernelHost::new(fs, XattrTrust::TrustedAndOwnedUser, 8, 8);
-        let attach = |h: &mut KernelHost, i: u32, p: &str| {
-            h.attach(CgroupId::for_tests(i), Path::new(p))
-                .unwrap()
-                .delegated
-        };
-        assert!(!attach(&mut host, 0, "/"));
-        assert!(!attach(&mut host, 1, "/p"));
+        let (tmp, mut host) = host_with(&["p", "p/a", "p/b", "p/c"]);
         host.begin_batch();
-        assert!(!attach(&mut host, 2, "/p/a"));
+        assert!(!delegated(&mut host, 2, "/p/a"));
         // Within the batch: the owner read for `a` stands for `b`.
-        chown(root.join("p"), Some(4242), None).unwrap();
-        assert!(!attach(&mut host, 3, "/p/b"), "one reading per batch");
+        chown(tmp.path().join("p"), Some(4242), None).unwrap();
+        assert!(!delegated(&mut host, 3, "/p/b"), "one reading per batch");
         host.end_batch();
         host.begin_batch();
         assert!(
-            attach(&mut host, 4, "/p/c"),
+            delegated(&mut host, 4, "/p/c"),
             "the next batch reads it again"
         );
         host.end_batch();
         // Outside a batch: read for each child.
-        chown(root.join("p"), Some(0), None).unwrap();
-        assert!(!attach(&mut host, 5, "/p/a"));
-        chown(root.join("p"), Some(4242), None).unwrap();
-        assert!(attach(&mut host, 6, "/p/b"));
+        chown(tmp.path().join("p"), Some(0), None).unwrap();
+        assert!(!delegated(&mut host, 5, "/p/a"));
+        chown(tmp.path().join("p"), Some(4242), None).unwrap();
+        assert!(delegated(&mut host, 6, "/p/b"));
     }
 
     #[test]
     fn a_removal_in_the_batch_forgets_the_owner() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path();
-        dir(root);
-        for c in ["p", "p/a", "p/b"] {
-            dir(&root.join(c));
-        }
-        let fs = CgroupFs::from_dir_unchecked(root);
-        let mut host = KernelHost::new(fs, XattrTrust::TrustedAndOwnedUser, 8, 8);
-        let attach = |h: &mut KernelHost, i: u32, p: &str| {
-            h.attach(CgroupId::for_tests(i), Path::new(p))
-                .unwrap()
-                .delegated
-        };
-        assert!(!attach(&mut host, 0, "/"));
-        assert!(!attach(&mut host, 1, "/p"));
+        let (tmp, mut host) = host_with(&["p", "p/a", "p/b"]);
         host.begin_batch();
-        assert!(!attach(&mut host, 2, "/p/a"));
-        chown(root.join("p"), Some(4242), None).unwrap();
+        assert!(!delegated(&mut host, 2, "/p/a"));
+        chown(tmp.path().join("p"), Some(4242), None).unwrap();
         host.detach(CgroupId::for_tests(2));
-        assert!(attach(&mut host, 3, "/p/b"), "read again after a removal");
+        assert!(
+            delegated(&mut host, 3, "/p/b"),
+            "read again after a removal"
+        );
         host.end_batch();
     }
 }
