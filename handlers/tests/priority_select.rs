@@ -268,11 +268,9 @@ fn tiered(h: &mut FakeHost, tiers: usize, per_tier: usize) {
     }
 }
 
-/// The lowest tier is read, the others are not: at cgroup granularity a
-/// decision over 5 tiers of 20 leaves reads the scope, the lowest tier's
-/// parent and its 20 leaves (22 reads, not 106).
-#[test]
-fn cgroup_selection_reads_only_the_lowest_tier() {
+/// One urgent dry-run decision at cgroup granularity over the tree `setup`
+/// builds: the rig, the victim and how many usages the decision read.
+fn one_cgroup_decision(setup: impl FnOnce(&mut FakeHost)) -> (Rig, CgroupId, usize) {
     let pk = PriorityKill::new(
         PriorityKillConfig {
             granularity: Granularity::Cgroup,
@@ -282,13 +280,22 @@ fn cgroup_selection_reads_only_the_lowest_tier() {
     );
     let mut cfg = eager();
     cfg.dry_run = true;
-    let mut r = Rig::new(cfg, |h| tiered(h, 5, 20), Box::new(pk));
+    let mut r = Rig::new(cfg, setup, Box::new(pk));
     let before = r.host().usage_reads;
     r.event("/", urgent());
     let ep = r.run(Duration::from_secs(5));
     let reads = r.host().usage_reads - before;
     assert_eq!(ep.len(), 1);
     let victim = ep[0].plan.steps().next().unwrap().action.cgroup();
+    (r, victim, reads)
+}
+
+/// The lowest tier is read, the others are not: at cgroup granularity a
+/// decision over 5 tiers of 20 leaves reads the scope, the lowest tier's
+/// parent and its 20 leaves (22 reads, not 106).
+#[test]
+fn cgroup_selection_reads_only_the_lowest_tier() {
+    let (r, victim, reads) = one_cgroup_decision(|h| tiered(h, 5, 20));
     assert!(
         r.engine.tree().path(victim).unwrap().starts_with("/t0"),
         "{:?}",
@@ -301,31 +308,15 @@ fn cgroup_selection_reads_only_the_lowest_tier() {
 /// not read: two groups of 10 leaves, one of them 10 times as large.
 #[test]
 fn cgroup_selection_skips_subtrees_that_cannot_win() {
-    let pk = PriorityKill::new(
-        PriorityKillConfig {
-            granularity: Granularity::Cgroup,
-            ..PriorityKillConfig::default()
-        },
-        Classifier::new(vec![], None, 0).unwrap(),
-    );
-    let mut cfg = eager();
-    cfg.dry_run = true;
-    let setup = |h: &mut FakeHost| {
+    let (r, victim, reads) = one_cgroup_decision(|h| {
         for i in 0..10 {
             h.cg(&format!("/big/c{i}")).procs = vec![proc(1000 + i, 100 + i as u64)];
             h.cg(&format!("/small/c{i}")).procs = vec![proc(2000 + i, 5)];
         }
-    };
-    let mut r = Rig::new(cfg, setup, Box::new(pk));
-    let before = r.host().usage_reads;
-    r.event("/", urgent());
-    let ep = r.run(Duration::from_secs(5));
-    let reads = r.host().usage_reads - before;
-    let victim = ep[0].plan.steps().next().unwrap().action.cgroup();
+    });
     assert_eq!(r.id("/big/c9"), victim);
     // The scope, both groups, the large group's 10 leaves; not the small one's.
     assert_eq!(reads, 13, "reads of one decision");
-    let _: CgroupId = victim;
 }
 
 /// The search's marks are cleared every 255 tiers searched: with a size
