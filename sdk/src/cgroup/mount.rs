@@ -194,12 +194,7 @@ impl CgroupFs {
     ) -> Result<(Cgroup, rustix::fs::Stat)> {
         let fs = self.fs_path(hierarchy_path)?;
         let cg = Cgroup::open_dir_unchecked(&fs, hierarchy_path.to_path_buf(), self.verify)?;
-        let st = cg.dir_stat()?;
-        #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
-        let dev = st.st_dev as u64;
-        if self.verify && checked_dev != Some(dev) {
-            cg.check_magic()?;
-        }
+        let st = self.stat_checked(&cg, checked_dev)?;
         Ok((cg, st))
     }
 
@@ -230,13 +225,18 @@ impl CgroupFs {
             return Ok(None);
         };
         let cg = Cgroup::from_parts(dir, fs, hierarchy_path.to_path_buf(), self.verify);
+        let st = self.stat_checked(&cg, checked_dev)?;
+        Ok(Some((cg, st)))
+    }
+
+    /// The `fstat(2)` of `cg`'s directory, after the cgroup2 check unless
+    /// its device is `checked_dev` (see [`CgroupFs::open_hierarchy_stat`]).
+    fn stat_checked(&self, cg: &Cgroup, checked_dev: Option<u64>) -> Result<rustix::fs::Stat> {
         let st = cg.dir_stat()?;
-        #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
-        let dev = st.st_dev as u64;
-        if self.verify && checked_dev != Some(dev) {
+        if self.verify && checked_dev != Some(stat_dev(&st)) {
             cg.check_magic()?;
         }
-        Ok(Some((cg, st)))
+        Ok(st)
     }
 
     /// The root of the mount.
@@ -260,6 +260,13 @@ impl CgroupFs {
         })?;
         self.open_hierarchy(hp)
     }
+}
+
+/// The device of a `fstat(2)` result (`st_dev`'s width differs between targets).
+pub(crate) fn stat_dev(st: &rustix::fs::Stat) -> u64 {
+    #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+    let dev = st.st_dev as u64;
+    dev
 }
 
 #[cfg(test)]

@@ -222,10 +222,7 @@ impl Observe for KernelHost {
         // One fstat: the owner, the identity the handle is parked with, and
         // the device (the cgroup2 check is made once per device).
         let (cg, st) = self.open_for_attach(path)?;
-        #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
-        {
-            self.checked_dev = Some(st.st_dev as u64);
-        }
+        self.checked_dev = Some(crate::cgroup::mount::stat_dev(&st));
         if self.is_batch_parent(path) {
             // The kept parent attached (again): open and read it again.
             self.forget_parent();
