@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::harness::TestCase;
 
 pub mod adversarial;
+pub mod baseline;
 pub mod common;
 pub mod e2e;
 pub mod events;
@@ -121,6 +122,12 @@ pub fn all() -> Vec<TestCase> {
         case("e2e_heap_profile", 90, e2e::heap_profile),
         case("e2e_watchdog", 90, e2e::watchdog),
         case("e2e_dry_run", 90, e2e::dry_run),
+        // Issue 12: baselines inferred for siblings attached in one batch.
+        case(
+            "e2e_events_inferred_baseline",
+            120,
+            baseline::inferred_baseline,
+        ),
         // What an operator sees: the scrape and `oomkit incidents` around one episode.
         case("ops_metrics_incidents", 120, ops::metrics_and_incidents),
         // Issue 10: a tenant with a delegated subtree against the daemon.

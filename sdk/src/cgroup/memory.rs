@@ -64,6 +64,18 @@ impl Cgroup {
         })
     }
 
+    /// Whether every counter of `memory.events` (hierarchical: this cgroup
+    /// and all its descendants, live or removed, unless the mount has
+    /// `memory_localevents`) is zero, keys this SDK does not know included.
+    pub(crate) fn memory_events_all_zero(&self) -> Result<bool> {
+        let mut buf = [0u8; SMALL_READ];
+        let data = self.read_one_piece(MEMORY_EVENTS, &mut buf)?;
+        parse::counters_all_zero(data).map_err(|source| Error::Parse {
+            path: self.file_path(MEMORY_EVENTS),
+            source,
+        })
+    }
+
     /// `memory.stat`.
     pub fn memory_stat(&self) -> Result<MemoryStat> {
         let mut st = MemoryStat::default();

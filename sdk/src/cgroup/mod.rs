@@ -230,6 +230,26 @@ impl Cgroup {
         self.dir.as_fd()
     }
 
+    /// The parent directory, opened through `..` of this one (`openat(2)`:
+    /// its very parent, without a path walk). `None` at the mount root.
+    pub(crate) fn open_parent(&self) -> Result<Option<Cgroup>> {
+        let (Some(path), Some(hier)) = (self.path.parent(), self.hierarchy_path.parent()) else {
+            return Ok(None);
+        };
+        if self.is_mount_root() {
+            return Ok(None);
+        }
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let dir = rustix::fs::openat(&self.dir, c"..", flags, Mode::empty())
+            .map_err(|e| Error::io(path, Op::Open, io_err(e)))?;
+        Ok(Some(Self::from_parts(
+            dir,
+            path.to_path_buf(),
+            hier.to_path_buf(),
+            self.verified,
+        )))
+    }
+
     /// A second handle on the same directory.
     pub fn try_clone(&self) -> Result<Self> {
         Ok(Cgroup {

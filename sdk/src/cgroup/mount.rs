@@ -269,6 +269,36 @@ pub(crate) fn stat_dev(st: &rustix::fs::Stat) -> u64 {
     dev
 }
 
+/// Whether the cgroup2 mount of device `dev` (an `st_dev`) counts every
+/// memory event of a cgroup in the hierarchical `memory.events` of it and
+/// of each ancestor as well as in its own `memory.events.local` (the
+/// kernel's `memcg_memory_event`): true unless mounted with
+/// `memory_localevents`, which makes `memory.events` local too. From the
+/// super options of its line in `/proc/self/mountinfo`; `false` when that
+/// cannot be read or has no cgroup2 line for the device (nothing may be
+/// inferred then).
+pub(crate) fn memory_events_hierarchical(dev: u64) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|text| local_events_option(&text, dev))
+        .is_some_and(|local| !local)
+}
+
+/// Whether the cgroup2 line of device `dev` in mountinfo `text` has the
+/// `memory_localevents` super option (`None`: no cgroup2 line for it).
+fn local_events_option(text: &str, dev: u64) -> Option<bool> {
+    let want = format!("{}:{}", rustix::fs::major(dev), rustix::fs::minor(dev));
+    text.lines().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        let mut post = post.split(' ');
+        if post.next()? != "cgroup2" || pre.split(' ').nth(2)? != want {
+            return None;
+        }
+        let opts = post.nth(1).unwrap_or("");
+        Some(opts.split(',').any(|o| o == "memory_localevents"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +315,17 @@ mod tests {
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].mount_point, Path::new("/sys/fs/cgroup"));
         assert_eq!(m[0].root, Path::new("/"));
+    }
+
+    #[test]
+    fn the_local_events_option_of_a_device() {
+        let dev = rustix::fs::makedev(0, 26);
+        assert_eq!(local_events_option(HOST, dev), Some(false));
+        let local = HOST.replace("memory_recursiveprot", "memory_localevents");
+        assert_eq!(local_events_option(&local, dev), Some(true));
+        // The cgroup v1 line of another device, and no line at all.
+        assert_eq!(local_events_option(HOST, rustix::fs::makedev(0, 27)), None);
+        assert_eq!(local_events_option("", dev), None);
     }
 
     #[test]

@@ -152,6 +152,24 @@ pub fn memory_events(data: &[u8]) -> R<MemoryEvents> {
     Ok(ev)
 }
 
+/// Whether every counter of a `memory.events`-style file is zero, known
+/// key or not (a newer kernel's counters count too). Any line that is not
+/// `key number`, or an empty file, is an error: the caller cannot tell.
+pub(crate) fn counters_all_zero(data: &[u8]) -> R<bool> {
+    let mut zero = true;
+    let mut any = false;
+    for (n, line) in lines(data) {
+        let (_, v) = key_value(line).ok_or(err(n, ParseErrorKind::MalformedLine))?;
+        zero &= u64_digits(v).ok_or(err(n, ParseErrorKind::InvalidNumber))? == 0;
+        any = true;
+    }
+    if any {
+        Ok(zero)
+    } else {
+        Err(err(1, ParseErrorKind::Empty))
+    }
+}
+
 /// `cgroup.events`: `populated` and `frozen`. Unknown keys are ignored
 /// whatever the shape of their line.
 pub fn cgroup_events(data: &[u8]) -> R<CgroupEvents> {
@@ -337,6 +355,16 @@ pub fn controllers(data: &[u8]) -> R<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_zero_counters_whatever_the_keys() {
+        assert_eq!(counters_all_zero(b"low 0\nhigh 0\nmax 0\n"), Ok(true));
+        assert_eq!(counters_all_zero(b"low 0\nnew_key 3\n"), Ok(false));
+        assert_eq!(counters_all_zero(b"high 1\n"), Ok(false));
+        assert!(counters_all_zero(b"").is_err());
+        assert!(counters_all_zero(b"low 0\nodd 0 0\n").is_err());
+        assert!(counters_all_zero(b"low x\n").is_err());
+    }
 
     #[test]
     fn single_value_files() {

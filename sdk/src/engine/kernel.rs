@@ -42,6 +42,9 @@ pub struct KernelHost {
     /// The device of the cgroup2 filesystem, once an attached directory
     /// passed the `fstatfs(2)` check on it.
     checked_dev: Option<u64>,
+    /// Whether `memory.events` counts descendants' events on that device
+    /// (see `memory_events_hierarchical`), read once per device.
+    events_mount: Option<(u64, bool)>,
     cgroups: Handles,
     /// `memory.current` kept open per cgroup: one `pread` per read instead
     /// of open + read + close (the snapshot reads it for every cgroup). A
@@ -108,6 +111,7 @@ impl KernelHost {
         KernelHost {
             fs,
             checked_dev: None,
+            events_mount: None,
             cgroups: Handles::with_capacity(max_cgroups),
             present: Vec::with_capacity(max_cgroups),
             probed: None,
@@ -223,6 +227,7 @@ impl Observe for KernelHost {
         // the device (the cgroup2 check is made once per device).
         let (cg, st) = self.open_for_attach(path)?;
         self.checked_dev = Some(crate::cgroup::mount::stat_dev(&st));
+        self.note_events_mount(crate::cgroup::mount::stat_dev(&st));
         if self.is_batch_parent(path) {
             // The kept parent attached (again): open and read it again.
             self.forget_parent();

@@ -50,6 +50,31 @@ impl KernelHost {
         self.batch = None;
     }
 
+    /// Reads, once per device, whether the cgroup2 mount of `dev` counts
+    /// every memory event in the ancestors' `memory.events` too.
+    pub(super) fn note_events_mount(&mut self, dev: u64) {
+        if self.events_mount.is_none_or(|(d, _)| d != dev) {
+            let hierarchical = crate::cgroup::mount::memory_events_hierarchical(dev);
+            self.events_mount = Some((dev, hierarchical));
+        }
+    }
+
+    /// Whether, on the device of the cgroups attached, a parent's
+    /// `memory.events` counts every event of its descendants (no
+    /// `memory_localevents` mount option; see `baseline`): all zero there
+    /// means all zero in each child's `memory.events.local`.
+    pub(crate) fn memory_events_hierarchical(&self) -> bool {
+        self.events_mount.is_some_and(|(_, h)| h)
+    }
+
+    /// For tests on plain files: the mount's rule as if read from
+    /// mountinfo for the device of `dir`.
+    #[cfg(test)]
+    pub(crate) fn assume_events_mount(&mut self, dir: &Path, hierarchical: bool) {
+        let st = rustix::fs::stat(dir).unwrap();
+        self.events_mount = Some((crate::cgroup::mount::stat_dev(&st), hierarchical));
+    }
+
     pub(super) fn forget_parent(&mut self) {
         if let Some(slot) = &mut self.batch {
             *slot = None;

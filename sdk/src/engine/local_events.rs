@@ -38,6 +38,29 @@ use super::types::CgroupId;
 /// no name, so 16 bytes an event — 256 events a read.
 const BUF: usize = 4096;
 
+/// Every counter the SDK knows at zero: a baseline inferred, not read
+/// (a counter the child's file lacks stays absent in its reads, and so in
+/// every delta).
+const ZERO: MemoryEvents = MemoryEvents {
+    low: Some(0),
+    high: Some(0),
+    max: Some(0),
+    oom: Some(0),
+    oom_kill: Some(0),
+    oom_group_kill: Some(0),
+    sock_throttled: Some(0),
+};
+
+/// How baselines were taken: read from each file, or inferred zero from
+/// the parent's `memory.events` (for the `start-up phases` line and tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Baselines {
+    /// `memory.events.local` read.
+    pub(crate) read: u64,
+    /// Inferred zero without a read.
+    pub(crate) inferred: u64,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Watched {
     id: CgroupId,
@@ -63,6 +86,7 @@ pub(crate) struct LocalEvents {
     slots: Vec<Option<Watched>>,
     by_wd: HashMap<i32, u32>,
     buf: Box<[u8]>,
+    baselines: Baselines,
 }
 
 impl LocalEvents {
@@ -75,22 +99,57 @@ impl LocalEvents {
             slots: Vec::with_capacity(n),
             by_wd: HashMap::with_capacity(n),
             buf: vec![0u8; BUF].into_boxed_slice(),
+            baselines: Baselines::default(),
         })
     }
 
     /// Watches `memory.events.local` of `cg` as cgroup `id` (the file of
-    /// the very directory `cg` holds open, through `/proc/self/fd`), and
-    /// reads its counters as the baseline.
+    /// the very directory `cg` holds open, through `/proc/self/fd`), then
+    /// reads its counters as the baseline. In that order: an event before
+    /// the read is in the baseline (history, as every event before the
+    /// start), one after it raises `IN_MODIFY` on the watch already there,
+    /// so none falls between the two unseen.
     pub(crate) fn add(&mut self, id: CgroupId, cg: &Cgroup) -> std::result::Result<(), AddError> {
-        let last = cg.memory_events_local().map_err(AddError::Read)?;
+        self.add_unread(id, cg)?;
+        match cg.memory_events_local() {
+            Ok(ev) => {
+                self.set_baseline(id, Some(ev));
+                Ok(())
+            }
+            Err(e) => {
+                self.remove(id);
+                Err(AddError::Read(e))
+            }
+        }
+    }
+
+    /// Watches `memory.events.local` of `cg` as cgroup `id` with an all-zero
+    /// baseline, reading nothing: for the caller to confirm the baseline
+    /// ([`set_baseline`](Self::set_baseline)) or drop the watch (see
+    /// `baseline`). No such file: the file's own read error.
+    pub(crate) fn add_unread(
+        &mut self,
+        id: CgroupId,
+        cg: &Cgroup,
+    ) -> std::result::Result<(), AddError> {
         let mut b = [0u8; 32];
         let dir = proc_fd_path(&mut b, cg.dir_fd()).ok_or(AddError::NoWatch(Errno::NAMETOOLONG))?;
         let mut path = Vec::with_capacity(dir.to_bytes().len() + 24);
         path.extend_from_slice(dir.to_bytes());
         path.extend_from_slice(b"/memory.events.local");
         let path = std::ffi::CString::new(path).map_err(|_| AddError::NoWatch(Errno::INVAL))?;
-        let wd = inotify::add_watch(&self.inotify, path.as_c_str(), WatchFlags::MODIFY)
-            .map_err(AddError::NoWatch)?;
+        let wd = match inotify::add_watch(&self.inotify, path.as_c_str(), WatchFlags::MODIFY) {
+            Ok(wd) => wd,
+            // No memory controller here: the read names the file and says so.
+            Err(Errno::NOENT) => {
+                return Err(AddError::Read(cg.memory_events_local().err().unwrap_or(
+                    Error::Unsupported {
+                        path: cg.file_path(crate::cgroup::files::MEMORY_EVENTS_LOCAL),
+                    },
+                )));
+            }
+            Err(e) => return Err(AddError::NoWatch(e)),
+        };
         let i = id.index();
         if self.slots.len() <= i {
             self.slots.resize(i + 1, None);
@@ -98,9 +157,43 @@ impl LocalEvents {
         if let Some(old) = self.slots[i].take() {
             self.forget(old);
         }
-        self.slots[i] = Some(Watched { id, wd, last });
+        self.slots[i] = Some(Watched { id, wd, last: ZERO });
         self.by_wd.insert(wd, id.idx);
         Ok(())
+    }
+
+    /// Sets the baseline of watched cgroup `id`: `Some` read from its file,
+    /// `None` inferred zero (as [`add_unread`](Self::add_unread) left it).
+    pub(crate) fn set_baseline(&mut self, id: CgroupId, read: Option<MemoryEvents>) {
+        let Some(w) = self
+            .slots
+            .get_mut(id.index())
+            .and_then(Option::as_mut)
+            .filter(|w| w.id == id)
+        else {
+            return;
+        };
+        match read {
+            Some(ev) => {
+                w.last = ev;
+                self.baselines.read += 1;
+            }
+            None => {
+                w.last = ZERO;
+                self.baselines.inferred += 1;
+            }
+        }
+    }
+
+    /// The counters `id` is compared with (for tests).
+    #[cfg(test)]
+    pub(crate) fn baseline(&self, id: CgroupId) -> Option<MemoryEvents> {
+        self.get(id).map(|w| w.last)
+    }
+
+    /// How the baselines so far were taken.
+    pub(crate) fn baselines(&self) -> Baselines {
+        self.baselines
     }
 
     /// True when `id` is watched here.

@@ -100,6 +100,9 @@ pub struct Runner {
     local: Option<LocalEvents>,
     /// A cgroup got an fd because its inotify watch failed (logged once).
     local_fallback: bool,
+    /// Within a batch of directory changes (`Some`): the siblings whose
+    /// `memory.events.local` baselines may be inferred (`baseline`).
+    siblings: Option<Option<baseline::Siblings>>,
     dir_token: Option<Token>,
     machine_token: Option<Token>,
     victim: Option<(Token, Victim)>,
@@ -300,6 +303,7 @@ impl Runner {
                 None
             },
             local_fallback: false,
+            siblings: None,
             dir_token: None,
             machine_token: None,
             victim: None,
@@ -399,8 +403,11 @@ impl Runner {
     fn log_phases(&self) {
         let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
         let p = &self.phases;
+        let b = self.local.as_ref().map(LocalEvents::baselines);
         tracing::info!(
             cgroups = self.engine.tree().len(),
+            baselines_read = b.map(|b| b.read),
+            baselines_inferred = b.map(|b| b.inferred),
             open_ms = ms(p.open),
             dir_watch_ms = ms(p.dir_watch),
             walk_ms = ms(p.walk),
@@ -507,6 +514,9 @@ impl AsFd for Runner {
 
 #[path = "runner_tree.rs"]
 mod tree_follow;
+
+#[path = "runner_baseline.rs"]
+mod baseline;
 
 #[path = "over_cap.rs"]
 mod over_cap;

@@ -92,9 +92,20 @@ impl Runner {
         if !self.memory_events {
             return Ok(());
         }
+        let infer = self.local.is_some() && self.may_infer_baseline(cg);
         if let Some(local) = &mut self.local {
-            match local.add(id, cg) {
-                Ok(()) => return Ok(()),
+            let added = if infer {
+                local.add_unread(id, cg)
+            } else {
+                local.add(id, cg)
+            };
+            match added {
+                Ok(()) => {
+                    if infer {
+                        self.baseline_pending(id);
+                    }
+                    return Ok(());
+                }
                 // The mount root has no memory.events: nothing to watch there.
                 Err(AddError::Read(e)) if e.is_unsupported() => return Ok(()),
                 Err(AddError::Read(e)) => return Err(e),
@@ -244,6 +255,7 @@ impl Runner {
         let batch: Vec<(DirChange, PathBuf)> = self.dir_changes.drain(..k).collect();
         let mut removed: HashSet<PathBuf> = HashSet::new();
         self.engine.host_mut().begin_batch();
+        self.begin_siblings();
         for (change, path) in &batch {
             match change {
                 DirChange::Created => {
@@ -254,9 +266,13 @@ impl Runner {
                     }
                     self.add_child(path);
                 }
-                DirChange::Removed => self.remove_child(path, &mut removed),
+                DirChange::Removed => {
+                    self.settle_siblings();
+                    self.remove_child(path, &mut removed)
+                }
             }
         }
+        self.end_siblings();
         self.engine.host_mut().end_batch();
         self.forget_targets(&mut removed);
     }
