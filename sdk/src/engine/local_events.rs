@@ -12,6 +12,12 @@
 //! with the last counters, as [`MemoryEventsWatch`](crate::events::MemoryEventsWatch)
 //! does with its own fd.
 //!
+//! Each watch is added before its baseline is taken (read, or for the
+//! siblings of a batch inferred zero from their parent's `memory.events`:
+//! `runner_baseline.rs`), so an event is either in the baseline or raises
+//! `IN_MODIFY` on a watch already there. (Reading first, as before, missed
+//! an event between the read and the watch until the cgroup's next one.)
+//!
 //! A watch can fail where an fd would not: the per-user inotify watch
 //! limit (`fs.inotify.max_user_watches`, 8192 by default before 5.11, and
 //! shared with every other process of the user) gives `ENOSPC`. The runner
