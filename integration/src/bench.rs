@@ -1078,6 +1078,11 @@ fn scale(ctx: &mut Ctx) -> TestResult {
             phases.insert(k.into(), json!(log_field(&r, "start-up phases", &field)));
         }
         v["phases_ms"] = Value::Object(phases);
+        // How the memory.events.local baselines were taken (read, or inferred from the parent).
+        v["baselines"] = json!({
+            "read": log_field(&r, "start-up phases", "baselines_read"),
+            "inferred": log_field(&r, "start-up phases", "baselines_inferred"),
+        });
         // Where start-up went: oomkit's own CPU time by now (it is idle once settled).
         let (user, sys) = cpu_seconds(pid);
         v["cpu_user_s"] = json!(user);

@@ -286,7 +286,13 @@ pub fn render(
                 .iter()
                 .filter_map(|k| part(k))
                 .collect();
-            (!parts.is_empty()).then(|| format!("{}: {}", v["cgroups"], parts.join(", ")))
+            let b = &v["baselines"];
+            let baselines = match (b["inferred"].as_f64(), b["read"].as_f64()) {
+                (Some(i), Some(r)) => format!(" (baselines: {i} inferred, {r} read)"),
+                _ => String::new(),
+            };
+            (!parts.is_empty())
+                .then(|| format!("{}: {}{baselines}", v["cgroups"], parts.join(", ")))
         })
         .collect();
     if !phases.is_empty() {
@@ -295,7 +301,8 @@ pub fn render(
             "\nWhere start-up went (ms, the daemon's `start-up phases` log line: engine and \
              tables set up, the directory watch created, the walk of what exists, every cgroup \
              attached and its `memory.events.local` watched, the warm-up decision, the deferred \
-             lock): {}.",
+             lock; and how many `memory.events.local` baselines were inferred from the parent's \
+             `memory.events` or read): {}.",
             phases.join("; ")
         );
     }

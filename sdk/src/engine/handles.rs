@@ -44,6 +44,8 @@ impl Deref for Handle<'_> {
 pub(crate) struct Handles {
     parked: Vec<Option<ParkedCgroup>>,
     last: Option<(CgroupId, Cgroup)>,
+    /// The link count of the kept handle's directory, from its `fstat`.
+    last_links: u64,
 }
 
 impl Handles {
@@ -52,6 +54,7 @@ impl Handles {
         Handles {
             parked: Vec::with_capacity(n),
             last: None,
+            last_links: 0,
         }
     }
 
@@ -65,6 +68,19 @@ impl Handles {
         }
         self.parked[i] = Some(parked);
         self.last = Some((id, cg));
+        #[allow(clippy::useless_conversion)]
+        let links = u64::from(st.st_nlink);
+        self.last_links = links;
+    }
+
+    /// The link count of `id`'s directory when it was attached, if it is
+    /// the kept handle's: kernfs counts subdirectories in it, so 2 means
+    /// none.
+    pub(crate) fn last_links(&self, id: CgroupId) -> Option<u64> {
+        self.last
+            .as_ref()
+            .filter(|(l, _)| *l == id)
+            .map(|_| self.last_links)
     }
 
     /// Forgets cgroup `id`.

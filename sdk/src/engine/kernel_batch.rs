@@ -22,6 +22,7 @@ use rustix::fs::{Mode, OFlags};
 use crate::cgroup::Cgroup;
 use crate::error::Result;
 
+use super::CgroupId;
 use super::KernelHost;
 
 /// The parent directory of the batch's last attach: open, with its owner.
@@ -65,6 +66,13 @@ impl KernelHost {
     /// means all zero in each child's `memory.events.local`.
     pub(crate) fn memory_events_hierarchical(&self) -> bool {
         self.events_mount.is_some_and(|(_, h)| h)
+    }
+
+    /// The link count of the directory of `id` from its attach's `fstat`,
+    /// while its handle is the one kept (until the next attach or
+    /// [`Self::take_attached`]).
+    pub(crate) fn attached_links(&self, id: CgroupId) -> Option<u64> {
+        self.cgroups.last_links(id)
     }
 
     /// For tests on plain files: the mount's rule as if read from

@@ -103,6 +103,9 @@ pub struct Runner {
     /// Within a batch of directory changes (`Some`): the siblings whose
     /// `memory.events.local` baselines may be inferred (`baseline`).
     siblings: Option<Option<baseline::Siblings>>,
+    /// At start: each directory is listed when it is attached (see
+    /// `walk_at_start`), not by a walk of the whole tree first.
+    list_on_attach: bool,
     dir_token: Option<Token>,
     machine_token: Option<Token>,
     victim: Option<(Token, Victim)>,
@@ -151,9 +154,11 @@ struct StartPhases {
     /// The directory watch created (watches every directory within `depth`
     /// whose children it follows).
     dir_watch: Duration,
-    /// The walk listing what exists.
+    /// The listing of the root's children (the levels below are listed
+    /// as their parents are attached, within `attach`).
     walk: Duration,
-    /// Every cgroup attached and its `memory.events.local` watched.
+    /// Every cgroup attached and its `memory.events.local` watched (and
+    /// each directory with subdirectories listed).
     attach: Duration,
     /// The warm-up decision.
     warm_up: Duration,
@@ -304,6 +309,7 @@ impl Runner {
             },
             local_fallback: false,
             siblings: None,
+            list_on_attach: false,
             dir_token: None,
             machine_token: None,
             victim: None,
@@ -388,7 +394,7 @@ impl Runner {
             self.machine_token = Some(tok);
         }
         let t = Instant::now();
-        self.rescan_pending();
+        self.walk_at_start();
         self.phases.walk = t.elapsed();
         let t = Instant::now();
         // At start there are no events to keep handling in between: attach
@@ -396,6 +402,7 @@ impl Runner {
         while !self.dir_changes.is_empty() {
             self.apply_dir_changes();
         }
+        self.list_on_attach = false;
         self.phases.attach = t.elapsed();
         Ok(())
     }

@@ -349,3 +349,37 @@ fn at_the_cap_a_larger_untracked_cgroup_takes_a_smaller_ones_place() {
     assert_eq!(runner.engine().tree().len(), 4, "still at the cap");
     assert_eq!(runner.untracked_over_cap(), 7);
 }
+
+/// Issue 12: the start-up walk lists each directory as it is attached (a
+/// leaf, told by its link count, is not listed): the whole tree within
+/// `depth` is attached when `with_fs` returns, nothing below it.
+#[test]
+fn the_start_walk_attaches_the_tree_within_depth() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    cgroup(root);
+    for n in ["a", "a/b", "a/b/c", "a/b/c/d", "a/e", "f"] {
+        cgroup(&root.join(n));
+    }
+    for (depth, want) in [
+        (1, vec!["/", "/a", "/f"]),
+        (3, vec!["/", "/a", "/a/b", "/a/b/c", "/a/e", "/f"]),
+        (
+            16,
+            vec!["/", "/a", "/a/b", "/a/b/c", "/a/b/c/d", "/a/e", "/f"],
+        ),
+    ] {
+        let fs = CgroupFs::from_dir_unchecked(root);
+        let mut cfg = config(root);
+        cfg.depth = depth;
+        let runner = Runner::with_fs(cfg, Box::new(Classes { protect: None }), fs).unwrap();
+        let tree = runner.engine().tree();
+        let mut got: Vec<String> = tree
+            .ids()
+            .filter_map(|id| tree.path(id))
+            .map(|p| p.display().to_string())
+            .collect();
+        got.sort();
+        assert_eq!(got, want, "depth {depth}");
+    }
+}

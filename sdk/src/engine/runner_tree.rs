@@ -198,6 +198,7 @@ impl Runner {
                 );
             }
             self.over_cap.insert(hier.to_path_buf());
+            self.list_attached(hier, None);
             return;
         }
         match self.engine.add_cgroup(hier) {
@@ -207,6 +208,7 @@ impl Runner {
                 {
                     return;
                 }
+                let links = self.engine.host().attached_links(id);
                 let Ok(cg) = self.engine.host_mut().take_attached(id) else {
                     return;
                 };
@@ -216,12 +218,71 @@ impl Runner {
                     }
                 }
                 self.publish_target(id);
+                self.list_attached(hier, Some((&cg, links)));
             }
             Err(e) if e.is_gone() => {}
             Err(e) => {
-                tracing::warn!(cgroup = %hier.display(), error = %e, "adding a cgroup failed")
+                tracing::warn!(cgroup = %hier.display(), error = %e, "adding a cgroup failed");
+                self.list_attached(hier, None);
             }
         }
+    }
+
+    /// The walk at start, when the tree holds only the root: lists the
+    /// root's children, and each directory below is listed when it is
+    /// attached ([`Self::list_attached`]), whose `fstat` has told a leaf
+    /// by its link count already. A walk of the whole tree first read
+    /// that with a `statat` per cgroup (10,000 at 10,000 cgroups); at
+    /// start nothing is tracked, so nothing is to be judged gone.
+    pub(super) fn walk_at_start(&mut self) {
+        let Ok(root) = self.root_cgroup() else { return };
+        self.list_on_attach = true;
+        let hier = self.root_hier.clone();
+        self.list_children(&hier, &root);
+    }
+
+    /// At start ([`Self::walk_at_start`]), after `hier` was attached
+    /// (`Some`: its open directory and link count) or not (over the cap,
+    /// an error: it is opened by path, as a whole walk would have listed
+    /// it): queues its subdirectories within `depth` as created.
+    fn list_attached(&mut self, hier: &Path, attached: Option<(&Cgroup, Option<u64>)>) {
+        if !self.list_on_attach {
+            return;
+        }
+        match attached {
+            // kernfs (and tmpfs) count subdirectories in the link count.
+            Some((_, Some(2))) => {}
+            Some((cg, _)) => self.list_children(hier, cg),
+            None => {
+                if let Ok(cg) = self.engine.host().fs().open_hierarchy(hier) {
+                    self.list_children(hier, &cg);
+                }
+            }
+        }
+    }
+
+    /// Queues the directories directly below `cg` (at `hier`) as created,
+    /// if they are within `depth`: one `getdents64`, no `stat` each.
+    fn list_children(&mut self, hier: &Path, cg: &Cgroup) {
+        let Ok(rel) = hier.strip_prefix(&self.root_hier) else {
+            return;
+        };
+        let level = u32::try_from(rel.components().count()).unwrap_or(u32::MAX);
+        if level >= self.depth {
+            return;
+        }
+        let mut found = Vec::new();
+        let mut unlisted = Vec::new();
+        list_tree(
+            cg.dir_fd(),
+            hier,
+            level + 1,
+            level + 1,
+            &mut found,
+            &mut unlisted,
+        );
+        self.dir_changes
+            .extend(found.into_iter().map(|p| (DirChange::Created, p)));
     }
 
     /// Removes `hier` and its subtree from the tree and the event sources;

@@ -233,6 +233,12 @@ impl DirWatch {
         };
         self.by_name.insert(key, idx);
         self.by_wd.insert(wd, idx);
+        if !report && depth + 1 >= self.opts.depth {
+            // Its children would be neither reported nor watched (they lie
+            // at the last level): no `stat`, no listing. At start-up over
+            // 10,000 siblings at depth 2 that is 10,000 `statat`s fewer.
+            return;
+        }
         // The link count is read after the watch is in place: a
         // subdirectory created after it is reported by the watch.
         let leaf = parent_fd.map(|fd| {
