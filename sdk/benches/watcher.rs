@@ -10,7 +10,7 @@
 //! stride through all N), so a large N is not served from one hot cache
 //! line.
 //!
-//! Three views of the same iteration:
+//! Four views of the same iteration:
 //!
 //! * `dispatch_and_reread/N`: all of it, stand-in included — the eventfd
 //!   `write` that signals source k and the `read` that resets it.
@@ -20,13 +20,12 @@
 //!   the epoll callback inside the `write`). A kernfs event costs the
 //!   handler none of this: the kernel's `cgroup_file_notify()` wakes the
 //!   poller from the context that changed the counter.
-//! * `handle/N`: what the handler does once source k is ready —
-//!   `epoll_wait`, the slot and token lookups, the re-read and diff. This
-//!   is the per-event cost the goal is about (two `Instant::now` per
-//!   iteration included, the same at every N).
-//! * `dispatch/N`: the part of `handle` that could grow with N —
-//!   `epoll_wait` and the two lookups, without the re-read (one file
-//!   whatever N, as a kernfs re-read is).
+//! * `dispatch/N`: what the handler does once source k is ready, up to
+//!   knowing its cgroup — `epoll_wait`, the watcher's slot, the token →
+//!   cgroup lookup. The part that could grow with N.
+//! * `handle/N`: `dispatch` plus the re-read and diff (one file whatever N,
+//!   as a kernfs re-read is). This is the per-event cost the goal is about
+//!   (two `Instant::now` per iteration included, the same at every N).
 //!
 //! `baseline` is the eventfd write + read on one fd (the stand-in's own
 //! cost when nothing is cold).
@@ -35,13 +34,12 @@
 //! for a cgroup whose inotify watch failed. Its own path is
 //! `runner_event/memory_events_local/N`: a [`Runner`] over N child cgroups
 //! (plain files in a temporary folder, on tmpfs if `/dev/shm` exists)
-//! watching every
-//! `memory.events.local` through one inotify fd; the bench rewrites one
-//! cgroup's file (its `low` counter rises: reported, but no episode starts)
-//! and times [`Runner::run_once`] — `epoll_wait`, the inotify read, the wd
-//! → cgroup lookup, the re-read through the cgroup's directory (opened by
-//! path, as on kernfs) and the trigger. The rewrite, the stand-in for the
-//! kernel's notification, is not timed.
+//! watching every `memory.events.local` through one inotify fd; the bench
+//! rewrites one cgroup's file (its `low` counter rises: reported, but no
+//! episode starts) and times [`Runner::run_once`] — `epoll_wait`, the
+//! inotify read, the wd → cgroup lookup, the re-read through the cgroup's
+//! directory (opened by path, as on kernfs) and the trigger. The rewrite,
+//! the stand-in for the kernel's notification, is not timed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::collections::HashMap;
