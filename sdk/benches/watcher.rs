@@ -106,12 +106,10 @@ impl Setup {
         }
     }
 
-    /// The stand-in's half: signals the next source, returns its fd.
-    fn signal_next(&mut self) -> RawFd {
+    /// The stand-in's half: signals the next source.
+    fn signal_next(&mut self) {
         self.k = (self.k + 7919) % self.ours.len();
-        let fd = self.ours[self.k];
-        signal(borrow(fd));
-        fd
+        signal(borrow(self.ours[self.k]));
     }
 
     /// The handler's dispatch: waits, finds the slot, looks the cgroup up;
