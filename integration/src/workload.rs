@@ -556,26 +556,94 @@ fn hog_rate(step: u64, rate: u64, cap: u64) -> Result<(), Fail> {
     sleep_forever()
 }
 
-/// A beat at least this late (µs) is reported on its own line (`hbl <late>`) when it happens
-/// (an unloaded guest's beats are well under it).
+/// A beat at least this late (µs) is reported on its own line (`hbl <late> <vm>`) when it
+/// happens (an unloaded guest's beats are well under it).
 const LATE_REPORT_US: u64 = 2_000;
+
+/// The probe's period: how finely it can tell when the guest itself could not run.
+const PROBE_PERIOD: Duration = Duration::from_millis(5);
+/// A probe wake-up at least this late marks the guest as not running on time.
+const PROBE_LATE: Duration = Duration::from_millis(1);
+
+/// When the guest's CPU did not run even a `SCHED_FIFO` thread on time: the intervals
+/// `[due, woke)` of the probe's late wake-ups, the last few hundred.
+type Unrun = std::sync::Arc<Mutex<VecDeque<(Instant, Instant)>>>;
+
+/// Starts the probe thread: `SCHED_FIFO` 50, waking every [`PROBE_PERIOD`]. Under qemu TCG the
+/// vCPU is a host thread, and when the host deschedules it the whole guest stops: every beat
+/// due then is late, whatever the guest's scheduler and handlers do. A real-time thread that
+/// is itself late was not run by anyone, so the overlap of its late intervals with a
+/// heartbeat stall is the part no guest process caused (the host, or the guest's kernel with
+/// interrupts off). `None` when the guest refuses `SCHED_FIFO`.
+fn start_probe() -> Option<Unrun> {
+    let unrun: Unrun = std::sync::Arc::new(Mutex::new(VecDeque::with_capacity(512)));
+    let (tx, rx) = mpsc::channel();
+    let shared = unrun.clone();
+    std::thread::spawn(move || {
+        let report = oomkit::reserve::enter(&oomkit::reserve::ReserveConfig {
+            mlock: oomkit::reserve::MlockMode::Off,
+            raise_memlock_limit: false,
+            stack_prefault: 0,
+            oom_score_adj: None,
+            nice: None,
+            sched_fifo: Some(50),
+            io_flusher: false,
+            cgroup: None,
+            defer_mlock: false,
+        });
+        let fifo = report.granted("sched_fifo");
+        let _ = tx.send(fifo);
+        if !fifo {
+            return;
+        }
+        let mut due = Instant::now() + PROBE_PERIOD;
+        loop {
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            let woke = Instant::now();
+            if woke.saturating_duration_since(due) >= PROBE_LATE {
+                if let Ok(mut q) = shared.lock() {
+                    if q.len() == q.capacity() {
+                        q.pop_front();
+                    }
+                    q.push_back((due, woke));
+                }
+            }
+            due = woke + PROBE_PERIOD;
+        }
+    });
+    rx.recv().ok().filter(|&f| f).map(|_| unrun)
+}
+
+/// How much of `[from, to)` the probe marked as the guest not running (µs).
+fn unrun_within(unrun: &Unrun, from: Instant, to: Instant) -> u64 {
+    let Ok(q) = unrun.lock() else { return 0 };
+    let mut sum = Duration::ZERO;
+    for &(a, b) in q.iter() {
+        let (a, b) = (a.max(from), b.min(to));
+        sum += b.saturating_duration_since(a);
+    }
+    u64::try_from(sum.as_micros()).unwrap_or(u64::MAX)
+}
 
 fn heartbeat(period_ms: u64) -> Result<(), Fail> {
     let period = Duration::from_millis(period_ms.max(1));
+    let probe = start_probe();
     let mut worst = 0u64;
     let mut window = 0u64;
     let mut beats = 0u64;
     let mut next = Instant::now() + period;
     loop {
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
-        let late = Instant::now().saturating_duration_since(next);
+        let now = Instant::now();
+        let late = now.saturating_duration_since(next);
         let late = u64::try_from(late.as_micros())?;
         worst = worst.max(late);
         window = window.max(late);
         beats += 1;
         if late >= LATE_REPORT_US {
+            let vm = probe.as_ref().map_or(0, |u| unrun_within(u, next, now));
             // At once, so the reader can place the stall in time (the bench's timeline).
-            say(&format!("hbl {late}"));
+            say(&format!("hbl {late} {vm}"));
         }
         if beats % 20 == 0 {
             say(&format!("hb {beats} {worst} {window}"));
