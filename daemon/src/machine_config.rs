@@ -171,50 +171,8 @@ pub fn validate(
                 ),
             );
         }
-        if let Some(cfg) = machine.watch_config() {
-            if let Err(e) = cfg.monitor.validate() {
-                err("thresholds", e.to_string());
-            }
-            let total = 1u64 << 40;
-            let (low, crit, clear) = (
-                machine.low.0.resolve(total),
-                machine.critical.0.resolve(total),
-                machine.clear.0.resolve(total),
-            );
-            let all_fractions = [machine.low.0, machine.critical.0, machine.clear.0]
-                .iter()
-                .all(|l| matches!(l, Level::Fraction(_)));
-            if all_fractions && (crit > low || clear < low) {
-                err(
-                    "low",
-                    format!(
-                        "levels must order critical <= low <= clear (got critical {}, low {}, clear {})",
-                        machine.critical.0, machine.low.0, machine.clear.0
-                    ),
-                );
-            }
-        }
-        let zero = |l: Level| matches!(l, Level::Bytes(0)) || l == Level::Fraction(0.0);
-        if zero(machine.low.0) && zero(machine.critical.0) {
-            warn.push(format!(
-                "signals.machine.low and signals.machine.critical are 0: the headroom signals \
-                 never fire, so a leak of anonymous memory is seen only {}; the kernel's OOM \
-                 killer will usually act first",
-                if machine.psi_window_ms == 0 {
-                    "if it thrashes the file working set (signals.machine.psi_window_ms is 0 too)"
-                } else {
-                    "by the PSI triggers, in its last seconds"
-                }
-            ));
-        }
-        if machine.min_duration_ms > 5000 {
-            warn.push(format!(
-                "signals.machine.min_duration_ms = {}: a leak of 20 MiB/s crosses from `low` to \
-                 the kernel's OOM kill in a few seconds on a small machine; the warning may come \
-                 too late",
-                machine.min_duration_ms
-            ));
-        }
+        check_levels(machine, &mut err);
+        warn_enabled(machine, warn);
     } else if !other_sources {
         warn.push(
             "signals.machine is disabled and neither memory.events nor a PSI trigger can fire \
@@ -228,6 +186,59 @@ pub fn validate(
              cgroup event comes before the kernel's OOM killer"
                 .into(),
         );
+    }
+}
+
+/// The headroom levels as one watch configuration: each valid, and (when all are fractions,
+/// which order the same on every machine) `critical <= low <= clear`.
+fn check_levels(machine: &MachineSection, err: &mut impl FnMut(&str, String)) {
+    if let Some(cfg) = machine.watch_config() {
+        if let Err(e) = cfg.monitor.validate() {
+            err("thresholds", e.to_string());
+        }
+        let total = 1u64 << 40;
+        let (low, crit, clear) = (
+            machine.low.0.resolve(total),
+            machine.critical.0.resolve(total),
+            machine.clear.0.resolve(total),
+        );
+        let all_fractions = [machine.low.0, machine.critical.0, machine.clear.0]
+            .iter()
+            .all(|l| matches!(l, Level::Fraction(_)));
+        if all_fractions && (crit > low || clear < low) {
+            err(
+                "low",
+                format!(
+                    "levels must order critical <= low <= clear (got critical {}, low {}, clear {})",
+                    machine.critical.0, machine.low.0, machine.clear.0
+                ),
+            );
+        }
+    }
+}
+
+/// Settings that are valid but leave the machine signals unable to warn in time.
+fn warn_enabled(machine: &MachineSection, warn: &mut Vec<String>) {
+    let zero = |l: Level| matches!(l, Level::Bytes(0)) || l == Level::Fraction(0.0);
+    if zero(machine.low.0) && zero(machine.critical.0) {
+        warn.push(format!(
+            "signals.machine.low and signals.machine.critical are 0: the headroom signals \
+             never fire, so a leak of anonymous memory is seen only {}; the kernel's OOM \
+             killer will usually act first",
+            if machine.psi_window_ms == 0 {
+                "if it thrashes the file working set (signals.machine.psi_window_ms is 0 too)"
+            } else {
+                "by the PSI triggers, in its last seconds"
+            }
+        ));
+    }
+    if machine.min_duration_ms > 5000 {
+        warn.push(format!(
+            "signals.machine.min_duration_ms = {}: a leak of 20 MiB/s crosses from `low` to \
+             the kernel's OOM kill in a few seconds on a small machine; the warning may come \
+             too late",
+            machine.min_duration_ms
+        ));
     }
 }
 
