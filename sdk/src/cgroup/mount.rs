@@ -8,6 +8,7 @@
 //! (they print as `/../…` in a namespace) rather than guessing.
 
 use std::path::{Component, Path, PathBuf};
+use std::str::Split;
 
 use crate::error::{Error, Op, Result};
 
@@ -44,16 +45,21 @@ fn unescape(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The cgroup2 lines of a mountinfo file, each split at ` - `: the fields
+/// before it (mount id, parent id, `major:minor`, root, mount point, …)
+/// and those after the file system type (source, super options).
+fn cgroup2_lines(text: &str) -> impl Iterator<Item = (Split<'_, char>, Split<'_, char>)> {
+    text.lines().filter_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        let mut post = post.split(' ');
+        (post.next()? == "cgroup2").then(|| (pre.split(' '), post))
+    })
+}
+
 /// Parses the cgroup2 entries of a mountinfo file; other lines are ignored.
 pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    text.lines()
-        .filter_map(|line| {
-            let (pre, post) = line.split_once(" - ")?;
-            let fstype = post.split(' ').next()?;
-            if fstype != "cgroup2" {
-                return None;
-            }
-            let mut f = pre.split(' ');
+    cgroup2_lines(text)
+        .filter_map(|(mut f, _)| {
             let root = f.nth(3)?;
             let mount_point = f.next()?;
             Some(MountEntry {
@@ -288,10 +294,8 @@ pub(crate) fn memory_events_hierarchical(dev: u64) -> bool {
 /// `memory_localevents` super option (`None`: no cgroup2 line for it).
 fn local_events_option(text: &str, dev: u64) -> Option<bool> {
     let want = format!("{}:{}", rustix::fs::major(dev), rustix::fs::minor(dev));
-    text.lines().find_map(|line| {
-        let (pre, post) = line.split_once(" - ")?;
-        let mut post = post.split(' ');
-        if post.next()? != "cgroup2" || pre.split(' ').nth(2)? != want {
+    cgroup2_lines(text).find_map(|(mut pre, mut post)| {
+        if pre.nth(2)? != want {
             return None;
         }
         let opts = post.nth(1).unwrap_or("");

@@ -226,8 +226,9 @@ impl Observe for KernelHost {
         // One fstat: the owner, the identity the handle is parked with, and
         // the device (the cgroup2 check is made once per device).
         let (cg, st) = self.open_for_attach(path)?;
-        self.checked_dev = Some(crate::cgroup::mount::stat_dev(&st));
-        self.note_events_mount(crate::cgroup::mount::stat_dev(&st));
+        let dev = crate::cgroup::mount::stat_dev(&st);
+        self.checked_dev = Some(dev);
+        self.note_events_mount(dev);
         if self.is_batch_parent(path) {
             // The kept parent attached (again): open and read it again.
             self.forget_parent();

@@ -28,6 +28,11 @@ const ZERO_EVENTS: &str = "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n";
 /// and one inferred differ.
 const CHILD_LOCAL: &str = "low 0\nhigh 7\nmax 0\noom 0\noom_kill 0\n";
 const CHILDREN: usize = 5;
+/// Each child's file read, besides the root's own at start: nothing inferred.
+const EACH_CHILD_READ: Baselines = Baselines {
+    read: 1 + CHILDREN as u64,
+    inferred: 0,
+};
 
 /// A managed root `/p` (below the mount root, which has no
 /// `memory.events`) whose `memory.events` is `parent_events`, watched by a
@@ -110,13 +115,7 @@ fn a_nonzero_parent_reads_each_child() {
     // A counter the SDK does not know counts too.
     let (_tmp, mut runner) = runner_on("low 0\nhigh 0\nmax 0\nnew_event 1\n", true);
     attach_all(&mut runner);
-    assert_eq!(
-        baselines(&runner),
-        Baselines {
-            read: 1 + CHILDREN as u64,
-            inferred: 0
-        }
-    );
+    assert_eq!(baselines(&runner), EACH_CHILD_READ);
     assert_eq!(highs(&runner), vec![Some(7); CHILDREN]);
 }
 
@@ -140,13 +139,7 @@ fn a_parent_that_changes_between_its_two_reads_reads_each_child() {
     );
     runner.end_siblings();
     runner.engine.host_mut().end_batch();
-    assert_eq!(
-        baselines(&runner),
-        Baselines {
-            read: 1 + CHILDREN as u64,
-            inferred: 0
-        }
-    );
+    assert_eq!(baselines(&runner), EACH_CHILD_READ);
     assert_eq!(highs(&runner), vec![Some(7); CHILDREN]);
 }
 
@@ -154,13 +147,7 @@ fn a_parent_that_changes_between_its_two_reads_reads_each_child() {
 fn memory_localevents_reads_each_child() {
     let (_tmp, mut runner) = runner_on(ZERO_EVENTS, false);
     attach_all(&mut runner);
-    assert_eq!(
-        baselines(&runner),
-        Baselines {
-            read: 1 + CHILDREN as u64,
-            inferred: 0
-        }
-    );
+    assert_eq!(baselines(&runner), EACH_CHILD_READ);
 }
 
 #[test]
