@@ -19,9 +19,12 @@
 //! reading, and the PSI *totals* in `/proc/pressure/memory` (not the trigger
 //! event) say how much stall there was.
 //!
-//! Each reading `pread`s `/proc/meminfo`, `/proc/vmstat` and (with PSI)
+//! Each reading `pread`s `/proc/meminfo` and (with PSI)
 //! `/proc/pressure/memory` at offset 0 through fds kept open, into one
-//! buffer allocated at creation.
+//! buffer allocated at creation; `/proc/vmstat`, the costly one (the kernel
+//! formats about 4 KiB of counters on each read, four times the cost of
+//! `/proc/meminfo`), only when the monitor measures its rates, once per
+//! `rate_window`, not at every few-millisecond sample near the edge.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -99,6 +102,9 @@ pub struct MachineStats {
     pub wakeups: u64,
     /// Readings that failed.
     pub failures: u64,
+    /// Readings that read `/proc/vmstat` (those that measured the rates;
+    /// see [`MachineMonitor::rates_due`]).
+    pub vmstat_reads: u64,
     /// When the source was opened.
     pub since: Option<Instant>,
 }
@@ -128,6 +134,8 @@ pub struct MachineWatch {
     /// Kept open: closing a trigger's fd removes it.
     triggers: Vec<PsiTrigger>,
     monitor: MachineMonitor,
+    /// The latest `/proc/vmstat` counters read.
+    vm: VmStat,
     page_size: u64,
     buf: Box<[u8]>,
     stats: MachineStats,
@@ -198,6 +206,7 @@ impl MachineWatch {
             pressure,
             triggers,
             monitor: MachineMonitor::new(cfg.monitor),
+            vm: VmStat::default(),
             page_size: rustix::param::page_size() as u64,
             buf: vec![0u8; BUF].into_boxed_slice(),
             stats: MachineStats {
@@ -208,8 +217,9 @@ impl MachineWatch {
         };
         // A first reading, so a broken file is an error now, not a silent
         // source later.
-        let r = w.read().map_err(|(f, which)| w.error(f, which))?;
-        w.monitor.observe(Instant::now(), &r);
+        let now = Instant::now();
+        let r = w.read(now).map_err(|(f, which)| w.error(f, which))?;
+        w.monitor.observe(now, &r);
         w.arm(w.monitor.next_interval())?;
         Ok(w)
     }
@@ -229,15 +239,24 @@ impl MachineWatch {
         f.into_error(self.path_of(which))
     }
 
-    /// Reads the three files into a [`MachineReading`]. Allocation-free.
-    fn read(&mut self) -> std::result::Result<MachineReading, (ReadFail, &'static str)> {
+    /// Reads the files into a [`MachineReading`] for a reading at `now`:
+    /// `/proc/vmstat` only when the monitor measures rates with it
+    /// ([`MachineMonitor::rates_due`]), the previous counters otherwise.
+    /// Allocation-free.
+    fn read(
+        &mut self,
+        now: Instant,
+    ) -> std::result::Result<MachineReading, (ReadFail, &'static str)> {
         let parse_fail = |e: ParseError| ReadFail::Failed(SourceFailure::Parse(e));
         let data = pread_all(&self.meminfo, &mut self.buf).map_err(|e| (e, "meminfo"))?;
         let mem: MemInfo = crate::proc::parse::meminfo(crate::proc::parse::complete_lines(data))
             .map_err(|e| (parse_fail(e), "meminfo"))?;
-        let data = pread_all(&self.vmstat, &mut self.buf).map_err(|e| (e, "vmstat"))?;
-        let vm: VmStat = crate::proc::parse::vmstat(crate::proc::parse::complete_lines(data))
-            .map_err(|e| (parse_fail(e), "vmstat"))?;
+        if self.monitor.rates_due(now) {
+            let data = pread_all(&self.vmstat, &mut self.buf).map_err(|e| (e, "vmstat"))?;
+            self.vm = crate::proc::parse::vmstat(crate::proc::parse::complete_lines(data))
+                .map_err(|e| (parse_fail(e), "vmstat"))?;
+            self.stats.vmstat_reads += 1;
+        }
         let psi: Option<Pressure> = match &self.pressure {
             Some(p) => {
                 let data = pread_all(p, &mut self.buf).map_err(|e| (e, "pressure"))?;
@@ -248,7 +267,7 @@ impl MachineWatch {
             }
             None => None,
         };
-        MachineReading::from_proc(&mem, &vm, psi.as_ref(), self.page_size).ok_or((
+        MachineReading::from_proc(&mem, &self.vm, psi.as_ref(), self.page_size).ok_or((
             parse_fail(ParseError::new(
                 1,
                 ParseErrorKind::MissingKey("MemAvailable"),
@@ -297,7 +316,7 @@ impl MachineWatch {
         };
         // Only to clear readiness; which fd it was does not matter.
         let _ = epoll::wait(&self.epoll, &mut evs, Some(&zero));
-        let out = match self.read() {
+        let out = match self.read(now) {
             Ok(r) => {
                 self.last_failure = None;
                 Ok(self.monitor.observe(now, &r))
@@ -448,6 +467,48 @@ mod tests {
         .unwrap();
         assert_eq!(w.triggers().count(), 0);
         assert_eq!(w.monitor().sample().some_share, 0.0);
+    }
+
+    #[test]
+    fn vmstat_is_read_only_for_a_reading_that_measures_the_rates() {
+        let d = tempfile::tempdir().unwrap();
+        let mut cfg = MachineWatchConfig {
+            paths: files(d.path(), MEMINFO),
+            ..Default::default()
+        };
+        // Far longer than this test can take: the reading at open is the
+        // reference, a second one within the window cannot measure rates.
+        cfg.monitor.rate_window = Duration::from_secs(100);
+        let mut w = MachineWatch::open(cfg).unwrap();
+        let t0 = Instant::now();
+        assert_eq!(
+            w.stats().vmstat_reads,
+            1,
+            "the first reading is the reference"
+        );
+        // Within the window a broken vmstat goes unread.
+        std::fs::write(d.path().join("vmstat"), "pgsteal_kswapd lots\n").unwrap();
+        assert_eq!(w.service_raw(t0 + Duration::from_secs(1)), Ok(None));
+        assert_eq!(w.stats().vmstat_reads, 1);
+        // A window later it is read, and its failure names the file.
+        let f = w.service_raw(t0 + Duration::from_secs(101)).unwrap_err();
+        let which = w.last_failure.map(|(_, which)| which).unwrap();
+        let e = w.error(ReadFail::Failed(f), which).to_string();
+        assert!(e.contains("vmstat") && e.contains("line 1"), "{e}");
+        // Repaired, with 2,560 pages reclaimed since the reference: a rate.
+        std::fs::write(
+            d.path().join("vmstat"),
+            VMSTAT.replace("pgsteal_kswapd 5", "pgsteal_kswapd 2565"),
+        )
+        .unwrap();
+        assert_eq!(w.service_raw(t0 + Duration::from_secs(102)), Ok(None));
+        assert_eq!(w.stats().vmstat_reads, 2);
+        let page = rustix::param::page_size() as u64;
+        let rate = w.monitor().sample().steal_rate;
+        assert!(
+            rate > 0 && rate <= 2560 * page / 102,
+            "steal rate {rate} over about 102 s"
+        );
     }
 
     #[test]

@@ -117,6 +117,18 @@ impl MachineMonitor {
         self.samples
     }
 
+    /// Whether a reading taken at `now` measures the rates: there is no
+    /// reference reading yet, or `rate_window` has passed since it. Only
+    /// such a reading uses the counters of `/proc/vmstat` (refaults,
+    /// reclaim, scans); any other may carry the previous ones, so a source
+    /// sampling every few milliseconds near the edge reads that file (about
+    /// 4 KiB of text the kernel formats on each read) once per window
+    /// instead of at every sample.
+    pub fn rates_due(&self, now: Instant) -> bool {
+        self.rate_mark
+            .is_none_or(|m| now.saturating_duration_since(m.at) >= self.cfg.rate_window)
+    }
+
     /// A signal's condition holds but has not held for `min_duration` yet.
     pub fn pending(&self) -> bool {
         (self.low.since.is_some() && !self.active.contains(Signals::LOW))
@@ -155,6 +167,9 @@ impl MachineMonitor {
 
     /// Rates over at least `rate_window`, from the reference reading.
     fn update_rates(&mut self, now: Instant, r: &MachineReading) {
+        if !self.rates_due(now) {
+            return;
+        }
         let Some(m) = self.rate_mark else {
             self.rate_mark = Some(Mark {
                 at: now,
@@ -163,9 +178,6 @@ impl MachineMonitor {
             return;
         };
         let dt = now.saturating_duration_since(m.at);
-        if dt < self.cfg.rate_window {
-            return;
-        }
         let s = &mut self.sample;
         let secs = dt.as_secs_f64();
         let per_s = |a: u64, b: u64| (b.saturating_sub(a) as f64 / secs) as u64;
