@@ -74,6 +74,7 @@ pub struct KernelHost {
     root_owner: Option<u32>,
     has_cgroup_kill: Option<bool>,
     mrelease: bool,
+    reap_nice: Option<i32>,
     /// Placeholder fds closed just before a kill's opens (see `kill::reserve`).
     fd_reserve: kill::FdReserve,
     watchdog: Option<Arc<super::watchdog::Shared>>,
@@ -144,6 +145,7 @@ impl KernelHost {
             root_owner: None,
             has_cgroup_kill: None,
             mrelease: true,
+            reap_nice: Some(0),
             watchdog: None,
         }
     }
@@ -163,6 +165,13 @@ impl KernelHost {
     /// Whether to `process_mrelease` victims (default on).
     pub fn set_mrelease(&mut self, on: bool) {
         self.mrelease = on;
+    }
+
+    /// The least nice value a victim's reap runs at: default `Some(0)`,
+    /// normal weight even when the loop's thread runs raised; `None`, the
+    /// thread's own. See [`Pidfd::reap`](crate::kill::Pidfd::reap).
+    pub fn set_reap_nice(&mut self, nice_floor: Option<i32>) {
+        self.reap_nice = nice_floor;
     }
 
     /// Opens the directory of an attached cgroup (its fd lives as long as
@@ -444,15 +453,13 @@ impl Act for KernelHost {
         let fd = Pidfd::open_in(&cg, pid)?;
         fd.kill()?;
         if self.mrelease {
-            // Reaps the address space now, as the kernel's oom_reaper does.
-            // Right after SIGKILL the victim may not be marked as exiting
-            // yet (EINVAL): let it run and try again a few times. An
-            // unsupported kernel or an already exited victim is fine.
-            for _ in 0..4 {
-                if fd.try_mrelease() != crate::kill::Mrelease::NotDying {
-                    break;
-                }
-                std::thread::yield_now();
+            // Reaps the address space now, as the kernel's oom_reaper does,
+            // at no more than normal weight (see `kill::reap`).
+            if let kill::Renice::NotRestored(errno) = fd.reap(self.reap_nice).renice {
+                tracing::warn!(
+                    errno,
+                    "could not restore this thread's priority after reaping a victim"
+                );
             }
         }
         self.victims[slot] = Some(fd);

@@ -32,6 +32,7 @@
 //! ```
 
 mod group;
+mod reap;
 mod reserve;
 mod signal;
 
@@ -47,6 +48,7 @@ pub use group::{
     GroupKillOptions, GroupKillOutcome, GroupKillPath, check_group_target, kill_cgroup,
     wait_for_cgroup_events,
 };
+pub use reap::{Reaped, Renice};
 pub(crate) use reserve::{FdReserve, RESERVED_FDS, tracked_cap_now};
 pub use signal::Signal;
 
