@@ -496,6 +496,7 @@ impl Act for KernelHost {
             &GroupKillOptions {
                 use_cgroup_kill: false,
                 mrelease: self.mrelease,
+                reap_nice: self.reap_nice,
                 deadline: Duration::from_secs(1),
                 freeze_timeout: Duration::from_millis(100),
                 spare_unkillable: true,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 
+use super::reap::with_nice_floor;
 use super::{Membership, Mrelease, OOM_SCORE_ADJ_MIN, Pidfd, Signal, timespec};
 use crate::cgroup::files::CGROUP_EVENTS;
 use crate::cgroup::{Cgroup, CgroupEvents, parse};
@@ -28,6 +29,11 @@ pub struct GroupKillOptions {
     pub use_cgroup_kill: bool,
     /// `process_mrelease` every victim after SIGKILL.
     pub mrelease: bool,
+    /// The least nice value the reaps run at (see
+    /// [`Pidfd::reap`](super::Pidfd::reap)): `None`, the calling thread's
+    /// own (the default: a library call leaves the thread as it is);
+    /// `Some(0)`, normal weight even from a thread running raised.
+    pub reap_nice: Option<i32>,
     /// Total time budget: signalling rounds and the wait for the group to
     /// empty (`populated 0`).
     pub deadline: Duration,
@@ -48,6 +54,7 @@ impl Default for GroupKillOptions {
         GroupKillOptions {
             use_cgroup_kill: true,
             mrelease: true,
+            reap_nice: None,
             deadline: Duration::from_secs(5),
             freeze_timeout: Duration::from_millis(100),
             spare_unkillable: true,
@@ -329,13 +336,15 @@ fn after_cgroup_kill(
         &mut |_, list| {
             seen += list.len();
             if opts.mrelease {
-                for &pid in list {
-                    if let Ok(p) = Pidfd::open(pid) {
-                        if p.try_mrelease() == Mrelease::Done {
-                            mreleased += 1;
+                with_nice_floor(opts.reap_nice, || {
+                    for &pid in list {
+                        if let Ok(p) = Pidfd::open(pid) {
+                            if p.try_mrelease() == Mrelease::Done {
+                                mreleased += 1;
+                            }
                         }
                     }
-                }
+                });
             }
         },
         true,
@@ -391,11 +400,13 @@ fn fallback(
         r?;
         out.spared = spared;
         if opts.mrelease {
-            for v in &fresh {
-                if v.try_mrelease() == Mrelease::Done {
-                    out.mreleased += 1;
+            with_nice_floor(opts.reap_nice, || {
+                for v in &fresh {
+                    if v.try_mrelease() == Mrelease::Done {
+                        out.mreleased += 1;
+                    }
                 }
-            }
+            });
         }
         victims.retain(|v| v.is_alive().unwrap_or(false));
         victims.append(&mut fresh);

@@ -50,6 +50,26 @@ pub struct Reaped {
     pub renice: Renice,
 }
 
+/// Runs `f` with the calling thread's nice value raised to at least
+/// `floor` (`setpriority(2)` on the calling thread: a lower priority, never
+/// a higher one), then puts the old value back. `None`: `f` runs as the
+/// thread is. Allocation-free.
+pub(crate) fn with_nice_floor<T>(floor: Option<i32>, f: impl FnOnce() -> T) -> (T, Renice) {
+    let before = floor.and_then(|floor| {
+        let now = rustix::process::getpriority_process(None).ok()?;
+        (now < floor && rustix::process::setpriority_process(None, floor).is_ok()).then_some(now)
+    });
+    let out = f();
+    let renice = match before {
+        None => Renice::Unchanged,
+        Some(n) => match rustix::process::setpriority_process(None, n) {
+            Ok(()) => Renice::Restored,
+            Err(e) => Renice::NotRestored(e.raw_os_error()),
+        },
+    };
+    (out, renice)
+}
+
 impl Pidfd {
     /// Reaps a process just sent `SIGKILL`: `process_mrelease`, asked again
     /// (yielding the CPU in between) a few times while the kernel has not
@@ -60,26 +80,17 @@ impl Pidfd {
     /// why. An unsupported kernel or an exited victim is not an error.
     /// Allocation-free.
     pub fn reap(&self, nice_floor: Option<i32>) -> Reaped {
-        let before = nice_floor.and_then(|floor| {
-            let now = rustix::process::getpriority_process(None).ok()?;
-            (now < floor && rustix::process::setpriority_process(None, floor).is_ok())
-                .then_some(now)
-        });
-        let mut mrelease = Mrelease::NotRequested;
-        for _ in 0..NOT_DYING_TRIES {
-            mrelease = self.try_mrelease();
-            if mrelease != Mrelease::NotDying {
-                break;
+        let (mrelease, renice) = with_nice_floor(nice_floor, || {
+            let mut m = Mrelease::NotRequested;
+            for _ in 0..NOT_DYING_TRIES {
+                m = self.try_mrelease();
+                if m != Mrelease::NotDying {
+                    break;
+                }
+                std::thread::yield_now();
             }
-            std::thread::yield_now();
-        }
-        let renice = match before {
-            None => Renice::Unchanged,
-            Some(n) => match rustix::process::setpriority_process(None, n) {
-                Ok(()) => Renice::Restored,
-                Err(e) => Renice::NotRestored(e.raw_os_error()),
-            },
-        };
+            m
+        });
         Reaped { mrelease, renice }
     }
 }
