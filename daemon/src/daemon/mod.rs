@@ -224,6 +224,9 @@ pub fn run_wrapped(
     let mut current = loaded.config;
     let handler = wrap(current.build_handler().map_err(DaemonError::Other)?);
     let rc = runner_config(&current, dry_run)?;
+    let metrics = Arc::new(Metrics::new());
+    serve_metrics(&current, &metrics)?;
+    let incidents = start_incidents(&current);
     tracing::info!(
         root = %rc.root.display(),
         handler = current.handler.kind.name(),
@@ -231,13 +234,6 @@ pub fn run_wrapped(
         "starting"
     );
     let mut runner = Runner::new(rc, handler).map_err(sdk("starting the runner"))?;
-    // The daemon's own threads start after the runner's reserve mode capped
-    // glibc at one malloc arena: a thread that allocates before the cap gets
-    // an arena of its own, 64 MiB of address space that `mlock = "all"`
-    // counts as locked.
-    let metrics = Arc::new(Metrics::new());
-    serve_metrics(&current, &metrics)?;
-    let incidents = start_incidents(&current);
     add_prekill_hooks(&current, &mut runner);
     let degraded = runner.reserve_report().is_some_and(|r| r.degraded());
     if let Some(rep) = runner.reserve_report() {
