@@ -235,6 +235,17 @@ fn why(e: Errno, need: &str) -> String {
     }
 }
 
+/// Caps glibc's malloc arenas at one
+/// ([`mallopt(3)`](https://man7.org/linux/man-pages/man3/mallopt.3.html)
+/// `M_ARENA_MAX`), as [`enter`] does before it locks memory. For a program
+/// that starts threads of its own before it enters reserve mode: a thread
+/// that allocates before the cap gets an arena of its own, 64 MiB of address
+/// space that `mlockall(MCL_FUTURE)` then counts as locked. Process-wide,
+/// so only on request. Returns whether the C library took it (glibc only).
+pub fn limit_malloc_arenas() -> bool {
+    crate::sys::limit_malloc_arenas(1)
+}
+
 /// Applies `cfg` to this process (and, for per-thread steps, the calling
 /// thread). Never fails: every step reports its own outcome.
 pub fn enter(cfg: &ReserveConfig) -> ReserveReport {

@@ -224,6 +224,11 @@ pub fn run_wrapped(
     let mut current = loaded.config;
     let handler = wrap(current.build_handler().map_err(DaemonError::Other)?);
     let rc = runner_config(&current, dry_run)?;
+    if current.reserve.enabled && current.reserve.mlock != MlockSetting::Off {
+        // Before the daemon's own threads start (metrics, incidents): reserve
+        // mode caps the arenas too, but only once the runner starts.
+        oomkit::reserve::limit_malloc_arenas();
+    }
     let metrics = Arc::new(Metrics::new());
     serve_metrics(&current, &metrics)?;
     let incidents = start_incidents(&current);
