@@ -224,14 +224,7 @@ pub fn run_wrapped(
     let mut current = loaded.config;
     let handler = wrap(current.build_handler().map_err(DaemonError::Other)?);
     let rc = runner_config(&current, dry_run)?;
-    if current.reserve.enabled && current.reserve.mlock != MlockSetting::Off {
-        // Before the daemon's own threads start (metrics, incidents): reserve
-        // mode caps the arenas too, but only once the runner starts.
-        oomkit::reserve::limit_malloc_arenas();
-    }
-    let metrics = Arc::new(Metrics::new());
-    serve_metrics(&current, &metrics)?;
-    let incidents = start_incidents(&current);
+    let (metrics, incidents) = start_threads(&current)?;
     tracing::info!(
         root = %rc.root.display(),
         handler = current.handler.kind.name(),
@@ -313,6 +306,20 @@ fn stop(mut runner: Runner, mut tripwire: Option<Tripwire>) {
         watchdog_fired = runner.watchdog_fired(),
         "stopped"
     );
+}
+
+/// Starts the daemon's own threads: the metrics server and the incident
+/// writer. First, when reserve mode will lock memory, glibc is capped at one
+/// malloc arena (reserve mode does that too, but only once the runner
+/// starts): a thread that allocates before the cap gets an arena of its own,
+/// 64 MiB of address space that `mlock = "all"` counts as locked.
+fn start_threads(cfg: &Config) -> Result<(Arc<Metrics>, Option<IncidentWriter>), DaemonError> {
+    if cfg.reserve.enabled && cfg.reserve.mlock != MlockSetting::Off {
+        oomkit::reserve::limit_malloc_arenas();
+    }
+    let metrics = Arc::new(Metrics::new());
+    serve_metrics(cfg, &metrics)?;
+    Ok((metrics, start_incidents(cfg)))
 }
 
 /// Serves `/metrics` and `/healthz` on `daemon.metrics_listen`, if set.

@@ -80,27 +80,6 @@ pub struct KernelHost {
     watchdog: Option<Arc<super::watchdog::Shared>>,
 }
 
-/// Reads one xattr under both namespaces with the trust rule of [`XattrTrust`].
-fn trusted_xattr(
-    cg: &Cgroup,
-    key: &str,
-    trust: XattrTrust,
-    root_owner: Option<u32>,
-) -> Option<Vec<u8>> {
-    if let Ok(Some(v)) = cg.xattr(&format!("trusted.{key}")) {
-        return Some(v);
-    }
-    if trust == XattrTrust::TrustedAndOwnedUser {
-        let owner = cg.owner_uid().ok()?;
-        if owner == 0 || Some(owner) == root_owner {
-            if let Ok(Some(v)) = cg.xattr(&format!("user.{key}")) {
-                return Some(v);
-            }
-        }
-    }
-    None
-}
-
 impl KernelHost {
     /// A host for cgroups under `fs`.
     pub fn new(fs: CgroupFs, trust: XattrTrust, max_cgroups: usize, max_processes: usize) -> Self {
@@ -254,7 +233,7 @@ impl Observe for KernelHost {
         let marked = cg.may_have_xattr(b"oomkit.");
         let read = |key| {
             if marked {
-                trusted_xattr(&cg, key, self.trust, self.root_owner)
+                self.trust.read(&cg, key, self.root_owner)
             } else {
                 None
             }

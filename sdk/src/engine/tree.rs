@@ -61,6 +61,32 @@ pub enum XattrTrust {
     TrustedAndOwnedUser,
 }
 
+impl XattrTrust {
+    /// Reads xattr `key` of `cg` under both namespaces by this rule:
+    /// `trusted.` always, `user.` only with [`TrustedAndOwnedUser`](Self::TrustedAndOwnedUser)
+    /// and a directory owned by root or by `root_owner` (the managed root's
+    /// owner).
+    pub(crate) fn read(
+        self,
+        cg: &crate::cgroup::Cgroup,
+        key: &str,
+        root_owner: Option<u32>,
+    ) -> Option<Vec<u8>> {
+        if let Ok(Some(v)) = cg.xattr(&format!("trusted.{key}")) {
+            return Some(v);
+        }
+        if self == XattrTrust::TrustedAndOwnedUser {
+            let owner = cg.owner_uid().ok()?;
+            if owner == 0 || Some(owner) == root_owner {
+                if let Ok(Some(v)) = cg.xattr(&format!("user.{key}")) {
+                    return Some(v);
+                }
+            }
+        }
+        None
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Node {
     /// Exactly as long as the path (no spare capacity): one heap block of
