@@ -809,6 +809,42 @@ fn machine_stall_alone_with_headroom_waits_for_a_sustained_stall() {
     assert_eq!(eps.last().and_then(|e| e.outcome), Some(Outcome::Resolved));
 }
 
+#[test]
+fn a_cgroup_warning_during_a_machine_watch_takes_the_episode_over() {
+    use oomkit::events::Signals;
+    let cfg = EngineConfig {
+        recheck: false,
+        ..EngineConfig::default()
+    };
+    let mut r = rig(
+        cfg,
+        |h| {
+            two_jobs(h);
+            // 430 MiB charged against a 400 MiB memory.high: pressured.
+            h.cg("/batch").procs[0].rss = 380 << 20;
+            h.cg("/batch").high = Some(Limit::Bytes(400 << 20));
+        },
+        None,
+    );
+    // A machine-wide stall with headroom to spare: watched, not acted on.
+    let mut s = machine(230, 0, 0);
+    s.steal_rate = 140 << 20;
+    machine_event(&mut r, Signals::STALLED, s);
+    let eps = r.advance(Duration::from_millis(300), Duration::from_millis(50));
+    assert!(eps.is_empty() && r.host().kills().is_empty(), "{eps:?}");
+    // Meanwhile a cgroup's own limit warns: its emergency does not wait
+    // for the machine episode to time out.
+    r.event("/batch", ev(1, 0, 0));
+    let eps = r.run(Duration::from_secs(5));
+    assert_eq!(r.host().kills().len(), 1, "{eps:?}");
+    let e = eps.last().unwrap();
+    assert!(
+        matches!(e.trigger, Trigger::MemoryEvents { .. }),
+        "{:?}",
+        e.trigger
+    );
+}
+
 /// A machine episode driven through `ticks` ticks of 100 ms, the root's full stall at half of
 /// wall time (far above the threshold) and the machine source reporting `signals` with `s`.
 fn stall_for(

@@ -96,6 +96,51 @@ impl<H: Host> Engine<H> {
         };
     }
 
+    /// Whether `trigger`, arriving while a machine-triggered episode is
+    /// still assessing, takes that episode over: a cgroup's own warning (its
+    /// limit, or its PSI trigger). The machine episode judges by the
+    /// machine's signals alone, and with headroom to spare it may watch a
+    /// stall for up to `assess_limit`; a cgroup at its limit meanwhile is an
+    /// emergency of its own (measured: a stall from filling the machine
+    /// held off a batch job's `memory.high` warning for 30 s).
+    pub(super) fn cgroup_takes_over(&self, trigger: &Trigger) -> bool {
+        self.machine_episode()
+            && matches!(
+                trigger,
+                Trigger::MemoryEvents { .. } | Trigger::Pressure { cgroup: Some(_) }
+            )
+    }
+
+    /// The episode (still assessing, nothing done) continues as `trigger`'s:
+    /// its trigger and scope, judged by that trigger's rules from a fresh
+    /// sample. One episode at a time still holds: it is the same episode.
+    pub(super) fn retarget(&mut self, trigger: Trigger, at: Instant) {
+        let Some(scope) = self.scope_of(&trigger) else {
+            return;
+        };
+        tracing::info!(
+            episode = self.episode.id,
+            "a cgroup's own warning takes over the machine-wide episode"
+        );
+        self.episode.trigger = trigger;
+        self.episode.scope = Some(scope);
+        if !self.cfg.progress_aware || trigger.is_urgent() {
+            self.decide_and_act(at);
+            return;
+        }
+        let Some(s) = self.sample(scope, at) else {
+            self.finish(Outcome::Resolved, at);
+            return;
+        };
+        self.phase = Phase::Assessing {
+            scope,
+            first: s,
+            last: s,
+            stalled_since: None,
+            events_since_sample: 1,
+        };
+    }
+
     fn stall_fraction(a: &Sample, b: &Sample) -> Option<f64> {
         let dt = b.at.checked_duration_since(a.at)?.as_micros() as f64;
         if dt <= 0.0 {

@@ -334,6 +334,9 @@ impl<H: Host> Engine<H> {
             Phase::Acting { .. } => {
                 self.stats.suppressed += 1;
             }
+            Phase::Assessing { .. } if self.cgroup_takes_over(&trigger) => {
+                self.retarget(trigger, at);
+            }
             Phase::Assessing {
                 ref mut events_since_sample,
                 ..
