@@ -97,18 +97,16 @@ impl<H: Host> Engine<H> {
     }
 
     /// Whether `trigger`, arriving while a machine-triggered episode is
-    /// still assessing, takes that episode over: a cgroup's own warning (its
-    /// limit, or its PSI trigger). The machine episode judges by the
-    /// machine's signals alone, and with headroom to spare it may watch a
-    /// stall for up to `assess_limit`; a cgroup at its limit meanwhile is an
-    /// emergency of its own (measured: a stall from filling the machine
-    /// held off a batch job's `memory.high` warning for 30 s).
+    /// still assessing, takes that episode over: a cgroup's limit warning
+    /// (`memory.events`). The machine episode judges by the machine's
+    /// signals alone, and with headroom to spare it may watch a stall for
+    /// up to `assess_limit`; a cgroup at its limit meanwhile is an emergency
+    /// of its own (measured: a stall from filling the machine held off a
+    /// batch job's `memory.high` warning for 30 s). A PSI trigger does not
+    /// take over: on the managed root it says what the machine's stall
+    /// signal says already.
     pub(super) fn cgroup_takes_over(&self, trigger: &Trigger) -> bool {
-        self.machine_episode()
-            && matches!(
-                trigger,
-                Trigger::MemoryEvents { .. } | Trigger::Pressure { cgroup: Some(_) }
-            )
+        self.machine_episode() && matches!(trigger, Trigger::MemoryEvents { .. })
     }
 
     /// The episode (still assessing, nothing done) continues as `trigger`'s:
