@@ -750,16 +750,9 @@ fn cgroup_reclaim_that_churns_is_not_progress() {
         recheck: false,
         ..EngineConfig::default()
     };
-    let mut r = rig(
-        cfg,
-        |h| {
-            two_jobs(h);
-            // 430 MiB charged against a 400 MiB memory.high: pressured.
-            h.cg("/batch").procs[0].rss = 380 << 20;
-            h.cg("/batch").high = Some(Limit::Bytes(400 << 20));
-        },
-        None,
-    );
+    let mut r = batch_over_high(cfg, 400);
+    // 430 MiB charged against the 400 MiB memory.high: pressured.
+    r.host().cg("/batch").procs[0].rss = 380 << 20;
     let mut s = machine(150, 0, 0);
     s.steal_rate = 100 << 20;
     s.refault_rate = 95 << 20;
@@ -816,16 +809,9 @@ fn a_cgroup_warning_during_a_machine_watch_takes_the_episode_over() {
         recheck: false,
         ..EngineConfig::default()
     };
-    let mut r = rig(
-        cfg,
-        |h| {
-            two_jobs(h);
-            // 430 MiB charged against a 400 MiB memory.high: pressured.
-            h.cg("/batch").procs[0].rss = 380 << 20;
-            h.cg("/batch").high = Some(Limit::Bytes(400 << 20));
-        },
-        None,
-    );
+    let mut r = batch_over_high(cfg, 400);
+    // 430 MiB charged against the 400 MiB memory.high: pressured.
+    r.host().cg("/batch").procs[0].rss = 380 << 20;
     // A machine-wide stall with headroom to spare: watched, not acted on.
     let mut s = machine(230, 0, 0);
     s.steal_rate = 140 << 20;

@@ -79,6 +79,13 @@ impl<H: Host> Engine<H> {
             return;
         };
         self.begin_episode(trigger, scope, at);
+        self.decide_or_assess(trigger, scope, at, 0);
+    }
+
+    /// An urgent trigger (or a loop that is not progress-aware) goes
+    /// straight to a decision; any other starts assessing `scope` from a
+    /// fresh sample, with `events` already counted since it.
+    fn decide_or_assess(&mut self, trigger: Trigger, scope: CgroupId, at: Instant, events: u32) {
         if !self.cfg.progress_aware || trigger.is_urgent() {
             self.decide_and_act(at);
             return;
@@ -92,7 +99,7 @@ impl<H: Host> Engine<H> {
             first: s,
             last: s,
             stalled_since: None,
-            events_since_sample: 0,
+            events_since_sample: events,
         };
     }
 
@@ -122,21 +129,7 @@ impl<H: Host> Engine<H> {
         );
         self.episode.trigger = trigger;
         self.episode.scope = Some(scope);
-        if !self.cfg.progress_aware || trigger.is_urgent() {
-            self.decide_and_act(at);
-            return;
-        }
-        let Some(s) = self.sample(scope, at) else {
-            self.finish(Outcome::Resolved, at);
-            return;
-        };
-        self.phase = Phase::Assessing {
-            scope,
-            first: s,
-            last: s,
-            stalled_since: None,
-            events_since_sample: 1,
-        };
+        self.decide_or_assess(trigger, scope, at, 1);
     }
 
     fn stall_fraction(a: &Sample, b: &Sample) -> Option<f64> {
