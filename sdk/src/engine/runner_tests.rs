@@ -383,3 +383,77 @@ fn the_start_walk_attaches_the_tree_within_depth() {
         assert_eq!(got, want, "depth {depth}");
     }
 }
+
+/// Issue 12: with `own_cwd` the runner's watches are added by `fchdir`
+/// into each open directory on its thread: the directory watch below the
+/// root and each `memory.events.local` watch still land, the thread's
+/// working directory is back after each call. (A `Runner` is not `Send`:
+/// it is turned on the thread that made it.)
+#[test]
+fn own_cwd_watches_land_and_the_working_directory_comes_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let events = |dir: &Path, max: u64| {
+        write(
+            dir,
+            "memory.events.local",
+            &format!("low 0\nhigh 0\nmax {max}\noom {max}\noom_kill 0\n"),
+        )
+    };
+    cgroup(&root);
+    for name in ["a", "a/b", "c"] {
+        cgroup(&root.join(name));
+        events(&root.join(name), 0);
+    }
+    let id = |r: &Runner, p: &str| r.engine.tree().lookup(Path::new(p));
+    let trigger_at = |runner: &mut Runner, at: CgroupId| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "the change never became a trigger"
+            );
+            let turn = runner.run_once(Some(Duration::from_millis(200))).unwrap();
+            if let Some(ep) = turn.finished.first() {
+                assert!(
+                    matches!(ep.trigger, Trigger::MemoryEvents { cgroup, .. } if cgroup == at),
+                    "{:?}",
+                    ep.trigger
+                );
+                return;
+            }
+        }
+    };
+    let r = root.clone();
+    std::thread::spawn(move || {
+        let root = r;
+        let cwd = std::env::current_dir().unwrap();
+        let mut cfg = config(&root);
+        cfg.memory_events = true;
+        cfg.depth = 3;
+        cfg.own_cwd = true;
+        let fs = CgroupFs::from_dir_unchecked(&root);
+        let mut runner = Runner::with_fs(cfg, Box::new(Classes { protect: None }), fs).unwrap();
+        assert!(runner.own_cwd.as_ref().is_some_and(|o| o.usable()));
+        assert_eq!(std::env::current_dir().unwrap(), cwd, "back after start");
+        let local = runner.local.as_ref().unwrap();
+        for p in ["/a", "/a/b", "/c"] {
+            assert!(local.contains(id(&runner, p).unwrap()), "{p} watched");
+        }
+        // The directory watch below the root was added by name: a new
+        // cgroup two levels down is seen.
+        cgroup(&root.join("a/b/new"));
+        events(&root.join("a/b/new"), 0);
+        run_until(&mut runner, "a/b/new added", |r| {
+            id(r, "/a/b/new").is_some()
+        });
+        assert_eq!(std::env::current_dir().unwrap(), cwd, "back after a turn");
+        let new = id(&runner, "/a/b/new").unwrap();
+        assert!(runner.local.as_ref().unwrap().contains(new));
+        events(&root.join("a/b/new"), 1);
+        trigger_at(&mut runner, new);
+        assert_eq!(std::env::current_dir().unwrap(), cwd);
+    })
+    .join()
+    .unwrap();
+}

@@ -94,10 +94,11 @@ impl Runner {
         }
         let infer = self.local.is_some() && self.may_infer_baseline(cg);
         if let Some(local) = &mut self.local {
+            let own = self.own_cwd.as_ref();
             let added = if infer {
-                local.add_unread(id, cg)
+                local.add_unread(id, cg, own)
             } else {
-                local.add(id, cg)
+                local.add(id, cg, own)
             };
             match added {
                 Ok(()) => {
@@ -336,6 +337,9 @@ impl Runner {
         self.end_siblings();
         self.engine.host_mut().end_batch();
         self.forget_targets(&mut removed);
+        if let Some(own) = &self.own_cwd {
+            own.restore();
+        }
     }
 
     /// Drops the watchdog targets of removed paths, in one pass.

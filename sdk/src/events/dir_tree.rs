@@ -12,6 +12,7 @@ use rustix::fs::inotify;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
 use rustix::io::Errno;
 
+use super::super::watch_at::{OwnCwd, add_watch_at};
 use super::*;
 
 impl DirWatch {
@@ -173,41 +174,55 @@ impl DirWatch {
     /// children that appeared before the watch was in place (reporting them
     /// if `report`).
     pub(super) fn watch_child(&mut self, parent: u32, name: ChildName, report: bool) {
-        self.watch_child_in(parent, name, report, None);
+        self.watch_child_in(parent, name, report, None, None);
     }
 
     /// [`Self::watch_child`] from a listing of the parent: `parent_fd` is
     /// the parent's open directory, through which the child's link count
-    /// is read (one path component to look up instead of the whole path).
+    /// is read (one path component to look up instead of the whole path),
+    /// and, on the thread whose working directory `own` is, the watch added
+    /// (`fchdir` there and the bare name, see `watch_at`).
     fn watch_child_in(
         &mut self,
         parent: u32,
         name: ChildName,
         report: bool,
         parent_fd: Option<BorrowedFd<'_>>,
+        own: Option<&OwnCwd>,
     ) {
         if self.find_child(parent, &name).is_some() {
             return;
         }
-        let mut pb = [0u8; PATH_MAX];
-        let Some(path) = self.node_path(&mut pb, parent, Some(&name)) else {
+        let mask = watch_mask() | WatchFlags::DONT_FOLLOW;
+        let added = match (parent_fd, own.filter(|o| o.usable())) {
+            (Some(fd), Some(own)) => {
+                let mut nb = [0u8; NAME_MAX + 1];
+                name_cstr(&mut nb, &name)
+                    .map(|c| add_watch_at(self.inotify.as_fd(), fd, c, mask, Some(own)))
+            }
+            _ => {
+                let mut pb = [0u8; PATH_MAX];
+                self.node_path(&mut pb, parent, Some(&name))
+                    .map(|path| inotify::add_watch(&self.inotify, path, mask))
+            }
+        };
+        let Some(added) = added else {
             self.push(EventKind::Failed(SourceFailure::io(
                 Op::Watch,
                 Errno::NAMETOOLONG,
             )));
             return;
         };
-        let wd =
-            match inotify::add_watch(&self.inotify, path, watch_mask() | WatchFlags::DONT_FOLLOW) {
-                Ok(wd) => wd,
-                // Removed (or replaced by a non-directory) already: its
-                // removal event follows.
-                Err(Errno::NOENT) | Err(Errno::NOTDIR) => return,
-                Err(e) => {
-                    self.push(EventKind::Failed(SourceFailure::io(Op::Watch, e)));
-                    return;
-                }
-            };
+        let wd = match added {
+            Ok(wd) => wd,
+            // Removed (or replaced by a non-directory) already: its
+            // removal event follows.
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) => return,
+            Err(e) => {
+                self.push(EventKind::Failed(SourceFailure::io(Op::Watch, e)));
+                return;
+            }
+        };
         let depth = self.node(parent).map_or(0, |n| n.depth) + 1;
         let key = name_key(parent, name.as_bytes());
         let node = Node {
@@ -250,7 +265,7 @@ impl DirWatch {
         if leaf == Some(true) {
             return;
         }
-        if let Err(e) = self.scan_known(idx, report, leaf.is_some()) {
+        if let Err(e) = self.scan_known(idx, report, leaf.is_some(), own) {
             if e != Errno::NOENT {
                 self.push(EventKind::Failed(SourceFailure::io(Op::ReadDir, e)));
             }
@@ -260,13 +275,26 @@ impl DirWatch {
     /// Lists directory `idx` (unless its link count says it has no
     /// subdirectories, see [`may_have_subdirs`]): reports its subdirectories (if `report`) and
     /// watches those within the depth.
-    pub(super) fn scan(&mut self, idx: u32, report: bool) -> rustix::io::Result<()> {
-        self.scan_known(idx, report, false)
+    /// With `own` (see [`Self::watch_child_in`]) the working directory of
+    /// its thread is left in a listed directory, for the caller to restore.
+    pub(super) fn scan(
+        &mut self,
+        idx: u32,
+        report: bool,
+        own: Option<&OwnCwd>,
+    ) -> rustix::io::Result<()> {
+        self.scan_known(idx, report, false, own)
     }
 
     /// [`Self::scan`]; `checked`: the link count was read already and said
     /// it may have subdirectories.
-    fn scan_known(&mut self, idx: u32, report: bool, checked: bool) -> rustix::io::Result<()> {
+    fn scan_known(
+        &mut self,
+        idx: u32,
+        report: bool,
+        checked: bool,
+        own: Option<&OwnCwd>,
+    ) -> rustix::io::Result<()> {
         let mut pb = [0u8; PATH_MAX];
         let path = self
             .node_path(&mut pb, idx, None)
@@ -308,7 +336,7 @@ impl DirWatch {
                 }));
             }
             if depth < self.opts.depth {
-                self.watch_child_in(idx, name, report, Some(fd.as_fd()));
+                self.watch_child_in(idx, name, report, Some(fd.as_fd()), own);
             }
         }
         Ok(())

@@ -306,7 +306,18 @@ impl Watcher {
 
     /// Watches the directory of `cg` for child cgroups.
     pub fn add_dir_watch(&mut self, cg: &Cgroup, opts: DirWatchOptions) -> Result<Token> {
-        let s = DirWatch::new(cg, opts)?;
+        self.add_dir_watch_at(cg, opts, None)
+    }
+
+    /// [`Self::add_dir_watch`], watching what exists below with the
+    /// calling thread's own working directory (see `watch_at`).
+    pub(crate) fn add_dir_watch_at(
+        &mut self,
+        cg: &Cgroup,
+        opts: DirWatchOptions,
+        own: Option<&super::watch_at::OwnCwd>,
+    ) -> Result<Token> {
+        let s = DirWatch::new_at(cg, opts, own)?;
         self.add(Source::Dir(s))
     }
 
