@@ -383,7 +383,9 @@ impl Runner {
         let t = Instant::now();
         // First the watch (so nothing created from now on is missed), then
         // a walk of what exists (duplicates are ignored).
-        let tok = self.watcher.add_dir_watch_at(
+        // Only the root's directory: the walk below watches each directory
+        // within depth as it attaches it, through the fd it opened anyway.
+        let tok = self.watcher.add_dir_watch_unscanned(
             &root_cg,
             DirWatchOptions {
                 depth: cfg.depth,
@@ -391,7 +393,6 @@ impl Runner {
                 queue: DIR_QUEUE,
                 max_dirs: cfg.engine.max_cgroups,
             },
-            self.own_cwd.as_ref(),
         )?;
         self.bindings.insert(tok, Binding::Dir);
         self.dir_token = Some(tok);

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cgroup::Cgroup;
 use crate::error::Result;
-use crate::events::{DirChange, Scope};
+use crate::events::{DirChange, Scope, Source};
 
 use super::super::CgroupId;
 use super::super::local_events::AddError;
@@ -219,6 +219,7 @@ impl Runner {
                     }
                 }
                 self.publish_target(id);
+                let links = self.watch_dir_at_start(hier, &cg, links);
                 self.list_attached(hier, Some((&cg, links)));
             }
             Err(e) if e.is_gone() => {}
@@ -256,9 +257,39 @@ impl Runner {
             Some((cg, _)) => self.list_children(hier, cg),
             None => {
                 if let Ok(cg) = self.engine.host().fs().open_hierarchy(hier) {
+                    self.watch_dir_at_start(hier, &cg, None);
                     self.list_children(hier, &cg);
                 }
             }
+        }
+    }
+
+    /// At start, when the directory watch was made without a scan of what
+    /// exists ([`Self::follow_tree`]): adds the watch of `cg`'s directory
+    /// (at `hier`) through the fd the attach opened, instead of a second
+    /// lookup of its name, if it lies above the last level. Returns the
+    /// link count to list it by: read again after a watch was added (a
+    /// subdirectory made before it is then listed, one made after it is
+    /// reported), otherwise `links`.
+    fn watch_dir_at_start(&mut self, hier: &Path, cg: &Cgroup, links: Option<u64>) -> Option<u64> {
+        if !self.list_on_attach {
+            return links;
+        }
+        let (Some(tok), Ok(rel)) = (self.dir_token, hier.strip_prefix(&self.root_hier)) else {
+            return links;
+        };
+        let Some(Source::Dir(dir)) = self.watcher.source_mut(tok) else {
+            return links;
+        };
+        if dir.watch_open_dir(rel, cg.dir_fd(), self.own_cwd.as_ref()) {
+            // `nlink_t` is u32 on some targets.
+            #[allow(clippy::useless_conversion)]
+            let links = rustix::fs::fstat(cg.dir_fd())
+                .ok()
+                .map(|st| u64::from(st.st_nlink));
+            links
+        } else {
+            links
         }
     }
 

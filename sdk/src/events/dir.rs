@@ -14,7 +14,7 @@ use crate::cgroup::Cgroup;
 use crate::error::{Error, Op, Result};
 use crate::util::io_err;
 
-use super::watch_at::{OwnCwd, proc_fd_path};
+use super::watch_at::proc_fd_path;
 use super::{EventKind, SourceFailure};
 
 /// The longest name of a directory entry (`NAME_MAX`).
@@ -229,36 +229,29 @@ fn watch_mask() -> WatchFlags {
 impl DirWatch {
     /// Watches the directory of `cg`.
     pub fn new(cg: &Cgroup, opts: DirWatchOptions) -> Result<Self> {
-        Self::new_at(cg, opts, None)
-    }
-
-    /// [`Self::new`]; the directories below it that exist are watched by
-    /// name inside their open parent with `own` on its thread (see
-    /// `watch_at`), and its working directory is back when this returns.
-    pub(crate) fn new_at(cg: &Cgroup, opts: DirWatchOptions, own: Option<&OwnCwd>) -> Result<Self> {
         // Watch the very directory the handle refers to, through its fd, so
         // a cgroup recreated under the same path is not picked up instead.
         let mut b = [0u8; 32];
         let proc_path = proc_fd_path(&mut b, cg.dir_fd(), b"");
-        let w = Self::create(cg.path(), proc_path, opts, own);
-        if let Some(own) = own {
-            own.restore();
-        }
-        w
+        Self::create(cg.path(), proc_path, opts, true)
+    }
+
+    /// [`Self::new`] watching only the directory itself (unless
+    /// `opts.report_existing`): the directories below that exist are the
+    /// caller's to add with [`Self::watch_open_dir`] as it opens them.
+    pub(crate) fn new_unscanned(cg: &Cgroup, opts: DirWatchOptions) -> Result<Self> {
+        let mut b = [0u8; 32];
+        let proc_path = proc_fd_path(&mut b, cg.dir_fd(), b"");
+        Self::create(cg.path(), proc_path, opts, opts.report_existing)
     }
 
     /// Watches the directory at `path` (any filesystem; tests use a
     /// temporary directory).
     pub fn open_path(path: impl AsRef<Path>, opts: DirWatchOptions) -> Result<Self> {
-        Self::create(path.as_ref(), None, opts, None)
+        Self::create(path.as_ref(), None, opts, true)
     }
 
-    fn create(
-        path: &Path,
-        via: Option<&CStr>,
-        opts: DirWatchOptions,
-        own: Option<&OwnCwd>,
-    ) -> Result<Self> {
+    fn create(path: &Path, via: Option<&CStr>, opts: DirWatchOptions, scan: bool) -> Result<Self> {
         if opts.depth == 0 || opts.depth > MAX_DEPTH {
             return Err(Error::InvalidArgument {
                 what: "DirWatch depth",
@@ -310,8 +303,8 @@ impl DirWatch {
             overflowed: false,
             gone: false,
         };
-        if opts.depth > 1 || opts.report_existing {
-            w.scan(0, opts.report_existing, own)
+        if scan && (opts.depth > 1 || opts.report_existing) {
+            w.scan(0, opts.report_existing)
                 .map_err(|e| Error::io(path, Op::ReadDir, io_err(e)))?;
         }
         Ok(w)

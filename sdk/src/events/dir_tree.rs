@@ -170,60 +170,8 @@ impl DirWatch {
         CStr::from_bytes_with_nul(buf.get(..len)?).ok()
     }
 
-    /// Starts watching child `name` of node `parent`, then lists it for
-    /// children that appeared before the watch was in place (reporting them
-    /// if `report`).
-    pub(super) fn watch_child(&mut self, parent: u32, name: ChildName, report: bool) {
-        self.watch_child_in(parent, name, report, None, None);
-    }
-
-    /// [`Self::watch_child`] from a listing of the parent: `parent_fd` is
-    /// the parent's open directory, through which the child's link count
-    /// is read (one path component to look up instead of the whole path),
-    /// and, on the thread whose working directory `own` is, the watch added
-    /// (`fchdir` there and the bare name, see `watch_at`).
-    fn watch_child_in(
-        &mut self,
-        parent: u32,
-        name: ChildName,
-        report: bool,
-        parent_fd: Option<BorrowedFd<'_>>,
-        own: Option<&OwnCwd>,
-    ) {
-        if self.find_child(parent, &name).is_some() {
-            return;
-        }
-        let mask = watch_mask() | WatchFlags::DONT_FOLLOW;
-        let added = match (parent_fd, own.filter(|o| o.usable())) {
-            (Some(fd), Some(own)) => {
-                let mut nb = [0u8; NAME_MAX + 1];
-                name_cstr(&mut nb, &name)
-                    .map(|c| add_watch_at(self.inotify.as_fd(), fd, c, mask, Some(own)))
-            }
-            _ => {
-                let mut pb = [0u8; PATH_MAX];
-                self.node_path(&mut pb, parent, Some(&name))
-                    .map(|path| inotify::add_watch(&self.inotify, path, mask))
-            }
-        };
-        let Some(added) = added else {
-            self.push(EventKind::Failed(SourceFailure::io(
-                Op::Watch,
-                Errno::NAMETOOLONG,
-            )));
-            return;
-        };
-        let wd = match added {
-            Ok(wd) => wd,
-            // Removed (or replaced by a non-directory) already: its
-            // removal event follows.
-            Err(Errno::NOENT) | Err(Errno::NOTDIR) => return,
-            Err(e) => {
-                self.push(EventKind::Failed(SourceFailure::io(Op::Watch, e)));
-                return;
-            }
-        };
-        let depth = self.node(parent).map_or(0, |n| n.depth) + 1;
+    /// Adds node `name` below `parent`, watched as `wd`; its index.
+    fn insert_node(&mut self, parent: u32, name: &ChildName, wd: i32, depth: u32) -> u32 {
         let key = name_key(parent, name.as_bytes());
         let node = Node {
             wd,
@@ -248,6 +196,102 @@ impl DirWatch {
         };
         self.by_name.insert(key, idx);
         self.by_wd.insert(wd, idx);
+        idx
+    }
+
+    /// Watches the directory `dir` holds open as the one at `rel` below the
+    /// watched root, if its parent is watched, it is not yet, and it lies
+    /// above the last level (its children are reported). The watch is on
+    /// `"."` inside it (see `watch_at`: by `fchdir` with `own` on its
+    /// thread): the caller's own open of the directory serves, instead of
+    /// another lookup of its name. Nothing below it is listed; whoever
+    /// lists it does so after this returns `true` (a subdirectory made
+    /// before the watch is in that listing, one made after it is
+    /// reported). Watch errors other than "gone" are reported as
+    /// [`EventKind::Failed`], as for a watch added on an event.
+    pub(crate) fn watch_open_dir(
+        &mut self,
+        rel: &Path,
+        dir: BorrowedFd<'_>,
+        own: Option<&OwnCwd>,
+    ) -> bool {
+        let mut parent = 0u32;
+        let mut names = rel.components().peekable();
+        let name = loop {
+            let Some(std::path::Component::Normal(c)) = names.next() else {
+                return false;
+            };
+            let Some(name) = ChildName::new(c.as_encoded_bytes()) else {
+                return false;
+            };
+            if names.peek().is_none() {
+                break name;
+            }
+            match self.find_child(parent, &name) {
+                Some(i) => parent = i,
+                None => return false,
+            }
+        };
+        let depth = self.node(parent).map_or(0, |n| n.depth) + 1;
+        if depth >= self.opts.depth || self.find_child(parent, &name).is_some() {
+            return false;
+        }
+        let mask = watch_mask() | WatchFlags::DONT_FOLLOW;
+        match add_watch_at(self.inotify.as_fd(), dir, c".", mask, own) {
+            Ok(wd) => {
+                self.insert_node(parent, &name, wd, depth);
+                true
+            }
+            // Removed already: its removal event follows.
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) => false,
+            Err(e) => {
+                self.push(EventKind::Failed(SourceFailure::io(Op::Watch, e)));
+                false
+            }
+        }
+    }
+
+    /// Starts watching child `name` of node `parent`, then lists it for
+    /// children that appeared before the watch was in place (reporting them
+    /// if `report`).
+    pub(super) fn watch_child(&mut self, parent: u32, name: ChildName, report: bool) {
+        self.watch_child_in(parent, name, report, None);
+    }
+
+    /// [`Self::watch_child`] from a listing of the parent: `parent_fd` is
+    /// the parent's open directory, through which the child's link count
+    /// is read (one path component to look up instead of the whole path).
+    fn watch_child_in(
+        &mut self,
+        parent: u32,
+        name: ChildName,
+        report: bool,
+        parent_fd: Option<BorrowedFd<'_>>,
+    ) {
+        if self.find_child(parent, &name).is_some() {
+            return;
+        }
+        let mut pb = [0u8; PATH_MAX];
+        let Some(path) = self.node_path(&mut pb, parent, Some(&name)) else {
+            self.push(EventKind::Failed(SourceFailure::io(
+                Op::Watch,
+                Errno::NAMETOOLONG,
+            )));
+            return;
+        };
+        let wd =
+            match inotify::add_watch(&self.inotify, path, watch_mask() | WatchFlags::DONT_FOLLOW) {
+                Ok(wd) => wd,
+                // Removed (or replaced by a non-directory) already: its
+                // removal event follows.
+                Err(Errno::NOENT) | Err(Errno::NOTDIR) => return,
+                Err(e) => {
+                    self.push(EventKind::Failed(SourceFailure::io(Op::Watch, e)));
+                    return;
+                }
+            };
+        let depth = self.node(parent).map_or(0, |n| n.depth) + 1;
+        let idx = self.insert_node(parent, &name, wd, depth);
         if !report && depth + 1 >= self.opts.depth {
             // Its children would be neither reported nor watched (they lie
             // at the last level): no `stat`, no listing. At start-up over
@@ -265,7 +309,7 @@ impl DirWatch {
         if leaf == Some(true) {
             return;
         }
-        if let Err(e) = self.scan_known(idx, report, leaf.is_some(), own) {
+        if let Err(e) = self.scan_known(idx, report, leaf.is_some()) {
             if e != Errno::NOENT {
                 self.push(EventKind::Failed(SourceFailure::io(Op::ReadDir, e)));
             }
@@ -275,26 +319,13 @@ impl DirWatch {
     /// Lists directory `idx` (unless its link count says it has no
     /// subdirectories, see [`may_have_subdirs`]): reports its subdirectories (if `report`) and
     /// watches those within the depth.
-    /// With `own` (see [`Self::watch_child_in`]) the working directory of
-    /// its thread is left in a listed directory, for the caller to restore.
-    pub(super) fn scan(
-        &mut self,
-        idx: u32,
-        report: bool,
-        own: Option<&OwnCwd>,
-    ) -> rustix::io::Result<()> {
-        self.scan_known(idx, report, false, own)
+    pub(super) fn scan(&mut self, idx: u32, report: bool) -> rustix::io::Result<()> {
+        self.scan_known(idx, report, false)
     }
 
     /// [`Self::scan`]; `checked`: the link count was read already and said
     /// it may have subdirectories.
-    fn scan_known(
-        &mut self,
-        idx: u32,
-        report: bool,
-        checked: bool,
-        own: Option<&OwnCwd>,
-    ) -> rustix::io::Result<()> {
+    fn scan_known(&mut self, idx: u32, report: bool, checked: bool) -> rustix::io::Result<()> {
         let mut pb = [0u8; PATH_MAX];
         let path = self
             .node_path(&mut pb, idx, None)
@@ -336,7 +367,7 @@ impl DirWatch {
                 }));
             }
             if depth < self.opts.depth {
-                self.watch_child_in(idx, name, report, Some(fd.as_fd()), own);
+                self.watch_child_in(idx, name, report, Some(fd.as_fd()));
             }
         }
         Ok(())

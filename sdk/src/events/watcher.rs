@@ -306,18 +306,19 @@ impl Watcher {
 
     /// Watches the directory of `cg` for child cgroups.
     pub fn add_dir_watch(&mut self, cg: &Cgroup, opts: DirWatchOptions) -> Result<Token> {
-        self.add_dir_watch_at(cg, opts, None)
+        let s = DirWatch::new(cg, opts)?;
+        self.add(Source::Dir(s))
     }
 
-    /// [`Self::add_dir_watch`], watching what exists below with the
-    /// calling thread's own working directory (see `watch_at`).
-    pub(crate) fn add_dir_watch_at(
+    /// [`Self::add_dir_watch`] on the directory alone
+    /// ([`DirWatch::new_unscanned`]): the caller adds the directories that
+    /// exist below as it opens them ([`DirWatch::watch_open_dir`]).
+    pub(crate) fn add_dir_watch_unscanned(
         &mut self,
         cg: &Cgroup,
         opts: DirWatchOptions,
-        own: Option<&super::watch_at::OwnCwd>,
     ) -> Result<Token> {
-        let s = DirWatch::new_at(cg, opts, own)?;
+        let s = DirWatch::new_unscanned(cg, opts)?;
         self.add(Source::Dir(s))
     }
 
