@@ -2,6 +2,12 @@
 //! the walk at start (and after the directory watch lost events), the
 //! directory changes applied a bounded number per turn, each cgroup's
 //! `memory.events.local` watch, and the watchdog's copy of the table.
+//!
+//! At start the directory watch holds only the root; the walk adds the
+//! watch of each directory within depth as it attaches it, through the fd
+//! the attach opened (issue 12: each cgroup's name is looked up once, not
+//! once by the watch's own scan and again by the attach; kernfs lookups
+//! and inode instantiation are most of the start-up under emulation).
 //! Off the decision path: nothing here runs between an event and a kill.
 
 use std::collections::HashSet;
