@@ -23,6 +23,20 @@ pub(crate) fn process_mrelease(pidfd: impl AsFd) -> io::Result<()> {
     }
 }
 
+/// [`unshare(2)`](https://man7.org/linux/man-pages/man2/unshare.2.html)
+/// `CLONE_FS`: the calling thread gets a filesystem context of its own
+/// (working directory, root, umask), so its `chdir`/`fchdir` moves no other
+/// thread's working directory, and theirs no longer move its.
+pub(crate) fn unshare_fs() -> io::Result<()> {
+    // SAFETY: rustix marks `unshare` unsafe because `CLONE_FILES` would give
+    // the thread a private fd table, in which fds other threads hold could
+    // be stale. Only `CLONE_FS` is passed: the fd table stays shared; the
+    // working directory, root and umask are plain values no memory safety
+    // depends on.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }
+        .map_err(io::Error::from)
+}
+
 /// [`mallopt(3)`](https://man7.org/linux/man-pages/man3/mallopt.3.html)
 /// `M_ARENA_MAX`: caps glibc's malloc arenas at `n`. Every thread that
 /// allocates otherwise gets an arena that reserves 64 MiB of address space;

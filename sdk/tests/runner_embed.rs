@@ -43,6 +43,8 @@ struct ProcessState {
     io_flusher: String,
     /// Thread names, sorted.
     threads: Vec<String>,
+    /// This thread's working directory.
+    cwd: std::path::PathBuf,
 }
 
 fn read(path: &str) -> String {
@@ -77,6 +79,7 @@ fn state() -> ProcessState {
         policy: field(41).parse().unwrap(),
         io_flusher: format!("{:?}", rustix::process::is_io_flusher()),
         threads,
+        cwd: std::fs::read_link("/proc/thread-self/cwd").unwrap(),
     }
 }
 
@@ -110,6 +113,10 @@ fn embedded_runner_changes_nothing_process_wide() {
     cgroup(root);
     let fs = CgroupFs::from_dir_unchecked(root);
     let mut cfg = RunnerConfig::new(root);
+    assert!(
+        !cfg.own_cwd,
+        "the calling thread's working directory stays shared"
+    );
     // Plain files cannot be polled for POLLPRI; the directory watch is enough here.
     cfg.memory_events = false;
     cfg.engine.max_cgroups = 16;

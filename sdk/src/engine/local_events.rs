@@ -12,6 +12,10 @@
 //! with the last counters, as [`MemoryEventsWatch`](crate::events::MemoryEventsWatch)
 //! does with its own fd.
 //!
+//! The watch is added by name inside the directory the cgroup's handle
+//! holds open (`events::watch_at`): by `fchdir` on a runner thread with a
+//! working directory of its own, otherwise through `/proc/self/fd`.
+//!
 //! Each watch is added before its baseline is taken (read, or for the
 //! siblings of a batch inferred zero from their parent's `memory.events`:
 //! `runner_baseline.rs`), so an event is either in the baseline or raises
@@ -33,7 +37,8 @@ use rustix::io::Errno;
 
 use crate::cgroup::{Cgroup, MemoryEvents};
 use crate::error::{Error, Result};
-use crate::events::dir::{inotify_record, proc_fd_path};
+use crate::events::dir::inotify_record;
+use crate::events::watch_at::{OwnCwd, add_watch_at};
 use crate::util::io_err;
 
 use super::kernel::KernelHost;
@@ -115,8 +120,13 @@ impl LocalEvents {
     /// the read is in the baseline (history, as every event before the
     /// start), one after it raises `IN_MODIFY` on the watch already there,
     /// so none falls between the two unseen.
-    pub(crate) fn add(&mut self, id: CgroupId, cg: &Cgroup) -> std::result::Result<(), AddError> {
-        self.add_unread(id, cg)?;
+    pub(crate) fn add(
+        &mut self,
+        id: CgroupId,
+        cg: &Cgroup,
+        own: Option<&OwnCwd>,
+    ) -> std::result::Result<(), AddError> {
+        self.add_unread(id, cg, own)?;
         match cg.memory_events_local() {
             Ok(ev) => {
                 self.set_baseline(id, Some(ev));
@@ -132,19 +142,22 @@ impl LocalEvents {
     /// Watches `memory.events.local` of `cg` as cgroup `id` with an all-zero
     /// baseline, reading nothing: for the caller to confirm the baseline
     /// ([`set_baseline`](Self::set_baseline)) or drop the watch (see
-    /// `baseline`). No such file: the file's own read error.
+    /// `baseline`). No such file: the file's own read error. The watch
+    /// goes through the directory `cg` holds open, by `fchdir` with `own`
+    /// (see [`add_watch_at`]).
     pub(crate) fn add_unread(
         &mut self,
         id: CgroupId,
         cg: &Cgroup,
+        own: Option<&OwnCwd>,
     ) -> std::result::Result<(), AddError> {
-        let mut b = [0u8; 32];
-        let dir = proc_fd_path(&mut b, cg.dir_fd()).ok_or(AddError::NoWatch(Errno::NAMETOOLONG))?;
-        let mut path = Vec::with_capacity(dir.to_bytes().len() + 24);
-        path.extend_from_slice(dir.to_bytes());
-        path.extend_from_slice(b"/memory.events.local");
-        let path = std::ffi::CString::new(path).map_err(|_| AddError::NoWatch(Errno::INVAL))?;
-        let wd = match inotify::add_watch(&self.inotify, path.as_c_str(), WatchFlags::MODIFY) {
+        let wd = match add_watch_at(
+            self.inotify.as_fd(),
+            cg.dir_fd(),
+            c"memory.events.local",
+            WatchFlags::MODIFY,
+            own,
+        ) {
             Ok(wd) => wd,
             // No memory controller here: the read names the file and says so.
             Err(Errno::NOENT) => {

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use crate::cgroup::{Cgroup, CgroupFs};
 use crate::error::{Error, Result};
+use crate::events::watch_at::OwnCwd;
 use crate::events::{DirChange, DirWatchOptions, Interest, Source, Token, Watcher};
 use crate::reserve::{self, MlockMode, ReserveConfig, ReserveReport};
 
@@ -98,6 +99,9 @@ pub struct Runner {
     events_token: HashMap<CgroupId, Token>,
     /// `memory.events.local` by inotify (`None` with memory events off).
     local: Option<LocalEvents>,
+    /// This thread's own working directory, for adding watches by name
+    /// (`RunnerConfig::own_cwd`; `None`: through `/proc/self/fd`).
+    own_cwd: Option<OwnCwd>,
     /// A cgroup got an fd because its inotify watch failed (logged once).
     local_fallback: bool,
     /// Within a batch of directory changes (`Some`): the siblings whose
@@ -200,6 +204,16 @@ fn raise_nofile_limit() {
     }
 }
 
+/// This thread's own working directory (`RunnerConfig::own_cwd`); `None`,
+/// logged, if it cannot be had: watches then go through `/proc/self/fd`.
+fn own_cwd() -> Option<OwnCwd> {
+    OwnCwd::new()
+        .inspect_err(|e| {
+            tracing::info!(error = %e, "no working directory of its own (unshare CLONE_FS); watches go through /proc/self/fd")
+        })
+        .ok()
+}
+
 fn find_fs(root: &Path) -> Result<CgroupFs> {
     let fs = CgroupFs::discover()?;
     fs.hierarchy_path(root)?;
@@ -255,7 +269,11 @@ impl Runner {
         let mut r = Self::open(&mut cfg, handler, fs, root_hier)?;
         r.phases.open = t.elapsed();
         r.reserve = reserve;
-        r.follow_tree(&cfg)?;
+        let followed = r.follow_tree(&cfg);
+        if let Some(own) = &r.own_cwd {
+            own.restore();
+        }
+        followed?;
         r.relock = deferred;
         r.warm_up_if_grown();
         r.log_phases();
@@ -307,6 +325,7 @@ impl Runner {
             } else {
                 None
             },
+            own_cwd: cfg.own_cwd.then(own_cwd).flatten(),
             local_fallback: false,
             siblings: None,
             list_on_attach: false,
@@ -364,7 +383,9 @@ impl Runner {
         let t = Instant::now();
         // First the watch (so nothing created from now on is missed), then
         // a walk of what exists (duplicates are ignored).
-        let tok = self.watcher.add_dir_watch(
+        // Only the root's directory: the walk below watches each directory
+        // within depth as it attaches it, through the fd it opened anyway.
+        let tok = self.watcher.add_dir_watch_unscanned(
             &root_cg,
             DirWatchOptions {
                 depth: cfg.depth,

@@ -59,6 +59,18 @@ pub struct RunnerConfig {
     pub xattr_trust: XattrTrust,
     /// How deep below the root to follow cgroups (1–16).
     pub depth: u32,
+    /// Give the thread that creates the runner a working directory of its
+    /// own ([`unshare(2)`](https://man7.org/linux/man-pages/man2/unshare.2.html)
+    /// `CLONE_FS`), so the inotify watches of each cgroup are added by
+    /// `fchdir` into its open directory and a bare name instead of through
+    /// `/proc/self/fd`: cheaper per cgroup, as exact. That thread changes
+    /// for good (a `chdir` on it no longer moves the other threads' working
+    /// directory, nor theirs it); during the runner's calls its working
+    /// directory may be a cgroup's, and is put back before they return. On
+    /// another thread the runner falls back to `/proc/self/fd`, and if
+    /// `unshare` is refused it logs so and does the same. Off in
+    /// [`RunnerConfig::new`].
+    pub own_cwd: bool,
     /// Run one decision over the tree without acting on it once the tree
     /// is known, and again when it has grown, so the decision path is
     /// resident and locked before memory runs out ([`super::Engine::warm_up`]:
@@ -87,6 +99,7 @@ impl RunnerConfig {
             watchdog: None,
             xattr_trust: XattrTrust::TrustedOnly,
             depth: DEFAULT_DEPTH,
+            own_cwd: false,
             warm_up: false,
         }
     }
@@ -94,8 +107,9 @@ impl RunnerConfig {
     /// Defaults for a node daemon that owns its process: as
     /// [`RunnerConfig::new`], plus reserve mode with its defaults but
     /// [`MlockMode::Resident`] (what the warm-up decision touched is locked,
-    /// not the whole address space), a raised open-file limit, the warm-up
-    /// decision and the watchdog thread.
+    /// not the whole address space), a raised open-file limit, a working
+    /// directory of its own for the calling thread (`own_cwd`), the
+    /// warm-up decision and the watchdog thread.
     pub fn daemon(root: impl Into<PathBuf>) -> Self {
         RunnerConfig {
             reserve: Some(ReserveConfig {
@@ -103,6 +117,7 @@ impl RunnerConfig {
                 ..ReserveConfig::default()
             }),
             raise_nofile: true,
+            own_cwd: true,
             warm_up: true,
             watchdog: Some(WatchdogConfig::default()),
             ..RunnerConfig::new(root)

@@ -383,3 +383,92 @@ fn the_start_walk_attaches_the_tree_within_depth() {
         assert_eq!(got, want, "depth {depth}");
     }
 }
+
+/// Issue 12: at start the runner watches each directory within depth
+/// through the fd its attach opened (the directory watch itself was made
+/// without a scan), and each `memory.events.local`, by `fchdir` into the
+/// open directory with `own_cwd` and through `/proc/self/fd` without: the
+/// watches land either way (a cgroup made later two levels down is seen,
+/// its events are triggers), and with `own_cwd` the thread's working
+/// directory is back after each call. (A `Runner` is not `Send`: it is
+/// turned on the thread that made it.)
+#[test]
+fn start_up_watches_land_with_and_without_an_own_working_directory() {
+    for own_cwd in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        std::thread::spawn(move || watches_land(&root, own_cwd))
+            .join()
+            .unwrap();
+    }
+}
+
+fn watches_land(root: &Path, own_cwd: bool) {
+    let events = |dir: &Path, max: u64| {
+        write(
+            dir,
+            "memory.events.local",
+            &format!("low 0\nhigh 0\nmax {max}\noom {max}\noom_kill 0\n"),
+        )
+    };
+    cgroup(root);
+    for name in ["a", "a/b", "c"] {
+        cgroup(&root.join(name));
+        events(&root.join(name), 0);
+    }
+    let id = |r: &Runner, p: &str| r.engine.tree().lookup(Path::new(p));
+    let cwd = std::env::current_dir().unwrap();
+    let mut cfg = config(root);
+    cfg.memory_events = true;
+    cfg.depth = 3;
+    cfg.own_cwd = own_cwd;
+    let fs = CgroupFs::from_dir_unchecked(root);
+    let mut runner = Runner::with_fs(cfg, Box::new(Classes { protect: None }), fs).unwrap();
+    assert_eq!(runner.own_cwd.as_ref().is_some_and(|o| o.usable()), own_cwd);
+    assert_eq!(std::env::current_dir().unwrap(), cwd, "back after start");
+    let local = runner.local.as_ref().unwrap();
+    for p in ["/a", "/a/b", "/c"] {
+        assert!(local.contains(id(&runner, p).unwrap()), "{p} watched");
+    }
+    // Directories made after the start, below ones that existed: seen.
+    for (made, want) in [("a/b/new", "/a/b/new"), ("c/d", "/c/d")] {
+        cgroup(&root.join(made));
+        events(&root.join(made), 0);
+        run_until(&mut runner, made, |r| id(r, want).is_some());
+        assert_eq!(std::env::current_dir().unwrap(), cwd, "back after a turn");
+        assert!(
+            runner
+                .local
+                .as_ref()
+                .unwrap()
+                .contains(id(&runner, want).unwrap())
+        );
+    }
+    // Below the last level: not followed.
+    cgroup(&root.join("a/b/new/deep"));
+    cgroup(&root.join("c/d/e"));
+    run_until(&mut runner, "c/d/e added", |r| id(r, "/c/d/e").is_some());
+    assert!(
+        id(&runner, "/a/b/new/deep").is_none(),
+        "level 4 is below depth 3"
+    );
+    let new = id(&runner, "/a/b/new").unwrap();
+    events(&root.join("a/b/new"), 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the change never became a trigger"
+        );
+        let turn = runner.run_once(Some(Duration::from_millis(200))).unwrap();
+        if let Some(ep) = turn.finished.first() {
+            assert!(
+                matches!(ep.trigger, Trigger::MemoryEvents { cgroup, .. } if cgroup == new),
+                "{:?}",
+                ep.trigger
+            );
+            break;
+        }
+    }
+    assert_eq!(std::env::current_dir().unwrap(), cwd);
+}

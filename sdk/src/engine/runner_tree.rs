@@ -2,6 +2,12 @@
 //! the walk at start (and after the directory watch lost events), the
 //! directory changes applied a bounded number per turn, each cgroup's
 //! `memory.events.local` watch, and the watchdog's copy of the table.
+//!
+//! At start the directory watch holds only the root; the walk adds the
+//! watch of each directory within depth as it attaches it, through the fd
+//! the attach opened (issue 12: each cgroup's name is looked up once, not
+//! once by the watch's own scan and again by the attach; kernfs lookups
+//! and inode instantiation are most of the start-up under emulation).
 //! Off the decision path: nothing here runs between an event and a kill.
 
 use std::collections::HashSet;
@@ -10,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cgroup::Cgroup;
 use crate::error::Result;
-use crate::events::{DirChange, Scope};
+use crate::events::{DirChange, Scope, Source};
 
 use super::super::CgroupId;
 use super::super::local_events::AddError;
@@ -94,10 +100,11 @@ impl Runner {
         }
         let infer = self.local.is_some() && self.may_infer_baseline(cg);
         if let Some(local) = &mut self.local {
+            let own = self.own_cwd.as_ref();
             let added = if infer {
-                local.add_unread(id, cg)
+                local.add_unread(id, cg, own)
             } else {
-                local.add(id, cg)
+                local.add(id, cg, own)
             };
             match added {
                 Ok(()) => {
@@ -218,6 +225,7 @@ impl Runner {
                     }
                 }
                 self.publish_target(id);
+                let links = self.watch_dir_at_start(hier, &cg, links);
                 self.list_attached(hier, Some((&cg, links)));
             }
             Err(e) if e.is_gone() => {}
@@ -255,9 +263,39 @@ impl Runner {
             Some((cg, _)) => self.list_children(hier, cg),
             None => {
                 if let Ok(cg) = self.engine.host().fs().open_hierarchy(hier) {
+                    self.watch_dir_at_start(hier, &cg, None);
                     self.list_children(hier, &cg);
                 }
             }
+        }
+    }
+
+    /// At start, when the directory watch was made without a scan of what
+    /// exists ([`Self::follow_tree`]): adds the watch of `cg`'s directory
+    /// (at `hier`) through the fd the attach opened, instead of a second
+    /// lookup of its name, if it lies above the last level. Returns the
+    /// link count to list it by: read again after a watch was added (a
+    /// subdirectory made before it is then listed, one made after it is
+    /// reported), otherwise `links`.
+    fn watch_dir_at_start(&mut self, hier: &Path, cg: &Cgroup, links: Option<u64>) -> Option<u64> {
+        if !self.list_on_attach {
+            return links;
+        }
+        let (Some(tok), Ok(rel)) = (self.dir_token, hier.strip_prefix(&self.root_hier)) else {
+            return links;
+        };
+        let Some(Source::Dir(dir)) = self.watcher.source_mut(tok) else {
+            return links;
+        };
+        if dir.watch_open_dir(rel, cg.dir_fd(), self.own_cwd.as_ref()) {
+            // `nlink_t` is u32 on some targets.
+            #[allow(clippy::useless_conversion)]
+            let links = rustix::fs::fstat(cg.dir_fd())
+                .ok()
+                .map(|st| u64::from(st.st_nlink));
+            links
+        } else {
+            links
         }
     }
 
@@ -336,6 +374,9 @@ impl Runner {
         self.end_siblings();
         self.engine.host_mut().end_batch();
         self.forget_targets(&mut removed);
+        if let Some(own) = &self.own_cwd {
+            own.restore();
+        }
     }
 
     /// Drops the watchdog targets of removed paths, in one pass.

@@ -12,8 +12,9 @@ use rustix::io::Errno;
 pub use super::child_name::ChildName;
 use crate::cgroup::Cgroup;
 use crate::error::{Error, Op, Result};
-use crate::util::{fmt_u64, io_err};
+use crate::util::io_err;
 
+use super::watch_at::proc_fd_path;
 use super::{EventKind, SourceFailure};
 
 /// The longest name of a directory entry (`NAME_MAX`).
@@ -231,17 +232,26 @@ impl DirWatch {
         // Watch the very directory the handle refers to, through its fd, so
         // a cgroup recreated under the same path is not picked up instead.
         let mut b = [0u8; 32];
-        let proc_path = proc_fd_path(&mut b, cg.dir_fd());
-        Self::create(cg.path(), proc_path, opts)
+        let proc_path = proc_fd_path(&mut b, cg.dir_fd(), b"");
+        Self::create(cg.path(), proc_path, opts, true)
+    }
+
+    /// [`Self::new`] watching only the directory itself (unless
+    /// `opts.report_existing`): the directories below that exist are the
+    /// caller's to add with [`Self::watch_open_dir`] as it opens them.
+    pub(crate) fn new_unscanned(cg: &Cgroup, opts: DirWatchOptions) -> Result<Self> {
+        let mut b = [0u8; 32];
+        let proc_path = proc_fd_path(&mut b, cg.dir_fd(), b"");
+        Self::create(cg.path(), proc_path, opts, opts.report_existing)
     }
 
     /// Watches the directory at `path` (any filesystem; tests use a
     /// temporary directory).
     pub fn open_path(path: impl AsRef<Path>, opts: DirWatchOptions) -> Result<Self> {
-        Self::create(path.as_ref(), None, opts)
+        Self::create(path.as_ref(), None, opts, true)
     }
 
-    fn create(path: &Path, via: Option<&CStr>, opts: DirWatchOptions) -> Result<Self> {
+    fn create(path: &Path, via: Option<&CStr>, opts: DirWatchOptions, scan: bool) -> Result<Self> {
         if opts.depth == 0 || opts.depth > MAX_DEPTH {
             return Err(Error::InvalidArgument {
                 what: "DirWatch depth",
@@ -293,7 +303,7 @@ impl DirWatch {
             overflowed: false,
             gone: false,
         };
-        if opts.depth > 1 || opts.report_existing {
+        if scan && (opts.depth > 1 || opts.report_existing) {
             w.scan(0, opts.report_existing)
                 .map_err(|e| Error::io(path, Op::ReadDir, io_err(e)))?;
         }
@@ -469,20 +479,6 @@ pub(crate) fn inotify_record(buf: &[u8]) -> Option<(i32, ReadFlags, &[u8], usize
     let raw = buf.get(EVENT_HEADER..EVENT_HEADER.checked_add(len)?)?;
     let name_len = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
     Some((wd, mask, raw.get(..name_len)?, EVENT_HEADER + len))
-}
-
-/// `/proc/self/fd/N` for `fd`, in `buf`.
-pub(crate) fn proc_fd_path<'b>(buf: &'b mut [u8; 32], fd: BorrowedFd<'_>) -> Option<&'b CStr> {
-    use std::os::fd::AsRawFd;
-    let raw = u64::try_from(fd.as_raw_fd()).ok()?;
-    let mut n = [0u8; 20];
-    let digits = fmt_u64(&mut n, raw);
-    let prefix = b"/proc/self/fd/";
-    let end = prefix.len() + digits.len();
-    buf.get_mut(..prefix.len())?.copy_from_slice(prefix);
-    buf.get_mut(prefix.len()..end)?.copy_from_slice(digits);
-    *buf.get_mut(end)? = 0;
-    CStr::from_bytes_with_nul(buf.get(..=end)?).ok()
 }
 
 impl AsFd for DirWatch {

@@ -19,18 +19,6 @@ fn child_names() {
 }
 
 #[test]
-fn proc_fd_paths() {
-    let f = std::fs::File::open("/").unwrap();
-    let mut b = [0u8; 32];
-    let p = proc_fd_path(&mut b, f.as_fd()).unwrap();
-    use std::os::fd::AsRawFd;
-    assert_eq!(
-        p.to_str().unwrap(),
-        format!("/proc/self/fd/{}", f.as_raw_fd())
-    );
-}
-
-#[test]
 fn depth_is_validated() {
     let tmp = tempfile::tempdir().unwrap();
     for depth in [0, MAX_DEPTH + 1] {
@@ -161,4 +149,67 @@ fn name_table_is_compacted_after_removals() {
         let idx = w.find_child(0, &name).unwrap();
         assert_eq!(w.rel_path(DirId(idx)).unwrap(), PathBuf::from(long(i)));
     }
+}
+
+/// Issue 12: a watch made without a scan watches only its directory; the
+/// caller adds each directory it opens, above the last level, once, under
+/// a watched parent, and their children are reported from then on.
+#[test]
+fn directories_opened_by_the_caller_are_watched_through_their_fd() {
+    let tmp = tempfile::tempdir().unwrap();
+    for p in ["a/b/c", "x/y"] {
+        std::fs::create_dir_all(tmp.path().join(p)).unwrap();
+    }
+    let root = crate::cgroup::CgroupFs::from_dir_unchecked(tmp.path())
+        .root()
+        .unwrap();
+    let opts = DirWatchOptions {
+        depth: 3,
+        ..Default::default()
+    };
+    let mut w = DirWatch::new_unscanned(&root, opts).unwrap();
+    assert_eq!(w.watched_dirs(), 1, "the root alone");
+    let open = |p: &str| {
+        rustix::fs::open(
+            tmp.path().join(p),
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap()
+    };
+    let (a, ab, abc, xy) = (open("a"), open("a/b"), open("a/b/c"), open("x/y"));
+    assert!(
+        !w.watch_open_dir(Path::new("x/y"), xy.as_fd(), None),
+        "x is not watched"
+    );
+    assert!(w.watch_open_dir(Path::new("a"), a.as_fd(), None));
+    assert!(!w.watch_open_dir(Path::new("a"), a.as_fd(), None), "once");
+    assert!(w.watch_open_dir(Path::new("a/b"), ab.as_fd(), None));
+    assert!(
+        !w.watch_open_dir(Path::new("a/b/c"), abc.as_fd(), None),
+        "level 3 of 3: its children would not be reported"
+    );
+    assert!(!w.watch_open_dir(Path::new("../a"), a.as_fd(), None));
+    assert_eq!(w.watched_dirs(), 3);
+    let name = |s: &str| ChildName::new(s.as_bytes()).unwrap();
+    let wa = w.find_child(0, &name("a")).unwrap();
+    assert_eq!(
+        w.rel_path(DirId(w.find_child(wa, &name("b")).unwrap()))
+            .unwrap(),
+        PathBuf::from("a/b")
+    );
+    // Its children are reported, with their path.
+    std::fs::create_dir(tmp.path().join("a/b/new")).unwrap();
+    let mut seen = Vec::new();
+    while let Some(ev) = w.next_event() {
+        if let EventKind::Dir(d) = ev {
+            seen.push((
+                d.change,
+                w.rel_path(d.parent).unwrap().join(d.name.as_str().unwrap()),
+            ));
+        }
+    }
+    assert_eq!(seen, vec![(DirChange::Created, PathBuf::from("a/b/new"))]);
 }

@@ -12,6 +12,7 @@ use rustix::fs::inotify;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
 use rustix::io::Errno;
 
+use super::super::watch_at::{OwnCwd, add_watch_at};
 use super::*;
 
 impl DirWatch {
@@ -169,6 +170,87 @@ impl DirWatch {
         CStr::from_bytes_with_nul(buf.get(..len)?).ok()
     }
 
+    /// Adds node `name` below `parent`, watched as `wd`; its index.
+    fn insert_node(&mut self, parent: u32, name: &ChildName, wd: i32, depth: u32) -> u32 {
+        let key = name_key(parent, name.as_bytes());
+        let node = Node {
+            wd,
+            parent,
+            depth,
+            next_same: self.by_name.get(&key).copied().unwrap_or(NO_NODE),
+            name_at: u32::try_from(self.names.len()).unwrap_or(u32::MAX),
+            name_len: u8::try_from(name.as_bytes().len()).unwrap_or(u8::MAX),
+        };
+        self.names.extend_from_slice(name.as_bytes());
+        let idx = match self.free.pop() {
+            Some(i) => {
+                if let Some(slot) = self.nodes.get_mut(i as usize) {
+                    *slot = Some(node);
+                }
+                i
+            }
+            None => {
+                self.nodes.push(Some(node));
+                u32::try_from(self.nodes.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        self.by_name.insert(key, idx);
+        self.by_wd.insert(wd, idx);
+        idx
+    }
+
+    /// Watches the directory `dir` holds open as the one at `rel` below the
+    /// watched root, if its parent is watched, it is not yet, and it lies
+    /// above the last level (its children are reported). The watch is on
+    /// `"."` inside it (see `watch_at`: by `fchdir` with `own` on its
+    /// thread): the caller's own open of the directory serves, instead of
+    /// another lookup of its name. Nothing below it is listed; whoever
+    /// lists it does so after this returns `true` (a subdirectory made
+    /// before the watch is in that listing, one made after it is
+    /// reported). Watch errors other than "gone" are reported as
+    /// [`EventKind::Failed`], as for a watch added on an event.
+    pub(crate) fn watch_open_dir(
+        &mut self,
+        rel: &Path,
+        dir: BorrowedFd<'_>,
+        own: Option<&OwnCwd>,
+    ) -> bool {
+        let mut parent = 0u32;
+        let mut names = rel.components().peekable();
+        let name = loop {
+            let Some(std::path::Component::Normal(c)) = names.next() else {
+                return false;
+            };
+            let Some(name) = ChildName::new(c.as_encoded_bytes()) else {
+                return false;
+            };
+            if names.peek().is_none() {
+                break name;
+            }
+            match self.find_child(parent, &name) {
+                Some(i) => parent = i,
+                None => return false,
+            }
+        };
+        let depth = self.node(parent).map_or(0, |n| n.depth) + 1;
+        if depth >= self.opts.depth || self.find_child(parent, &name).is_some() {
+            return false;
+        }
+        let mask = watch_mask() | WatchFlags::DONT_FOLLOW;
+        match add_watch_at(self.inotify.as_fd(), dir, c".", mask, own) {
+            Ok(wd) => {
+                self.insert_node(parent, &name, wd, depth);
+                true
+            }
+            // Removed already: its removal event follows.
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) => false,
+            Err(e) => {
+                self.push(EventKind::Failed(SourceFailure::io(Op::Watch, e)));
+                false
+            }
+        }
+    }
+
     /// Starts watching child `name` of node `parent`, then lists it for
     /// children that appeared before the watch was in place (reporting them
     /// if `report`).
@@ -209,30 +291,7 @@ impl DirWatch {
                 }
             };
         let depth = self.node(parent).map_or(0, |n| n.depth) + 1;
-        let key = name_key(parent, name.as_bytes());
-        let node = Node {
-            wd,
-            parent,
-            depth,
-            next_same: self.by_name.get(&key).copied().unwrap_or(NO_NODE),
-            name_at: u32::try_from(self.names.len()).unwrap_or(u32::MAX),
-            name_len: u8::try_from(name.as_bytes().len()).unwrap_or(u8::MAX),
-        };
-        self.names.extend_from_slice(name.as_bytes());
-        let idx = match self.free.pop() {
-            Some(i) => {
-                if let Some(slot) = self.nodes.get_mut(i as usize) {
-                    *slot = Some(node);
-                }
-                i
-            }
-            None => {
-                self.nodes.push(Some(node));
-                u32::try_from(self.nodes.len() - 1).unwrap_or(u32::MAX)
-            }
-        };
-        self.by_name.insert(key, idx);
-        self.by_wd.insert(wd, idx);
+        let idx = self.insert_node(parent, &name, wd, depth);
         if !report && depth + 1 >= self.opts.depth {
             // Its children would be neither reported nor watched (they lie
             // at the last level): no `stat`, no listing. At start-up over

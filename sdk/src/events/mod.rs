@@ -104,6 +104,7 @@ mod headroom;
 mod machine;
 mod memory;
 mod psi;
+pub(crate) mod watch_at;
 mod watcher;
 
 #[cfg(feature = "tokio")]

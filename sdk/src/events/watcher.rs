@@ -310,6 +310,18 @@ impl Watcher {
         self.add(Source::Dir(s))
     }
 
+    /// [`Self::add_dir_watch`] on the directory alone
+    /// ([`DirWatch::new_unscanned`]): the caller adds the directories that
+    /// exist below as it opens them ([`DirWatch::watch_open_dir`]).
+    pub(crate) fn add_dir_watch_unscanned(
+        &mut self,
+        cg: &Cgroup,
+        opts: DirWatchOptions,
+    ) -> Result<Token> {
+        let s = DirWatch::new_unscanned(cg, opts)?;
+        self.add(Source::Dir(s))
+    }
+
     /// Adds the machine-wide early warning ([`MachineWatch`]).
     pub fn add_machine(&mut self, cfg: MachineWatchConfig) -> Result<Token> {
         let s = MachineWatch::open(cfg)?;
