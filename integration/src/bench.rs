@@ -218,6 +218,10 @@ pub(crate) struct Running {
 
 impl Running {
     pub(crate) fn start(ctx: &Ctx, prog: &Path, args: &[String], tag: &str) -> Result<Self, Fail> {
+        // A cgroup of its own each time (an earlier run's is removed first): the kernel memory
+        // charged to it is then this run's (`cgroup_memory`).
+        let (old, _) = ctx.cgroup(&format!("handler-{tag}"))?;
+        let _ = std::fs::remove_dir(&old);
         let (cg, _) = ctx.cgroup(&format!("handler-{tag}"))?;
         let log = PathBuf::from(format!("/tmp/bench-{}-{tag}.log", ctx.name()));
         let f = std::fs::File::create(&log)?;
@@ -783,14 +787,13 @@ fn footprint(ctx: &mut Ctx) -> TestResult {
         let (_, _, _, sw1, _) = proc_numbers(pid)?;
         let per_s = (sw1 - sw0) as f64 / t0.elapsed().as_secs_f64();
         let fds = fd_count(pid);
-        note(
-            ctx,
-            json!({"kind": "footprint", "handler": h.name(), "cgroups": FLEET,
+        let mut v = json!({"kind": "footprint", "handler": h.name(), "cgroups": FLEET,
                    "rss_kib": rss, "hwm_kib": hwm, "lck_kib": lck, "fds": fds,
                    "threads": threads, "wakeups_per_s": (per_s * 100.0).round() / 100.0,
                    "idle_s": IDLE.as_secs(), "settle_s": (ready.as_secs_f64() * 10.0).round() / 10.0,
-                   "log_tail": r.tail(3)}),
-        );
+                   "log_tail": r.tail(3)});
+        add_cgroup_memory(&mut v, pid);
+        note(ctx, v);
         done.push(format!(
             "{} rss {rss} KiB lck {lck} KiB {per_s:.2}/s",
             h.name()
@@ -908,10 +911,41 @@ fn log_field(r: &Running, message: &str, field: &str) -> Option<f64> {
 fn rest_numbers(pid: i32) -> Result<Value, Fail> {
     let rss = smaps_rss(pid)?;
     let (vmrss, _, lck, _, threads) = proc_numbers(pid)?;
-    Ok(
-        json!({"rss_kib": rss, "vmrss_kib": vmrss, "lck_kib": lck, "fds": fd_count(pid),
-              "threads": threads, "breakdown": breakdown(pid)}),
-    )
+    let mut v = json!({"rss_kib": rss, "vmrss_kib": vmrss, "lck_kib": lck, "fds": fd_count(pid),
+                       "threads": threads, "breakdown": breakdown(pid)});
+    add_cgroup_memory(&mut v, pid);
+    Ok(v)
+}
+
+/// Adds what the cgroup of `pid` (its own: `Running::start`) is charged, in KiB: `cg_kib`
+/// (`memory.current`: its pages and the kernel memory it caused), and from `memory.stat` the
+/// kernel part (`cg_kernel_kib`: slab, stacks, page tables …) and of that the reclaimable slab
+/// (`cg_slab_reclaimable_kib`: dentries and inodes it looked up first, freed under pressure).
+/// Kernel memory counts against a container's memory limit as its pages do.
+fn add_cgroup_memory(v: &mut Value, pid: i32) {
+    let Some(cg) = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+        })
+    else {
+        return;
+    };
+    let dir = Path::new("/sys/fs/cgroup").join(cg.trim().trim_start_matches('/'));
+    let kib = |s: &str| s.trim().parse::<u64>().ok().map(|b| b / 1024);
+    v["cg_kib"] = json!(
+        std::fs::read_to_string(dir.join("memory.current"))
+            .ok()
+            .and_then(|s| kib(&s))
+    );
+    let stat = std::fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
+    let key = |k: &str| {
+        stat.lines()
+            .find_map(|l| kib(l.strip_prefix(k)?.strip_prefix(' ')?))
+    };
+    v["cg_kernel_kib"] = json!(key("kernel"));
+    v["cg_slab_reclaimable_kib"] = json!(key("slab_reclaimable"));
 }
 
 /// Where the resident set is, from `/proc/PID/smaps`: Rss (KiB) summed by kind of mapping —

@@ -717,7 +717,8 @@ fn render(args: &BenchArgs, micro: &[Micro], vm: Option<&VmResult>) -> String {
             s,
             "10,000 child cgroups (memory controller on) under one parent; each handler is \
              started on it alone, left to settle (fd count and RSS unchanged for 2 s), then \
-             `/proc/PID/status` (VmRSS, VmHWM, VmLck) and the voluntary + involuntary context \
+             `/proc/PID/status` (VmRSS, VmHWM, VmLck), what its own cgroup is charged \
+             (`memory.current`, and of it kernel memory) and the voluntary + involuntary context \
              switches of all its threads over 10 s of idleness. The guest's \
              `fs.inotify.max_user_watches` is raised to 1,048,576 first (its default in a 1 GiB \
              guest is below the 20,000 watches oomkit uses here: the directory and \
@@ -726,9 +727,9 @@ fn render(args: &BenchArgs, micro: &[Micro], vm: Option<&VmResult>) -> String {
         );
         let _ = writeln!(
             s,
-            "| handler | watches | VmRSS (MiB) | VmHWM (MiB) | VmLck (MiB) | fds | threads | wakeups/s idle | settle (s) |"
+            "| handler | watches | VmRSS (MiB) | VmHWM (MiB) | VmLck (MiB) | its cgroup (MiB) | of it kernel (MiB) | fds | threads | wakeups/s idle | settle (s) |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
         for h in ["oomkit", "earlyoom", "oomd"] {
             if let Some(f) = vm.footprint.iter().find(|f| f["handler"] == h) {
                 let mib = |k: &str| f[k].as_f64().unwrap_or(0.0) / 1024.0;
@@ -737,12 +738,18 @@ fn render(args: &BenchArgs, micro: &[Micro], vm: Option<&VmResult>) -> String {
                     "earlyoom" => "/proc/meminfo only (no cgroups)",
                     _ => "a ruleset on the 10,000 children, polled every interval",
                 };
+                let cg = |k: &str| {
+                    f[k].as_f64()
+                        .map_or("–".into(), |v| format!("{:.1}", v / 1024.0))
+                };
                 let _ = writeln!(
                     s,
-                    "| {h} | {watches} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
+                    "| {h} | {watches} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
                     mib("rss_kib"),
                     mib("hwm_kib"),
                     mib("lck_kib"),
+                    cg("cg_kib"),
+                    cg("cg_kernel_kib"),
                     f["fds"],
                     f["threads"],
                     f["wakeups_per_s"],
@@ -755,7 +762,7 @@ fn render(args: &BenchArgs, micro: &[Micro], vm: Option<&VmResult>) -> String {
                     .find(|u| u["handler"] == h && u["scenario"] == "footprint")
                     .and_then(|u| u["why"].as_str())
                     .unwrap_or("no result");
-                let _ = writeln!(s, "| {h} | could not run: {why} | | | | | | | |");
+                let _ = writeln!(s, "| {h} | could not run: {why} | | | | | | | | | |");
             }
         }
         let _ = writeln!(s);

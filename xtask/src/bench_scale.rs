@@ -64,9 +64,9 @@ pub fn render(
     );
     let _ = writeln!(
         s,
-        "| handler | Rss (MiB) | VmRSS (MiB) | VmLck (MiB) | fds | threads | start-up (s) | Rss vs oomkit |"
+        "| handler | Rss (MiB) | VmRSS (MiB) | VmLck (MiB) | its cgroup (MiB) | of it kernel (MiB) | fds | threads | start-up (s) | Rss vs oomkit |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
     let get = |h: &str| rest.iter().find(|v| v["handler"] == h);
     let ours = get("oomkit").and_then(|v| f(v, "rss_kib"));
     for h in ["oomkit", "oomkit-mlock-all", "earlyoom", "oomd"] {
@@ -78,10 +78,12 @@ pub fn render(
                 };
                 let _ = writeln!(
                     s,
-                    "| {h} | {} | {} | {} | {} | {} | {} | {ratio} |",
+                    "| {h} | {} | {} | {} | {} | {} | {} | {} | {} | {ratio} |",
                     mib(f(v, "rss_kib")),
                     mib(f(v, "vmrss_kib")),
                     mib(f(v, "lck_kib")),
+                    mib(f(v, "cg_kib")),
+                    mib(f(v, "cg_kernel_kib")),
                     v["fds"],
                     v["threads"],
                     v["startup_s"],
@@ -93,7 +95,7 @@ pub fn render(
                     .find(|u| u["handler"] == h && u["scenario"] == "rest")
                     .and_then(|u| u["why"].as_str())
                     .unwrap_or("no result");
-                let _ = writeln!(s, "| {h} | could not run: {why} | | | | | | |");
+                let _ = writeln!(s, "| {h} | could not run: {why} | | | | | | | | |");
             }
         }
     }
@@ -186,13 +188,27 @@ pub fn render(
          micro-benchmark `select_kernel_host/cgroup/N` (real `KernelHost`, plain files). Per \
          cgroup: the increase over the 100-cgroup row divided by the added cgroups. \
          `fs.inotify.max_user_watches` raised as above; the guest's hard open-file limit \
-         bounds how many `memory.current` fds are kept.\n"
+         bounds how many `memory.current` fds are kept. Its cgroup: `memory.current` of the \
+         cgroup oomkit runs in alone, and of it the kernel memory (`memory.stat` `kernel`), \
+         which counts against a container's memory limit or a unit's `MemoryMax=` as its own \
+         pages do (see the next paragraph).\n"
     );
     let _ = writeln!(
         s,
-        "| cgroups | start-up (s) | selection, VM (ms) | selection, host (ms) | Rss (MiB) | VmLck (MiB) | fds | Rss per cgroup (KiB) | fds per cgroup | start-up per cgroup (µs) |"
+        "Where the kernel memory comes from: each `memory.current` fd oomkit keeps holds, once \
+         read, the kernel's 4 KiB `seq_file` buffer plus the open file itself; each cgroup has \
+         two inotify marks (its directory and `memory.events.local`); and the dentries and \
+         inodes of the cgroup files oomkit was first to look up are charged to it (reclaimable: \
+         shown as `slab_reclaimable` in the notes). The fds are kept, and read once by the \
+         warm-up decision, so that a selection during an OOM opens and allocates nothing; the \
+         price is a few KiB of kernel memory per cgroup, to size the container's memory limit \
+         (or `MemoryMin=`) by.\n"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "| cgroups | start-up (s) | selection, VM (ms) | selection, host (ms) | Rss (MiB) | VmLck (MiB) | its cgroup (MiB) | of it kernel (MiB) | fds | Rss per cgroup (KiB) | kernel per cgroup (KiB) | fds per cgroup | start-up per cgroup (µs) |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut rows: Vec<&Value> = scale.iter().collect();
     rows.sort_by_key(|v| v["cgroups"].as_u64().unwrap_or(0));
     let base = rows.first().copied();
@@ -211,14 +227,17 @@ pub fn render(
         let host = select_ns(n as usize).map_or("–".into(), |ns| format!("{:.2}", ns / 1e6));
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {host} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {host} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             v["cgroups"],
             v["startup_s"],
             v["selection_ms"],
             mib(f(v, "rss_kib")),
             mib(f(v, "lck_kib")),
+            mib(f(v, "cg_kib")),
+            mib(f(v, "cg_kernel_kib")),
             v["fds"],
             per("rss_kib", 1.0),
+            per("cg_kernel_kib", 1.0),
             per("fds", 1.0),
             per("startup_s", 1e6),
         );
@@ -226,7 +245,7 @@ pub fn render(
     for u in unavailable.iter().filter(|u| u["scenario"] == "scale") {
         let _ = writeln!(
             s,
-            "| {} | could not run: {} | | | | | | | | |",
+            "| {} | could not run: {} | | | | | | | | | | | |",
             u["cgroups"],
             u["why"].as_str().unwrap_or("?")
         );
