@@ -96,6 +96,23 @@ fn the_priority_kill_example_maps_onto_the_runner() {
     assert!(reserve.cgroup.is_none());
 }
 
+/// `[daemon] usage_fds` caps the kept `memory.current` fds; absent, the runner keeps one per
+/// tracked cgroup, and its working directory of its own is on.
+#[test]
+fn usage_fds_maps_onto_the_runner() {
+    let rc = |text: &str| {
+        let c = Config::parse(Path::new("x.toml"), text).unwrap().config;
+        daemon::runner_config(&c, false).unwrap()
+    };
+    let dflt = rc(MINIMAL);
+    assert_eq!(dflt.usage_fds, None);
+    assert!(dflt.own_cwd);
+    let capped = rc(&format!("[daemon]\nusage_fds = 64\n{MINIMAL}"));
+    assert_eq!(capped.usage_fds, Some(64));
+    let bad = errors(&format!("[daemon]\nusage_fds = -1\n{MINIMAL}"));
+    assert!(bad.to_string().contains("usage_fds"), "{bad}");
+}
+
 fn errors(text: &str) -> ConfigErrors {
     Config::parse(Path::new("/etc/oomkit.toml"), text).unwrap_err()
 }

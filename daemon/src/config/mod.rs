@@ -132,6 +132,9 @@ pub struct DaemonSection {
     pub xattr_trust: TrustSetting,
     /// `HOST:PORT` to serve Prometheus `/metrics` and `/healthz` on (`None`: off).
     pub metrics_listen: Option<String>,
+    /// Most `memory.current` fds kept open and read ahead (`None`: one per tracked cgroup;
+    /// see `oomkit::engine::RunnerConfig::usage_fds` for the trade-off).
+    pub usage_fds: Option<usize>,
 }
 
 impl DaemonSection {
@@ -154,6 +157,7 @@ impl Default for DaemonSection {
             diagnostics_dir: None,
             xattr_trust: TrustSetting::TrustedOnly,
             metrics_listen: None,
+            usage_fds: None,
         }
     }
 }

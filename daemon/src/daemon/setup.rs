@@ -69,6 +69,7 @@ pub fn runner_config(cfg: &Config, dry_run: bool) -> Result<RunnerConfig, Daemon
     });
     rc.xattr_trust = cfg.xattr_trust();
     rc.depth = d.depth;
+    rc.usage_fds = d.usage_fds;
     Ok(rc)
 }
 

@@ -186,6 +186,20 @@ impl KernelHost {
         }
     }
 
+    /// Keeps at most `n` `memory.current` fds open (see
+    /// `RunnerConfig::usage_fds`): lowers the budget the open-file limit
+    /// gave. For the cgroups attached from now on.
+    pub(crate) fn limit_usage_fds(&mut self, n: usize) {
+        let open = self.current.iter().filter(|f| f.is_some()).count();
+        self.current_budget = self.current_budget.min(n.saturating_sub(open));
+    }
+
+    /// How many `memory.current` fds are kept open.
+    #[cfg(test)]
+    pub(crate) fn usage_fds(&self) -> usize {
+        self.current.iter().filter(|f| f.is_some()).count()
+    }
+
     /// Cgroup `id` without an fd, for the watchdog thread to open when it acts.
     pub(crate) fn parked(&self, id: CgroupId) -> Option<ParkedCgroup> {
         self.cgroups.parked(id).cloned()

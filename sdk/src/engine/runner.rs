@@ -295,12 +295,15 @@ impl Runner {
     ) -> Result<Self> {
         // Tables start small and grow with the tree (`EngineConfig::max_cgroups`).
         let n = cfg.engine.initial_cgroups();
-        let host = KernelHost::new(
+        let mut host = KernelHost::new(
             fs,
             cfg.xattr_trust,
             cfg.engine.max_cgroups,
             cfg.engine.max_processes,
         );
+        if let Some(n) = cfg.usage_fds {
+            host.limit_usage_fds(n);
+        }
         check_own_cgroup(&host)?;
         let engine = Engine::new(cfg.engine.clone(), host, handler, &root_hier)?;
         #[cfg(feature = "serde")]

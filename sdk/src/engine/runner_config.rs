@@ -71,6 +71,16 @@ pub struct RunnerConfig {
     /// `unshare` is refused it logs so and does the same. Off in
     /// [`RunnerConfig::new`].
     pub own_cwd: bool,
+    /// Most `memory.current` fds kept open (`None`: one per tracked cgroup,
+    /// within what the open-file limit leaves). A kept fd is read by one
+    /// `pread` and is read once by the warm-up decision, so a selection
+    /// during an OOM opens and allocates nothing; but once read it holds
+    /// the kernel's 4 KiB `seq_file` buffer, charged to this process's
+    /// cgroup (with the open file, about 4.5 KiB a cgroup). Past the cap a
+    /// cgroup's usage is read by opening its directory and file when needed:
+    /// a slower selection, and opens and kernel allocations during an OOM.
+    /// Taken when the runner starts.
+    pub usage_fds: Option<usize>,
     /// Run one decision over the tree without acting on it once the tree
     /// is known, and again when it has grown, so the decision path is
     /// resident and locked before memory runs out ([`super::Engine::warm_up`]:
@@ -100,6 +110,7 @@ impl RunnerConfig {
             xattr_trust: XattrTrust::TrustedOnly,
             depth: DEFAULT_DEPTH,
             own_cwd: false,
+            usage_fds: None,
             warm_up: false,
         }
     }

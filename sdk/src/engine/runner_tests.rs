@@ -472,3 +472,43 @@ fn watches_land(root: &Path, own_cwd: bool) {
     }
     assert_eq!(std::env::current_dir().unwrap(), cwd);
 }
+
+/// `usage_fds` caps the `memory.current` fds kept (the kernel holds a
+/// 4 KiB buffer for each once read); every cgroup's usage is still read,
+/// the ones past the cap through their directory.
+#[test]
+fn usage_fds_caps_the_kept_fds_and_usage_is_read_past_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    cgroup(root);
+    let names = ["a", "b", "c", "d", "e"];
+    for (k, name) in names.iter().enumerate() {
+        cgroup(&root.join(name));
+        write(
+            &root.join(name),
+            "memory.current",
+            &format!("{}\n", (k + 1) << 20),
+        );
+    }
+    for (cap, kept) in [(None, names.len() + 1), (Some(2), 2), (Some(0), 0)] {
+        let fs = CgroupFs::from_dir_unchecked(root);
+        let mut cfg = config(root);
+        cfg.usage_fds = cap;
+        let mut runner = Runner::with_fs(cfg, Box::new(Classes { protect: None }), fs).unwrap();
+        assert_eq!(runner.engine().host().usage_fds(), kept, "cap {cap:?}");
+        for (k, name) in names.iter().enumerate() {
+            let id = runner
+                .engine()
+                .tree()
+                .lookup(&Path::new("/").join(name))
+                .unwrap();
+            let mut stats = crate::engine::CgroupStats::default();
+            runner.engine.host_mut().read_usage(id, &mut stats).unwrap();
+            assert_eq!(
+                stats.current,
+                Some(((k + 1) << 20) as u64),
+                "{name}, cap {cap:?}"
+            );
+        }
+    }
+}
