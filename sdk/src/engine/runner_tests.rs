@@ -512,3 +512,33 @@ fn usage_fds_caps_the_kept_fds_and_usage_is_read_past_it() {
         }
     }
 }
+
+/// A directory whose creation the directory watch missed (its events lost,
+/// as in an overflow) is watched when the rescan attaches it, through the
+/// fd the attach opened: its children are then reported.
+#[test]
+fn a_directory_found_by_the_rescan_is_watched_for_its_children() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    cgroup(root);
+    cgroup(&root.join("a"));
+    let fs = CgroupFs::from_dir_unchecked(root);
+    let mut cfg = config(root);
+    cfg.depth = 3;
+    let mut runner = Runner::with_fs(cfg, Box::new(Classes { protect: None }), fs).unwrap();
+    cgroup(&root.join("x"));
+    // The watch's events are lost.
+    let fd = runner.watcher.fd(runner.dir_token.unwrap()).unwrap();
+    let mut buf = [0u8; 4096];
+    while rustix::io::read(fd, &mut buf[..]).is_ok() {}
+    runner.rescan_pending();
+    while !runner.dir_changes.is_empty() {
+        runner.apply_dir_changes();
+    }
+    let x = runner.engine().tree().lookup(Path::new("/x"));
+    assert!(x.is_some(), "the rescan attached x");
+    cgroup(&root.join("x/y"));
+    run_until(&mut runner, "x/y added", |r| {
+        r.engine().tree().lookup(Path::new("/x/y")).is_some()
+    });
+}

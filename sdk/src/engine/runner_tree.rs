@@ -205,7 +205,7 @@ impl Runner {
                 );
             }
             self.over_cap.insert(hier.to_path_buf());
-            self.list_attached(hier, None);
+            self.list_attached(hier, None, false);
             return;
         }
         match self.engine.add_cgroup(hier) {
@@ -225,13 +225,17 @@ impl Runner {
                     }
                 }
                 self.publish_target(id);
-                let links = self.watch_dir_at_start(hier, &cg, links);
-                self.list_attached(hier, Some((&cg, links)));
+                let watched = self.watch_dir(hier, &cg);
+                self.list_attached(
+                    hier,
+                    Some((&cg, watched.unwrap_or(links))),
+                    watched.is_some(),
+                );
             }
             Err(e) if e.is_gone() => {}
             Err(e) => {
                 tracing::warn!(cgroup = %hier.display(), error = %e, "adding a cgroup failed");
-                self.list_attached(hier, None);
+                self.list_attached(hier, None, false);
             }
         }
     }
@@ -249,12 +253,19 @@ impl Runner {
         self.list_children(&hier, &root);
     }
 
-    /// At start ([`Self::walk_at_start`]), after `hier` was attached
-    /// (`Some`: its open directory and link count) or not (over the cap,
-    /// an error: it is opened by path, as a whole walk would have listed
-    /// it): queues its subdirectories within `depth` as created.
-    fn list_attached(&mut self, hier: &Path, attached: Option<(&Cgroup, Option<u64>)>) {
-        if !self.list_on_attach {
+    /// At start ([`Self::walk_at_start`]), or later when its directory
+    /// watch was added only now (`watched`: the directory watch missed its
+    /// creation, in an overflow), after `hier` was attached (`Some`: its
+    /// open directory and link count) or not (over the cap, an error: it
+    /// is opened by path, as a whole walk would have listed it): queues its
+    /// subdirectories within `depth` as created.
+    fn list_attached(
+        &mut self,
+        hier: &Path,
+        attached: Option<(&Cgroup, Option<u64>)>,
+        watched: bool,
+    ) {
+        if !self.list_on_attach && !watched {
             return;
         }
         match attached {
@@ -263,40 +274,38 @@ impl Runner {
             Some((cg, _)) => self.list_children(hier, cg),
             None => {
                 if let Ok(cg) = self.engine.host().fs().open_hierarchy(hier) {
-                    self.watch_dir_at_start(hier, &cg, None);
+                    self.watch_dir(hier, &cg);
                     self.list_children(hier, &cg);
                 }
             }
         }
     }
 
-    /// At start, when the directory watch was made without a scan of what
-    /// exists ([`Self::follow_tree`]): adds the watch of `cg`'s directory
-    /// (at `hier`) through the fd the attach opened, instead of a second
-    /// lookup of its name, if it lies above the last level. Returns the
-    /// link count to list it by: read again after a watch was added (a
-    /// subdirectory made before it is then listed, one made after it is
-    /// reported), otherwise `links`.
-    fn watch_dir_at_start(&mut self, hier: &Path, cg: &Cgroup, links: Option<u64>) -> Option<u64> {
-        if !self.list_on_attach {
-            return links;
-        }
+    /// Adds the watch of `cg`'s directory (at `hier`) through the fd the
+    /// attach opened, if the directory watch has none and it lies above the
+    /// last level: at start, where the directory watch was made without a
+    /// scan of what exists ([`Self::follow_tree`]), instead of a second
+    /// lookup of each name; later, for a directory whose creation the watch
+    /// missed (an overflow, then the rescan), which would otherwise never
+    /// report its children. `Some`: a watch was added, with the link count
+    /// read again after it (a subdirectory made before the watch is then
+    /// listed, one made after it is reported); `None`: none added.
+    fn watch_dir(&mut self, hier: &Path, cg: &Cgroup) -> Option<Option<u64>> {
         let (Some(tok), Ok(rel)) = (self.dir_token, hier.strip_prefix(&self.root_hier)) else {
-            return links;
+            return None;
         };
         let Some(Source::Dir(dir)) = self.watcher.source_mut(tok) else {
-            return links;
+            return None;
         };
-        if dir.watch_open_dir(rel, cg.dir_fd(), self.own_cwd.as_ref()) {
-            // `nlink_t` is u32 on some targets.
-            #[allow(clippy::useless_conversion)]
-            let links = rustix::fs::fstat(cg.dir_fd())
-                .ok()
-                .map(|st| u64::from(st.st_nlink));
-            links
-        } else {
-            links
+        if !dir.watch_open_dir(rel, cg.dir_fd(), self.own_cwd.as_ref()) {
+            return None;
         }
+        // `nlink_t` is u32 on some targets.
+        #[allow(clippy::useless_conversion)]
+        let links = rustix::fs::fstat(cg.dir_fd())
+            .ok()
+            .map(|st| u64::from(st.st_nlink));
+        Some(links)
     }
 
     /// Queues the directories directly below `cg` (at `hier`) as created,
