@@ -213,3 +213,37 @@ fn directories_opened_by_the_caller_are_watched_through_their_fd() {
     }
     assert_eq!(seen, vec![(DirChange::Created, PathBuf::from("a/b/new"))]);
 }
+
+/// A directory opened under one name and watched, then renamed: adding it
+/// again under its new name through the same fd gets inotify's existing
+/// watch back, which stays with the node that has it.
+#[test]
+fn a_directory_watched_already_keeps_its_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("a")).unwrap();
+    let root = crate::cgroup::CgroupFs::from_dir_unchecked(tmp.path())
+        .root()
+        .unwrap();
+    let opts = DirWatchOptions {
+        depth: 2,
+        ..Default::default()
+    };
+    let mut w = DirWatch::new_unscanned(&root, opts).unwrap();
+    let a = rustix::fs::open(
+        tmp.path().join("a"),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    assert!(w.watch_open_dir(Path::new("a"), a.as_fd(), None));
+    std::fs::rename(tmp.path().join("a"), tmp.path().join("b")).unwrap();
+    assert!(!w.watch_open_dir(Path::new("b"), a.as_fd(), None));
+    assert_eq!(w.watched_dirs(), 2);
+    let name = |s: &str| ChildName::new(s.as_bytes()).unwrap();
+    let wa = w.find_child(0, &name("a")).unwrap();
+    assert_eq!(
+        w.find_wd(w.node(wa).unwrap().wd),
+        Some(wa),
+        "a keeps its watch"
+    );
+}

@@ -238,6 +238,10 @@ impl DirWatch {
         }
         let mask = watch_mask() | WatchFlags::DONT_FOLLOW;
         match add_watch_at(self.inotify.as_fd(), dir, c".", mask, own) {
+            // inotify gives a directory watched already (under another
+            // name: renamed since it was opened) the watch it has: that
+            // node keeps it.
+            Ok(wd) if self.by_wd.contains_key(&wd) => false,
             Ok(wd) => {
                 self.insert_node(parent, &name, wd, depth);
                 true
