@@ -190,12 +190,10 @@ impl KernelHost {
     /// `RunnerConfig::usage_fds`): lowers the budget the open-file limit
     /// gave. For the cgroups attached from now on.
     pub(crate) fn limit_usage_fds(&mut self, n: usize) {
-        let open = self.current.iter().filter(|f| f.is_some()).count();
-        self.current_budget = self.current_budget.min(n.saturating_sub(open));
+        self.current_budget = self.current_budget.min(n.saturating_sub(self.usage_fds()));
     }
 
     /// How many `memory.current` fds are kept open.
-    #[cfg(test)]
     pub(crate) fn usage_fds(&self) -> usize {
         self.current.iter().filter(|f| f.is_some()).count()
     }

@@ -154,7 +154,7 @@ impl LocalEvents {
         let wd = match add_watch_at(
             self.inotify.as_fd(),
             cg.dir_fd(),
-            c"memory.events.local",
+            crate::cgroup::files::MEMORY_EVENTS_LOCAL,
             WatchFlags::MODIFY,
             own,
         ) {

@@ -229,20 +229,22 @@ fn watch_mask() -> WatchFlags {
 impl DirWatch {
     /// Watches the directory of `cg`.
     pub fn new(cg: &Cgroup, opts: DirWatchOptions) -> Result<Self> {
-        // Watch the very directory the handle refers to, through its fd, so
-        // a cgroup recreated under the same path is not picked up instead.
-        let mut b = [0u8; 32];
-        let proc_path = proc_fd_path(&mut b, cg.dir_fd(), b"");
-        Self::create(cg.path(), proc_path, opts, true)
+        Self::of_cgroup(cg, opts, true)
     }
 
     /// [`Self::new`] watching only the directory itself (unless
     /// `opts.report_existing`): the directories below that exist are the
     /// caller's to add with [`Self::watch_open_dir`] as it opens them.
     pub(crate) fn new_unscanned(cg: &Cgroup, opts: DirWatchOptions) -> Result<Self> {
+        Self::of_cgroup(cg, opts, opts.report_existing)
+    }
+
+    fn of_cgroup(cg: &Cgroup, opts: DirWatchOptions, scan: bool) -> Result<Self> {
+        // Watch the very directory the handle refers to, through its fd, so
+        // a cgroup recreated under the same path is not picked up instead.
         let mut b = [0u8; 32];
         let proc_path = proc_fd_path(&mut b, cg.dir_fd(), b"");
-        Self::create(cg.path(), proc_path, opts, opts.report_existing)
+        Self::create(cg.path(), proc_path, opts, scan)
     }
 
     /// Watches the directory at `path` (any filesystem; tests use a
