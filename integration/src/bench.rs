@@ -923,27 +923,14 @@ fn rest_numbers(pid: i32) -> Result<Value, Fail> {
 /// (`cg_slab_reclaimable_kib`: dentries and inodes it looked up first, freed under pressure).
 /// Kernel memory counts against a container's memory limit as its pages do.
 fn add_cgroup_memory(v: &mut Value, pid: i32) {
-    let Some(cg) = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
-        })
+    let Ok(cg) = oomkit::cgroup::CgroupFs::discover().and_then(|fs| fs.of_process(Some(pid)))
     else {
         return;
     };
-    let dir = Path::new("/sys/fs/cgroup").join(cg.trim().trim_start_matches('/'));
-    let kib = |s: &str| s.trim().parse::<u64>().ok().map(|b| b / 1024);
-    v["cg_kib"] = json!(
-        std::fs::read_to_string(dir.join("memory.current"))
-            .ok()
-            .and_then(|s| kib(&s))
-    );
-    let stat = std::fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
-    let key = |k: &str| {
-        stat.lines()
-            .find_map(|l| kib(l.strip_prefix(k)?.strip_prefix(' ')?))
-    };
+    let kib = |b: u64| b / 1024;
+    v["cg_kib"] = json!(cg.memory_current().ok().map(kib));
+    let stat = cg.memory_stat().ok();
+    let key = |k: &str| stat.as_ref().and_then(|s| s.get(k)).map(kib);
     v["cg_kernel_kib"] = json!(key("kernel"));
     v["cg_slab_reclaimable_kib"] = json!(key("slab_reclaimable"));
 }
