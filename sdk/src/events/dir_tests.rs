@@ -151,34 +151,41 @@ fn name_table_is_compacted_after_removals() {
     }
 }
 
-/// Issue 12: a watch made without a scan watches only its directory; the
-/// caller adds each directory it opens, above the last level, once, under
-/// a watched parent, and their children are reported from then on.
-#[test]
-fn directories_opened_by_the_caller_are_watched_through_their_fd() {
+/// A temporary tree of `dirs`, and a watch made on its root without a scan.
+fn unscanned(dirs: &[&str], depth: u32) -> (tempfile::TempDir, DirWatch) {
     let tmp = tempfile::tempdir().unwrap();
-    for p in ["a/b/c", "x/y"] {
+    for p in dirs {
         std::fs::create_dir_all(tmp.path().join(p)).unwrap();
     }
     let root = crate::cgroup::CgroupFs::from_dir_unchecked(tmp.path())
         .root()
         .unwrap();
     let opts = DirWatchOptions {
-        depth: 3,
+        depth,
         ..Default::default()
     };
-    let mut w = DirWatch::new_unscanned(&root, opts).unwrap();
+    let w = DirWatch::new_unscanned(&root, opts).unwrap();
+    (tmp, w)
+}
+
+fn open_dir(p: &Path) -> OwnedFd {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::open(
+        p,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap()
+}
+
+/// Issue 12: a watch made without a scan watches only its directory; the
+/// caller adds each directory it opens, above the last level, once, under
+/// a watched parent, and their children are reported from then on.
+#[test]
+fn directories_opened_by_the_caller_are_watched_through_their_fd() {
+    let (tmp, mut w) = unscanned(&["a/b/c", "x/y"], 3);
     assert_eq!(w.watched_dirs(), 1, "the root alone");
-    let open = |p: &str| {
-        rustix::fs::open(
-            tmp.path().join(p),
-            rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .unwrap()
-    };
+    let open = |p: &str| open_dir(&tmp.path().join(p));
     let (a, ab, abc, xy) = (open("a"), open("a/b"), open("a/b/c"), open("x/y"));
     assert!(
         !w.watch_open_dir(Path::new("x/y"), xy.as_fd(), None),
@@ -219,22 +226,8 @@ fn directories_opened_by_the_caller_are_watched_through_their_fd() {
 /// watch back, which stays with the node that has it.
 #[test]
 fn a_directory_watched_already_keeps_its_node() {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::create_dir(tmp.path().join("a")).unwrap();
-    let root = crate::cgroup::CgroupFs::from_dir_unchecked(tmp.path())
-        .root()
-        .unwrap();
-    let opts = DirWatchOptions {
-        depth: 2,
-        ..Default::default()
-    };
-    let mut w = DirWatch::new_unscanned(&root, opts).unwrap();
-    let a = rustix::fs::open(
-        tmp.path().join("a"),
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .unwrap();
+    let (tmp, mut w) = unscanned(&["a"], 2);
+    let a = open_dir(&tmp.path().join("a"));
     assert!(w.watch_open_dir(Path::new("a"), a.as_fd(), None));
     std::fs::rename(tmp.path().join("a"), tmp.path().join("b")).unwrap();
     assert!(!w.watch_open_dir(Path::new("b"), a.as_fd(), None));
