@@ -62,6 +62,18 @@ fn batch_over_high(cfg: EngineConfig, high_mib: u64) -> Rig {
     )
 }
 
+/// [`batch_over_high`] at 400 MiB, no re-check, with 430 MiB charged to the
+/// batch job: pressured.
+fn batch_pressured() -> Rig {
+    let cfg = EngineConfig {
+        recheck: false,
+        ..EngineConfig::default()
+    };
+    let mut r = batch_over_high(cfg, 400);
+    r.host().cg("/batch").procs[0].rss = 380 << 20;
+    r
+}
+
 /// A rig whose handler is [`Largest`] (or the forced action).
 fn rig(cfg: EngineConfig, setup: impl FnOnce(&mut FakeHost), force: Option<Action>) -> Rig {
     Rig::new(cfg, setup, Box::new(Largest { force }))
@@ -746,13 +758,7 @@ fn machine_thrashing_is_no_progress_even_with_reclaim() {
 fn cgroup_reclaim_that_churns_is_not_progress() {
     // The "34 episodes all Resolved" case: pgsteal rises (progress by the
     // old rule) while the machine source sees refaults at the steal rate.
-    let cfg = EngineConfig {
-        recheck: false,
-        ..EngineConfig::default()
-    };
-    let mut r = batch_over_high(cfg, 400);
-    // 430 MiB charged against the 400 MiB memory.high: pressured.
-    r.host().cg("/batch").procs[0].rss = 380 << 20;
+    let mut r = batch_pressured();
     let mut s = machine(150, 0, 0);
     s.steal_rate = 100 << 20;
     s.refault_rate = 95 << 20;
@@ -805,13 +811,7 @@ fn machine_stall_alone_with_headroom_waits_for_a_sustained_stall() {
 #[test]
 fn a_cgroup_warning_during_a_machine_watch_takes_the_episode_over() {
     use oomkit::events::Signals;
-    let cfg = EngineConfig {
-        recheck: false,
-        ..EngineConfig::default()
-    };
-    let mut r = batch_over_high(cfg, 400);
-    // 430 MiB charged against the 400 MiB memory.high: pressured.
-    r.host().cg("/batch").procs[0].rss = 380 << 20;
+    let mut r = batch_pressured();
     // A machine-wide stall with headroom to spare: watched, not acted on.
     let mut s = machine(230, 0, 0);
     s.steal_rate = 140 << 20;
