@@ -225,3 +225,143 @@ fn event_to_kill(on_demand: bool) {
         write(root, "memory.current", "207618048\n");
     }
 }
+
+/// Kills the whole cgroup at `/other` (as priority-kill does at cgroup or
+/// tree granularity), without allocating.
+struct Group;
+
+impl Handler for Group {
+    fn name(&self) -> &'static str {
+        "group"
+    }
+    fn decide(&mut self, view: &mut View<'_>, plan: &mut Plan) {
+        let target = view
+            .cgroups()
+            .iter()
+            .copied()
+            .find(|&id| view.path(id) == Some(Path::new("/other")));
+        if let Some(cgroup) = target {
+            let _ = plan.push(Action::KillCgroup { cgroup }, Duration::from_secs(5));
+            plan.set_reason("the other cgroup");
+        }
+    }
+}
+
+/// The group kill through `cgroup.kill`: before the write, the loop counts
+/// the subtree's processes and those it must spare (`oom_score_adj`
+/// -1000) and checks the target holds neither itself nor PID 1. With a
+/// child cgroup below the target, so the count walks a subtree. Plain
+/// files stand in for cgroupfs, so the write kills nobody: the test kills
+/// the members itself and reports the group empty.
+#[test]
+fn event_to_group_kill_makes_no_heap_allocation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    for (f, v) in [
+        ("cgroup.procs", ""),
+        ("cgroup.kill", ""),
+        ("memory.current", "207618048\n"),
+        ("memory.max", "209715200\n"),
+        ("memory.high", "max\n"),
+        ("cgroup.events", "populated 1\nfrozen 0\n"),
+        ("memory.stat", "anon 100\nfile 5\n"),
+        ("memory.events.local", events(0).as_str()),
+    ] {
+        write(root, f, v);
+    }
+    let other = root.join("other");
+    let sub = other.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    for dir in [&other, &sub] {
+        for (f, v) in [
+            ("cgroup.procs", ""),
+            ("cgroup.kill", ""),
+            ("memory.current", "104857600\n"),
+            ("cgroup.events", "populated 1\nfrozen 0\n"),
+            ("memory.events.local", events(0).as_str()),
+        ] {
+            write(dir, f, v);
+        }
+    }
+    let fs = CgroupFs::from_dir_unchecked(root);
+    let cfg = EngineConfig {
+        progress_aware: false,
+        recheck: true,
+        max_cgroups: 16,
+        max_processes: 64,
+        ..EngineConfig::default()
+    };
+    let mut host = KernelHost::new(fs.clone(), XattrTrust::TrustedOnly, 16, 64);
+    host.set_own_cgroup(Some("/oomkit.service".into()));
+    let mut engine = Engine::new(cfg, host, Box::new(Group), Path::new("/")).unwrap();
+    let rootid = engine.root().unwrap();
+    engine.add_cgroup(Path::new("/other")).unwrap();
+    engine.add_cgroup(Path::new("/other/sub")).unwrap();
+    let cg = fs.root().unwrap();
+    let mut watch = MemoryEventsWatch::open(&cg, Scope::Local).unwrap();
+
+    // Two rounds: the first warms every buffer, the second is counted.
+    for round in 0..2 {
+        let members = [&other, &sub].map(|dir| {
+            let child = Reap(
+                std::process::Command::new("sleep")
+                    .arg("100")
+                    .spawn()
+                    .unwrap(),
+            );
+            write(dir, "cgroup.procs", &format!("{}\n", child.0.id()));
+            write(dir, "cgroup.events", "populated 1\nfrozen 0\n");
+            child
+        });
+        write(root, "memory.events.local", &events(round + 1));
+        let at = std::time::Instant::now();
+        let mut hot = || {
+            let change = watch.refresh().unwrap().expect("counters rose");
+            engine.on_event(
+                Trigger::MemoryEvents {
+                    cgroup: rootid,
+                    delta: change.delta,
+                },
+                at,
+            );
+        };
+        let n = if round == 1 {
+            counting::count(hot).1
+        } else {
+            hot();
+            0
+        };
+        assert_eq!(
+            engine.stats().kills,
+            round + 1,
+            "round {round}: no group kill; finished {:?}",
+            engine.take_finished()
+        );
+        assert_eq!(
+            std::fs::read_to_string(other.join("cgroup.kill")).unwrap(),
+            "1",
+            "round {round}: cgroup.kill written"
+        );
+        if round == 1 {
+            assert_eq!(
+                n, 0,
+                "heap allocations between the event and the group kill"
+            );
+        }
+        // What the kernel would have done: the members die, the group empties.
+        drop(members);
+        write(&other, "cgroup.kill", "");
+        for dir in [&other, &sub] {
+            write(dir, "cgroup.procs", "");
+            write(dir, "cgroup.events", "populated 0\nfrozen 0\n");
+        }
+        write(root, "memory.current", "1048576\n");
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while let Some(wake) = engine.next_wake() {
+            assert!(std::time::Instant::now() < end, "episode did not end");
+            engine.on_tick(wake.max(std::time::Instant::now()));
+        }
+        while engine.take_finished().is_some() {}
+        write(root, "memory.current", "207618048\n");
+    }
+}

@@ -2,6 +2,7 @@
 //! removing children, moving a process in, its owner and xattrs.
 
 use std::ffi::{CStr, OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -41,96 +42,41 @@ impl Cgroup {
 
     /// Calls `f` for every PID in `cgroup.procs`, streaming the file through
     /// a stack buffer: any number of PIDs, no allocation. Returns the count.
-    pub fn for_each_pid(&self, mut f: impl FnMut(i32)) -> Result<usize> {
+    pub fn for_each_pid(&self, f: impl FnMut(i32)) -> Result<usize> {
         let fd = self.open_flags(CGROUP_PROCS, OFlags::RDONLY)?;
-        let mut buf = [0u8; 4096];
-        let mut carry = 0usize;
-        let mut line_base = 0u32;
-        let mut count = 0usize;
-        loop {
-            let n = match rustix::io::read(&fd, &mut buf[carry..]) {
-                Ok(n) => n,
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(self.map_err(CGROUP_PROCS, Op::Read, e)),
-            };
-            let filled = carry + n;
-            // Parse complete lines; keep a partial last line for the next read.
-            let end = if n == 0 {
-                filled
-            } else {
-                match buf[..filled].iter().rposition(|b| *b == b'\n') {
-                    Some(p) => p + 1,
-                    None if filled == buf.len() => {
-                        return Err(Error::Parse {
-                            path: self.file_path(CGROUP_PROCS),
-                            source: ParseError::new(line_base + 1, ParseErrorKind::MalformedLine),
-                        });
-                    }
-                    None => 0,
-                }
-            };
-            parse::for_each_pid(&buf[..end], |pid| {
-                count += 1;
-                f(pid);
-            })
-            .map_err(|mut source| {
-                source.line += line_base;
-                Error::Parse {
-                    path: self.file_path(CGROUP_PROCS),
-                    source,
-                }
-            })?;
-            line_base += buf[..end].iter().filter(|b| **b == b'\n').count() as u32;
-            buf.copy_within(end..filled, 0);
-            carry = filled - end;
-            if n == 0 {
-                return Ok(count);
-            }
-        }
+        pids_in(fd.as_fd(), f).map_err(|e| match e {
+            PidsError::Read(e) => self.map_err(CGROUP_PROCS, Op::Read, e),
+            PidsError::Parse(source) => Error::Parse {
+                path: self.file_path(CGROUP_PROCS),
+                source,
+            },
+        })
     }
 
     /// Names of the child cgroups, sorted by their bytes. Names are bytes,
     /// not text: a tenant may choose one that is not UTF-8, and its subtree
     /// must not become invisible.
     pub fn children(&self) -> Result<Vec<OsString>> {
-        let dup = rustix::fs::openat(
-            &self.dir,
-            c".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| self.map_err(c".", Op::ReadDir, e))?;
-        let mut dir = rustix::fs::Dir::read_from(&dup)
-            .map_err(|e| Error::io(&*self.path, Op::ReadDir, io_err(e)))?;
         let mut out = Vec::new();
-        while let Some(entry) = dir.read() {
-            let entry = entry.map_err(|e| {
-                fs::cgroup_errno(&self.path, e, |e| {
-                    Error::io(&*self.path, Op::ReadDir, io_err(e))
-                })
-            })?;
-            let name = entry.file_name().to_bytes();
-            if name == b"." || name == b".." {
-                continue;
-            }
-            let is_dir = match entry.file_type() {
-                rustix::fs::FileType::Directory => true,
-                rustix::fs::FileType::Unknown => {
-                    rustix::fs::statat(&self.dir, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW)
-                        .map(|st| {
-                            rustix::fs::FileType::from_raw_mode(st.st_mode)
-                                == rustix::fs::FileType::Directory
-                        })
-                        .unwrap_or(false)
-                }
-                _ => false,
-            };
-            if is_dir {
-                out.push(OsStr::from_bytes(name).to_os_string());
-            }
-        }
+        for_each_child_in(self.dir.as_fd(), |name| {
+            out.push(OsStr::from_bytes(name.to_bytes()).to_os_string());
+        })
+        .map_err(|e| match e {
+            ChildrenError::Open(e) => self.map_err(c".", Op::ReadDir, e),
+            ChildrenError::Read(e) => fs::cgroup_errno(&self.path, e, |e| {
+                Error::io(&*self.path, Op::ReadDir, io_err(e))
+            }),
+        })?;
         out.sort();
         Ok(out)
+    }
+
+    /// How many child cgroups there are: [`Cgroup::children`] without
+    /// collecting the names, so without allocating.
+    pub(crate) fn child_count(&self) -> Result<usize> {
+        for_each_child_in(self.dir.as_fd(), |_| {}).map_err(|e| match e {
+            ChildrenError::Open(e) | ChildrenError::Read(e) => self.map_err(c".", Op::ReadDir, e),
+        })
     }
 
     /// Opens the child cgroup `name` (any bytes but `/` and NUL).
@@ -308,4 +254,116 @@ impl Cgroup {
             Err(e) => Err(self.map_err(name, Op::Stat, e)),
         }
     }
+}
+
+/// Why [`pids_in`] stopped.
+#[derive(Debug)]
+pub(crate) enum PidsError {
+    /// `read(2)` failed.
+    Read(Errno),
+    /// A line is not a PID.
+    Parse(ParseError),
+}
+
+/// Calls `f` for every PID of the `cgroup.procs` open in `fd`, streaming it
+/// through a stack buffer: any number of PIDs, no allocation (the errors
+/// carry no path either: the caller names the file). Returns the count.
+pub(crate) fn pids_in(
+    fd: BorrowedFd<'_>,
+    mut f: impl FnMut(i32),
+) -> std::result::Result<usize, PidsError> {
+    let mut buf = [0u8; 4096];
+    let mut carry = 0usize;
+    let mut line_base = 0u32;
+    let mut count = 0usize;
+    loop {
+        let n = match rustix::io::read(fd, &mut buf[carry..]) {
+            Ok(n) => n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(PidsError::Read(e)),
+        };
+        let filled = carry + n;
+        // Parse complete lines; keep a partial last line for the next read.
+        let end = if n == 0 {
+            filled
+        } else {
+            match buf[..filled].iter().rposition(|b| *b == b'\n') {
+                Some(p) => p + 1,
+                None if filled == buf.len() => {
+                    return Err(PidsError::Parse(ParseError::new(
+                        line_base + 1,
+                        ParseErrorKind::MalformedLine,
+                    )));
+                }
+                None => 0,
+            }
+        };
+        parse::for_each_pid(&buf[..end], |pid| {
+            count += 1;
+            f(pid);
+        })
+        .map_err(|mut source| {
+            source.line += line_base;
+            PidsError::Parse(source)
+        })?;
+        line_base += buf[..end].iter().filter(|b| **b == b'\n').count() as u32;
+        buf.copy_within(end..filled, 0);
+        carry = filled - end;
+        if n == 0 {
+            return Ok(count);
+        }
+    }
+}
+
+/// Why [`for_each_child_in`] stopped.
+#[derive(Debug)]
+pub(crate) enum ChildrenError {
+    /// Opening the directory again (`"."`) to list it failed.
+    Open(Errno),
+    /// `getdents64(2)` failed.
+    Read(Errno),
+}
+
+/// Calls `f` with the name of every subdirectory (a child cgroup) of the
+/// directory `dir` holds open, in directory order. It lists a new fd of
+/// `"."` (so `dir`'s own offset is untouched) through a stack buffer: no
+/// allocation, which the group kill's count of its subtree relies on.
+/// Returns the count.
+pub(crate) fn for_each_child_in(
+    dir: BorrowedFd<'_>,
+    mut f: impl FnMut(&CStr),
+) -> std::result::Result<usize, ChildrenError> {
+    use std::mem::MaybeUninit;
+    let list = rustix::fs::openat(
+        dir,
+        c".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(ChildrenError::Open)?;
+    let mut buf = [MaybeUninit::<u8>::uninit(); 1024];
+    let mut entries = rustix::fs::RawDir::new(&list, &mut buf);
+    let mut count = 0;
+    while let Some(entry) = entries.next() {
+        let entry = entry.map_err(ChildrenError::Read)?;
+        let name = entry.file_name();
+        if matches!(name.to_bytes(), b"." | b"..") {
+            continue;
+        }
+        let is_dir = match entry.file_type() {
+            rustix::fs::FileType::Directory => true,
+            rustix::fs::FileType::Unknown => {
+                rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| {
+                    rustix::fs::FileType::from_raw_mode(st.st_mode)
+                        == rustix::fs::FileType::Directory
+                })
+            }
+            _ => false,
+        };
+        if is_dir {
+            count += 1;
+            f(name);
+        }
+    }
+    Ok(count)
 }

@@ -24,7 +24,7 @@ pub mod mount;
 // The raw parsers are public only with the `parsers` feature (fixture
 // tests, benchmarks): they are not API a runtime should build on.
 mod file;
-mod hierarchy;
+pub(crate) mod hierarchy;
 mod memory;
 mod parked;
 #[cfg(feature = "parsers")]

@@ -420,7 +420,9 @@ impl Observe for KernelHost {
     }
 
     fn child_dirs(&self, id: CgroupId) -> Option<usize> {
-        self.cg(id).ok()?.children().ok().map(|c| c.len())
+        // Counted, not collected: the guard asks this between an event and
+        // a group kill, which allocate nothing.
+        self.cg(id).ok()?.child_count().ok()
     }
 }
 
@@ -431,6 +433,18 @@ impl Act for KernelHost {
         if let Ok(fd) = Pidfd::open(self.own_pid) {
             let _ = fd.is_alive();
             let _ = fd.try_mrelease();
+        }
+        // The calls `kill_cgroup` makes before its write, on oomkit's own
+        // cgroup if it is a leaf (a walk of a larger subtree, such as the
+        // root's, is no cost to pay at start): the count of its members,
+        // and the target check, which refuses this one.
+        let own = self.own_cgroup.as_deref();
+        let leaf = own
+            .and_then(|p| self.fs.open_hierarchy(p).ok())
+            .filter(|cg| cg.child_count().is_ok_and(|n| n == 0));
+        if let Some(cg) = leaf {
+            let _ = kill::members(&cg);
+            let _ = kill::check_group_target(&cg);
         }
     }
 

@@ -540,27 +540,111 @@ pub(crate) struct Members {
     pub(crate) unkillable: usize,
 }
 
+impl Members {
+    /// Counts `pid` if its `oom_score_adj` can be read (it is alive).
+    fn add(&mut self, pid: i32) {
+        let Ok(adj) = ProcDir::open(pid).and_then(|d| d.oom_score_adj()) else {
+            return;
+        };
+        self.total += 1;
+        if adj <= OOM_SCORE_ADJ_MIN {
+            self.unkillable += 1;
+        }
+    }
+}
+
+/// How deep below the target [`members`] walks with fds and stack buffers
+/// alone; a deeper subtree is counted the general way (which allocates).
+/// Each level holds one directory fd and about 1 KiB of stack.
+const MEMBERS_FAST_DEPTH: u32 = 16;
+
 /// Counts the processes of `cg` and its descendants, and those of them with
-/// `oom_score_adj -1000` (a process that exits meanwhile is not counted).
+/// `oom_score_adj -1000` (a process that exits meanwhile is not counted; a
+/// descendant removed meanwhile is skipped, `cg` itself gone is an error).
+///
+/// This runs between an event and a group kill, so it allocates nothing:
+/// the subtree is walked through directory fds, and `cgroup.procs` and the
+/// directory listings are streamed through stack buffers. Only if that
+/// meets an error other than a removed descendant, or a subtree deeper
+/// than [`MEMBERS_FAST_DEPTH`], is it counted again the general way, whose
+/// error names the cgroup and file that failed.
 pub(crate) fn members(cg: &Cgroup) -> Result<Members> {
+    let mut m = Members::default();
+    cg.for_each_pid(|pid| m.add(pid))?;
+    if members_below(cg.dir_fd(), 1, &mut m).is_ok() {
+        return Ok(m);
+    }
     let mut m = Members::default();
     walk(
         cg,
         &mut Vec::new(),
-        &mut |_, list| {
-            for &pid in list {
-                let Ok(adj) = ProcDir::open(pid).and_then(|d| d.oom_score_adj()) else {
-                    continue;
-                };
-                m.total += 1;
-                if adj <= OOM_SCORE_ADJ_MIN {
-                    m.unkillable += 1;
-                }
-            }
-        },
+        &mut |_, list| list.iter().for_each(|&pid| m.add(pid)),
         true,
     )?;
     Ok(m)
+}
+
+/// Why [`members_below`] gave up: the general walk counts again.
+#[derive(Debug)]
+struct Fallback;
+
+/// Adds the processes of every cgroup below the directory `dir` holds open
+/// (at `depth` below the target) to `m`, through fds and stack buffers. A
+/// child removed meanwhile (`ENOENT`, `ENODEV`) is skipped.
+fn members_below(
+    dir: std::os::fd::BorrowedFd<'_>,
+    depth: u32,
+    m: &mut Members,
+) -> std::result::Result<(), Fallback> {
+    use crate::cgroup::hierarchy::{ChildrenError, PidsError, for_each_child_in, pids_in};
+    use rustix::fs::{Mode, OFlags};
+    use std::os::fd::AsFd;
+    let gone = |e: Errno| matches!(e, Errno::NOENT | Errno::NODEV);
+    let mut failed = false;
+    let listed = for_each_child_in(dir, |name| {
+        if failed {
+            return;
+        }
+        if depth > MEMBERS_FAST_DEPTH {
+            failed = true;
+            return;
+        }
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let child = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(e) if gone(e) => return,
+            Err(_) => {
+                failed = true;
+                return;
+            }
+        };
+        let procs = rustix::fs::openat(
+            &child,
+            crate::cgroup::files::CGROUP_PROCS,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        );
+        let counted = match procs {
+            Ok(fd) => pids_in(fd.as_fd(), |pid| m.add(pid)),
+            Err(e) => Err(PidsError::Read(e)),
+        };
+        match counted {
+            Ok(_) => {}
+            Err(PidsError::Read(e)) if gone(e) => return,
+            Err(_) => {
+                failed = true;
+                return;
+            }
+        }
+        if members_below(child.as_fd(), depth + 1, m).is_err() {
+            failed = true;
+        }
+    });
+    match listed {
+        Ok(_) if !failed => Ok(()),
+        Err(ChildrenError::Open(e) | ChildrenError::Read(e)) if gone(e) && depth > 1 => Ok(()),
+        _ => Err(Fallback),
+    }
 }
 
 fn note(out: &mut GroupKillOutcome, e: Error) {
@@ -568,3 +652,7 @@ fn note(out: &mut GroupKillOutcome, e: Error) {
         out.first_error = Some(e);
     }
 }
+
+#[cfg(test)]
+#[path = "group_tests.rs"]
+mod tests;
