@@ -226,22 +226,31 @@ fn event_to_kill(on_demand: bool) {
     }
 }
 
-/// Kills the whole cgroup at `/other` (as priority-kill does at cgroup or
-/// tree granularity), without allocating.
-struct Group;
+/// Kills a whole cgroup (as priority-kill does at cgroup or tree
+/// granularity), without allocating: `/other` itself, or with `tree` the
+/// subtree `memory.oom.group` makes of `/other/sub` (which is `/other`).
+struct Group {
+    tree: bool,
+}
 
 impl Handler for Group {
     fn name(&self) -> &'static str {
         "group"
     }
     fn decide(&mut self, view: &mut View<'_>, plan: &mut Plan) {
+        let path = Path::new(if self.tree { "/other/sub" } else { "/other" });
         let target = view
             .cgroups()
             .iter()
             .copied()
-            .find(|&id| view.path(id) == Some(Path::new("/other")));
+            .find(|&id| view.path(id) == Some(path));
         if let Some(cgroup) = target {
-            let _ = plan.push(Action::KillCgroup { cgroup }, Duration::from_secs(5));
+            let action = if self.tree {
+                Action::KillTree { cgroup }
+            } else {
+                Action::KillCgroup { cgroup }
+            };
+            let _ = plan.push(action, Duration::from_secs(5));
             plan.set_reason("the other cgroup");
         }
     }
@@ -255,6 +264,15 @@ impl Handler for Group {
 /// the members itself and reports the group empty.
 #[test]
 fn event_to_group_kill_makes_no_heap_allocation() {
+    event_to_group_kill(false);
+}
+
+#[test]
+fn event_to_oom_group_tree_kill_makes_no_heap_allocation() {
+    event_to_group_kill(true);
+}
+
+fn event_to_group_kill(tree: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     for (f, v) in [
@@ -277,6 +295,7 @@ fn event_to_group_kill_makes_no_heap_allocation() {
             ("cgroup.procs", ""),
             ("cgroup.kill", ""),
             ("memory.current", "104857600\n"),
+            ("memory.oom.group", "1\n"),
             ("cgroup.events", "populated 1\nfrozen 0\n"),
             ("memory.events.local", events(0).as_str()),
         ] {
@@ -293,7 +312,7 @@ fn event_to_group_kill_makes_no_heap_allocation() {
     };
     let mut host = KernelHost::new(fs.clone(), XattrTrust::TrustedOnly, 16, 64);
     host.set_own_cgroup(Some("/oomkit.service".into()));
-    let mut engine = Engine::new(cfg, host, Box::new(Group), Path::new("/")).unwrap();
+    let mut engine = Engine::new(cfg, host, Box::new(Group { tree }), Path::new("/")).unwrap();
     let rootid = engine.root().unwrap();
     engine.add_cgroup(Path::new("/other")).unwrap();
     engine.add_cgroup(Path::new("/other/sub")).unwrap();
