@@ -72,6 +72,9 @@ pub(crate) struct Baselines {
     pub(crate) inferred: u64,
 }
 
+/// The `wd` of a [`Watched`] whose watch went to another id.
+const NO_WATCH: i32 = -1;
+
 #[derive(Debug, Clone, Copy)]
 struct Watched {
     id: CgroupId,
@@ -176,6 +179,16 @@ impl LocalEvents {
         if let Some(old) = self.slots[i].take() {
             self.forget(old);
         }
+        // inotify gives a file watched already the watch it has: another
+        // id reached the same directory (renamed since it was attached,
+        // its removal not yet applied, as after an overflow). The watch
+        // moves to this id, the one attached now; the other keeps none, so
+        // its removal does not take this id's watch with it.
+        if let Some(&other) = self.by_wd.get(&wd) {
+            if let Some(w) = self.slots.get_mut(other as usize).and_then(Option::as_mut) {
+                w.wd = NO_WATCH;
+            }
+        }
         self.slots[i] = Some(Watched { id, wd, last: ZERO });
         self.by_wd.insert(wd, id.idx);
         Ok(())
@@ -240,6 +253,10 @@ impl LocalEvents {
     }
 
     fn forget(&mut self, w: Watched) {
+        if w.wd == NO_WATCH {
+            // Its watch went to another id (see `add_unread`).
+            return;
+        }
         if self.by_wd.get(&w.wd) == Some(&w.id.idx) {
             self.by_wd.remove(&w.wd);
         }
@@ -332,5 +349,66 @@ impl AsFd for LocalEvents {
     /// The inotify fd (readable when a watched file changed).
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.inotify.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::CgroupFs;
+
+    /// The raw inotify events queued now: `(wd, mask)`.
+    fn queued(l: &LocalEvents) -> Vec<(i32, ReadFlags)> {
+        let mut buf = [0u8; 4096];
+        let mut out = Vec::new();
+        while let Ok(n) = rustix::io::read(&l.inotify, &mut buf) {
+            let mut pos = 0;
+            while let Some((wd, mask, _, len)) = buf.get(pos..n).and_then(inotify_record) {
+                pos += len;
+                out.push((wd, mask));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_file_reached_by_a_second_id_keeps_its_watch_when_the_first_goes() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("a");
+        std::fs::create_dir(&dir).unwrap();
+        let file = dir.join("memory.events.local");
+        std::fs::write(&file, "low 0\n").unwrap();
+        let fs = CgroupFs::from_dir_unchecked(d.path());
+        // Two handles of one directory: the cgroup as first attached, and
+        // again under the id it got when found anew (renamed meanwhile).
+        let (first, second) = (CgroupId::for_tests(1), CgroupId::for_tests(2));
+        let mut l = LocalEvents::new(4).unwrap();
+        l.add_unread(first, &fs.open(&dir).unwrap(), None).unwrap();
+        l.add_unread(second, &fs.open(&dir).unwrap(), None).unwrap();
+        let wd = l.get(second).unwrap().wd;
+        assert_eq!(l.by_wd.get(&wd), Some(&second.idx));
+        // The first id's removal leaves the second id's watch in place.
+        l.remove(first);
+        assert!(l.contains(second));
+        std::fs::write(&file, "low 1\n").unwrap();
+        let events = queued(&l);
+        assert!(
+            events
+                .iter()
+                .any(|&(w, m)| w == wd && m.contains(ReadFlags::MODIFY)),
+            "no IN_MODIFY on the second id's watch: {events:?}"
+        );
+        assert!(
+            !events.iter().any(|&(_, m)| m.contains(ReadFlags::IGNORED)),
+            "the watch was removed: {events:?}"
+        );
+        // Its own removal does remove it.
+        l.remove(second);
+        assert!(l.by_wd.is_empty());
+        assert!(
+            queued(&l)
+                .iter()
+                .any(|&(w, m)| w == wd && m.contains(ReadFlags::IGNORED))
+        );
     }
 }
