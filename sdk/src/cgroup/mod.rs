@@ -159,11 +159,16 @@ impl Cgroup {
     }
 
     /// A handle of `dir`, opened by the caller at `fs_path` (no check).
-    fn from_parts(dir: OwnedFd, fs_path: PathBuf, hierarchy_path: PathBuf, verify: bool) -> Self {
+    fn from_parts(
+        dir: OwnedFd,
+        fs_path: Arc<Path>,
+        hierarchy_path: Arc<Path>,
+        verify: bool,
+    ) -> Self {
         Cgroup {
             dir,
-            path: fs_path.into(),
-            hierarchy_path: hierarchy_path.into(),
+            path: fs_path,
+            hierarchy_path,
             verified: verify,
         }
     }
@@ -244,8 +249,8 @@ impl Cgroup {
             .map_err(|e| Error::io(path, Op::Open, io_err(e)))?;
         Ok(Some(Self::from_parts(
             dir,
-            path.to_path_buf(),
-            hier.to_path_buf(),
+            path.into(),
+            hier.into(),
             self.verified,
         )))
     }

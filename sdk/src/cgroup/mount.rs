@@ -7,7 +7,7 @@
 //! the mount whose root contains it, and refuse paths the mount cannot show
 //! (they print as `/../…` in a namespace) rather than guessing.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::str::Split;
 
 use crate::error::{Error, Op, Result};
@@ -76,24 +76,37 @@ pub fn parse_proc_cgroup(text: &str) -> Option<&str> {
     text.lines().find_map(|l| l.strip_prefix("0::"))
 }
 
-/// Rejects relative paths and `..`/`.` components.
+/// Rejects relative paths and `..` components (a `.` inside the path is
+/// what [`Path::components`] drops, so it is let through).
 pub(crate) fn check_clean_absolute(path: &Path) -> Result<()> {
-    if !path.is_absolute() {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    if !bytes.starts_with(b"/") {
         return Err(Error::InvalidPath {
             path: path.to_owned(),
             reason: "cgroup path must be absolute",
         });
     }
-    if path
-        .components()
-        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-    {
+    // One pass over the bytes: a `..` is a component wherever it stands.
+    if bytes.split(|&b| b == b'/').any(|c| c == b"..") {
         return Err(Error::InvalidPath {
             path: path.to_owned(),
             reason: "cgroup path must not contain `.` or `..`",
         });
     }
     Ok(())
+}
+
+/// The longest name of a directory entry (`NAME_MAX`).
+const NAME_MAX: usize = 255;
+
+/// `name` with a NUL after it, in `buf`; `None` if it does not fit or holds
+/// a NUL.
+fn cstr_in<'b>(buf: &'b mut [u8], name: &[u8]) -> Option<&'b std::ffi::CStr> {
+    let out = buf.get_mut(..name.len() + 1)?;
+    out[..name.len()].copy_from_slice(name);
+    out[name.len()] = 0;
+    std::ffi::CStr::from_bytes_with_nul(out).ok()
 }
 
 /// A cgroup2 hierarchy as this process sees it: a mount point and the part
@@ -157,7 +170,15 @@ impl CgroupFs {
                 path: hp.to_owned(),
                 reason: "cgroup is outside the part of the hierarchy this mount shows",
             })?;
-        Ok(self.mount_point.join(rel))
+        // Sized once: `join` grew the buffer twice for each of 10,000
+        // cgroups attached at start (issue 12).
+        let (mount, rel) = (self.mount_point.as_os_str(), rel.as_os_str());
+        let mut out = PathBuf::with_capacity(mount.len() + 1 + rel.len());
+        out.push(mount);
+        if !rel.is_empty() {
+            out.push(rel);
+        }
+        Ok(out)
     }
 
     /// Maps a filesystem path under the mount to its hierarchy path.
@@ -216,21 +237,22 @@ impl CgroupFs {
         checked_dev: Option<u64>,
     ) -> Result<Option<(Cgroup, rustix::fs::Stat)>> {
         let fs = self.fs_path(hierarchy_path)?;
-        let Some(name) = fs.file_name() else {
-            return Ok(None);
-        };
-        let Ok(c) = std::ffi::CString::new(name.as_encoded_bytes()) else {
+        // The name as a C string on the stack (a longer one is no cgroup
+        // name: the open by path says what is wrong with it).
+        let mut c = [0u8; NAME_MAX + 1];
+        let Some(name) =
+            crate::util::path_file_name(&fs).and_then(|n| cstr_in(&mut c, n.as_encoded_bytes()))
+        else {
             return Ok(None);
         };
         let flags = rustix::fs::OFlags::RDONLY
             | rustix::fs::OFlags::DIRECTORY
             | rustix::fs::OFlags::CLOEXEC
             | rustix::fs::OFlags::NOFOLLOW;
-        let Ok(dir) = rustix::fs::openat(parent, c.as_c_str(), flags, rustix::fs::Mode::empty())
-        else {
+        let Ok(dir) = rustix::fs::openat(parent, name, flags, rustix::fs::Mode::empty()) else {
             return Ok(None);
         };
-        let cg = Cgroup::from_parts(dir, fs, hierarchy_path.to_path_buf(), self.verify);
+        let cg = Cgroup::from_parts(dir, fs.into(), hierarchy_path.into(), self.verify);
         let st = self.stat_checked(&cg, checked_dev)?;
         Ok(Some((cg, st)))
     }
@@ -337,6 +359,25 @@ mod tests {
         let m = parse_mountinfo("1 2 0:1 /a\\040b /mnt/my\\040cg rw - cgroup2 none rw\n");
         assert_eq!(m[0].mount_point, Path::new("/mnt/my cg"));
         assert_eq!(m[0].root, Path::new("/a b"));
+    }
+
+    #[test]
+    fn fs_paths_under_the_whole_hierarchy() {
+        let fs = CgroupFs {
+            mount_point: "/sys/fs/cgroup".into(),
+            root: "/".into(),
+            verify: false,
+        };
+        for (hier, fs_path) in [
+            ("/", "/sys/fs/cgroup"),
+            ("/a", "/sys/fs/cgroup/a"),
+            ("/a/b..c/..d", "/sys/fs/cgroup/a/b..c/..d"),
+        ] {
+            assert_eq!(fs.fs_path(hier).unwrap(), Path::new(fs_path), "{hier}");
+        }
+        for bad in ["/..", "/a/..", "/a/../b", "a", ""] {
+            assert!(fs.fs_path(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

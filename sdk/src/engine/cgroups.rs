@@ -47,7 +47,7 @@ impl<H: Host> Engine<H> {
         if let Some(id) = self.tree.lookup(path) {
             return Ok(id);
         }
-        let parent_path = path.parent().ok_or_else(|| Error::InvalidPath {
+        let parent_path = crate::util::path_parent(path).ok_or_else(|| Error::InvalidPath {
             path: path.to_owned(),
             reason: "has no parent in the managed tree",
         })?;

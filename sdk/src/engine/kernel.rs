@@ -258,7 +258,7 @@ impl Observe for KernelHost {
             self.present.resize_with(i + 1, Present::default);
             self.current.resize_with(i + 1, || None);
         }
-        self.present[i] = match (&self.probed, path.parent()) {
+        self.present[i] = match (&self.probed, crate::util::path_parent(path)) {
             (Some((p, known)), Some(parent)) if p == parent => *known,
             (_, parent) => {
                 let found = Present::probe(&cg);

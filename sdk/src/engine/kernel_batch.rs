@@ -101,7 +101,7 @@ impl KernelHost {
     /// tells a removed cgroup apart.
     pub(super) fn open_for_attach(&mut self, path: &Path) -> Result<(Cgroup, rustix::fs::Stat)> {
         if let Some(Some(p)) = &self.batch {
-            if path.parent() == Some(p.hier.as_path()) {
+            if crate::util::path_parent(path) == Some(p.hier.as_path()) {
                 if let Some(found) =
                     self.fs
                         .open_hierarchy_stat_in(p.fd.as_fd(), path, self.checked_dev)?
@@ -120,7 +120,7 @@ impl KernelHost {
     /// batch's first child under it, whose `..` is kept open for the
     /// siblings' attaches.
     pub(super) fn parent_owner(&mut self, cg: &Cgroup) -> Option<u32> {
-        let parent = cg.hierarchy_path().parent()?;
+        let parent = crate::util::path_parent(cg.hierarchy_path())?;
         let Some(slot) = &mut self.batch else {
             return rustix::fs::statat(cg.dir_fd(), c"..", rustix::fs::AtFlags::empty())
                 .ok()

@@ -74,7 +74,7 @@ impl Runner {
         if self.siblings.is_none() || !self.engine.host().memory_events_hierarchical() {
             return false;
         }
-        let Some(parent_hier) = cg.hierarchy_path().parent() else {
+        let Some(parent_hier) = crate::util::path_parent(cg.hierarchy_path()) else {
             return false;
         };
         if let Some(Some(s)) = &self.siblings {

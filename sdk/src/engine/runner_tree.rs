@@ -190,10 +190,13 @@ impl Runner {
         }
         // A hard cap: each tracked cgroup holds fds, and the fds a kill
         // needs (pidfds, cgroup files) must still be there.
-        let missing = hier
-            .ancestors()
-            .take_while(|a| self.engine.tree().lookup(a).is_none())
-            .count();
+        // `hier` itself is not in the tree (looked up above, or removed).
+        let mut missing = 1;
+        let mut up = crate::util::path_parent(hier);
+        while let Some(a) = up.filter(|a| self.engine.tree().lookup(a).is_none()) {
+            missing += 1;
+            up = crate::util::path_parent(a);
+        }
         let cap = self.engine.config().max_cgroups.min(self.fd_cap);
         if self.engine.tree().len() + missing > cap {
             if self.over_cap.is_empty() {

@@ -191,11 +191,34 @@ impl Default for Details {
 }
 
 /// The key of a path in the path index (collisions are resolved along the
-/// chain by comparing paths).
+/// chain by comparing paths): SipHash of its canonical bytes (`/a/b`), so
+/// paths that compare equal (`/a//b/`, `/a/./b`) have one key. A path
+/// already canonical, as every path the runner builds is, is hashed in one
+/// `write` (issue 12: several lookups per cgroup at start, and `Path`'s
+/// own `Hash` writes each component on its own).
 fn path_key(path: &Path) -> u64 {
-    use std::hash::{Hash, Hasher};
+    use std::hash::Hasher;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Component;
     let mut h = std::hash::DefaultHasher::new();
-    path.hash(&mut h);
+    let bytes = path.as_os_str().as_bytes();
+    if crate::util::is_canonical_path(bytes) {
+        h.write(bytes);
+    } else {
+        // The same bytes, written as `components` sees the path.
+        let mut sep = false;
+        for c in path.components() {
+            if let Component::RootDir = c {
+                h.write(b"/");
+                continue;
+            }
+            if sep {
+                h.write(b"/");
+            }
+            h.write(c.as_os_str().as_bytes());
+            sep = true;
+        }
+    }
     h.finish()
 }
 
@@ -489,6 +512,42 @@ mod tests {
         );
         assert_eq!(t.path(b), Some(Path::new("/b")));
         assert_eq!(t.len(), 2);
+    }
+
+    /// Paths that compare equal are found under one key, whichever way
+    /// they are spelt; the bytes are hashed whole only when canonical.
+    #[test]
+    fn a_path_is_found_however_it_is_spelt() {
+        let mut t = Tree::with_capacity(4);
+        let root = t.insert("/".into(), None, Class::default());
+        let a = t.insert("/a".into(), Some(root), Class::default());
+        let ab = t.insert("/a/b".into(), Some(a), Class::default());
+        for spelt in ["/a/b", "/a//b", "/a/b/", "/a/./b", "//a/b/.", "/a/b//"] {
+            assert_eq!(t.lookup(Path::new(spelt)), Some(ab), "{spelt}");
+        }
+        for spelt in ["/", "//", "/."] {
+            assert_eq!(t.lookup(Path::new(spelt)), Some(root), "{spelt}");
+        }
+        for other in ["/a/b/c", "a/b", "/a/bb", "/a/../a/b"] {
+            assert_eq!(t.lookup(Path::new(other)), None, "{other}");
+        }
+        for (b, canonical) in [
+            (&b"/"[..], true),
+            (b"/a/b", true),
+            (b"a/b", true),
+            (b"/a/", false),
+            (b"/a//b", false),
+            (b"/a/.", false),
+            (b"./a", false),
+            (b"", false),
+        ] {
+            assert_eq!(
+                crate::util::is_canonical_path(b),
+                canonical,
+                "{}",
+                String::from_utf8_lossy(b)
+            );
+        }
     }
 
     /// Issue 10, defect 4: the tree is indexed by parent, so a removal
