@@ -7,8 +7,9 @@
 //! starved — the watchdog applies a simple, safe policy on its own: kill
 //! the largest process of the lowest-priority unprotected cgroup, never
 //! anything in oomkit's own cgroup or its ancestors, and never a process
-//! whose kill would free (nearly) nothing (the engine's rule). Everything it needs is
-//! allocated when it starts; the kernel OOM killer stays the last fallback.
+//! whose kill would free (nearly) nothing (the engine's rule). Its stack, target table and
+//! scan buffer are allocated when it starts (its log lines may still allocate); the kernel
+//! OOM killer stays the last fallback.
 //!
 //! A busy loop alone is no reason to kill: cgroup churn or a slow disk
 //! can keep it busy with no memory shortage at all. So the watchdog acts
@@ -181,7 +182,12 @@ impl Watchdog {
         );
         let shared = Arc::new(Shared::new(own_cgroup));
         let (s, w) = (shared.clone(), wake.clone());
-        let mut action = action.unwrap_or_else(|| Box::new(default_action));
+        let mut action = action.unwrap_or_else(|| {
+            // The scan of the target's processes reuses this buffer: sized
+            // now, not when the loop has stalled and memory may be gone.
+            let mut procs: Vec<ProcessInfo> = Vec::with_capacity(SCAN_ROOM);
+            Box::new(move |s: &Shared| default_action(s, &mut procs))
+        });
         let thread = std::thread::Builder::new()
             .name("oomkit-watchdog".into())
             // Started after the memory lock, under `MCL_FUTURE`: every page
@@ -337,8 +343,13 @@ fn victim(procs: &[ProcessInfo], own: i32) -> Option<&ProcessInfo> {
         .max_by_key(|p| p.rss + p.swap)
 }
 
-/// Kill the largest process of the lowest-priority unprotected cgroup.
-fn default_action(s: &Shared) {
+/// Processes of its target the watchdog reads without growing its scan
+/// buffer (a larger target grows it, once).
+const SCAN_ROOM: usize = 256;
+
+/// Kill the largest process of the lowest-priority unprotected cgroup,
+/// reading its processes into `procs` (kept by the thread).
+fn default_action(s: &Shared, procs: &mut Vec<ProcessInfo>) {
     tracing::error!("watchdog: the main loop is stalled; acting on its own");
     let Ok(targets) = s.targets.try_lock() else {
         tracing::error!("watchdog: target table busy; leaving it to the kernel OOM killer");
@@ -358,12 +369,11 @@ fn default_action(s: &Shared) {
             return;
         }
     };
-    let mut procs: Vec<ProcessInfo> = Vec::with_capacity(256);
-    if let Err(e) = proc::scan_into(&cg, &mut procs) {
+    if let Err(e) = proc::scan_into(&cg, procs) {
         tracing::error!(error = %e, cgroup = %t.path.display(), "watchdog: scanning the target failed");
         return;
     }
-    let Some(v) = victim(&procs, std::process::id() as i32) else {
+    let Some(v) = victim(procs, std::process::id() as i32) else {
         tracing::error!(
             cgroup = %t.path.display(),
             "watchdog: no process in the target may be killed and would free memory; leaving it to the kernel OOM killer"
