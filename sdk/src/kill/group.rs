@@ -555,7 +555,9 @@ impl Members {
 
 /// How deep below the target [`members`] walks with fds and stack buffers
 /// alone; a deeper subtree is counted the general way (which allocates).
-/// Each level holds one directory fd and about 1 KiB of stack.
+/// Each level holds two fds (its directory, and the listing of it) and
+/// about 1.5 KiB of stack; the kill path keeps far more fds free
+/// (`kill/reserve.rs`).
 const MEMBERS_FAST_DEPTH: u32 = 16;
 
 /// Counts the processes of `cg` and its descendants, and those of them with
