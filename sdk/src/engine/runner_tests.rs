@@ -50,6 +50,29 @@ pub(super) fn config(root: &Path) -> RunnerConfig {
     cfg
 }
 
+/// A temporary folder holding a synthetic root cgroup and the cgroups
+/// `below` it (paths relative to the root, parents first), each with the
+/// files the loop reads.
+fn tree(below: &[&str]) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    cgroup(tmp.path());
+    for name in below {
+        cgroup(&tmp.path().join(name));
+    }
+    tmp
+}
+
+/// The names `c0` … `c{n-1}`.
+fn numbered(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("c{i}")).collect()
+}
+
+/// A runner over the synthetic tree at `cfg.root`, protecting nothing.
+fn start(cfg: RunnerConfig) -> Runner {
+    let fs = CgroupFs::from_dir_unchecked(&cfg.root);
+    Runner::with_fs(cfg, Box::new(Classes { protect: None }), fs).unwrap()
+}
+
 /// Turns the runner until `done` holds (or fails the test after 30 s).
 pub(super) fn run_until(runner: &mut Runner, what: &str, mut done: impl FnMut(&Runner) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -71,17 +94,13 @@ fn table(runner: &Runner) -> Vec<(PathBuf, bool)> {
 /// from the watchdog, which keeps its own copy of the table.
 #[test]
 fn reload_republishes_the_watchdog_table() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    cgroup(root);
-    cgroup(&root.join("job"));
-    let fs = CgroupFs::from_dir_unchecked(root);
-    let mut cfg = config(root);
+    let tmp = tree(&["job"]);
+    let mut cfg = config(tmp.path());
     cfg.watchdog = Some(WatchdogConfig {
         timeout: Duration::from_secs(600),
     });
     let engine_cfg = cfg.engine.clone();
-    let mut runner = Runner::with_fs(cfg, Box::new(Classes { protect: None }), fs).unwrap();
+    let mut runner = start(cfg);
     run_until(&mut runner, "job added", |r| r.engine().tree().len() == 2);
     assert_eq!(
         table(&runner),
@@ -110,15 +129,9 @@ fn rmdir(dir: &Path) {
 /// cgroups gone meanwhile leave the tree (they held fds and stale entries).
 #[test]
 fn rescan_removes_what_is_gone() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tree(&["a", "b", "b/c"]);
     let root = tmp.path();
-    cgroup(root);
-    for n in ["a", "b", "b/c"] {
-        cgroup(&root.join(n));
-    }
-    let fs = CgroupFs::from_dir_unchecked(root);
-    let mut runner =
-        Runner::with_fs(config(root), Box::new(Classes { protect: None }), fs).unwrap();
+    let mut runner = start(config(root));
     run_until(&mut runner, "tree known", |r| r.engine().tree().len() == 4);
     // Removed while the events are lost (the overflow case): rescan directly.
     rmdir(&root.join("b"));
@@ -135,13 +148,9 @@ fn rescan_removes_what_is_gone() {
 /// lost in an overflow) is bound to the new directory, not the dead one.
 #[test]
 fn a_recreated_cgroup_gets_a_fresh_handle() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tree(&["a"]);
     let root = tmp.path();
-    cgroup(root);
-    cgroup(&root.join("a"));
-    let fs = CgroupFs::from_dir_unchecked(root);
-    let mut runner =
-        Runner::with_fs(config(root), Box::new(Classes { protect: None }), fs).unwrap();
+    let mut runner = start(config(root));
     run_until(&mut runner, "tree known", |r| r.engine().tree().len() == 2);
     rmdir(&root.join("a"));
     cgroup(&root.join("a"));
@@ -164,16 +173,10 @@ fn a_recreated_cgroup_gets_a_fresh_handle() {
 /// (they used a hard-coded 16).
 #[test]
 fn rescan_honours_depth() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    cgroup(root);
-    for n in ["a", "a/b", "a/b/c", "a/b/c/d"] {
-        cgroup(&root.join(n));
-    }
-    let fs = CgroupFs::from_dir_unchecked(root);
-    let mut cfg = config(root);
+    let tmp = tree(&["a", "a/b", "a/b/c", "a/b/c/d"]);
+    let mut cfg = config(tmp.path());
     cfg.depth = 2;
-    let mut runner = Runner::with_fs(cfg, Box::new(Classes { protect: None }), fs).unwrap();
+    let mut runner = start(cfg);
     runner.rescan_pending();
     runner.apply_dir_changes();
     let tree = runner.engine().tree();
@@ -187,13 +190,11 @@ fn rescan_honours_depth() {
 /// the following turns, which do not wait.
 #[test]
 fn directory_changes_are_applied_in_bounded_turns() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tree(&[]);
     let root = tmp.path();
-    cgroup(root);
-    let fs = CgroupFs::from_dir_unchecked(root);
     let mut cfg = config(root);
     cfg.engine.max_cgroups = 4096;
-    let mut runner = Runner::with_fs(cfg, Box::new(Classes { protect: None }), fs).unwrap();
+    let mut runner = start(cfg);
     let n = DIR_CHANGES_PER_TURN * 2 + 10;
     for i in 0..n {
         let p = root.join(format!("c{i}"));
@@ -238,16 +239,12 @@ fn an_unknown_own_cgroup_refuses_to_start() {
 /// warning), and a group kill over them is refused.
 #[test]
 fn the_tree_is_capped_at_max_cgroups() {
-    let tmp = tempfile::tempdir().unwrap();
+    let names = numbered(10);
+    let tmp = tree(&names.iter().map(String::as_str).collect::<Vec<_>>());
     let root = tmp.path();
-    cgroup(root);
-    for i in 0..10 {
-        cgroup(&root.join(format!("c{i}")));
-    }
-    let fs = CgroupFs::from_dir_unchecked(root);
     let mut cfg = config(root);
     cfg.engine.max_cgroups = 4;
-    let mut runner = Runner::with_fs(cfg, Box::new(Classes { protect: None }), fs).unwrap();
+    let mut runner = start(cfg);
     runner.rescan_pending();
     runner.apply_dir_changes();
     assert_eq!(runner.engine().tree().len(), 4);
@@ -273,10 +270,9 @@ fn memory_events_come_through_one_inotify_fd() {
         cgroup(&root.join(name));
         events(&root.join(name), 0);
     }
-    let fs = CgroupFs::from_dir_unchecked(root);
     let mut cfg = config(root);
     cfg.memory_events = true;
-    let mut runner = Runner::with_fs(cfg, Box::new(Classes { protect: None }), fs).unwrap();
+    let mut runner = start(cfg);
     let id = |r: &Runner, name: &str| r.engine.tree().lookup(&Path::new("/").join(name)).unwrap();
     let (a, b) = (id(&runner, "a"), id(&runner, "b"));
     let local = runner.local.as_ref().unwrap();
@@ -318,16 +314,12 @@ fn memory_events_come_through_one_inotify_fd() {
 /// thousands of empty cgroups made first).
 #[test]
 fn at_the_cap_a_larger_untracked_cgroup_takes_a_smaller_ones_place() {
-    let tmp = tempfile::tempdir().unwrap();
+    let names = numbered(10);
+    let tmp = tree(&names.iter().map(String::as_str).collect::<Vec<_>>());
     let root = tmp.path();
-    cgroup(root);
-    for i in 0..10 {
-        cgroup(&root.join(format!("c{i}")));
-    }
-    let fs = CgroupFs::from_dir_unchecked(root);
     let mut cfg = config(root);
     cfg.engine.max_cgroups = 4;
-    let mut runner = Runner::with_fs(cfg, Box::new(Classes { protect: None }), fs).unwrap();
+    let mut runner = start(cfg);
     runner.rescan_pending();
     runner.apply_dir_changes();
     let hier = runner.root_hier.clone();
@@ -355,12 +347,7 @@ fn at_the_cap_a_larger_untracked_cgroup_takes_a_smaller_ones_place() {
 /// `depth` is attached when `with_fs` returns, nothing below it.
 #[test]
 fn the_start_walk_attaches_the_tree_within_depth() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    cgroup(root);
-    for n in ["a", "a/b", "a/b/c", "a/b/c/d", "a/e", "f"] {
-        cgroup(&root.join(n));
-    }
+    let tmp = tree(&["a", "a/b", "a/b/c", "a/b/c/d", "a/e", "f"]);
     for (depth, want) in [
         (1, vec!["/", "/a", "/f"]),
         (3, vec!["/", "/a", "/a/b", "/a/b/c", "/a/e", "/f"]),
@@ -369,10 +356,9 @@ fn the_start_walk_attaches_the_tree_within_depth() {
             vec!["/", "/a", "/a/b", "/a/b/c", "/a/b/c/d", "/a/e", "/f"],
         ),
     ] {
-        let fs = CgroupFs::from_dir_unchecked(root);
-        let mut cfg = config(root);
+        let mut cfg = config(tmp.path());
         cfg.depth = depth;
-        let runner = Runner::with_fs(cfg, Box::new(Classes { protect: None }), fs).unwrap();
+        let runner = start(cfg);
         let tree = runner.engine().tree();
         let mut got: Vec<String> = tree
             .ids()
@@ -422,8 +408,7 @@ fn watches_land(root: &Path, own_cwd: bool) {
     cfg.memory_events = true;
     cfg.depth = 3;
     cfg.own_cwd = own_cwd;
-    let fs = CgroupFs::from_dir_unchecked(root);
-    let mut runner = Runner::with_fs(cfg, Box::new(Classes { protect: None }), fs).unwrap();
+    let mut runner = start(cfg);
     assert_eq!(runner.own_cwd.as_ref().is_some_and(|o| o.usable()), own_cwd);
     assert_eq!(std::env::current_dir().unwrap(), cwd, "back after start");
     let local = runner.local.as_ref().unwrap();
@@ -491,10 +476,9 @@ fn usage_fds_caps_the_kept_fds_and_usage_is_read_past_it() {
         );
     }
     for (cap, kept) in [(None, names.len() + 1), (Some(2), 2), (Some(0), 0)] {
-        let fs = CgroupFs::from_dir_unchecked(root);
         let mut cfg = config(root);
         cfg.usage_fds = cap;
-        let mut runner = Runner::with_fs(cfg, Box::new(Classes { protect: None }), fs).unwrap();
+        let mut runner = start(cfg);
         assert_eq!(runner.engine().host().usage_fds(), kept, "cap {cap:?}");
         for (k, name) in names.iter().enumerate() {
             let id = runner
@@ -518,14 +502,11 @@ fn usage_fds_caps_the_kept_fds_and_usage_is_read_past_it() {
 /// fd the attach opened: its children are then reported.
 #[test]
 fn a_directory_found_by_the_rescan_is_watched_for_its_children() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tree(&["a"]);
     let root = tmp.path();
-    cgroup(root);
-    cgroup(&root.join("a"));
-    let fs = CgroupFs::from_dir_unchecked(root);
     let mut cfg = config(root);
     cfg.depth = 3;
-    let mut runner = Runner::with_fs(cfg, Box::new(Classes { protect: None }), fs).unwrap();
+    let mut runner = start(cfg);
     cgroup(&root.join("x"));
     // The watch's events are lost.
     let fd = runner.watcher.fd(runner.dir_token.unwrap()).unwrap();
