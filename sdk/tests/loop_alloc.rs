@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use oomkit::cgroup::CgroupFs;
 use oomkit::engine::{
-    Action, Engine, EngineConfig, Handler, KernelHost, Plan, Trigger, View, XattrTrust,
+    Action, CgroupId, Engine, EngineConfig, Handler, KernelHost, Plan, Trigger, View, XattrTrust,
 };
 use oomkit::events::{MemoryEventsWatch, Scope};
 
@@ -77,6 +77,47 @@ fn write(dir: &Path, name: &str, text: &str) {
 
 fn events(oom: u64) -> String {
     format!("low 0\nhigh 0\nmax {oom}\noom {oom}\noom_kill 0\noom_group_kill 0\n")
+}
+
+/// Hands the engine the change of `memory.events.local` that `watch`
+/// re-reads, as the loop does on its event, timing from now; returns the
+/// heap allocations that made in round 1 (round 0 warms every buffer up
+/// and is not counted: 0).
+fn deliver(
+    engine: &mut Engine<KernelHost>,
+    watch: &mut MemoryEventsWatch,
+    root: CgroupId,
+    round: u64,
+) -> usize {
+    let at = std::time::Instant::now();
+    let mut hot = || {
+        let change = watch.refresh().unwrap().expect("counters rose");
+        engine.on_event(
+            Trigger::MemoryEvents {
+                cgroup: root,
+                delta: change.delta,
+            },
+            at,
+        );
+    };
+    if round == 1 {
+        counting::count(hot).1
+    } else {
+        hot();
+        0
+    }
+}
+
+/// Ticks the engine until its episode has ended (the victim gone, memory
+/// back), then drops what it finished, before the next round.
+fn end_episode(engine: &mut Engine<KernelHost>) {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while let Some(wake) = engine.next_wake() {
+        assert!(std::time::Instant::now() < end, "episode did not end");
+        // Ticks may be given for any time; the engine only compares instants.
+        engine.on_tick(wake.max(std::time::Instant::now()));
+    }
+    while engine.take_finished().is_some() {}
 }
 
 #[test]
@@ -176,25 +217,7 @@ fn event_to_kill(on_demand: bool) {
         }
         write(root, "cgroup.procs", &format!("{}\n", child.0.id()));
         write(root, "memory.events.local", &events(round + 1));
-        let at = std::time::Instant::now();
-
-        let mut hot = || {
-            let change = watch.refresh().unwrap().expect("counters rose");
-            engine.on_event(
-                Trigger::MemoryEvents {
-                    cgroup: rootid,
-                    delta: change.delta,
-                },
-                at,
-            );
-        };
-        // Round 0 warms up; only round 1 is counted.
-        let n = if round == 1 {
-            counting::count(hot).1
-        } else {
-            hot();
-            0
-        };
+        let n = deliver(&mut engine, &mut watch, rootid, round);
 
         if engine.stats().kills != round + 1 {
             panic!(
@@ -215,13 +238,7 @@ fn event_to_kill(on_demand: bool) {
         // Let the episode end (victim reaped) before the next round.
         write(root, "cgroup.procs", "");
         write(root, "memory.current", "1048576\n");
-        let end = std::time::Instant::now() + Duration::from_secs(10);
-        while let Some(wake) = engine.next_wake() {
-            assert!(std::time::Instant::now() < end, "episode did not end");
-            // Ticks may be given for any time; the engine only compares instants.
-            engine.on_tick(wake.max(std::time::Instant::now()));
-        }
-        while engine.take_finished().is_some() {}
+        end_episode(&mut engine);
         write(root, "memory.current", "207618048\n");
     }
 }
@@ -333,23 +350,7 @@ fn event_to_group_kill(tree: bool) {
             child
         });
         write(root, "memory.events.local", &events(round + 1));
-        let at = std::time::Instant::now();
-        let mut hot = || {
-            let change = watch.refresh().unwrap().expect("counters rose");
-            engine.on_event(
-                Trigger::MemoryEvents {
-                    cgroup: rootid,
-                    delta: change.delta,
-                },
-                at,
-            );
-        };
-        let n = if round == 1 {
-            counting::count(hot).1
-        } else {
-            hot();
-            0
-        };
+        let n = deliver(&mut engine, &mut watch, rootid, round);
         assert_eq!(
             engine.stats().kills,
             round + 1,
@@ -375,12 +376,7 @@ fn event_to_group_kill(tree: bool) {
             write(dir, "cgroup.events", "populated 0\nfrozen 0\n");
         }
         write(root, "memory.current", "1048576\n");
-        let end = std::time::Instant::now() + Duration::from_secs(10);
-        while let Some(wake) = engine.next_wake() {
-            assert!(std::time::Instant::now() < end, "episode did not end");
-            engine.on_tick(wake.max(std::time::Instant::now()));
-        }
-        while engine.take_finished().is_some() {}
+        end_episode(&mut engine);
         write(root, "memory.current", "207618048\n");
     }
 }
