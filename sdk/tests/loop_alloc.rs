@@ -79,6 +79,23 @@ fn events(oom: u64) -> String {
     format!("low 0\nhigh 0\nmax {oom}\noom {oom}\noom_kill 0\noom_group_kill 0\n")
 }
 
+/// The loop over the synthetic tree `fs` with `handler`: the real
+/// `KernelHost`, re-check on, progress judging off (plain files show none).
+fn engine_over(fs: &CgroupFs, handler: Box<dyn Handler>) -> Engine<KernelHost> {
+    let cfg = EngineConfig {
+        progress_aware: false,
+        recheck: true,
+        max_cgroups: 16,
+        max_processes: 64,
+        ..EngineConfig::default()
+    };
+    let mut host = KernelHost::new(fs.clone(), XattrTrust::TrustedOnly, 16, 64);
+    // This test process is in "/" too; pretend oomkit lives elsewhere, or the
+    // loop (rightly) refuses to kill anything in its own cgroup.
+    host.set_own_cgroup(Some("/oomkit.service".into()));
+    Engine::new(cfg, host, handler, Path::new("/")).unwrap()
+}
+
 /// Hands the engine the change of `memory.events.local` that `watch`
 /// re-reads, as the loop does on its event, timing from now; returns the
 /// heap allocations that made in round 1 (round 0 warms every buffer up
@@ -160,19 +177,7 @@ fn event_to_kill(on_demand: bool) {
     write(root, "memory.events.local", &events(0));
 
     let fs = CgroupFs::from_dir_unchecked(root);
-    let cfg = EngineConfig {
-        progress_aware: false,
-        recheck: true,
-        max_cgroups: 16,
-        max_processes: 64,
-        ..EngineConfig::default()
-    };
-    let mut host = KernelHost::new(fs.clone(), XattrTrust::TrustedOnly, 16, 64);
-    // This test process is in "/" too; pretend oomkit lives elsewhere, or the
-    // loop (rightly) refuses to kill anything in its own cgroup.
-    host.set_own_cgroup(Some("/oomkit.service".into()));
-    let mut engine =
-        Engine::new(cfg, host, Box::new(Largest { on_demand }), Path::new("/")).unwrap();
+    let mut engine = engine_over(&fs, Box::new(Largest { on_demand }));
     let rootid = engine.root().unwrap();
     // A second cgroup attached after the root: the host keeps only the last
     // attached directory open, so every read and the kill in the root go
@@ -320,16 +325,7 @@ fn event_to_group_kill(tree: bool) {
         }
     }
     let fs = CgroupFs::from_dir_unchecked(root);
-    let cfg = EngineConfig {
-        progress_aware: false,
-        recheck: true,
-        max_cgroups: 16,
-        max_processes: 64,
-        ..EngineConfig::default()
-    };
-    let mut host = KernelHost::new(fs.clone(), XattrTrust::TrustedOnly, 16, 64);
-    host.set_own_cgroup(Some("/oomkit.service".into()));
-    let mut engine = Engine::new(cfg, host, Box::new(Group { tree }), Path::new("/")).unwrap();
+    let mut engine = engine_over(&fs, Box::new(Group { tree }));
     let rootid = engine.root().unwrap();
     engine.add_cgroup(Path::new("/other")).unwrap();
     engine.add_cgroup(Path::new("/other/sub")).unwrap();
