@@ -31,6 +31,15 @@ fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).unwrap();
 }
 
+/// Writes `memory.events.local` of `dir` with `max` and `oom` at `max`.
+fn events_local(dir: &Path, max: u64) {
+    write(
+        dir,
+        "memory.events.local",
+        &format!("low 0\nhigh 0\nmax {max}\noom {max}\noom_kill 0\n"),
+    );
+}
+
 /// The files the loop reads of a cgroup.
 pub(super) fn cgroup(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
@@ -258,17 +267,10 @@ fn the_tree_is_capped_at_max_cgroups() {
 fn memory_events_come_through_one_inotify_fd() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let events = |dir: &Path, max: u64| {
-        write(
-            dir,
-            "memory.events.local",
-            &format!("low 0\nhigh 0\nmax {max}\noom {max}\noom_kill 0\n"),
-        )
-    };
     cgroup(root);
     for name in ["a", "b", "c"] {
         cgroup(&root.join(name));
-        events(&root.join(name), 0);
+        events_local(&root.join(name), 0);
     }
     let mut cfg = config(root);
     cfg.memory_events = true;
@@ -282,7 +284,7 @@ fn memory_events_come_through_one_inotify_fd() {
         "no cgroup holds an fd for its events"
     );
 
-    events(&root.join("b"), 1);
+    events_local(&root.join("b"), 1);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut triggered = Vec::new();
     while triggered.is_empty() {
@@ -390,17 +392,10 @@ fn start_up_watches_land_with_and_without_an_own_working_directory() {
 }
 
 fn watches_land(root: &Path, own_cwd: bool) {
-    let events = |dir: &Path, max: u64| {
-        write(
-            dir,
-            "memory.events.local",
-            &format!("low 0\nhigh 0\nmax {max}\noom {max}\noom_kill 0\n"),
-        )
-    };
     cgroup(root);
     for name in ["a", "a/b", "c"] {
         cgroup(&root.join(name));
-        events(&root.join(name), 0);
+        events_local(&root.join(name), 0);
     }
     let id = |r: &Runner, p: &str| r.engine.tree().lookup(Path::new(p));
     let cwd = std::env::current_dir().unwrap();
@@ -418,7 +413,7 @@ fn watches_land(root: &Path, own_cwd: bool) {
     // Directories made after the start, below ones that existed: seen.
     for (made, want) in [("a/b/new", "/a/b/new"), ("c/d", "/c/d")] {
         cgroup(&root.join(made));
-        events(&root.join(made), 0);
+        events_local(&root.join(made), 0);
         run_until(&mut runner, made, |r| id(r, want).is_some());
         assert_eq!(std::env::current_dir().unwrap(), cwd, "back after a turn");
         assert!(
@@ -438,7 +433,7 @@ fn watches_land(root: &Path, own_cwd: bool) {
         "level 4 is below depth 3"
     );
     let new = id(&runner, "/a/b/new").unwrap();
-    events(&root.join("a/b/new"), 1);
+    events_local(&root.join("a/b/new"), 1);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         assert!(
