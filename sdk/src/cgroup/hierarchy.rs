@@ -2,7 +2,7 @@
 //! removing children, moving a process in, its owner and xattrs.
 
 use std::ffi::{CStr, OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -57,15 +57,16 @@ impl Cgroup {
     /// not text: a tenant may choose one that is not UTF-8, and its subtree
     /// must not become invisible.
     pub fn children(&self) -> Result<Vec<OsString>> {
+        let list = reopen(self.dir.as_fd()).map_err(|e| self.map_err(c".", Op::ReadDir, e))?;
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
         let mut out = Vec::new();
-        for_each_child_in(self.dir.as_fd(), |name| {
+        for_each_child_in(list.as_fd(), &mut buf, |name| {
             out.push(OsStr::from_bytes(name.to_bytes()).to_os_string());
         })
-        .map_err(|e| match e {
-            ChildrenError::Open(e) => self.map_err(c".", Op::ReadDir, e),
-            ChildrenError::Read(e) => fs::cgroup_errno(&self.path, e, |e| {
+        .map_err(|e| {
+            fs::cgroup_errno(&self.path, e, |e| {
                 Error::io(&*self.path, Op::ReadDir, io_err(e))
-            }),
+            })
         })?;
         out.sort();
         Ok(out)
@@ -74,9 +75,10 @@ impl Cgroup {
     /// How many child cgroups there are: [`Cgroup::children`] without
     /// collecting the names, so without allocating.
     pub(crate) fn child_count(&self) -> Result<usize> {
-        for_each_child_in(self.dir.as_fd(), |_| {}).map_err(|e| match e {
-            ChildrenError::Open(e) | ChildrenError::Read(e) => self.map_err(c".", Op::ReadDir, e),
-        })
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1024];
+        reopen(self.dir.as_fd())
+            .and_then(|list| for_each_child_in(list.as_fd(), &mut buf, |_| {}))
+            .map_err(|e| self.map_err(c".", Op::ReadDir, e))
     }
 
     /// Opens the child cgroup `name` (any bytes but `/` and NUL).
@@ -315,37 +317,21 @@ pub(crate) fn pids_in(
     }
 }
 
-/// Why [`for_each_child_in`] stopped.
-#[derive(Debug)]
-pub(crate) enum ChildrenError {
-    /// Opening the directory again (`"."`) to list it failed.
-    Open(Errno),
-    /// `getdents64(2)` failed.
-    Read(Errno),
-}
-
 /// Calls `f` with the name of every subdirectory (a child cgroup) of the
-/// directory `dir` holds open, in directory order. It lists a new fd of
-/// `"."` (so `dir`'s own offset is untouched) through a stack buffer: no
-/// allocation, which the group kill's count of its subtree relies on.
-/// Returns the count.
+/// directory `list` holds open, in directory order, read from `list`'s
+/// offset through `buf`: no allocation, which the group kill's count of
+/// its subtree relies on. `list` must be an fd opened for this listing
+/// (one read to its end lists nothing again); a kept handle's directory
+/// is listed through [`reopen`] of it. Returns the count.
 pub(crate) fn for_each_child_in(
-    dir: BorrowedFd<'_>,
+    list: BorrowedFd<'_>,
+    buf: &mut [std::mem::MaybeUninit<u8>],
     mut f: impl FnMut(&CStr),
-) -> std::result::Result<usize, ChildrenError> {
-    use std::mem::MaybeUninit;
-    let list = rustix::fs::openat(
-        dir,
-        c".",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(ChildrenError::Open)?;
-    let mut buf = [MaybeUninit::<u8>::uninit(); 1024];
-    let mut entries = rustix::fs::RawDir::new(&list, &mut buf);
+) -> std::result::Result<usize, Errno> {
+    let mut entries = rustix::fs::RawDir::new(list, buf);
     let mut count = 0;
     while let Some(entry) = entries.next() {
-        let entry = entry.map_err(ChildrenError::Read)?;
+        let entry = entry?;
         let name = entry.file_name();
         if matches!(name.to_bytes(), b"." | b"..") {
             continue;
@@ -353,7 +339,7 @@ pub(crate) fn for_each_child_in(
         let is_dir = match entry.file_type() {
             rustix::fs::FileType::Directory => true,
             rustix::fs::FileType::Unknown => {
-                rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| {
+                rustix::fs::statat(list, name, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| {
                     rustix::fs::FileType::from_raw_mode(st.st_mode)
                         == rustix::fs::FileType::Directory
                 })
@@ -366,4 +352,15 @@ pub(crate) fn for_each_child_in(
         }
     }
     Ok(count)
+}
+
+/// A new fd of the directory `dir` holds open (`"."`), for listing it
+/// from the start without moving `dir`'s own offset.
+pub(crate) fn reopen(dir: BorrowedFd<'_>) -> std::result::Result<OwnedFd, Errno> {
+    rustix::fs::openat(
+        dir,
+        c".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
 }

@@ -15,6 +15,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use crate::cgroup::Cgroup;
+use crate::cgroup::hierarchy::for_each_child_in;
 use crate::error::Result;
 use crate::events::{DirChange, Scope, Source};
 
@@ -37,37 +38,12 @@ fn list_tree(
     found: &mut Vec<PathBuf>,
     unlisted: &mut Vec<PathBuf>,
 ) {
-    use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
-    use std::mem::MaybeUninit;
+    use rustix::fs::{AtFlags, Mode, OFlags};
+    use rustix::io::Errno;
     use std::os::unix::ffi::OsStrExt;
-    let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
-    let mut entries = RawDir::new(dir, &mut buf);
-    while let Some(entry) = entries.next() {
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) => {
-                if e != rustix::io::Errno::NOENT && e != rustix::io::Errno::NODEV {
-                    tracing::warn!(cgroup = %path.display(), error = %e, "listing a cgroup failed");
-                    unlisted.push(path.to_path_buf());
-                }
-                return;
-            }
-        };
-        let name = entry.file_name();
-        let bytes = name.to_bytes();
-        if bytes == b"." || bytes == b".." {
-            continue;
-        }
-        let is_dir = match entry.file_type() {
-            FileType::Directory => true,
-            FileType::Unknown => rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
-                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory),
-            _ => false,
-        };
-        if !is_dir {
-            continue;
-        }
-        let child = path.join(std::ffi::OsStr::from_bytes(bytes));
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+    let listed = for_each_child_in(dir, &mut buf, |name| {
+        let child = path.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
         // A link count of 2 (kernfs counts subdirectories): nothing below.
         let leaf = || {
             rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
@@ -79,10 +55,10 @@ fn list_tree(
                 Ok(fd) => {
                     found.push(child.clone());
                     list_tree(fd.as_fd(), &child, depth + 1, max, found, unlisted);
-                    continue;
+                    return;
                 }
                 // Removed meanwhile: its removal event follows.
-                Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NODEV) => continue,
+                Err(Errno::NOENT) | Err(Errno::NODEV) => return,
                 Err(e) => {
                     tracing::warn!(cgroup = %child.display(), error = %e, "listing a cgroup failed");
                     unlisted.push(child.clone());
@@ -90,6 +66,13 @@ fn list_tree(
             }
         }
         found.push(child);
+    });
+    match listed {
+        Ok(_) | Err(Errno::NOENT) | Err(Errno::NODEV) => {}
+        Err(e) => {
+            tracing::warn!(cgroup = %path.display(), error = %e, "listing a cgroup failed");
+            unlisted.push(path.to_path_buf());
+        }
     }
 }
 

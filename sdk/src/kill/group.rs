@@ -1,5 +1,6 @@
 //! Killing a whole cgroup.
 
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -555,8 +556,8 @@ impl Members {
 
 /// How deep below the target [`members`] walks with fds and stack buffers
 /// alone; a deeper subtree is counted the general way (which allocates).
-/// Each level holds two fds (its directory, and the listing of it) and
-/// about 1.5 KiB of stack; the kill path keeps far more fds free
+/// Each level holds one fd (its directory, listed through it) and about
+/// 1.5 KiB of stack; the kill path keeps far more fds free
 /// (`kill/reserve.rs`).
 const MEMBERS_FAST_DEPTH: u32 = 16;
 
@@ -573,7 +574,10 @@ const MEMBERS_FAST_DEPTH: u32 = 16;
 pub(crate) fn members(cg: &Cgroup) -> Result<Members> {
     let mut m = Members::default();
     cg.for_each_pid(|pid| m.add(pid))?;
-    if members_below(cg.dir_fd(), 1, &mut m).is_ok() {
+    let listed = crate::cgroup::hierarchy::reopen(cg.dir_fd())
+        .map_err(|_| Fallback)
+        .and_then(|list| members_below(list.as_fd(), 1, &mut m));
+    if listed.is_ok() {
         return Ok(m);
     }
     let mut m = Members::default();
@@ -590,20 +594,22 @@ pub(crate) fn members(cg: &Cgroup) -> Result<Members> {
 #[derive(Debug)]
 struct Fallback;
 
-/// Adds the processes of every cgroup below the directory `dir` holds open
-/// (at `depth` below the target) to `m`, through fds and stack buffers. A
-/// child removed meanwhile (`ENOENT`, `ENODEV`) is skipped.
+/// Adds the processes of every cgroup below the directory `dir` (opened
+/// for this listing, `depth` levels below the target) to `m`, through fds
+/// and stack buffers: each child is opened once, for its `cgroup.procs`
+/// and its own listing. A child removed meanwhile (`ENOENT`, `ENODEV`) is
+/// skipped.
 fn members_below(
     dir: std::os::fd::BorrowedFd<'_>,
     depth: u32,
     m: &mut Members,
 ) -> std::result::Result<(), Fallback> {
-    use crate::cgroup::hierarchy::{ChildrenError, PidsError, for_each_child_in, pids_in};
+    use crate::cgroup::hierarchy::{PidsError, for_each_child_in, pids_in};
     use rustix::fs::{Mode, OFlags};
-    use std::os::fd::AsFd;
     let gone = |e: Errno| matches!(e, Errno::NOENT | Errno::NODEV);
     let mut failed = false;
-    let listed = for_each_child_in(dir, |name| {
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1024];
+    let listed = for_each_child_in(dir, &mut buf, |name| {
         if failed {
             return;
         }
@@ -644,7 +650,7 @@ fn members_below(
     });
     match listed {
         Ok(_) if !failed => Ok(()),
-        Err(ChildrenError::Open(e) | ChildrenError::Read(e)) if gone(e) && depth > 1 => Ok(()),
+        Err(e) if gone(e) && depth > 1 => Ok(()),
         _ => Err(Fallback),
     }
 }
