@@ -15,6 +15,21 @@ pub(crate) fn fmt_u64(buf: &mut [u8; 20], mut v: u64) -> &[u8] {
     &buf[i..]
 }
 
+/// The longest name of a directory entry (`NAME_MAX`).
+pub(crate) const NAME_MAX: usize = 255;
+
+/// `PATH_MAX`: the longest path `openat(2)` takes, NUL included.
+pub(crate) const PATH_MAX: usize = 4096;
+
+/// `bytes` with a NUL after it, in `buf`, as a C string for a syscall
+/// without allocating; `None` if it does not fit or holds a NUL.
+pub(crate) fn stack_cstr<'b>(buf: &'b mut [u8], bytes: &[u8]) -> Option<&'b std::ffi::CStr> {
+    let out = buf.get_mut(..bytes.len() + 1)?;
+    out[..bytes.len()].copy_from_slice(bytes);
+    out[bytes.len()] = 0;
+    std::ffi::CStr::from_bytes_with_nul(out).ok()
+}
+
 /// Maps an errno to `std::io::Error` (rustix's `Errno` converts losslessly).
 pub(crate) fn io_err(e: rustix::io::Errno) -> std::io::Error {
     std::io::Error::from(e)

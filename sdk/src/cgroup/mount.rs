@@ -97,18 +97,6 @@ pub(crate) fn check_clean_absolute(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The longest name of a directory entry (`NAME_MAX`).
-const NAME_MAX: usize = 255;
-
-/// `name` with a NUL after it, in `buf`; `None` if it does not fit or holds
-/// a NUL.
-fn cstr_in<'b>(buf: &'b mut [u8], name: &[u8]) -> Option<&'b std::ffi::CStr> {
-    let out = buf.get_mut(..name.len() + 1)?;
-    out[..name.len()].copy_from_slice(name);
-    out[name.len()] = 0;
-    std::ffi::CStr::from_bytes_with_nul(out).ok()
-}
-
 /// A cgroup2 hierarchy as this process sees it: a mount point and the part
 /// of the hierarchy it shows.
 #[derive(Debug, Clone)]
@@ -239,9 +227,9 @@ impl CgroupFs {
         let fs = self.fs_path(hierarchy_path)?;
         // The name as a C string on the stack (a longer one is no cgroup
         // name: the open by path says what is wrong with it).
-        let mut c = [0u8; NAME_MAX + 1];
-        let Some(name) =
-            crate::util::path_file_name(&fs).and_then(|n| cstr_in(&mut c, n.as_encoded_bytes()))
+        let mut c = [0u8; crate::util::NAME_MAX + 1];
+        let Some(name) = crate::util::path_file_name(&fs)
+            .and_then(|n| crate::util::stack_cstr(&mut c, n.as_encoded_bytes()))
         else {
             return Ok(None);
         };

@@ -18,7 +18,6 @@
 //! paths are shared), so the kill path may open on demand; where fds are
 //! short the kill path closes its reserve first (`kill::reserve`).
 
-use std::ffi::CStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -28,10 +27,7 @@ use rustix::fs::{Mode, OFlags};
 use super::Cgroup;
 use crate::error::{Error, Op, Result};
 use crate::fs;
-use crate::util::io_err;
-
-/// `PATH_MAX`: the longest path `openat(2)` takes, NUL included.
-const PATH_MAX: usize = 4096;
+use crate::util::{PATH_MAX, io_err};
 
 /// See the module docs.
 #[derive(Debug, Clone)]
@@ -80,17 +76,12 @@ impl ParkedCgroup {
     /// new one took its path). Allocates nothing unless it fails.
     pub(crate) fn open(&self) -> Result<Cgroup> {
         let mut buf = [0u8; PATH_MAX];
-        let bytes = self.path.as_os_str().as_bytes();
-        let c = buf
-            .get_mut(..bytes.len() + 1)
-            .and_then(|b| {
-                b[..bytes.len()].copy_from_slice(bytes);
-                CStr::from_bytes_with_nul(b).ok()
-            })
-            .ok_or_else(|| Error::InvalidPath {
+        let c = crate::util::stack_cstr(&mut buf, self.path.as_os_str().as_bytes()).ok_or_else(
+            || Error::InvalidPath {
                 path: self.path.to_path_buf(),
                 reason: "longer than PATH_MAX or holds a NUL byte",
-            })?;
+            },
+        )?;
         let dir = rustix::fs::openat(
             rustix::fs::CWD,
             c,

@@ -12,15 +12,13 @@ use rustix::io::Errno;
 pub use super::child_name::ChildName;
 use crate::cgroup::Cgroup;
 use crate::error::{Error, Op, Result};
-use crate::util::io_err;
+use crate::util::{PATH_MAX, io_err};
 
 use super::watch_at::proc_fd_path;
 use super::{EventKind, SourceFailure};
 
 /// The longest name of a directory entry (`NAME_MAX`).
-pub const NAME_MAX: usize = 255;
-/// `PATH_MAX`, for building paths of nested directories on the stack.
-const PATH_MAX: usize = 4096;
+pub const NAME_MAX: usize = crate::util::NAME_MAX;
 /// The deepest recursion a [`DirWatch`] accepts.
 const MAX_DEPTH: u32 = 16;
 /// Size of `struct inotify_event` without the name.

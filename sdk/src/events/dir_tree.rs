@@ -305,10 +305,8 @@ impl DirWatch {
         // The link count is read after the watch is in place: a
         // subdirectory created after it is reported by the watch.
         let leaf = parent_fd.map(|fd| {
-            let mut nb = [0u8; NAME_MAX + 1];
-            let st = name_cstr(&mut nb, &name)
-                .and_then(|c| rustix::fs::statat(fd, c, AtFlags::SYMLINK_NOFOLLOW).ok());
-            st.is_some_and(|st| st.st_nlink == 2)
+            rustix::fs::statat(fd, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| st.st_nlink == 2)
         });
         if leaf == Some(true) {
             return;
@@ -376,14 +374,6 @@ impl DirWatch {
         }
         Ok(())
     }
-}
-
-/// `name` as a C string in `buf` (a [`ChildName`] holds no NUL).
-fn name_cstr<'b>(buf: &'b mut [u8; NAME_MAX + 1], name: &ChildName) -> Option<&'b CStr> {
-    let b = name.as_bytes();
-    buf.get_mut(..b.len())?.copy_from_slice(b);
-    *buf.get_mut(b.len())? = 0;
-    CStr::from_bytes_with_nul(buf.get(..=b.len())?).ok()
 }
 
 /// False when a directory's link count says it has no subdirectories: 2
